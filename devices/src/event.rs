@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Requests from devices and vCPUs to the VMM's main loop.
+
+use std::sync::mpsc::{channel, Receiver, Sender};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Why the guest asked to be reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetCause {
+    /// The guest wrote the ACPI reset register from the FADT.
+    AcpiResetRegister,
+    /// The guest pulsed the reset line through the i8042 controller (command 0xFE).
+    I8042,
+    /// A vCPU triple-faulted (KVM reported a shutdown exit).
+    TripleFault,
+}
+
+/// A request for the main loop, raised on a vCPU or device thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmEvent {
+    /// The guest entered ACPI S5 (soft off) through the sleep control register.
+    PowerOff,
+    /// The guest asked for a system reset.
+    Reset(ResetCause),
+    /// A vCPU hit a condition the VMM cannot recover from; the text says which and where.
+    Fatal(String),
+}
+
+/// The sending side of the main loop's event queue: a channel plus an eventfd that wakes the
+/// main loop's epoll. Cheap to clone; one per device or vCPU thread.
+#[derive(Debug)]
+pub struct VmEventSink {
+    tx: Sender<VmEvent>,
+    wake: EventFd,
+}
+
+impl VmEventSink {
+    /// Creates a connected sink and the receiver the main loop drains, plus the eventfd the main
+    /// loop waits on.
+    ///
+    /// # Errors
+    /// Fails when the eventfd cannot be created (file descriptor limit).
+    pub fn new() -> std::io::Result<(Self, Receiver<VmEvent>, EventFd)> {
+        let (tx, rx) = channel();
+        let wake = EventFd::new(EFD_NONBLOCK)?;
+        let main_side = wake.try_clone()?;
+        Ok((Self { tx, wake }, rx, main_side))
+    }
+
+    /// Queues `event` and wakes the main loop. Never blocks; if the main loop is gone the event
+    /// is dropped, since nobody is left to act on it.
+    pub fn send(&self, event: VmEvent) {
+        if self.tx.send(event).is_ok() {
+            // The eventfd counter cannot overflow in practice (2^64 - 2 wakes); a failed write
+            // would only mean the main loop already exited.
+            let _ = self.wake.write(1);
+        }
+    }
+
+    /// Returns another handle to the same queue.
+    ///
+    /// # Errors
+    /// Fails when the eventfd cannot be duplicated (file descriptor limit).
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            tx: self.tx.clone(),
+            wake: self.wake.try_clone()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_queues_and_wakes() {
+        let (sink, rx, wake) = VmEventSink::new().unwrap();
+        let clone = sink.try_clone().unwrap();
+        clone.send(VmEvent::PowerOff);
+        sink.send(VmEvent::Reset(ResetCause::I8042));
+        assert_eq!(wake.read().unwrap(), 2);
+        assert_eq!(rx.try_recv().unwrap(), VmEvent::PowerOff);
+        assert_eq!(rx.try_recv().unwrap(), VmEvent::Reset(ResetCause::I8042));
+    }
+}

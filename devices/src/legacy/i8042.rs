@@ -1,0 +1,59 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The part of the i8042 keyboard controller a VM needs: the CPU reset line.
+//!
+//! Linux's `reboot=k` (and its fallback chain) pulses the reset line by writing command 0xFE to
+//! the command port. The controller reports no data and no keyboard, so drivers probing it find
+//! an empty controller and move on.
+
+use crate::bus::BusDevice;
+use crate::event::{ResetCause, VmEvent, VmEventSink};
+
+/// Offset of the command/status port (0x64) from the data port (0x60).
+const COMMAND_OFFSET: u64 = 4;
+/// The "pulse output line" command that resets the CPU.
+const CMD_RESET_CPU: u8 = 0xfe;
+
+/// An i8042 at ports 0x60..0x65 whose only effect is a system reset request.
+#[derive(Debug)]
+pub struct I8042 {
+    events: VmEventSink,
+}
+
+impl I8042 {
+    /// Creates the controller; reset requests go to `events`.
+    pub fn new(events: VmEventSink) -> Self {
+        Self { events }
+    }
+}
+
+impl BusDevice for I8042 {
+    fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
+        // Status 0: output buffer empty, input buffer empty. Data reads return 0.
+        data.fill(0);
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        if offset == COMMAND_OFFSET && data.first() == Some(&CMD_RESET_CPU) {
+            self.events.send(VmEvent::Reset(ResetCause::I8042));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_fe_requests_reset_and_nothing_else_does() {
+        let (sink, rx, _wake) = VmEventSink::new().unwrap();
+        let mut dev = I8042::new(sink);
+        dev.write(0x60, 0, &[0xfe]);
+        dev.write(0x60, 4, &[0xaa]);
+        assert!(rx.try_recv().is_err());
+        dev.write(0x60, 4, &[0xfe]);
+        assert_eq!(rx.try_recv().unwrap(), VmEvent::Reset(ResetCause::I8042));
+        let mut status = [0xffu8];
+        dev.read(0x60, 4, &mut status);
+        assert_eq!(status, [0]);
+    }
+}

@@ -1,0 +1,156 @@
+// SPDX-License-Identifier: Apache-2.0
+//! A 16550A-compatible UART (COM1) backed by vm-superio, wired to an irqfd.
+
+use std::io::Write;
+
+use acpi_tables::{aml, Aml, AmlSink};
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+
+/// Raises a guest interrupt by writing an eventfd registered with KVM as an irqfd.
+#[derive(Debug)]
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = std::io::Error;
+
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// The guest's COM1: I/O ports `base..base + 8`, interrupt `gsi`.
+pub struct SerialDevice {
+    uart: Serial<IrqTrigger, vm_superio::serial::NoEvents, Box<dyn Write + Send>>,
+    base: u16,
+    gsi: u32,
+}
+
+impl std::fmt::Debug for SerialDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SerialDevice")
+            .field("base", &self.base)
+            .field("gsi", &self.gsi)
+            .finish()
+    }
+}
+
+impl SerialDevice {
+    /// Creates the UART. Guest output goes to `out`; interrupts go through `irq`.
+    pub fn new(irq: EventFd, out: Box<dyn Write + Send>, base: u16, gsi: u32) -> Self {
+        Self {
+            uart: Serial::new(IrqTrigger(irq), out),
+            base,
+            gsi,
+        }
+    }
+
+    /// Feeds host input (the user's keystrokes) to the guest; returns how many bytes the FIFO
+    /// took. Bytes beyond the FIFO's room are dropped, as on real hardware.
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+}
+
+impl BusDevice for SerialDevice {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        if let (Ok(off), [byte, ..]) = (u8::try_from(offset), data) {
+            *byte = self.uart.read(off);
+        }
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        if let (Ok(off), [byte, ..]) = (u8::try_from(offset), data) {
+            // The only failures are a full host writer or a failed irqfd write; the guest
+            // cannot do anything about either and the byte is lost, as with a jammed line.
+            let _ = self.uart.write(off, *byte);
+        }
+    }
+}
+
+impl Aml for SerialDevice {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        aml::Device::new(
+            "_SB_.COM1".into(),
+            vec![
+                &aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501")),
+                &aml::Name::new("_UID".into(), &aml::ZERO),
+                &aml::Name::new(
+                    "_CRS".into(),
+                    &aml::ResourceTemplate::new(vec![
+                        &aml::Interrupt::new(true, true, false, false, self.gsi),
+                        &aml::IO::new(self.base, self.base, 1, 8),
+                    ]),
+                ),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn transmits_guest_bytes_and_receives_input() {
+        let out = Shared::default();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut dev = SerialDevice::new(irq.try_clone().unwrap(), Box::new(out.clone()), 0x3f8, 4);
+        for b in b"hi\n" {
+            dev.write(0x3f8, 0, &[*b]);
+        }
+        assert_eq!(&*out.0.lock().unwrap(), b"hi\n");
+        // Enable the "received data available" interrupt, then send input.
+        dev.write(0x3f8, 1, &[0x01]);
+        assert_eq!(dev.enqueue_input(b"x"), 1);
+        assert!(irq.read().unwrap() >= 1);
+        let mut data = [0u8; 1];
+        dev.read(0x3f8, 0, &mut data);
+        assert_eq!(data[0], b'x');
+        // Out-of-range offsets are ignored instead of panicking.
+        dev.write(0x3f8, 0x1_0000, &[1]);
+        dev.read(0x3f8, u64::MAX, &mut data);
+    }
+
+    #[test]
+    fn aml_names_com1_with_its_port_and_irq() {
+        let dev = SerialDevice::new(
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            Box::new(std::io::sink()),
+            0x3f8,
+            4,
+        );
+        let mut bytes = Vec::new();
+        dev.to_aml_bytes(&mut bytes);
+        assert_eq!(bytes[0], 0x5b); // ExtOpPrefix
+        assert_eq!(bytes[1], 0x82); // DeviceOp
+        let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(find(b"COM1"));
+        // IO descriptor: 0x47, decode16, min 0x3f8, max 0x3f8, align 1, len 8.
+        assert!(find(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]));
+        // Extended interrupt descriptor for GSI 4.
+        assert!(find(&[
+            0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00
+        ]));
+    }
+}
