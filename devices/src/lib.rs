@@ -13,4 +13,4 @@ pub mod event;
 pub mod legacy;
 
 pub use bus::{Bus, BusDevice, BusError};
-pub use event::{VmEvent, VmEventSink};
+pub use event::{ResetCause, VmEvent, VmEventSink};

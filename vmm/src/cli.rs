@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The command line: parsed with clap, then checked into a [`VmConfig`] plus run options.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::vm::{SerialMode, VmConfig};
+
+/// Smallest guest RAM we accept, in MiB.
+pub const MIN_MEMORY_MIB: u64 = 16;
+/// Largest vCPU count.
+pub const MAX_CPUS: u8 = 64;
+
+/// A minimal KVM virtual machine monitor with a QEMU-compatible control plane.
+#[derive(Debug, Parser)]
+#[command(name = "vmm", version, about, long_about = None)]
+pub struct Cli {
+    /// Kernel to boot: a Linux bzImage, or an ELF vmlinux with a PVH note.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STRING", default_value = "")]
+    pub cmdline: String,
+    /// Number of vCPUs (1 to 64).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=i64::from(MAX_CPUS)))]
+    pub cpus: u8,
+    /// Guest RAM in MiB; RAM beyond 3 GiB is placed above the 32-bit MMIO hole.
+    #[arg(long, value_name = "MIB", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(MIN_MEMORY_MIB..=(1 << 30)))]
+    pub memory: u64,
+    /// Serial console: stdio, file:PATH or none.
+    #[arg(long, value_name = "MODE", default_value = "stdio", value_parser = parse_serial)]
+    pub serial: SerialMode,
+    /// Exit instead of rebooting when the guest resets.
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// Start with the vCPUs paused.
+    #[arg(short = 'S', long)]
+    pub paused: bool,
+    /// A name for the VM (reported by query-name, used in thread and log names).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+fn parse_serial(s: &str) -> Result<SerialMode, String> {
+    match s {
+        "stdio" => Ok(SerialMode::Stdio),
+        "none" => Ok(SerialMode::None),
+        _ => match s.strip_prefix("file:") {
+            Some("") => Err("file: needs a path, as in file:/tmp/console.log".into()),
+            Some(p) => Ok(SerialMode::File(PathBuf::from(p))),
+            None => Err(format!("'{s}' is not one of stdio, file:PATH, none")),
+        },
+    }
+}
+
+/// Errors of the checks clap cannot express.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// More RAM than the host has.
+    #[error("--memory {asked} MiB is more than this host's {host} MiB of RAM")]
+    MemoryTooLarge {
+        /// Requested MiB.
+        asked: u64,
+        /// Host RAM in MiB.
+        host: u64,
+    },
+}
+
+fn host_memory_mib() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error, handled below.
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page_size <= 0 {
+        return u64::MAX;
+    }
+    (pages as u64).saturating_mul(page_size as u64) >> 20
+}
+
+impl Cli {
+    /// Checks what clap could not and builds the VM configuration.
+    ///
+    /// # Errors
+    /// Fails on values that are well-formed but impossible on this host.
+    pub fn vm_config(&self) -> Result<VmConfig, CliError> {
+        let host = host_memory_mib();
+        if self.memory > host {
+            return Err(CliError::MemoryTooLarge {
+                asked: self.memory,
+                host,
+            });
+        }
+        Ok(VmConfig {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            cpus: self.cpus,
+            memory_mib: self.memory,
+            serial: self.serial.clone(),
+        })
+    }
+}
+
+/// Turns a clap error into one line without the usage block, as the rest of vmm reports
+/// errors.
+pub fn one_line(e: &clap::Error) -> String {
+    // The message proper is the first paragraph; some messages continue on indented lines
+    // ("the following required arguments were not provided:\n  --kernel <PATH>").
+    let rendered = e.to_string();
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = message.join(" ");
+    match line.strip_prefix("error: ") {
+        Some(rest) => rest.to_owned(),
+        None if line.is_empty() => "invalid command line".to_owned(),
+        None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, String> {
+        let mut v = vec!["vmm"];
+        v.extend_from_slice(args);
+        Cli::try_parse_from(v).map_err(|e| one_line(&e))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse(&["--kernel", "k"]).unwrap();
+        assert_eq!(
+            (c.cpus, c.memory, c.no_reboot, c.paused),
+            (1, 512, false, false)
+        );
+        assert_eq!(c.serial, SerialMode::Stdio);
+        assert_eq!(c.cmdline, "");
+    }
+
+    #[test]
+    fn all_options() {
+        let c = parse(&[
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+            "--cmdline",
+            "console=ttyS0",
+            "--cpus",
+            "4",
+            "--memory",
+            "1024",
+            "--serial",
+            "file:/tmp/x",
+            "--no-reboot",
+            "-S",
+            "--name",
+            "vm1",
+        ])
+        .unwrap();
+        assert_eq!(c.cpus, 4);
+        assert_eq!(c.memory, 1024);
+        assert_eq!(c.serial, SerialMode::File("/tmp/x".into()));
+        assert!(c.no_reboot && c.paused);
+        assert_eq!(c.name.as_deref(), Some("vm1"));
+        assert_eq!(c.vm_config().unwrap().cmdline, "console=ttyS0");
+    }
+
+    #[test]
+    fn bad_values_give_one_line() {
+        let e = parse(&["--kernel", "k", "--cpus", "0"]).unwrap_err();
+        assert!(e.contains("--cpus") && e.contains("1..=64"), "{e}");
+        assert!(!e.contains('\n'));
+        let e = parse(&["--kernel", "k", "--cpus", "65"]).unwrap_err();
+        assert!(e.contains("65"), "{e}");
+        let e = parse(&["--kernel", "k", "--memory", "8"]).unwrap_err();
+        assert!(e.contains("--memory"), "{e}");
+        let e = parse(&["--kernel", "k", "--serial", "pty"]).unwrap_err();
+        assert!(
+            e.contains("'pty' is not one of stdio, file:PATH, none"),
+            "{e}"
+        );
+        let e = parse(&["--kernel", "k", "--serial", "file:"]).unwrap_err();
+        assert!(e.contains("needs a path"), "{e}");
+        let e = parse(&["--cpus", "1"]).unwrap_err();
+        assert!(e.contains("--kernel"), "{e}");
+        let e = parse(&["--kernel", "k", "--bogus"]).unwrap_err();
+        assert!(e.contains("--bogus"), "{e}");
+    }
+
+    #[test]
+    fn memory_beyond_host_is_refused() {
+        let c = parse(&["--kernel", "k", "--memory", "1073741824"]).unwrap();
+        let e = c.vm_config().unwrap_err().to_string();
+        assert!(
+            e.starts_with("--memory 1073741824 MiB is more than this host's"),
+            "{e}"
+        );
+    }
+}

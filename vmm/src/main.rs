@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: Apache-2.0
+//! `vmm`: boots a Linux kernel on KVM with ACPI-described devices.
+
+mod acpi;
+mod arch;
+mod boot;
+mod cli;
+mod layout;
+mod memory;
+mod runner;
+mod vcpu;
+mod vm;
+
+use clap::Parser;
+
+fn main() {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("vmm: {}", cli::one_line(&e));
+            std::process::exit(1);
+        }
+    };
+    let config = match cli.vm_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            std::process::exit(1);
+        }
+    };
+    let options = runner::RunOptions {
+        no_reboot: cli.no_reboot,
+        paused: cli.paused,
+    };
+    match runner::run(&config, &options) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("vmm: {}", runner::describe(&e));
+            std::process::exit(1);
+        }
+    }
+}

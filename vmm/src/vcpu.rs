@@ -1,0 +1,457 @@
+// SPDX-License-Identifier: Apache-2.0
+//! vCPU threads: the `KVM_RUN` loop, exit dispatch, and the pause/resume/reset protocol.
+//!
+//! The main loop never touches a `VcpuFd`: each vCPU thread owns its fd. To pause, the main
+//! loop sets the requested state and kicks the thread with [`kick_signal`]; the signal handler
+//! sets `immediate_exit` in the thread's `kvm_run` page, so the kick cannot be lost between the
+//! thread's last check and its next `KVM_RUN`. Parked threads wait on a condition variable and
+//! apply a pending reset (fresh registers) before reporting that they are parked again.
+
+use std::cell::Cell;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use devices::{Bus, ResetCause, VmEvent, VmEventSink};
+use kvm_bindings::{
+    kvm_lapic_state, kvm_mp_state, kvm_sregs, CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
+    KVM_MP_STATE_UNINITIALIZED,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::regs::{setup_boot_registers, BootEntry, RegsError};
+use crate::arch::{cpuid, lapic, msr};
+
+/// Errors while creating or configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// A KVM vCPU ioctl failed.
+    #[error("Cannot {0} for vCPU {1}")]
+    Kvm(&'static str, u8, #[source] kvm_ioctls::Error),
+    /// The boot registers could not be set.
+    #[error("Cannot set the boot registers of vCPU {0}")]
+    Regs(u8, #[source] RegsError),
+    /// KVM accepted fewer boot MSRs than offered.
+    #[error("KVM accepted {set} of {wanted} boot MSRs for vCPU {id}")]
+    Msrs {
+        /// vCPU index.
+        id: u8,
+        /// MSRs accepted.
+        set: usize,
+        /// MSRs offered.
+        wanted: usize,
+    },
+    /// The thread could not be started.
+    #[error("Cannot start the thread of vCPU {0}")]
+    Spawn(u8, #[source] std::io::Error),
+    /// The kick signal handler could not be installed.
+    #[error("Cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+}
+
+/// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+thread_local! {
+    /// This thread's `kvm_run.immediate_exit`, for the kick signal handler.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    IMMEDIATE_EXIT.with(|p| {
+        let ptr = p.get();
+        if !ptr.is_null() {
+            // SAFETY: the pointer was taken from this thread's live kvm_run mapping, which stays
+            // mapped while the thread runs (the VcpuFd outlives the pointer's registration), and
+            // a byte store is async-signal-safe.
+            unsafe { std::ptr::write_volatile(ptr, 1) };
+        }
+    });
+}
+
+/// Installs the kick handler; call once before starting vCPU threads.
+///
+/// # Errors
+/// Fails when the signal handler cannot be installed.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    register_signal_handler(kick_signal(), handle_kick).map_err(VcpuError::Signal)
+}
+
+/// What the main loop wants a vCPU thread to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Request {
+    Run,
+    Pause,
+    Exit,
+}
+
+#[derive(Debug)]
+struct ControlState {
+    request: Request,
+    parked: bool,
+    /// A boot entry to apply while parked (a reset), with the generation it belongs to.
+    reset: Option<(u64, Option<BootEntry>)>,
+    reset_done: u64,
+    /// The thread id, known once the thread has started.
+    tid: Option<i32>,
+}
+
+#[derive(Debug)]
+struct Control {
+    state: Mutex<ControlState>,
+    changed: Condvar,
+}
+
+impl Control {
+    fn lock(&self) -> MutexGuard<'_, ControlState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Everything a vCPU thread needs besides its fd.
+pub struct VcpuContext {
+    /// vCPU index (also its APIC id).
+    pub id: u8,
+    /// Guest memory, for writing boot tables on reset.
+    pub mem: GuestMemoryMmap,
+    /// Port I/O bus.
+    pub pio: Bus,
+    /// MMIO bus.
+    pub mmio: Bus,
+    /// Where to report reset/poweroff/fatal errors.
+    pub events: VmEventSink,
+}
+
+/// The configured, not yet running, vCPU.
+pub struct Vcpu {
+    fd: VcpuFd,
+    ctx: VcpuContext,
+    initial_sregs: kvm_sregs,
+    initial_lapic: kvm_lapic_state,
+    msrs: Msrs,
+}
+
+impl Vcpu {
+    /// Configures a freshly created vCPU: CPUID, MSRs, LAPIC LINT pins, and (for vCPU 0) the
+    /// boot registers for `entry`.
+    ///
+    /// # Errors
+    /// Fails when KVM rejects part of the configuration.
+    pub fn configure(
+        fd: VcpuFd,
+        ctx: VcpuContext,
+        supported_cpuid: &CpuId,
+        msr_index_list: &[u32],
+        count: u8,
+        entry: &BootEntry,
+    ) -> Result<Self, VcpuError> {
+        let id = ctx.id;
+        let mut cpuid = supported_cpuid.clone();
+        cpuid::patch_cpuid(&mut cpuid, id, count);
+        fd.set_cpuid2(&cpuid)
+            .map_err(|e| VcpuError::Kvm("set CPUID", id, e))?;
+        let initial_sregs = fd
+            .get_sregs()
+            .map_err(|e| VcpuError::Kvm("read special registers", id, e))?;
+        let mut initial_lapic = fd
+            .get_lapic()
+            .map_err(|e| VcpuError::Kvm("read the local APIC", id, e))?;
+        lapic::set_lint(&mut initial_lapic);
+        let msrs = msr::boot_msrs(msr_index_list);
+        let vcpu = Self {
+            fd,
+            ctx,
+            initial_sregs,
+            initial_lapic,
+            msrs,
+        };
+        vcpu.reset_state(Some(entry).filter(|_| id == 0))?;
+        Ok(vcpu)
+    }
+
+    /// Puts the vCPU in its power-on state; the boot vCPU gets `entry`'s registers, the others
+    /// wait for INIT/SIPI.
+    fn reset_state(&self, entry: Option<&BootEntry>) -> Result<(), VcpuError> {
+        let id = self.ctx.id;
+        let wanted = self.msrs.as_slice().len();
+        let set = self
+            .fd
+            .set_msrs(&self.msrs)
+            .map_err(|e| VcpuError::Kvm("set MSRs", id, e))?;
+        if set != wanted {
+            return Err(VcpuError::Msrs { id, set, wanted });
+        }
+        self.fd
+            .set_lapic(&self.initial_lapic)
+            .map_err(|e| VcpuError::Kvm("set the local APIC", id, e))?;
+        self.fd
+            .set_sregs(&self.initial_sregs)
+            .map_err(|e| VcpuError::Kvm("reset special registers", id, e))?;
+        let mp_state = match entry {
+            Some(entry) => {
+                setup_boot_registers(&self.fd, &self.ctx.mem, entry)
+                    .map_err(|e| VcpuError::Regs(id, e))?;
+                KVM_MP_STATE_RUNNABLE
+            }
+            None => KVM_MP_STATE_UNINITIALIZED,
+        };
+        self.fd
+            .set_mp_state(kvm_mp_state { mp_state })
+            .map_err(|e| VcpuError::Kvm("set the run state", id, e))?;
+        Ok(())
+    }
+
+    /// Starts the vCPU's thread, parked if `paused`.
+    ///
+    /// # Errors
+    /// Fails when the thread cannot be created.
+    pub fn start(self, paused: bool) -> Result<VcpuHandle, VcpuError> {
+        let id = self.ctx.id;
+        let control = Arc::new(Control {
+            state: Mutex::new(ControlState {
+                request: if paused { Request::Pause } else { Request::Run },
+                parked: false,
+                reset: None,
+                reset_done: 0,
+                tid: None,
+            }),
+            changed: Condvar::new(),
+        });
+        let thread_control = control.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || self.run(&thread_control))
+            .map_err(|e| VcpuError::Spawn(id, e))?;
+        Ok(VcpuHandle { thread, control })
+    }
+
+    fn run(mut self, control: &Control) {
+        let ptr: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
+        IMMEDIATE_EXIT.with(|p| p.set(ptr));
+        {
+            let mut st = control.lock();
+            // SAFETY: gettid has no preconditions.
+            st.tid = Some(unsafe { libc::gettid() });
+            control.changed.notify_all();
+        }
+        while self.wait_until_runnable(control) {
+            self.run_once(control);
+        }
+        IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+    }
+
+    /// Parks while the main loop asks for a pause (applying resets); false means exit.
+    fn wait_until_runnable(&mut self, control: &Control) -> bool {
+        let mut st = control.lock();
+        loop {
+            match st.request {
+                Request::Exit => return false,
+                Request::Run => {
+                    st.parked = false;
+                    return true;
+                }
+                Request::Pause => {
+                    if let Some((generation, entry)) = st.reset.take() {
+                        if let Err(e) = self.reset_state(entry.as_ref()) {
+                            self.ctx
+                                .events
+                                .send(VmEvent::Fatal(format!("Reset failed: {}", chain(&e))));
+                        }
+                        st.reset_done = generation;
+                    }
+                    if !st.parked {
+                        st.parked = true;
+                    }
+                    control.changed.notify_all();
+                    st = control.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                }
+            }
+        }
+    }
+
+    fn run_once(&mut self, control: &Control) {
+        let outcome = match self.fd.run() {
+            Ok(VcpuExit::IoIn(port, data)) => {
+                if !self.ctx.pio.read(u64::from(port), data) {
+                    data.fill(0xff);
+                }
+                return;
+            }
+            Ok(VcpuExit::IoOut(port, data)) => {
+                self.ctx.pio.write(u64::from(port), data);
+                return;
+            }
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                if !self.ctx.mmio.read(addr, data) {
+                    data.fill(0xff);
+                }
+                return;
+            }
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                self.ctx.mmio.write(addr, data);
+                return;
+            }
+            Ok(VcpuExit::Hlt) => return,
+            Ok(VcpuExit::Shutdown) => Stop::Event(VmEvent::Reset(ResetCause::TripleFault)),
+            Ok(VcpuExit::InternalError) => Stop::Internal,
+            Ok(VcpuExit::FailEntry(reason, cpu)) => Stop::FailEntry(reason, cpu),
+            Ok(other) => Stop::Other(format!("{other:?}")),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                return;
+            }
+            Err(e) => Stop::Other(format!("KVM_RUN error: {e}")),
+        };
+        let event = self.describe(outcome);
+        // Park until the main loop decides (reset or exit): running on would repeat the
+        // failure or race the reset.
+        {
+            let mut st = control.lock();
+            if st.request == Request::Run {
+                st.request = Request::Pause;
+            }
+        }
+        self.ctx.events.send(event);
+    }
+
+    /// Turns a stop reason into the event for the main loop, with the guest RIP for errors.
+    fn describe(&mut self, stop: Stop) -> VmEvent {
+        let id = self.ctx.id;
+        let what = match stop {
+            Stop::Event(event) => return event,
+            Stop::Internal => {
+                // SAFETY: the exit reason was KVM_EXIT_INTERNAL_ERROR, so `internal` is the
+                // active member of the exit union.
+                let sub = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal.suberror };
+                let name = match sub {
+                    1 => " (emulation failure)",
+                    2 => " (simultaneous exceptions)",
+                    3 => " (delivery event failed)",
+                    _ => "",
+                };
+                format!("KVM internal error, suberror {sub}{name}")
+            }
+            Stop::FailEntry(reason, cpu) => {
+                format!("KVM entry failure, hardware reason {reason:#x} on host CPU {cpu}")
+            }
+            Stop::Other(exit) => format!("unexpected KVM exit {exit}"),
+        };
+        let rip = self
+            .fd
+            .get_regs()
+            .map(|r| format!("{:#x}", r.rip))
+            .unwrap_or_else(|_| "unknown".into());
+        VmEvent::Fatal(format!("{what} on vCPU {id} at RIP {rip}"))
+    }
+}
+
+/// Why a vCPU stopped running guest code.
+enum Stop {
+    /// A request the main loop handles (reset on triple fault).
+    Event(VmEvent),
+    /// `KVM_EXIT_INTERNAL_ERROR`.
+    Internal,
+    /// `KVM_EXIT_FAIL_ENTRY` with the hardware reason and host CPU.
+    FailEntry(u64, u32),
+    /// Any other exit, or a failed `KVM_RUN`.
+    Other(String),
+}
+
+/// Formats an error with its sources, one line.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+/// The main loop's handle on a running vCPU thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    thread: JoinHandle<()>,
+    control: Arc<Control>,
+}
+
+impl VcpuHandle {
+    /// The vCPU thread's Linux thread id (as `query-cpus-fast` reports it).
+    pub fn thread_id(&self) -> Option<i32> {
+        let mut st = self.control.lock();
+        while st.tid.is_none() && !self.thread.is_finished() {
+            st = self
+                .control
+                .changed
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        st.tid
+    }
+
+    fn kick(&self) {
+        // The thread may have exited already (ESRCH); nothing to kick then.
+        let _ = self.thread.kill(kick_signal());
+    }
+
+    fn set_request(&self, request: Request) {
+        self.control.lock().request = request;
+        self.control.changed.notify_all();
+    }
+
+    /// Asks the thread to park; see [`wait_parked`](Self::wait_parked).
+    pub fn request_pause(&self) {
+        self.set_request(Request::Pause);
+        self.kick();
+    }
+
+    /// Waits until the thread is parked, re-kicking it in case it was between signal checks.
+    pub fn wait_parked(&self) {
+        let mut st = self.control.lock();
+        while !st.parked && !self.thread.is_finished() {
+            let (guard, timeout) = self
+                .control
+                .changed
+                .wait_timeout(st, std::time::Duration::from_millis(20))
+                .unwrap_or_else(|e| e.into_inner());
+            st = guard;
+            if timeout.timed_out() && !st.parked {
+                drop(st);
+                self.kick();
+                st = self.control.lock();
+            }
+        }
+    }
+
+    /// Hands a parked vCPU its power-on state (`entry` for the boot vCPU) and waits until it
+    /// has applied it.
+    pub fn reset(&self, generation: u64, entry: Option<BootEntry>) {
+        let mut st = self.control.lock();
+        st.reset = Some((generation, entry));
+        self.control.changed.notify_all();
+        while st.reset_done != generation && !self.thread.is_finished() {
+            st = self
+                .control
+                .changed
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Lets a parked vCPU run.
+    pub fn resume(&self) {
+        self.set_request(Request::Run);
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(self) {
+        self.set_request(Request::Exit);
+        self.kick();
+        // A vCPU thread never panics (panic = abort); join only fails on a panic.
+        let _ = self.thread.join();
+    }
+}
