@@ -61,6 +61,9 @@ pub enum BootError {
         /// Protocol minor version.
         minor: u16,
     },
+    /// The image is a zImage (loaded low), not a bzImage.
+    #[error("Kernel '{0}' is a zImage, not a bzImage (LOADED_HIGH is clear)")]
+    NotLoadedHigh(PathBuf),
     /// The bzImage has no 64-bit entry point.
     #[error("Kernel '{0}' has no 64-bit entry point (XLF_KERNEL_64 is not set)")]
     No64BitEntry(PathBuf),
@@ -136,6 +139,10 @@ const BOOT_FLAG_OFFSET: usize = 0x1fe;
 const HEADER_MAGIC_OFFSET: usize = 0x202;
 /// Offset of the boot protocol version.
 const VERSION_OFFSET: usize = 0x206;
+/// Offset of loadflags.
+const LOADFLAGS_OFFSET: usize = 0x211;
+/// loadflags bit 0: the protected-mode kernel is loaded at 1 MiB.
+const LOADED_HIGH: u8 = 1;
 /// Offset of xloadflags.
 const XLOADFLAGS_OFFSET: usize = 0x236;
 /// xloadflags bit 0: the kernel has the 64-bit entry point at +0x200.
@@ -188,6 +195,9 @@ fn identify(path: &Path, head: &[u8]) -> Result<KernelFormat, BootError> {
             major: version >> 8,
             minor: version & 0xff,
         });
+    }
+    if head[LOADFLAGS_OFFSET] & LOADED_HIGH == 0 {
+        return Err(BootError::NotLoadedHigh(path.to_owned()));
     }
     if u16_at(head, XLOADFLAGS_OFFSET) & XLF_KERNEL_64 == 0 {
         return Err(BootError::No64BitEntry(path.to_owned()));
@@ -433,6 +443,7 @@ mod tests {
         h[HEADER_MAGIC_OFFSET..HEADER_MAGIC_OFFSET + 4].copy_from_slice(b"HdrS");
         h[VERSION_OFFSET..VERSION_OFFSET + 2].copy_from_slice(&version.to_le_bytes());
         h[XLOADFLAGS_OFFSET..XLOADFLAGS_OFFSET + 2].copy_from_slice(&xloadflags.to_le_bytes());
+        h[LOADFLAGS_OFFSET] = LOADED_HIGH;
         h
     }
 

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Installs the host packages the build, tests and demo need (idempotent; needs root to install).
+source "$(dirname "$0")/lib.sh"
+# lz4: unpacks Debian's kernel; util-linux: unshare/setpriv for the /dev/kvm tests.
+apt_install lz4 util-linux
