@@ -1,0 +1,164 @@
+//! Ring-0 glue (entry.S) and the CPU primitives ring 3 uses: port and MMIO
+//! access, the `ud2` call gate, interrupt bookkeeping shared with the ring-0
+//! stubs, `rdtsc` and `cpuid`.
+
+use core::arch::{asm, global_asm};
+use core::ptr::{addr_of, addr_of_mut};
+
+global_asm!(include_str!("entry.S"), options(att_syntax));
+
+/// Number of IDT vectors (must match NVEC in entry.S).
+pub const NVEC: usize = 64;
+/// Vector of the LAPIC timer tick.
+pub const TIMER_VECTOR: u8 = 0x3e;
+/// Vector the LAPIC uses for spurious interrupts.
+pub const SPURIOUS_VECTOR: u8 = 0x3f;
+/// First vector used for IOAPIC pins (vector = IRQ_BASE + GSI).
+pub const IRQ_BASE: u8 = 0x20;
+
+extern "C" {
+    static probe_irq_total: u64;
+    static probe_irq_counts: [u64; NVEC];
+    static mut probe_irq_level: [u8; NVEC];
+    static mut probe_lapic_eoi: u64;
+    /// Recorded by the ring-0 fault stub.
+    pub static probe_fault_vector: u64;
+    /// Recorded by the ring-0 fault stub.
+    pub static probe_fault_error: u64;
+    /// Recorded by the ring-0 fault stub.
+    pub static probe_fault_rip: u64;
+    /// Recorded by the ring-0 fault stub.
+    pub static probe_fault_cs: u64;
+    /// Recorded by the ring-0 fault stub.
+    pub static probe_fault_cr2: u64;
+}
+
+const GATE_WAIT: u64 = 1;
+const GATE_RESET: u64 = 2;
+const GATE_HALT: u64 = 3;
+
+/// Reads one of the fault words recorded by the ring-0 stub.
+pub fn fault_word(w: &'static u64) -> u64 {
+    // SAFETY: the reference points at an aligned u64 in the image's data.
+    unsafe { core::ptr::read_volatile(w) }
+}
+
+/// Total interrupts taken so far.
+pub fn irq_total() -> u64 {
+    // SAFETY: an aligned u64 in the image, written only by the ring-0 stub.
+    unsafe { core::ptr::read_volatile(addr_of!(probe_irq_total)) }
+}
+
+/// Interrupts taken so far on `vector`.
+pub fn irq_count(vector: u8) -> u64 {
+    let v = (vector as usize).min(NVEC - 1);
+    // SAFETY: in-bounds element of the stub's counter array.
+    unsafe { core::ptr::read_volatile(addr_of!(probe_irq_counts[v])) }
+}
+
+/// Marks `vector` as level-triggered: its stub leaves the EOI to ring 3
+/// (which must first silence the device).
+pub fn set_level(vector: u8, level: bool) {
+    let v = (vector as usize).min(NVEC - 1);
+    // SAFETY: in-bounds element; read by the ring-0 stub only.
+    unsafe { core::ptr::write_volatile(addr_of_mut!(probe_irq_level[v]), u8::from(level)) }
+}
+
+/// Tells the ring-0 stubs where the LAPIC EOI register is.
+pub fn set_lapic_eoi(addr: u64) {
+    // SAFETY: an aligned u64 in the image, read by the ring-0 stub.
+    unsafe { core::ptr::write_volatile(addr_of_mut!(probe_lapic_eoi), addr) }
+}
+
+/// Sleeps in ring 0 (`sti; hlt`) unless an interrupt arrived after
+/// `irq_total()` returned `seen`.
+pub fn wait_for_interrupt(seen: u64) {
+    // SAFETY: the gate is handled by the #UD stub, which only changes RAX.
+    unsafe { asm!("ud2", inout("rax") GATE_WAIT => _, in("rdx") seen, options(nostack)) }
+}
+
+/// Resets the machine with a triple fault.
+pub fn triple_fault() -> ! {
+    // SAFETY: the gate never returns.
+    unsafe { asm!("ud2", in("rax") GATE_RESET, options(nostack, noreturn)) }
+}
+
+/// Halts forever with interrupts off.
+pub fn halt_forever() -> ! {
+    // SAFETY: the gate never returns.
+    unsafe { asm!("ud2", in("rax") GATE_HALT, options(nostack, noreturn)) }
+}
+
+/// Port input, 8 bits (allowed from ring 3 by the TSS I/O bitmap).
+pub fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: port I/O has no memory effects on this guest.
+    unsafe { asm!("in al, dx", out("al") v, in("dx") port, options(nostack, nomem)) };
+    v
+}
+
+/// Port output, 8 bits.
+pub fn outb(port: u16, v: u8) {
+    // SAFETY: port I/O has no memory effects on this guest.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") v, options(nostack, nomem)) }
+}
+
+/// Port output, 16 bits.
+pub fn outw(port: u16, v: u16) {
+    // SAFETY: port I/O has no memory effects on this guest.
+    unsafe { asm!("out dx, ax", in("dx") port, in("ax") v, options(nostack, nomem)) }
+}
+
+/// Port output, 32 bits.
+pub fn outl(port: u16, v: u32) {
+    // SAFETY: port I/O has no memory effects on this guest.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") v, options(nostack, nomem)) }
+}
+
+/// 32-bit MMIO read.
+pub fn mmio_read32(addr: u64) -> u32 {
+    // SAFETY: callers pass device register addresses from ACPI, which the
+    // page tables map (uncached in the 3-4 GiB hole, identity elsewhere).
+    unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+
+/// 32-bit MMIO write.
+pub fn mmio_write32(addr: u64, v: u32) {
+    // SAFETY: as for `mmio_read32`.
+    unsafe { core::ptr::write_volatile(addr as *mut u32, v) }
+}
+
+/// 16-bit MMIO write.
+pub fn mmio_write16(addr: u64, v: u16) {
+    // SAFETY: as for `mmio_read32`.
+    unsafe { core::ptr::write_volatile(addr as *mut u16, v) }
+}
+
+/// 8-bit MMIO read.
+pub fn mmio_read8(addr: u64) -> u8 {
+    // SAFETY: as for `mmio_read32`.
+    unsafe { core::ptr::read_volatile(addr as *const u8) }
+}
+
+/// 8-bit MMIO write.
+pub fn mmio_write8(addr: u64, v: u8) {
+    // SAFETY: as for `mmio_read32`.
+    unsafe { core::ptr::write_volatile(addr as *mut u8, v) }
+}
+
+/// Time stamp counter.
+pub fn rdtsc() -> u64 {
+    // SAFETY: rdtsc is allowed in ring 3 (CR4.TSD is clear).
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// `cpuid` leaf `leaf`, subleaf 0: (eax, ebx, ecx, edx).
+pub fn cpuid(leaf: u32) -> (u32, u32, u32, u32) {
+    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+    (r.eax, r.ebx, r.ecx, r.edx)
+}
+
+/// A spin-loop hint.
+pub fn pause() {
+    core::hint::spin_loop();
+}

@@ -1,0 +1,362 @@
+/*
+ * Ring-0 part of the probe guest: entry points, GDT, IDT, TSS, page tables,
+ * interrupt stubs and the ud2 call gate.  Everything else runs in ring 3.
+ *
+ * Ring-0 code is emulated instruction by instruction on PVM hosts, so it is
+ * kept to a few dozen plain integer instructions per path, and every table
+ * is built at link time (no loops).  No SSE/x87, popcnt, cmpxchg16b, int3.
+ *
+ * Entry points (all leave EDI = boot information pointer, ESI = entry kind):
+ *   image + 0x000  startup_32   32-bit protected mode, ESI = boot_params
+ *   image + 0x200  startup_64   64-bit long mode,      RSI = boot_params
+ *   pvh_start (PVH ELF note)    32-bit protected mode, EBX = hvm_start_info
+ *
+ * Braces are avoided in this file: it is included through global_asm!.
+ */
+    .set CODE32_CS, 0x08
+    .set KERNEL_DS, 0x10
+    .set KERNEL_CS, 0x18
+    .set USER_DS, 0x23
+    .set USER_CS, 0x2b
+    .set TSS_SEL, 0x30
+    .set RING0_BASE, 0x101000           /* .ring0, fixed by link.ld */
+    .set TSS_ADDR, RING0_BASE + 0x1000
+    .set TSS_LIMIT, 104 + 8192          /* I/O bitmap for all 65536 ports + 0xff */
+    .set NVEC, 64                       /* IDT size: exceptions + IRQ vectors */
+    .set ENTRY_BZIMAGE64, 0
+    .set ENTRY_BZIMAGE32, 1
+    .set ENTRY_PVH, 2
+    .set GATE_WAIT, 1
+    .set GATE_RESET, 2
+    .set GATE_HALT, 3
+
+/* ------------------------------------------------------------------ */
+    .pushsection .text.entry, "ax"
+    .code32
+    .globl startup_32
+startup_32:
+    cli
+    cld
+    mov %esi, %edi
+    mov $ENTRY_BZIMAGE32, %esi
+    jmp common32
+
+    .org 0x200
+    .code64
+    .globl startup_64
+startup_64:
+    cli
+    cld
+    mov %rsi, %rdi
+    mov $ENTRY_BZIMAGE64, %esi
+    lgdt gdt_ptr(%rip)
+    mov $pml4, %eax
+    mov %rax, %cr3
+    pushq $KERNEL_CS
+    lea long_common(%rip), %rax
+    push %rax
+    lretq
+
+    .code32
+    .globl pvh_start
+pvh_start:
+    cli
+    cld
+    mov %ebx, %edi
+    mov $ENTRY_PVH, %esi
+common32:
+    lgdt %cs:gdt_ptr
+    ljmp $CODE32_CS, $1f
+1:  mov $KERNEL_DS, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    mov %eax, %fs
+    mov %eax, %gs
+    mov %cr4, %eax
+    or $0x620, %eax                     /* PAE, OSFXSR, OSXMMEXCPT */
+    mov %eax, %cr4
+    mov $pml4, %eax
+    mov %eax, %cr3
+    mov $0xc0000080, %ecx               /* EFER.LME */
+    rdmsr
+    or $0x100, %eax
+    wrmsr
+    mov %cr0, %eax
+    or $0x80000001, %eax                /* PG, PE */
+    mov %eax, %cr0
+    ljmp $KERNEL_CS, $long_common
+
+    .code64
+long_common:
+    mov $KERNEL_DS, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    mov %eax, %fs
+    mov %eax, %gs
+    mov $stack0_top, %esp
+    mov %cr4, %rax
+    or $0x620, %rax                     /* OSFXSR, OSXMMEXCPT: SSE for ring 3 */
+    mov %rax, %cr4
+    mov %cr0, %rax
+    and $~0xc, %rax                     /* clear EM, TS */
+    or $0x2, %rax                       /* MP */
+    mov %rax, %cr0
+    andb $~0x02, gdt + TSS_SEL + 5      /* not busy, in case of a warm restart */
+    mov $TSS_SEL, %eax
+    ltr %ax
+    lidt idt_ptr
+    mov $0xff, %al                      /* mask both 8259s */
+    out %al, $0x21
+    out %al, $0xa1
+    pushq $USER_DS
+    pushq $user_stack_top
+    pushq $0x202                        /* IF=1 */
+    pushq $USER_CS
+    pushq $user_entry
+    iretq
+    .popsection
+
+/* ------------------------------------------------------------------ */
+    .pushsection .ring0, "awx"
+    .code64
+    /* One 16-byte stub per vector at RING0_BASE + 16 * vector. */
+isr_stubs:
+    .set vec, 0
+    .rept NVEC
+    .if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+    .else
+    pushq $0
+    .endif
+    pushq $vec
+    jmp isr_common
+    .balign 16
+    .set vec, vec + 1
+    .endr
+    .org isr_stubs + 16 * NVEC
+
+/* Stack: 0 vector, 8 error code, 16 rip, 24 cs, 32 rflags, 40 rsp, 48 ss */
+isr_common:
+    cmpq $32, (%rsp)
+    jae irq_entry
+    cmpq $6, (%rsp)
+    jne fault_entry
+    testb $3, 24(%rsp)
+    jz fault_entry
+    push %rcx
+    mov 24(%rsp), %rcx
+    cmpw $0x0b0f, (%rcx)
+    pop %rcx
+    jne fault_entry
+    /* The ring-3 call gate: ud2 with the operation in RAX, argument in RDX. */
+    addq $2, 16(%rsp)
+    cmp $GATE_WAIT, %rax
+    je gate_wait
+    cmp $GATE_RESET, %rax
+    je triple_fault
+    cmp $GATE_HALT, %rax
+    je halt_forever
+    mov $-1, %rax
+gate_return:
+    add $16, %rsp
+    iretq
+gate_wait:
+    /* Sleep unless an interrupt came in since ring 3 read probe_irq_total. */
+    cmp probe_irq_total, %rdx
+    jne 1f
+    sti
+    hlt
+    cli
+1:  xor %eax, %eax
+    jmp gate_return
+
+triple_fault:
+    lidt null_idt_ptr
+    ud2
+halt_forever:
+    cli
+1:  hlt
+    jmp 1b
+
+irq_entry:
+    push %rax
+    push %rcx
+    mov 16(%rsp), %rax
+    incq probe_irq_counts(,%rax,8)
+    incq probe_irq_total
+    cmpb $0, probe_irq_level(%rax)
+    jne 1f                              /* level: ring 3 acks the device, then EOIs */
+    mov probe_lapic_eoi, %rcx
+    movl $0, (%rcx)
+1:  pop %rcx
+    pop %rax
+    add $16, %rsp
+    iretq
+
+/* An unexpected exception: record it and "return" into the ring-3 reporter. */
+fault_entry:
+    cmpq $0, probe_fault_active
+    jne triple_fault
+    movq $1, probe_fault_active
+    push %rax
+    mov 8(%rsp), %rax
+    mov %rax, probe_fault_vector
+    mov 16(%rsp), %rax
+    mov %rax, probe_fault_error
+    mov 24(%rsp), %rax
+    mov %rax, probe_fault_rip
+    mov 32(%rsp), %rax
+    mov %rax, probe_fault_cs
+    mov %cr2, %rax
+    mov %rax, probe_fault_cr2
+    pop %rax
+    add $16, %rsp
+    movq $fault_trampoline, 0(%rsp)
+    movq $USER_CS, 8(%rsp)
+    movq $0x2, 16(%rsp)
+    movq $fault_stack_top, 24(%rsp)
+    movq $USER_DS, 32(%rsp)
+    iretq
+
+    /* 64-bit TSS at TSS_ADDR: RSP0 and an I/O bitmap allowing every port. */
+    .org 0x1000
+tss:
+    .long 0
+    .quad stack0_top                    /* RSP0 */
+    .quad 0, 0, 0                       /* RSP1, RSP2, reserved */
+    .quad 0, 0, 0, 0, 0, 0, 0           /* IST1-7 */
+    .quad 0
+    .word 0
+    .word 104                           /* I/O map base */
+    .fill 8192, 1, 0
+    .byte 0xff
+    .popsection
+
+/* ------------------------------------------------------------------ */
+    .pushsection .data.ring0, "aw"
+    .balign 16
+gdt:
+    .quad 0
+    .quad 0x00cf9a000000ffff            /* 0x08 code32 */
+    .quad 0x00cf92000000ffff            /* 0x10 data */
+    .quad 0x00af9a000000ffff            /* 0x18 code64 */
+    .quad 0x00cff2000000ffff            /* 0x20 user data (DPL 3) */
+    .quad 0x00affa000000ffff            /* 0x28 user code64 (DPL 3) */
+    .word TSS_LIMIT & 0xffff            /* 0x30 TSS */
+    .word TSS_ADDR & 0xffff
+    .byte (TSS_ADDR >> 16) & 0xff
+    .byte 0x89
+    .byte (TSS_LIMIT >> 16) & 0x0f
+    .byte (TSS_ADDR >> 24) & 0xff
+    .long 0
+    .long 0
+gdt_end:
+    .balign 8
+gdt_ptr:
+    .word gdt_end - gdt - 1
+    .quad gdt
+    .balign 8
+idt_ptr:
+    .word NVEC * 16 - 1
+    .quad idt
+    .balign 8
+null_idt_ptr:
+    .word 0
+    .quad 0
+    .balign 16
+idt:
+    .set vec, 0
+    .rept NVEC
+    .word (RING0_BASE + 16 * vec) & 0xffff
+    .word KERNEL_CS
+    .byte 0
+    .byte 0x8e                          /* present, DPL 0, interrupt gate */
+    .word ((RING0_BASE + 16 * vec) >> 16) & 0xffff
+    .long 0
+    .long 0
+    .set vec, vec + 1
+    .endr
+
+    /* State shared with ring 3 (read there with volatile loads). */
+    .balign 8
+    .globl probe_irq_total, probe_irq_counts, probe_irq_level, probe_lapic_eoi
+    .globl probe_fault_active, probe_fault_vector, probe_fault_error
+    .globl probe_fault_rip, probe_fault_cs, probe_fault_cr2
+probe_irq_total:    .quad 0
+probe_irq_counts:   .fill NVEC, 8, 0
+probe_lapic_eoi:    .quad 0xfee000b0
+probe_fault_active: .quad 0
+probe_fault_vector: .quad 0
+probe_fault_error:  .quad 0
+probe_fault_rip:    .quad 0
+probe_fault_cs:     .quad 0
+probe_fault_cr2:    .quad 0
+probe_irq_level:
+    .fill NVEC - 1, 1, 0
+    .byte 1                             /* vector 63: LAPIC spurious, no EOI */
+    .popsection
+
+/* Identity map of the first 4 GiB with 2 MiB pages, user-accessible; the
+ * top GiB (32-bit MMIO hole, IOAPIC, LAPIC) uncached. */
+    .pushsection .data.pagetables, "aw"
+    .balign 4096
+pml4:
+    .quad pdpt + 0x7
+    .fill 511, 8, 0
+pdpt:
+    .quad pd + 0x0000 + 0x7
+    .quad pd + 0x1000 + 0x7
+    .quad pd + 0x2000 + 0x7
+    .quad pd + 0x3000 + 0x7
+    .fill 508, 8, 0
+pd:
+    .set i, 0
+    .rept 2048
+    .if i < 1536
+    .quad (i << 21) | 0x87              /* P, RW, US, PS */
+    .else
+    .quad (i << 21) | 0x9f              /* + PWT, PCD */
+    .endif
+    .set i, i + 1
+    .endr
+    .popsection
+
+/* ------------------------------------------------------------------ */
+    .pushsection .note.Xen, "a", @note
+    .balign 4
+    .long 4                             /* namesz */
+    .long 4                             /* descsz */
+    .long 18                            /* XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz "Xen"
+    .long pvh_start
+    .popsection
+
+    .pushsection .stack, "aw", @nobits
+    .balign 4096
+stack0:
+    .skip 16384
+stack0_top:
+    .skip 16384
+fault_stack_top:
+    .skip 262144
+user_stack_top:
+    .popsection
+
+/* ------------------------------------------------------------------ */
+    .pushsection .text.user_entry, "ax"
+    .code64
+/* First ring-3 code: RDI = boot information, RSI = entry kind. */
+user_entry:
+    fninit
+    ldmxcsr mxcsr_default
+    and $-16, %rsp
+    call probe_main
+    ud2
+fault_trampoline:
+    call probe_fault_report
+    ud2
+    .balign 4
+mxcsr_default:
+    .long 0x1f80
+    .popsection

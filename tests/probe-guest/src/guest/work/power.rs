@@ -1,0 +1,53 @@
+//! `idle`, `reboot` and `triple-fault`.
+
+use super::Ctx;
+use crate::guest::arch;
+use crate::out;
+
+/// Halts (in ring 0, `sti; hlt`) until the GED interrupt (power button)
+/// arrives; then prints `PROBE power-button` and returns, so that the probe
+/// powers off. Without a GED it halts until the VMM stops it.
+pub fn idle(ctx: &mut Ctx) -> u32 {
+    ctx.apic.stop_tick();
+    let ged = ctx.p.ged_irq;
+    let vector = ged.and_then(|i| ctx.apic.route(i));
+    match (ged, vector) {
+        (Some(i), Some(_)) => out!("PROBE idle ged_gsi={}", i.gsi),
+        _ => out!("PROBE idle ged_gsi=none"),
+    }
+    let base = vector.map(arch::irq_count);
+    loop {
+        let seen = arch::irq_total();
+        if let (Some(v), Some(b)) = (vector, base) {
+            if arch::irq_count(v) != b {
+                if let Some(i) = ged.filter(|i| !i.edge) {
+                    // Level-triggered: we cannot silence the GED, so mask it.
+                    ctx.apic.mask(i.gsi);
+                    ctx.apic.eoi();
+                }
+                out!("PROBE power-button");
+                return 0;
+            }
+        }
+        arch::wait_for_interrupt(seen);
+    }
+}
+
+/// Prints `PROBE reboot method=acpi` and writes the FADT reset register;
+/// falls back to a triple fault when there is none or it had no effect.
+pub fn reboot(ctx: &mut Ctx) -> u32 {
+    let has_reset = matches!(&ctx.p.acpi, Ok(a) if a.fadt.reset.is_some());
+    if has_reset {
+        out!("PROBE reboot method=acpi");
+        ctx.p.reset();
+        out!("PROBE reboot acpi-reset-ignored");
+    }
+    out!("PROBE reboot method=triple-fault");
+    arch::triple_fault()
+}
+
+/// Prints `PROBE triple-fault` and resets through a triple fault.
+pub fn triple_fault() -> u32 {
+    out!("PROBE triple-fault");
+    arch::triple_fault()
+}
