@@ -1,0 +1,398 @@
+// SPDX-License-Identifier: Apache-2.0
+//! A streaming splitter for QMP input, with QEMU's lexical rules and limits.
+//!
+//! Bytes arrive in arbitrary pieces: several requests in one read, one request over several.
+//! The splitter tracks strings and brace/bracket depth and hands out each complete top-level
+//! value as normalized JSON (QEMU also accepts single-quoted strings, which are rewritten to
+//! double quotes here so that a standard JSON parser can read the result). Lexical errors
+//! (a byte that cannot appear where it is, a raw control character in a string) and limit
+//! violations produce an error item and reset the splitter, so the next request is read
+//! normally: this is how a client resynchronizes after garbage.
+
+use serde_json::Value;
+
+/// Deepest nesting of braces and brackets QEMU accepts.
+pub const MAX_NESTING: usize = 1024;
+/// Largest message, in bytes.
+pub const MAX_TOKEN_SIZE: usize = 64 << 20;
+/// Most tokens in one message.
+pub const MAX_TOKEN_COUNT: usize = 2 << 20;
+
+/// One item of the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Item {
+    /// A complete, well-formed JSON value.
+    Value(Value),
+    /// A message that could not be read; the text is QEMU's error description.
+    Error(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Between tokens.
+    Between,
+    /// Inside a number or keyword.
+    Scalar,
+    /// Inside a string opened with this quote.
+    Str(u8),
+    /// After a backslash in a string opened with this quote.
+    Escape(u8),
+    /// The rest of an interpolation token (`%p`), already reported.
+    Interpolation,
+}
+
+/// The splitter; one per client connection.
+#[derive(Debug)]
+pub struct JsonStream {
+    buf: Vec<u8>,
+    state: State,
+    depth: usize,
+    tokens: usize,
+}
+
+impl Default for JsonStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Renders a byte for a "stray" error the way QEMU does: printable ASCII as itself, anything
+/// else as a JSON-style escape, invalid UTF-8 as U+FFFD.
+fn stray(byte: u8) -> String {
+    let shown = match byte {
+        0x20..=0x7e => (byte as char).to_string(),
+        0x00..=0x1f | 0x7f => format!("\\u{byte:04X}"),
+        _ => "\\uFFFD".to_string(),
+    };
+    format!("JSON parse error, stray '{shown}'")
+}
+
+/// Maps a serde_json syntax error to QEMU's wording.
+fn parse_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let what = if msg.starts_with("key must be a string") {
+        "key is not a string in object"
+    } else if msg.starts_with("expected `:`") {
+        "missing : in object pair"
+    } else if msg.starts_with("expected `,` or `}`") {
+        "expected separator in dict"
+    } else if msg.starts_with("expected `,` or `]`") {
+        "expected separator in list"
+    } else if msg.starts_with("invalid escape") || msg.starts_with("invalid unicode") {
+        "invalid escape sequence in string"
+    } else if msg.starts_with("expected ident") {
+        "invalid keyword"
+    } else if msg.starts_with("invalid number") || msg.starts_with("number out of range") {
+        "invalid number"
+    } else {
+        "expecting value"
+    };
+    format!("JSON parse error, {what}")
+}
+
+impl JsonStream {
+    /// Creates an empty splitter.
+    pub fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            state: State::Between,
+            depth: 0,
+            tokens: 0,
+        }
+    }
+
+    /// True when a message is partly read (the client owes more bytes).
+    pub fn is_pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    fn reset(&mut self) {
+        self.buf.clear();
+        self.state = State::Between;
+        self.depth = 0;
+        self.tokens = 0;
+    }
+
+    fn error(&mut self, out: &mut Vec<Item>, msg: String) {
+        self.reset();
+        out.push(Item::Error(msg));
+    }
+
+    fn emit(&mut self, out: &mut Vec<Item>) {
+        // Depth is bounded by MAX_NESTING above, so serde's own recursion guard (128 levels)
+        // can be lifted; the monitor thread's stack holds 1024 levels comfortably.
+        let mut de = serde_json::Deserializer::from_slice(&self.buf);
+        de.disable_recursion_limit();
+        let parsed =
+            serde::Deserialize::deserialize(&mut de).and_then(|v: Value| de.end().map(|()| v));
+        let item = match parsed {
+            Ok(v) => Item::Value(v),
+            Err(e) => Item::Error(parse_error(&e)),
+        };
+        self.reset();
+        out.push(item);
+    }
+
+    fn count_token(&mut self, out: &mut Vec<Item>) -> bool {
+        self.tokens += 1;
+        if self.tokens > MAX_TOKEN_COUNT {
+            self.error(out, "JSON token count limit exceeded".into());
+            return false;
+        }
+        true
+    }
+
+    /// Ends a number or keyword; at top level that ends a message.
+    fn end_scalar(&mut self, out: &mut Vec<Item>) {
+        self.state = State::Between;
+        if self.depth == 0 {
+            self.emit(out);
+        }
+    }
+
+    /// Feeds bytes; returns the items completed by them, in order.
+    pub fn feed(&mut self, input: &[u8]) -> Vec<Item> {
+        let mut out = Vec::new();
+        for &b in input {
+            if self.buf.len() >= MAX_TOKEN_SIZE {
+                self.error(&mut out, "JSON token size limit exceeded".into());
+            }
+            match self.state {
+                State::Str(q) => self.in_string(q, b, &mut out),
+                State::Escape(q) => self.in_escape(q, b),
+                State::Scalar => {
+                    if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.') {
+                        self.buf.push(b);
+                    } else {
+                        self.end_scalar(&mut out);
+                        self.between(b, &mut out);
+                    }
+                }
+                State::Interpolation if b.is_ascii_alphanumeric() => {}
+                State::Interpolation | State::Between => {
+                    self.state = State::Between;
+                    self.between(b, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn in_string(&mut self, quote: u8, b: u8, out: &mut Vec<Item>) {
+        match b {
+            b'\\' => self.state = State::Escape(quote),
+            _ if b == quote => {
+                self.buf.push(b'"');
+                self.state = State::Between;
+                if self.depth == 0 {
+                    self.emit(out);
+                }
+            }
+            b'"' => self.buf.extend_from_slice(b"\\\""),
+            0x00..=0x1f | 0xc0 | 0xc1 | 0xf5..=0xff => self.error(out, stray(b)),
+            _ => self.buf.push(b),
+        }
+    }
+
+    fn in_escape(&mut self, quote: u8, b: u8) {
+        match b {
+            // \' is QEMU's escape for a single quote; JSON has no such escape.
+            b'\'' => self.buf.push(b'\''),
+            _ => {
+                self.buf.push(b'\\');
+                self.buf.push(b);
+            }
+        }
+        self.state = State::Str(quote);
+    }
+
+    fn between(&mut self, b: u8, out: &mut Vec<Item>) {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                if self.depth > 0 {
+                    self.buf.push(b);
+                }
+            }
+            b'{' | b'[' => {
+                if !self.count_token(out) {
+                    return;
+                }
+                self.depth += 1;
+                if self.depth > MAX_NESTING {
+                    self.error(out, "JSON nesting depth limit exceeded".into());
+                    return;
+                }
+                self.buf.push(b);
+            }
+            b'}' | b']' => {
+                if !self.count_token(out) {
+                    return;
+                }
+                self.buf.push(b);
+                if self.depth == 0 {
+                    // A closer with nothing open: QEMU parses it alone and fails.
+                    self.emit(out);
+                    return;
+                }
+                self.depth -= 1;
+                if self.depth == 0 {
+                    self.emit(out);
+                }
+            }
+            b',' | b':' => {
+                if self.count_token(out) {
+                    self.buf.push(b);
+                    if self.depth == 0 {
+                        self.emit(out);
+                    }
+                }
+            }
+            b'"' | b'\'' => {
+                if self.count_token(out) {
+                    self.buf.push(b'"');
+                    self.state = State::Str(b);
+                }
+            }
+            b'-' | b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' => {
+                if self.count_token(out) {
+                    self.buf.push(b);
+                    self.state = State::Scalar;
+                }
+            }
+            b'%' => {
+                // QEMU's lexer reads `%p`-style interpolations as one token, invalid in QMP.
+                self.error(out, stray(b));
+                self.state = State::Interpolation;
+            }
+            _ => self.error(out, stray(b)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn values(items: &[Item]) -> Vec<Value> {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Value(v) => v.clone(),
+                Item::Error(e) => panic!("unexpected error {e}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn several_requests_in_one_read_and_one_split_across_reads() {
+        let mut s = JsonStream::new();
+        let items = s.feed(b"{\"execute\":\"a\"}{\"execute\":\"b\"}\r\n{\"exec");
+        assert_eq!(
+            values(&items),
+            vec![json!({"execute":"a"}), json!({"execute":"b"})]
+        );
+        assert!(s.is_pending());
+        let items = s.feed(b"ute\": \"c\", \"arguments\": {\"x\": [1, {\"y\": \"}\"}]}}");
+        assert_eq!(
+            values(&items),
+            vec![json!({"execute":"c","arguments":{"x":[1,{"y":"}"}]}})]
+        );
+        assert!(!s.is_pending());
+    }
+
+    #[test]
+    fn single_quotes_are_accepted() {
+        let mut s = JsonStream::new();
+        let items = s.feed(br#"{'execute':'query-status','id':'it\'s "x"'}"#);
+        assert_eq!(
+            values(&items),
+            vec![json!({"execute":"query-status","id":"it's \"x\""})]
+        );
+    }
+
+    #[test]
+    fn top_level_scalars_are_messages() {
+        let mut s = JsonStream::new();
+        let items = s.feed(b"null\n\"str\" 42 ");
+        assert_eq!(values(&items), vec![json!(null), json!("str"), json!(42)]);
+    }
+
+    #[test]
+    fn syntax_error_then_recovery() {
+        let mut s = JsonStream::new();
+        let items = s.feed(b"{]\n{\"execute\": }{'execute':'x'}");
+        assert!(matches!(&items[0], Item::Error(e) if e.starts_with("JSON parse error")));
+        assert_eq!(
+            items[1],
+            Item::Error("JSON parse error, expecting value".into())
+        );
+        assert_eq!(items[2], Item::Value(json!({"execute":"x"})));
+    }
+
+    #[test]
+    fn lexical_errors_reset() {
+        for bad in [
+            &b"{\xff"[..],
+            b"{\x01",
+            b"{'bad \xff",
+            b"{'execute': 'nonexistent', 'id':'\n",
+            b"%p",
+        ] {
+            let mut s = JsonStream::new();
+            let mut items = s.feed(bad);
+            items.extend(s.feed(b"{ 'execute': 'no-such-cmd' }"));
+            assert_eq!(items.len(), 2, "{bad:?}: {items:?}");
+            assert!(
+                matches!(&items[0], Item::Error(e) if e.starts_with("JSON parse error, stray")),
+                "{items:?}"
+            );
+            assert_eq!(items[1], Item::Value(json!({"execute":"no-such-cmd"})));
+        }
+        let mut s = JsonStream::new();
+        assert_eq!(
+            s.feed(b"\x01"),
+            vec![Item::Error("JSON parse error, stray '\\u0001'".into())]
+        );
+        assert_eq!(
+            s.feed(b"\xff"),
+            vec![Item::Error("JSON parse error, stray '\\uFFFD'".into())]
+        );
+    }
+
+    #[test]
+    fn nesting_limit_then_one_error_per_stray_closer() {
+        let mut s = JsonStream::new();
+        let deep = "[".repeat(MAX_NESTING + 1) + &"]".repeat(MAX_NESTING + 1);
+        let items = s.feed(deep.as_bytes());
+        assert_eq!(
+            items[0],
+            Item::Error("JSON nesting depth limit exceeded".into())
+        );
+        // The limit hit at the 1025th '[': the rest of that token run is discarded... the
+        // closers each produce a parse error, as QEMU does.
+        assert_eq!(items.len(), 1 + MAX_NESTING + 1);
+        assert!(items[1..]
+            .iter()
+            .all(|i| *i == Item::Error("JSON parse error, expecting value".into())));
+        let ok = "[".repeat(MAX_NESTING) + &"]".repeat(MAX_NESTING);
+        assert_eq!(s.feed(ok.as_bytes()).len(), 1);
+        assert!(matches!(s.feed(ok.as_bytes())[0], Item::Value(_)));
+    }
+
+    #[test]
+    fn incomplete_message_waits() {
+        let mut s = JsonStream::new();
+        assert!(s.feed(b"{\"execute\":\"query-status\"").is_empty());
+        assert!(s.is_pending());
+        assert_eq!(s.feed(b"}").len(), 1);
+    }
+
+    #[test]
+    fn unicode_in_strings() {
+        let mut s = JsonStream::new();
+        let items = s.feed("{'id':'héllo \\u00e9'}".as_bytes());
+        assert_eq!(values(&items), vec![json!({"id":"héllo é"})]);
+    }
+}
