@@ -1,0 +1,240 @@
+// SPDX-License-Identifier: Apache-2.0
+//! A fake VM implementing the main schema's traits, emitting events like QEMU does.
+
+use std::sync::Arc;
+
+use qapi::commands::{QmpCommands, QmpHandles, QmpOobCommands};
+use qapi::events::{self, Event, EventSink};
+use qapi::rt::{QmpError, Timestamp};
+use qapi::types::*;
+use serde_json::{json, Value};
+
+/// Collects emitted events as QEMU wire messages.
+pub struct QueueSink(pub super::EventQueue);
+
+impl EventSink for QueueSink {
+    fn emit(&self, event: Event, timestamp: Timestamp) {
+        self.0.lock().expect("lock").push(event.to_json(timestamp));
+    }
+}
+
+/// The fake VM.
+pub struct FakeVm {
+    pub status: RunState,
+    pub sink: Arc<QueueSink>,
+    pub drives: Vec<String>,
+    pub name: Option<String>,
+}
+
+impl FakeVm {
+    pub fn new(events: super::EventQueue) -> Self {
+        FakeVm {
+            status: RunState::Running,
+            sink: Arc::new(QueueSink(events)),
+            drives: vec!["drive0".into()],
+            name: None,
+        }
+    }
+}
+
+impl QmpHandles for FakeVm {
+    fn resolve_blockdev(&self, handle: &Blockdev) -> Result<(), QmpError> {
+        if self.drives.contains(&handle.0) {
+            Ok(())
+        } else {
+            Err(QmpError::device_not_found(&handle.0))
+        }
+    }
+}
+
+impl QmpOobCommands for FakeVm {}
+
+impl QmpCommands for FakeVm {
+    fn qmp_capabilities(&mut self, _enable: Option<Vec<QMPCapability>>) -> Result<(), QmpError> {
+        Err(QmpError::new(
+            qapi::rt::ErrorClass::CommandNotFound,
+            "Capabilities negotiation is already complete, command ignored",
+        ))
+    }
+
+    fn query_version(&mut self) -> Result<VersionInfo, QmpError> {
+        Ok(VersionInfo {
+            qemu: VersionTriple {
+                major: 7,
+                minor: 2,
+                micro: 0,
+            },
+            package: "vmm test".into(),
+        })
+    }
+
+    fn query_commands(&mut self) -> Result<Vec<CommandInfo>, QmpError> {
+        Ok(qapi::command_list())
+    }
+
+    fn query_qmp_schema(&mut self) -> Result<Vec<SchemaInfo>, QmpError> {
+        Ok(qapi::schema_info().to_vec())
+    }
+
+    fn query_status(&mut self) -> Result<StatusInfo, QmpError> {
+        Ok(StatusInfo {
+            running: self.status == RunState::Running,
+            singlestep: false,
+            status: self.status,
+        })
+    }
+
+    fn stop(&mut self) -> Result<(), QmpError> {
+        if self.status == RunState::Running {
+            self.status = RunState::Paused;
+            events::emit_stop(&*self.sink);
+        }
+        Ok(())
+    }
+
+    fn cont(&mut self) -> Result<(), QmpError> {
+        if self.status != RunState::Running {
+            self.status = RunState::Running;
+            events::emit_resume(&*self.sink);
+        }
+        Ok(())
+    }
+
+    fn system_reset(&mut self) -> Result<(), QmpError> {
+        events::emit_reset(&*self.sink, false, ShutdownCause::HostQmpSystemReset);
+        Ok(())
+    }
+
+    fn system_powerdown(&mut self) -> Result<(), QmpError> {
+        events::emit_powerdown(&*self.sink);
+        Ok(())
+    }
+
+    fn quit(&mut self) -> Result<(), QmpError> {
+        events::emit_shutdown(&*self.sink, false, ShutdownCause::HostQmpQuit);
+        Ok(())
+    }
+
+    fn query_kvm(&mut self) -> Result<KvmInfo, QmpError> {
+        Ok(KvmInfo {
+            enabled: true,
+            present: true,
+        })
+    }
+
+    fn query_name(&mut self) -> Result<NameInfo, QmpError> {
+        Ok(NameInfo {
+            name: self.name.clone(),
+        })
+    }
+
+    fn query_cpus_fast(&mut self) -> Result<Vec<CpuInfoFast>, QmpError> {
+        Ok(vec![CpuInfoFast {
+            cpu_index: 0,
+            qom_path: "/machine/unattached/device[0]".into(),
+            thread_id: 4242,
+            props: Some(CpuInstanceProperties {
+                node_id: None,
+                book_id: None,
+                socket_id: Some(0),
+                die_id: None,
+                cluster_id: None,
+                core_id: Some(0),
+                thread_id: Some(0),
+            }),
+            branch: CpuInfoFastBranch::X8664,
+        }])
+    }
+
+    fn query_block(&mut self) -> Result<Vec<BlockInfo>, QmpError> {
+        Ok(vec![
+            serde_json::from_value(sample_block_info()).expect("valid BlockInfo")
+        ])
+    }
+
+    fn query_blockstats(&mut self, query_nodes: Option<bool>) -> Result<Vec<BlockStats>, QmpError> {
+        let stats: BlockDeviceStats = serde_json::from_value(sample_stats()).expect("valid stats");
+        let file = BlockStats {
+            device: None,
+            qdev: None,
+            node_name: Some("file0".into()),
+            stats: stats.clone(),
+            parent: None,
+            backing: None,
+        };
+        let nodes = query_nodes == Some(true);
+        let top = BlockStats {
+            device: (!nodes).then(|| "drive0".to_string()),
+            qdev: (!nodes).then(|| "/machine/peripheral/vblk0/virtio-backend".to_string()),
+            node_name: Some("fmt0".into()),
+            stats,
+            parent: Some(Box::new(file.clone())),
+            backing: None,
+        };
+        Ok(if nodes { vec![top, file] } else { vec![top] })
+    }
+
+    fn human_monitor_command(
+        &mut self,
+        command_line: String,
+        _cpu_index: Option<i64>,
+    ) -> Result<String, QmpError> {
+        match command_line
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["info", "status"] => Ok(format!("VM status: {}\r\n", self.status.as_str())),
+            ["inject-error", drive] => {
+                let owner = Blockdev((*drive).to_string());
+                self.resolve_blockdev(&owner)?;
+                events::emit_block_io_error(
+                    &*self.sink,
+                    &owner,
+                    String::new(),
+                    Some("fmt0".into()),
+                    IoOperationType::Read,
+                    BlockErrorAction::Stop,
+                    Some(false),
+                    "Input/output error".into(),
+                );
+                self.status = RunState::IoError;
+                events::emit_stop(&*self.sink);
+                Ok(String::new())
+            }
+            _ => Err(QmpError::generic(format!(
+                "unknown command: '{command_line}'"
+            ))),
+        }
+    }
+}
+
+pub fn sample_block_info() -> Value {
+    json!({
+        "device": "drive0", "qdev": "/machine/peripheral/vblk0/virtio-backend",
+        "type": "unknown", "removable": false, "locked": false, "io-status": "ok",
+        "inserted": {
+            "file": "disk.img", "node-name": "fmt0", "ro": false, "drv": "raw",
+            "backing_file_depth": 0, "encrypted": false, "detect_zeroes": "off",
+            "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
+            "image": {"filename": "disk.img", "format": "raw", "virtual-size": 1048576,
+                      "actual-size": 4096, "dirty-flag": false},
+            "cache": {"writeback": true, "direct": false, "no-flush": false},
+            "write_threshold": 0
+        }
+    })
+}
+
+pub fn sample_stats() -> Value {
+    json!({
+        "rd_bytes": 512, "wr_bytes": 0, "unmap_bytes": 0, "rd_operations": 1,
+        "wr_operations": 0, "unmap_operations": 0, "flush_operations": 0,
+        "rd_total_time_ns": 1000, "wr_total_time_ns": 0, "unmap_total_time_ns": 0,
+        "flush_total_time_ns": 0, "wr_highest_offset": 0, "rd_merged": 0, "wr_merged": 0,
+        "unmap_merged": 0, "idle_time_ns": 5, "failed_rd_operations": 0,
+        "failed_wr_operations": 0, "failed_unmap_operations": 0, "failed_flush_operations": 0,
+        "invalid_rd_operations": 0, "invalid_wr_operations": 0, "invalid_unmap_operations": 0,
+        "invalid_flush_operations": 0, "account_invalid": true, "account_failed": true,
+        "timed_stats": []
+    })
+}
