@@ -4,7 +4,13 @@
 //! out-of-band commands to the monitor thread.
 
 pub mod json_stream;
+pub mod listener;
 pub mod request;
+pub mod server;
 pub mod spec;
+pub mod wire;
 
+pub use server::{
+    reply, Inband, Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, ToMain,
+};
 pub use spec::{Endpoint, SocketSpec, SpecError};

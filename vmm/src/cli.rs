@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use monitor::SocketSpec;
+
 use crate::vm::{SerialMode, VmConfig};
 
 /// Smallest guest RAM we accept, in MiB.
@@ -42,9 +44,17 @@ pub struct Cli {
     /// Start with the vCPUs paused.
     #[arg(short = 'S', long)]
     pub paused: bool,
-    /// A name for the VM (reported by query-name, used in thread and log names).
+    /// A name for the VM (reported by query-name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// QMP monitor socket (repeatable): unix:PATH or tcp:HOST:PORT, with ,server=on|off and
+    /// ,wait=on|off as in QEMU (server=on alone waits for the first client before starting).
+    #[arg(long, value_name = "SOCKET", value_parser = parse_qmp)]
+    pub qmp: Vec<SocketSpec>,
+}
+
+fn parse_qmp(s: &str) -> Result<SocketSpec, String> {
+    s.parse().map_err(|e: monitor::SpecError| e.to_string())
 }
 
 fn parse_serial(s: &str) -> Result<SerialMode, String> {
@@ -176,6 +186,7 @@ mod tests {
         assert_eq!(c.serial, SerialMode::File("/tmp/x".into()));
         assert!(c.no_reboot && c.paused);
         assert_eq!(c.name.as_deref(), Some("vm1"));
+        assert!(c.qmp.is_empty());
         assert_eq!(c.vm_config().unwrap().cmdline, "console=ttyS0");
     }
 
@@ -199,6 +210,23 @@ mod tests {
         assert!(e.contains("--kernel"), "{e}");
         let e = parse(&["--kernel", "k", "--bogus"]).unwrap_err();
         assert!(e.contains("--bogus"), "{e}");
+    }
+
+    #[test]
+    fn qmp_sockets() {
+        let c = parse(&[
+            "--kernel",
+            "k",
+            "--qmp",
+            "unix:/tmp/a",
+            "--qmp",
+            "tcp:127.0.0.1:4444,server=on,wait=off",
+        ])
+        .unwrap();
+        assert_eq!(c.qmp.len(), 2);
+        assert!(!c.qmp[0].wait && !c.qmp[1].wait);
+        let e = parse(&["--kernel", "k", "--qmp", "stdio"]).unwrap_err();
+        assert!(e.contains("'stdio' is not a QMP socket"), "{e}");
     }
 
     #[test]

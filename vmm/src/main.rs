@@ -5,8 +5,11 @@ mod acpi;
 mod arch;
 mod boot;
 mod cli;
+mod hmp;
 mod layout;
+mod machine;
 mod memory;
+mod qmp;
 mod runner;
 mod vcpu;
 mod vm;
@@ -36,6 +39,8 @@ fn main() {
     let options = runner::RunOptions {
         no_reboot: cli.no_reboot,
         paused: cli.paused,
+        name: cli.name.clone(),
+        qmp: cli.qmp.clone(),
     };
     match runner::run(&config, &options) {
         Ok(code) => std::process::exit(code),

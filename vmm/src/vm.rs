@@ -362,6 +362,11 @@ impl Vm {
         self.vcpus.iter().map(VcpuHandle::thread_id).collect()
     }
 
+    /// Number of vCPUs.
+    pub fn vcpu_count(&self) -> usize {
+        self.vcpus.len() + self.pending_vcpus.len()
+    }
+
     /// Stops and joins every vCPU thread.
     pub fn shutdown(&mut self) {
         for v in self.vcpus.drain(..) {

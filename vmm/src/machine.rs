@@ -1,0 +1,220 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The VM's run state and the lifecycle operations on it, shared by guest requests (poweroff,
+//! reset), host requests (signals) and QMP commands, with the QMP events each one emits.
+//!
+//! Everything here runs on the main loop thread, which owns the [`Machine`]: that ownership is
+//! the "big lock" of the architecture.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use qapi::events::{self, EventSink};
+use qapi::rt::QmpError;
+use qapi::types::{RunState, ShutdownCause};
+
+use crate::vm::{Vm, VmError};
+
+/// The run state, readable without the big lock (by out-of-band commands).
+#[derive(Debug, Default)]
+pub struct SharedRunState(AtomicU8);
+
+const STATES: [RunState; 6] = [
+    RunState::Prelaunch,
+    RunState::Running,
+    RunState::Paused,
+    RunState::Shutdown,
+    RunState::InternalError,
+    RunState::IoError,
+];
+
+impl SharedRunState {
+    /// The current state.
+    pub fn get(&self) -> RunState {
+        STATES
+            .get(usize::from(self.0.load(Ordering::Acquire)))
+            .copied()
+            .unwrap_or(RunState::Running)
+    }
+
+    fn set(&self, state: RunState) {
+        let index = STATES.iter().position(|s| *s == state).unwrap_or(1);
+        self.0.store(index as u8, Ordering::Release);
+    }
+}
+
+/// How the main loop should end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Exit with this code.
+    Code(i32),
+}
+
+/// The VM plus its run state and the settings that decide how lifecycle requests end.
+pub struct Machine {
+    /// The virtual machine.
+    pub vm: Vm,
+    state: Arc<SharedRunState>,
+    no_reboot: bool,
+    /// `--name`.
+    pub name: Option<String>,
+    events: Arc<dyn EventSink>,
+    exit: Option<Exit>,
+    /// The error that put the machine in `internal-error`.
+    fatal: Option<String>,
+}
+
+impl std::fmt::Debug for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Machine")
+            .field("state", &self.state.get())
+            .field("exit", &self.exit)
+            .finish()
+    }
+}
+
+impl Machine {
+    /// Wraps a built (not yet started) VM. The vCPUs start parked: `prelaunch` until
+    /// [`launch`](Self::launch).
+    pub fn new(
+        vm: Vm,
+        no_reboot: bool,
+        name: Option<String>,
+        events: Arc<dyn EventSink>,
+        state: Arc<SharedRunState>,
+    ) -> Self {
+        state.set(RunState::Prelaunch);
+        Self {
+            vm,
+            state,
+            no_reboot,
+            name,
+            events,
+            exit: None,
+            fatal: None,
+        }
+    }
+
+    /// The current run state.
+    pub fn state(&self) -> RunState {
+        self.state.get()
+    }
+
+    /// The shared run state, for out-of-band readers.
+    pub fn shared_state(&self) -> Arc<SharedRunState> {
+        self.state.clone()
+    }
+
+    /// Set when the main loop should end.
+    pub fn exit(&self) -> Option<&Exit> {
+        self.exit.as_ref()
+    }
+
+    /// Starts the guest (from `prelaunch`), emitting `RESUME`.
+    pub fn launch(&mut self) {
+        if self.state() == RunState::Prelaunch {
+            self.vm.resume();
+            self.state.set(RunState::Running);
+            events::emit_resume(&*self.events);
+        }
+    }
+
+    /// `stop`: pauses a running guest and emits `STOP`; a no-op otherwise.
+    pub fn stop(&mut self) {
+        if self.state() == RunState::Running {
+            self.vm.pause();
+            self.state.set(RunState::Paused);
+            events::emit_stop(&*self.events);
+        }
+    }
+
+    /// `cont`: resumes a paused (or prelaunch) guest and emits `RESUME`.
+    ///
+    /// # Errors
+    /// Fails in states a resume cannot leave: after an internal error or a shutdown.
+    pub fn cont(&mut self) -> Result<(), QmpError> {
+        match self.state() {
+            RunState::Running => Ok(()),
+            RunState::Paused | RunState::Prelaunch | RunState::IoError => {
+                self.vm.resume();
+                self.state.set(RunState::Running);
+                events::emit_resume(&*self.events);
+                Ok(())
+            }
+            RunState::InternalError => Err(QmpError::generic(
+                "Resetting the Virtual Machine is required",
+            )),
+            _ => Err(QmpError::generic(
+                "The VM has shut down; it cannot be continued",
+            )),
+        }
+    }
+
+    /// Ends the VM with `SHUTDOWN {guest, reason}` and the exit code.
+    pub fn shutdown(&mut self, guest: bool, reason: ShutdownCause, code: i32) {
+        if self.exit.is_some() {
+            return;
+        }
+        self.vm.pause();
+        self.state.set(RunState::Shutdown);
+        events::emit_shutdown(&*self.events, guest, reason);
+        self.exit = Some(Exit::Code(code));
+    }
+
+    /// A reset requested by the guest (`guest`) or the host: `RESET`, then an in-place reset,
+    /// or `SHUTDOWN` and exit with `--no-reboot`. The run state is kept (a paused VM stays
+    /// paused).
+    ///
+    /// # Errors
+    /// Fails when the VM cannot be reset (the images can no longer be loaded).
+    pub fn reset(&mut self, guest: bool, reason: ShutdownCause) -> Result<(), VmError> {
+        if self.no_reboot {
+            self.shutdown(guest, reason, 0);
+            return Ok(());
+        }
+        events::emit_reset(&*self.events, guest, reason);
+        self.vm.reset()?;
+        match self.state() {
+            RunState::Running => self.vm.resume(),
+            RunState::InternalError => {
+                // A reset recovers from an internal error, as in QEMU.
+                self.fatal = None;
+                self.state.set(RunState::Paused);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// `system_powerdown`: presses the ACPI power button after emitting `POWERDOWN`.
+    ///
+    /// # Errors
+    /// Fails when the button interrupt cannot be raised.
+    pub fn powerdown(&mut self) -> Result<(), QmpError> {
+        events::emit_powerdown(&*self.events);
+        self.vm
+            .power_button()
+            .map_err(|e| QmpError::generic(crate::vcpu::chain(&e)))
+    }
+
+    /// An unrecoverable vCPU error. With a monitor the VM stays, paused in `internal-error`,
+    /// for inspection; without one vmm exits 1. Returns the error text.
+    pub fn internal_error(&mut self, msg: String, keep: bool) -> String {
+        self.vm.pause();
+        if keep {
+            if self.state() == RunState::Running {
+                events::emit_stop(&*self.events);
+            }
+            self.state.set(RunState::InternalError);
+            self.fatal = Some(msg.clone());
+        } else {
+            self.state.set(RunState::InternalError);
+            self.exit = Some(Exit::Code(1));
+        }
+        msg
+    }
+
+    /// The exit code `quit` uses: 1 after an internal error, else 0.
+    pub fn quit_code(&self) -> i32 {
+        i32::from(self.fatal.is_some())
+    }
+}
