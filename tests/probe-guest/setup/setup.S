@@ -8,7 +8,8 @@
  * (struct boot_params).  The code asks the BIOS for the e820 map (the
  * loader does not fill it in this path), switches to 32-bit protected mode
  * and jumps to code32_start with ESI = linear address of boot_params,
- * exactly like Linux's own setup code does.
+ * like Linux's own setup code does (which, unlike this one, copies the
+ * header into a separate zero page first).
  *
  * Loaders that use the 32-bit or 64-bit entry never run this code; they
  * only read the header.  setup_sects, syssize and init_size are patched in
@@ -28,7 +29,7 @@ vid_mode:       .word 0xffff            /* NORMAL_VGA */
 root_dev:       .word 0
 boot_flag:      .word 0xaa55
     /* 0x200: entry of the real-mode code. */
-    .byte 0xeb, start_of_setup - 1f     /* jmp short */
+    .byte 0xeb, header_end - 1f         /* jmp short */
 1:
     .ascii "HdrS"
     .word 0x020f                        /* boot protocol 2.15 */
@@ -60,10 +61,19 @@ setup_data:     .quad 0
 pref_address:   .quad 0x100000
 init_size:      .long 0                 /* patched: bytes needed from 1 MiB */
 handover_offset: .long 0
-kernel_info_offset: .long 0
+kernel_info_offset: .long 0x1e0       /* from code32_start: entry.S */
 
 kernel_version:
     .asciz "probe-guest"
+header_end:
+    jmp start_of_setup
+
+    /*
+     * The setup segment is also the zero page handed to the kernel part,
+     * so the code must stay clear of the boot_params fields that get
+     * filled in: e820_table (0x2d0-0xcd0) in particular.
+     */
+    .org 0xd00
 
     .set BP_E820_ENTRIES, 0x1e8
     .set BP_E820_TABLE, 0x2d0

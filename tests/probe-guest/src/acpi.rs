@@ -138,7 +138,9 @@ pub fn find_rsdp(mem: &dyn PhysMem, hint: Option<u64>) -> Option<u64> {
             return Some(h);
         }
     }
-    (0xE0000u64..0x100000).step_by(16).find(|&a| rsdp_at(mem, a))
+    (0xE0000u64..0x100000)
+        .step_by(16)
+        .find(|&a| rsdp_at(mem, a))
 }
 
 /// Reads a whole system description table at `addr` and verifies its
@@ -167,7 +169,11 @@ pub fn walk(mem: &dyn PhysMem, rsdp_hint: Option<u64>) -> Result<AcpiInfo, AcpiE
             }
         }
     }
-    let (root_addr, entry_size) = if xsdt_addr != 0 { (xsdt_addr, 8) } else { (rsdt_addr, 4) };
+    let (root_addr, entry_size) = if xsdt_addr != 0 {
+        (xsdt_addr, 8)
+    } else {
+        (rsdt_addr, 4)
+    };
     let root = read_sdt(mem, root_addr).ok_or(AcpiError::BadTable(root_addr))?;
     let mut fadt = None;
     let mut madt = None;
@@ -179,10 +185,20 @@ pub fn walk(mem: &dyn PhysMem, rsdp_hint: Option<u64>) -> Result<AcpiInfo, AcpiE
             u64::from(u32_at(root, off).unwrap_or(0))
         };
         off += entry_size;
-        let Some(sig) = mem.read(addr, 4) else { continue };
+        let Some(sig) = mem.read(addr, 4) else {
+            continue;
+        };
         match sig {
-            b"FACP" => fadt = Some(parse_fadt(read_sdt(mem, addr).ok_or(AcpiError::BadTable(addr))?)),
-            b"APIC" => madt = Some(parse_madt(read_sdt(mem, addr).ok_or(AcpiError::BadTable(addr))?)),
+            b"FACP" => {
+                fadt = Some(parse_fadt(
+                    read_sdt(mem, addr).ok_or(AcpiError::BadTable(addr))?,
+                ))
+            }
+            b"APIC" => {
+                madt = Some(parse_madt(
+                    read_sdt(mem, addr).ok_or(AcpiError::BadTable(addr))?,
+                ))
+            }
             _ => {}
         }
     }
@@ -193,13 +209,24 @@ pub fn walk(mem: &dyn PhysMem, rsdp_hint: Option<u64>) -> Result<AcpiInfo, AcpiE
         }
         _ => None,
     };
-    Ok(AcpiInfo { rsdp, revision, xsdt: entry_size == 8, fadt, madt, dsdt })
+    Ok(AcpiInfo {
+        rsdp,
+        revision,
+        xsdt: entry_size == 8,
+        fadt,
+        madt,
+        dsdt,
+    })
 }
 
 /// Decodes the FADT fields the probe uses (offsets from ACPI 6.x, 5.2.9).
 pub fn parse_fadt(t: &[u8]) -> Fadt {
     let x_dsdt = u64_at(t, 140).unwrap_or(0);
-    let dsdt = if x_dsdt != 0 { x_dsdt } else { u64::from(u32_at(t, 40).unwrap_or(0)) };
+    let dsdt = if x_dsdt != 0 {
+        x_dsdt
+    } else {
+        u64::from(u32_at(t, 40).unwrap_or(0))
+    };
     let flags = u32_at(t, 112).unwrap_or(0);
     let x_pm1a = Gas::parse(t, 172);
     let pm1a_cnt = x_pm1a.or_else(|| {
@@ -332,8 +359,14 @@ mod tests {
     /// A HW-reduced FADT like our VMM's: sleep registers at port 0x600.
     fn fadt_body(dsdt: u64) -> Vec<u8> {
         let mut t = vec![0u8; 276 - 36];
-        let put = |t: &mut Vec<u8>, off: usize, b: &[u8]| t[off - 36..off - 36 + b.len()].copy_from_slice(b);
-        put(&mut t, 112, &(FADT_HW_REDUCED | FADT_RESET_REG_SUP).to_le_bytes());
+        let put = |t: &mut Vec<u8>, off: usize, b: &[u8]| {
+            t[off - 36..off - 36 + b.len()].copy_from_slice(b)
+        };
+        put(
+            &mut t,
+            112,
+            &(FADT_HW_REDUCED | FADT_RESET_REG_SUP).to_le_bytes(),
+        );
         put(&mut t, 116, &gas(GAS_IO, 8, 1, 0x600));
         put(&mut t, 128, &[1]);
         put(&mut t, 140, &dsdt.to_le_bytes());
@@ -371,7 +404,13 @@ mod tests {
         xb.extend_from_slice(&0x2000u64.to_le_bytes());
         let xsdt = sdt(b"XSDT", 1, &xb);
         let rsdp = rsdp(0, 0x800);
-        let regions = [(0xE0000u64, &rsdp[..]), (0x800, &xsdt[..]), (0x1000, &fadt[..]), (0x2000, &madt[..]), (0x3000, &dsdt[..])];
+        let regions = [
+            (0xE0000u64, &rsdp[..]),
+            (0x800, &xsdt[..]),
+            (0x1000, &fadt[..]),
+            (0x2000, &madt[..]),
+            (0x3000, &dsdt[..]),
+        ];
         let mem = Regions::new(&regions);
         let info = walk(&mem, None).unwrap();
         assert_eq!(info.rsdp, 0xE0000);
@@ -388,7 +427,14 @@ mod tests {
         assert_eq!(m.cpus, 3);
         assert_eq!(&m.apic_ids[..3], &[0, 1, 300]);
         assert_eq!(m.ioapic_count, 1);
-        assert_eq!(m.ioapics[0], IoApic { id: 7, address: 0xfec0_0000, gsi_base: 0 });
+        assert_eq!(
+            m.ioapics[0],
+            IoApic {
+                id: 7,
+                address: 0xfec0_0000,
+                gsi_base: 0
+            }
+        );
         assert_eq!(m.lapic_address, 0xfee0_0000);
         // The hint wins when valid, and a bad hint falls back to the scan.
         assert_eq!(walk(&mem, Some(0xE0000)).unwrap().rsdp, 0xE0000);
@@ -404,7 +450,12 @@ mod tests {
         let dsdt = sdt(b"DSDT", 1, &[]);
         let rsdt = sdt(b"RSDT", 1, &0x1000u32.to_le_bytes());
         let rsdp = rsdp(0x800, 0);
-        let regions = [(0xF0010u64, &rsdp[..]), (0x800, &rsdt[..]), (0x1000, &fadt[..]), (0x4000, &dsdt[..])];
+        let regions = [
+            (0xF0010u64, &rsdp[..]),
+            (0x800, &rsdt[..]),
+            (0x1000, &fadt[..]),
+            (0x4000, &dsdt[..]),
+        ];
         let info = walk(&Regions::new(&regions), None).unwrap();
         assert_eq!(info.rsdp, 0xF0010);
         assert!(!info.xsdt);
@@ -421,7 +472,10 @@ mod tests {
         xsdt[9] ^= 1;
         let rsdp = rsdp(0, 0x800);
         let regions = [(0xE0000u64, &rsdp[..]), (0x800, &xsdt[..])];
-        assert_eq!(walk(&Regions::new(&regions), None), Err(AcpiError::BadTable(0x800)));
+        assert_eq!(
+            walk(&Regions::new(&regions), None),
+            Err(AcpiError::BadTable(0x800))
+        );
         assert_eq!(walk(&Regions::new(&[]), None), Err(AcpiError::NoRsdp));
     }
 }

@@ -97,7 +97,11 @@ impl<'a> Reader<'a> {
     fn pkg_length(&self, pos: usize, limit: usize) -> Result<(usize, usize), AmlError> {
         let lead = self.byte(pos)?;
         let extra = (lead >> 6) as usize;
-        let mut len = if extra == 0 { (lead & 0x3f) as usize } else { (lead & 0x0f) as usize };
+        let mut len = if extra == 0 {
+            (lead & 0x3f) as usize
+        } else {
+            (lead & 0x0f) as usize
+        };
         for i in 0..extra {
             len |= (self.byte(pos + 1 + i)? as usize) << (4 + 8 * i);
         }
@@ -137,7 +141,8 @@ impl<'a> Reader<'a> {
     /// A constant data object at `pos` (the forms a DSDT uses in `Name`).
     fn data_object(&self, pos: usize, limit: usize) -> Result<(Value<'a>, usize), AmlError> {
         let aml = self.aml;
-        let int = |n: usize, v: Option<u64>| v.map(|v| (Value::Int(v), pos + 1 + n)).ok_or(self.err(pos));
+        let int =
+            |n: usize, v: Option<u64>| v.map(|v| (Value::Int(v), pos + 1 + n)).ok_or(self.err(pos));
         match self.byte(pos)? {
             0x00 => Ok((Value::Int(0), pos + 1)),
             0x01 => Ok((Value::Int(1), pos + 1)),
@@ -148,7 +153,10 @@ impl<'a> Reader<'a> {
             0x0e => int(8, u64_at(aml, pos + 1)),
             0x0d => {
                 let start = pos + 1;
-                let len = aml[start.min(limit)..limit].iter().position(|&b| b == 0).ok_or(self.err(pos))?;
+                let len = aml[start.min(limit)..limit]
+                    .iter()
+                    .position(|&b| b == 0)
+                    .ok_or(self.err(pos))?;
                 Ok((Value::Str(&aml[start..start + len]), start + len + 1))
             }
             0x11 => {
@@ -210,7 +218,10 @@ impl<'a> Reader<'a> {
                         0x82 => {
                             let (pend, p) = self.pkg_length(pos + 2, end)?;
                             let (name, p) = self.name_string(p)?;
-                            let mut d = Device { name, ..Device::default() };
+                            let mut d = Device {
+                                name,
+                                ..Device::default()
+                            };
                             self.term_list(p, pend, Some(&mut d), g, f)?;
                             f(&d);
                             pend
@@ -249,7 +260,10 @@ impl<'a> Reader<'a> {
 
 /// Calls `f` for every `Device` in `aml` (a DSDT/SSDT body without its
 /// 36-byte header), innermost devices first, in table order otherwise.
-pub fn walk_devices<'a>(aml: &'a [u8], f: &mut dyn FnMut(&Device<'a>)) -> Result<Globals, AmlError> {
+pub fn walk_devices<'a>(
+    aml: &'a [u8],
+    f: &mut dyn FnMut(&Device<'a>),
+) -> Result<Globals, AmlError> {
     let mut g = Globals::default();
     Reader { aml }.term_list(0, aml.len(), None, &mut g, f)?;
     Ok(g)
@@ -378,7 +392,10 @@ mod tests {
         com.extend(with_pkg(&[0x14], b"_STA\x00\xa4\x0a\x0f"));
         sb.extend(device(b"COM1", &com));
         let mut ged = name(b"_HID", &string("ACPI0013"));
-        ged.extend(name(b"_CRS", &buffer(&[0x89, 6, 0, 0x01, 1, 9, 0, 0, 0, 0x79, 0])));
+        ged.extend(name(
+            b"_CRS",
+            &buffer(&[0x89, 6, 0, 0x01, 1, 9, 0, 0, 0, 0x79, 0]),
+        ));
         ged.extend_from_slice(&[0x5b, 0x80]);
         ged.extend_from_slice(b"EREG\x00\x0c\x00\x00\xa0\xfe\x0a\x04");
         ged.extend(with_pkg(&[0x5b, 0x81], b"EREG\x01ESEL\x20"));

@@ -88,7 +88,11 @@ impl BootInfo<'_> {
 
     /// Total usable RAM in bytes.
     pub fn usable_bytes(&self) -> u64 {
-        self.regions().iter().filter(|r| r.kind == E820_RAM).map(|r| r.size).sum()
+        self.regions()
+            .iter()
+            .filter(|r| r.kind == E820_RAM)
+            .map(|r| r.size)
+            .sum()
     }
 }
 
@@ -113,9 +117,17 @@ fn c_string(mem: &dyn PhysMem, addr: u64) -> &[u8] {
 
 /// Reads a Linux `boot_params` (zero page) at `addr`.
 pub fn from_boot_params(mem: &dyn PhysMem, addr: u64) -> Result<BootInfo<'_>, BootInfoError> {
-    let bp = mem.read(addr, 4096).ok_or(BootInfoError::Unreadable(addr))?;
-    let cmd = u64::from(u32_at(bp, 0x228).unwrap_or(0)) | (u64::from(u32_at(bp, 0x0c8).unwrap_or(0)) << 32);
-    let mut info = BootInfo { cmdline: c_string(mem, cmd), regions: [MemRegion::default(); MAX_REGIONS], region_count: 0, rsdp: None };
+    let bp = mem
+        .read(addr, 4096)
+        .ok_or(BootInfoError::Unreadable(addr))?;
+    let cmd = u64::from(u32_at(bp, 0x228).unwrap_or(0))
+        | (u64::from(u32_at(bp, 0x0c8).unwrap_or(0)) << 32);
+    let mut info = BootInfo {
+        cmdline: c_string(mem, cmd),
+        regions: [MemRegion::default(); MAX_REGIONS],
+        region_count: 0,
+        rsdp: None,
+    };
     let n = (u8_at(bp, 0x1e8).unwrap_or(0) as usize).min(MAX_REGIONS);
     for i in 0..n {
         let off = 0x2d0 + 20 * i;
@@ -140,13 +152,20 @@ pub fn from_pvh(mem: &dyn PhysMem, addr: u64) -> Result<BootInfo<'_>, BootInfoEr
     let version = u32_at(si, 4).unwrap_or(0);
     let cmd = u64_at(si, 24).unwrap_or(0);
     let rsdp = u64_at(si, 32).filter(|&a| a != 0);
-    let mut info = BootInfo { cmdline: c_string(mem, cmd), regions: [MemRegion::default(); MAX_REGIONS], region_count: 0, rsdp };
+    let mut info = BootInfo {
+        cmdline: c_string(mem, cmd),
+        regions: [MemRegion::default(); MAX_REGIONS],
+        region_count: 0,
+        rsdp,
+    };
     if version >= 1 {
         let ext = mem.read(addr, 56).ok_or(BootInfoError::Unreadable(addr))?;
         let table = u64_at(ext, 40).unwrap_or(0);
         let n = (u32_at(ext, 48).unwrap_or(0) as usize).min(MAX_REGIONS);
         if n > 0 {
-            let t = mem.read(table, 24 * n).ok_or(BootInfoError::Unreadable(table))?;
+            let t = mem
+                .read(table, 24 * n)
+                .ok_or(BootInfoError::Unreadable(table))?;
             for i in 0..n {
                 info.regions[i] = MemRegion {
                     addr: u64_at(t, 24 * i).unwrap_or(0),
@@ -171,7 +190,11 @@ mod tests {
         bp[0x070..0x078].copy_from_slice(&0xe0000u64.to_le_bytes());
         bp[0x228..0x22c].copy_from_slice(&0x20000u32.to_le_bytes());
         bp[0x1e8] = 3;
-        let map = [(0u64, 0x9fc00u64, 1u32), (0x9fc00, 0x400, 2), (0x100000, 0xff00000, 1)];
+        let map = [
+            (0u64, 0x9fc00u64, 1u32),
+            (0x9fc00, 0x400, 2),
+            (0x100000, 0xff00000, 1),
+        ];
         for (i, (a, s, t)) in map.iter().enumerate() {
             let off = 0x2d0 + 20 * i;
             bp[off..off + 8].copy_from_slice(&a.to_le_bytes());
@@ -191,27 +214,37 @@ mod tests {
 
     #[test]
     fn pvh_start_info() {
-        let mut si = vec![0u8; 56];
+        let mut si = [0u8; 56];
         si[0..4].copy_from_slice(&PVH_MAGIC.to_le_bytes());
         si[4..8].copy_from_slice(&1u32.to_le_bytes());
         si[24..32].copy_from_slice(&0x3000u64.to_le_bytes());
         si[40..48].copy_from_slice(&0x4000u64.to_le_bytes());
         si[48..52].copy_from_slice(&2u32.to_le_bytes());
-        let mut table = vec![0u8; 48];
+        let mut table = [0u8; 48];
         table[8..16].copy_from_slice(&0xa0000u64.to_le_bytes());
         table[16] = 1;
         table[24..32].copy_from_slice(&0x100000u64.to_le_bytes());
         table[32..40].copy_from_slice(&0x7f00000u64.to_le_bytes());
         table[40] = 1;
         let cmd = b"probe.test=idle\0";
-        let regions = [(0x1000u64, &si[..]), (0x3000, &cmd[..]), (0x4000, &table[..])];
+        let regions = [
+            (0x1000u64, &si[..]),
+            (0x3000, &cmd[..]),
+            (0x4000, &table[..]),
+        ];
         let mem = Regions::new(&regions);
         let info = from_pvh(&mem, 0x1000).unwrap();
         assert_eq!(info.cmdline, b"probe.test=idle");
         assert_eq!(info.rsdp, None);
         assert_eq!(info.usable_bytes(), 0xa0000 + 0x7f00000);
         assert_eq!(round_mib(info.usable_bytes()), 128);
-        assert_eq!(from_pvh(&mem, 0x4000).unwrap_err(), BootInfoError::BadMagic(0));
-        assert_eq!(from_pvh(&mem, 0x3000).unwrap_err(), BootInfoError::Unreadable(0x3000));
+        assert_eq!(
+            from_pvh(&mem, 0x4000).unwrap_err(),
+            BootInfoError::BadMagic(0)
+        );
+        assert_eq!(
+            from_pvh(&mem, 0x3000).unwrap_err(),
+            BootInfoError::Unreadable(0x3000)
+        );
     }
 }

@@ -25,6 +25,8 @@ pub enum Test {
     TripleFault,
     /// Hostile virtio-mmio register accesses.
     MmioChaos,
+    /// Start the application processors (INIT-SIPI-SIPI).
+    Smp,
 }
 
 impl Test {
@@ -40,6 +42,7 @@ impl Test {
             b"reboot" => Test::Reboot,
             b"triple-fault" => Test::TripleFault,
             b"mmio-chaos" => Test::MmioChaos,
+            b"smp" => Test::Smp,
             _ => return None,
         })
     }
@@ -57,6 +60,7 @@ impl Test {
             Test::Reboot => "reboot",
             Test::TripleFault => "triple-fault",
             Test::MmioChaos => "mmio-chaos",
+            Test::Smp => "smp",
         }
     }
 }
@@ -138,9 +142,17 @@ pub fn parse(cmdline: &[u8]) -> Result<Params, CmdlineError<'_>> {
         loops: 0,
     };
     let mut saw_test = false;
-    for word in cmdline.split(|c| c.is_ascii_whitespace()).filter(|w| !w.is_empty()) {
-        let Some(rest) = word.strip_prefix(b"probe.") else { continue };
-        let eq = rest.iter().position(|&c| c == b'=').ok_or(CmdlineError::UnknownParam(word))?;
+    for word in cmdline
+        .split(|c| c.is_ascii_whitespace())
+        .filter(|w| !w.is_empty())
+    {
+        let Some(rest) = word.strip_prefix(b"probe.") else {
+            continue;
+        };
+        let eq = rest
+            .iter()
+            .position(|&c| c == b'=')
+            .ok_or(CmdlineError::UnknownParam(word))?;
         let (key, value) = (&rest[..eq], &rest[eq + 1..]);
         let num = || parse_u64(value).ok_or(CmdlineError::BadValue(word));
         match key {
@@ -185,19 +197,37 @@ mod tests {
     fn parses_sequences_and_numbers() {
         let p = parse(b"console=ttyS0 probe.test=boot,blk-write,blk-read probe.dev=1 probe.lba=0x10 probe.count=4 probe.seed=99 probe.irq=off").unwrap();
         assert_eq!(p.tests(), &[Test::Boot, Test::BlkWrite, Test::BlkRead]);
-        assert_eq!((p.dev, p.lba, p.count, p.seed, p.irq), (1, 16, 4, 99, false));
+        assert_eq!(
+            (p.dev, p.lba, p.count, p.seed, p.irq),
+            (1, 16, 4, 99, false)
+        );
         let p = parse(b"probe.test=idle").unwrap();
         assert_eq!((p.count, p.seed, p.irq, p.secs), (8, 1, true, 2));
     }
 
     #[test]
     fn rejects_unknowns() {
-        assert_eq!(parse(b"probe.test=boot,fly"), Err(CmdlineError::UnknownTest(b"fly")));
-        assert_eq!(parse(b"probe.test=boot probe.speed=3"), Err(CmdlineError::UnknownParam(b"probe.speed=3")));
-        assert_eq!(parse(b"probe.test=boot probe.lba=12x"), Err(CmdlineError::BadValue(b"probe.lba=12x")));
-        assert_eq!(parse(b"probe.test=boot probe.irq=maybe"), Err(CmdlineError::BadValue(b"probe.irq=maybe")));
+        assert_eq!(
+            parse(b"probe.test=boot,fly"),
+            Err(CmdlineError::UnknownTest(b"fly"))
+        );
+        assert_eq!(
+            parse(b"probe.test=boot probe.speed=3"),
+            Err(CmdlineError::UnknownParam(b"probe.speed=3"))
+        );
+        assert_eq!(
+            parse(b"probe.test=boot probe.lba=12x"),
+            Err(CmdlineError::BadValue(b"probe.lba=12x"))
+        );
+        assert_eq!(
+            parse(b"probe.test=boot probe.irq=maybe"),
+            Err(CmdlineError::BadValue(b"probe.irq=maybe"))
+        );
         assert_eq!(parse(b"console=ttyS0"), Err(CmdlineError::NoTest));
-        assert_eq!(parse(b"probe.verbose"), Err(CmdlineError::UnknownParam(b"probe.verbose")));
+        assert_eq!(
+            parse(b"probe.verbose"),
+            Err(CmdlineError::UnknownParam(b"probe.verbose"))
+        );
     }
 
     #[test]

@@ -16,3 +16,6 @@ pub mod cmdline;
 pub mod pattern;
 pub mod physmem;
 pub mod resource;
+
+#[cfg(test)]
+mod fixture_tests;

@@ -48,7 +48,10 @@ pub extern "C" fn probe_main(info: u64, kind: u64) -> ! {
                 CmdlineError::TooManyTests => ("too-many-tests", b""),
                 CmdlineError::NoTest => ("no-test", b""),
             };
-            let _ = core::fmt::Write::write_fmt(&mut l, format_args!("PROBE error cmdline={} word=", what));
+            let _ = core::fmt::Write::write_fmt(
+                &mut l,
+                format_args!("PROBE error cmdline={} word=", what),
+            );
             l.push_bytes(word);
             l.finish();
             done(2)
@@ -60,7 +63,7 @@ pub extern "C" fn probe_main(info: u64, kind: u64) -> ! {
         Err(_) => None,
     });
     let alloc = Allocator::new(&p.info);
-    let mut ctx = Ctx::new(p, params, alloc, apic);
+    let mut ctx = Ctx::new(p, params, alloc, apic, info);
     let rc = work::run_all(&mut ctx);
     done(rc)
 }

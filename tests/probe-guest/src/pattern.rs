@@ -24,11 +24,13 @@ pub fn fill(buf: &mut [u8], lba: u64, seed: u64) {
 /// The first sector of `buf` (holding sectors from `lba` on) that does not
 /// hold the pattern, if any.
 pub fn first_mismatch(buf: &[u8], lba: u64, seed: u64) -> Option<u64> {
-    buf.chunks_exact(SECTOR).enumerate().find_map(|(i, sector)| {
-        let w = word(lba + i as u64, seed).to_le_bytes();
-        let ok = sector.chunks_exact(8).all(|c| c == w);
-        (!ok).then_some(lba + i as u64)
-    })
+    buf.chunks_exact(SECTOR)
+        .enumerate()
+        .find_map(|(i, sector)| {
+            let w = word(lba + i as u64, seed).to_le_bytes();
+            let ok = sector.chunks_exact(8).all(|c| c == w);
+            (!ok).then_some(lba + i as u64)
+        })
 }
 
 #[cfg(test)]
@@ -40,7 +42,10 @@ mod tests {
         let mut buf = vec![0u8; 3 * SECTOR];
         fill(&mut buf, 10, 7);
         assert_eq!(&buf[0..8], &(10u64 ^ (7 << 40)).to_le_bytes());
-        assert_eq!(&buf[SECTOR + 504..2 * SECTOR], &(11u64 ^ (7 << 40)).to_le_bytes());
+        assert_eq!(
+            &buf[SECTOR + 504..2 * SECTOR],
+            &(11u64 ^ (7 << 40)).to_le_bytes()
+        );
         assert_eq!(first_mismatch(&buf, 10, 7), None);
         assert_eq!(first_mismatch(&buf, 10, 8), Some(10));
         buf[2 * SECTOR + 100] ^= 1;

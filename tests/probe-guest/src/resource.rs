@@ -60,7 +60,9 @@ pub fn parse(crs: &[u8]) -> Resources {
             }
             pos += 1 + len;
         } else {
-            let Some(len) = u16_at(crs, pos + 1) else { break };
+            let Some(len) = u16_at(crs, pos + 1) else {
+                break;
+            };
             let len = len as usize;
             let body = match crs.get(pos + 3..pos + 3 + len) {
                 Some(b) => b,
@@ -69,15 +71,24 @@ pub fn parse(crs: &[u8]) -> Resources {
             match tag & 0x7f {
                 // Memory32Fixed: info, base, length.
                 0x06 if len >= 9 && r.mem.is_none() => {
-                    r.mem = Some((u64::from(u32_at(body, 1).unwrap_or(0)), u64::from(u32_at(body, 5).unwrap_or(0))));
+                    r.mem = Some((
+                        u64::from(u32_at(body, 1).unwrap_or(0)),
+                        u64::from(u32_at(body, 5).unwrap_or(0)),
+                    ));
                 }
                 // Memory32: info, min, max, align, length.
                 0x05 if len >= 17 && r.mem.is_none() => {
-                    r.mem = Some((u64::from(u32_at(body, 1).unwrap_or(0)), u64::from(u32_at(body, 13).unwrap_or(0))));
+                    r.mem = Some((
+                        u64::from(u32_at(body, 1).unwrap_or(0)),
+                        u64::from(u32_at(body, 13).unwrap_or(0)),
+                    ));
                 }
                 // DWord / QWord address space of type memory (0).
                 0x07 if len >= 23 && body[0] == 0 && r.mem.is_none() => {
-                    r.mem = Some((u64::from(u32_at(body, 7).unwrap_or(0)), u64::from(u32_at(body, 19).unwrap_or(0))));
+                    r.mem = Some((
+                        u64::from(u32_at(body, 7).unwrap_or(0)),
+                        u64::from(u32_at(body, 19).unwrap_or(0)),
+                    ));
                 }
                 0x0a if len >= 43 && body[0] == 0 && r.mem.is_none() => {
                     r.mem = Some((u64_at(body, 11).unwrap_or(0), u64_at(body, 35).unwrap_or(0)));
@@ -110,7 +121,14 @@ mod tests {
         crs.extend_from_slice(&[0x89, 6, 0, 0x03, 1, 5, 0, 0, 0, 0x79, 0]);
         let r = parse(&crs);
         assert_eq!(r.mem, Some((0xd000_0000, 0x1000)));
-        assert_eq!(r.irq, Some(Irq { gsi: 5, edge: true, active_low: false }));
+        assert_eq!(
+            r.irq,
+            Some(Irq {
+                gsi: 5,
+                edge: true,
+                active_low: false
+            })
+        );
     }
 
     #[test]
@@ -122,7 +140,14 @@ mod tests {
         crs.extend_from_slice(&[0x89, 6, 0, 0x09, 1, 23, 0, 0, 0, 0x79, 0]);
         let r = parse(&crs);
         assert_eq!(r.mem, Some((0xfeb0_0e00, 0x200)));
-        assert_eq!(r.irq, Some(Irq { gsi: 23, edge: false, active_low: false }));
+        assert_eq!(
+            r.irq,
+            Some(Irq {
+                gsi: 23,
+                edge: false,
+                active_low: false
+            })
+        );
     }
 
     #[test]
@@ -131,7 +156,14 @@ mod tests {
         let crs = [0x47, 1, 0xf8, 3, 0xf8, 3, 0, 8, 0x22, 0x10, 0, 0x79, 0];
         let r = parse(&crs);
         assert_eq!(r.io, Some((0x3f8, 8)));
-        assert_eq!(r.irq, Some(Irq { gsi: 4, edge: true, active_low: false }));
+        assert_eq!(
+            r.irq,
+            Some(Irq {
+                gsi: 4,
+                edge: true,
+                active_low: false
+            })
+        );
         assert_eq!(r.mem, None);
     }
 

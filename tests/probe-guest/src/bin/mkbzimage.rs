@@ -39,7 +39,12 @@ fn flatten(elf: &[u8]) -> Result<(Vec<u8>, u64), String> {
         if u32_at(ph, 0) != 1 {
             continue;
         }
-        let (off, paddr, filesz, memsz) = (u64_at(ph, 8), u64_at(ph, 24), u64_at(ph, 32), u64_at(ph, 40));
+        let (off, paddr, filesz, memsz) = (
+            u64_at(ph, 8),
+            u64_at(ph, 24),
+            u64_at(ph, 32),
+            u64_at(ph, 40),
+        );
         if paddr < LOAD_ADDR {
             return Err(format!("segment at {paddr:#x} below {LOAD_ADDR:#x}"));
         }
@@ -64,7 +69,8 @@ fn run(args: &[String]) -> Result<(), String> {
     let read = |p: &str| std::fs::read(p).map_err(|e| format!("{p}: {e}"));
     let mut setup = read(setup_path)?;
     let elf = read(elf_path)?;
-    if setup.len() < 0x270 || &setup[0x202..0x206] != b"HdrS" || setup[0x1fe..0x200] != [0x55, 0xaa] {
+    if setup.len() < 0x270 || &setup[0x202..0x206] != b"HdrS" || setup[0x1fe..0x200] != [0x55, 0xaa]
+    {
         return Err(format!("{setup_path}: no setup header"));
     }
     let sectors = setup.len().div_ceil(512).max(2);
@@ -74,7 +80,11 @@ fn run(args: &[String]) -> Result<(), String> {
     setup[0x1f1] = u8::try_from(sectors - 1).map_err(|_| "setup too large")?;
     let syssize = u32::try_from(kernel.len().div_ceil(16)).map_err(|_| "kernel too large")?;
     setup[0x1f4..0x1f8].copy_from_slice(&syssize.to_le_bytes());
-    setup[0x260..0x264].copy_from_slice(&u32::try_from(init_size).map_err(|_| "init_size")?.to_le_bytes());
+    setup[0x260..0x264].copy_from_slice(
+        &u32::try_from(init_size)
+            .map_err(|_| "init_size")?
+            .to_le_bytes(),
+    );
     let mut out = setup;
     out.extend_from_slice(&kernel);
     std::fs::write(out_path, &out).map_err(|e| format!("{out_path}: {e}"))?;

@@ -1,4 +1,7 @@
 //! Local APIC and I/O APIC programming (xAPIC MMIO, from ring 3).
+//!
+//! Vectors: 0x30 + GSI for I/O APIC pins (GSI 0-77), 0x7e LAPIC timer
+//! tick, 0x7f spurious.
 
 use super::arch::{self, mmio_read32, mmio_write32, IRQ_BASE, SPURIOUS_VECTOR, TIMER_VECTOR};
 use probe_guest::acpi::{IoApic, Madt, MAX_IOAPICS};
@@ -30,16 +33,32 @@ impl Apic {
     pub fn init(madt: Option<&Madt>) -> Self {
         let (lapic, ioapics, ioapic_count) = match madt {
             Some(m) => (m.lapic_address, m.ioapics, m.ioapic_count),
-            None => (0xfee0_0000, [IoApic { id: 0, address: 0xfec0_0000, gsi_base: 0 }; MAX_IOAPICS], 1),
+            None => (
+                0xfee0_0000,
+                [IoApic {
+                    id: 0,
+                    address: 0xfec0_0000,
+                    gsi_base: 0,
+                }; MAX_IOAPICS],
+                1,
+            ),
         };
         arch::set_lapic_eoi(lapic + LAPIC_EOI);
         mmio_write32(lapic + LAPIC_LVT_LINT0, LVT_MASKED);
         mmio_write32(lapic + LAPIC_LVT_LINT1, LVT_MASKED);
-        mmio_write32(lapic + LAPIC_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+        mmio_write32(
+            lapic + LAPIC_LVT_TIMER,
+            LVT_MASKED | u32::from(TIMER_VECTOR),
+        );
         mmio_write32(lapic + LAPIC_TPR, 0);
         mmio_write32(lapic + LAPIC_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
         let bsp_id = mmio_read32(lapic + LAPIC_ID) >> 24;
-        Self { lapic, ioapics, ioapic_count, bsp_id }
+        Self {
+            lapic,
+            ioapics,
+            ioapic_count,
+            bsp_id,
+        }
     }
 
     /// Local APIC id of this CPU.
@@ -47,25 +66,17 @@ impl Apic {
         self.bsp_id
     }
 
-    /// Local APIC MMIO base.
-    pub fn lapic_base(&self) -> u64 {
-        self.lapic
-    }
-
     fn ioapic_for(&self, gsi: u32) -> Option<(u64, u32)> {
         self.ioapics[..self.ioapic_count].iter().find_map(|io| {
             let base = u64::from(io.address);
-            mmio_write32(base, 1);
-            let pins = ((mmio_read32(base + 0x10) >> 16) & 0xff) + 1;
+            let pins = ((arch::ioapic_read(base, 1) >> 16) & 0xff) + 1;
             (gsi >= io.gsi_base && gsi < io.gsi_base + pins).then_some((base, gsi - io.gsi_base))
         })
     }
 
     fn write_redir(base: u64, pin: u32, low: u32, high: u32) {
-        mmio_write32(base, 0x10 + 2 * pin + 1);
-        mmio_write32(base + 0x10, high);
-        mmio_write32(base, 0x10 + 2 * pin);
-        mmio_write32(base + 0x10, low);
+        arch::ioapic_write(base, 0x10 + 2 * pin + 1, high);
+        arch::ioapic_write(base, 0x10 + 2 * pin, low);
     }
 
     /// Routes `irq` to this CPU on vector `IRQ_BASE + gsi` with the trigger
@@ -77,7 +88,6 @@ impl Apic {
             return None;
         }
         let (base, pin) = self.ioapic_for(irq.gsi)?;
-        arch::set_level(vector, !irq.edge);
         let mut low = u32::from(vector);
         if irq.active_low {
             low |= 1 << 13;
@@ -85,8 +95,27 @@ impl Apic {
         if !irq.edge {
             low |= 1 << 15;
         }
+        arch::set_level(
+            vector,
+            (!irq.edge).then_some((base, (0x10 + 2 * pin) as u8, low)),
+        );
         Self::write_redir(base, pin, low, self.bsp_id << 24);
         Some(vector)
+    }
+
+    /// Unmasks a level-triggered pin that its stub masked (after the
+    /// device was told to lower the line).
+    pub fn unmask_level(vector: u8, irq: Irq, ioapic_base: u64, pin: u32) {
+        let mut low = u32::from(vector) | (1 << 15);
+        if irq.active_low {
+            low |= 1 << 13;
+        }
+        arch::ioapic_write(ioapic_base, 0x10 + 2 * pin, low);
+    }
+
+    /// The I/O APIC base and pin serving `gsi`.
+    pub fn pin_of(&self, gsi: u32) -> Option<(u64, u32)> {
+        self.ioapic_for(gsi)
     }
 
     /// Masks the pin of `gsi`.
@@ -96,23 +125,24 @@ impl Apic {
         }
     }
 
-    /// End of interrupt (for level-triggered vectors, after the device is quiet).
-    pub fn eoi(&self) {
-        mmio_write32(self.lapic + LAPIC_EOI, 0);
-    }
-
     /// Starts a periodic tick on `TIMER_VECTOR` (only used to wake up the
     /// wait loops so that they can check timeouts; its rate is unimportant:
     /// about 60 Hz with KVM's 1 GHz APIC bus).
     pub fn start_tick(&self) {
         mmio_write32(self.lapic + LAPIC_TIMER_DIV, 0x3); // divide by 16
-        mmio_write32(self.lapic + LAPIC_LVT_TIMER, LVT_PERIODIC | u32::from(TIMER_VECTOR));
+        mmio_write32(
+            self.lapic + LAPIC_LVT_TIMER,
+            LVT_PERIODIC | u32::from(TIMER_VECTOR),
+        );
         mmio_write32(self.lapic + LAPIC_TIMER_INIT, 1_000_000);
     }
 
     /// Stops the tick.
     pub fn stop_tick(&self) {
-        mmio_write32(self.lapic + LAPIC_LVT_TIMER, LVT_MASKED | u32::from(TIMER_VECTOR));
+        mmio_write32(
+            self.lapic + LAPIC_LVT_TIMER,
+            LVT_MASKED | u32::from(TIMER_VECTOR),
+        );
         mmio_write32(self.lapic + LAPIC_TIMER_INIT, 0);
     }
 

@@ -8,18 +8,20 @@ use core::ptr::{addr_of, addr_of_mut};
 global_asm!(include_str!("entry.S"), options(att_syntax));
 
 /// Number of IDT vectors (must match NVEC in entry.S).
-pub const NVEC: usize = 64;
+pub const NVEC: usize = 128;
 /// Vector of the LAPIC timer tick.
-pub const TIMER_VECTOR: u8 = 0x3e;
+pub const TIMER_VECTOR: u8 = 0x7e;
 /// Vector the LAPIC uses for spurious interrupts.
-pub const SPURIOUS_VECTOR: u8 = 0x3f;
+pub const SPURIOUS_VECTOR: u8 = 0x7f;
 /// First vector used for IOAPIC pins (vector = IRQ_BASE + GSI).
-pub const IRQ_BASE: u8 = 0x20;
+pub const IRQ_BASE: u8 = 0x30;
 
 extern "C" {
     static probe_irq_total: u64;
     static probe_irq_counts: [u64; NVEC];
     static mut probe_irq_level: [u8; NVEC];
+    static mut probe_irq_ioapic: [u64; NVEC];
+    static mut probe_irq_redir: [u32; NVEC];
     static mut probe_lapic_eoi: u64;
     /// Recorded by the ring-0 fault stub.
     pub static probe_fault_vector: u64;
@@ -35,7 +37,8 @@ extern "C" {
 
 const GATE_WAIT: u64 = 1;
 const GATE_RESET: u64 = 2;
-const GATE_HALT: u64 = 3;
+const GATE_IOAPIC_WRITE: u64 = 4;
+const GATE_IOAPIC_READ: u64 = 5;
 
 /// Reads one of the fault words recorded by the ring-0 stub.
 pub fn fault_word(w: &'static u64) -> u64 {
@@ -56,12 +59,40 @@ pub fn irq_count(vector: u8) -> u64 {
     unsafe { core::ptr::read_volatile(addr_of!(probe_irq_counts[v])) }
 }
 
-/// Marks `vector` as level-triggered: its stub leaves the EOI to ring 3
-/// (which must first silence the device).
-pub fn set_level(vector: u8, level: bool) {
+/// Marks `vector` as level-triggered, delivered by redirection register
+/// `index` (low word `redir`) of the I/O APIC at `ioapic`: its stub masks the
+/// pin, and ring 3 unmasks it with [`ioapic_write`] once the device is quiet.
+/// `None` makes the vector edge-triggered (the stub only EOIs).
+pub fn set_level(vector: u8, level: Option<(u64, u8, u32)>) {
     let v = (vector as usize).min(NVEC - 1);
-    // SAFETY: in-bounds element; read by the ring-0 stub only.
-    unsafe { core::ptr::write_volatile(addr_of_mut!(probe_irq_level[v]), u8::from(level)) }
+    let (base, index, redir) = level.unwrap_or((0, 0, 0));
+    // SAFETY: in-bounds elements of the stub's tables; the stub reads them
+    // only for this vector, which is not routed yet.
+    unsafe {
+        core::ptr::write_volatile(addr_of_mut!(probe_irq_ioapic[v]), base);
+        core::ptr::write_volatile(addr_of_mut!(probe_irq_redir[v]), redir);
+        core::ptr::write_volatile(addr_of_mut!(probe_irq_level[v]), index);
+    }
+}
+
+/// Writes I/O APIC register `index` (atomically with respect to the stubs).
+pub fn ioapic_write(base: u64, index: u32, value: u32) {
+    let rcx = (u64::from(index) << 32) | u64::from(value);
+    // SAFETY: handled by the #UD stub, which writes the two I/O APIC
+    // registers with interrupts off and only changes RAX.
+    unsafe {
+        asm!("ud2", inout("rax") GATE_IOAPIC_WRITE => _, in("rdx") base, in("rcx") rcx, options(nostack))
+    }
+}
+
+/// Reads I/O APIC register `index`.
+pub fn ioapic_read(base: u64, index: u32) -> u32 {
+    let v: u64;
+    // SAFETY: as for `ioapic_write`.
+    unsafe {
+        asm!("ud2", inout("rax") GATE_IOAPIC_READ => v, in("rdx") base, in("rcx") u64::from(index), options(nostack))
+    }
+    v as u32
 }
 
 /// Tells the ring-0 stubs where the LAPIC EOI register is.
@@ -81,12 +112,6 @@ pub fn wait_for_interrupt(seen: u64) {
 pub fn triple_fault() -> ! {
     // SAFETY: the gate never returns.
     unsafe { asm!("ud2", in("rax") GATE_RESET, options(nostack, noreturn)) }
-}
-
-/// Halts forever with interrupts off.
-pub fn halt_forever() -> ! {
-    // SAFETY: the gate never returns.
-    unsafe { asm!("ud2", in("rax") GATE_HALT, options(nostack, noreturn)) }
 }
 
 /// Port input, 8 bits (allowed from ring 3 by the TSS I/O bitmap).
@@ -132,12 +157,6 @@ pub fn mmio_write32(addr: u64, v: u32) {
 pub fn mmio_write16(addr: u64, v: u16) {
     // SAFETY: as for `mmio_read32`.
     unsafe { core::ptr::write_volatile(addr as *mut u16, v) }
-}
-
-/// 8-bit MMIO read.
-pub fn mmio_read8(addr: u64) -> u8 {
-    // SAFETY: as for `mmio_read32`.
-    unsafe { core::ptr::read_volatile(addr as *const u8) }
 }
 
 /// 8-bit MMIO write.

@@ -7,6 +7,7 @@ use super::mem::{Allocator, DmaBuf};
 use super::platform::VirtioSlot;
 use super::timer::now_ns;
 use super::virtio::{InitError, Mmio, Queue, Segment};
+use probe_guest::resource::Irq;
 
 /// virtio-blk feature bits the probe negotiates.
 pub mod feature {
@@ -81,7 +82,9 @@ const STATUS_UNSET: u8 = 0xee;
 #[derive(Clone, Copy)]
 struct IrqState {
     vector: u8,
-    level: bool,
+    line: Irq,
+    /// For a level-triggered line: I/O APIC base and pin to unmask.
+    level_pin: Option<(u64, u32)>,
     handled: u64,
 }
 
@@ -101,7 +104,6 @@ pub struct Blk {
     /// Logical block size (BLK_SIZE), if offered.
     pub blk_size: Option<u32>,
     irq: Option<IrqState>,
-    lapic_eoi: u64,
     /// Per slot: 16-byte header at `16 * slot`, status byte at `512 + slot`.
     slots: DmaBuf,
     busy: [bool; MAX_INFLIGHT],
@@ -110,14 +112,20 @@ pub struct Blk {
 
 impl Blk {
     /// Brings up the device in `slot`; with `irq`, routes its interrupt.
-    pub fn init(slot: &VirtioSlot, alloc: &mut Allocator, apic: &Apic, irq: bool) -> Result<Self, InitError> {
+    pub fn init(
+        slot: &VirtioSlot,
+        alloc: &mut Allocator,
+        apic: &Apic,
+        irq: bool,
+    ) -> Result<Self, InitError> {
         let mmio = Mmio { base: slot.base };
         match mmio.probe()? {
             0 => return Err(InitError::Empty),
             2 => {}
             _ => return Err(InitError::NotVirtio),
         }
-        let wanted = feature::SIZE_MAX | feature::SEG_MAX | feature::RO | feature::BLK_SIZE | feature::FLUSH;
+        let wanted =
+            feature::SIZE_MAX | feature::SEG_MAX | feature::RO | feature::BLK_SIZE | feature::FLUSH;
         let features = mmio.negotiate(wanted)?;
         let queue = Queue::setup(mmio, 0, alloc)?;
         let slots = alloc.alloc(512 + MAX_INFLIGHT).ok_or(InitError::NoMemory)?;
@@ -127,11 +135,14 @@ impl Blk {
             queue,
             features,
             capacity: mmio.config64(0),
-            size_max: has(feature::SIZE_MAX).then(|| mmio.config32(8)).filter(|&v| v >= 512),
-            seg_max: has(feature::SEG_MAX).then(|| mmio.config32(12)).filter(|&v| v >= 1),
+            size_max: has(feature::SIZE_MAX)
+                .then(|| mmio.config32(8))
+                .filter(|&v| v >= 512),
+            seg_max: has(feature::SEG_MAX)
+                .then(|| mmio.config32(12))
+                .filter(|&v| v >= 1),
             blk_size: has(feature::BLK_SIZE).then(|| mmio.config32(20)),
             irq: None,
-            lapic_eoi: apic.lapic_base() + 0xb0,
             slots,
             busy: [false; MAX_INFLIGHT],
             head_slot: [NO_SLOT; 256],
@@ -139,7 +150,17 @@ impl Blk {
         if irq {
             if let Some(line) = slot.irq {
                 if let Some(vector) = apic.route(line) {
-                    blk.irq = Some(IrqState { vector, level: !line.edge, handled: arch::irq_count(vector) });
+                    let level_pin = if line.edge {
+                        None
+                    } else {
+                        apic.pin_of(line.gsi)
+                    };
+                    blk.irq = Some(IrqState {
+                        vector,
+                        line,
+                        level_pin,
+                        handled: arch::irq_count(vector),
+                    });
                 }
             }
         }
@@ -150,6 +171,11 @@ impl Blk {
     /// Whether completions are interrupt-driven.
     pub fn irq_mode(&self) -> bool {
         self.irq.is_some()
+    }
+
+    /// Interrupts taken on the device's vector so far (0 when polling).
+    pub fn irq_count(&self) -> u64 {
+        self.irq.map_or(0, |i| arch::irq_count(i.vector))
     }
 
     /// Whether the device is read-only.
@@ -168,7 +194,8 @@ impl Blk {
 
     fn max_segs(&self) -> usize {
         let by_queue = usize::from(self.queue.size()).saturating_sub(2).max(1);
-        self.seg_max.map_or(by_queue, |v| (v as usize).min(by_queue))
+        self.seg_max
+            .map_or(by_queue, |v| (v as usize).min(by_queue))
     }
 
     /// Largest request the device accepts in one chain (sectors).
@@ -233,16 +260,16 @@ impl Blk {
         Some((slot, Outcome::from_status(st)))
     }
 
-    /// Acknowledges the device interrupt if the stub saw one (and EOIs a
-    /// level-triggered one after that).
+    /// Acknowledges the device interrupt if the stub saw one (and unmasks
+    /// a level-triggered pin, which the stub masked, after that).
     fn service_irq(&mut self) {
         let Some(irq) = self.irq.as_mut() else { return };
         let count = arch::irq_count(irq.vector);
         if count != irq.handled {
             irq.handled = count;
             self.mmio.ack_interrupt();
-            if irq.level {
-                arch::mmio_write32(self.lapic_eoi, 0);
+            if let Some((base, pin)) = irq.level_pin {
+                Apic::unmask_level(irq.vector, irq.line, base, pin);
             }
         }
     }
@@ -272,7 +299,14 @@ impl Blk {
 
     /// Runs one request synchronously (split into chunks of at most
     /// `max_request_sectors` for IN/OUT). `timeout_ms` per chunk.
-    pub fn run(&mut self, kind: ReqType, sector: u64, buf: u64, len: usize, timeout_ms: u64) -> Outcome {
+    pub fn run(
+        &mut self,
+        kind: ReqType,
+        sector: u64,
+        buf: u64,
+        len: usize,
+        timeout_ms: u64,
+    ) -> Outcome {
         let chunk = match kind {
             ReqType::In | ReqType::Out => (self.max_request_sectors() as usize * 512).max(512),
             _ => len.max(1),
@@ -280,7 +314,8 @@ impl Blk {
         let mut off = 0;
         loop {
             let l = chunk.min(len - off);
-            let Some(slot) = self.submit(kind, sector + (off / 512) as u64, buf + off as u64, l) else {
+            let Some(slot) = self.submit(kind, sector + (off / 512) as u64, buf + off as u64, l)
+            else {
                 return Outcome::Other(0xfe);
             };
             let deadline = now_ns() + timeout_ms * 1_000_000;

@@ -64,7 +64,10 @@ pub struct Line {
 impl Line {
     /// An empty line.
     pub const fn new() -> Self {
-        Self { buf: [0; 512], len: 0 }
+        Self {
+            buf: [0; 512],
+            len: 0,
+        }
     }
 
     /// Appends raw bytes (non-printable ones become `?`).

@@ -22,13 +22,15 @@
     .set RING0_BASE, 0x101000           /* .ring0, fixed by link.ld */
     .set TSS_ADDR, RING0_BASE + 0x1000
     .set TSS_LIMIT, 104 + 8192          /* I/O bitmap for all 65536 ports + 0xff */
-    .set NVEC, 64                       /* IDT size: exceptions + IRQ vectors */
+    .set NVEC, 128                      /* IDT size: exceptions + IRQ vectors */
     .set ENTRY_BZIMAGE64, 0
     .set ENTRY_BZIMAGE32, 1
     .set ENTRY_PVH, 2
     .set GATE_WAIT, 1
     .set GATE_RESET, 2
-    .set GATE_HALT, 3
+    .set GATE_IOAPIC_WRITE, 4
+    .set GATE_IOAPIC_READ, 5
+    .set SPURIOUS_VECTOR, 0x7f
 
 /* ------------------------------------------------------------------ */
     .pushsection .text.entry, "ax"
@@ -41,6 +43,15 @@ startup_32:
     mov $ENTRY_BZIMAGE32, %esi
     jmp common32
 
+    /* Boot protocol 2.15 kernel_info (kernel_info_offset in setup.S). */
+    .org 0x1e0
+kernel_info:
+    .ascii "LToP"
+    .long kernel_info_end - kernel_info /* size */
+    .long kernel_info_end - kernel_info /* size_total */
+    .long 0                             /* setup_type_max */
+kernel_info_end:
+
     .org 0x200
     .code64
     .globl startup_64
@@ -49,6 +60,7 @@ startup_64:
     cld
     mov %rsi, %rdi
     mov $ENTRY_BZIMAGE64, %esi
+    mov $stack0_top, %esp               /* the protocol promises no stack */
     lgdt gdt_ptr(%rip)
     mov $pml4, %eax
     mov %rax, %cr3
@@ -100,7 +112,7 @@ long_common:
     or $0x620, %rax                     /* OSFXSR, OSXMMEXCPT: SSE for ring 3 */
     mov %rax, %cr4
     mov %cr0, %rax
-    and $~0xc, %rax                     /* clear EM, TS */
+    and $~0x6000000c, %rax              /* clear CD, NW (reset values), EM, TS */
     or $0x2, %rax                       /* MP */
     mov %rax, %cr0
     andb $~0x02, gdt + TSS_SEL + 5      /* not busy, in case of a warm restart */
@@ -116,6 +128,89 @@ long_common:
     pushq $USER_CS
     pushq $user_entry
     iretq
+
+/* ------------------------------------------------------------------ */
+/* Application processors (probe.test=smp).  Ring 3 copies the 16-bit
+ * trampoline to a free page below 1 MiB and sends INIT-SIPI-SIPI with that
+ * page as the vector; the AP enters long mode with the BSP's GDT and page
+ * tables, prints "PROBE ap apic_id=0xNN" itself, counts itself in
+ * probe_ap_count and halts with interrupts off.  APs start one at a time
+ * (the BSP waits for each), so they share one stack and message buffer. */
+    .code16
+    .globl ap_trampoline, ap_trampoline_end
+ap_trampoline:
+    cli
+    cld
+    lgdtl %cs:(ap_gdt_ptr - ap_trampoline)
+    mov %cr0, %eax
+    or $1, %eax
+    mov %eax, %cr0
+    ljmpl $CODE32_CS, $ap_start32
+    .balign 8
+ap_gdt_ptr:
+    .word gdt_end - gdt - 1
+    .long gdt
+ap_trampoline_end:
+
+    .code32
+ap_start32:
+    mov $KERNEL_DS, %eax
+    mov %eax, %ds
+    mov %eax, %es
+    mov %eax, %ss
+    mov %eax, %fs
+    mov %eax, %gs
+    mov %cr4, %eax
+    or $0x620, %eax
+    mov %eax, %cr4
+    mov $pml4, %eax
+    mov %eax, %cr3
+    mov $0xc0000080, %ecx
+    rdmsr
+    or $0x100, %eax
+    wrmsr
+    mov %cr0, %eax
+    or $0x80000001, %eax
+    mov %eax, %cr0
+    ljmp $KERNEL_CS, $ap_long
+
+    .code64
+ap_long:
+    mov $ap_stack_top, %esp
+    mov probe_lapic_eoi, %rax           /* LAPIC base + 0xb0 */
+    mov -0x90(%rax), %eax               /* LAPIC ID register (base + 0x20) */
+    shr $24, %eax
+    mov %eax, %ecx
+    shr $4, %eax
+    and $0xf, %eax
+    movb hex_digits(%rax), %al
+    movb %al, ap_msg_hex
+    mov %ecx, %eax
+    and $0xf, %eax
+    movb hex_digits(%rax), %al
+    movb %al, ap_msg_hex + 1
+    mov $ap_msg, %esi
+    call serial_puts
+    incq probe_ap_count
+    cli
+1:  hlt
+    jmp 1b
+
+/* Polled COM1 output of the NUL-terminated string at RSI. */
+serial_puts:
+    movzbl (%rsi), %ecx
+    test %ecx, %ecx
+    jz 2f
+    mov $0x3fd, %edx
+1:  in %dx, %al
+    test $0x20, %al
+    jz 1b
+    mov $0x3f8, %edx
+    mov %ecx, %eax
+    out %al, %dx
+    inc %rsi
+    jmp serial_puts
+2:  ret
     .popsection
 
 /* ------------------------------------------------------------------ */
@@ -155,8 +250,10 @@ isr_common:
     je gate_wait
     cmp $GATE_RESET, %rax
     je triple_fault
-    cmp $GATE_HALT, %rax
-    je halt_forever
+    cmp $GATE_IOAPIC_WRITE, %rax
+    je gate_ioapic_write
+    cmp $GATE_IOAPIC_READ, %rax
+    je gate_ioapic_read
     mov $-1, %rax
 gate_return:
     add $16, %rsp
@@ -171,25 +268,49 @@ gate_wait:
 1:  xor %eax, %eax
     jmp gate_return
 
+/* I/O APIC access with interrupts off, so that the index register cannot
+ * change under ring 3's feet: RDX = base, ECX = value, RCX[63:32] = index. */
+gate_ioapic_write:
+    mov %rcx, %rax
+    shr $32, %rax
+    mov %eax, (%rdx)
+    mov %ecx, 0x10(%rdx)
+    xor %eax, %eax
+    jmp gate_return
+gate_ioapic_read:
+    mov %ecx, (%rdx)
+    mov 0x10(%rdx), %eax
+    jmp gate_return
+
 triple_fault:
     lidt null_idt_ptr
     ud2
-halt_forever:
-    cli
-1:  hlt
-    jmp 1b
 
+/* Device interrupt: count it; for a level-triggered pin, mask it at the
+ * I/O APIC (ring 3 unmasks it once the device is quiet: some KVMs, PVM
+ * among them, retire level interrupts without waiting for the guest's EOI,
+ * so leaving the EOI to ring 3 is not enough); then EOI. */
 irq_entry:
     push %rax
     push %rcx
     mov 16(%rsp), %rax
     incq probe_irq_counts(,%rax,8)
     incq probe_irq_total
-    cmpb $0, probe_irq_level(%rax)
-    jne 1f                              /* level: ring 3 acks the device, then EOIs */
-    mov probe_lapic_eoi, %rcx
+    cmp $SPURIOUS_VECTOR, %rax
+    je 2f
+    movzbl probe_irq_level(%rax), %ecx
+    test %ecx, %ecx
+    jz 1f
+    push %rdx
+    mov probe_irq_ioapic(,%rax,8), %rdx
+    mov %ecx, (%rdx)
+    mov probe_irq_redir(,%rax,4), %ecx
+    or $0x10000, %ecx
+    mov %ecx, 0x10(%rdx)
+    pop %rdx
+1:  mov probe_lapic_eoi, %rcx
     movl $0, (%rcx)
-1:  pop %rcx
+2:  pop %rcx
     pop %rax
     add $16, %rsp
     iretq
@@ -281,10 +402,13 @@ idt:
     /* State shared with ring 3 (read there with volatile loads). */
     .balign 8
     .globl probe_irq_total, probe_irq_counts, probe_irq_level, probe_lapic_eoi
+    .globl probe_irq_ioapic, probe_irq_redir
     .globl probe_fault_active, probe_fault_vector, probe_fault_error
     .globl probe_fault_rip, probe_fault_cs, probe_fault_cr2
 probe_irq_total:    .quad 0
 probe_irq_counts:   .fill NVEC, 8, 0
+probe_irq_ioapic:   .fill NVEC, 8, 0        /* level pins: I/O APIC base */
+probe_irq_redir:    .fill NVEC, 4, 0        /* level pins: redirection low word */
 probe_lapic_eoi:    .quad 0xfee000b0
 probe_fault_active: .quad 0
 probe_fault_vector: .quad 0
@@ -292,9 +416,13 @@ probe_fault_error:  .quad 0
 probe_fault_rip:    .quad 0
 probe_fault_cs:     .quad 0
 probe_fault_cr2:    .quad 0
-probe_irq_level:
-    .fill NVEC - 1, 1, 0
-    .byte 1                             /* vector 63: LAPIC spurious, no EOI */
+    .globl probe_ap_count
+probe_ap_count:     .quad 0
+hex_digits:         .ascii "0123456789abcdef"
+ap_msg:             .ascii "PROBE ap apic_id=0x"
+ap_msg_hex:         .asciz "??\n"
+probe_irq_level:                        /* level pins: redirection register index */
+    .fill NVEC, 1, 0
     .popsection
 
 /* Identity map of the first 4 GiB with 2 MiB pages, user-accessible; the
@@ -341,6 +469,8 @@ stack0_top:
 fault_stack_top:
     .skip 262144
 user_stack_top:
+    .skip 4096
+ap_stack_top:
     .popsection
 
 /* ------------------------------------------------------------------ */

@@ -65,12 +65,10 @@ impl Allocator {
                 best = (start, end);
             }
         }
-        Self { next: (best.0 + 0xfff) & !0xfff, end: best.1 }
-    }
-
-    /// Bytes still available.
-    pub fn remaining(&self) -> u64 {
-        self.end.saturating_sub(self.next)
+        Self {
+            next: (best.0 + 0xfff) & !0xfff,
+            end: best.1,
+        }
     }
 
     /// A zeroed buffer of `len` bytes aligned to 4 KiB, if RAM allows.

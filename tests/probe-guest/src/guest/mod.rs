@@ -2,13 +2,13 @@
 
 pub mod apic;
 pub mod arch;
+pub mod blk;
 pub mod console;
 pub mod mem;
 pub mod platform;
 pub mod rt;
 pub mod timer;
 pub mod virtio;
-pub mod blk;
 pub mod work;
 
 use core::sync::atomic::{AtomicPtr, Ordering};
@@ -49,6 +49,13 @@ pub extern "C" fn probe_fault_report() -> ! {
             fault_word(&probe_fault_cr2),
         )
     };
-    crate::out!("PROBE fault vector={} rip={:#x} err={:#x} cs={:#x} cr2={:#x}", v, rip, e, cs, cr2);
+    crate::out!(
+        "PROBE fault vector={} rip={:#x} err={:#x} cs={:#x} cr2={:#x}",
+        v,
+        rip,
+        e,
+        cs,
+        cr2
+    );
     done(3)
 }

@@ -1,7 +1,7 @@
 //! The machine as discovered at boot: boot information, ACPI tables, the
 //! virtio-mmio and GED devices from the DSDT, and ACPI power control.
 
-use super::arch::{self, inb, mmio_write16, mmio_write32, mmio_write8, outb, outl, outw};
+use super::arch::{self, mmio_write16, mmio_write32, mmio_write8, outb, outl, outw};
 use super::mem::Identity;
 use probe_guest::acpi::{self, AcpiError, AcpiInfo, Gas, GAS_IO, GAS_MEMORY};
 use probe_guest::aml::{self, AmlError};
@@ -25,8 +25,6 @@ pub struct VirtioSlot {
 
 /// Everything the tests need to know about the machine.
 pub struct Platform {
-    /// How the guest was entered.
-    pub entry: EntryKind,
     /// Boot information.
     pub info: BootInfo<'static>,
     /// The ACPI tables, or why they are unusable.
@@ -57,7 +55,6 @@ impl Platform {
             _ => bootinfo::from_boot_params(mem, ptr)?,
         };
         let mut p = Platform {
-            entry,
             info,
             acpi: acpi::walk(mem, info.rsdp),
             aml_error: None,
@@ -66,15 +63,24 @@ impl Platform {
             ged_irq: None,
             s5_slp_typ: 5,
         };
-        if let Ok(AcpiInfo { dsdt: Some((addr, len)), .. }) = p.acpi {
+        if let Ok(AcpiInfo {
+            dsdt: Some((addr, len)),
+            ..
+        }) = p.acpi
+        {
             if let Some(table) = mem.read(addr, len as usize) {
-                let (mut slots, mut count, mut ged) = ([VirtioSlot::default(); MAX_VIRTIO], 0, None);
+                let (mut slots, mut count, mut ged) =
+                    ([VirtioSlot::default(); MAX_VIRTIO], 0, None);
                 let r = aml::walk_devices(&table[36..], &mut |d| {
                     let Some(hid) = d.hid else { return };
                     let res = d.crs.map(resource::parse).unwrap_or_default();
                     if hid.is("LNRO0005") && count < MAX_VIRTIO {
                         if let Some((base, len)) = res.mem {
-                            slots[count] = VirtioSlot { base, len, irq: res.irq };
+                            slots[count] = VirtioSlot {
+                                base,
+                                len,
+                                irq: res.irq,
+                            };
                             count += 1;
                         }
                     } else if hid.is("ACPI0013") && ged.is_none() {
@@ -123,7 +129,9 @@ impl Platform {
     /// is none or the machine did not reset.
     pub fn reset(&self) -> bool {
         let Ok(a) = &self.acpi else { return false };
-        let Some((g, v)) = a.fadt.reset else { return false };
+        let Some((g, v)) = a.fadt.reset else {
+            return false;
+        };
         write_gas(&g, u64::from(v));
         spin_ms(100);
         true
@@ -153,13 +161,5 @@ pub fn write_gas(g: &Gas, value: u64) {
         (GAS_MEMORY, 2) => mmio_write16(g.address, value as u16),
         (GAS_MEMORY, _) => mmio_write32(g.address, value as u32),
         _ => {}
-    }
-}
-
-/// Reads the register a GAS describes, 8 bits (for diagnostics).
-pub fn read_gas8(g: &Gas) -> u8 {
-    match g.space_id {
-        GAS_IO => inb(g.address as u16),
-        _ => arch::mmio_read8(g.address),
     }
 }

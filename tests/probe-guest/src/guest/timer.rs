@@ -1,7 +1,7 @@
 //! Wall-clock time from the TSC. The TSC frequency comes from, in order:
 //! the hypervisor timing leaf CPUID 0x40000010 (EAX = TSC kHz), CPUID 0x15
-//! (crystal clock x ratio), a 20 ms PIT channel-2 measurement (ports 0x42,
-//! 0x43, 0x61), CPUID 0x16 (base MHz), else an assumed 1 GHz.
+//! (crystal clock x ratio), a ~50 ms measurement against PIT channel 0
+//! (ports 0x40, 0x43), CPUID 0x16 (base MHz), else an assumed 1 GHz.
 
 use super::arch::{cpuid, inb, outb, rdtsc};
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -29,7 +29,8 @@ fn from_leaf_15() -> Option<u64> {
         return None;
     }
     let (den, num, hz, _) = cpuid(0x15);
-    (den != 0 && num != 0 && hz != 0).then(|| u64::from(hz) * u64::from(num) / u64::from(den) / 1000)
+    (den != 0 && num != 0 && hz != 0)
+        .then(|| u64::from(hz) * u64::from(num) / u64::from(den) / 1000)
 }
 
 fn from_leaf_16() -> Option<u64> {
@@ -40,37 +41,41 @@ fn from_leaf_16() -> Option<u64> {
     (mhz != 0).then(|| u64::from(mhz & 0xffff) * 1000)
 }
 
-/// Counts TSC ticks while PIT channel 2 counts down 20 ms in mode 0.
+/// Reads PIT channel 0's current count (latch command, then low and high byte).
+fn pit_count() -> u16 {
+    outb(0x43, 0x00);
+    let lo = inb(0x40);
+    let hi = inb(0x40);
+    u16::from_le_bytes([lo, hi])
+}
+
+/// Counts TSC ticks over ~50 ms of PIT channel 0 (mode 2, period 65536),
+/// sampling its count through the latch command. Needs only ports 0x40 and
+/// 0x43 (no speaker port); the PIT's IRQ 0 stays masked.
 fn from_pit() -> Option<u64> {
     const PIT_HZ: u64 = 1_193_182;
-    const MS: u64 = 20;
-    let count = PIT_HZ * MS / 1000;
-    let gate = inb(0x61);
-    if gate == 0xff {
-        return None;
-    }
-    outb(0x61, (gate & !0x02) | 0x01);
-    outb(0x43, 0xb0);
-    outb(0x42, count as u8);
-    outb(0x42, (count >> 8) as u8);
-    if inb(0x61) & 0x20 != 0 {
-        outb(0x61, gate);
-        return None;
-    }
+    const TICKS: u64 = PIT_HZ / 20;
+    outb(0x43, 0x34);
+    outb(0x40, 0x00);
+    outb(0x40, 0x00);
+    let (mut prev, mut ticks) = (pit_count(), 0u64);
     let t0 = rdtsc();
     let mut t1 = t0;
-    let mut done = false;
-    // Give up after ~5e10 cycles (far beyond 20 ms at any real frequency).
-    while t1 - t0 < 50_000_000_000 {
+    let mut moved = false;
+    // Give up after ~5e9 cycles or if the counter never moves.
+    while ticks < TICKS && t1 - t0 < 5_000_000_000 {
+        let cur = pit_count();
         t1 = rdtsc();
-        if inb(0x61) & 0x20 != 0 {
-            done = true;
-            break;
-        }
+        let delta = u64::from(prev.wrapping_sub(cur));
+        moved |= delta != 0;
+        ticks += delta;
+        prev = cur;
     }
-    outb(0x61, gate);
-    let khz = (t1 - t0) / MS;
-    (done && khz > 100_000).then_some(khz)
+    if !moved || ticks < TICKS {
+        return None;
+    }
+    let khz = u128::from(t1 - t0) * u128::from(PIT_HZ) / u128::from(ticks) / 1000;
+    (khz > 100_000).then_some(khz as u64)
 }
 
 /// Determines the TSC frequency (see the module doc).

@@ -155,7 +155,10 @@ impl Mmio {
         self.write(reg::DRIVER_FEATURES, features as u32);
         self.write(reg::DRIVER_FEATURES_SEL, 1);
         self.write(reg::DRIVER_FEATURES, (features >> 32) as u32);
-        self.write(reg::STATUS, status::ACK | status::DRIVER | status::FEATURES_OK);
+        self.write(
+            reg::STATUS,
+            status::ACK | status::DRIVER | status::FEATURES_OK,
+        );
         if self.read(reg::STATUS) & status::FEATURES_OK == 0 {
             self.write(reg::STATUS, status::FAILED);
             return Err(InitError::FeaturesRejected);
@@ -165,7 +168,10 @@ impl Mmio {
 
     /// Sets DRIVER_OK.
     pub fn driver_ok(&self) {
-        self.write(reg::STATUS, status::ACK | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK);
+        self.write(
+            reg::STATUS,
+            status::ACK | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
     }
 
     /// Reads a 32-bit config field at `off` in the device config space.
@@ -266,11 +272,6 @@ impl Queue {
         self.size
     }
 
-    /// Free descriptors.
-    pub fn free_descriptors(&self) -> usize {
-        self.free_count
-    }
-
     fn w16(addr: u64, v: u16) {
         // SAFETY: `addr` is inside a ring this queue allocated.
         unsafe { core::ptr::write_volatile(addr as *mut u16, v) }
@@ -332,11 +333,6 @@ impl Queue {
         if Self::r16(self.used) & 1 == 0 {
             self.mmio.write(reg::QUEUE_NOTIFY, self.index);
         }
-    }
-
-    /// Notifies unconditionally.
-    pub fn kick(&self) {
-        self.mmio.write(reg::QUEUE_NOTIFY, self.index);
     }
 
     /// Takes one completed chain off the used ring: (head, written length).

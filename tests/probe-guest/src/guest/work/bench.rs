@@ -20,10 +20,23 @@ struct Result {
 
 /// Keeps `qd` requests of `bytes` in flight for `secs`; `lba(i)` picks the
 /// sector of the i-th request. Buffer for slot s is `buf + s * bytes`.
-fn phase(disk: &mut Blk, kind: ReqType, buf: u64, bytes: usize, qd: usize, secs: u64, lba: &mut dyn FnMut(u64) -> u64) -> Result {
+fn phase(
+    disk: &mut Blk,
+    kind: ReqType,
+    buf: u64,
+    bytes: usize,
+    qd: usize,
+    secs: u64,
+    lba: &mut dyn FnMut(u64) -> u64,
+) -> Result {
     let start = now_ns();
     let end = start + secs * 1_000_000_000;
-    let mut r = Result { ios: 0, bytes: 0, ns: 0, errors: 0 };
+    let mut r = Result {
+        ios: 0,
+        bytes: 0,
+        ns: 0,
+        errors: 0,
+    };
     let mut issued = 0u64;
     let mut stop = false;
     loop {
@@ -83,7 +96,9 @@ pub fn run(ctx: &mut Ctx) -> u32 {
         }
     };
     let cap = disk.capacity;
-    let seq_sectors = ((SEQ_BYTES / 512) as u64).min(disk.max_request_sectors()).min(cap.max(1));
+    let seq_sectors = ((SEQ_BYTES / 512) as u64)
+        .min(disk.max_request_sectors())
+        .min(cap.max(1));
     let seq_bytes = (seq_sectors * 512) as usize;
     let seq_qd = SEQ_QD.min(disk.max_depth(seq_bytes));
     let span = (cap / seq_sectors).max(1);
@@ -102,11 +117,20 @@ pub fn run(ctx: &mut Ctx) -> u32 {
         ("seq-write", ReqType::Out, seq_bytes, seq_qd),
         ("seq-read", ReqType::In, seq_bytes, seq_qd),
         ("rand-read", ReqType::In, RAND_BYTES, 1),
-        ("rand-read", ReqType::In, RAND_BYTES, 32.min(disk.max_depth(RAND_BYTES))),
+        (
+            "rand-read",
+            ReqType::In,
+            RAND_BYTES,
+            32.min(disk.max_depth(RAND_BYTES)),
+        ),
     ];
     for (i, &(name, kind, bytes, qd)) in phases.iter().enumerate() {
         if kind == ReqType::Out && disk.read_only() {
-            out!("PROBE blk-bench dev={} test={} status=skipped-ro", p.dev, name);
+            out!(
+                "PROBE blk-bench dev={} test={} status=skipped-ro",
+                p.dev,
+                name
+            );
             continue;
         }
         let r = if bytes == RAND_BYTES {
@@ -114,8 +138,9 @@ pub fn run(ctx: &mut Ctx) -> u32 {
         } else {
             phase(disk, kind, addr, bytes, qd, secs, &mut seq)
         };
-        let mib_s10 = r.bytes * 10 * 1_000_000_000 / r.ns / (1 << 20);
-        let iops = r.ios * 1_000_000_000 / r.ns;
+        let mib_s10 =
+            (u128::from(r.bytes) * 10 * 1_000_000_000 / u128::from(r.ns) / (1 << 20)) as u64;
+        let iops = (u128::from(r.ios) * 1_000_000_000 / u128::from(r.ns)) as u64;
         summary[i] = if bytes == RAND_BYTES { iops } else { mib_s10 };
         out!(
             "PROBE blk-bench dev={} test={} bs={} qd={} ios={} errors={} ms={} mib_s={} iops={}",

@@ -15,7 +15,13 @@ const CHUNK: u64 = 2048;
 const TIMEOUT_MS: u64 = 30_000;
 
 /// Writes the pattern to `count` sectors from `lba`; returns (write, flush) outcomes.
-fn write_pattern(ctx: &mut Ctx, dev: u32, lba: u64, count: u64, seed: u64) -> Result<(Outcome, Option<Outcome>), u32> {
+fn write_pattern(
+    ctx: &mut Ctx,
+    dev: u32,
+    lba: u64,
+    count: u64,
+    seed: u64,
+) -> Result<(Outcome, Option<Outcome>), u32> {
     let Some(mut buf) = ctx.take_scratch((CHUNK as usize) * SECTOR) else {
         out!("PROBE blk-write dev={} status=nomem", dev);
         return Err(1);
@@ -33,7 +39,8 @@ fn write_pattern(ctx: &mut Ctx, dev: u32, lba: u64, count: u64, seed: u64) -> Re
                 outcome = disk.run(ReqType::Out, lba + done, addr, bytes, TIMEOUT_MS);
                 done += n;
             }
-            let flush = (outcome == Outcome::Ok && disk.has_flush()).then(|| disk.run(ReqType::Flush, 0, 0, 0, TIMEOUT_MS));
+            let flush = (outcome == Outcome::Ok && disk.has_flush())
+                .then(|| disk.run(ReqType::Flush, 0, 0, 0, TIMEOUT_MS));
             Ok((outcome, flush))
         }
     };
@@ -43,7 +50,13 @@ fn write_pattern(ctx: &mut Ctx, dev: u32, lba: u64, count: u64, seed: u64) -> Re
 
 /// Reads `count` sectors from `lba` and compares them with the pattern:
 /// (outcome, first bad sector).
-fn read_pattern(ctx: &mut Ctx, dev: u32, lba: u64, count: u64, seed: u64) -> Result<(Outcome, Option<u64>), u32> {
+fn read_pattern(
+    ctx: &mut Ctx,
+    dev: u32,
+    lba: u64,
+    count: u64,
+    seed: u64,
+) -> Result<(Outcome, Option<u64>), u32> {
     let Some(mut buf) = ctx.take_scratch((CHUNK as usize) * SECTOR) else {
         out!("PROBE blk-read dev={} status=nomem", dev);
         return Err(1);
@@ -79,7 +92,14 @@ pub fn write(ctx: &mut Ctx) -> u32 {
         Err(rc) => rc,
         Ok((w, f)) => {
             let flush = f.map_or("skipped", Outcome::name);
-            out!("PROBE blk-write dev={} lba={} count={} status={} flush={}", p.dev, p.lba, p.count, w.name(), flush);
+            out!(
+                "PROBE blk-write dev={} lba={} count={} status={} flush={}",
+                p.dev,
+                p.lba,
+                p.count,
+                w.name(),
+                flush
+            );
             u32::from(w != Outcome::Ok || f.is_some_and(|f| f != Outcome::Ok))
         }
     }
@@ -92,7 +112,23 @@ pub fn read(ctx: &mut Ctx) -> u32 {
         Err(rc) => rc,
         Ok((o, bad)) => {
             let mut l = Line::new();
-            let _ = write!(l, "PROBE blk-read dev={} lba={} count={} status={}", p.dev, p.lba, p.count, o.name());
+            let _ = write!(
+                l,
+                "PROBE blk-read dev={} lba={} count={} status={}",
+                p.dev,
+                p.lba,
+                p.count,
+                o.name()
+            );
+            if let Ok(d) = ctx.disk(p.dev) {
+                let _ = write!(
+                    l,
+                    " irq={} irqs={} ticks={}",
+                    if d.irq_mode() { "on" } else { "off" },
+                    d.irq_count(),
+                    arch::irq_count(arch::TIMER_VECTOR)
+                );
+            }
             if o == Outcome::Ok {
                 match bad {
                     None => {
@@ -112,7 +148,9 @@ pub fn read(ctx: &mut Ctx) -> u32 {
 /// `probe.test=blk-id`: the GET_ID string.
 pub fn id(ctx: &mut Ctx) -> u32 {
     let dev = ctx.params.dev;
-    let Some(mut buf) = ctx.take_scratch(SECTOR) else { return 1 };
+    let Some(mut buf) = ctx.take_scratch(SECTOR) else {
+        return 1;
+    };
     let addr = buf.addr;
     buf.bytes()[..20].fill(0);
     let rc = match ctx.disk(dev) {
@@ -121,10 +159,19 @@ pub fn id(ctx: &mut Ctx) -> u32 {
             let o = disk.run(ReqType::GetId, 0, addr, 20, TIMEOUT_MS);
             let capacity = disk.capacity;
             let ro = disk.read_only();
+            let blk_size = disk.blk_size.unwrap_or(512);
             let id = &buf.bytes()[..20];
             let len = id.iter().position(|&c| c == 0).unwrap_or(20);
             let mut l = Line::new();
-            let _ = write!(l, "PROBE blk-id dev={} status={} sectors={} ro={} id=", dev, o.name(), capacity, u8::from(ro));
+            let _ = write!(
+                l,
+                "PROBE blk-id dev={} status={} sectors={} blk_size={} ro={} id=",
+                dev,
+                o.name(),
+                capacity,
+                blk_size,
+                u8::from(ro)
+            );
             if o == Outcome::Ok {
                 l.push_bytes(&id[..len]);
             }
@@ -148,7 +195,12 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
     if let Err(e) = ctx.disk(p.dev) {
         return disk_error("io-loop", p.dev, e);
     }
-    out!("PROBE io-loop dev={} lba={} count={} start", p.dev, p.lba, count);
+    out!(
+        "PROBE io-loop dev={} lba={} count={} start",
+        p.dev,
+        p.lba,
+        count
+    );
     let (mut iters, mut errors) = (0u64, 0u64);
     let mut next_report = now_ns() + 1_000_000_000;
     loop {
@@ -158,10 +210,21 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
             Err(rc) => return rc,
             Ok((w, f)) => {
                 if w != Outcome::Ok {
-                    out!("PROBE io-error iter={} op=write lba={} status={}{}", iters, p.lba, w.name(), other(w));
+                    out!(
+                        "PROBE io-error iter={} op=write lba={} status={}{}",
+                        iters,
+                        p.lba,
+                        w.name(),
+                        other(w)
+                    );
                     failed = true;
                 } else if let Some(f) = f.filter(|&f| f != Outcome::Ok) {
-                    out!("PROBE io-error iter={} op=flush status={}{}", iters, f.name(), other(f));
+                    out!(
+                        "PROBE io-error iter={} op=flush status={}{}",
+                        iters,
+                        f.name(),
+                        other(f)
+                    );
                     failed = true;
                 }
             }
@@ -171,7 +234,13 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
                 Err(rc) => return rc,
                 Ok((o, bad)) => {
                     if o != Outcome::Ok {
-                        out!("PROBE io-error iter={} op=read lba={} status={}{}", iters, p.lba, o.name(), other(o));
+                        out!(
+                            "PROBE io-error iter={} op=read lba={} status={}{}",
+                            iters,
+                            p.lba,
+                            o.name(),
+                            other(o)
+                        );
                         failed = true;
                     } else if let Some(b) = bad {
                         out!("PROBE io-error iter={} op=verify first_bad={}", iters, b);

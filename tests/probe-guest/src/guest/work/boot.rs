@@ -10,7 +10,11 @@ use probe_guest::bootinfo::round_mib;
 /// Prints RAM, CPUs, ACPI facts, the virtio devices and the command line.
 pub fn run(ctx: &mut Ctx) -> u32 {
     let p = ctx.p;
-    let present: usize = p.virtio().iter().filter(|s| matches!(Mmio { base: s.base }.probe(), Ok(id) if id != 0)).count();
+    let present: usize = p
+        .virtio()
+        .iter()
+        .filter(|s| matches!(Mmio { base: s.base }.probe(), Ok(id) if id != 0))
+        .count();
     let bytes = p.info.usable_bytes();
     out!(
         "PROBE boot ram_mib={} ram_bytes={} cpus={} virtio={} virtio_slots={} e820={}",
@@ -35,13 +39,28 @@ pub fn run(ctx: &mut Ctx) -> u32 {
                 a.dsdt.map_or(0, |d| d.0)
             );
             if let Some(g) = a.fadt.sleep_control {
-                let _ = write!(l, " sleep_ctl={}:{:#x}", if g.space_id == 1 { "io" } else { "mmio" }, g.address);
+                let _ = write!(
+                    l,
+                    " sleep_ctl={}:{:#x}",
+                    if g.space_id == 1 { "io" } else { "mmio" },
+                    g.address
+                );
             }
             if let Some((g, v)) = a.fadt.reset {
-                let _ = write!(l, " reset={}:{:#x}={:#x}", if g.space_id == 1 { "io" } else { "mmio" }, g.address, v);
+                let _ = write!(
+                    l,
+                    " reset={}:{:#x}={:#x}",
+                    if g.space_id == 1 { "io" } else { "mmio" },
+                    g.address,
+                    v
+                );
             }
             if let Some(m) = &a.madt {
-                let _ = write!(l, " ioapics={} lapic={:#x}", m.ioapic_count, m.lapic_address);
+                let _ = write!(
+                    l,
+                    " ioapics={} lapic={:#x}",
+                    m.ioapic_count, m.lapic_address
+                );
             }
             match p.ged_irq {
                 Some(i) => {
@@ -67,7 +86,13 @@ pub fn run(ctx: &mut Ctx) -> u32 {
         let _ = write!(l, "PROBE virtio base={:#x} size={:#x}", s.base, s.len);
         match s.irq {
             Some(i) => {
-                let _ = write!(l, " gsi={} trigger={}", i.gsi, if i.edge { "edge" } else { "level" });
+                let _ = write!(
+                    l,
+                    " gsi={} trigger={} polarity={}",
+                    i.gsi,
+                    if i.edge { "edge" } else { "level" },
+                    if i.active_low { "low" } else { "high" }
+                );
             }
             None => {
                 let _ = write!(l, " gsi=none");

@@ -13,7 +13,7 @@
 
 use super::{disk_error, Ctx};
 use crate::guest::blk::{Outcome, ReqType};
-use crate::guest::virtio::{reg, Mmio};
+use crate::guest::virtio::{reg, status, Mmio};
 use crate::out;
 
 struct Rng(u64);
@@ -58,7 +58,11 @@ const REGS: [u64; 24] = [
     reg::CONFIG,
 ];
 
-const HIGH_REGS: [u64; 3] = [reg::QUEUE_DESC_HIGH, reg::QUEUE_DRIVER_HIGH, reg::QUEUE_DEVICE_HIGH];
+const HIGH_REGS: [u64; 3] = [
+    reg::QUEUE_DESC_HIGH,
+    reg::QUEUE_DRIVER_HIGH,
+    reg::QUEUE_DEVICE_HIGH,
+];
 
 fn access(base: u64, off: u64, width: u64, write: Option<u64>) {
     let a = base + off;
@@ -109,10 +113,12 @@ pub fn run(ctx: &mut Ctx) -> u32 {
         match rng.below(10) {
             // Any register, any width, read or write, possibly unaligned.
             0..=3 => {
-                let off = REGS[rng.below(REGS.len() as u64) as usize] + if rng.below(4) == 0 { rng.below(4) } else { 0 };
+                let off = REGS[rng.below(REGS.len() as u64) as usize]
+                    + if rng.below(4) == 0 { rng.below(4) } else { 0 };
                 let width = 1 << rng.below(4);
                 let v = (rng.below(2) == 0).then(|| rng.next());
-                let is_addr = (reg::QUEUE_DESC_LOW..=reg::QUEUE_DEVICE_HIGH).contains(&(off & !3)) && off & !3 != reg::QUEUE_NOTIFY;
+                let is_addr = (reg::QUEUE_DESC_LOW..=reg::QUEUE_DEVICE_HIGH).contains(&(off & !3))
+                    && off & !3 != reg::QUEUE_NOTIFY;
                 if is_addr && v.is_some() {
                     for h in HIGH_REGS {
                         let b = bad_high(&mut rng);
@@ -140,7 +146,11 @@ pub fn run(ctx: &mut Ctx) -> u32 {
                     let b = bad_high(&mut rng);
                     put(h, 4, Some(b));
                 }
-                for lo in [reg::QUEUE_DESC_LOW, reg::QUEUE_DRIVER_LOW, reg::QUEUE_DEVICE_LOW] {
+                for lo in [
+                    reg::QUEUE_DESC_LOW,
+                    reg::QUEUE_DRIVER_LOW,
+                    reg::QUEUE_DEVICE_LOW,
+                ] {
                     let v = rng.next();
                     put(lo, 4, Some(v));
                 }
@@ -169,13 +179,16 @@ pub fn run(ctx: &mut Ctx) -> u32 {
             }
         }
     }
-    // Reset and bring the device up again from scratch.
+    // What the device thinks of all that, then a reset and a clean bring-up.
+    let status_after = mmio.read(reg::STATUS);
     mmio.write(reg::STATUS, 0);
     let alive = mmio.probe().is_ok_and(|id| id == 2);
     let (status, rc) = if !alive {
         ("dead", 1)
     } else {
-        let Some(buf) = ctx.take_scratch(4096) else { return 1 };
+        let Some(buf) = ctx.take_scratch(4096) else {
+            return 1;
+        };
         let addr = buf.addr;
         let r = match ctx.disk(p.dev) {
             Ok(d) => match d.run(ReqType::In, 0, addr, 4096, 10_000) {
@@ -189,11 +202,13 @@ pub fn run(ctx: &mut Ctx) -> u32 {
         r
     };
     out!(
-        "PROBE mmio-chaos dev={} seed={} count={} accesses={} survived={} status={}",
+        "PROBE mmio-chaos dev={} seed={} count={} accesses={} device_status={:#x} needs_reset={} survived={} status={}",
         p.dev,
         p.seed,
         p.count,
         accesses,
+        status_after,
+        if status_after & status::NEEDS_RESET != 0 { "yes" } else { "no" },
         if rc == 0 { "yes" } else { "no" },
         status
     );

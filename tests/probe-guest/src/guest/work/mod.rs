@@ -5,6 +5,7 @@ mod blkio;
 mod boot;
 mod chaos;
 mod power;
+mod smp;
 
 use super::apic::Apic;
 use super::blk::Blk;
@@ -26,6 +27,8 @@ pub struct Ctx {
     pub alloc: Allocator,
     /// Interrupt controllers.
     pub apic: Apic,
+    /// Where the loader's boot information was (boot_params or start_info).
+    pub boot_info_ptr: u64,
     disks: [Option<Blk>; MAX_DISKS],
     scratch: Option<DmaBuf>,
 }
@@ -41,8 +44,22 @@ pub enum DiskError {
 
 impl Ctx {
     /// Context for `p` with `params`.
-    pub fn new(p: &'static Platform, params: Params, alloc: Allocator, apic: Apic) -> Self {
-        Self { p, params, alloc, apic, disks: [const { None }; MAX_DISKS], scratch: None }
+    pub fn new(
+        p: &'static Platform,
+        params: Params,
+        alloc: Allocator,
+        apic: Apic,
+        boot_info_ptr: u64,
+    ) -> Self {
+        Self {
+            p,
+            params,
+            alloc,
+            apic,
+            boot_info_ptr,
+            disks: [const { None }; MAX_DISKS],
+            scratch: None,
+        }
     }
 
     /// The slot index of block device `n` (DSDT order among block devices).
@@ -64,8 +81,13 @@ impl Ctx {
         }
         if self.disks[idx].is_none() {
             let slot = self.disk_slot(n).ok_or(DiskError::NoSuchDisk)?;
-            let blk = Blk::init(&self.p.virtio()[slot], &mut self.alloc, &self.apic, self.params.irq)
-                .map_err(DiskError::Init)?;
+            let blk = Blk::init(
+                &self.p.virtio()[slot],
+                &mut self.alloc,
+                &self.apic,
+                self.params.irq,
+            )
+            .map_err(DiskError::Init)?;
             if blk.irq_mode() {
                 self.apic.start_tick();
             }
@@ -100,7 +122,12 @@ impl Ctx {
 pub fn disk_error(test: &str, dev: u32, e: DiskError) -> u32 {
     match e {
         DiskError::NoSuchDisk => crate::out!("PROBE {} dev={} status=nodev", test, dev),
-        DiskError::Init(i) => crate::out!("PROBE {} dev={} status=init-failed reason={:?}", test, dev, i),
+        DiskError::Init(i) => crate::out!(
+            "PROBE {} dev={} status=init-failed reason={:?}",
+            test,
+            dev,
+            i
+        ),
     }
     1
 }
@@ -121,6 +148,7 @@ pub fn run_all(ctx: &mut Ctx) -> u32 {
             Test::Reboot => power::reboot(ctx),
             Test::TripleFault => power::triple_fault(),
             Test::MmioChaos => chaos::run(ctx),
+            Test::Smp => smp::run(ctx),
         };
         rc = rc.max(r);
     }

@@ -11,20 +11,19 @@ pub fn idle(ctx: &mut Ctx) -> u32 {
     ctx.apic.stop_tick();
     let ged = ctx.p.ged_irq;
     let vector = ged.and_then(|i| ctx.apic.route(i));
+    // Count from before the line below: the host may press the button as soon as it reads
+    // it, and the interrupt can land before the loop starts.
+    let base = vector.map(arch::irq_count);
     match (ged, vector) {
         (Some(i), Some(_)) => out!("PROBE idle ged_gsi={}", i.gsi),
         _ => out!("PROBE idle ged_gsi=none"),
     }
-    let base = vector.map(arch::irq_count);
     loop {
         let seen = arch::irq_total();
         if let (Some(v), Some(b)) = (vector, base) {
             if arch::irq_count(v) != b {
-                if let Some(i) = ged.filter(|i| !i.edge) {
-                    // Level-triggered: we cannot silence the GED, so mask it.
-                    ctx.apic.mask(i.gsi);
-                    ctx.apic.eoi();
-                }
+                // A level-triggered GED stays masked (by its stub): the
+                // probe powers off next anyway.
                 out!("PROBE power-button");
                 return 0;
             }
