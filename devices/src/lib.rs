@@ -11,6 +11,7 @@ pub mod acpi;
 pub mod bus;
 pub mod event;
 pub mod legacy;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use event::{ResetCause, VmEvent, VmEventSink};

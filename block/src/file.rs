@@ -1,0 +1,643 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The `file` driver: a raw image file (or host block device) accessed with positional I/O.
+//!
+//! Reads and writes use `preadv`/`pwritev` straight into the request's buffers, flushes use
+//! `fdatasync`, discards punch holes and write-zeroes use `fallocate` (with a plain write of
+//! zeroes as the fallback). With [`CacheMode::None`] the file is opened with `O_DIRECT`; requests
+//! whose buffers or range are not suitably aligned go through an aligned bounce buffer (with
+//! read-modify-write of the partial blocks at either end).
+
+use std::alloc::{self, Layout};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::node::{BlockNode, CacheMode, IoBuf, SECTOR_SIZE};
+
+/// Memory alignment of `O_DIRECT` buffers (the page size covers every host device).
+const DIRECT_MEM_ALIGN: usize = 4096;
+/// Offset and length alignment of `O_DIRECT` requests (the logical block size of common hosts).
+const DIRECT_REQ_ALIGN: u64 = 512;
+/// Largest bounce buffer and zero-write chunk.
+const CHUNK: u64 = 1 << 20;
+/// Most iovecs passed to one `preadv`/`pwritev` (Linux's `UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
+
+/// Errors of [`FileNode::open`].
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The image does not exist.
+    #[error("Could not open '{0}': No such file or directory")]
+    NotFound(PathBuf),
+    /// The path names a directory.
+    #[error("'{0}' is a directory, not a disk image")]
+    IsDirectory(PathBuf),
+    /// The file cannot be opened for writing.
+    #[error("Could not open '{0}' read-write: {1} (use read-only=on to open it read-only)")]
+    ReadOnlyFile(PathBuf, #[source] io::Error),
+    /// The image has no sectors.
+    #[error("Disk image '{0}' is empty")]
+    Empty(PathBuf),
+    /// The image size is not a whole number of 512-byte sectors.
+    #[error("Disk image '{path}' has size {size}, which is not a multiple of 512 bytes")]
+    NotSectorMultiple {
+        /// The image.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// The filesystem refused `O_DIRECT` (cache=none).
+    #[error("Could not open '{0}' with cache=none: the filesystem does not support O_DIRECT")]
+    DirectUnsupported(PathBuf),
+    /// Any other failure to open or size the image.
+    #[error("Could not open '{0}': {1}")]
+    Io(PathBuf, #[source] io::Error),
+}
+
+/// A `file` node: a raw image.
+#[derive(Debug)]
+pub struct FileNode {
+    node_name: String,
+    path: PathBuf,
+    file: File,
+    size: u64,
+    read_only: bool,
+    cache: CacheMode,
+}
+
+impl FileNode {
+    /// Opens `path` as node `node_name`.
+    ///
+    /// # Errors
+    /// A missing file, a directory, an image that is empty or not a multiple of 512 bytes, a
+    /// read-only file opened read-write, a filesystem without `O_DIRECT` for cache=none.
+    pub fn open(
+        node_name: impl Into<String>,
+        path: impl AsRef<Path>,
+        read_only: bool,
+        cache: CacheMode,
+    ) -> Result<Self, OpenError> {
+        let path = path.as_ref().to_path_buf();
+        let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => OpenError::NotFound(path.clone()),
+            _ => OpenError::Io(path.clone(), e),
+        })?;
+        if meta.is_dir() {
+            return Err(OpenError::IsDirectory(path));
+        }
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(!read_only);
+        if cache.direct() {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let mut file = opts.open(&path).map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES | libc::EROFS | libc::EPERM) if !read_only => {
+                OpenError::ReadOnlyFile(path.clone(), e)
+            }
+            Some(libc::EINVAL) if cache.direct() => OpenError::DirectUnsupported(path.clone()),
+            _ => OpenError::Io(path.clone(), e),
+        })?;
+        // Block devices report size 0 in their metadata: ask the file's end instead.
+        let size = if meta.file_type().is_block_device() {
+            file.seek(SeekFrom::End(0))
+                .map_err(|e| OpenError::Io(path.clone(), e))?
+        } else {
+            meta.len()
+        };
+        if size == 0 {
+            return Err(OpenError::Empty(path));
+        }
+        if size % SECTOR_SIZE != 0 {
+            return Err(OpenError::NotSectorMultiple { path, size });
+        }
+        Ok(Self {
+            node_name: node_name.into(),
+            path,
+            file,
+            size,
+            read_only,
+            cache,
+        })
+    }
+
+    fn needs_bounce(&self, offset: u64, bufs: &[IoBuf<'_>]) -> bool {
+        if !self.cache.direct() {
+            return false;
+        }
+        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        !offset.is_multiple_of(DIRECT_REQ_ALIGN)
+            || !total.is_multiple_of(DIRECT_REQ_ALIGN)
+            || bufs.iter().any(|b| {
+                !(b.ptr_guard().as_ptr() as usize).is_multiple_of(DIRECT_MEM_ALIGN)
+                    || !(b.len() as u64).is_multiple_of(DIRECT_REQ_ALIGN)
+            })
+    }
+
+    /// Runs `preadv`/`pwritev` until every byte of `bufs` is transferred. A read that meets the
+    /// end of the file fills the rest with zeroes.
+    fn transfer(&self, offset: u64, bufs: &[IoBuf<'_>], write: bool) -> io::Result<()> {
+        let guards: Vec<_> = bufs
+            .iter()
+            .filter(|b| !b.is_empty())
+            .map(|b| b.ptr_guard_mut())
+            .collect();
+        let mut iov: Vec<libc::iovec> = guards
+            .iter()
+            .map(|g| libc::iovec {
+                iov_base: g.as_ptr().cast(),
+                iov_len: g.len(),
+            })
+            .collect();
+        let fd = self.file.as_raw_fd();
+        let mut idx = 0;
+        let mut pos = offset;
+        while idx < iov.len() {
+            let cnt = (iov.len() - idx).min(IOV_MAX);
+            let off = libc::off_t::try_from(pos)
+                .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+            // SAFETY: every iovec points into a buffer kept alive (and mapped) by `guards` for
+            // the duration of the call, with its exact length; `cnt` iovecs are in bounds.
+            let ret = unsafe {
+                if write {
+                    libc::pwritev(fd, iov[idx..].as_ptr(), cnt as libc::c_int, off)
+                } else {
+                    libc::preadv(fd, iov[idx..].as_ptr(), cnt as libc::c_int, off)
+                }
+            };
+            if ret < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            let mut done = ret as usize;
+            if done == 0 {
+                if write {
+                    return Err(io::Error::from(io::ErrorKind::WriteZero));
+                }
+                // End of file (the image shrank under us): the rest reads as zeroes.
+                for v in &iov[idx..] {
+                    // SAFETY: the iovec describes live, writable memory of `iov_len` bytes
+                    // (see above).
+                    unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, v.iov_len) };
+                }
+                return Ok(());
+            }
+            pos += done as u64;
+            while done > 0 && idx < iov.len() {
+                if done >= iov[idx].iov_len {
+                    done -= iov[idx].iov_len;
+                    idx += 1;
+                } else {
+                    // SAFETY: `done` is less than the iovec's length, so the new base stays
+                    // inside the same buffer.
+                    iov[idx].iov_base = unsafe { iov[idx].iov_base.cast::<u8>().add(done) }.cast();
+                    iov[idx].iov_len -= done;
+                    done = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads or writes through an aligned bounce buffer, `CHUNK` bytes at a time.
+    fn bounce(&self, offset: u64, bufs: &[IoBuf<'_>], write: bool) -> io::Result<()> {
+        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        let mut done = 0u64;
+        while done < total {
+            let len = (total - done).min(CHUNK);
+            let start = offset + done;
+            let a_start = start - start % DIRECT_REQ_ALIGN;
+            let a_end = (start + len).div_ceil(DIRECT_REQ_ALIGN) * DIRECT_REQ_ALIGN;
+            let mut buf = AlignedBuf::new((a_end - a_start) as usize)?;
+            let head = (start - a_start) as usize;
+            if !write || head != 0 || a_end != start + len {
+                // Reads need the whole window; writes need the partial blocks at either end.
+                self.transfer(a_start, &[buf.as_io_buf()], false)?;
+            }
+            let window = &mut buf.as_mut_slice()[head..head + len as usize];
+            if write {
+                gather(bufs, done, window);
+                self.transfer(a_start, &[buf.as_io_buf()], true)?;
+            } else {
+                scatter(bufs, done, window);
+            }
+            done += len;
+        }
+        Ok(())
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let len =
+            libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        loop {
+            // SAFETY: fallocate on our own descriptor; it touches no memory of ours.
+            let ret = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, len) };
+            if ret == 0 {
+                return Ok(());
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    fn write_zero_buffers(&self, offset: u64, len: u64) -> io::Result<()> {
+        let mut buf = AlignedBuf::new(len.min(CHUNK) as usize)?;
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(CHUNK) as usize;
+            let slice = buf.as_io_buf().subslice(0, n).map_err(io::Error::other)?;
+            self.transfer(offset + done, &[slice], true)?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+}
+
+fn unsupported(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+    )
+}
+
+/// Copies bytes `skip..skip + dst.len()` of the concatenation of `bufs` into `dst`.
+fn gather(bufs: &[IoBuf<'_>], mut skip: u64, dst: &mut [u8]) {
+    let mut filled = 0;
+    for b in bufs {
+        if filled == dst.len() {
+            break;
+        }
+        let blen = b.len() as u64;
+        if skip >= blen {
+            skip -= blen;
+            continue;
+        }
+        let n = ((blen - skip) as usize).min(dst.len() - filled);
+        if let Ok(s) = b.subslice(skip as usize, n) {
+            s.copy_to(&mut dst[filled..filled + n]);
+        }
+        filled += n;
+        skip = 0;
+    }
+}
+
+/// Copies `src` into bytes `skip..skip + src.len()` of the concatenation of `bufs`.
+fn scatter(bufs: &[IoBuf<'_>], mut skip: u64, src: &[u8]) {
+    let mut used = 0;
+    for b in bufs {
+        if used == src.len() {
+            break;
+        }
+        let blen = b.len() as u64;
+        if skip >= blen {
+            skip -= blen;
+            continue;
+        }
+        let n = ((blen - skip) as usize).min(src.len() - used);
+        if let Ok(s) = b.subslice(skip as usize, n) {
+            s.copy_from(&src[used..used + n]);
+        }
+        used += n;
+        skip = 0;
+    }
+}
+
+/// A zeroed heap buffer aligned for `O_DIRECT`.
+struct AlignedBuf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> io::Result<Self> {
+        let layout = Layout::from_size_align(len.max(1), DIRECT_MEM_ALIGN)
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
+        }
+        Ok(Self { ptr, layout })
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: `ptr` is a live allocation of `layout.size()` initialized (zeroed) bytes,
+        // borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+
+    fn as_io_buf(&mut self) -> IoBuf<'_> {
+        IoBuf::from(self.as_mut_slice())
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` was allocated with exactly this layout and is freed once.
+        unsafe { alloc::dealloc(self.ptr, self.layout) };
+    }
+}
+
+impl BlockNode for FileNode {
+    fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    fn driver(&self) -> &str {
+        "file"
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn cache(&self) -> CacheMode {
+        self.cache
+    }
+
+    fn filename(&self) -> Option<&Path> {
+        Some(&self.path)
+    }
+
+    fn actual_size(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        self.file.metadata().ok().map(|m| m.blocks() * 512)
+    }
+
+    fn read_vectored(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
+        if self.needs_bounce(offset, bufs) {
+            self.bounce(offset, bufs, false)
+        } else {
+            self.transfer(offset, bufs, false)
+        }
+    }
+
+    fn write_vectored(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        if self.needs_bounce(offset, bufs) {
+            self.bounce(offset, bufs, true)
+        } else {
+            self.transfer(offset, bufs, true)
+        }
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.cache.no_flush() || self.read_only {
+            return Ok(());
+        }
+        self.file.sync_data()
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        match self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        ) {
+            Err(e) if unsupported(&e) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        if may_unmap {
+            match self.fallocate(
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            ) {
+                Err(e) if unsupported(&e) => {}
+                other => return other,
+            }
+        }
+        match self.fallocate(
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        ) {
+            Err(e) if unsupported(&e) => self.write_zero_buffers(offset, len),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use vmm_sys_util::tempdir::TempDir;
+    use vmm_sys_util::tempfile::TempFile;
+
+    use super::*;
+
+    fn image(len: usize, fill: impl Fn(usize) -> u8) -> TempFile {
+        let f = TempFile::new().unwrap();
+        let data: Vec<u8> = (0..len).map(fill).collect();
+        std::fs::write(f.as_path(), data).unwrap();
+        f
+    }
+
+    fn read(node: &FileNode, offset: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        node.read_vectored(offset, &[IoBuf::from(v.as_mut_slice())])
+            .unwrap();
+        v
+    }
+
+    #[test]
+    fn open_checks() {
+        let dir = TempDir::new().unwrap();
+        let missing = dir.as_path().join("nope.img");
+        let e = FileNode::open("n", &missing, false, CacheMode::Writeback).unwrap_err();
+        assert!(matches!(e, OpenError::NotFound(_)), "{e}");
+        assert!(e.to_string().contains("No such file or directory"));
+
+        let e = FileNode::open("n", dir.as_path(), false, CacheMode::Writeback).unwrap_err();
+        assert!(matches!(e, OpenError::IsDirectory(_)), "{e}");
+
+        let empty = image(0, |_| 0);
+        let e = FileNode::open("n", empty.as_path(), false, CacheMode::Writeback).unwrap_err();
+        assert!(matches!(e, OpenError::Empty(_)), "{e}");
+
+        let odd = image(1000, |_| 0);
+        let e = FileNode::open("n", odd.as_path(), false, CacheMode::Writeback).unwrap_err();
+        assert!(
+            matches!(e, OpenError::NotSectorMultiple { size: 1000, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("multiple of 512"));
+
+        let ok = image(4096, |_| 0);
+        let node = FileNode::open("n", ok.as_path(), true, CacheMode::Writeback).unwrap();
+        assert_eq!(node.size(), 4096);
+        assert_eq!(node.driver(), "file");
+        assert_eq!(node.filename(), Some(ok.as_path()));
+    }
+
+    #[test]
+    fn read_only_file_needs_read_only_open() {
+        // Root ignores file permissions; the check is only meaningful for other users.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return;
+        }
+        let f = image(512, |_| 0);
+        std::fs::set_permissions(f.as_path(), std::fs::Permissions::from_mode(0o444)).unwrap();
+        let e = FileNode::open("n", f.as_path(), false, CacheMode::Writeback).unwrap_err();
+        assert!(matches!(e, OpenError::ReadOnlyFile(..)), "{e}");
+        FileNode::open("n", f.as_path(), true, CacheMode::Writeback).unwrap();
+    }
+
+    #[test]
+    fn vectored_read_write_round_trip() {
+        let f = image(8192, |i| (i / 512) as u8);
+        let node = FileNode::open("n", f.as_path(), false, CacheMode::Writeback).unwrap();
+        let mut a = vec![0u8; 100];
+        let mut b = vec![0u8; 924];
+        node.read_vectored(
+            512,
+            &[IoBuf::from(a.as_mut_slice()), IoBuf::from(b.as_mut_slice())],
+        )
+        .unwrap();
+        assert!(a.iter().all(|&x| x == 1));
+        assert!(b[..412].iter().all(|&x| x == 1) && b[412..].iter().all(|&x| x == 2));
+
+        let mut w1 = vec![0xaau8; 300];
+        let mut w2 = vec![0xbbu8; 212];
+        node.write_vectored(
+            1024,
+            &[
+                IoBuf::from(w1.as_mut_slice()),
+                IoBuf::from(w2.as_mut_slice()),
+            ],
+        )
+        .unwrap();
+        let back = read(&node, 1024, 512);
+        assert_eq!(&back[..300], &w1[..]);
+        assert_eq!(&back[300..], &w2[..]);
+        node.flush().unwrap();
+        assert_eq!(std::fs::read(f.as_path()).unwrap()[1024 + 299], 0xaa);
+    }
+
+    #[test]
+    fn read_past_end_of_file_reads_zeroes() {
+        let f = image(1024, |_| 7);
+        let node = FileNode::open("n", f.as_path(), false, CacheMode::Writeback).unwrap();
+        // The file shrinks behind the node's back.
+        f.as_file().set_len(512).unwrap();
+        let v = read(&node, 0, 1024);
+        assert!(v[..512].iter().all(|&x| x == 7));
+        assert!(v[512..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn read_only_node_refuses_writes() {
+        let f = image(1024, |_| 7);
+        let node = FileNode::open("n", f.as_path(), true, CacheMode::Writeback).unwrap();
+        let mut w = vec![0u8; 512];
+        let e = node
+            .write_vectored(0, &[IoBuf::from(w.as_mut_slice())])
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+        assert!(node.discard(0, 512).is_err());
+        assert!(node.write_zeroes(0, 512, true).is_err());
+        assert!(std::fs::read(f.as_path()).unwrap().iter().all(|&x| x == 7));
+    }
+
+    fn allocated_bytes(f: &TempFile) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        f.as_file().metadata().unwrap().blocks() * 512
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_keep_size_and_zero() {
+        let f = image(1 << 20, |_| 0x5a);
+        let node = FileNode::open("n", f.as_path(), false, CacheMode::Writeback).unwrap();
+        f.as_file().sync_all().unwrap();
+        let before = allocated_bytes(&f);
+        node.discard(0, 256 << 10).unwrap();
+        assert_eq!(f.as_file().metadata().unwrap().len(), 1 << 20);
+        assert!(read(&node, 0, 4096).iter().all(|&x| x == 0));
+        assert!(allocated_bytes(&f) < before);
+        assert_eq!(node.actual_size(), Some(allocated_bytes(&f)));
+
+        node.write_zeroes(512 << 10, 4096, false).unwrap();
+        let v = read(&node, (512 << 10) - 512, 4096 + 1024);
+        assert!(v[..512].iter().all(|&x| x == 0x5a));
+        assert!(v[512..512 + 4096].iter().all(|&x| x == 0));
+        assert!(v[512 + 4096..].iter().all(|&x| x == 0x5a));
+
+        node.write_zeroes(768 << 10, 8192, true).unwrap();
+        assert!(read(&node, 768 << 10, 8192).iter().all(|&x| x == 0));
+        assert_eq!(f.as_file().metadata().unwrap().len(), 1 << 20);
+
+        node.write_zero_buffers((900 << 10) + 488, 100).unwrap();
+        let v = read(&node, 900 << 10, 1024);
+        assert!(v[..488].iter().all(|&x| x == 0x5a));
+        assert!(v[488..588].iter().all(|&x| x == 0));
+        assert!(v[588..].iter().all(|&x| x == 0x5a));
+    }
+
+    #[test]
+    fn unsafe_cache_ignores_flush() {
+        let f = image(512, |_| 0);
+        let node = FileNode::open("n", f.as_path(), false, CacheMode::Unsafe).unwrap();
+        node.flush().unwrap();
+        assert_eq!(node.cache(), CacheMode::Unsafe);
+    }
+
+    #[test]
+    fn direct_io_bounces_misaligned_requests() {
+        let f = image(4 << 20, |i| (i % 251) as u8);
+        let node = match FileNode::open("n", f.as_path(), false, CacheMode::None) {
+            Ok(n) => n,
+            // The temporary directory's filesystem has no O_DIRECT (tmpfs): nothing to test.
+            Err(OpenError::DirectUnsupported(_)) => return,
+            Err(e) => panic!("{e}"),
+        };
+        let expect = |off: usize, len: usize| -> Vec<u8> {
+            (off..off + len).map(|i| (i % 251) as u8).collect()
+        };
+        // Misaligned buffer (heap Vec) and misaligned offset/length.
+        assert_eq!(read(&node, 100, 1000), expect(100, 1000));
+        // Aligned everything through an aligned buffer: no bounce.
+        let mut ab = AlignedBuf::new(8192).unwrap();
+        assert!(!node.needs_bounce(4096, &[ab.as_io_buf()]));
+        node.read_vectored(4096, &[ab.as_io_buf()]).unwrap();
+        assert_eq!(ab.as_mut_slice().to_vec(), expect(4096, 8192));
+        // Read-modify-write of partial blocks.
+        let mut w = vec![0xeeu8; 700];
+        node.write_vectored(300, &[IoBuf::from(w.as_mut_slice())])
+            .unwrap();
+        let v = read(&node, 0, 2048);
+        assert_eq!(&v[..300], &expect(0, 300)[..]);
+        assert!(v[300..1000].iter().all(|&x| x == 0xee));
+        assert_eq!(&v[1000..], &expect(1000, 1048)[..]);
+        // A multi-chunk misaligned write.
+        let mut big = vec![0x11u8; CHUNK as usize + 1536];
+        node.write_vectored(512, &[IoBuf::from(big.as_mut_slice())])
+            .unwrap();
+        assert!(read(&node, 512, big.len()).iter().all(|&x| x == 0x11));
+        node.flush().unwrap();
+    }
+}

@@ -1,0 +1,32 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The vmm's block layer: a small BlockDriverState-like graph.
+//!
+//! A [`Backend`] is what a device sees. It is named by the drive id (`drive0`, `drive1`, ...) and
+//! sits on a root [`BlockNode`]; nodes carry a `node-name` (given, or generated in QEMU's shape,
+//! `#block123`) and a driver: [`FileNode`] (`file`) reads and writes a raw image with positional
+//! I/O, and filter nodes (fault injection, throttling, ...) wrap another node through
+//! [`BlockNode::child`] and override only what they intercept.
+//!
+//! Every request of a device goes through [`Backend::submit`], which validates it (read-only,
+//! range), runs it on the root node, keeps the statistics QMP's `query-blockstats` reports, and
+//! on failure asks the backend's [`ErrorPolicy`] what to do (report the error to the guest,
+//! ignore it, or stop and keep the request for a retry). The I/O status (`ok`, `failed`,
+//! `nospace`) lives on the backend. A [`Registry`] holds the graph: backends by id, nodes by
+//! node-name.
+//!
+//! Buffers are [`IoBuf`]s ([`vm_memory::VolatileSlice`]): guest memory handed down by a device
+//! without an intermediate copy.
+
+mod backend;
+mod file;
+mod node;
+mod policy;
+mod registry;
+mod stats;
+
+pub use backend::{Backend, BackendConfig, Completion, InvalidRequest, Request};
+pub use file::{FileNode, OpenError};
+pub use node::{BlockNode, CacheMode, IoBuf, IoKind, ParseCacheModeError, SECTOR_SIZE};
+pub use policy::{ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, ReportPolicy};
+pub use registry::{generate_node_name, validate_name, NameError, Registry, RegistryError};
+pub use stats::{BlockStats, BlockStatsSnapshot, OpStatsSnapshot, QmpBlockStats};

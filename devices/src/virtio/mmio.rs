@@ -1,0 +1,998 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The virtio-mmio transport, register layout version 2 (virtio 1.2, 4.2).
+//!
+//! Registers are 32 bits wide and accessed with aligned 32-bit loads and stores; any other
+//! access to them is ignored (reads return 0). The config space at 0x100 accepts any width.
+//! The transport enforces the status handshake (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK,
+//! each requiring the previous ones; writing 0 resets), refuses FEATURES_OK for features it did
+//! not offer or without `VIRTIO_F_VERSION_1`, accepts driver features only between DRIVER and
+//! FEATURES_OK and queue setup only between FEATURES_OK and DRIVER_OK.
+
+use std::sync::Arc;
+
+use acpi_tables::{aml, Aml, AmlSink};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1};
+use super::status::{ACKNOWLEDGE, DEVICE_NEEDS_RESET, DRIVER, DRIVER_OK, FAILED, FEATURES_OK};
+use super::{ActivateContext, VirtioDevice, VirtioInterrupt};
+use crate::bus::BusDevice;
+
+/// "virt" in little endian.
+pub const MMIO_MAGIC: u32 = 0x7472_6976;
+/// The register layout version (virtio 1.x).
+pub const MMIO_VERSION: u32 = 2;
+/// Our vendor ID ("QEMU" in little endian, as QEMU's virtio-mmio reports; guests ignore it).
+pub const MMIO_VENDOR_ID: u32 = 0x554d_4551;
+/// Size of the MMIO window of one device.
+pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
+/// Offset of the `QueueNotify` register: the VMM registers each queue's eventfd as a KVM
+/// ioeventfd on `base + QUEUE_NOTIFY_OFFSET`, 4 bytes, with datamatch = the queue index.
+pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+
+const MAGIC_VALUE: u64 = 0x000;
+const VERSION: u64 = 0x004;
+const DEVICE_ID: u64 = 0x008;
+const VENDOR_ID: u64 = 0x00c;
+const DEVICE_FEATURES: u64 = 0x010;
+const DEVICE_FEATURES_SEL: u64 = 0x014;
+const DRIVER_FEATURES: u64 = 0x020;
+const DRIVER_FEATURES_SEL: u64 = 0x024;
+const QUEUE_SEL: u64 = 0x030;
+const QUEUE_NUM_MAX: u64 = 0x034;
+const QUEUE_NUM: u64 = 0x038;
+const QUEUE_READY: u64 = 0x044;
+const INTERRUPT_STATUS: u64 = 0x060;
+const INTERRUPT_ACK: u64 = 0x064;
+const STATUS: u64 = 0x070;
+const QUEUE_DESC_LOW: u64 = 0x080;
+const QUEUE_DESC_HIGH: u64 = 0x084;
+const QUEUE_DRIVER_LOW: u64 = 0x090;
+const QUEUE_DRIVER_HIGH: u64 = 0x094;
+const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const SHM_SEL: u64 = 0x0ac;
+const SHM_LEN_LOW: u64 = 0x0b0;
+const SHM_BASE_HIGH: u64 = 0x0bc;
+const CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG_SPACE: u64 = 0x100;
+
+/// Errors of [`MmioTransport::new`].
+#[derive(Debug, thiserror::Error)]
+pub enum MmioError {
+    /// The device asked for a queue size virtio-queue refuses (0, not a power of 2, > 32768).
+    #[error("Invalid maximum queue size {0}")]
+    QueueSize(u16),
+    /// The window must lie below 4 GiB (ACPI `Memory32Fixed`).
+    #[error("virtio-mmio window {0:#x} is not below 4 GiB")]
+    Base(u64),
+    /// The UID does not fit the 4-character ACPI name (`VRnn`, `Vnnn`).
+    #[error("virtio-mmio UID {0} is too large (at most 4095)")]
+    Uid(u32),
+    /// Creating a notification eventfd failed.
+    #[error("Cannot create a queue notification eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// A virtio device on the MMIO bus.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<VirtioInterrupt>,
+    queue_events: Vec<EventFd>,
+    queues: Vec<Queue>,
+    base: u64,
+    gsi: u32,
+    uid: u32,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    activated: bool,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device_type", &self.device.device_type())
+            .field("base", &self.base)
+            .field("gsi", &self.gsi)
+            .field("uid", &self.uid)
+            .field("status", &self.status)
+            .field("activated", &self.activated)
+            .finish()
+    }
+}
+
+impl MmioTransport {
+    /// Puts `device` at `base` (a [`MMIO_WINDOW_SIZE`] window below 4 GiB), interrupting
+    /// through `irq` (the irqfd of `gsi`); `uid` numbers the ACPI device (`_SB.VRnn`).
+    ///
+    /// # Errors
+    /// Invalid queue sizes, window, UID, or no eventfds.
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        irq: EventFd,
+        base: u64,
+        gsi: u32,
+        uid: u32,
+    ) -> Result<Self, MmioError> {
+        if base
+            .checked_add(MMIO_WINDOW_SIZE)
+            .is_none_or(|end| end > 1 << 32)
+        {
+            return Err(MmioError::Base(base));
+        }
+        if uid > 0xfff {
+            return Err(MmioError::Uid(uid));
+        }
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&max| Queue::new(max).map_err(|_| MmioError::QueueSize(max)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let queue_events = queues
+            .iter()
+            .map(|_| EventFd::new(EFD_NONBLOCK).map_err(MmioError::EventFd))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            device,
+            mem,
+            interrupt: Arc::new(VirtioInterrupt::new(irq)),
+            queue_events,
+            queues,
+            base,
+            gsi,
+            uid,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            activated: false,
+        })
+    }
+
+    /// The notification eventfd of each queue, by queue index. Register each with KVM as an
+    /// ioeventfd at [`MmioTransport::notify_address`], length 4, datamatch = its index.
+    pub fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+
+    /// The guest physical address of `QueueNotify`.
+    pub fn notify_address(&self) -> u64 {
+        self.base + QUEUE_NOTIFY_OFFSET
+    }
+
+    /// The start of the MMIO window.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// The GSI of the device's interrupt.
+    pub fn gsi(&self) -> u32 {
+        self.gsi
+    }
+
+    /// The device status the guest reads.
+    pub fn status(&self) -> u32 {
+        let needs_reset = if self.interrupt.needs_reset() {
+            DEVICE_NEEDS_RESET
+        } else {
+            0
+        };
+        self.status | needs_reset
+    }
+
+    /// Whether the device's data path is running.
+    pub fn is_activated(&self) -> bool {
+        self.activated
+    }
+
+    /// The interrupt shared with the device.
+    pub fn interrupt(&self) -> &Arc<VirtioInterrupt> {
+        &self.interrupt
+    }
+
+    /// The device.
+    pub fn device(&self) -> &dyn VirtioDevice {
+        self.device.as_ref()
+    }
+
+    /// The device, mutably.
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
+    }
+
+    fn has(&self, bits: u32) -> bool {
+        self.status & bits == bits
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue registers may be written only between FEATURES_OK and DRIVER_OK.
+    fn queue_setup_allowed(&self) -> bool {
+        self.has(FEATURES_OK) && self.status & (DRIVER_OK | FAILED) == 0
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            self.device.reset();
+            self.activated = false;
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        // Forget kicks that arrived before the reset.
+        for e in &self.queue_events {
+            let _ = e.read();
+        }
+        self.interrupt.reset();
+        self.status = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.driver_features = 0;
+        self.queue_sel = 0;
+    }
+
+    fn features_acceptable(&self) -> bool {
+        let offered = self.device.device_features();
+        self.driver_features & !offered == 0
+            && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
+    }
+
+    fn activate(&mut self) -> bool {
+        let valid = self
+            .queues
+            .iter()
+            .all(|q| !q.ready() || q.is_valid(&self.mem));
+        if !valid {
+            return false;
+        }
+        let event_idx = self.driver_features & (1 << VIRTIO_F_EVENT_IDX) != 0;
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for q in &mut self.queues {
+            q.set_event_idx(event_idx);
+            match Queue::try_from(q.state()) {
+                Ok(q) => queues.push(q),
+                Err(_) => return false,
+            }
+        }
+        let Ok(queue_events) = self
+            .queue_events
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return false;
+        };
+        let ctx = ActivateContext {
+            mem: self.mem.clone(),
+            queues,
+            queue_events,
+            interrupt: self.interrupt.clone(),
+            acked_features: self.driver_features,
+        };
+        self.device.activate(ctx).is_ok()
+    }
+
+    fn set_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // DEVICE_NEEDS_RESET belongs to the device; the driver may echo it back.
+        let value = value & !DEVICE_NEEDS_RESET;
+        if value & FAILED != 0 {
+            // The driver gave up; drivers often write FAILED alone. Nothing else changes.
+            self.status |= FAILED;
+            return;
+        }
+        let old = self.status;
+        if value & old != old {
+            // Clearing bits is only possible through a reset.
+            return;
+        }
+        let added = value & !old;
+        let ordered = [
+            (ACKNOWLEDGE, 0),
+            (DRIVER, ACKNOWLEDGE),
+            (FEATURES_OK, ACKNOWLEDGE | DRIVER),
+            (DRIVER_OK, ACKNOWLEDGE | DRIVER | FEATURES_OK),
+        ];
+        for (bit, requires) in ordered {
+            if added & bit == 0 {
+                continue;
+            }
+            if !self.has(requires) || self.has(FAILED) {
+                return;
+            }
+            match bit {
+                FEATURES_OK if !self.features_acceptable() => return,
+                DRIVER_OK => {
+                    if self.interrupt.needs_reset() {
+                        return;
+                    }
+                    self.status |= DRIVER_OK;
+                    if self.activate() {
+                        self.activated = true;
+                    } else {
+                        let _ = self.interrupt.set_needs_reset();
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            self.status |= bit;
+        }
+    }
+
+    fn read_register(&mut self, offset: u64) -> u32 {
+        match offset {
+            MAGIC_VALUE => MMIO_MAGIC,
+            VERSION => MMIO_VERSION,
+            DEVICE_ID => self.device.device_type(),
+            VENDOR_ID => MMIO_VENDOR_ID,
+            DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.device_features() as u32,
+                1 => (self.device.device_features() >> 32) as u32,
+                _ => 0,
+            },
+            QUEUE_NUM_MAX => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.max_size())),
+            QUEUE_READY => self
+                .queues
+                .get(self.queue_sel as usize)
+                .map_or(0, |q| u32::from(q.ready())),
+            INTERRUPT_STATUS => self.interrupt.status(),
+            STATUS => self.status(),
+            // No shared memory regions: their length and base read as all ones.
+            SHM_LEN_LOW..=SHM_BASE_HIGH => u32::MAX,
+            CONFIG_GENERATION => self.interrupt.config_generation(),
+            _ => 0,
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        let setup = self.queue_setup_allowed();
+        match offset {
+            DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            DRIVER_FEATURES => {
+                if !self.has(DRIVER) || self.status & (FEATURES_OK | FAILED) != 0 {
+                    return;
+                }
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(value)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            QUEUE_SEL => self.queue_sel = value,
+            QUEUE_NUM if setup => {
+                if let (Some(q), Ok(n)) = (self.selected_queue(), u16::try_from(value)) {
+                    q.set_size(n);
+                }
+            }
+            QUEUE_READY if setup => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            QUEUE_DESC_LOW if setup => {
+                self.with_queue(|q| q.set_desc_table_address(Some(value), None))
+            }
+            QUEUE_DESC_HIGH if setup => {
+                self.with_queue(|q| q.set_desc_table_address(None, Some(value)))
+            }
+            QUEUE_DRIVER_LOW if setup => {
+                self.with_queue(|q| q.set_avail_ring_address(Some(value), None))
+            }
+            QUEUE_DRIVER_HIGH if setup => {
+                self.with_queue(|q| q.set_avail_ring_address(None, Some(value)))
+            }
+            QUEUE_DEVICE_LOW if setup => {
+                self.with_queue(|q| q.set_used_ring_address(Some(value), None))
+            }
+            QUEUE_DEVICE_HIGH if setup => {
+                self.with_queue(|q| q.set_used_ring_address(None, Some(value)))
+            }
+            QUEUE_NOTIFY_OFFSET => {
+                // Reached only when no ioeventfd caught the write: signal the same eventfd.
+                if let Some(e) = self.queue_events.get(value as usize) {
+                    let _ = e.write(1);
+                }
+            }
+            INTERRUPT_ACK => self.interrupt.ack(value),
+            STATUS => self.set_status(value),
+            SHM_SEL => {}
+            _ => {}
+        }
+    }
+
+    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        // A queue that is already enabled keeps its addresses (virtio 1.2, 4.2.2.2).
+        if let Some(q) = self.selected_queue().filter(|q| !q.ready()) {
+            f(q);
+        }
+    }
+}
+
+impl Drop for MmioTransport {
+    fn drop(&mut self) {
+        if self.activated {
+            self.device.reset();
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            if matches!(data.len(), 1 | 2 | 4 | 8) {
+                self.device.read_config(offset - CONFIG_SPACE, data);
+            }
+            return;
+        }
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            return;
+        }
+        let v = self.read_register(offset);
+        data.copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
+        if offset >= CONFIG_SPACE {
+            if matches!(data.len(), 1 | 2 | 4 | 8) {
+                self.device.write_config(offset - CONFIG_SPACE, data);
+            }
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        if !offset.is_multiple_of(4) {
+            return;
+        }
+        self.write_register(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+impl Aml for MmioTransport {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        let name = if self.uid < 0x100 {
+            format!("_SB_.VR{:02X}", self.uid)
+        } else {
+            format!("_SB_.V{:03X}", self.uid)
+        };
+        // `new` checked that the window is below 4 GiB.
+        let base = u32::try_from(self.base).unwrap_or(0);
+        aml::Device::new(
+            name.as_str().into(),
+            vec![
+                &aml::Name::new("_HID".into(), &"LNRO0005"),
+                &aml::Name::new("_UID".into(), &self.uid),
+                &aml::Name::new("_CCA".into(), &aml::ONE),
+                &aml::Name::new(
+                    "_CRS".into(),
+                    &aml::ResourceTemplate::new(vec![
+                        &aml::Memory32Fixed::new(true, base, MMIO_WINDOW_SIZE as u32),
+                        &aml::Interrupt::new(true, true, false, false, self.gsi),
+                    ]),
+                ),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    use super::*;
+    use crate::virtio::testing::guest_memory;
+    use crate::virtio::ActivateError;
+
+    /// (ready, size, descriptor table) of each queue handed to the device.
+    type QueueSummary = Vec<(bool, u16, u64)>;
+
+    #[derive(Default)]
+    struct Log {
+        activations: Vec<(u64, QueueSummary)>,
+        resets: usize,
+        config_writes: Vec<(u64, Vec<u8>)>,
+    }
+
+    struct FakeDevice {
+        log: Arc<Mutex<Log>>,
+        sizes: Vec<u16>,
+        fail: bool,
+    }
+
+    const FAKE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_EVENT_IDX) | 0b101;
+
+    impl VirtioDevice for FakeDevice {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.sizes
+        }
+        fn device_features(&self) -> u64 {
+            FAKE_FEATURES
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                let o = offset + i as u64;
+                *b = if o < 8 { 0xc0 + o as u8 } else { 0 };
+            }
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            self.log
+                .lock()
+                .unwrap()
+                .config_writes
+                .push((offset, data.to_vec()));
+        }
+        fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+            if self.fail {
+                return Err(ActivateError::QueueCount {
+                    expected: 0,
+                    got: 1,
+                });
+            }
+            let queues = ctx
+                .queues
+                .iter()
+                .map(|q| (q.ready(), q.size(), q.desc_table()))
+                .collect();
+            self.log
+                .lock()
+                .unwrap()
+                .activations
+                .push((ctx.acked_features, queues));
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.log.lock().unwrap().resets += 1;
+        }
+    }
+
+    struct Fixture {
+        t: MmioTransport,
+        log: Arc<Mutex<Log>>,
+        irq: EventFd,
+    }
+
+    fn fixture_with(fail: bool) -> Fixture {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let dev = FakeDevice {
+            log: log.clone(),
+            sizes: vec![16, 8],
+            fail,
+        };
+        let t = MmioTransport::new(
+            Box::new(dev),
+            guest_memory(0x10_0000),
+            irq.try_clone().unwrap(),
+            0xd000_0000,
+            6,
+            0,
+        )
+        .unwrap();
+        Fixture { t, log, irq }
+    }
+
+    fn fixture() -> Fixture {
+        fixture_with(false)
+    }
+
+    fn r32(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut d = [0u8; 4];
+        t.read(0xd000_0000, off, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn w32(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(0xd000_0000, off, &v.to_le_bytes());
+    }
+
+    fn set_features(t: &mut MmioTransport, f: u64) {
+        w32(t, DRIVER_FEATURES_SEL, 0);
+        w32(t, DRIVER_FEATURES, f as u32);
+        w32(t, DRIVER_FEATURES_SEL, 1);
+        w32(t, DRIVER_FEATURES, (f >> 32) as u32);
+    }
+
+    /// The driver's handshake up to FEATURES_OK.
+    fn negotiate(t: &mut MmioTransport, f: u64) {
+        w32(t, STATUS, ACKNOWLEDGE);
+        w32(t, STATUS, ACKNOWLEDGE | DRIVER);
+        set_features(t, f);
+        w32(t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+    }
+
+    fn setup_queue(t: &mut MmioTransport, sel: u32, size: u32, desc: u64) {
+        w32(t, QUEUE_SEL, sel);
+        w32(t, QUEUE_NUM, size);
+        w32(t, QUEUE_DESC_LOW, desc as u32);
+        w32(t, QUEUE_DESC_HIGH, (desc >> 32) as u32);
+        w32(t, QUEUE_DRIVER_LOW, (desc + 0x1000) as u32);
+        w32(t, QUEUE_DRIVER_HIGH, 0);
+        w32(t, QUEUE_DEVICE_LOW, (desc + 0x2000) as u32);
+        w32(t, QUEUE_DEVICE_HIGH, 0);
+        w32(t, QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identity_registers() {
+        let mut f = fixture();
+        assert_eq!(r32(&mut f.t, MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(r32(&mut f.t, VERSION), 2);
+        assert_eq!(r32(&mut f.t, DEVICE_ID), 42);
+        assert_eq!(r32(&mut f.t, VENDOR_ID), MMIO_VENDOR_ID);
+        assert_eq!(r32(&mut f.t, 0xb0), u32::MAX); // SHMLenLow: no region
+        assert_eq!(f.t.notify_address(), 0xd000_0050);
+        assert_eq!(f.t.base(), 0xd000_0000);
+        assert_eq!(f.t.gsi(), 6);
+        // Wrong widths and misaligned registers read as 0.
+        let mut b = [0u8; 1];
+        f.t.read(0, MAGIC_VALUE, &mut b);
+        assert_eq!(b, [0]);
+        let mut q = [0u8; 8];
+        f.t.read(0, MAGIC_VALUE, &mut q);
+        assert_eq!(q, [0; 8]);
+        assert_eq!(r32(&mut f.t, 1), 0);
+        assert_eq!(r32(&mut f.t, 0xffc), 0);
+    }
+
+    #[test]
+    fn rejects_bad_construction() {
+        let mk = |base: u64, uid: u32, sizes: Vec<u16>| {
+            MmioTransport::new(
+                Box::new(FakeDevice {
+                    log: Arc::default(),
+                    sizes,
+                    fail: false,
+                }),
+                guest_memory(0x1000),
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+                base,
+                6,
+                uid,
+            )
+        };
+        assert!(matches!(
+            mk(0xffff_f001, 0, vec![8]),
+            Err(MmioError::Base(_))
+        ));
+        assert!(matches!(
+            mk(0xd000_0000, 4096, vec![8]),
+            Err(MmioError::Uid(_))
+        ));
+        assert!(matches!(
+            mk(0xd000_0000, 0, vec![3]),
+            Err(MmioError::QueueSize(3))
+        ));
+        assert!(mk(0xffff_f000, 4095, vec![8]).is_ok());
+    }
+
+    #[test]
+    fn device_features_are_paged() {
+        let mut f = fixture();
+        w32(&mut f.t, DEVICE_FEATURES_SEL, 0);
+        assert_eq!(r32(&mut f.t, DEVICE_FEATURES), FAKE_FEATURES as u32);
+        w32(&mut f.t, DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r32(&mut f.t, DEVICE_FEATURES), 1);
+        w32(&mut f.t, DEVICE_FEATURES_SEL, 2);
+        assert_eq!(r32(&mut f.t, DEVICE_FEATURES), 0);
+    }
+
+    #[test]
+    fn feature_negotiation_rules() {
+        let mut f = fixture();
+        // Driver features are ignored before DRIVER.
+        set_features(&mut f.t, FAKE_FEATURES);
+        assert_eq!(f.t.driver_features, 0);
+        w32(&mut f.t, STATUS, ACKNOWLEDGE);
+        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER);
+        // Without VERSION_1, FEATURES_OK does not stick.
+        set_features(&mut f.t, 1);
+        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER);
+        // Features the device did not offer are refused too.
+        set_features(&mut f.t, FAKE_FEATURES | 2);
+        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER);
+        set_features(&mut f.t, (1 << VIRTIO_F_VERSION_1) | 1);
+        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        // Features are frozen after FEATURES_OK.
+        set_features(&mut f.t, FAKE_FEATURES);
+        assert_eq!(f.t.driver_features, (1 << VIRTIO_F_VERSION_1) | 1);
+    }
+
+    #[test]
+    fn status_transitions_are_enforced() {
+        let mut f = fixture();
+        // DRIVER needs ACKNOWLEDGE, DRIVER_OK needs FEATURES_OK.
+        w32(&mut f.t, STATUS, DRIVER);
+        assert_eq!(f.t.status(), 0);
+        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER | DRIVER_OK);
+        assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER);
+        assert!(!f.t.is_activated());
+        // Going backwards is ignored.
+        w32(&mut f.t, STATUS, ACKNOWLEDGE);
+        assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER);
+        // The device-owned bit cannot be set by the driver.
+        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER | DEVICE_NEEDS_RESET);
+        assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER);
+        // FAILED sticks (even written alone) and blocks progress.
+        w32(&mut f.t, STATUS, FAILED);
+        assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER | FAILED);
+        set_features(&mut f.t, FAKE_FEATURES);
+        w32(
+            &mut f.t,
+            STATUS,
+            ACKNOWLEDGE | DRIVER | FAILED | FEATURES_OK,
+        );
+        assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER | FAILED);
+        // Reset clears everything.
+        w32(&mut f.t, STATUS, 0);
+        assert_eq!(f.t.status(), 0);
+        negotiate(&mut f.t, FAKE_FEATURES);
+        assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK);
+    }
+
+    #[test]
+    fn queue_registers_only_during_setup() {
+        let mut f = fixture();
+        assert_eq!(r32(&mut f.t, QUEUE_NUM_MAX), 16);
+        w32(&mut f.t, QUEUE_SEL, 1);
+        assert_eq!(r32(&mut f.t, QUEUE_NUM_MAX), 8);
+        w32(&mut f.t, QUEUE_SEL, 7);
+        assert_eq!(r32(&mut f.t, QUEUE_NUM_MAX), 0);
+        assert_eq!(r32(&mut f.t, QUEUE_READY), 0);
+        w32(&mut f.t, QUEUE_READY, 1); // no such queue: ignored
+                                       // Before FEATURES_OK the queue cannot be configured.
+        w32(&mut f.t, QUEUE_SEL, 0);
+        w32(&mut f.t, QUEUE_READY, 1);
+        assert_eq!(r32(&mut f.t, QUEUE_READY), 0);
+        negotiate(&mut f.t, FAKE_FEATURES);
+        setup_queue(&mut f.t, 0, 8, 0x10000);
+        assert_eq!(r32(&mut f.t, QUEUE_READY), 1);
+        assert_eq!(f.t.queues[0].size(), 8);
+        assert_eq!(f.t.queues[0].desc_table(), 0x10000);
+        assert_eq!(f.t.queues[0].avail_ring(), 0x11000);
+        assert_eq!(f.t.queues[0].used_ring(), 0x12000);
+        // An enabled queue keeps its addresses; invalid sizes are refused.
+        w32(&mut f.t, QUEUE_DESC_LOW, 0x20000);
+        assert_eq!(f.t.queues[0].desc_table(), 0x10000);
+        w32(&mut f.t, QUEUE_SEL, 1);
+        w32(&mut f.t, QUEUE_NUM, 3);
+        assert_eq!(f.t.queues[1].size(), 8);
+        w32(&mut f.t, QUEUE_NUM, 0x10004);
+        assert_eq!(f.t.queues[1].size(), 8);
+        w32(&mut f.t, QUEUE_NUM, 4);
+        assert_eq!(f.t.queues[1].size(), 4);
+    }
+
+    #[test]
+    fn driver_ok_activates_and_reset_reinitializes() {
+        let mut f = fixture();
+        let feats = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_EVENT_IDX);
+        negotiate(&mut f.t, feats);
+        setup_queue(&mut f.t, 0, 16, 0x10000);
+        w32(
+            &mut f.t,
+            STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert!(f.t.is_activated());
+        assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        {
+            let log = f.log.lock().unwrap();
+            assert_eq!(log.activations.len(), 1);
+            assert_eq!(
+                log.activations[0],
+                (feats, vec![(true, 16, 0x10000), (false, 8, 0)])
+            );
+        }
+        assert!(f.t.queues[0].event_idx_enabled());
+        // Queue registers are frozen after DRIVER_OK.
+        w32(&mut f.t, QUEUE_SEL, 1);
+        w32(&mut f.t, QUEUE_READY, 1);
+        assert_eq!(r32(&mut f.t, QUEUE_READY), 0);
+
+        // Reset, then the full sequence again.
+        f.t.queue_events()[0].write(1).unwrap();
+        w32(&mut f.t, STATUS, 0);
+        assert!(!f.t.is_activated());
+        assert_eq!(f.log.lock().unwrap().resets, 1);
+        assert!(f.t.queue_events()[0].read().is_err(), "stale kick kept");
+        assert!(!f.t.queues[0].ready());
+        assert_eq!(f.t.driver_features, 0);
+        negotiate(&mut f.t, 1 << VIRTIO_F_VERSION_1);
+        setup_queue(&mut f.t, 0, 8, 0x20000);
+        w32(
+            &mut f.t,
+            STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert!(f.t.is_activated());
+        let log = f.log.lock().unwrap();
+        assert_eq!(
+            log.activations[1],
+            (
+                1 << VIRTIO_F_VERSION_1,
+                vec![(true, 8, 0x20000), (false, 8, 0)]
+            )
+        );
+        assert!(!f.t.queues[0].event_idx_enabled());
+    }
+
+    #[test]
+    fn unusable_queue_or_failed_activation_needs_reset() {
+        let mut f = fixture();
+        negotiate(&mut f.t, 1 << VIRTIO_F_VERSION_1);
+        // The rings lie outside guest memory (1 MiB).
+        setup_queue(&mut f.t, 0, 16, 0x20_0000);
+        w32(
+            &mut f.t,
+            STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert!(!f.t.is_activated());
+        assert_ne!(f.t.status() & DEVICE_NEEDS_RESET, 0);
+        assert_ne!(r32(&mut f.t, INTERRUPT_STATUS) & 2, 0);
+        assert_eq!(f.irq.read().unwrap(), 1);
+        assert!(f.log.lock().unwrap().activations.is_empty());
+        w32(&mut f.t, STATUS, 0);
+        assert_eq!(f.t.status(), 0);
+
+        let mut f = fixture_with(true);
+        negotiate(&mut f.t, 1 << VIRTIO_F_VERSION_1);
+        setup_queue(&mut f.t, 0, 16, 0x10000);
+        w32(
+            &mut f.t,
+            STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert!(!f.t.is_activated());
+        assert_ne!(r32(&mut f.t, STATUS) & DEVICE_NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn notify_and_interrupt_registers() {
+        let mut f = fixture();
+        w32(&mut f.t, QUEUE_NOTIFY_OFFSET, 1);
+        assert_eq!(f.t.queue_events()[1].read().unwrap(), 1);
+        assert!(f.t.queue_events()[0].read().is_err());
+        w32(&mut f.t, QUEUE_NOTIFY_OFFSET, 99); // no such queue
+        w32(&mut f.t, QUEUE_NOTIFY_OFFSET, u32::MAX);
+        f.t.interrupt().signal_used_queue().unwrap();
+        f.t.interrupt().signal_config_change().unwrap();
+        assert_eq!(f.irq.read().unwrap(), 2);
+        assert_eq!(r32(&mut f.t, INTERRUPT_STATUS), 3);
+        assert_eq!(r32(&mut f.t, CONFIG_GENERATION), 1);
+        w32(&mut f.t, INTERRUPT_ACK, 1);
+        assert_eq!(r32(&mut f.t, INTERRUPT_STATUS), 2);
+        w32(&mut f.t, INTERRUPT_ACK, 2);
+        assert_eq!(r32(&mut f.t, INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn config_space_is_delegated() {
+        let mut f = fixture();
+        let mut b = [0u8; 1];
+        f.t.read(0, 0x102, &mut b);
+        assert_eq!(b, [0xc2]);
+        let mut w = [0u8; 2];
+        f.t.read(0, 0x106, &mut w);
+        assert_eq!(w, [0xc6, 0xc7]);
+        let mut q = [0u8; 8];
+        f.t.read(0, 0x100, &mut q);
+        assert_eq!(q, [0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7]);
+        let mut far = [0xffu8; 4];
+        f.t.read(0, 0xffc, &mut far);
+        assert_eq!(far, [0; 4]);
+        let mut odd = [0u8; 3];
+        f.t.read(0, 0x100, &mut odd);
+        assert_eq!(odd, [0; 3]);
+        f.t.write(0, 0x104, &[1, 2]);
+        f.t.write(0, 0x104, &[1, 2, 3]); // odd width: ignored
+        assert_eq!(f.log.lock().unwrap().config_writes, vec![(4, vec![1, 2])]);
+    }
+
+    #[test]
+    fn hostile_accesses_do_not_panic() {
+        let mut f = fixture();
+        let mut seed = 0x1234_5678u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed
+        };
+        for _ in 0..20_000 {
+            let off = u64::from(next() % 0x1100);
+            let len = [1usize, 2, 3, 4, 8, 0][(next() % 6) as usize];
+            let v = next().to_le_bytes();
+            let mut data = vec![0u8; len];
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = v[i % 4];
+            }
+            if next() % 2 == 0 {
+                f.t.write(0, off, &data);
+            } else {
+                f.t.read(0, off, &mut data);
+            }
+        }
+        // A reset brings it back to a known state.
+        w32(&mut f.t, STATUS, 0);
+        assert_eq!(f.t.status(), 0);
+        assert_eq!(r32(&mut f.t, MAGIC_VALUE), MMIO_MAGIC);
+    }
+
+    #[test]
+    fn aml_describes_the_window_and_interrupt() {
+        let f = fixture();
+        let mut bytes = Vec::new();
+        f.t.to_aml_bytes(&mut bytes);
+        let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert_eq!(bytes[0..2], [0x5b, 0x82]); // DeviceOp
+        assert!(find(b"VR00"));
+        assert!(find(b"_HID\x0dLNRO0005\0"));
+        assert!(find(b"_UID\x00")); // Name(_UID, Zero)
+        assert!(find(b"_CCA\x01")); // Name(_CCA, One)
+                                    // Memory32Fixed(ReadWrite, 0xd0000000, 0x1000)
+        assert!(find(&[
+            0x86, 0x09, 0x00, 0x01, 0x00, 0x00, 0x00, 0xd0, 0x00, 0x10, 0x00, 0x00
+        ]));
+        // Interrupt(ResourceConsumer, Edge, ActiveHigh, Exclusive) { 6 }
+        assert!(find(&[
+            0x89, 0x06, 0x00, 0x03, 0x01, 0x06, 0x00, 0x00, 0x00
+        ]));
+
+        let t = MmioTransport::new(
+            Box::new(FakeDevice {
+                log: Arc::default(),
+                sizes: vec![8],
+                fail: false,
+            }),
+            guest_memory(0x1000),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            0xd000_3000,
+            9,
+            0x1b,
+        )
+        .unwrap();
+        let mut bytes = Vec::new();
+        t.to_aml_bytes(&mut bytes);
+        let find = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        assert!(find(b"VR1B"));
+        assert!(find(b"_UID\x0a\x1b"));
+        assert!(find(&[0x00, 0x30, 0x00, 0xd0, 0x00, 0x10, 0x00, 0x00]));
+        assert!(find(&[
+            0x89, 0x06, 0x00, 0x03, 0x01, 0x09, 0x00, 0x00, 0x00
+        ]));
+    }
+}
