@@ -21,14 +21,23 @@ fn boot_reports(kernel: &std::path::Path, entry: &str, cpus: u32, memory: u32) {
     let cmdline = format!("console=ttyS0 probe.test=boot vmm.tag=cpus{cpus}-mem{memory}");
     let out = run(
         &[
-            "--kernel", path(kernel), "--cmdline", &cmdline, "--cpus", &cpus.to_string(),
-            "--memory", &memory.to_string(),
+            "--kernel",
+            path(kernel),
+            "--cmdline",
+            &cmdline,
+            "--cpus",
+            &cpus.to_string(),
+            "--memory",
+            &memory.to_string(),
         ],
         GUARD,
     );
     out.assert_exit(0);
     let ready = out.lines_with("PROBE ready");
-    assert_eq!(ready, vec![format!("PROBE ready entry={entry} cpus={cpus}")]);
+    assert_eq!(
+        ready,
+        vec![format!("PROBE ready entry={entry} cpus={cpus}")]
+    );
     let boot = out.lines_with("PROBE boot ");
     assert_eq!(boot.len(), 1, "{}", out.serial);
     assert!(
@@ -37,7 +46,10 @@ fn boot_reports(kernel: &std::path::Path, entry: &str, cpus: u32, memory: u32) {
         boot[0]
     );
     assert!(boot[0].contains(&format!(" cpus={cpus} ")), "{}", boot[0]);
-    assert_eq!(out.lines_with("PROBE cmdline"), vec![format!("PROBE cmdline {cmdline}")]);
+    assert_eq!(
+        out.lines_with("PROBE cmdline"),
+        vec![format!("PROBE cmdline {cmdline}")]
+    );
     assert_eq!(out.lines_with("PROBE-DONE"), vec!["PROBE-DONE rc=0"]);
     assert!(out.stderr.is_empty(), "{}", out.stderr);
 }
@@ -64,11 +76,26 @@ fn sixty_four_cpus_come_from_the_madt() {
 
 #[test]
 fn acpi_tables_are_what_the_guest_uses() {
-    let out = run(&["--kernel", path(&probe_bzimage()), "--cmdline", "probe.test=boot"], GUARD);
+    let out = run(
+        &[
+            "--kernel",
+            path(&probe_bzimage()),
+            "--cmdline",
+            "probe.test=boot",
+        ],
+        GUARD,
+    );
     out.assert_exit(0);
     let acpi = out.lines_with("PROBE acpi");
     assert_eq!(acpi.len(), 1, "{}", out.serial);
-    for field in ["rsdp=0xe0000", "root=xsdt", "hw_reduced=1", "sleep_ctl=io:0x600", "reset=io:0x602=0x42", "ged_gsi=5"] {
+    for field in [
+        "rsdp=0xe0000",
+        "root=xsdt",
+        "hw_reduced=1",
+        "sleep_ctl=io:0x600",
+        "reset=io:0x602=0x42",
+        "ged_gsi=5",
+    ] {
         assert!(acpi[0].contains(field), "{field} missing: {}", acpi[0]);
     }
 }
@@ -77,7 +104,16 @@ fn reboot_test(workload: &str, reboot_line: &str) {
     let kernel = probe_bzimage();
     let cmdline = format!("probe.test={workload}");
     // With --no-reboot the reset ends the VM cleanly.
-    let out = run(&["--kernel", path(&kernel), "--cmdline", &cmdline, "--no-reboot"], GUARD);
+    let out = run(
+        &[
+            "--kernel",
+            path(&kernel),
+            "--cmdline",
+            &cmdline,
+            "--no-reboot",
+        ],
+        GUARD,
+    );
     out.assert_exit(0);
     assert_eq!(out.lines_with("PROBE ready").len(), 1, "{}", out.serial);
     assert_eq!(out.lines_with(reboot_line).len(), 1, "{}", out.serial);
@@ -104,7 +140,12 @@ fn triple_fault_reboots() {
 }
 
 fn signal_exits_cleanly(sig: i32) {
-    let mut vm = spawn(&["--kernel", path(&probe_bzimage()), "--cmdline", "probe.test=idle"]);
+    let mut vm = spawn(&[
+        "--kernel",
+        path(&probe_bzimage()),
+        "--cmdline",
+        "probe.test=idle",
+    ]);
     vm.wait_line("PROBE idle", GUARD);
     vm.signal(sig);
     let out = vm.finish(GUARD);
@@ -124,12 +165,22 @@ fn sigint_exits_cleanly() {
 
 #[test]
 fn paused_start_runs_nothing() {
-    let mut vm = spawn(&["--kernel", path(&probe_bzimage()), "--cmdline", "probe.test=boot", "-S"]);
+    let vm = spawn(&[
+        "--kernel",
+        path(&probe_bzimage()),
+        "--cmdline",
+        "probe.test=boot",
+        "-S",
+    ]);
     std::thread::sleep(Duration::from_millis(500));
     vm.signal(libc::SIGTERM);
     let out = vm.finish(GUARD);
     out.assert_exit(0);
-    assert!(out.serial.is_empty(), "a paused guest printed: {}", out.serial);
+    assert!(
+        out.serial.is_empty(),
+        "a paused guest printed: {}",
+        out.serial
+    );
 }
 
 #[test]
@@ -137,7 +188,14 @@ fn serial_to_file_and_to_nowhere() {
     let file = std::env::temp_dir().join(format!("vmm-serial-{}.log", std::process::id()));
     let spec = format!("file:{}", file.display());
     let out = run(
-        &["--kernel", path(&probe_bzimage()), "--cmdline", "probe.test=boot", "--serial", &spec],
+        &[
+            "--kernel",
+            path(&probe_bzimage()),
+            "--cmdline",
+            "probe.test=boot",
+            "--serial",
+            &spec,
+        ],
         GUARD,
     );
     out.assert_exit(0);
@@ -147,7 +205,14 @@ fn serial_to_file_and_to_nowhere() {
     let _ = std::fs::remove_file(&file);
 
     let out = run(
-        &["--kernel", path(&probe_bzimage()), "--cmdline", "probe.test=boot", "--serial", "none"],
+        &[
+            "--kernel",
+            path(&probe_bzimage()),
+            "--cmdline",
+            "probe.test=boot",
+            "--serial",
+            "none",
+        ],
         GUARD,
     );
     out.assert_exit(0);
@@ -156,7 +221,15 @@ fn serial_to_file_and_to_nowhere() {
 
 #[test]
 fn unknown_workload_is_reported_by_the_guest() {
-    let out = run(&["--kernel", path(&probe_bzimage()), "--cmdline", "probe.test=no-such-test"], GUARD);
+    let out = run(
+        &[
+            "--kernel",
+            path(&probe_bzimage()),
+            "--cmdline",
+            "probe.test=no-such-test",
+        ],
+        GUARD,
+    );
     out.assert_exit(0);
     let done = out.lines_with("PROBE-DONE");
     assert_eq!(done.len(), 1, "{}", out.serial);

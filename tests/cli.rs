@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::{run, vmm_bin};
@@ -13,9 +13,18 @@ use common::{run, vmm_bin};
 fn refuse(args: &[&str]) -> String {
     let out = run(args, Duration::from_secs(60));
     out.assert_exit(1);
-    assert!(out.serial.is_empty(), "no guest output expected: {}", out.serial);
+    assert!(
+        out.serial.is_empty(),
+        "no guest output expected: {}",
+        out.serial
+    );
     let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "exactly one stderr line expected, got: {:?}", out.stderr);
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one stderr line expected, got: {:?}",
+        out.stderr
+    );
     assert!(lines[0].starts_with("vmm: "), "{}", lines[0]);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
     lines[0].to_owned()
@@ -47,7 +56,17 @@ fn help_and_version_succeed() {
     let out = Command::new(vmm_bin()).arg("--help").output().unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--serial", "--no-reboot", "--paused", "--name"] {
+    for flag in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--cpus",
+        "--memory",
+        "--serial",
+        "--no-reboot",
+        "--paused",
+        "--name",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
     let out = Command::new(vmm_bin()).arg("--version").output().unwrap();
@@ -89,7 +108,10 @@ fn bad_serial_mode() {
 #[test]
 fn missing_and_unreadable_kernel() {
     let l = refuse(&["--kernel", "/nonexistent/vmlinuz"]);
-    assert_eq!(l, "vmm: Cannot read kernel '/nonexistent/vmlinuz': No such file or directory (os error 2)");
+    assert_eq!(
+        l,
+        "vmm: Cannot read kernel '/nonexistent/vmlinuz': No such file or directory (os error 2)"
+    );
     let l = refuse(&["--kernel", "/tmp"]);
     assert_eq!(l, "vmm: kernel '/tmp' is not a regular file");
 }
@@ -98,21 +120,35 @@ fn missing_and_unreadable_kernel() {
 fn kernel_that_is_not_a_kernel() {
     let p = temp_file("not-a-kernel", b"#!/bin/sh\necho hello\n");
     let l = refuse(&["--kernel", p.to_str().unwrap()]);
-    assert!(l.ends_with("is neither a Linux bzImage nor an ELF vmlinux"), "{l}");
+    assert!(
+        l.ends_with("is neither a Linux bzImage nor an ELF vmlinux"),
+        "{l}"
+    );
 }
 
 #[test]
 fn kernel_with_old_boot_protocol() {
     let p = fake_bzimage("old-bzimage", 0x0206);
     let l = refuse(&["--kernel", p.to_str().unwrap()]);
-    assert!(l.ends_with("uses boot protocol 2.06; vmm needs 2.12 or newer"), "{l}");
+    assert!(
+        l.ends_with("uses boot protocol 2.06; vmm needs 2.12 or newer"),
+        "{l}"
+    );
 }
 
 #[test]
 fn missing_initrd() {
     let k = fake_bzimage("k-for-initrd", 0x020f);
-    let l = refuse(&["--kernel", k.to_str().unwrap(), "--initrd", "/nonexistent/initrd"]);
-    assert!(l.starts_with("vmm: Cannot read initrd '/nonexistent/initrd'"), "{l}");
+    let l = refuse(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        "/nonexistent/initrd",
+    ]);
+    assert!(
+        l.starts_with("vmm: Cannot read initrd '/nonexistent/initrd'"),
+        "{l}"
+    );
 }
 
 #[test]
@@ -120,9 +156,17 @@ fn initrd_that_does_not_fit() {
     let k = fake_bzimage("k-for-big-initrd", 0x020f);
     let big = temp_file("big-initrd", &vec![0u8; 40 << 20]);
     let l = refuse(&[
-        "--kernel", k.to_str().unwrap(), "--initrd", big.to_str().unwrap(), "--memory", "32",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        big.to_str().unwrap(),
+        "--memory",
+        "32",
     ]);
-    assert!(l.contains("does not fit in guest RAM") && l.contains("raise --memory"), "{l}");
+    assert!(
+        l.contains("does not fit in guest RAM") && l.contains("raise --memory"),
+        "{l}"
+    );
 }
 
 #[test]

@@ -42,7 +42,14 @@ fn pvh_boot_reports_our_machine() {
     let k = kernel_dir().join("vmlinux");
     let cmdline = "console=ttyS0 earlyprintk=serial panic=-1 vmm.test=pvh-smoke";
     let mut vm = spawn(&[
-        "--kernel", k.to_str().unwrap(), "--cmdline", cmdline, "--cpus", "2", "--memory", "512",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--cmdline",
+        cmdline,
+        "--cpus",
+        "2",
+        "--memory",
+        "512",
         "--no-reboot",
     ]);
     // The guard is generous because ring 0 is emulated on PVM (about a minute there).
@@ -58,12 +65,21 @@ fn pvh_boot_reports_our_machine() {
         assert!(log.contains(e820), "missing {e820:?}\n{log}");
     }
     for table in ["RSDP 0x00000000000E0000", "XSDT", "FACP", "DSDT", "APIC"] {
-        assert!(log.contains(&format!("ACPI: {table} ")), "table {table} not listed\n{log}");
+        assert!(
+            log.contains(&format!("ACPI: {table} ")),
+            "table {table} not listed\n{log}"
+        );
     }
     assert!(!log.contains("Incorrect checksum"), "{log}");
     assert!(!log.contains("ACPI BIOS Error"), "{log}");
-    assert!(log.contains("ACPI: Using ACPI (MADT) for SMP configuration information"), "{log}");
-    assert!(log.contains("smpboot: Allowing 2 CPUs, 0 hotplug CPUs"), "{log}");
+    assert!(
+        log.contains("ACPI: Using ACPI (MADT) for SMP configuration information"),
+        "{log}"
+    );
+    assert!(
+        log.contains("smpboot: Allowing 2 CPUs, 0 hotplug CPUs"),
+        "{log}"
+    );
     assert_ended_as_expected(&out);
 }
 
@@ -72,7 +88,13 @@ fn bzimage_boot_reaches_the_kernel() {
     let k = kernel_dir().join("vmlinuz");
     let cmdline = "console=ttyS0 earlyprintk=serial panic=-1 vmm.test=bzimage-smoke";
     let mut vm = spawn(&[
-        "--kernel", k.to_str().unwrap(), "--cmdline", cmdline, "--memory", "256", "--no-reboot",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--cmdline",
+        cmdline,
+        "--memory",
+        "256",
+        "--no-reboot",
     ]);
     // On PVM the decompressor runs in emulated ring 0 for minutes before this line.
     let first = vm.wait_line("[    0.000000] Linux version", Duration::from_secs(900));

@@ -149,6 +149,13 @@ impl MonitorHandle {
     }
 }
 
+/// Events reach every negotiated session as QEMU-shaped broadcast messages.
+impl qapi::events::EventSink for MonitorHandle {
+    fn emit(&self, event: qapi::events::Event, timestamp: qapi::rt::Timestamp) {
+        self.broadcast(event.to_json(timestamp));
+    }
+}
+
 /// The running monitor. Dropping it stops the thread, closes the clients and removes the
 /// Unix socket files.
 pub struct Monitor {
@@ -748,12 +755,5 @@ mod tests {
             reply(Err(QmpError::command_not_found("x")), Some(json!(null))),
             json!({"error": {"class": "CommandNotFound", "desc": "The command x has not been found"}, "id": null})
         );
-    }
-}
-
-/// Events reach every negotiated session as QEMU-shaped broadcast messages.
-impl qapi::events::EventSink for MonitorHandle {
-    fn emit(&self, event: qapi::events::Event, timestamp: qapi::rt::Timestamp) {
-        self.broadcast(event.to_json(timestamp));
     }
 }

@@ -151,6 +151,11 @@ impl Running {
         }
     }
 
+    /// vmm's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends a signal to vmm.
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on our own child's pid.
@@ -168,7 +173,9 @@ impl Running {
                 let _ = self.child.kill();
                 let status = self.child.wait().expect("wait");
                 let serial = self.seen.join("\n");
-                panic!("vmm did not exit within {timeout:?} ({status:?})\n--- serial ---\n{serial}");
+                panic!(
+                    "vmm did not exit within {timeout:?} ({status:?})\n--- serial ---\n{serial}"
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };

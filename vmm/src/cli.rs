@@ -7,6 +7,7 @@ use clap::Parser;
 
 use monitor::SocketSpec;
 
+use crate::disk::DiskSpec;
 use crate::vm::{SerialMode, VmConfig};
 
 /// Smallest guest RAM we accept, in MiB.
@@ -47,10 +48,19 @@ pub struct Cli {
     /// A name for the VM (reported by query-name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+    /// A raw disk image as a virtio-blk device (repeatable, in guest order vda, vdb, ...):
+    /// PATH or path=PATH[,id=ID][,node-name=NAME][,readonly=on|off][,cache=writeback|none|unsafe][,serial=STR].
+    #[arg(long, value_name = "DISK", value_parser = parse_disk)]
+    pub disk: Vec<DiskSpec>,
     /// QMP monitor socket (repeatable): unix:PATH or tcp:HOST:PORT, with ,server=on|off and
     /// ,wait=on|off as in QEMU (server=on alone waits for the first client before starting).
     #[arg(long, value_name = "SOCKET", value_parser = parse_qmp)]
     pub qmp: Vec<SocketSpec>,
+}
+
+fn parse_disk(s: &str) -> Result<DiskSpec, String> {
+    s.parse()
+        .map_err(|e: crate::disk::DiskSpecError| e.to_string())
 }
 
 fn parse_qmp(s: &str) -> Result<SocketSpec, String> {
@@ -116,6 +126,7 @@ impl Cli {
             cpus: self.cpus,
             memory_mib: self.memory,
             serial: self.serial.clone(),
+            disks: self.disk.clone(),
         })
     }
 }

@@ -112,8 +112,25 @@ fn info_version(m: &mut Machine) -> Result<String, QmpError> {
 fn info_block(m: &mut Machine) -> Result<String, QmpError> {
     let mut out = String::new();
     for b in m.query_block()? {
-        out.push_str(&b.device);
+        let Some(ins) = b.inserted else { continue };
+        let node = ins.node_name.unwrap_or_default();
+        out.push_str(&format!(
+            "{} ({node}): {} ({})",
+            b.device, ins.file, ins.drv
+        ));
+        if ins.ro {
+            out.push_str(", read-only");
+        }
         out.push('\n');
+        if let Some(qdev) = b.qdev {
+            out.push_str(&format!("    Attached to:      {qdev}\n"));
+        }
+        let mode = match (ins.cache.direct, ins.cache.no_flush) {
+            (_, true) => "writeback, ignore flushes",
+            (true, false) => "writeback, direct",
+            (false, false) => "writeback",
+        };
+        out.push_str(&format!("    Cache mode:       {mode}\n"));
     }
     Ok(out)
 }

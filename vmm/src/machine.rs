@@ -99,11 +99,6 @@ impl Machine {
         self.state.get()
     }
 
-    /// The shared run state, for out-of-band readers.
-    pub fn shared_state(&self) -> Arc<SharedRunState> {
-        self.state.clone()
-    }
-
     /// Set when the main loop should end.
     pub fn exit(&self) -> Option<&Exit> {
         self.exit.as_ref()
@@ -112,9 +107,11 @@ impl Machine {
     /// Starts the guest (from `prelaunch`), emitting `RESUME`.
     pub fn launch(&mut self) {
         if self.state() == RunState::Prelaunch {
-            self.vm.resume();
+            // As QEMU: RESUME goes out before the vCPUs run, so it precedes anything the
+            // guest does.
             self.state.set(RunState::Running);
             events::emit_resume(&*self.events);
+            self.vm.resume();
         }
     }
 
@@ -135,9 +132,9 @@ impl Machine {
         match self.state() {
             RunState::Running => Ok(()),
             RunState::Paused | RunState::Prelaunch | RunState::IoError => {
-                self.vm.resume();
                 self.state.set(RunState::Running);
                 events::emit_resume(&*self.events);
+                self.vm.resume();
                 Ok(())
             }
             RunState::InternalError => Err(QmpError::generic(

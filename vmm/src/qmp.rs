@@ -38,9 +38,27 @@ fn status_info(state: RunState) -> StatusInfo {
     }
 }
 
-/// No block device exists yet, so no handle resolves.
-fn resolve(handle: &Blockdev) -> Result<(), QmpError> {
-    Err(QmpError::device_not_found(&handle.0))
+/// A `Blockdev` handle names a disk by drive id or node-name; anything else is refused
+/// before the command runs.
+fn resolve(names: &[String], handle: &Blockdev) -> Result<(), QmpError> {
+    if names.contains(&handle.0) {
+        Ok(())
+    } else {
+        Err(QmpError::device_not_found(&handle.0))
+    }
+}
+
+/// The names a `Blockdev` handle may use: every disk's id and node-name.
+pub fn blockdev_names(vm: &crate::vm::Vm) -> Vec<String> {
+    vm.disks()
+        .iter()
+        .flat_map(|d| {
+            [
+                d.backend.id().to_owned(),
+                d.backend.root().node_name().to_owned(),
+            ]
+        })
+        .collect()
 }
 
 /// The out-of-band side: what the monitor thread may do without the big lock. It sees only
@@ -49,18 +67,24 @@ fn resolve(handle: &Blockdev) -> Result<(), QmpError> {
 pub struct OobServer {
     state: Arc<SharedRunState>,
     name: Option<String>,
+    blockdevs: Vec<String>,
 }
 
 impl OobServer {
-    /// Creates the out-of-band server over the machine's shared run state and name.
-    pub fn new(state: Arc<SharedRunState>, name: Option<String>) -> Self {
-        Self { state, name }
+    /// Creates the out-of-band server over the machine's shared run state, its name and its
+    /// block device names (fixed for the VM's life: there is no hotplug).
+    pub fn new(state: Arc<SharedRunState>, name: Option<String>, blockdevs: Vec<String>) -> Self {
+        Self {
+            state,
+            name,
+            blockdevs,
+        }
     }
 }
 
 impl QmpHandles for OobServer {
     fn resolve_blockdev(&self, handle: &Blockdev) -> Result<(), QmpError> {
-        resolve(handle)
+        resolve(&self.blockdevs, handle)
     }
 }
 
@@ -78,7 +102,7 @@ impl QmpOobCommands for OobServer {
 
 impl QmpHandles for Machine {
     fn resolve_blockdev(&self, handle: &Blockdev) -> Result<(), QmpError> {
-        resolve(handle)
+        resolve(&blockdev_names(&self.vm), handle)
     }
 }
 
@@ -173,14 +197,22 @@ impl QmpCommands for Machine {
     }
 
     fn query_block(&mut self) -> Result<Vec<BlockInfo>, QmpError> {
-        Ok(Vec::new())
+        Ok(self
+            .vm
+            .disks()
+            .iter()
+            .map(crate::qmp_block::block_info)
+            .collect())
     }
 
-    fn query_blockstats(
-        &mut self,
-        _query_nodes: Option<bool>,
-    ) -> Result<Vec<BlockStats>, QmpError> {
-        Ok(Vec::new())
+    fn query_blockstats(&mut self, query_nodes: Option<bool>) -> Result<Vec<BlockStats>, QmpError> {
+        let nodes = query_nodes.unwrap_or(false);
+        Ok(self
+            .vm
+            .disks()
+            .iter()
+            .map(|d| crate::qmp_block::block_stats(d, nodes))
+            .collect())
     }
 
     fn human_monitor_command(

@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::terminal::Terminal;
 
 use crate::machine::{Exit, Machine, SharedRunState};
-use crate::qmp::{version_info, OobServer};
+use crate::qmp::{blockdev_names, version_info, OobServer};
 use crate::vcpu::{chain, install_kick_handler, VcpuError};
 use crate::vm::{SerialMode, Vm, VmConfig, VmError};
 
@@ -203,7 +203,11 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
         Some(Monitor::start(MonitorConfig {
             sockets: options.qmp.clone(),
             version: serde_json::to_value(version_info()).unwrap_or_default(),
-            oob: Arc::new(OobServer::new(state.clone(), options.name.clone())),
+            oob: Arc::new(OobServer::new(
+                state.clone(),
+                options.name.clone(),
+                blockdev_names(&vm),
+            )),
             to_main: monitor_tx,
             main_wake: monitor_wake.try_clone().map_err(VmError::EventFd)?,
         })?)

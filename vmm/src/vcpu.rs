@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use devices::{Bus, ResetCause, VmEvent, VmEventSink};
 use kvm_bindings::{
-    kvm_lapic_state, kvm_mp_state, kvm_sregs, CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
+    kvm_lapic_state, kvm_mp_state, kvm_sregs, kvm_vcpu_events, CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -184,6 +184,11 @@ impl Vcpu {
         if set != wanted {
             return Err(VcpuError::Msrs { id, set, wanted });
         }
+        // Drop whatever exception, interrupt or NMI was pending when the vCPU was stopped:
+        // it belongs to the previous boot.
+        self.fd
+            .set_vcpu_events(&kvm_vcpu_events::default())
+            .map_err(|e| VcpuError::Kvm("clear pending events", id, e))?;
         self.fd
             .set_lapic(&self.initial_lapic)
             .map_err(|e| VcpuError::Kvm("set the local APIC", id, e))?;

@@ -7,21 +7,28 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use block::{Backend, BackendConfig, Registry};
 use devices::acpi::{pm, AcpiPm, Ged};
 use devices::legacy::{SerialDevice, I8042};
+use devices::virtio::{MmioTransport, VirtioBlock};
+use devices::BusDevice;
 use devices::{Bus, BusError, VmEventSink};
 use kvm_bindings::{
     kvm_irqchip, kvm_pit_config, kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi::{write_tables, AcpiError, DsdtBuilder};
 use crate::arch::regs::BootEntry;
 use crate::boot::{BootError, BootImages};
-use crate::layout::{ACPI_PM_PORT, COM1_GSI, COM1_PORT, GED_GSI, I8042_PORT, KVM_TSS_ADDRESS};
+use crate::disk::DiskSpec;
+use crate::layout::{
+    ACPI_PM_PORT, COM1_GSI, COM1_PORT, GED_GSI, I8042_PORT, KVM_TSS_ADDRESS, LAST_DEVICE_GSI,
+    VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+};
 use crate::memory::{create_guest_memory, register_slots, MemoryError};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
 
@@ -51,6 +58,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Serial console destination.
     pub serial: SerialMode,
+    /// Disks, in `--disk` order (the guest's vda, vdb, ...).
+    pub disks: Vec<DiskSpec>,
 }
 
 /// Errors while building or operating the VM.
@@ -95,6 +104,28 @@ pub enum VmError {
     /// The serial output file cannot be created.
     #[error("Cannot create serial output file '{0}'")]
     SerialFile(PathBuf, #[source] std::io::Error),
+    /// A disk image could not be attached.
+    #[error("--disk {0}")]
+    Disk(String, #[source] block::RegistryError),
+    /// More disks than virtio-mmio slots.
+    #[error("At most {0} disks fit in the virtio-mmio window; {1} were given")]
+    TooManyDisks(usize, usize),
+    /// The virtio-mmio transport could not be created.
+    #[error("Cannot create the virtio-mmio transport of disk {0}")]
+    Transport(String, #[source] devices::virtio::MmioError),
+    /// KVM refused an ioeventfd.
+    #[error("Cannot register the queue notification of disk {0}")]
+    IoEvent(String, #[source] kvm_ioctls::Error),
+}
+
+/// A disk: its block backend and the virtio-blk device (behind its MMIO transport).
+pub struct Disk {
+    /// The backend the device reads and writes.
+    pub backend: Arc<Backend>,
+    /// The transport, as the bus sees it.
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// The QOM-style path QMP reports as `qdev`.
+    pub qdev: String,
 }
 
 /// A built VM.
@@ -109,6 +140,7 @@ pub struct Vm {
     vcpus: Vec<VcpuHandle>,
     serial: Arc<Mutex<SerialDevice>>,
     ged: Ged,
+    disks: Vec<Disk>,
     initial_irqchips: Vec<kvm_irqchip>,
     initial_pit: kvm_pit_state2,
     reset_generation: u64,
@@ -164,6 +196,70 @@ fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, VmError> {
     Ok(fd)
 }
 
+/// Offset of the virtio-mmio Status register.
+const VIRTIO_MMIO_STATUS: u64 = 0x70;
+
+/// Opens every disk and puts a virtio-blk device for it on the MMIO bus and in the DSDT,
+/// in order, each with its own window and GSI.
+fn attach_disks(
+    vm_fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    dsdt: &mut DsdtBuilder,
+    specs: &[DiskSpec],
+) -> Result<Vec<Disk>, VmError> {
+    let slots = (LAST_DEVICE_GSI - VIRTIO_FIRST_GSI + 1) as usize;
+    if specs.len() > slots {
+        return Err(VmError::TooManyDisks(slots, specs.len()));
+    }
+    let mut registry = Registry::new();
+    let mut disks = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let id = spec.id.clone().unwrap_or_else(|| registry.next_drive_id());
+        let config = BackendConfig {
+            node_name: spec.node_name.clone(),
+            read_only: spec.read_only,
+            cache: spec.cache,
+            serial: spec.serial.clone(),
+            ..BackendConfig::new(id.clone(), spec.path.clone())
+        };
+        let backend = registry
+            .open(config)
+            .map_err(|e| VmError::Disk(spec.path.display().to_string(), e))?;
+        let slot = i as u32;
+        let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
+        let gsi = VIRTIO_FIRST_GSI + slot;
+        let irq = irqfd(vm_fd, gsi)?;
+        let transport = MmioTransport::new(
+            Box::new(VirtioBlock::new(backend.clone())),
+            mem.clone(),
+            irq,
+            base,
+            gsi,
+            slot,
+        )
+        .map_err(|e| VmError::Transport(id.clone(), e))?;
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            vm_fd
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(transport.notify_address()),
+                    queue as u32,
+                )
+                .map_err(|e| VmError::IoEvent(id.clone(), e))?;
+        }
+        dsdt.add(&transport);
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
+        disks.push(Disk {
+            backend,
+            transport,
+            qdev: format!("/machine/peripheral/{id}/virtio-backend"),
+        });
+    }
+    Ok(disks)
+}
+
 impl Vm {
     /// Builds the VM: everything short of starting the vCPU threads.
     ///
@@ -213,7 +309,7 @@ impl Vm {
         register_slots(&vm_fd, &mem)?;
 
         let mut pio = Bus::new();
-        let mmio = Bus::new();
+        let mut mmio = Bus::new();
         let mut dsdt = DsdtBuilder::new();
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             irqfd(&vm_fd, COM1_GSI)?,
@@ -238,6 +334,7 @@ impl Vm {
         )?;
         let ged = Ged::new(irqfd(&vm_fd, GED_GSI)?, GED_GSI);
         dsdt.add(&ged);
+        let disks = attach_disks(&vm_fd, &mem, &mut mmio, &mut dsdt, &config.disks)?;
 
         let rsdp = write_tables(&mem, &dsdt, config.cpus)?;
         let entry = images.load(&mem, ram_size, rsdp)?;
@@ -281,6 +378,7 @@ impl Vm {
             vcpus: Vec::new(),
             serial,
             ged,
+            disks,
             initial_irqchips,
             initial_pit,
             reset_generation: 0,
@@ -331,6 +429,13 @@ impl Vm {
         self.vm_fd
             .set_pit2(&self.initial_pit)
             .map_err(|e| VmError::Kvm("reset the PIT", e))?;
+        for disk in &self.disks {
+            // The same path as a driver writing 0 to the status register: the device stops its
+            // I/O thread and forgets its queues.
+            let mut t = disk.transport.lock().unwrap_or_else(|e| e.into_inner());
+            let base = t.base();
+            t.write(base, VIRTIO_MMIO_STATUS, &0u32.to_le_bytes());
+        }
         let rsdp = write_tables(&self.mem, &self.dsdt, self.cpus)?;
         let entry = self.images.load(&self.mem, self.ram_size, rsdp)?;
         self.reset_generation += 1;
@@ -360,6 +465,11 @@ impl Vm {
     /// Linux thread ids of the vCPU threads, in vCPU order.
     pub fn vcpu_thread_ids(&self) -> Vec<Option<i32>> {
         self.vcpus.iter().map(VcpuHandle::thread_id).collect()
+    }
+
+    /// The disks, in `--disk` order.
+    pub fn disks(&self) -> &[Disk] {
+        &self.disks
     }
 
     /// Number of vCPUs.

@@ -47,7 +47,21 @@ impl QmpHandles for FakeVm {
     }
 }
 
-impl QmpOobCommands for FakeVm {}
+impl QmpOobCommands for FakeVm {
+    fn query_status(&self) -> Result<StatusInfo, QmpError> {
+        Ok(StatusInfo {
+            running: self.status == RunState::Running,
+            singlestep: false,
+            status: self.status,
+        })
+    }
+
+    fn query_name(&self) -> Result<NameInfo, QmpError> {
+        Ok(NameInfo {
+            name: self.name.clone(),
+        })
+    }
+}
 
 impl QmpCommands for FakeVm {
     fn qmp_capabilities(&mut self, _enable: Option<Vec<QMPCapability>>) -> Result<(), QmpError> {
@@ -74,14 +88,6 @@ impl QmpCommands for FakeVm {
 
     fn query_qmp_schema(&mut self) -> Result<Vec<SchemaInfo>, QmpError> {
         Ok(qapi::schema_info().to_vec())
-    }
-
-    fn query_status(&mut self) -> Result<StatusInfo, QmpError> {
-        Ok(StatusInfo {
-            running: self.status == RunState::Running,
-            singlestep: false,
-            status: self.status,
-        })
     }
 
     fn stop(&mut self) -> Result<(), QmpError> {
@@ -119,12 +125,6 @@ impl QmpCommands for FakeVm {
         Ok(KvmInfo {
             enabled: true,
             present: true,
-        })
-    }
-
-    fn query_name(&mut self) -> Result<NameInfo, QmpError> {
-        Ok(NameInfo {
-            name: self.name.clone(),
         })
     }
 

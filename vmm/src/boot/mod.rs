@@ -266,11 +266,6 @@ impl BootImages {
         })
     }
 
-    /// The kernel's format.
-    pub fn format(&self) -> KernelFormat {
-        self.format
-    }
-
     /// Loads everything into `mem` (a guest with `ram_size` bytes of RAM whose RSDP is at
     /// `rsdp`) and returns how the boot vCPU enters the kernel. Called at start and on reset.
     ///
