@@ -1,0 +1,322 @@
+// SPDX-License-Identifier: Apache-2.0
+//! virtio-blk through the probe guest: the guest writes its sector pattern and the host checks
+//! the image bytes, the host writes and the guest reads, read-only disks, GET_ID, durability
+//! of flushed data across SIGKILL, several disks, interrupt and polling modes, and bad
+//! `--disk` values.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{probe_bzimage, run, spawn};
+
+const GUARD: Duration = Duration::from_secs(120);
+const SECTOR: usize = 512;
+
+/// The probe's pattern: sector `x` holds the little-endian u64 `x ^ (seed << 40)` 64 times.
+fn pattern(x: u64, seed: u64) -> Vec<u8> {
+    (x ^ (seed << 40)).to_le_bytes().repeat(SECTOR / 8)
+}
+
+struct Image(PathBuf);
+
+impl Image {
+    fn new(tag: &str, sectors: u64) -> Self {
+        let p = std::env::temp_dir().join(format!("vmm-blk-{tag}-{}.raw", std::process::id()));
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(sectors * SECTOR as u64).unwrap();
+        Image(p)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    fn sector(&self, x: u64) -> Vec<u8> {
+        let all = std::fs::read(&self.0).unwrap();
+        all[x as usize * SECTOR..(x as usize + 1) * SECTOR].to_vec()
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn kernel() -> PathBuf {
+    probe_bzimage()
+}
+
+/// Boots the probe with `disks` (each a --disk value) and `cmdline`; returns the serial log.
+fn probe(disks: &[&str], cmdline: &str) -> common::Finished {
+    let k = kernel();
+    let mut args = vec!["--kernel", k.to_str().unwrap(), "--cmdline", cmdline];
+    for d in disks {
+        args.push("--disk");
+        args.push(d);
+    }
+    let out = run(&args, GUARD);
+    out.assert_exit(0);
+    out
+}
+
+fn one(out: &common::Finished, prefix: &str) -> String {
+    let lines = out.lines_with(prefix);
+    assert_eq!(
+        lines.len(),
+        1,
+        "one {prefix:?} line expected:\n{}",
+        out.serial
+    );
+    lines[0].to_owned()
+}
+
+#[test]
+fn guest_writes_reach_the_image_at_several_offsets() {
+    let sectors = 8192;
+    let img = Image::new("write", sectors);
+    for (lba, count, seed) in [
+        (0, 8, 3),
+        (1000, 300, 4),
+        (sectors - 1, 1, 5),
+        (sectors - 40, 40, 6),
+    ] {
+        let cmd =
+            format!("probe.test=blk-write probe.lba={lba} probe.count={count} probe.seed={seed}");
+        let out = probe(&[img.path()], &cmd);
+        let line = one(&out, "PROBE blk-write");
+        assert!(
+            line.contains("status=ok") && line.contains("flush=ok"),
+            "{line}"
+        );
+        for x in [lba, lba + count / 2, lba + count - 1] {
+            assert_eq!(img.sector(x), pattern(x, seed), "sector {x} after {cmd}");
+        }
+        if lba > 0 && lba < 1000 {
+            assert_eq!(img.sector(lba - 1), vec![0; SECTOR]);
+        }
+    }
+    // Untouched sectors stay zero.
+    assert_eq!(img.sector(500), vec![0; SECTOR]);
+}
+
+#[test]
+fn host_written_pattern_reads_back_in_the_guest() {
+    let img = Image::new("read", 4096);
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img.0)
+            .unwrap();
+        let mut data = Vec::new();
+        for x in 0..4096u64 {
+            data.extend(pattern(x, 9));
+        }
+        f.write_all(&data).unwrap();
+    }
+    for irq in ["on", "off"] {
+        let cmd = format!(
+            "probe.test=blk-read probe.lba=100 probe.count=2000 probe.seed=9 probe.irq={irq}"
+        );
+        let line = one(&probe(&[img.path()], &cmd), "PROBE blk-read");
+        assert!(
+            line.contains("match=yes") && line.contains(&format!("irq={irq}")),
+            "{line}"
+        );
+    }
+    // A wrong seed is noticed: the check can fail.
+    let line = one(
+        &probe(
+            &[img.path()],
+            "probe.test=blk-read probe.lba=7 probe.count=4 probe.seed=8",
+        ),
+        "PROBE blk-read",
+    );
+    assert!(line.contains("match=no first_bad=7"), "{line}");
+}
+
+#[test]
+fn read_only_disk_refuses_writes_and_reports_ro() {
+    let img = Image::new("ro", 1024);
+    let spec = format!("path={},readonly=on", img.path());
+    let out = probe(
+        &[&spec],
+        "probe.test=blk-id,blk-write probe.count=4 probe.seed=2",
+    );
+    assert!(
+        one(&out, "PROBE blk-id").contains(" ro=1 "),
+        "{}",
+        out.serial
+    );
+    let w = one(&out, "PROBE blk-write");
+    assert!(w.contains("status=ioerr"), "{w}");
+    assert_eq!(img.sector(0), vec![0; SECTOR]);
+}
+
+#[test]
+fn get_id_returns_the_id_or_serial() {
+    let img = Image::new("id", 1024);
+    let a = format!("path={},id=data0", img.path());
+    let b = format!("path={},id=data1,serial=SN-42", img.path());
+    let out = probe(
+        &[&a, &b],
+        "probe.test=blk-id probe.dev=0,blk-id probe.dev=1",
+    );
+    let ids = out.lines_with("PROBE blk-id");
+    // Parameters apply to the tests after them; run the two lookups separately when the
+    // probe reads one value per parameter.
+    if ids.len() != 2 {
+        let out0 = probe(&[&a, &b], "probe.test=blk-id probe.dev=0");
+        let out1 = probe(&[&a, &b], "probe.test=blk-id probe.dev=1");
+        assert!(
+            one(&out0, "PROBE blk-id").ends_with("id=data0"),
+            "{}",
+            out0.serial
+        );
+        assert!(
+            one(&out1, "PROBE blk-id").ends_with("id=SN-42"),
+            "{}",
+            out1.serial
+        );
+        return;
+    }
+    assert!(
+        ids[0].ends_with("id=data0") && ids[1].ends_with("id=SN-42"),
+        "{ids:?}"
+    );
+}
+
+#[test]
+fn capacity_is_the_file_size() {
+    let img = Image::new("cap", 12345);
+    let line = one(&probe(&[img.path()], "probe.test=blk-id"), "PROBE blk-id");
+    assert!(
+        line.contains(" sectors=12345 ") && line.contains(" blk_size=512 "),
+        "{line}"
+    );
+}
+
+#[test]
+fn two_disks_are_independent() {
+    let a = Image::new("two-a", 2048);
+    let b = Image::new("two-b", 2048);
+    let out = probe(&[a.path(), b.path()], "probe.test=boot");
+    assert!(
+        one(&out, "PROBE boot").contains(" virtio=2 "),
+        "{}",
+        out.serial
+    );
+    let virtio = out.lines_with("PROBE virtio ");
+    assert_eq!(virtio.len(), 2);
+    assert!(
+        virtio[0].contains("base=0xd0000000") && virtio[0].contains("gsi=6"),
+        "{virtio:?}"
+    );
+    assert!(
+        virtio[1].contains("base=0xd0001000") && virtio[1].contains("gsi=7"),
+        "{virtio:?}"
+    );
+    probe(
+        &[a.path(), b.path()],
+        "probe.test=blk-write probe.dev=1 probe.lba=10 probe.count=5 probe.seed=11",
+    );
+    assert_eq!(b.sector(12), pattern(12, 11));
+    assert_eq!(a.sector(12), vec![0; SECTOR], "disk 0 must be untouched");
+}
+
+#[test]
+fn flushed_data_survives_sigkill() {
+    let img = Image::new("kill", 4096);
+    let k = kernel();
+    // Write, flush, then idle: the guest announces idle only after the flush completed.
+    let mut vm = spawn(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--disk",
+        img.path(),
+        "--cmdline",
+        "probe.test=blk-write,idle probe.lba=64 probe.count=512 probe.seed=13",
+    ]);
+    let w = vm.wait_line("PROBE blk-write", GUARD);
+    assert!(w.contains("status=ok flush=ok"), "{w}");
+    vm.wait_line("PROBE idle", GUARD);
+    vm.signal(libc::SIGKILL);
+    let out = vm.finish(GUARD);
+    assert_eq!(out.status.code(), None, "killed by a signal");
+    for x in [64, 300, 575] {
+        assert_eq!(img.sector(x), pattern(x, 13), "sector {x}");
+    }
+}
+
+fn refuse(disk: &str) -> String {
+    let k = kernel();
+    let out = run(&["--kernel", k.to_str().unwrap(), "--disk", disk], GUARD);
+    out.assert_exit(1);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(out.serial.is_empty());
+    lines[0].to_owned()
+}
+
+#[test]
+fn bad_disks_get_one_clear_line() {
+    let dir = std::env::temp_dir().join(format!("vmm-blk-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.raw");
+    std::fs::File::create(&empty).unwrap();
+    let odd = dir.join("odd.raw");
+    std::fs::write(&odd, vec![0u8; 1000]).unwrap();
+    let good = dir.join("good.raw");
+    std::fs::write(&good, vec![0u8; 4096]).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+
+    assert!(
+        refuse(&format!("{},format=qcow2", s(&good))).contains("Unknown --disk option 'format'")
+    );
+    assert!(refuse("/nonexistent/disk.raw").contains("No such file or directory"));
+    assert!(refuse(&s(&dir)).contains("is a directory"));
+    assert!(refuse(&s(&empty)).contains("is empty"));
+    assert!(refuse(&s(&odd)).contains("not a multiple of 512"));
+    assert!(refuse(&format!("{},cache=directsync", s(&good)))
+        .contains("cache takes writeback, none or unsafe"));
+    let k = kernel();
+    let a = format!("path={},id=d", s(&good));
+    let out = run(
+        &["--kernel", k.to_str().unwrap(), "--disk", &a, "--disk", &a],
+        GUARD,
+    );
+    out.assert_exit(1);
+    assert!(
+        out.stderr.contains("Duplicate ID 'd' for drive"),
+        "{}",
+        out.stderr
+    );
+    let many: Vec<String> = (0..19).map(|_| s(&good)).collect();
+    let mut args = vec!["--kernel", k.to_str().unwrap()];
+    for m in &many {
+        args.push("--disk");
+        args.push(m);
+    }
+    let out = run(&args, GUARD);
+    out.assert_exit(1);
+    assert!(out.stderr.contains("At most 18 disks"), "{}", out.stderr);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sixteen_disks_are_all_found() {
+    let img = Image::new("sixteen", 64);
+    let disks: Vec<String> = (0..16)
+        .map(|i| format!("path={},id=d{i},readonly=on", img.path()))
+        .collect();
+    let refs: Vec<&str> = disks.iter().map(String::as_str).collect();
+    let out = probe(&refs, "probe.test=boot");
+    assert!(
+        one(&out, "PROBE boot").contains(" virtio=16 "),
+        "{}",
+        out.serial
+    );
+}
