@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Block benchmark: the probe guest's blk-bench on the same raw image under vmm and under
+# Debian's QEMU (-M microvm, virtio-blk-device, same cache mode). Prints sequential write/read
+# MiB/s (1 MiB requests), 4 KiB random-read IOPS at queue depth 1 and 32, host CPU seconds per
+# GiB moved, and the vmm/QEMU ratios (higher is better for throughput, lower for CPU).
+# Usage: scripts/bench-blk.sh [SECONDS_PER_PHASE] [IMAGE_MIB] [CACHE]   (defaults 3, 1024, none)
+source "$(dirname "$0")/lib.sh"
+SECS=${1:-3}
+IMG_MIB=${2:-1024}
+CACHE=${3:-none}
+apt_install qemu-system-x86
+VMM=$(build_vmm)
+bash "$ROOT/scripts/probe-guest.sh" >/dev/null
+KERNEL="$TARGET/probe-guest/bzImage"
+IMG="$TARGET/bench-blk.raw"
+truncate -s "${IMG_MIB}M" "$IMG"
+exec python3 - "$VMM" "$KERNEL" "$IMG" "$SECS" "$CACHE" <<'PY'
+import os, re, subprocess, sys
+
+vmm, kernel, img, secs, cache = sys.argv[1:6]
+cmdline = f"probe.test=blk-bench probe.dev=0 probe.secs={secs}"
+qemu_cache = {"none": "cache.direct=on", "writeback": "cache.direct=off",
+              "unsafe": "cache.direct=off,cache.no-flush=on"}[cache]
+runs = {
+    "vmm": [vmm, "--kernel", kernel, "--memory", "256", "--cmdline", cmdline,
+            "--disk", f"path={img},cache={cache}"],
+    "qemu": ["qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off",
+             "-enable-kvm", "-cpu", "host,-arch-capabilities", "-m", "256", "-nodefaults",
+             "-no-user-config", "-display", "none", "-serial", "stdio",
+             "-global", "virtio-mmio.force-legacy=false",
+             "-drive", f"id=d0,file={img},format=raw,if=none,{qemu_cache}",
+             "-device", "virtio-blk-device,drive=d0", "-kernel", kernel, "-append", cmdline],
+}
+
+def run(argv):
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = p.stdout.read().decode(errors="replace")
+    _, _, ru = os.wait4(p.pid, 0)
+    summary = [l for l in out.splitlines() if l.startswith("PROBE blk-bench") and "seq_write_mib_s=" in l]
+    if not summary:
+        raise SystemExit(f"{argv[0]}: no blk-bench summary\n{out}")
+    fields = dict(re.findall(r"(\w+)=(\S+)", summary[0]))
+    phases = [dict(re.findall(r"(\w+)=(\S+)", l)) for l in out.splitlines()
+              if l.startswith("PROBE blk-bench") and " test=" in l]
+    moved = sum(int(ph.get("ios", 0)) * int(ph.get("bs", 0)) for ph in phases)
+    cpu = ru.ru_utime + ru.ru_stime
+    return {
+        "seq_write": float(fields["seq_write_mib_s"]),
+        "seq_read": float(fields["seq_read_mib_s"]),
+        "iops_qd1": float(fields["rand_read_iops_qd1"]),
+        "iops_qd32": float(fields["rand_read_iops_qd32"]),
+        "cpu_s_per_gib": cpu / (moved / 2**30) if moved else float("nan"),
+    }
+
+res = {name: run(argv) for name, argv in runs.items()}
+print(f"probe blk-bench, {secs} s per phase, cache={cache}, image {os.path.getsize(img) >> 20} MiB")
+cols = [("seq_write", "seq write MiB/s"), ("seq_read", "seq read MiB/s"),
+        ("iops_qd1", "4k IOPS qd1"), ("iops_qd32", "4k IOPS qd32"), ("cpu_s_per_gib", "CPU s/GiB")]
+print(f"{'':8}" + "".join(f"{h:>17}" for _, h in cols))
+for name in ("vmm", "qemu"):
+    print(f"{name:8}" + "".join(f"{res[name][k]:17.2f}" for k, _ in cols))
+print(f"{'vmm/qemu':8}" + "".join(f"{res['vmm'][k] / res['qemu'][k]:17.2f}" for k, _ in cols))
+print("goal: >= 1.00 on throughput and IOPS, < 1.00 on CPU per GiB")
+PY
