@@ -235,3 +235,37 @@ fn unknown_workload_is_reported_by_the_guest() {
     assert_eq!(done.len(), 1, "{}", out.serial);
     assert!(done[0].starts_with("PROBE-DONE rc=2"), "{}", done[0]);
 }
+
+#[test]
+fn debug_port_timestamps_the_ready_code() {
+    let out = run(
+        &[
+            "--kernel",
+            path(&probe_bzimage()),
+            "--cmdline",
+            "probe.test=boot",
+            "--debug-port",
+        ],
+        GUARD,
+    );
+    out.assert_exit(0);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    let ms: f64 = lines[0]
+        .strip_prefix("vmm: debug port: code 0x41 at ")
+        .and_then(|r| r.strip_suffix(" ms"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected line {:?}", lines[0]));
+    assert!(ms > 0.0);
+    // Without the flag nothing is logged.
+    let quiet = run(
+        &[
+            "--kernel",
+            path(&probe_bzimage()),
+            "--cmdline",
+            "probe.test=boot",
+        ],
+        GUARD,
+    );
+    assert!(quiet.stderr.is_empty(), "{}", quiet.stderr);
+}

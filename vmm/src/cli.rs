@@ -45,6 +45,10 @@ pub struct Cli {
     /// Start with the vCPUs paused.
     #[arg(short = 'S', long)]
     pub paused: bool,
+    /// Log each guest write to the debug port 0x80 on stderr, with the time since vmm
+    /// started (boot-progress codes; the probe guest writes 0x41 when it is ready).
+    #[arg(long)]
+    pub debug_port: bool,
     /// A name for the VM (reported by query-name).
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
@@ -127,6 +131,8 @@ impl Cli {
             memory_mib: self.memory,
             serial: self.serial.clone(),
             disks: self.disk.clone(),
+            debug_port: self.debug_port,
+            started: std::time::Instant::now(),
         })
     }
 }

@@ -66,6 +66,8 @@ pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_GSI: u32 = 4;
 /// The i8042 data port; the command port is 4 above it.
 pub const I8042_PORT: u16 = 0x60;
+/// The debug (POST code) port, our boot timer.
+pub const DEBUG_PORT: u16 = 0x80;
 /// The ACPI sleep control/status and reset registers.
 pub const ACPI_PM_PORT: u16 = 0x600;
 /// The power-button GED's interrupt.

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use block::{Backend, BackendConfig, Registry};
 use devices::acpi::{pm, AcpiPm, Ged};
-use devices::legacy::{SerialDevice, I8042};
+use devices::legacy::{DebugPort, SerialDevice, I8042};
 use devices::virtio::{MmioTransport, VirtioBlock};
 use devices::BusDevice;
 use devices::{Bus, BusError, VmEventSink};
@@ -26,8 +26,8 @@ use crate::arch::regs::BootEntry;
 use crate::boot::{BootError, BootImages};
 use crate::disk::DiskSpec;
 use crate::layout::{
-    ACPI_PM_PORT, COM1_GSI, COM1_PORT, GED_GSI, I8042_PORT, KVM_TSS_ADDRESS, LAST_DEVICE_GSI,
-    VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+    ACPI_PM_PORT, COM1_GSI, COM1_PORT, DEBUG_PORT, GED_GSI, I8042_PORT, KVM_TSS_ADDRESS,
+    LAST_DEVICE_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
 use crate::memory::{create_guest_memory, register_slots, MemoryError};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
@@ -60,6 +60,10 @@ pub struct VmConfig {
     pub serial: SerialMode,
     /// Disks, in `--disk` order (the guest's vda, vdb, ...).
     pub disks: Vec<DiskSpec>,
+    /// Log every write to the debug port (0x80) with its time since vmm started.
+    pub debug_port: bool,
+    /// When vmm started (the debug port's time origin).
+    pub started: std::time::Instant,
 }
 
 /// Errors while building or operating the VM.
@@ -324,6 +328,16 @@ impl Vm {
             Arc::new(Mutex::new(I8042::new(new_sink()?))),
             u64::from(I8042_PORT),
             5,
+        )?;
+        let debug_log: Option<Box<dyn Write + Send>> = if config.debug_port {
+            Some(Box::new(std::io::stderr()))
+        } else {
+            None
+        };
+        pio.insert(
+            Arc::new(Mutex::new(DebugPort::new(config.started, debug_log))),
+            u64::from(DEBUG_PORT),
+            1,
         )?;
         let acpi_pm = AcpiPm::new(new_sink()?);
         dsdt.add(&acpi_pm);

@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Legacy PC devices: the 8250 UART and the i8042 reset line.
+//! Legacy PC devices: the 8250 UART, the i8042 reset line and the debug port.
 
+pub mod debug_port;
 pub mod i8042;
 pub mod serial;
 
+pub use debug_port::DebugPort;
 pub use i8042::I8042;
 pub use serial::{IrqTrigger, SerialDevice};

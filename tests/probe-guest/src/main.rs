@@ -18,6 +18,11 @@ use probe_guest::cmdline::{self, CmdlineError};
 
 static mut PLATFORM: MaybeUninit<Platform> = MaybeUninit::uninit();
 
+/// The PC debug (POST code) port.
+const DEBUG_PORT: u16 = 0x80;
+/// The code written there once the probe is ready (Cloud Hypervisor's "userspace" code).
+const READY_CODE: u8 = 0x41;
+
 /// Ring-3 entry, called by `user_entry` in entry.S with the boot
 /// information pointer and the entry kind.
 #[no_mangle]
@@ -37,6 +42,8 @@ pub extern "C" fn probe_main(info: u64, kind: u64) -> ! {
     let p: &'static Platform = unsafe { (*addr_of_mut!(PLATFORM)).write(platform) };
     guest::set_platform(p);
     out!("PROBE ready entry={} cpus={}", entry.name(), p.cpus());
+    // Boot-progress code 0x41 on the PC debug port: a VMM can timestamp "ready" itself.
+    guest::arch::outb(DEBUG_PORT, READY_CODE);
     let params = match cmdline::parse(p.info.cmdline) {
         Ok(params) => params,
         Err(e) => {

@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The PC debug (POST code) port, used as a boot timer.
+//!
+//! Guests write progress codes to I/O port 0x80; instrumented guests mark milestones there
+//! (the probe guest writes 0x41 when it is ready). The device timestamps every code relative to
+//! the VMM's start, keeps the latest, and logs each one when asked to.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use crate::bus::BusDevice;
+
+/// The debug port device.
+pub struct DebugPort {
+    start: Instant,
+    log: Option<Box<dyn Write + Send>>,
+    last: Option<(u8, Duration)>,
+}
+
+impl std::fmt::Debug for DebugPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DebugPort")
+            .field("last", &self.last)
+            .finish()
+    }
+}
+
+impl DebugPort {
+    /// Creates the port; times are measured from `start`, and each code is written to `log`
+    /// when one is given.
+    pub fn new(start: Instant, log: Option<Box<dyn Write + Send>>) -> Self {
+        Self {
+            start,
+            log,
+            last: None,
+        }
+    }
+
+    /// The latest code and when it was written.
+    pub fn last(&self) -> Option<(u8, Duration)> {
+        self.last
+    }
+}
+
+impl BusDevice for DebugPort {
+    fn read(&mut self, _base: u64, _offset: u64, data: &mut [u8]) {
+        // Reads return the latest code, as on boards that latch it.
+        data.fill(self.last.map_or(0, |(c, _)| c));
+    }
+
+    fn write(&mut self, _base: u64, _offset: u64, data: &[u8]) {
+        let Some(&code) = data.first() else { return };
+        let at = self.start.elapsed();
+        self.last = Some((code, at));
+        if let Some(log) = self.log.as_mut() {
+            // Logging is best effort; a closed stderr must not stop the guest.
+            let _ = writeln!(
+                log,
+                "vmm: debug port: code {code:#04x} at {:.3} ms",
+                at.as_secs_f64() * 1000.0
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn records_and_logs_codes() {
+        let log = Shared::default();
+        let mut port = DebugPort::new(Instant::now(), Some(Box::new(log.clone())));
+        assert_eq!(port.last(), None);
+        port.write(0x80, 0, &[0x41]);
+        let (code, _) = port.last().unwrap();
+        assert_eq!(code, 0x41);
+        let mut data = [0u8; 1];
+        port.read(0x80, 0, &mut data);
+        assert_eq!(data, [0x41]);
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert!(text.starts_with("vmm: debug port: code 0x41 at "), "{text}");
+        port.write(0x80, 0, &[]);
+        assert_eq!(port.last().unwrap().0, 0x41);
+    }
+
+    #[test]
+    fn silent_without_a_log() {
+        let mut port = DebugPort::new(Instant::now(), None);
+        port.write(0x80, 0, &[7]);
+        assert_eq!(port.last().unwrap().0, 7);
+    }
+}
