@@ -16,6 +16,22 @@ fn path(p: &std::path::Path) -> &str {
     p.to_str().expect("UTF-8 path")
 }
 
+/// Boots the probe bzImage with `cmdline` and `extra` arguments, to completion.
+fn probe(cmdline: &str, extra: &[&str]) -> common::Finished {
+    let kernel = probe_bzimage();
+    let mut args = vec!["--kernel", path(&kernel), "--cmdline", cmdline];
+    args.extend_from_slice(extra);
+    run(&args, GUARD)
+}
+
+/// Starts the probe bzImage with `cmdline` and `extra` arguments.
+fn start_probe(cmdline: &str, extra: &[&str]) -> common::Running {
+    let kernel = probe_bzimage();
+    let mut args = vec!["--kernel", path(&kernel), "--cmdline", cmdline];
+    args.extend_from_slice(extra);
+    spawn(&args)
+}
+
 /// Boots `kernel` with the boot workload and checks what the probe reports.
 fn boot_reports(kernel: &std::path::Path, entry: &str, cpus: u32, memory: u32) {
     let cmdline = format!("console=ttyS0 probe.test=boot vmm.tag=cpus{cpus}-mem{memory}");
@@ -76,15 +92,7 @@ fn sixty_four_cpus_come_from_the_madt() {
 
 #[test]
 fn acpi_tables_are_what_the_guest_uses() {
-    let out = run(
-        &[
-            "--kernel",
-            path(&probe_bzimage()),
-            "--cmdline",
-            "probe.test=boot",
-        ],
-        GUARD,
-    );
+    let out = probe("probe.test=boot", &[]);
     out.assert_exit(0);
     let acpi = out.lines_with("PROBE acpi");
     assert_eq!(acpi.len(), 1, "{}", out.serial);
@@ -101,24 +109,14 @@ fn acpi_tables_are_what_the_guest_uses() {
 }
 
 fn reboot_test(workload: &str, reboot_line: &str) {
-    let kernel = probe_bzimage();
     let cmdline = format!("probe.test={workload}");
     // With --no-reboot the reset ends the VM cleanly.
-    let out = run(
-        &[
-            "--kernel",
-            path(&kernel),
-            "--cmdline",
-            &cmdline,
-            "--no-reboot",
-        ],
-        GUARD,
-    );
+    let out = probe(&cmdline, &["--no-reboot"]);
     out.assert_exit(0);
     assert_eq!(out.lines_with("PROBE ready").len(), 1, "{}", out.serial);
     assert_eq!(out.lines_with(reboot_line).len(), 1, "{}", out.serial);
     // Without it the VM resets in place and the guest boots again, more than once.
-    let mut vm = spawn(&["--kernel", path(&kernel), "--cmdline", &cmdline]);
+    let mut vm = start_probe(&cmdline, &[]);
     for _ in 0..3 {
         vm.wait_line("PROBE ready entry=bzimage64", GUARD);
         vm.wait_line(reboot_line, GUARD);
@@ -140,12 +138,7 @@ fn triple_fault_reboots() {
 }
 
 fn signal_exits_cleanly(sig: i32) {
-    let mut vm = spawn(&[
-        "--kernel",
-        path(&probe_bzimage()),
-        "--cmdline",
-        "probe.test=idle",
-    ]);
+    let mut vm = start_probe("probe.test=idle", &[]);
     vm.wait_line("PROBE idle", GUARD);
     vm.signal(sig);
     let out = vm.finish(GUARD);
@@ -165,13 +158,7 @@ fn sigint_exits_cleanly() {
 
 #[test]
 fn paused_start_runs_nothing() {
-    let vm = spawn(&[
-        "--kernel",
-        path(&probe_bzimage()),
-        "--cmdline",
-        "probe.test=boot",
-        "-S",
-    ]);
+    let vm = start_probe("probe.test=boot", &["-S"]);
     std::thread::sleep(Duration::from_millis(500));
     vm.signal(libc::SIGTERM);
     let out = vm.finish(GUARD);
@@ -187,49 +174,21 @@ fn paused_start_runs_nothing() {
 fn serial_to_file_and_to_nowhere() {
     let file = std::env::temp_dir().join(format!("vmm-serial-{}.log", std::process::id()));
     let spec = format!("file:{}", file.display());
-    let out = run(
-        &[
-            "--kernel",
-            path(&probe_bzimage()),
-            "--cmdline",
-            "probe.test=boot",
-            "--serial",
-            &spec,
-        ],
-        GUARD,
-    );
+    let out = probe("probe.test=boot", &["--serial", &spec]);
     out.assert_exit(0);
     assert!(out.serial.is_empty());
     let logged = std::fs::read_to_string(&file).unwrap();
     assert!(logged.contains("PROBE-DONE rc=0"), "{logged}");
     let _ = std::fs::remove_file(&file);
 
-    let out = run(
-        &[
-            "--kernel",
-            path(&probe_bzimage()),
-            "--cmdline",
-            "probe.test=boot",
-            "--serial",
-            "none",
-        ],
-        GUARD,
-    );
+    let out = probe("probe.test=boot", &["--serial", "none"]);
     out.assert_exit(0);
     assert!(out.serial.is_empty());
 }
 
 #[test]
 fn unknown_workload_is_reported_by_the_guest() {
-    let out = run(
-        &[
-            "--kernel",
-            path(&probe_bzimage()),
-            "--cmdline",
-            "probe.test=no-such-test",
-        ],
-        GUARD,
-    );
+    let out = probe("probe.test=no-such-test", &[]);
     out.assert_exit(0);
     let done = out.lines_with("PROBE-DONE");
     assert_eq!(done.len(), 1, "{}", out.serial);
@@ -238,16 +197,7 @@ fn unknown_workload_is_reported_by_the_guest() {
 
 #[test]
 fn debug_port_timestamps_the_ready_code() {
-    let out = run(
-        &[
-            "--kernel",
-            path(&probe_bzimage()),
-            "--cmdline",
-            "probe.test=boot",
-            "--debug-port",
-        ],
-        GUARD,
-    );
+    let out = probe("probe.test=boot", &["--debug-port"]);
     out.assert_exit(0);
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{}", out.stderr);
@@ -258,14 +208,6 @@ fn debug_port_timestamps_the_ready_code() {
         .unwrap_or_else(|| panic!("unexpected line {:?}", lines[0]));
     assert!(ms > 0.0);
     // Without the flag nothing is logged.
-    let quiet = run(
-        &[
-            "--kernel",
-            path(&probe_bzimage()),
-            "--cmdline",
-            "probe.test=boot",
-        ],
-        GUARD,
-    );
+    let quiet = probe("probe.test=boot", &[]);
     assert!(quiet.stderr.is_empty(), "{}", quiet.stderr);
 }

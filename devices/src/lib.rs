@@ -11,6 +11,8 @@ pub mod acpi;
 pub mod bus;
 pub mod event;
 pub mod legacy;
+#[cfg(test)]
+mod test_utils;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};

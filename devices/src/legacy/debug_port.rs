@@ -65,26 +65,12 @@ impl BusDevice for DebugPort {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::test_utils::SharedBuf;
 
     #[test]
     fn records_and_logs_codes() {
-        let log = Shared::default();
+        let log = SharedBuf::default();
         let mut port = DebugPort::new(Instant::now(), Some(Box::new(log.clone())));
         assert_eq!(port.last(), None);
         port.write(0x80, 0, &[0x41]);
@@ -93,7 +79,7 @@ mod tests {
         let mut data = [0u8; 1];
         port.read(0x80, 0, &mut data);
         assert_eq!(data, [0x41]);
-        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(log.bytes()).unwrap();
         assert!(text.starts_with("vmm: debug port: code 0x41 at "), "{text}");
         port.write(0x80, 0, &[]);
         assert_eq!(port.last().unwrap().0, 0x41);

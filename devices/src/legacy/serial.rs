@@ -92,34 +92,20 @@ impl Aml for SerialDevice {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::test_utils::SharedBuf;
 
     #[test]
     fn transmits_guest_bytes_and_receives_input() {
-        let out = Shared::default();
+        let out = SharedBuf::default();
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
         let mut dev = SerialDevice::new(irq.try_clone().unwrap(), Box::new(out.clone()), 0x3f8, 4);
         for b in b"hi\n" {
             dev.write(0x3f8, 0, &[*b]);
         }
-        assert_eq!(&*out.0.lock().unwrap(), b"hi\n");
+        assert_eq!(&*out.bytes(), b"hi\n");
         // Enable the "received data available" interrupt, then send input.
         dev.write(0x3f8, 1, &[0x01]);
         assert_eq!(dev.enqueue_input(b"x"), 1);
