@@ -3,21 +3,26 @@
 # Debian's QEMU (-M microvm, virtio-blk-device, same cache mode). Prints sequential write/read
 # MiB/s (1 MiB requests), 4 KiB random-read IOPS at queue depth 1 and 32, host CPU seconds per
 # GiB moved, and the vmm/QEMU ratios (higher is better for throughput, lower for CPU).
-# Usage: scripts/bench-blk.sh [SECONDS_PER_PHASE] [IMAGE_MIB] [CACHE]   (defaults 3, 1024, none)
+# Each VMM runs ROUNDS times, alternating, and the medians are reported (host noise is large
+# on shared machines).
+# Usage: scripts/bench-blk.sh [SECONDS_PER_PHASE] [IMAGE_MIB] [CACHE] [ROUNDS]
+#        (defaults 3, 1024, none, 3)
 source "$(dirname "$0")/lib.sh"
 SECS=${1:-3}
 IMG_MIB=${2:-1024}
 CACHE=${3:-none}
+ROUNDS=${4:-3}
 apt_install qemu-system-x86
 VMM=$(build_vmm)
 bash "$ROOT/scripts/probe-guest.sh" >/dev/null
 KERNEL="$TARGET/probe-guest/bzImage"
 IMG="$TARGET/bench-blk.raw"
 truncate -s "${IMG_MIB}M" "$IMG"
-exec python3 - "$VMM" "$KERNEL" "$IMG" "$SECS" "$CACHE" <<'PY'
-import os, re, subprocess, sys
+exec python3 - "$VMM" "$KERNEL" "$IMG" "$SECS" "$CACHE" "$ROUNDS" <<'PY'
+import os, re, statistics, subprocess, sys
 
-vmm, kernel, img, secs, cache = sys.argv[1:6]
+vmm, kernel, img, secs, cache, rounds = sys.argv[1:7]
+rounds = int(rounds)
 cmdline = f"probe.test=blk-bench probe.dev=0 probe.secs={secs}"
 qemu_cache = {"none": "cache.direct=on", "writeback": "cache.direct=off",
               "unsafe": "cache.direct=off,cache.no-flush=on"}[cache]
@@ -52,8 +57,13 @@ def run(argv):
         "cpu_s_per_gib": cpu / (moved / 2**30) if moved else float("nan"),
     }
 
-res = {name: run(argv) for name, argv in runs.items()}
-print(f"probe blk-bench, {secs} s per phase, cache={cache}, image {os.path.getsize(img) >> 20} MiB")
+samples = {name: [] for name in runs}
+for _ in range(rounds):
+    for name, argv in runs.items():
+        samples[name].append(run(argv))
+res = {name: {k: statistics.median(s[k] for s in ss) for k in ss[0]} for name, ss in samples.items()}
+print(f"probe blk-bench, {secs} s per phase, cache={cache}, image {os.path.getsize(img) >> 20} MiB, "
+      f"median of {rounds} alternating rounds")
 cols = [("seq_write", "seq write MiB/s"), ("seq_read", "seq read MiB/s"),
         ("iops_qd1", "4k IOPS qd1"), ("iops_qd32", "4k IOPS qd32"), ("cpu_s_per_gib", "CPU s/GiB")]
 print(f"{'':8}" + "".join(f"{h:>17}" for _, h in cols))

@@ -189,6 +189,7 @@ impl VirtioDevice for VirtioBlock {
             discard: acked & self.features & (1 << VIRTIO_BLK_F_DISCARD) != 0,
             write_zeroes: acked & self.features & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
         };
+        let name = format!("blk-{}", self.backend.id().replace('\0', ""));
         let worker = Worker::new(
             ctx.mem,
             self.queues.clone(),
@@ -197,10 +198,12 @@ impl VirtioDevice for VirtioBlock {
             ctx.interrupt,
             self.backend.clone(),
             config,
-        );
+            name.clone(),
+        )
+        .map_err(ActivateError::Io)?;
         let body = worker.prepare().map_err(ActivateError::Io)?;
         let thread = std::thread::Builder::new()
-            .name(format!("blk-{}", self.backend.id().replace('\0', "")))
+            .name(name)
             .spawn(body)
             .map_err(ActivateError::Io)?;
         self.running = Some(Running { kill, thread });

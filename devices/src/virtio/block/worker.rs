@@ -3,46 +3,161 @@
 //!
 //! It shares with the rest of the VMM only the guest memory, the queues (behind the device's
 //! own mutex), the backend and eventfds: it never enters the transport or any VM-wide lock.
+//!
+//! A lone request runs on the I/O thread itself (the fastest path at queue depth 1). When
+//! several are available at once they go to a small pool of request threads, so that the host
+//! works on them in parallel as a disk with a deep queue would; the I/O thread puts each one in
+//! the used ring as it completes (virtio allows completion in any order).
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use block::Backend;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::request::{handle_chain, Outcome, RequestConfig};
+use super::request::{handle_chain, ChainError, Outcome, RequestConfig};
 use crate::virtio::VirtioInterrupt;
 
 const KILL_TOKEN: u64 = 0;
 const RETRY_TOKEN: u64 = 1;
-const FIRST_QUEUE_TOKEN: u64 = 2;
+const DONE_TOKEN: u64 = 2;
+const FIRST_QUEUE_TOKEN: u64 = 3;
+
+/// Most request threads per device.
+pub const MAX_REQUEST_THREADS: usize = 4;
+
+/// A descriptor chain that owns its handle on guest memory, so it can cross threads.
+type Chain = DescriptorChain<Arc<GuestMemoryMmap>>;
+
+/// A request handed to the pool.
+struct Job {
+    queue: usize,
+    chain: Chain,
+}
+
+/// A request the pool finished.
+struct Done {
+    queue: usize,
+    /// Kept to put the request back in line when the error policy parks it.
+    chain: Chain,
+    result: Result<Outcome, ChainError>,
+}
+
+/// The request threads of one device, grown on demand up to [`MAX_REQUEST_THREADS`].
+struct Pool {
+    jobs: Option<Sender<Job>>,
+    shared_jobs: Arc<Mutex<Receiver<Job>>>,
+    done_tx: Sender<Done>,
+    done_wake: EventFd,
+    idle: Arc<AtomicUsize>,
+    threads: Vec<JoinHandle<()>>,
+    name: String,
+}
+
+impl Pool {
+    fn new(done_tx: Sender<Done>, done_wake: EventFd, name: String) -> Self {
+        let (tx, rx) = channel();
+        Self {
+            jobs: Some(tx),
+            shared_jobs: Arc::new(Mutex::new(rx)),
+            done_tx,
+            done_wake,
+            idle: Arc::new(AtomicUsize::new(0)),
+            threads: Vec::new(),
+            name,
+        }
+    }
+
+    /// Queues a job, starting another thread when all are busy and the limit allows.
+    fn submit(&mut self, job: Job, ctx: &Arc<RequestContext>) -> io::Result<()> {
+        if self.idle.load(Ordering::Acquire) == 0 && self.threads.len() < MAX_REQUEST_THREADS {
+            self.spawn(ctx)?;
+        }
+        match &self.jobs {
+            Some(tx) => tx
+                .send(job)
+                .map_err(|_| io::Error::other("request pool stopped")),
+            None => Err(io::Error::other("request pool stopped")),
+        }
+    }
+
+    fn spawn(&mut self, ctx: &Arc<RequestContext>) -> io::Result<()> {
+        let jobs = self.shared_jobs.clone();
+        let done = self.done_tx.clone();
+        let wake = self.done_wake.try_clone()?;
+        let idle = self.idle.clone();
+        let ctx = ctx.clone();
+        let name = format!("{}-r{}", self.name, self.threads.len());
+        let handle = std::thread::Builder::new().name(name).spawn(move || loop {
+            idle.fetch_add(1, Ordering::AcqRel);
+            let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            idle.fetch_sub(1, Ordering::AcqRel);
+            let Ok(job) = job else { return };
+            let result = handle_chain(job.chain.clone(), &ctx.mem, &ctx.backend, ctx.config);
+            let sent = done.send(Done {
+                queue: job.queue,
+                chain: job.chain,
+                result,
+            });
+            if sent.is_err() {
+                return;
+            }
+            // A failed wake only happens when the counter saturates: the I/O thread is due
+            // to wake anyway.
+            let _ = wake.write(1);
+        })?;
+        self.threads.push(handle);
+        Ok(())
+    }
+
+    /// Stops taking jobs and waits for the threads to finish the ones they have, so that no
+    /// request touches guest memory after the device is reset.
+    fn stop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What every request needs, shared by the I/O thread and the pool.
+struct RequestContext {
+    mem: Arc<GuestMemoryMmap>,
+    backend: Arc<Backend>,
+    config: RequestConfig,
+}
 
 /// Everything the I/O thread owns or shares.
 pub(super) struct Worker {
-    pub mem: GuestMemoryMmap,
-    pub queues: Arc<Mutex<Vec<Queue>>>,
-    pub queue_events: Vec<EventFd>,
-    pub kill: EventFd,
-    pub interrupt: Arc<VirtioInterrupt>,
-    pub backend: Arc<Backend>,
-    pub config: RequestConfig,
-    /// A request was stopped by the error policy: wait for the backend's retry event.
-    parked: bool,
+    ctx: Arc<RequestContext>,
+    queues: Arc<Mutex<Vec<Queue>>>,
+    queue_events: Vec<EventFd>,
+    kill: EventFd,
+    interrupt: Arc<VirtioInterrupt>,
+    pool: Pool,
+    done_rx: Receiver<Done>,
+    done_wake: EventFd,
+    /// Requests with the pool.
+    in_flight: usize,
+    /// Requests stopped by the error policy, to run again on the backend's retry event.
+    parked: Vec<(usize, Chain)>,
     /// The driver broke the protocol: ignore the queues until the device is reset.
     broken: bool,
 }
 
-/// Why processing a queue ended early.
-enum Stop {
-    Parked,
-    Broken,
-}
-
 impl Worker {
+    /// Sets up the I/O thread's state for a device named `name` (thread names derive from it).
+    ///
+    /// # Errors
+    /// Fails when the completion eventfd cannot be created.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         mem: GuestMemoryMmap,
         queues: Arc<Mutex<Vec<Queue>>>,
@@ -51,18 +166,28 @@ impl Worker {
         interrupt: Arc<VirtioInterrupt>,
         backend: Arc<Backend>,
         config: RequestConfig,
-    ) -> Self {
-        Self {
-            mem,
+        name: String,
+    ) -> io::Result<Self> {
+        let done_wake = EventFd::new(EFD_NONBLOCK)?;
+        let (done_tx, done_rx) = channel();
+        let pool = Pool::new(done_tx, done_wake.try_clone()?, name);
+        Ok(Self {
+            ctx: Arc::new(RequestContext {
+                mem: Arc::new(mem),
+                backend,
+                config,
+            }),
             queues,
             queue_events,
             kill,
             interrupt,
-            backend,
-            config,
-            parked: false,
+            pool,
+            done_rx,
+            done_wake,
+            in_flight: 0,
+            parked: Vec::new(),
             broken: false,
-        }
+        })
     }
 
     fn epoll(&self) -> io::Result<Epoll> {
@@ -75,7 +200,8 @@ impl Worker {
             )
         };
         add(self.kill.as_raw_fd(), KILL_TOKEN)?;
-        add(self.backend.retry_event().as_raw_fd(), RETRY_TOKEN)?;
+        add(self.ctx.backend.retry_event().as_raw_fd(), RETRY_TOKEN)?;
+        add(self.done_wake.as_raw_fd(), DONE_TOKEN)?;
         for (i, e) in self.queue_events.iter().enumerate() {
             add(e.as_raw_fd(), FIRST_QUEUE_TOKEN + i as u64)?;
         }
@@ -83,26 +209,30 @@ impl Worker {
     }
 
     /// Runs until the kill eventfd fires.
-    pub fn run(mut self, epoll: Epoll) {
+    fn run(mut self, epoll: Epoll) {
         // Requests made available before activation (or before a kick) are served at once.
         self.process_all();
-        let mut events = vec![EpollEvent::default(); self.queue_events.len() + 2];
+        let mut events = vec![EpollEvent::default(); self.queue_events.len() + 3];
         loop {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 // The epoll descriptor is ours; failing here means the process is in trouble.
-                Err(_) => return,
+                Err(_) => break,
             };
             for ev in &events[..n] {
                 match ev.data() {
-                    KILL_TOKEN => return,
+                    KILL_TOKEN => {
+                        self.pool.stop();
+                        return;
+                    }
                     RETRY_TOKEN => {
-                        let _ = self.backend.retry_event().read();
-                        if self.parked {
-                            self.parked = false;
-                            self.process_all();
-                        }
+                        let _ = self.ctx.backend.retry_event().read();
+                        self.retry_parked();
+                    }
+                    DONE_TOKEN => {
+                        let _ = self.done_wake.read();
+                        self.collect();
                     }
                     token => {
                         let idx = (token - FIRST_QUEUE_TOKEN) as usize;
@@ -114,6 +244,7 @@ impl Worker {
                 }
             }
         }
+        self.pool.stop();
     }
 
     fn process_all(&mut self) {
@@ -122,74 +253,136 @@ impl Worker {
         }
     }
 
+    fn set_broken(&mut self) {
+        self.broken = true;
+        let _ = self.interrupt.set_needs_reset();
+    }
+
+    /// Pops every available chain of queue `idx` and runs them: inline when there is just one
+    /// and nothing else is in flight, else on the pool.
     fn process_queue(&mut self, idx: usize) {
-        if self.parked || self.broken {
+        if !self.parked.is_empty() || self.broken {
             return;
         }
-        let queues = self.queues.clone();
-        let mut queues = queues.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(queue) = queues.get_mut(idx).filter(|q| q.ready()) else {
-            return;
+        let chains = match self.pop_all(idx) {
+            Ok(c) => c,
+            Err(()) => return self.set_broken(),
         };
-        let (used, stop) = self.drain(queue);
-        match stop {
-            Some(Stop::Broken) => {
-                self.broken = true;
-                let _ = self.interrupt.set_needs_reset();
-                return;
-            }
-            Some(Stop::Parked) => self.parked = true,
-            None => {}
+        if chains.len() == 1 && self.in_flight == 0 {
+            let chain = chains.into_iter().next().expect("one chain");
+            let result = handle_chain(
+                chain.clone(),
+                &self.ctx.mem,
+                &self.ctx.backend,
+                self.ctx.config,
+            );
+            self.complete(vec![Done {
+                queue: idx,
+                chain,
+                result,
+            }]);
+            return;
         }
-        if used {
-            match queue.needs_notification(&self.mem) {
-                Ok(false) => {}
-                // Notify also when the ring cannot be read: the guest is better woken.
-                _ => {
-                    let _ = self.interrupt.signal_used_queue();
-                }
+        for chain in chains {
+            if self
+                .pool
+                .submit(Job { queue: idx, chain }, &self.ctx)
+                .is_err()
+            {
+                return self.set_broken();
+            }
+            self.in_flight += 1;
+        }
+    }
+
+    /// Takes every available chain off queue `idx`, leaving notifications enabled.
+    fn pop_all(&mut self, idx: usize) -> Result<Vec<Chain>, ()> {
+        let mem = &self.ctx.mem;
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(queue) = queues.get_mut(idx).filter(|q| q.ready()) else {
+            return Ok(Vec::new());
+        };
+        let mut chains = Vec::new();
+        loop {
+            queue.disable_notification(&**mem).map_err(|_| ())?;
+            // An available index more than a queue size ahead is an error here.
+            let iter = queue.iter(Arc::clone(mem)).map_err(|_| ())?;
+            chains.extend(iter);
+            match queue.enable_notification(&**mem) {
+                Ok(true) => continue,
+                Ok(false) => return Ok(chains),
+                Err(_) => return Err(()),
             }
         }
     }
 
-    /// Pops and runs chains until the ring is empty (with notifications re-enabled), a request
-    /// is parked, or the driver broke the protocol. Returns whether anything was used.
-    fn drain(&self, queue: &mut Queue) -> (bool, Option<Stop>) {
-        let mem = &self.mem;
-        let mut used = false;
-        loop {
-            if queue.disable_notification(mem).is_err() {
-                return (used, Some(Stop::Broken));
-            }
-            loop {
-                // An available index more than a queue size ahead is caught here.
-                let chain = match queue.iter(mem) {
-                    Ok(mut it) => it.next(),
-                    Err(_) => return (used, Some(Stop::Broken)),
+    /// Collects what the pool finished.
+    fn collect(&mut self) {
+        let done: Vec<Done> = self.done_rx.try_iter().collect();
+        self.in_flight -= done.len().min(self.in_flight);
+        self.complete(done);
+    }
+
+    /// Puts completed requests in their used rings (parks the stopped ones) and notifies.
+    fn complete(&mut self, done: Vec<Done>) {
+        let mut notify = vec![false; self.queue_events.len()];
+        {
+            let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+            for d in done {
+                let Some(queue) = queues.get_mut(d.queue) else {
+                    continue;
                 };
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                match handle_chain(chain, mem, &self.backend, self.config) {
+                match d.result {
                     Ok(Outcome::Done(len)) => {
-                        if queue.add_used(mem, head, len).is_err() {
-                            return (used, Some(Stop::Broken));
+                        if self.broken {
+                            continue;
                         }
-                        used = true;
+                        if queue
+                            .add_used(&*self.ctx.mem, d.chain.head_index(), len)
+                            .is_err()
+                        {
+                            self.broken = true;
+                            continue;
+                        }
+                        notify[d.queue] = true;
                     }
-                    Ok(Outcome::Park) => {
-                        // Leave the chain in the ring; it is popped again on retry.
-                        queue.set_next_avail(queue.next_avail().wrapping_sub(1));
-                        return (used, Some(Stop::Parked));
-                    }
-                    Err(_) => return (used, Some(Stop::Broken)),
+                    Ok(Outcome::Park) => self.parked.push((d.queue, d.chain)),
+                    Err(_) => self.broken = true,
                 }
             }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => return (used, None),
-                Err(_) => return (used, Some(Stop::Broken)),
+            for (idx, yes) in notify.iter().enumerate() {
+                if !*yes || self.broken {
+                    continue;
+                }
+                let Some(queue) = queues.get_mut(idx) else {
+                    continue;
+                };
+                match queue.needs_notification(&*self.ctx.mem) {
+                    Ok(false) => {}
+                    // Notify also when the ring cannot be read: the guest is better woken.
+                    _ => {
+                        let _ = self.interrupt.signal_used_queue();
+                    }
+                }
             }
         }
+        if self.broken {
+            let _ = self.interrupt.set_needs_reset();
+        }
+    }
+
+    /// Runs the parked requests again (the backend's policy allows it), then new ones.
+    fn retry_parked(&mut self) {
+        if self.parked.is_empty() || self.broken {
+            return;
+        }
+        for (queue, chain) in std::mem::take(&mut self.parked) {
+            if self.pool.submit(Job { queue, chain }, &self.ctx).is_err() {
+                return self.set_broken();
+            }
+            self.in_flight += 1;
+        }
+        self.process_all();
     }
 
     /// Builds the epoll set (so setup errors reach the caller) and returns the thread body.
