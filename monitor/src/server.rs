@@ -9,7 +9,9 @@
 //! replies in the order it sent the requests. At most [`MAX_INFLIGHT`] in-band items per
 //! session are with the main loop; past that the monitor stops reading that client until one
 //! completes, as QEMU does. Out-of-band commands (`exec-oob` of an `allow-oob` command) are
-//! answered by the monitor thread at once and may overtake in-band replies.
+//! answered by the monitor thread at once and may overtake in-band replies. An `allow-oob`
+//! command sent in band by a session with nothing in flight is also answered by the monitor
+//! thread: no earlier reply of that session can be pending, so its order is kept.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -586,20 +588,21 @@ impl MonitorThread {
         }
         match req.mode {
             Mode::OutOfBand => {
-                let result =
-                    dispatch_oob(&*self.oob, &req.command, req.arguments.map(Value::Object));
-                let success_response =
-                    command_info(&req.command).is_none_or(|c| c.success_response);
-                if result.is_err() || success_response {
-                    let bytes = encode(&reply(result, req.id));
-                    self.queue_output(id, &bytes);
-                }
+                self.run_here(id, req);
                 Flow::Continue
             }
             Mode::InBand => {
-                if command_info(&req.command).is_none() {
+                let Some(info) = command_info(&req.command) else {
                     let e = QmpError::command_not_found(&req.command);
                     return self.inband(id, Inband::Reply(reply(Err(e), req.id)));
+                };
+                let idle = self.sessions.get(&id).is_some_and(|s| s.inflight == 0);
+                if info.allow_oob && idle {
+                    // Nothing of this session is queued before it, so answering here keeps
+                    // the session's order; an allow-oob command needs no big lock. This
+                    // saves the round trip through the main loop for status polling.
+                    self.run_here(id, req);
+                    return Flow::Continue;
                 }
                 self.inband(
                     id,
@@ -610,6 +613,17 @@ impl MonitorThread {
                     },
                 )
             }
+        }
+    }
+
+    /// Runs a command on the monitor thread through the out-of-band dispatcher (which refuses
+    /// commands that are not `allow-oob`) and queues its reply.
+    fn run_here(&mut self, id: SessionId, req: crate::request::Request) {
+        let result = dispatch_oob(&*self.oob, &req.command, req.arguments.map(Value::Object));
+        let success_response = command_info(&req.command).is_none_or(|c| c.success_response);
+        if result.is_err() || success_response {
+            let bytes = encode(&reply(result, req.id));
+            self.queue_output(id, &bytes);
         }
     }
 
