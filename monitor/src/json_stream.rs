@@ -37,6 +37,9 @@ enum State {
     Str(u8),
     /// After a backslash in a string opened with this quote.
     Escape(u8),
+    /// After a 0xC0 byte in a string opened with this quote (0xC0 0x80 is QEMU's encoding
+    /// of U+0000, "modified UTF-8").
+    AfterC0(u8),
     /// The rest of an interpolation token (`%p`), already reported.
     Interpolation,
 }
@@ -67,6 +70,76 @@ fn stray(byte: u8) -> String {
     format!("JSON parse error, stray '{shown}'")
 }
 
+/// The start of the error raised for a repeated object key.
+const DUPLICATE_KEY: &str = "duplicate key";
+
+/// A JSON value read like `serde_json::Value`, except that an object with a repeated key is
+/// an error, as in QEMU (serde_json would keep the last one).
+struct StrictValue(Value);
+
+impl<'de> serde::Deserialize<'de> for StrictValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictValue)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut v = Vec::new();
+        while let Some(StrictValue(e)) = seq.next_element()? {
+            v.push(e);
+        }
+        Ok(Value::Array(v))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut m = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictValue(value) = map.next_value()?;
+            if m.insert(key, value).is_some() {
+                return Err(serde::de::Error::custom(DUPLICATE_KEY));
+            }
+        }
+        Ok(Value::Object(m))
+    }
+}
+
 /// Maps a serde_json syntax error to QEMU's wording.
 fn parse_error(e: &serde_json::Error) -> String {
     let msg = e.to_string();
@@ -78,7 +151,14 @@ fn parse_error(e: &serde_json::Error) -> String {
         "expected separator in dict"
     } else if msg.starts_with("expected `,` or `]`") {
         "expected separator in list"
-    } else if msg.starts_with("invalid escape") || msg.starts_with("invalid unicode") {
+    } else if msg.starts_with(DUPLICATE_KEY) {
+        "duplicate key"
+    } else if msg.starts_with("invalid unicode code point") {
+        "invalid UTF-8 sequence in string"
+    } else if msg.starts_with("invalid escape")
+        || msg.starts_with("lone leading surrogate")
+        || msg.starts_with("unexpected end of hex escape")
+    {
         "invalid escape sequence in string"
     } else if msg.starts_with("expected ident") {
         "invalid keyword"
@@ -123,8 +203,8 @@ impl JsonStream {
         // can be lifted; the monitor thread's stack holds 1024 levels comfortably.
         let mut de = serde_json::Deserializer::from_slice(&self.buf);
         de.disable_recursion_limit();
-        let parsed =
-            serde::Deserialize::deserialize(&mut de).and_then(|v: Value| de.end().map(|()| v));
+        let parsed = serde::Deserialize::deserialize(&mut de)
+            .and_then(|v: StrictValue| de.end().map(|()| v.0));
         let item = match parsed {
             Ok(v) => Item::Value(v),
             Err(e) => Item::Error(parse_error(&e)),
@@ -160,6 +240,7 @@ impl JsonStream {
             match self.state {
                 State::Str(q) => self.in_string(q, b, &mut out),
                 State::Escape(q) => self.in_escape(q, b),
+                State::AfterC0(q) => self.after_c0(q, b, &mut out),
                 State::Scalar => {
                     if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.') {
                         self.buf.push(b);
@@ -181,6 +262,7 @@ impl JsonStream {
     fn in_string(&mut self, quote: u8, b: u8, out: &mut Vec<Item>) {
         match b {
             b'\\' => self.state = State::Escape(quote),
+            0xc0 => self.state = State::AfterC0(quote),
             _ if b == quote => {
                 self.buf.push(b'"');
                 self.state = State::Between;
@@ -189,8 +271,20 @@ impl JsonStream {
                 }
             }
             b'"' => self.buf.extend_from_slice(b"\\\""),
-            0x00..=0x1f | 0xc0 | 0xc1 | 0xf5..=0xff => self.error(out, stray(b)),
+            // Control characters and bytes that never occur in UTF-8 end the message at once;
+            // other invalid UTF-8 is left for the parser, which rejects the whole message.
+            0x00..=0x1f | 0xfe | 0xff => self.error(out, stray(b)),
             _ => self.buf.push(b),
+        }
+    }
+
+    fn after_c0(&mut self, quote: u8, b: u8, out: &mut Vec<Item>) {
+        self.state = State::Str(quote);
+        if b == 0x80 {
+            self.buf.extend_from_slice(b"\\u0000");
+        } else {
+            self.buf.push(0xc0);
+            self.in_string(quote, b, out);
         }
     }
 
@@ -387,6 +481,49 @@ mod tests {
         assert!(s.feed(b"{\"execute\":\"query-status\"").is_empty());
         assert!(s.is_pending());
         assert_eq!(s.feed(b"}").len(), 1);
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_string_fails_that_message_only() {
+        for bad in [
+            &b"\xc1\x80"[..],
+            b"\xf5\x80\x80\x80",
+            b"\xc3\x28",
+            b"\xed\xa0\x80",
+        ] {
+            let mut s = JsonStream::new();
+            let mut msg = b"{'execute':'x','id':'".to_vec();
+            msg.extend_from_slice(bad);
+            msg.extend_from_slice(b"'}{'execute':'next'}");
+            let items = s.feed(&msg);
+            assert_eq!(
+                items,
+                vec![
+                    Item::Error("JSON parse error, invalid UTF-8 sequence in string".into()),
+                    Item::Value(json!({"execute": "next"}))
+                ],
+                "{bad:?}"
+            );
+        }
+        // QEMU reads C0 80 as U+0000.
+        let mut s = JsonStream::new();
+        let items = s.feed(b"{'id':'a\xc0\x80b'}");
+        assert_eq!(values(&items), vec![json!({"id": "a\u{0}b"})]);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        let mut s = JsonStream::new();
+        let items = s.feed(b"{'execute':'a','execute':'b'}{'x':{'y':1,'y':2}}{'a':1,'b':1}");
+        assert_eq!(
+            items[0],
+            Item::Error("JSON parse error, duplicate key".into())
+        );
+        assert_eq!(
+            items[1],
+            Item::Error("JSON parse error, duplicate key".into())
+        );
+        assert_eq!(items[2], Item::Value(json!({"a": 1, "b": 1})));
     }
 
     #[test]

@@ -106,7 +106,8 @@ pub enum MonitorError {
 
 enum ToMonitor {
     Response(SessionId, Option<Value>),
-    Event(Value),
+    Event(Value, Option<Box<dyn FnOnce() + Send>>),
+    Run(Box<dyn FnOnce() + Send>),
     Stop,
 }
 
@@ -147,7 +148,21 @@ impl MonitorHandle {
 
     /// Broadcasts an event message to every session that has negotiated capabilities.
     pub fn broadcast(&self, event: Value) {
-        self.push(ToMonitor::Event(event));
+        self.push(ToMonitor::Event(event, None));
+    }
+
+    /// Broadcasts `event` and runs `then` on the monitor thread in the same step, right
+    /// after the event is queued to every client: what `then` publishes (a run state for
+    /// out-of-band readers) becomes visible exactly when the event does.
+    pub fn broadcast_then(&self, event: Value, then: Option<Box<dyn FnOnce() + Send>>) {
+        self.push(ToMonitor::Event(event, then));
+    }
+
+    /// Runs `f` on the monitor thread after everything sent to it before (replies, events).
+    /// The VMM publishes state that out-of-band commands read this way, so that a client
+    /// never sees a state before the event announcing it.
+    pub fn run_in_order(&self, f: Box<dyn FnOnce() + Send>) {
+        self.push(ToMonitor::Run(f));
     }
 }
 
@@ -367,7 +382,8 @@ impl MonitorThread {
         for item in items {
             match item {
                 ToMonitor::Stop => return false,
-                ToMonitor::Event(ev) => {
+                ToMonitor::Run(f) => f(),
+                ToMonitor::Event(ev, then) => {
                     let bytes = encode(&ev);
                     let ids: Vec<SessionId> = self
                         .sessions
@@ -377,6 +393,9 @@ impl MonitorThread {
                         .collect();
                     for id in ids {
                         self.queue_output(id, &bytes);
+                    }
+                    if let Some(f) = then {
+                        f();
                     }
                 }
                 ToMonitor::Response(id, msg) => {

@@ -8,9 +8,11 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use qapi::events::{self, EventSink};
+use monitor::MonitorHandle;
+use qapi::events::Event;
 use qapi::rt::QmpError;
-use qapi::types::{RunState, ShutdownCause};
+use qapi::rt::Timestamp;
+use qapi::types::{ResetArg, RunState, ShutdownArg, ShutdownCause};
 
 use crate::vm::{Vm, VmError};
 
@@ -28,7 +30,7 @@ const STATES: [RunState; 6] = [
 ];
 
 impl SharedRunState {
-    /// The current state.
+    /// The state as last published.
     pub fn get(&self) -> RunState {
         STATES
             .get(usize::from(self.0.load(Ordering::Acquire)))
@@ -36,7 +38,8 @@ impl SharedRunState {
             .unwrap_or(RunState::Running)
     }
 
-    fn set(&self, state: RunState) {
+    /// Publishes a new state.
+    pub fn set(&self, state: RunState) {
         let index = STATES.iter().position(|s| *s == state).unwrap_or(1);
         self.0.store(index as u8, Ordering::Release);
     }
@@ -53,11 +56,13 @@ pub enum Exit {
 pub struct Machine {
     /// The virtual machine.
     pub vm: Vm,
-    state: Arc<SharedRunState>,
+    state: RunState,
+    shared: Arc<SharedRunState>,
+    /// Where events go, with the state changes they announce: see [`Machine::announce`].
+    monitor: Option<MonitorHandle>,
     no_reboot: bool,
     /// `--name`.
     pub name: Option<String>,
-    events: Arc<dyn EventSink>,
     exit: Option<Exit>,
     /// The error that put the machine in `internal-error`.
     fatal: Option<String>,
@@ -66,7 +71,7 @@ pub struct Machine {
 impl std::fmt::Debug for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Machine")
-            .field("state", &self.state.get())
+            .field("state", &self.state)
             .field("exit", &self.exit)
             .finish()
     }
@@ -79,16 +84,17 @@ impl Machine {
         vm: Vm,
         no_reboot: bool,
         name: Option<String>,
-        events: Arc<dyn EventSink>,
-        state: Arc<SharedRunState>,
+        shared: Arc<SharedRunState>,
+        monitor: Option<MonitorHandle>,
     ) -> Self {
-        state.set(RunState::Prelaunch);
+        shared.set(RunState::Prelaunch);
         Self {
             vm,
-            state,
+            state: RunState::Prelaunch,
+            shared,
+            monitor,
             no_reboot,
             name,
-            events,
             exit: None,
             fatal: None,
         }
@@ -96,7 +102,39 @@ impl Machine {
 
     /// The current run state.
     pub fn state(&self) -> RunState {
-        self.state.get()
+        self.state
+    }
+
+    /// Emits `event` and, with it, changes the run state to `state`. The copy of the state
+    /// that the monitor thread reads (for out-of-band commands) changes in the same step in
+    /// which the monitor queues the event to its clients, so no client can see a state
+    /// before the event that announces it, nor the event before the state.
+    fn announce(&mut self, event: Event, state: Option<RunState>) {
+        if let Some(s) = state {
+            self.state = s;
+        }
+        let publish = state.map(|s| {
+            let shared = self.shared.clone();
+            Box::new(move || shared.set(s)) as Box<dyn FnOnce() + Send>
+        });
+        match &self.monitor {
+            Some(m) => m.broadcast_then(event.to_json(Timestamp::now()), publish),
+            None => {
+                if let Some(f) = publish {
+                    f();
+                }
+            }
+        }
+    }
+
+    /// Changes the run state without an event.
+    fn set_state(&mut self, state: RunState) {
+        self.state = state;
+        let shared = self.shared.clone();
+        match &self.monitor {
+            Some(m) => m.run_in_order(Box::new(move || shared.set(state))),
+            None => shared.set(state),
+        }
     }
 
     /// Set when the main loop should end.
@@ -109,8 +147,7 @@ impl Machine {
         if self.state() == RunState::Prelaunch {
             // As QEMU: RESUME goes out before the vCPUs run, so it precedes anything the
             // guest does.
-            self.state.set(RunState::Running);
-            events::emit_resume(&*self.events);
+            self.announce(Event::Resume, Some(RunState::Running));
             self.vm.resume();
         }
     }
@@ -119,8 +156,7 @@ impl Machine {
     pub fn stop(&mut self) {
         if self.state() == RunState::Running {
             self.vm.pause();
-            self.state.set(RunState::Paused);
-            events::emit_stop(&*self.events);
+            self.announce(Event::Stop, Some(RunState::Paused));
         }
     }
 
@@ -132,8 +168,7 @@ impl Machine {
         match self.state() {
             RunState::Running => Ok(()),
             RunState::Paused | RunState::Prelaunch | RunState::IoError => {
-                self.state.set(RunState::Running);
-                events::emit_resume(&*self.events);
+                self.announce(Event::Resume, Some(RunState::Running));
                 self.vm.resume();
                 Ok(())
             }
@@ -152,8 +187,10 @@ impl Machine {
             return;
         }
         self.vm.pause();
-        self.state.set(RunState::Shutdown);
-        events::emit_shutdown(&*self.events, guest, reason);
+        self.announce(
+            Event::Shutdown(ShutdownArg { guest, reason }),
+            Some(RunState::Shutdown),
+        );
         self.exit = Some(Exit::Code(code));
     }
 
@@ -168,14 +205,14 @@ impl Machine {
             self.shutdown(guest, reason, 0);
             return Ok(());
         }
-        events::emit_reset(&*self.events, guest, reason);
+        self.announce(Event::Reset(ResetArg { guest, reason }), None);
         self.vm.reset()?;
         match self.state() {
             RunState::Running => self.vm.resume(),
             RunState::InternalError => {
                 // A reset recovers from an internal error, as in QEMU.
                 self.fatal = None;
-                self.state.set(RunState::Paused);
+                self.set_state(RunState::Paused);
             }
             _ => {}
         }
@@ -187,7 +224,7 @@ impl Machine {
     /// # Errors
     /// Fails when the button interrupt cannot be raised.
     pub fn powerdown(&mut self) -> Result<(), QmpError> {
-        events::emit_powerdown(&*self.events);
+        self.announce(Event::Powerdown, None);
         self.vm
             .power_button()
             .map_err(|e| QmpError::generic(crate::vcpu::chain(&e)))
@@ -199,12 +236,13 @@ impl Machine {
         self.vm.pause();
         if keep {
             if self.state() == RunState::Running {
-                events::emit_stop(&*self.events);
+                self.announce(Event::Stop, Some(RunState::InternalError));
+            } else {
+                self.set_state(RunState::InternalError);
             }
-            self.state.set(RunState::InternalError);
             self.fatal = Some(msg.clone());
         } else {
-            self.state.set(RunState::InternalError);
+            self.set_state(RunState::InternalError);
             self.exit = Some(Exit::Code(1));
         }
         msg

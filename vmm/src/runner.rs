@@ -12,8 +12,6 @@ use devices::{VmEvent, VmEventSink};
 use monitor::{
     reply, Inband, Monitor, MonitorConfig, MonitorError, MonitorHandle, SocketSpec, ToMain,
 };
-use qapi::events::{Event, EventSink};
-use qapi::rt::Timestamp;
 use qapi::types::ShutdownCause;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::terminal::Terminal;
@@ -150,13 +148,6 @@ impl Escape {
     }
 }
 
-/// Where events go when there is no monitor.
-struct NoEvents;
-
-impl EventSink for NoEvents {
-    fn emit(&self, _event: Event, _timestamp: Timestamp) {}
-}
-
 const TOKEN_EVENTS: u64 = 1;
 const TOKEN_SIGNAL: u64 = 2;
 const TOKEN_STDIN: u64 = 3;
@@ -212,11 +203,13 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
             main_wake: monitor_wake.try_clone().map_err(VmError::EventFd)?,
         })?)
     };
-    let sink: Arc<dyn EventSink> = match &monitor {
-        Some(m) => Arc::new(m.handle()),
-        None => Arc::new(NoEvents),
-    };
-    let mut machine = Machine::new(vm, options.no_reboot, options.name.clone(), sink, state);
+    let mut machine = Machine::new(
+        vm,
+        options.no_reboot,
+        options.name.clone(),
+        state,
+        monitor.as_ref().map(Monitor::handle),
+    );
     let _terminal = RawTerminal::enter(&config.serial);
 
     let epoll_fd = epoll::create(true).map_err(RunError::Epoll)?;
