@@ -4,13 +4,18 @@
 #   2. style gates: cargo fmt --check, cargo clippy -D warnings
 #   3. the probe guest's host-side unit tests (its ACPI/AML/boot-info parsers)
 #   4. the workspace's unit and integration tests, which boot the probe guest and Debian's
-#      stock kernel on KVM (tests needing hardware virtualization skip themselves on PVM hosts)
+#      stock kernel on KVM
+#   5. the QMP suite with real clients (PyPI's qemu.qmp: QMPClient, the legacy client,
+#      qmp-shell) against vmm running the probe guest
+#   6. full Linux boots to userspace, only where the host has hardware virtualization
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 bash scripts/deps.sh
 bash scripts/probe-guest.sh >/dev/null
 bash scripts/guest-kernel.sh >/dev/null
+bash scripts/guest-initramfs.sh >/dev/null
+bash scripts/qmp-venv.sh >/dev/null
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -25,4 +30,19 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
 else
   cargo test --workspace --no-fail-fast
+fi
+
+log "QMP client tests (qemu.qmp, qmp-shell)"
+cargo build -q -p vmm
+target/qmp-venv/bin/python -B -m pytest -q tests/qmp
+
+log "full Linux boot tests (Debian's cloud kernel to userspace)"
+if [[ -e /sys/module/kvm_intel || -e /sys/module/kvm_amd ]]; then
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run -p vmm --test linux_boot --run-ignored only --no-fail-fast
+  else
+    cargo test -p vmm --test linux_boot -- --ignored
+  fi
+else
+  log "SKIPPED: tests/linux_boot.rs (full Linux boots to userspace) needs hardware virtualization (kvm_intel/kvm_amd); this host's KVM (PVM) cannot run an unmodified kernel to userspace (README, \"PVM hosts\")"
 fi
