@@ -264,12 +264,12 @@ impl Worker {
         if !self.parked.is_empty() || self.broken {
             return;
         }
-        let chains = match self.pop_all(idx) {
+        let mut chains = match self.pop_all(idx) {
             Ok(c) => c,
             Err(()) => return self.set_broken(),
         };
-        if chains.len() == 1 && self.in_flight == 0 {
-            let chain = chains.into_iter().next().expect("one chain");
+        let lone = chains.len() == 1 && self.in_flight == 0;
+        if let Some(chain) = chains.pop_if(|_| lone) {
             let result = handle_chain(
                 chain.clone(),
                 &self.ctx.mem,
