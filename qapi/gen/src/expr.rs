@@ -145,6 +145,34 @@ fn check_members(
     Ok(out)
 }
 
+/// Checks the branches of a union or alternate (`'data': {name: type or {type, if}}`);
+/// alternate branch names must also be lower-case member names.
+fn check_branches(d: &[(String, Value)], info: &SourceInfo, check_names: bool) -> Res<Vec<Branch>> {
+    let mut branches = Vec::new();
+    for (key, value) in d {
+        let source = format!("'data' member '{key}'");
+        if check_names {
+            check_name_lower(key, info, &source, false, false)?;
+        }
+        let value = normalize(value);
+        check_keys(&value, info, &source, &["type"], &["if"])?;
+        let ifcond = check_if(dict_get(&value, "if"), info, &source)?;
+        let ty = check_type(
+            dict_get(&value, "type").expect("checked"),
+            info,
+            &source,
+            false,
+            false,
+        )?;
+        branches.push(Branch {
+            name: key.clone(),
+            ty: named(ty, info, &source)?,
+            ifcond,
+        });
+    }
+    Ok(branches)
+}
+
 /// The name of the implicit type holding a command's, event's or signal's inline arguments.
 pub fn implicit_arg_name(name: &str) -> String {
     format!("q_obj_{name}-arg")
@@ -354,25 +382,7 @@ fn check_expr(expr: &Expr, pragma: &Pragma, defs: &mut Vec<Definition>) -> Res<(
             let Some(Value::Dict(data)) = dict_get(d, "data") else {
                 return Err(SemError::new(&info, "'data' must be an object"));
             };
-            let mut branches = Vec::new();
-            for (key, value) in data {
-                let source = format!("'data' member '{key}'");
-                let value = normalize(value);
-                check_keys(&value, &info, &source, &["type"], &["if"])?;
-                let ifcond = check_if(dict_get(&value, "if"), &info, &source)?;
-                let ty = check_type(
-                    dict_get(&value, "type").expect("checked"),
-                    &info,
-                    &source,
-                    false,
-                    false,
-                )?;
-                branches.push(Branch {
-                    name: key.clone(),
-                    ty: named(ty, &info, &source)?,
-                    ifcond,
-                });
-            }
+            let branches = check_branches(data, &info, false)?;
             DefKind::Union {
                 base,
                 discriminator: discriminator.clone(),
@@ -387,26 +397,7 @@ fn check_expr(expr: &Expr, pragma: &Pragma, defs: &mut Vec<Definition>) -> Res<(
             if data.is_empty() {
                 return Err(SemError::new(&info, "'data' must not be empty"));
             }
-            let mut branches = Vec::new();
-            for (key, value) in data {
-                let source = format!("'data' member '{key}'");
-                check_name_lower(key, &info, &source, false, false)?;
-                let value = normalize(value);
-                check_keys(&value, &info, &source, &["type"], &["if"])?;
-                let ifcond = check_if(dict_get(&value, "if"), &info, &source)?;
-                let ty = check_type(
-                    dict_get(&value, "type").expect("checked"),
-                    &info,
-                    &source,
-                    false,
-                    false,
-                )?;
-                branches.push(Branch {
-                    name: key.clone(),
-                    ty: named(ty, &info, &source)?,
-                    ifcond,
-                });
-            }
+            let branches = check_branches(data, &info, true)?;
             DefKind::Alternate { branches }
         }
         "command" => {
