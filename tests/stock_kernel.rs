@@ -107,3 +107,80 @@ fn bzimage_boot_reaches_the_kernel() {
     // in the meantime.
     assert_ended_as_expected(&out);
 }
+
+/// With a monitor, a KVM internal error leaves the VM paused in `internal-error` for the
+/// manager to inspect, instead of exiting. On PVM hosts Debian's kernel reliably stops on an
+/// instruction the emulator refuses; on hardware KVM it does not, so there is nothing to test.
+#[test]
+fn internal_error_is_kept_for_inspection_with_a_monitor() {
+    use qapi::client::{ClientError, Connection};
+    use qapi::events::Event;
+    use qapi::qmp::client::Client;
+    use qapi::types::{RunState, ShutdownCause};
+
+    if common::hardware_kvm() {
+        eprintln!("skipped: on hardware KVM the stock kernel does not hit an emulation failure");
+        return;
+    }
+    let k = kernel_dir().join("vmlinux");
+    let sock = std::env::temp_dir().join(format!("vmm-internal-error-{}.sock", std::process::id()));
+    let qmp = format!("unix:{}", sock.display());
+    let vm = spawn(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--cmdline",
+        "console=ttyS0 panic=-1",
+        "--memory",
+        "256",
+        "--qmp",
+        &qmp,
+        "-S",
+    ]);
+    let conn = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match Connection::connect_unix(&sock) {
+                Ok(c) => break c,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("cannot connect: {e}"),
+            }
+        }
+    };
+    conn.negotiate(false).unwrap();
+    let c = Client::new(conn);
+    c.cont().unwrap();
+    // RESUME from the cont, then STOP when the emulation failure pauses the VM.
+    loop {
+        match c.next_event(Some(Duration::from_secs(600))).unwrap() {
+            Some((Event::Resume, _)) => {}
+            Some((Event::Stop, _)) => break,
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    let s = c.query_status().unwrap();
+    assert_eq!((s.status, s.running), (RunState::InternalError, false));
+    match c.cont() {
+        Err(ClientError::Command(e)) => {
+            assert_eq!(e.desc, "Resetting the Virtual Machine is required")
+        }
+        other => panic!("cont after an internal error: {other:?}"),
+    }
+    c.quit().unwrap();
+    match c.next_event(Some(Duration::from_secs(60))).unwrap() {
+        Some((Event::Shutdown(a), _)) => {
+            assert_eq!((a.guest, a.reason), (false, ShutdownCause::HostQmpQuit))
+        }
+        other => panic!("expected SHUTDOWN, got {other:?}"),
+    }
+    let out = vm.finish(Duration::from_secs(60));
+    out.assert_exit(1);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(
+        lines[0].starts_with("vmm: KVM internal error") && lines[0].contains(" at RIP 0x"),
+        "{}",
+        lines[0]
+    );
+}
