@@ -141,10 +141,14 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
 }
 
 /// Maps a serde_json syntax error to QEMU's wording.
-fn parse_error(e: &serde_json::Error) -> String {
+fn parse_error(e: &serde_json::Error, text: &[u8]) -> String {
     let msg = e.to_string();
     let what = if msg.starts_with("key must be a string") {
-        "key is not a string in object"
+        // QEMU reads a value where the key should be: punctuation is not a value at all.
+        match byte_at(text, e.line(), e.column()) {
+            Some(b'}' | b']' | b',' | b':') | None => "expecting value",
+            Some(_) => "key is not a string in object",
+        }
     } else if msg.starts_with("expected `:`") {
         "missing : in object pair"
     } else if msg.starts_with("expected `,` or `}`") {
@@ -168,6 +172,16 @@ fn parse_error(e: &serde_json::Error) -> String {
         "expecting value"
     };
     format!("JSON parse error, {what}")
+}
+
+/// The byte at serde's 1-based line and column (the column of the offending byte).
+fn byte_at(text: &[u8], line: usize, column: usize) -> Option<u8> {
+    let start: usize = text
+        .split(|&b| b == b'\n')
+        .take(line.saturating_sub(1))
+        .map(|l| l.len() + 1)
+        .sum();
+    text.get(start + column.checked_sub(1)?).copied()
 }
 
 impl JsonStream {
@@ -207,7 +221,7 @@ impl JsonStream {
             .and_then(|v: StrictValue| de.end().map(|()| v.0));
         let item = match parsed {
             Ok(v) => Item::Value(v),
-            Err(e) => Item::Error(parse_error(&e)),
+            Err(e) => Item::Error(parse_error(&e, &self.buf)),
         };
         self.reset();
         out.push(item);
@@ -473,6 +487,28 @@ mod tests {
         let ok = "[".repeat(MAX_NESTING) + &"]".repeat(MAX_NESTING);
         assert_eq!(s.feed(ok.as_bytes()).len(), 1);
         assert!(matches!(s.feed(ok.as_bytes())[0], Item::Value(_)));
+    }
+
+    #[test]
+    fn a_missing_key_reads_as_a_missing_value() {
+        let mut s = JsonStream::new();
+        let items = s.feed(b"{]{,}{1:2}\n{'a':\n 1, 2:3}");
+        let texts: Vec<&str> = items
+            .iter()
+            .map(|i| match i {
+                Item::Error(e) => e.as_str(),
+                Item::Value(_) => "value",
+            })
+            .collect();
+        assert_eq!(
+            texts,
+            vec![
+                "JSON parse error, expecting value",
+                "JSON parse error, expecting value",
+                "JSON parse error, key is not a string in object",
+                "JSON parse error, key is not a string in object",
+            ]
+        );
     }
 
     #[test]
