@@ -508,6 +508,10 @@ fn odd_descriptor_layouts_are_accepted() {
     h.q.set_desc(0, hdr, 16 + 512, F_NEXT, 1);
     h.q.set_desc(1, STATUS_AT, 1, F_WRITE, 0);
     h.q.push(0);
+    h.kick();
+    // Requests in flight together may complete in any order: the read below depends on the
+    // write, so it is made available only once the write is done.
+    assert_eq!(h.wait_used(1), vec![(0, 1)]);
     // A read whose data and status share the last descriptor, after a zero-length one.
     let hdr2 = h.write_header(64, VIRTIO_BLK_T_IN, 2);
     h.q.set_desc(2, hdr2, 16, F_NEXT, 3);
@@ -515,8 +519,7 @@ fn odd_descriptor_layouts_are_accepted() {
     h.q.set_desc(4, DATA_AT, 513, F_WRITE, 0);
     h.q.push(2);
     h.kick();
-    let used = h.wait_used(2);
-    assert_eq!(used, vec![(0, 1), (2, 513)]);
+    assert_eq!(h.wait_used(1), vec![(2, 513)]);
     assert_eq!(h.mem.read_obj::<u8>(GuestAddress(STATUS_AT)).unwrap(), 0);
     assert!(h.guest(DATA_AT, 512).iter().all(|&b| b == 0x42));
     assert_eq!(
