@@ -64,8 +64,8 @@ pub struct Machine {
     /// `--name`.
     pub name: Option<String>,
     exit: Option<Exit>,
-    /// The error that put the machine in `internal-error`.
-    fatal: Option<String>,
+    /// A vCPU hit an internal error since the last reset (`quit` then exits 1).
+    failed: bool,
 }
 
 impl std::fmt::Debug for Machine {
@@ -96,7 +96,7 @@ impl Machine {
             no_reboot,
             name,
             exit: None,
-            fatal: None,
+            failed: false,
         }
     }
 
@@ -211,7 +211,7 @@ impl Machine {
             RunState::Running => self.vm.resume(),
             RunState::InternalError => {
                 // A reset recovers from an internal error, as in QEMU.
-                self.fatal = None;
+                self.failed = false;
                 self.set_state(RunState::Paused);
             }
             _ => {}
@@ -230,26 +230,23 @@ impl Machine {
             .map_err(|e| QmpError::generic(crate::vcpu::chain(&e)))
     }
 
-    /// An unrecoverable vCPU error. With a monitor the VM stays, paused in `internal-error`,
-    /// for inspection; without one vmm exits 1. Returns the error text.
-    pub fn internal_error(&mut self, msg: String, keep: bool) -> String {
+    /// An unrecoverable vCPU error. With a monitor (`keep`) the VM stays, paused in
+    /// `internal-error`, for inspection; without one vmm exits 1.
+    pub fn internal_error(&mut self, keep: bool) {
         self.vm.pause();
-        if keep {
-            if self.state() == RunState::Running {
-                self.announce(Event::Stop, Some(RunState::InternalError));
-            } else {
-                self.set_state(RunState::InternalError);
-            }
-            self.fatal = Some(msg.clone());
-        } else {
+        self.failed = true;
+        if !keep {
             self.set_state(RunState::InternalError);
             self.exit = Some(Exit::Code(1));
+        } else if self.state() == RunState::Running {
+            self.announce(Event::Stop, Some(RunState::InternalError));
+        } else {
+            self.set_state(RunState::InternalError);
         }
-        msg
     }
 
     /// The exit code `quit` uses: 1 after an internal error, else 0.
     pub fn quit_code(&self) -> i32 {
-        i32::from(self.fatal.is_some())
+        i32::from(self.failed)
     }
 }

@@ -282,7 +282,7 @@ fn main_loop(
                             }
                             VmEvent::Fatal(msg) => {
                                 let keep = monitor.is_some();
-                                let msg = machine.internal_error(msg, keep);
+                                machine.internal_error(keep);
                                 if !keep {
                                     return Err(RunError::Guest(msg));
                                 }
