@@ -133,6 +133,12 @@ fn acpi_reset_register_reboots() {
 }
 
 #[test]
+fn i8042_reset_line_reboots() {
+    // One line only: a "PROBE kbd-reset-ignored" would mean the write had no effect.
+    reboot_test("kbd-reset", "PROBE kbd-reset");
+}
+
+#[test]
 fn triple_fault_reboots() {
     reboot_test("triple-fault", "PROBE triple-fault");
 }

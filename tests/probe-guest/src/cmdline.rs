@@ -23,6 +23,8 @@ pub enum Test {
     Reboot,
     /// Reset through a triple fault.
     TripleFault,
+    /// Reset through the i8042 keyboard controller (command 0xFE).
+    KbdReset,
     /// Hostile virtio-mmio register accesses.
     MmioChaos,
     /// Start the application processors (INIT-SIPI-SIPI).
@@ -41,6 +43,7 @@ impl Test {
             b"io-loop" => Test::IoLoop,
             b"reboot" => Test::Reboot,
             b"triple-fault" => Test::TripleFault,
+            b"kbd-reset" => Test::KbdReset,
             b"mmio-chaos" => Test::MmioChaos,
             b"smp" => Test::Smp,
             _ => return None,
@@ -59,6 +62,7 @@ impl Test {
             Test::IoLoop => "io-loop",
             Test::Reboot => "reboot",
             Test::TripleFault => "triple-fault",
+            Test::KbdReset => "kbd-reset",
             Test::MmioChaos => "mmio-chaos",
             Test::Smp => "smp",
         }

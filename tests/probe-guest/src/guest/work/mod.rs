@@ -147,6 +147,7 @@ pub fn run_all(ctx: &mut Ctx) -> u32 {
             Test::Idle => power::idle(ctx),
             Test::Reboot => power::reboot(ctx),
             Test::TripleFault => power::triple_fault(),
+            Test::KbdReset => power::kbd_reset(),
             Test::MmioChaos => chaos::run(ctx),
             Test::Smp => smp::run(ctx),
         };

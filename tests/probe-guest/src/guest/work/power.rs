@@ -45,6 +45,29 @@ pub fn reboot(ctx: &mut Ctx) -> u32 {
     arch::triple_fault()
 }
 
+/// The i8042 status (read) and command (write) port.
+const I8042_COMMAND: u16 = 0x64;
+/// i8042 status bit 1: the controller has not taken the last byte yet.
+const I8042_INPUT_FULL: u8 = 1 << 1;
+/// i8042 command: pulse the CPU reset line.
+const I8042_RESET_CPU: u8 = 0xfe;
+
+/// Prints `PROBE kbd-reset` and pulses the reset line through the i8042 controller, as
+/// Linux's `reboot=k` does; falls back to a triple fault when that had no effect.
+pub fn kbd_reset() -> u32 {
+    out!("PROBE kbd-reset");
+    for _ in 0..1000 {
+        if arch::inb(I8042_COMMAND) & I8042_INPUT_FULL == 0 {
+            break;
+        }
+        crate::guest::platform::spin_ms(1);
+    }
+    arch::outb(I8042_COMMAND, I8042_RESET_CPU);
+    crate::guest::platform::spin_ms(100);
+    out!("PROBE kbd-reset-ignored");
+    arch::triple_fault()
+}
+
 /// Prints `PROBE triple-fault` and resets through a triple fault.
 pub fn triple_fault() -> u32 {
     out!("PROBE triple-fault");
