@@ -5,6 +5,34 @@
 use crate::parser::ParseError;
 use crate::source::SourceInfo;
 
+/// Renders schema prose for a document format: `@name` references become code spans, and
+/// each character in `escaped` gets a backslash (rustdoc needs brackets and angle brackets
+/// escaped; Markdown output needs nothing).
+pub(crate) fn render_prose(text: &str, escaped: &[char]) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '@' && chars.peek().is_some_and(|c| c.is_ascii_alphanumeric()) {
+            out.push('`');
+            while let Some(&c) = chars.peek() {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    out.push(c);
+                    chars.next();
+                } else {
+                    break;
+                }
+            }
+            out.push('`');
+        } else {
+            if escaped.contains(&c) {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Tags that start a section of their own.
 const TAGS: &[&str] = &[
     "Returns", "Since", "Note", "Notes", "Example", "Examples", "TODO", "Errors",

@@ -50,25 +50,7 @@ fn free_doc(out: &mut String, doc: &Doc) {
 
 /// Schema prose to Markdown: `@name` references become code spans.
 fn prose(text: &str) -> String {
-    let mut out = String::new();
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '@' && chars.peek().is_some_and(|c| c.is_ascii_alphanumeric()) {
-            out.push('`');
-            while let Some(&c) = chars.peek() {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    out.push(c);
-                    chars.next();
-                } else {
-                    break;
-                }
-            }
-            out.push('`');
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    crate::doc::render_prose(text, &[])
 }
 
 fn type_str(t: &TypeRef) -> String {

@@ -188,30 +188,7 @@ pub(crate) fn doc_comment(out: &mut String, indent: &str, text: &str, fallback: 
 /// Makes schema prose safe for rustdoc: `@name` references become code spans and stray
 /// brackets or angle brackets are escaped so they are not read as links or HTML.
 fn escape_doc(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '@' if chars.peek().is_some_and(|c| c.is_ascii_alphanumeric()) => {
-                out.push('`');
-                while let Some(&c) = chars.peek() {
-                    if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                        out.push(c);
-                        chars.next();
-                    } else {
-                        break;
-                    }
-                }
-                out.push('`');
-            }
-            '[' | ']' | '<' | '>' => {
-                out.push('\\');
-                out.push(c);
-            }
-            _ => out.push(c),
-        }
-    }
-    out
+    crate::doc::render_prose(line, &['[', ']', '<', '>'])
 }
 
 /// The full documentation text for a definition: body plus tagged sections.
