@@ -13,10 +13,7 @@ SECS=${1:-3}
 IMG_MIB=${2:-1024}
 CACHE=${3:-none}
 ROUNDS=${4:-3}
-apt_install qemu-system-x86
-VMM=$(build_vmm)
-bash "$ROOT/scripts/probe-guest.sh" >/dev/null
-KERNEL="$TARGET/probe-guest/bzImage"
+bench_setup
 IMG="$TARGET/bench-blk.raw"
 truncate -s "${IMG_MIB}M" "$IMG"
 exec python3 - "$VMM" "$KERNEL" "$IMG" "$SECS" "$CACHE" "$ROUNDS" <<'PY'

@@ -5,10 +5,7 @@
 # vmm/QEMU ratios. Usage: scripts/bench-boot.sh [RUNS]   (default 20)
 source "$(dirname "$0")/lib.sh"
 RUNS=${1:-20}
-apt_install qemu-system-x86
-VMM=$(build_vmm)
-bash "$ROOT/scripts/probe-guest.sh" >/dev/null
-KERNEL="$TARGET/probe-guest/bzImage"
+bench_setup
 MEM_MIB=256
 exec python3 - "$VMM" "$KERNEL" "$RUNS" "$MEM_MIB" <<'PY'
 import os, statistics, subprocess, sys, time

@@ -12,10 +12,7 @@
 # Usage: scripts/bench-qmp.sh [REQUESTS]   (default 10000 latency samples)
 source "$(dirname "$0")/lib.sh"
 REQUESTS=${1:-10000}
-apt_install qemu-system-x86
-VMM=$(build_vmm)
-bash "$ROOT/scripts/probe-guest.sh" >/dev/null
-KERNEL="$TARGET/probe-guest/bzImage"
+bench_setup
 exec python3 - "$VMM" "$KERNEL" "$REQUESTS" <<'PY'
 import json, os, selectors, shutil, socket, statistics, subprocess, sys, tempfile, time
 

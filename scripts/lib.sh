@@ -38,3 +38,12 @@ build_vmm() {
   (cd "$ROOT" && cargo build --release -q -p vmm) >&2
   echo "$TARGET/release/vmm"
 }
+
+# Common set-up of the side-by-side benchmarks: Debian's QEMU, a release vmm and the probe
+# guest. Sets VMM and KERNEL (the probe's bzImage).
+bench_setup() {
+  apt_install qemu-system-x86
+  VMM=$(build_vmm)
+  bash "$ROOT/scripts/probe-guest.sh" >/dev/null
+  KERNEL="$TARGET/probe-guest/bzImage"
+}
