@@ -7,18 +7,41 @@
 //! each requiring the previous ones; writing 0 resets), refuses FEATURES_OK for features it did
 //! not offer or without `VIRTIO_F_VERSION_1`, accepts driver features only between DRIVER and
 //! FEATURES_OK and queue setup only between FEATURES_OK and DRIVER_OK.
+//!
+//! The register offsets are the `VIRTIO_MMIO_*` of [`virtio_bindings::virtio_mmio`]; nothing
+//! outside this module needs them (the VMM finds `QueueNotify` with
+//! [`MmioTransport::notify_address`]).
 
 use std::sync::Arc;
 
 use acpi_tables::{aml, Aml, AmlSink};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE as ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER as DRIVER,
+    VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FAILED as FAILED,
+    VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET as DEVICE_NEEDS_RESET,
+    VIRTIO_F_VERSION_1,
+};
+use virtio_bindings::virtio_mmio::{
+    VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_CONFIG_GENERATION, VIRTIO_MMIO_DEVICE_FEATURES,
+    VIRTIO_MMIO_DEVICE_FEATURES_SEL, VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_DRIVER_FEATURES,
+    VIRTIO_MMIO_DRIVER_FEATURES_SEL, VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INTERRUPT_STATUS,
+    VIRTIO_MMIO_MAGIC_VALUE, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+    VIRTIO_MMIO_QUEUE_DESC_HIGH, VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_NOTIFY,
+    VIRTIO_MMIO_QUEUE_NUM, VIRTIO_MMIO_QUEUE_NUM_MAX, VIRTIO_MMIO_QUEUE_READY,
+    VIRTIO_MMIO_QUEUE_SEL, VIRTIO_MMIO_QUEUE_USED_HIGH, VIRTIO_MMIO_QUEUE_USED_LOW,
+    VIRTIO_MMIO_SHM_BASE_HIGH, VIRTIO_MMIO_SHM_LEN_LOW, VIRTIO_MMIO_SHM_SEL, VIRTIO_MMIO_STATUS,
+    VIRTIO_MMIO_VENDOR_ID, VIRTIO_MMIO_VERSION,
+};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_VERSION_1};
-use super::status::{ACKNOWLEDGE, DEVICE_NEEDS_RESET, DRIVER, DRIVER_OK, FAILED, FEATURES_OK};
 use super::{ActivateContext, VirtioDevice, VirtioInterrupt};
 use crate::bus::BusDevice;
+
+// Linux's UAPI headers declare the register offsets but not the values below (the magic is in
+// drivers/virtio/virtio_mmio.c): they stay here.
 
 /// "virt" in little endian.
 pub const MMIO_MAGIC: u32 = 0x7472_6976;
@@ -28,36 +51,16 @@ pub const MMIO_VERSION: u32 = 2;
 pub const MMIO_VENDOR_ID: u32 = 0x554d_4551;
 /// Size of the MMIO window of one device.
 pub const MMIO_WINDOW_SIZE: u64 = 0x1000;
-/// Offset of the `QueueNotify` register: the VMM registers each queue's eventfd as a KVM
-/// ioeventfd on `base + QUEUE_NOTIFY_OFFSET`, 4 bytes, with datamatch = the queue index.
-pub const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+/// Start of the device's config space in the window.
+const CONFIG_SPACE: u64 = VIRTIO_MMIO_CONFIG as u64;
 
-const MAGIC_VALUE: u64 = 0x000;
-const VERSION: u64 = 0x004;
-const DEVICE_ID: u64 = 0x008;
-const VENDOR_ID: u64 = 0x00c;
-const DEVICE_FEATURES: u64 = 0x010;
-const DEVICE_FEATURES_SEL: u64 = 0x014;
-const DRIVER_FEATURES: u64 = 0x020;
-const DRIVER_FEATURES_SEL: u64 = 0x024;
-const QUEUE_SEL: u64 = 0x030;
-const QUEUE_NUM_MAX: u64 = 0x034;
-const QUEUE_NUM: u64 = 0x038;
-const QUEUE_READY: u64 = 0x044;
-const INTERRUPT_STATUS: u64 = 0x060;
-const INTERRUPT_ACK: u64 = 0x064;
-const STATUS: u64 = 0x070;
-const QUEUE_DESC_LOW: u64 = 0x080;
-const QUEUE_DESC_HIGH: u64 = 0x084;
-const QUEUE_DRIVER_LOW: u64 = 0x090;
-const QUEUE_DRIVER_HIGH: u64 = 0x094;
-const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-const SHM_SEL: u64 = 0x0ac;
-const SHM_LEN_LOW: u64 = 0x0b0;
-const SHM_BASE_HIGH: u64 = 0x0bc;
-const CONFIG_GENERATION: u64 = 0x0fc;
-const CONFIG_SPACE: u64 = 0x100;
+/// The register at `offset` (the bindings' `VIRTIO_MMIO_*` are `u32`); `None` for the config
+/// space.
+fn register_offset(offset: u64) -> Option<u32> {
+    u32::try_from(offset)
+        .ok()
+        .filter(|&r| r < VIRTIO_MMIO_CONFIG)
+}
 
 /// Errors of [`MmioTransport::new`].
 #[derive(Debug, thiserror::Error)]
@@ -165,7 +168,7 @@ impl MmioTransport {
 
     /// The guest physical address of `QueueNotify`.
     pub fn notify_address(&self) -> u64 {
-        self.base + QUEUE_NOTIFY_OFFSET
+        self.base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY)
     }
 
     /// The start of the MMIO window.
@@ -255,7 +258,7 @@ impl MmioTransport {
         if !valid {
             return false;
         }
-        let event_idx = self.driver_features & (1 << VIRTIO_F_EVENT_IDX) != 0;
+        let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         for q in &mut self.queues {
             q.set_event_idx(event_idx);
@@ -333,40 +336,40 @@ impl MmioTransport {
         }
     }
 
-    fn read_register(&mut self, offset: u64) -> u32 {
+    fn read_register(&mut self, offset: u32) -> u32 {
         match offset {
-            MAGIC_VALUE => MMIO_MAGIC,
-            VERSION => MMIO_VERSION,
-            DEVICE_ID => self.device.device_type(),
-            VENDOR_ID => MMIO_VENDOR_ID,
-            DEVICE_FEATURES => match self.device_features_sel {
+            VIRTIO_MMIO_MAGIC_VALUE => MMIO_MAGIC,
+            VIRTIO_MMIO_VERSION => MMIO_VERSION,
+            VIRTIO_MMIO_DEVICE_ID => self.device.device_type(),
+            VIRTIO_MMIO_VENDOR_ID => MMIO_VENDOR_ID,
+            VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
                 0 => self.device.device_features() as u32,
                 1 => (self.device.device_features() >> 32) as u32,
                 _ => 0,
             },
-            QUEUE_NUM_MAX => self
+            VIRTIO_MMIO_QUEUE_NUM_MAX => self
                 .queues
                 .get(self.queue_sel as usize)
                 .map_or(0, |q| u32::from(q.max_size())),
-            QUEUE_READY => self
+            VIRTIO_MMIO_QUEUE_READY => self
                 .queues
                 .get(self.queue_sel as usize)
                 .map_or(0, |q| u32::from(q.ready())),
-            INTERRUPT_STATUS => self.interrupt.status(),
-            STATUS => self.status(),
+            VIRTIO_MMIO_INTERRUPT_STATUS => self.interrupt.status(),
+            VIRTIO_MMIO_STATUS => self.status(),
             // No shared memory regions: their length and base read as all ones.
-            SHM_LEN_LOW..=SHM_BASE_HIGH => u32::MAX,
-            CONFIG_GENERATION => self.interrupt.config_generation(),
+            VIRTIO_MMIO_SHM_LEN_LOW..=VIRTIO_MMIO_SHM_BASE_HIGH => u32::MAX,
+            VIRTIO_MMIO_CONFIG_GENERATION => self.interrupt.config_generation(),
             _ => 0,
         }
     }
 
-    fn write_register(&mut self, offset: u64, value: u32) {
+    fn write_register(&mut self, offset: u32, value: u32) {
         let setup = self.queue_setup_allowed();
         match offset {
-            DEVICE_FEATURES_SEL => self.device_features_sel = value,
-            DRIVER_FEATURES_SEL => self.driver_features_sel = value,
-            DRIVER_FEATURES => {
+            VIRTIO_MMIO_DEVICE_FEATURES_SEL => self.device_features_sel = value,
+            VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
+            VIRTIO_MMIO_DRIVER_FEATURES => {
                 if !self.has(DRIVER) || self.status & (FEATURES_OK | FAILED) != 0 {
                     return;
                 }
@@ -382,44 +385,44 @@ impl MmioTransport {
                     _ => {}
                 }
             }
-            QUEUE_SEL => self.queue_sel = value,
-            QUEUE_NUM if setup => {
+            VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = value,
+            VIRTIO_MMIO_QUEUE_NUM if setup => {
                 if let (Some(q), Ok(n)) = (self.selected_queue(), u16::try_from(value)) {
                     q.set_size(n);
                 }
             }
-            QUEUE_READY if setup => {
+            VIRTIO_MMIO_QUEUE_READY if setup => {
                 if let Some(q) = self.selected_queue() {
                     q.set_ready(value == 1);
                 }
             }
-            QUEUE_DESC_LOW if setup => {
+            VIRTIO_MMIO_QUEUE_DESC_LOW if setup => {
                 self.with_queue(|q| q.set_desc_table_address(Some(value), None))
             }
-            QUEUE_DESC_HIGH if setup => {
+            VIRTIO_MMIO_QUEUE_DESC_HIGH if setup => {
                 self.with_queue(|q| q.set_desc_table_address(None, Some(value)))
             }
-            QUEUE_DRIVER_LOW if setup => {
+            VIRTIO_MMIO_QUEUE_AVAIL_LOW if setup => {
                 self.with_queue(|q| q.set_avail_ring_address(Some(value), None))
             }
-            QUEUE_DRIVER_HIGH if setup => {
+            VIRTIO_MMIO_QUEUE_AVAIL_HIGH if setup => {
                 self.with_queue(|q| q.set_avail_ring_address(None, Some(value)))
             }
-            QUEUE_DEVICE_LOW if setup => {
+            VIRTIO_MMIO_QUEUE_USED_LOW if setup => {
                 self.with_queue(|q| q.set_used_ring_address(Some(value), None))
             }
-            QUEUE_DEVICE_HIGH if setup => {
+            VIRTIO_MMIO_QUEUE_USED_HIGH if setup => {
                 self.with_queue(|q| q.set_used_ring_address(None, Some(value)))
             }
-            QUEUE_NOTIFY_OFFSET => {
+            VIRTIO_MMIO_QUEUE_NOTIFY => {
                 // Reached only when no ioeventfd caught the write: signal the same eventfd.
                 if let Some(e) = self.queue_events.get(value as usize) {
                     let _ = e.write(1);
                 }
             }
-            INTERRUPT_ACK => self.interrupt.ack(value),
-            STATUS => self.set_status(value),
-            SHM_SEL => {}
+            VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
+            VIRTIO_MMIO_STATUS => self.set_status(value),
+            VIRTIO_MMIO_SHM_SEL => {}
             _ => {}
         }
     }
@@ -442,33 +445,33 @@ impl Drop for MmioTransport {
 
 impl BusDevice for MmioTransport {
     fn read(&mut self, _base: u64, offset: u64, data: &mut [u8]) {
-        if offset >= CONFIG_SPACE {
+        let Some(register) = register_offset(offset) else {
             if matches!(data.len(), 1 | 2 | 4 | 8) {
                 self.device.read_config(offset - CONFIG_SPACE, data);
             }
             return;
-        }
-        if data.len() != 4 || !offset.is_multiple_of(4) {
+        };
+        if data.len() != 4 || !register.is_multiple_of(4) {
             return;
         }
-        let v = self.read_register(offset);
+        let v = self.read_register(register);
         data.copy_from_slice(&v.to_le_bytes());
     }
 
     fn write(&mut self, _base: u64, offset: u64, data: &[u8]) {
-        if offset >= CONFIG_SPACE {
+        let Some(register) = register_offset(offset) else {
             if matches!(data.len(), 1 | 2 | 4 | 8) {
                 self.device.write_config(offset - CONFIG_SPACE, data);
             }
             return;
-        }
+        };
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             return;
         };
-        if !offset.is_multiple_of(4) {
+        if !register.is_multiple_of(4) {
             return;
         }
-        self.write_register(offset, u32::from_le_bytes(bytes));
+        self.write_register(register, u32::from_le_bytes(bytes));
     }
 }
 
@@ -526,7 +529,7 @@ mod tests {
         fail: bool,
     }
 
-    const FAKE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_EVENT_IDX) | 0b101;
+    const FAKE_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX) | 0b101;
 
     impl VirtioDevice for FakeDevice {
         fn device_type(&self) -> u32 {
@@ -605,60 +608,60 @@ mod tests {
         fixture_with(false)
     }
 
-    fn r32(t: &mut MmioTransport, off: u64) -> u32 {
+    fn r32(t: &mut MmioTransport, off: u32) -> u32 {
         let mut d = [0u8; 4];
-        t.read(0xd000_0000, off, &mut d);
+        t.read(0xd000_0000, u64::from(off), &mut d);
         u32::from_le_bytes(d)
     }
 
-    fn w32(t: &mut MmioTransport, off: u64, v: u32) {
-        t.write(0xd000_0000, off, &v.to_le_bytes());
+    fn w32(t: &mut MmioTransport, off: u32, v: u32) {
+        t.write(0xd000_0000, u64::from(off), &v.to_le_bytes());
     }
 
     fn set_features(t: &mut MmioTransport, f: u64) {
-        w32(t, DRIVER_FEATURES_SEL, 0);
-        w32(t, DRIVER_FEATURES, f as u32);
-        w32(t, DRIVER_FEATURES_SEL, 1);
-        w32(t, DRIVER_FEATURES, (f >> 32) as u32);
+        w32(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        w32(t, VIRTIO_MMIO_DRIVER_FEATURES, f as u32);
+        w32(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w32(t, VIRTIO_MMIO_DRIVER_FEATURES, (f >> 32) as u32);
     }
 
     /// The driver's handshake up to FEATURES_OK.
     fn negotiate(t: &mut MmioTransport, f: u64) {
-        w32(t, STATUS, ACKNOWLEDGE);
-        w32(t, STATUS, ACKNOWLEDGE | DRIVER);
+        w32(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
+        w32(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
         set_features(t, f);
-        w32(t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        w32(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
     }
 
     fn setup_queue(t: &mut MmioTransport, sel: u32, size: u32, desc: u64) {
-        w32(t, QUEUE_SEL, sel);
-        w32(t, QUEUE_NUM, size);
-        w32(t, QUEUE_DESC_LOW, desc as u32);
-        w32(t, QUEUE_DESC_HIGH, (desc >> 32) as u32);
-        w32(t, QUEUE_DRIVER_LOW, (desc + 0x1000) as u32);
-        w32(t, QUEUE_DRIVER_HIGH, 0);
-        w32(t, QUEUE_DEVICE_LOW, (desc + 0x2000) as u32);
-        w32(t, QUEUE_DEVICE_HIGH, 0);
-        w32(t, QUEUE_READY, 1);
+        w32(t, VIRTIO_MMIO_QUEUE_SEL, sel);
+        w32(t, VIRTIO_MMIO_QUEUE_NUM, size);
+        w32(t, VIRTIO_MMIO_QUEUE_DESC_LOW, desc as u32);
+        w32(t, VIRTIO_MMIO_QUEUE_DESC_HIGH, (desc >> 32) as u32);
+        w32(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, (desc + 0x1000) as u32);
+        w32(t, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
+        w32(t, VIRTIO_MMIO_QUEUE_USED_LOW, (desc + 0x2000) as u32);
+        w32(t, VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
+        w32(t, VIRTIO_MMIO_QUEUE_READY, 1);
     }
 
     #[test]
     fn identity_registers() {
         let mut f = fixture();
-        assert_eq!(r32(&mut f.t, MAGIC_VALUE), 0x7472_6976);
-        assert_eq!(r32(&mut f.t, VERSION), 2);
-        assert_eq!(r32(&mut f.t, DEVICE_ID), 42);
-        assert_eq!(r32(&mut f.t, VENDOR_ID), MMIO_VENDOR_ID);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_DEVICE_ID), 42);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_VENDOR_ID), MMIO_VENDOR_ID);
         assert_eq!(r32(&mut f.t, 0xb0), u32::MAX); // SHMLenLow: no region
         assert_eq!(f.t.notify_address(), 0xd000_0050);
         assert_eq!(f.t.base(), 0xd000_0000);
         assert_eq!(f.t.gsi(), 6);
         // Wrong widths and misaligned registers read as 0.
         let mut b = [0u8; 1];
-        f.t.read(0, MAGIC_VALUE, &mut b);
+        f.t.read(0, u64::from(VIRTIO_MMIO_MAGIC_VALUE), &mut b);
         assert_eq!(b, [0]);
         let mut q = [0u8; 8];
-        f.t.read(0, MAGIC_VALUE, &mut q);
+        f.t.read(0, u64::from(VIRTIO_MMIO_MAGIC_VALUE), &mut q);
         assert_eq!(q, [0; 8]);
         assert_eq!(r32(&mut f.t, 1), 0);
         assert_eq!(r32(&mut f.t, 0xffc), 0);
@@ -698,12 +701,15 @@ mod tests {
     #[test]
     fn device_features_are_paged() {
         let mut f = fixture();
-        w32(&mut f.t, DEVICE_FEATURES_SEL, 0);
-        assert_eq!(r32(&mut f.t, DEVICE_FEATURES), FAKE_FEATURES as u32);
-        w32(&mut f.t, DEVICE_FEATURES_SEL, 1);
-        assert_eq!(r32(&mut f.t, DEVICE_FEATURES), 1);
-        w32(&mut f.t, DEVICE_FEATURES_SEL, 2);
-        assert_eq!(r32(&mut f.t, DEVICE_FEATURES), 0);
+        w32(&mut f.t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(
+            r32(&mut f.t, VIRTIO_MMIO_DEVICE_FEATURES),
+            FAKE_FEATURES as u32
+        );
+        w32(&mut f.t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_DEVICE_FEATURES), 1);
+        w32(&mut f.t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 2);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_DEVICE_FEATURES), 0);
     }
 
     #[test]
@@ -712,18 +718,30 @@ mod tests {
         // Driver features are ignored before DRIVER.
         set_features(&mut f.t, FAKE_FEATURES);
         assert_eq!(f.t.driver_features, 0);
-        w32(&mut f.t, STATUS, ACKNOWLEDGE);
-        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER);
+        w32(&mut f.t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
+        w32(&mut f.t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
         // Without VERSION_1, FEATURES_OK does not stick.
         set_features(&mut f.t, 1);
-        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        w32(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK,
+        );
         assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER);
         // Features the device did not offer are refused too.
         set_features(&mut f.t, FAKE_FEATURES | 2);
-        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        w32(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK,
+        );
         assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER);
         set_features(&mut f.t, (1 << VIRTIO_F_VERSION_1) | 1);
-        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        w32(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK,
+        );
         assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK);
         // Features are frozen after FEATURES_OK.
         set_features(&mut f.t, FAKE_FEATURES);
@@ -734,29 +752,37 @@ mod tests {
     fn status_transitions_are_enforced() {
         let mut f = fixture();
         // DRIVER needs ACKNOWLEDGE, DRIVER_OK needs FEATURES_OK.
-        w32(&mut f.t, STATUS, DRIVER);
+        w32(&mut f.t, VIRTIO_MMIO_STATUS, DRIVER);
         assert_eq!(f.t.status(), 0);
-        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER | DRIVER_OK);
+        w32(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | DRIVER_OK,
+        );
         assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER);
         assert!(!f.t.is_activated());
         // Going backwards is ignored.
-        w32(&mut f.t, STATUS, ACKNOWLEDGE);
+        w32(&mut f.t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
         assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER);
         // The device-owned bit cannot be set by the driver.
-        w32(&mut f.t, STATUS, ACKNOWLEDGE | DRIVER | DEVICE_NEEDS_RESET);
+        w32(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | DEVICE_NEEDS_RESET,
+        );
         assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER);
         // FAILED sticks (even written alone) and blocks progress.
-        w32(&mut f.t, STATUS, FAILED);
+        w32(&mut f.t, VIRTIO_MMIO_STATUS, FAILED);
         assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER | FAILED);
         set_features(&mut f.t, FAKE_FEATURES);
         w32(
             &mut f.t,
-            STATUS,
+            VIRTIO_MMIO_STATUS,
             ACKNOWLEDGE | DRIVER | FAILED | FEATURES_OK,
         );
         assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER | FAILED);
         // Reset clears everything.
-        w32(&mut f.t, STATUS, 0);
+        w32(&mut f.t, VIRTIO_MMIO_STATUS, 0);
         assert_eq!(f.t.status(), 0);
         negotiate(&mut f.t, FAKE_FEATURES);
         assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK);
@@ -765,45 +791,45 @@ mod tests {
     #[test]
     fn queue_registers_only_during_setup() {
         let mut f = fixture();
-        assert_eq!(r32(&mut f.t, QUEUE_NUM_MAX), 16);
-        w32(&mut f.t, QUEUE_SEL, 1);
-        assert_eq!(r32(&mut f.t, QUEUE_NUM_MAX), 8);
-        w32(&mut f.t, QUEUE_SEL, 7);
-        assert_eq!(r32(&mut f.t, QUEUE_NUM_MAX), 0);
-        assert_eq!(r32(&mut f.t, QUEUE_READY), 0);
-        w32(&mut f.t, QUEUE_READY, 1); // no such queue: ignored
-                                       // Before FEATURES_OK the queue cannot be configured.
-        w32(&mut f.t, QUEUE_SEL, 0);
-        w32(&mut f.t, QUEUE_READY, 1);
-        assert_eq!(r32(&mut f.t, QUEUE_READY), 0);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_QUEUE_NUM_MAX), 16);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_QUEUE_NUM_MAX), 8);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_SEL, 7);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_QUEUE_READY), 0);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_READY, 1); // no such queue: ignored
+                                                   // Before FEATURES_OK the queue cannot be configured.
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_READY, 1);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_QUEUE_READY), 0);
         negotiate(&mut f.t, FAKE_FEATURES);
         setup_queue(&mut f.t, 0, 8, 0x10000);
-        assert_eq!(r32(&mut f.t, QUEUE_READY), 1);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_QUEUE_READY), 1);
         assert_eq!(f.t.queues[0].size(), 8);
         assert_eq!(f.t.queues[0].desc_table(), 0x10000);
         assert_eq!(f.t.queues[0].avail_ring(), 0x11000);
         assert_eq!(f.t.queues[0].used_ring(), 0x12000);
         // An enabled queue keeps its addresses; invalid sizes are refused.
-        w32(&mut f.t, QUEUE_DESC_LOW, 0x20000);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x20000);
         assert_eq!(f.t.queues[0].desc_table(), 0x10000);
-        w32(&mut f.t, QUEUE_SEL, 1);
-        w32(&mut f.t, QUEUE_NUM, 3);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_NUM, 3);
         assert_eq!(f.t.queues[1].size(), 8);
-        w32(&mut f.t, QUEUE_NUM, 0x10004);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_NUM, 0x10004);
         assert_eq!(f.t.queues[1].size(), 8);
-        w32(&mut f.t, QUEUE_NUM, 4);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_NUM, 4);
         assert_eq!(f.t.queues[1].size(), 4);
     }
 
     #[test]
     fn driver_ok_activates_and_reset_reinitializes() {
         let mut f = fixture();
-        let feats = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_F_EVENT_IDX);
+        let feats = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX);
         negotiate(&mut f.t, feats);
         setup_queue(&mut f.t, 0, 16, 0x10000);
         w32(
             &mut f.t,
-            STATUS,
+            VIRTIO_MMIO_STATUS,
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
         assert!(f.t.is_activated());
@@ -818,13 +844,13 @@ mod tests {
         }
         assert!(f.t.queues[0].event_idx_enabled());
         // Queue registers are frozen after DRIVER_OK.
-        w32(&mut f.t, QUEUE_SEL, 1);
-        w32(&mut f.t, QUEUE_READY, 1);
-        assert_eq!(r32(&mut f.t, QUEUE_READY), 0);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_READY, 1);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_QUEUE_READY), 0);
 
         // Reset, then the full sequence again.
         f.t.queue_events()[0].write(1).unwrap();
-        w32(&mut f.t, STATUS, 0);
+        w32(&mut f.t, VIRTIO_MMIO_STATUS, 0);
         assert!(!f.t.is_activated());
         assert_eq!(f.log.lock().unwrap().resets, 1);
         assert!(f.t.queue_events()[0].read().is_err(), "stale kick kept");
@@ -834,7 +860,7 @@ mod tests {
         setup_queue(&mut f.t, 0, 8, 0x20000);
         w32(
             &mut f.t,
-            STATUS,
+            VIRTIO_MMIO_STATUS,
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
         assert!(f.t.is_activated());
@@ -857,15 +883,15 @@ mod tests {
         setup_queue(&mut f.t, 0, 16, 0x20_0000);
         w32(
             &mut f.t,
-            STATUS,
+            VIRTIO_MMIO_STATUS,
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
         assert!(!f.t.is_activated());
         assert_ne!(f.t.status() & DEVICE_NEEDS_RESET, 0);
-        assert_ne!(r32(&mut f.t, INTERRUPT_STATUS) & 2, 0);
+        assert_ne!(r32(&mut f.t, VIRTIO_MMIO_INTERRUPT_STATUS) & 2, 0);
         assert_eq!(f.irq.read().unwrap(), 1);
         assert!(f.log.lock().unwrap().activations.is_empty());
-        w32(&mut f.t, STATUS, 0);
+        w32(&mut f.t, VIRTIO_MMIO_STATUS, 0);
         assert_eq!(f.t.status(), 0);
 
         let mut f = fixture_with(true);
@@ -873,30 +899,30 @@ mod tests {
         setup_queue(&mut f.t, 0, 16, 0x10000);
         w32(
             &mut f.t,
-            STATUS,
+            VIRTIO_MMIO_STATUS,
             ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
         );
         assert!(!f.t.is_activated());
-        assert_ne!(r32(&mut f.t, STATUS) & DEVICE_NEEDS_RESET, 0);
+        assert_ne!(r32(&mut f.t, VIRTIO_MMIO_STATUS) & DEVICE_NEEDS_RESET, 0);
     }
 
     #[test]
     fn notify_and_interrupt_registers() {
         let mut f = fixture();
-        w32(&mut f.t, QUEUE_NOTIFY_OFFSET, 1);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_NOTIFY, 1);
         assert_eq!(f.t.queue_events()[1].read().unwrap(), 1);
         assert!(f.t.queue_events()[0].read().is_err());
-        w32(&mut f.t, QUEUE_NOTIFY_OFFSET, 99); // no such queue
-        w32(&mut f.t, QUEUE_NOTIFY_OFFSET, u32::MAX);
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_NOTIFY, 99); // no such queue
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_NOTIFY, u32::MAX);
         f.t.interrupt().signal_used_queue().unwrap();
         f.t.interrupt().signal_config_change().unwrap();
         assert_eq!(f.irq.read().unwrap(), 2);
-        assert_eq!(r32(&mut f.t, INTERRUPT_STATUS), 3);
-        assert_eq!(r32(&mut f.t, CONFIG_GENERATION), 1);
-        w32(&mut f.t, INTERRUPT_ACK, 1);
-        assert_eq!(r32(&mut f.t, INTERRUPT_STATUS), 2);
-        w32(&mut f.t, INTERRUPT_ACK, 2);
-        assert_eq!(r32(&mut f.t, INTERRUPT_STATUS), 0);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_INTERRUPT_STATUS), 3);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_CONFIG_GENERATION), 1);
+        w32(&mut f.t, VIRTIO_MMIO_INTERRUPT_ACK, 1);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_INTERRUPT_STATUS), 2);
+        w32(&mut f.t, VIRTIO_MMIO_INTERRUPT_ACK, 2);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
     }
 
     #[test]
@@ -947,9 +973,9 @@ mod tests {
             }
         }
         // A reset brings it back to a known state.
-        w32(&mut f.t, STATUS, 0);
+        w32(&mut f.t, VIRTIO_MMIO_STATUS, 0);
         assert_eq!(f.t.status(), 0);
-        assert_eq!(r32(&mut f.t, MAGIC_VALUE), MMIO_MAGIC);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_MAGIC_VALUE), MMIO_MAGIC);
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! [`ActivateContext`]: the configured queues, the guest memory, the eventfds and the interrupt.
 //! The device's data path then runs on its own thread without ever entering the transport (or
 //! any VM-wide lock).
+//!
+//! The virtio ABI (feature and status bits, device IDs, register offsets, request types and
+//! layouts) comes from [`virtio_bindings`], generated from Linux's UAPI headers.
 
 pub mod block;
 pub mod mmio;
@@ -16,52 +19,13 @@ pub mod mmio;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use block::VirtioBlock;
 pub use mmio::{MmioError, MmioTransport};
-
-/// Device status bits (virtio 1.2, 2.1).
-pub mod status {
-    /// The guest found the device.
-    pub const ACKNOWLEDGE: u32 = 1;
-    /// The guest knows how to drive the device.
-    pub const DRIVER: u32 = 2;
-    /// The driver is set up and ready to drive the device.
-    pub const DRIVER_OK: u32 = 4;
-    /// The driver acknowledged the features it understands; negotiation is complete.
-    pub const FEATURES_OK: u32 = 8;
-    /// The device hit an error it cannot recover from without a reset.
-    pub const DEVICE_NEEDS_RESET: u32 = 64;
-    /// The guest gave up on the device.
-    pub const FAILED: u32 = 128;
-}
-
-/// Transport feature bits (virtio 1.2, 6).
-pub mod features {
-    /// Descriptors may point to indirect descriptor tables.
-    pub const VIRTIO_F_INDIRECT_DESC: u32 = 28;
-    /// The `used_event`/`avail_event` notification suppression.
-    pub const VIRTIO_F_EVENT_IDX: u32 = 29;
-    /// Virtio 1.x compliance (mandatory on the MMIO v2 transport).
-    pub const VIRTIO_F_VERSION_1: u32 = 32;
-}
-
-/// Virtio device IDs (virtio 1.2, 5).
-pub mod device_type {
-    /// Block device.
-    pub const BLOCK: u32 = 2;
-}
-
-/// Interrupt status bits (virtio 1.2, 4.2.2).
-pub mod interrupt_status {
-    /// The device used a buffer in at least one queue.
-    pub const USED_BUFFER: u32 = 1;
-    /// The configuration of the device changed.
-    pub const CONFIG_CHANGE: u32 = 2;
-}
 
 /// The interrupt line of a device and what the guest reads about it.
 ///
@@ -97,7 +61,7 @@ impl VirtioInterrupt {
     /// # Errors
     /// Writing the irqfd failed.
     pub fn signal_used_queue(&self) -> io::Result<()> {
-        self.raise(interrupt_status::USED_BUFFER)
+        self.raise(VIRTIO_MMIO_INT_VRING)
     }
 
     /// Tells the guest that the config space changed (bumping `ConfigGeneration`).
@@ -106,7 +70,7 @@ impl VirtioInterrupt {
     /// Writing the irqfd failed.
     pub fn signal_config_change(&self) -> io::Result<()> {
         self.config_generation.fetch_add(1, Ordering::SeqCst);
-        self.raise(interrupt_status::CONFIG_CHANGE)
+        self.raise(VIRTIO_MMIO_INT_CONFIG)
     }
 
     /// Puts the device in `DEVICE_NEEDS_RESET` and tells the guest (virtio 1.2, 2.1.2).
@@ -115,7 +79,7 @@ impl VirtioInterrupt {
     /// Writing the irqfd failed.
     pub fn set_needs_reset(&self) -> io::Result<()> {
         self.needs_reset.store(true, Ordering::SeqCst);
-        self.raise(interrupt_status::CONFIG_CHANGE)
+        self.raise(VIRTIO_MMIO_INT_CONFIG)
     }
 
     /// Whether the device asked for a reset.

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Test helpers: guest memory and a driver-side view of a split virtqueue, built by hand.
 
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Guest memory of `size` bytes at address 0.
@@ -8,10 +9,10 @@ pub(crate) fn guest_memory(size: usize) -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
 }
 
-/// Descriptor flags.
-pub(crate) const F_NEXT: u16 = 1;
-pub(crate) const F_WRITE: u16 = 2;
-pub(crate) const F_INDIRECT: u16 = 4;
+/// Descriptor flags (the bindings declare them as `u32`; descriptors hold a `u16`).
+pub(crate) const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+pub(crate) const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+pub(crate) const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 
 /// The driver's side of a split virtqueue in guest memory.
 pub(crate) struct DriverQueue {

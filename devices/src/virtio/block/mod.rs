@@ -12,37 +12,44 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use block::{Backend, SECTOR_SIZE};
+use virtio_bindings::virtio_blk::{
+    virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
+    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY,
+    VIRTIO_BLK_F_WRITE_ZEROES,
+};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::Queue;
+use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::request::{RequestConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
 use self::worker::Worker;
-use super::features::{VIRTIO_F_EVENT_IDX, VIRTIO_F_INDIRECT_DESC, VIRTIO_F_VERSION_1};
-use super::{device_type, ActivateContext, ActivateError, VirtioDevice};
-
-/// Maximum size of a segment (`size_max`).
-pub const VIRTIO_BLK_F_SIZE_MAX: u32 = 1;
-/// Maximum number of segments in a request (`seg_max`).
-pub const VIRTIO_BLK_F_SEG_MAX: u32 = 2;
-/// The device is read-only.
-pub const VIRTIO_BLK_F_RO: u32 = 5;
-/// Block size of the disk (`blk_size`).
-pub const VIRTIO_BLK_F_BLK_SIZE: u32 = 6;
-/// Cache flush command support.
-pub const VIRTIO_BLK_F_FLUSH: u32 = 9;
-/// Topology information.
-pub const VIRTIO_BLK_F_TOPOLOGY: u32 = 10;
-/// DISCARD support.
-pub const VIRTIO_BLK_F_DISCARD: u32 = 13;
-/// WRITE_ZEROES support.
-pub const VIRTIO_BLK_F_WRITE_ZEROES: u32 = 14;
+use super::{ActivateContext, ActivateError, VirtioDevice};
 
 /// Size of the queue.
 pub const QUEUE_SIZE: u16 = 256;
 /// Segment size limit advertised in `size_max`.
 pub const SIZE_MAX: u32 = 1 << 20;
-/// Length of the config space (`struct virtio_blk_config` up to `write_zeroes_may_unmap`).
-pub const CONFIG_SPACE_SIZE: usize = 60;
+/// Length of the config space the device exposes: `struct virtio_blk_config` up to
+/// `write_zeroes_may_unmap` and its padding (the secure-erase and zoned fields are not
+/// offered; reads beyond read 0).
+pub const CONFIG_SPACE_SIZE: usize =
+    std::mem::offset_of!(virtio_blk_config, max_secure_erase_sectors);
+const _: () = assert!(CONFIG_SPACE_SIZE == 60);
+
+/// The virtio-blk config space (`struct virtio_blk_config`, virtio 1.2, 5.2.4).
+///
+/// Fields hold little-endian values (virtio 1.x): build them with `to_le()`. On x86, the only
+/// target of this VMM, that is the identity, but it keeps the layout right on any host.
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(transparent)]
+pub struct BlockConfig(pub virtio_blk_config);
+
+// SAFETY: `virtio_blk_config` is `repr(C, packed)` plain data (integers and arrays of them):
+// it has no padding and every bit pattern is a valid value.
+unsafe impl ByteValued for BlockConfig {}
 
 struct Running {
     kill: EventFd,
@@ -73,8 +80,8 @@ impl VirtioBlock {
     /// WRITE_ZEROES.
     pub fn new(backend: Arc<Backend>) -> Self {
         let mut features = (1u64 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_F_INDIRECT_DESC)
-            | (1 << VIRTIO_F_EVENT_IDX)
+            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_BLK_F_SIZE_MAX)
             | (1 << VIRTIO_BLK_F_SEG_MAX)
             | (1 << VIRTIO_BLK_F_BLK_SIZE)
@@ -104,29 +111,36 @@ impl VirtioBlock {
         self.running.is_some()
     }
 
-    /// The config space (`struct virtio_blk_config`), little endian.
+    /// The config space, little endian.
+    pub fn config(&self) -> BlockConfig {
+        let discard = self.features & (1 << VIRTIO_BLK_F_DISCARD) != 0;
+        let write_zeroes = self.features & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0;
+        let if_offered = |offered: bool, v: u32| if offered { v.to_le() } else { 0 };
+        BlockConfig(virtio_blk_config {
+            capacity: (self.backend.size() / SECTOR_SIZE).to_le(),
+            size_max: SIZE_MAX.to_le(),
+            seg_max: u32::from(QUEUE_SIZE - 2).to_le(),
+            // geometry: not offered.
+            blk_size: (SECTOR_SIZE as u32).to_le(),
+            // physical_block_exp 0, alignment_offset 0, min_io_size 1 block, opt_io_size 0.
+            min_io_size: 1u16.to_le(),
+            // Informational without VIRTIO_BLK_F_CONFIG_WCE.
+            wce: 1,
+            num_queues: 1u16.to_le(),
+            max_discard_sectors: if_offered(discard, MAX_DISCARD_SECTORS),
+            max_discard_seg: if_offered(discard, MAX_DISCARD_SEGMENTS),
+            discard_sector_alignment: if_offered(discard, 1),
+            max_write_zeroes_sectors: if_offered(write_zeroes, MAX_DISCARD_SECTORS),
+            max_write_zeroes_seg: if_offered(write_zeroes, MAX_DISCARD_SEGMENTS),
+            write_zeroes_may_unmap: u8::from(write_zeroes),
+            ..Default::default()
+        })
+    }
+
+    /// The bytes of the config space the device exposes (see [`CONFIG_SPACE_SIZE`]).
     pub fn config_space(&self) -> [u8; CONFIG_SPACE_SIZE] {
         let mut c = [0u8; CONFIG_SPACE_SIZE];
-        let mut put = |off: usize, bytes: &[u8]| c[off..off + bytes.len()].copy_from_slice(bytes);
-        put(0, &(self.backend.size() / SECTOR_SIZE).to_le_bytes()); // capacity
-        put(8, &SIZE_MAX.to_le_bytes()); // size_max
-        put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
-                                                           // 16..20 geometry: not offered.
-        put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
-                                                      // 24 physical_block_exp 0, 25 alignment_offset 0, 26 min_io_size (blocks), 28 opt_io_size.
-        put(26, &1u16.to_le_bytes());
-        put(32, &[1]); // writeback (informational without CONFIG_WCE)
-        put(34, &1u16.to_le_bytes()); // num_queues
-        if self.features & (1 << VIRTIO_BLK_F_DISCARD) != 0 {
-            put(36, &MAX_DISCARD_SECTORS.to_le_bytes());
-            put(40, &MAX_DISCARD_SEGMENTS.to_le_bytes());
-            put(44, &1u32.to_le_bytes()); // discard_sector_alignment
-        }
-        if self.features & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0 {
-            put(48, &MAX_DISCARD_SECTORS.to_le_bytes());
-            put(52, &MAX_DISCARD_SEGMENTS.to_le_bytes());
-            put(56, &[1]); // write_zeroes_may_unmap
-        }
+        c.copy_from_slice(&self.config().as_slice()[..CONFIG_SPACE_SIZE]);
         c
     }
 
@@ -147,7 +161,7 @@ impl VirtioBlock {
 
 impl VirtioDevice for VirtioBlock {
     fn device_type(&self) -> u32 {
-        device_type::BLOCK
+        VIRTIO_ID_BLOCK
     }
 
     fn queue_max_sizes(&self) -> &[u16] {

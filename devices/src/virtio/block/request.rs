@@ -10,40 +10,81 @@
 use std::ops::Deref;
 
 use block::{Backend, Completion, IoBuf, IoKind, Request, SECTOR_SIZE};
+use virtio_bindings::virtio_blk::{
+    virtio_blk_discard_write_zeroes, virtio_blk_outhdr, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-/// Read sectors.
-pub const VIRTIO_BLK_T_IN: u32 = 0;
-/// Write sectors.
-pub const VIRTIO_BLK_T_OUT: u32 = 1;
-/// Flush the write cache.
-pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
-/// Get the device ID string.
-pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
-/// Discard sectors.
-pub const VIRTIO_BLK_T_DISCARD: u32 = 11;
-/// Write zeroes.
-pub const VIRTIO_BLK_T_WRITE_ZEROES: u32 = 13;
-
-/// Success.
-pub const VIRTIO_BLK_S_OK: u8 = 0;
-/// Host or request error.
-pub const VIRTIO_BLK_S_IOERR: u8 = 1;
-/// Unsupported request.
-pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
-
+// The bindings declare every value as `u32`; the status is a byte and the ID length a length.
+/// The status byte of a successful request.
+pub(super) const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
+/// The status byte of a failed request.
+pub(super) const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+/// The status byte of an unsupported request.
+pub(super) const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
 /// Length of the GET_ID string.
-pub const VIRTIO_BLK_ID_BYTES: usize = 20;
+const ID_BYTES: usize = VIRTIO_BLK_ID_BYTES as usize;
+
 /// Most segments in one discard or write-zeroes request.
 pub const MAX_DISCARD_SEGMENTS: u32 = 32;
 /// Most sectors in one discard or write-zeroes segment.
 pub const MAX_DISCARD_SECTORS: u32 = 0x3f_ffff;
-/// Unmap flag of a write-zeroes segment.
-const WRITE_ZEROES_UNMAP: u32 = 1;
 
-const HEADER_LEN: u64 = 16;
-const DISCARD_SEGMENT_LEN: u64 = 16;
+/// The request header (`struct virtio_blk_outhdr`), as the driver wrote it (little endian).
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(transparent)]
+pub struct RequestHeader(pub virtio_blk_outhdr);
+
+// SAFETY: `virtio_blk_outhdr` is `repr(C)` with two `u32` then a `u64`: no padding, and every
+// bit pattern is a valid value.
+unsafe impl ByteValued for RequestHeader {}
+
+impl RequestHeader {
+    /// The request type (`VIRTIO_BLK_T_*`).
+    pub fn request_type(&self) -> u32 {
+        u32::from_le(self.0.type_)
+    }
+
+    /// The first sector.
+    pub fn sector(&self) -> u64 {
+        u64::from_le(self.0.sector)
+    }
+}
+
+/// A discard or write-zeroes segment (`struct virtio_blk_discard_write_zeroes`), little endian.
+#[derive(Debug, Default, Clone, Copy)]
+#[repr(transparent)]
+pub struct DiscardSegment(pub virtio_blk_discard_write_zeroes);
+
+// SAFETY: `virtio_blk_discard_write_zeroes` is `repr(C)` with a `u64` then two `u32`: no
+// padding, and every bit pattern is a valid value.
+unsafe impl ByteValued for DiscardSegment {}
+
+impl DiscardSegment {
+    /// The first sector.
+    pub fn sector(&self) -> u64 {
+        u64::from_le(self.0.sector)
+    }
+
+    /// The number of sectors.
+    pub fn num_sectors(&self) -> u32 {
+        u32::from_le(self.0.num_sectors)
+    }
+
+    /// The flags (`VIRTIO_BLK_WRITE_ZEROES_FLAG_*`).
+    pub fn flags(&self) -> u32 {
+        u32::from_le(self.0.flags)
+    }
+}
+
+const HEADER_LEN: u64 = std::mem::size_of::<RequestHeader>() as u64;
+const DISCARD_SEGMENT_LEN: u64 = std::mem::size_of::<DiscardSegment>() as u64;
+const _: () = assert!(HEADER_LEN == 16 && DISCARD_SEGMENT_LEN == 16);
+
 /// Most descriptors the device accepts in one chain (indirect tables included).
 pub const MAX_CHAIN_DESCRIPTORS: usize = 1024;
 
@@ -112,15 +153,19 @@ fn sub_range(segs: &[Segment], mut start: u64, mut len: u64) -> Vec<Segment> {
     out
 }
 
-/// Reads the bytes of `segs` into a vector (they are small: header, discard segments).
-fn read_bytes(mem: &GuestMemoryMmap, segs: &[Segment]) -> Option<Vec<u8>> {
-    let mut v = Vec::new();
+/// Reads an object laid out over `segs` (as [`sub_range`] cuts it); `None` if the segments do
+/// not hold exactly its size or lie outside guest memory.
+fn read_split<T: ByteValued + Default>(mem: &GuestMemoryMmap, segs: &[Segment]) -> Option<T> {
+    let mut obj = T::default();
+    let bytes = obj.as_mut_slice();
+    let mut done = 0usize;
     for s in segs {
-        let start = v.len();
-        v.resize(start + usize::try_from(s.len).ok()?, 0);
-        mem.read_slice(&mut v[start..], s.addr).ok()?;
+        let len = usize::try_from(s.len).ok()?;
+        let end = done.checked_add(len)?;
+        mem.read_slice(bytes.get_mut(done..end)?, s.addr).ok()?;
+        done = end;
     }
-    Some(v)
+    (done == bytes.len()).then_some(obj)
 }
 
 /// Guest memory of `segs` as I/O buffers; `None` if any byte is outside guest memory.
@@ -182,10 +227,10 @@ where
     if readable_prefix < HEADER_LEN || total < HEADER_LEN + 1 {
         return Err(ChainError::Header);
     }
-    let header = read_bytes(mem, &sub_range(&segs, 0, HEADER_LEN)).ok_or(ChainError::Memory)?;
-    let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let req_type = le32(&header[0..4]);
-    let sector = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+    let header: RequestHeader =
+        read_split(mem, &sub_range(&segs, 0, HEADER_LEN)).ok_or(ChainError::Memory)?;
+    let req_type = header.request_type();
+    let sector = header.sector();
 
     let data = sub_range(&segs, HEADER_LEN, total - HEADER_LEN - 1);
     let data_len = total - HEADER_LEN - 1;
@@ -203,8 +248,8 @@ where
 /// Maps a backend completion to a status; `None` parks the request.
 fn status_of(c: &Completion) -> Option<u8> {
     match c {
-        Completion::Ok | Completion::Ignored(_) => Some(VIRTIO_BLK_S_OK),
-        Completion::Invalid(_) | Completion::Failed(_) => Some(VIRTIO_BLK_S_IOERR),
+        Completion::Ok | Completion::Ignored(_) => Some(S_OK),
+        Completion::Invalid(_) | Completion::Failed(_) => Some(S_IOERR),
         Completion::Stopped(_) => None,
     }
 }
@@ -222,7 +267,7 @@ fn execute(
 ) -> (Option<u8>, u64) {
     let ioerr = |kind: IoKind| {
         backend.account_invalid(kind);
-        (Some(VIRTIO_BLK_S_IOERR), 0)
+        (Some(S_IOERR), 0)
     };
     match req_type {
         VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
@@ -251,7 +296,7 @@ fn execute(
                 }
             });
             let status = status_of(&c);
-            let written = if read && status == Some(VIRTIO_BLK_S_OK) {
+            let written = if read && status == Some(S_OK) {
                 data_len
             } else {
                 0
@@ -261,22 +306,22 @@ fn execute(
         VIRTIO_BLK_T_FLUSH => (status_of(&backend.submit(Request::Flush)), 0),
         VIRTIO_BLK_T_GET_ID => {
             if data.iter().any(|s| !s.writable) {
-                return (Some(VIRTIO_BLK_S_IOERR), 0);
+                return (Some(S_IOERR), 0);
             }
-            let mut id = [0u8; VIRTIO_BLK_ID_BYTES];
+            let mut id = [0u8; ID_BYTES];
             let serial = backend.serial().as_bytes();
-            let n = serial.len().min(VIRTIO_BLK_ID_BYTES);
+            let n = serial.len().min(ID_BYTES);
             id[..n].copy_from_slice(&serial[..n]);
-            let len = data_len.min(VIRTIO_BLK_ID_BYTES as u64);
+            let len = data_len.min(ID_BYTES as u64);
             let mut done = 0usize;
             for s in sub_range(data, 0, len) {
                 let n = s.len as usize;
                 if mem.write_slice(&id[done..done + n], s.addr).is_err() {
-                    return (Some(VIRTIO_BLK_S_IOERR), 0);
+                    return (Some(S_IOERR), 0);
                 }
                 done += n;
             }
-            (Some(VIRTIO_BLK_S_OK), len)
+            (Some(S_OK), len)
         }
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             let discard = req_type == VIRTIO_BLK_T_DISCARD;
@@ -297,20 +342,28 @@ fn execute(
                 || count > u64::from(MAX_DISCARD_SEGMENTS)
                 || data.iter().any(|s| s.writable)
             {
-                return (Some(VIRTIO_BLK_S_UNSUPP), 0);
+                return (Some(S_UNSUPP), 0);
             }
-            let Some(raw) = read_bytes(mem, data) else {
+            // Read every segment, then validate them all before touching the image.
+            let Some(segments) = (0..count)
+                .map(|i| {
+                    let at = sub_range(data, i * DISCARD_SEGMENT_LEN, DISCARD_SEGMENT_LEN);
+                    read_split::<DiscardSegment>(mem, &at)
+                })
+                .collect::<Option<Vec<_>>>()
+            else {
                 return ioerr(kind);
             };
-            // Validate every segment before touching the image.
-            let mut ranges = Vec::with_capacity(count as usize);
-            for seg in raw.chunks_exact(DISCARD_SEGMENT_LEN as usize) {
-                let start = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
-                let num = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
-                let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
-                let allowed = if discard { 0 } else { WRITE_ZEROES_UNMAP };
+            let mut ranges = Vec::with_capacity(segments.len());
+            for seg in segments {
+                let (start, num, flags) = (seg.sector(), seg.num_sectors(), seg.flags());
+                let allowed = if discard {
+                    0
+                } else {
+                    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+                };
                 if flags & !allowed != 0 {
-                    return (Some(VIRTIO_BLK_S_UNSUPP), 0);
+                    return (Some(S_UNSUPP), 0);
                 }
                 if num > MAX_DISCARD_SECTORS {
                     return ioerr(kind);
@@ -321,7 +374,7 @@ fn execute(
                 ranges.push((
                     offset,
                     u64::from(num) * SECTOR_SIZE,
-                    flags & WRITE_ZEROES_UNMAP != 0,
+                    flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
                 ));
             }
             for (offset, len, may_unmap) in ranges {
@@ -335,12 +388,12 @@ fn execute(
                     }
                 };
                 match status_of(&backend.submit(req)) {
-                    Some(VIRTIO_BLK_S_OK) => {}
+                    Some(S_OK) => {}
                     other => return (other, 0),
                 }
             }
-            (Some(VIRTIO_BLK_S_OK), 0)
+            (Some(S_OK), 0)
         }
-        _ => (Some(VIRTIO_BLK_S_UNSUPP), 0),
+        _ => (Some(S_UNSUPP), 0),
     }
 }

@@ -6,6 +6,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use block::{BackendConfig, BlockNode, ErrorAction, ErrorPolicy, IoBuf, IoErrorInfo, IoStatus};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
+    VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+};
+use virtio_bindings::virtio_config::{
+    VIRTIO_CONFIG_S_ACKNOWLEDGE as ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER as DRIVER,
+    VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK,
+    VIRTIO_CONFIG_S_NEEDS_RESET as DEVICE_NEEDS_RESET,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 use vmm_sys_util::tempfile::TempFile;
@@ -14,7 +23,6 @@ use super::request::*;
 use super::*;
 use crate::bus::BusDevice;
 use crate::virtio::mmio::MmioTransport;
-use crate::virtio::status::*;
 use crate::virtio::testing::{guest_memory, DriverQueue, F_INDIRECT, F_NEXT, F_WRITE};
 
 const BASE: u64 = 0xd000_0000;
@@ -312,7 +320,7 @@ fn end_to_end_write_then_read_back() {
     // Write 8 sectors at sector 10.
     h.fill(DATA_AT, 4096, 0xa5);
     let (used, status) = h.run(VIRTIO_BLK_T_OUT, 10, DATA_AT, 4096, false);
-    assert_eq!((used, status), (1, VIRTIO_BLK_S_OK));
+    assert_eq!((used, status), (1, S_OK));
     assert!(h.irq.read().unwrap() >= 1);
     assert_eq!(r32(&mut h.t, 0x60) & 1, 1);
     w32(&mut h.t, 0x64, 1);
@@ -325,7 +333,7 @@ fn end_to_end_write_then_read_back() {
     assert_eq!(file[9 * 512], pattern(9 * 512));
     h.fill(DATA_AT + 0x8000, 6144, 0);
     let (used, status) = h.run(VIRTIO_BLK_T_IN, 9, DATA_AT + 0x8000, 6144, true);
-    assert_eq!((used, status), (6145, VIRTIO_BLK_S_OK));
+    assert_eq!((used, status), (6145, S_OK));
     let back = h.guest(DATA_AT + 0x8000, 6144);
     assert_eq!(back[..512], file[9 * 512..10 * 512]);
     assert!(back[512..4608].iter().all(|&b| b == 0xa5));
