@@ -4,13 +4,14 @@
 //! Registers are 32 bits wide and accessed with aligned 32-bit loads and stores; any other
 //! access to them is ignored (reads return 0). The config space at 0x100 accepts any width.
 //! The transport enforces the status handshake (ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK,
-//! each requiring the previous ones; writing 0 resets), refuses FEATURES_OK for features it did
-//! not offer or without `VIRTIO_F_VERSION_1`, accepts driver features only between DRIVER and
-//! FEATURES_OK and queue setup only between FEATURES_OK and DRIVER_OK.
+//! each requiring the previous ones; writing 0 resets, as does [`MmioTransport::reset`]),
+//! refuses FEATURES_OK for features it did not offer or without `VIRTIO_F_VERSION_1`, accepts
+//! driver features only between DRIVER and FEATURES_OK and queue setup only between
+//! FEATURES_OK and DRIVER_OK.
 //!
 //! The register offsets are the `VIRTIO_MMIO_*` of [`virtio_bindings::virtio_mmio`]; nothing
-//! outside this module needs them (the VMM finds `QueueNotify` with
-//! [`MmioTransport::notify_address`]).
+//! outside this module needs them (the VMM resets a device with [`MmioTransport::reset`] and
+//! finds `QueueNotify` with [`MmioTransport::notify_address`]).
 
 use std::sync::Arc;
 
@@ -224,7 +225,11 @@ impl MmioTransport {
         self.has(FEATURES_OK) && self.status & (DRIVER_OK | FAILED) == 0
     }
 
-    fn reset(&mut self) {
+    /// Resets the device, exactly as the driver does by writing 0 to the `Status` register
+    /// (virtio 1.2, 2.4): the device stops its data path (joining its I/O thread) and forgets
+    /// its queues; the transport forgets the queue setup, pending kicks, interrupt status and
+    /// negotiated features, and the status reads 0.
+    pub fn reset(&mut self) {
         if self.activated {
             self.device.reset();
             self.activated = false;
@@ -873,6 +878,32 @@ mod tests {
             )
         );
         assert!(!f.t.queues[0].event_idx_enabled());
+    }
+
+    #[test]
+    fn reset_method_is_the_status_write() {
+        let mut f = fixture();
+        negotiate(&mut f.t, 1 << VIRTIO_F_VERSION_1);
+        setup_queue(&mut f.t, 0, 16, 0x10000);
+        w32(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert!(f.t.is_activated());
+        f.t.queue_events()[0].write(1).unwrap();
+        f.t.interrupt().signal_used_queue().unwrap();
+        f.t.reset();
+        assert!(!f.t.is_activated());
+        assert_eq!(f.log.lock().unwrap().resets, 1);
+        assert_eq!(f.t.status(), 0);
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
+        assert!(f.t.queue_events()[0].read().is_err(), "stale kick kept");
+        assert!(!f.t.queues[0].ready());
+        assert_eq!(f.t.driver_features, 0);
+        // The driver can start over.
+        negotiate(&mut f.t, 1 << VIRTIO_F_VERSION_1);
+        assert_eq!(f.t.status(), ACKNOWLEDGE | DRIVER | FEATURES_OK);
     }
 
     #[test]
