@@ -11,7 +11,6 @@ use block::{Backend, BackendConfig, Registry};
 use devices::acpi::{pm, AcpiPm, Ged};
 use devices::legacy::{DebugPort, SerialDevice, I8042};
 use devices::virtio::{MmioTransport, VirtioBlock};
-use devices::BusDevice;
 use devices::{Bus, BusError, VmEventSink};
 use kvm_bindings::{
     kvm_irqchip, kvm_pit_config, kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
@@ -199,9 +198,6 @@ fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, VmError> {
         .map_err(|e| VmError::Kvm("register an irqfd", e))?;
     Ok(fd)
 }
-
-/// Offset of the virtio-mmio Status register.
-const VIRTIO_MMIO_STATUS: u64 = 0x70;
 
 /// Opens every disk and puts a virtio-blk device for it on the MMIO bus and in the DSDT,
 /// in order, each with its own window and GSI.
@@ -446,9 +442,10 @@ impl Vm {
         for disk in &self.disks {
             // The same path as a driver writing 0 to the status register: the device stops its
             // I/O thread and forgets its queues.
-            let mut t = disk.transport.lock().unwrap_or_else(|e| e.into_inner());
-            let base = t.base();
-            t.write(base, VIRTIO_MMIO_STATUS, &0u32.to_le_bytes());
+            disk.transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset();
         }
         let rsdp = write_tables(&self.mem, &self.dsdt, self.cpus)?;
         let entry = self.images.load(&self.mem, self.ram_size, rsdp)?;
