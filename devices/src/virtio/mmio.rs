@@ -657,7 +657,7 @@ mod tests {
         assert_eq!(r32(&mut f.t, VIRTIO_MMIO_VERSION), 2);
         assert_eq!(r32(&mut f.t, VIRTIO_MMIO_DEVICE_ID), 42);
         assert_eq!(r32(&mut f.t, VIRTIO_MMIO_VENDOR_ID), MMIO_VENDOR_ID);
-        assert_eq!(r32(&mut f.t, 0xb0), u32::MAX); // SHMLenLow: no region
+        assert_eq!(r32(&mut f.t, VIRTIO_MMIO_SHM_LEN_LOW), u32::MAX); // no region
         assert_eq!(f.t.notify_address(), 0xd000_0050);
         assert_eq!(f.t.base(), 0xd000_0000);
         assert_eq!(f.t.gsi(), 6);

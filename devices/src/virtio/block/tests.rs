@@ -15,6 +15,16 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK,
     VIRTIO_CONFIG_S_NEEDS_RESET as DEVICE_NEEDS_RESET,
 };
+use virtio_bindings::virtio_mmio::{
+    VIRTIO_MMIO_CONFIG, VIRTIO_MMIO_DEVICE_FEATURES, VIRTIO_MMIO_DEVICE_FEATURES_SEL,
+    VIRTIO_MMIO_DEVICE_ID, VIRTIO_MMIO_DRIVER_FEATURES, VIRTIO_MMIO_DRIVER_FEATURES_SEL,
+    VIRTIO_MMIO_INTERRUPT_ACK, VIRTIO_MMIO_INTERRUPT_STATUS, VIRTIO_MMIO_MAGIC_VALUE,
+    VIRTIO_MMIO_QUEUE_AVAIL_HIGH, VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_DESC_HIGH,
+    VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_NOTIFY, VIRTIO_MMIO_QUEUE_NUM,
+    VIRTIO_MMIO_QUEUE_NUM_MAX, VIRTIO_MMIO_QUEUE_READY, VIRTIO_MMIO_QUEUE_SEL,
+    VIRTIO_MMIO_QUEUE_USED_HIGH, VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_STATUS,
+    VIRTIO_MMIO_VERSION,
+};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 use vmm_sys_util::tempfile::TempFile;
@@ -49,14 +59,14 @@ struct Harness {
     used_seen: u16,
 }
 
-fn r32(t: &mut MmioTransport, off: u64) -> u32 {
+fn r32(t: &mut MmioTransport, off: u32) -> u32 {
     let mut d = [0u8; 4];
-    t.read(BASE, off, &mut d);
+    t.read(BASE, u64::from(off), &mut d);
     u32::from_le_bytes(d)
 }
 
-fn w32(t: &mut MmioTransport, off: u64, v: u32) {
-    t.write(BASE, off, &v.to_le_bytes());
+fn w32(t: &mut MmioTransport, off: u32, v: u32) {
+    t.write(BASE, u64::from(off), &v.to_le_bytes());
 }
 
 impl Harness {
@@ -106,41 +116,52 @@ impl Harness {
     /// setup, DRIVER_OK.
     fn init(&mut self, driver_features: u64) {
         let t = &mut self.t;
-        w32(t, 0x70, 0);
-        assert_eq!(r32(t, 0x00), 0x7472_6976);
-        assert_eq!(r32(t, 0x04), 2);
-        assert_eq!(r32(t, 0x08), 2);
-        w32(t, 0x70, ACKNOWLEDGE);
-        w32(t, 0x70, ACKNOWLEDGE | DRIVER);
-        w32(t, 0x14, 0);
-        let lo = r32(t, 0x10);
-        w32(t, 0x14, 1);
-        let hi = r32(t, 0x10);
+        w32(t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(r32(t, VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(r32(t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(r32(t, VIRTIO_MMIO_DEVICE_ID), 2);
+        w32(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE);
+        w32(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+        w32(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+        let lo = r32(t, VIRTIO_MMIO_DEVICE_FEATURES);
+        w32(t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        let hi = r32(t, VIRTIO_MMIO_DEVICE_FEATURES);
         let offered = (u64::from(hi) << 32) | u64::from(lo);
         let f = offered & driver_features;
-        w32(t, 0x24, 0);
-        w32(t, 0x20, f as u32);
-        w32(t, 0x24, 1);
-        w32(t, 0x20, (f >> 32) as u32);
-        w32(t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        assert_ne!(r32(t, 0x70) & FEATURES_OK, 0, "features refused");
+        w32(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        w32(t, VIRTIO_MMIO_DRIVER_FEATURES, f as u32);
+        w32(t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w32(t, VIRTIO_MMIO_DRIVER_FEATURES, (f >> 32) as u32);
+        w32(t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+        assert_ne!(
+            r32(t, VIRTIO_MMIO_STATUS) & FEATURES_OK,
+            0,
+            "features refused"
+        );
         // Fresh rings before the device may look at them (at DRIVER_OK), as a driver does.
         self.q = DriverQueue::new(&self.mem, QUEUE_AT, QUEUE_SIZE);
         self.next_desc = 0;
         self.used_seen = 0;
-        w32(t, 0x30, 0);
-        assert_eq!(r32(t, 0x44), 0);
-        assert_eq!(r32(t, 0x34), u32::from(QUEUE_SIZE));
-        w32(t, 0x38, u32::from(QUEUE_SIZE));
-        w32(t, 0x80, self.q.desc.0 as u32);
-        w32(t, 0x84, 0);
-        w32(t, 0x90, self.q.avail.0 as u32);
-        w32(t, 0x94, 0);
-        w32(t, 0xa0, self.q.used.0 as u32);
-        w32(t, 0xa4, 0);
-        w32(t, 0x44, 1);
-        w32(t, 0x70, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
-        assert_eq!(r32(t, 0x70), ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+        w32(t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        assert_eq!(r32(t, VIRTIO_MMIO_QUEUE_READY), 0);
+        assert_eq!(r32(t, VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
+        w32(t, VIRTIO_MMIO_QUEUE_NUM, u32::from(QUEUE_SIZE));
+        w32(t, VIRTIO_MMIO_QUEUE_DESC_LOW, self.q.desc.0 as u32);
+        w32(t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
+        w32(t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, self.q.avail.0 as u32);
+        w32(t, VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
+        w32(t, VIRTIO_MMIO_QUEUE_USED_LOW, self.q.used.0 as u32);
+        w32(t, VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
+        w32(t, VIRTIO_MMIO_QUEUE_READY, 1);
+        w32(
+            t,
+            VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        assert_eq!(
+            r32(t, VIRTIO_MMIO_STATUS),
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+        );
     }
 
     fn init_default(&mut self) {
@@ -215,7 +236,7 @@ impl Harness {
 
     fn wait_needs_reset(&mut self) {
         let deadline = Instant::now() + WAIT;
-        while r32(&mut self.t, 0x70) & DEVICE_NEEDS_RESET == 0 {
+        while r32(&mut self.t, VIRTIO_MMIO_STATUS) & DEVICE_NEEDS_RESET == 0 {
             assert!(Instant::now() < deadline, "device did not ask for a reset");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -272,9 +293,9 @@ fn config_space_and_features() {
         VIRTIO_BLK_F_TOPOLOGY,
         VIRTIO_BLK_F_DISCARD,
         VIRTIO_BLK_F_WRITE_ZEROES,
-        28,
-        29,
-        32,
+        VIRTIO_RING_F_INDIRECT_DESC,
+        VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_F_VERSION_1,
     ] {
         assert_ne!(f & (1 << bit), 0, "feature {bit}");
     }
@@ -295,10 +316,10 @@ fn config_space_and_features() {
     // Through the transport, at any width; beyond the config space reads 0.
     let mut t = h.t;
     let mut b = [0u8; 4];
-    t.read(BASE, 0x100 + 20, &mut b);
+    t.read(BASE, u64::from(VIRTIO_MMIO_CONFIG) + 20, &mut b);
     assert_eq!(u32::from_le_bytes(b), 512);
     let mut b = [0xffu8; 8];
-    t.read(BASE, 0x100 + 60, &mut b);
+    t.read(BASE, u64::from(VIRTIO_MMIO_CONFIG) + 60, &mut b);
     assert_eq!(b, [0; 8]);
     dev.read_config(u64::MAX, &mut b);
     assert_eq!(b, [0; 8]);
@@ -322,9 +343,9 @@ fn end_to_end_write_then_read_back() {
     let (used, status) = h.run(VIRTIO_BLK_T_OUT, 10, DATA_AT, 4096, false);
     assert_eq!((used, status), (1, S_OK));
     assert!(h.irq.read().unwrap() >= 1);
-    assert_eq!(r32(&mut h.t, 0x60) & 1, 1);
-    w32(&mut h.t, 0x64, 1);
-    assert_eq!(r32(&mut h.t, 0x60), 0);
+    assert_eq!(r32(&mut h.t, VIRTIO_MMIO_INTERRUPT_STATUS) & 1, 1);
+    w32(&mut h.t, VIRTIO_MMIO_INTERRUPT_ACK, 1);
+    assert_eq!(r32(&mut h.t, VIRTIO_MMIO_INTERRUPT_STATUS), 0);
 
     // Flush, then read it back (and the neighbours) into fresh memory.
     assert_eq!(h.run(VIRTIO_BLK_T_FLUSH, 0, DATA_AT, 0, false).1, 0);
@@ -366,7 +387,7 @@ fn kick_through_the_notify_register() {
     h.init_default();
     let (_, status) = h.request(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true);
     // No ioeventfd: the write reaches the transport.
-    w32(&mut h.t, 0x50, 0);
+    w32(&mut h.t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
     h.wait_used(1);
     assert_eq!(h.mem.read_obj::<u8>(GuestAddress(status)).unwrap(), 0);
     assert_eq!(h.guest(DATA_AT, 512), h.file()[..512]);
@@ -486,7 +507,7 @@ fn invalid_requests_fail_with_a_status() {
     assert_eq!(q.rd_operations + q.wr_operations, 0);
     // The device still works.
     assert_eq!(h.run(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true), (513, 0));
-    assert_eq!(r32(&mut h.t, 0x70) & DEVICE_NEEDS_RESET, 0);
+    assert_eq!(r32(&mut h.t, VIRTIO_MMIO_STATUS) & DEVICE_NEEDS_RESET, 0);
 }
 
 #[test]
@@ -570,7 +591,7 @@ fn event_idx_suppresses_interrupts() {
 
     // Without EVENT_IDX every completion interrupts.
     let mut h = Harness::new("evidx1", false);
-    h.init(!(1 << 29));
+    h.init(!(1 << VIRTIO_RING_F_EVENT_IDX));
     h.q.set_used_event(100);
     h.run(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true);
     assert_eq!(h.irq.read().unwrap(), 1);
@@ -615,7 +636,11 @@ fn broken_chains_need_reset() {
         breaker(&mut h);
         h.kick();
         h.wait_needs_reset();
-        assert_ne!(r32(&mut h.t, 0x60) & 2, 0, "{name}: no config interrupt");
+        assert_ne!(
+            r32(&mut h.t, VIRTIO_MMIO_INTERRUPT_STATUS) & 2,
+            0,
+            "{name}: no config interrupt"
+        );
         // Further kicks are ignored, nothing was used.
         h.kick();
         std::thread::sleep(Duration::from_millis(20));
@@ -644,7 +669,7 @@ fn looping_and_oversized_chains_terminate() {
     // Either a status (the truncated chain is read as a request) or a reset request: no hang.
     let deadline = Instant::now() + WAIT;
     loop {
-        if h.q.used_idx() == 1 || r32(&mut h.t, 0x70) & DEVICE_NEEDS_RESET != 0 {
+        if h.q.used_idx() == 1 || r32(&mut h.t, VIRTIO_MMIO_STATUS) & DEVICE_NEEDS_RESET != 0 {
             break;
         }
         assert!(Instant::now() < deadline, "looping chain hung the device");
@@ -677,10 +702,10 @@ fn reset_stops_the_thread_and_reinit_works() {
     h.init_default();
     wait_thread("blk-rst0", true);
     assert_eq!(h.run(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true).1, 0);
-    w32(&mut h.t, 0x70, 0);
+    w32(&mut h.t, VIRTIO_MMIO_STATUS, 0);
     assert!(!h.t.is_activated());
     assert!(!thread_names().iter().any(|n| n == "blk-rst0"));
-    assert_eq!(r32(&mut h.t, 0x70), 0);
+    assert_eq!(r32(&mut h.t, VIRTIO_MMIO_STATUS), 0);
     // Requests while reset are not processed.
     h.request(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true);
     h.kick();
@@ -699,14 +724,14 @@ fn hostile_register_writes_while_running() {
     let mut h = Harness::new("hostile0", false);
     h.init_default();
     // Queue registers are frozen while running; bad widths ignored; config writes ignored.
-    w32(&mut h.t, 0x80, 0xdead_0000);
-    w32(&mut h.t, 0x38, 2);
-    h.t.write(BASE, 0x70, &[0]);
-    h.t.write(BASE, 0x100, &[0xff; 8]);
-    w32(&mut h.t, 0x50, 0xffff);
+    w32(&mut h.t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0xdead_0000);
+    w32(&mut h.t, VIRTIO_MMIO_QUEUE_NUM, 2);
+    h.t.write(BASE, u64::from(VIRTIO_MMIO_STATUS), &[0]);
+    h.t.write(BASE, u64::from(VIRTIO_MMIO_CONFIG), &[0xff; 8]);
+    w32(&mut h.t, VIRTIO_MMIO_QUEUE_NOTIFY, 0xffff);
     assert_eq!(h.run(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true), (513, 0));
     let mut cap = [0u8; 8];
-    h.t.read(BASE, 0x100, &mut cap);
+    h.t.read(BASE, u64::from(VIRTIO_MMIO_CONFIG), &mut cap);
     assert_eq!(u64::from_le_bytes(cap), SECTORS);
 }
 
@@ -852,13 +877,13 @@ fn reachable_through_the_mmio_bus() {
     let mut d = [0u8; 4];
     assert!(bus.read(BASE, &mut d));
     assert_eq!(u32::from_le_bytes(d), 0x7472_6976);
-    assert!(bus.read(BASE + 8, &mut d));
+    assert!(bus.read(BASE + u64::from(VIRTIO_MMIO_DEVICE_ID), &mut d));
     assert_eq!(u32::from_le_bytes(d), 2);
     let mut cap = [0u8; 8];
-    assert!(bus.read(BASE + 0x100, &mut cap));
+    assert!(bus.read(BASE + u64::from(VIRTIO_MMIO_CONFIG), &mut cap));
     assert_eq!(u64::from_le_bytes(cap), SECTORS);
-    assert!(bus.write(BASE + 0x70, &1u32.to_le_bytes()));
-    assert!(bus.read(BASE + 0x70, &mut d));
+    assert!(bus.write(BASE + u64::from(VIRTIO_MMIO_STATUS), &1u32.to_le_bytes()));
+    assert!(bus.read(BASE + u64::from(VIRTIO_MMIO_STATUS), &mut d));
     assert_eq!(u32::from_le_bytes(d), ACKNOWLEDGE);
     assert!(!bus.read(BASE + MMIO_WINDOW_SIZE, &mut d));
 }
@@ -900,8 +925,8 @@ fn reset_during_io_does_not_hang() {
         if round % 2 == 0 {
             std::thread::sleep(Duration::from_micros(200));
         }
-        w32(&mut h.t, 0x70, 0);
-        assert_eq!(r32(&mut h.t, 0x70), 0);
+        w32(&mut h.t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(r32(&mut h.t, VIRTIO_MMIO_STATUS), 0);
         assert!(!h.t.is_activated());
     }
     h.init_default();
