@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The QMP monitor: listening sockets, a streaming JSON reader with QEMU's rules, request
-//! checking, per-client sessions, and the routing of in-band commands to the main loop and
-//! out-of-band commands to the monitor thread.
+//! checking, per-client sessions, the routing of in-band commands to the main loop and
+//! out-of-band commands to the monitor thread ([`server`]), the decisions QMP makes about a
+//! request ([`dispatch`]), and the human monitor behind `human-monitor-command` ([`hmp`]).
 
+pub mod dispatch;
+pub mod hmp;
 pub mod json_stream;
 pub mod listener;
 pub mod request;
@@ -10,7 +13,6 @@ pub mod server;
 pub mod spec;
 pub mod wire;
 
-pub use server::{
-    reply, Inband, Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, ToMain,
-};
+pub use dispatch::{reply, Inband};
+pub use server::{Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, ToMain};
 pub use spec::{Endpoint, SocketSpec, SpecError};

@@ -3,15 +3,22 @@
 //! capabilities, runs out-of-band commands itself, hands in-band commands to the main loop in
 //! order, and writes replies and events.
 //!
-//! In-band flow: every in-band item of a session, including requests the monitor rejects
-//! itself (malformed input, commands before negotiation), goes to the main loop in arrival
-//! order and comes back through [`MonitorHandle::respond`], so a client gets its in-band
-//! replies in the order it sent the requests. At most [`MAX_INFLIGHT`] in-band items per
-//! session are with the main loop; past that the monitor stops reading that client until one
-//! completes, as QEMU does. Out-of-band commands (`exec-oob` of an `allow-oob` command) are
-//! answered by the monitor thread at once and may overtake in-band replies. An `allow-oob`
-//! command sent in band by a session with nothing in flight is also answered by the monitor
-//! thread: no earlier reply of that session can be pending, so its order is kept.
+//! In-band flow: in-band commands go to the main loop in arrival order and come back through
+//! [`MonitorHandle::respond`], so a client gets its in-band replies in the order it sent the
+//! requests. At most [`MAX_INFLIGHT`] in-band items per session are with the main loop; past
+//! that the monitor stops reading that client until one completes, as QEMU does. What the
+//! monitor can answer itself (malformed input, unknown commands, and everything before
+//! negotiation, `qmp_capabilities` included) is written at once when the session has nothing
+//! in flight, and otherwise travels through the main loop behind the earlier items to keep its
+//! place. Negotiation therefore never waits for the main loop, and a session enters command
+//! mode in the same step in which its `qmp_capabilities` reply is queued: no event reaches it
+//! first. Out-of-band commands (`exec-oob` of an `allow-oob` command) are answered by the
+//! monitor thread at once and may overtake in-band replies. An `allow-oob` command sent in
+//! band by a session with nothing in flight is also answered by the monitor thread: no earlier
+//! reply of that session can be pending, so its order is kept.
+//!
+//! The thread is one [`event_manager`] subscriber: the wake-up eventfd, the listeners and
+//! every client socket are registered with it; sessions are found by their socket's fd.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -20,14 +27,20 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use event_manager::{
+    EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
+};
 use qapi::commands::{command_info, dispatch_oob, QmpOobCommands};
 use qapi::rt::{ErrorClass, QmpError};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::dispatch::{
+    already_negotiated, negotiate, not_negotiated, reply, response, Inband, OFFERED,
+};
 use crate::json_stream::{Item, JsonStream};
 use crate::listener::{ListenError, Listener, Stream};
-use crate::request::{parse_request, Malformed, Mode};
+use crate::request::{parse_request, Malformed, Mode, Request};
 use crate::spec::SocketSpec;
 use crate::wire::encode;
 
@@ -36,28 +49,8 @@ pub const MAX_INFLIGHT: usize = 8;
 /// A client whose unread output exceeds this is disconnected, so a stalled client cannot
 /// make the VMM buffer events without bound.
 pub const MAX_OUTPUT: usize = 64 << 20;
-/// The capabilities offered in the greeting.
-pub const CAPABILITIES: [&str; 1] = ["oob"];
-
 /// Identifies a client connection.
 pub type SessionId = u64;
-
-/// An in-band item for the main loop.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Inband {
-    /// Run `command` under the big lock and answer with [`reply`].
-    Execute {
-        /// The command name.
-        command: String,
-        /// Its arguments.
-        arguments: Option<Value>,
-        /// The id to echo.
-        id: Option<Value>,
-    },
-    /// A reply the monitor already knows (an error, or the negotiation result); the main
-    /// loop only passes it back so that it keeps its place in the session's order.
-    Reply(Value),
-}
 
 /// What the monitor tells the main loop.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,19 +66,6 @@ pub enum ToMain {
     WaitedClientConnected,
 }
 
-/// Builds the reply message for a command result.
-pub fn reply(result: Result<Value, QmpError>, id: Option<Value>) -> Value {
-    let mut msg = Map::new();
-    match result {
-        Ok(v) => msg.insert("return".into(), v),
-        Err(e) => msg.insert("error".into(), e.to_json()),
-    };
-    if let Some(id) = id {
-        msg.insert("id".into(), id);
-    }
-    Value::Object(msg)
-}
-
 fn error_reply(class: ErrorClass, desc: impl Into<String>, id: Option<Value>) -> Value {
     reply(Err(QmpError::new(class, desc)), id)
 }
@@ -96,9 +76,12 @@ pub enum MonitorError {
     /// A listening socket could not be created.
     #[error(transparent)]
     Listen(#[from] ListenError),
-    /// epoll or eventfd setup failed.
-    #[error("Cannot set up the monitor's event loop")]
-    Setup(#[source] io::Error),
+    /// The wake-up eventfd could not be created.
+    #[error("Cannot create the monitor's eventfd")]
+    EventFd(#[source] io::Error),
+    /// The monitor's epoll could not be set up.
+    #[error("Cannot set up the monitor's event loop: {0}")]
+    EventLoop(event_manager::Error),
     /// The thread could not be started.
     #[error("Cannot start the monitor thread")]
     Spawn(#[source] io::Error),
@@ -214,32 +197,43 @@ impl Monitor {
             listeners.push((Listener::bind(spec)?, spec.wait));
         }
         let tcp_ports = listeners.iter().map(|(l, _)| l.local_port()).collect();
-        let wake = EventFd::new(EFD_NONBLOCK).map_err(MonitorError::Setup)?;
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(MonitorError::EventFd)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Vec::new()),
-            wake: wake.try_clone().map_err(MonitorError::Setup)?,
+            wake: wake.try_clone().map_err(MonitorError::EventFd)?,
         });
-        let epoll_fd = epoll::create(true).map_err(MonitorError::Setup)?;
-        let mut thread = MonitorThread {
-            epoll_fd,
+        let offered: Vec<Value> = OFFERED.iter().map(|c| json!(c)).collect();
+        let thread = MonitorThread {
             listeners,
             sessions: HashMap::new(),
+            by_fd: HashMap::new(),
             next_session: 1,
-            greeting: encode(
-                &json!({"QMP": {"version": config.version, "capabilities": CAPABILITIES}}),
-            ),
+            greeting: encode(&json!({"QMP": {"version": config.version, "capabilities": offered}})),
             oob: config.oob,
             to_main: config.to_main,
             main_wake: config.main_wake,
             shared: shared.clone(),
             wake,
+            changes: Vec::new(),
+            closed: Vec::new(),
+            setup_error: None,
+            stopped: false,
         };
-        thread.register_fixed().map_err(MonitorError::Setup)?;
+        let mut manager = EventManager::new().map_err(MonitorError::EventLoop)?;
+        let id = manager.add_subscriber(thread);
+        if let Some(e) = manager
+            .subscriber_mut(id)
+            .map_err(MonitorError::EventLoop)?
+            .setup_error
+            .take()
+        {
+            return Err(MonitorError::EventLoop(e));
+        }
         let handle = std::thread::Builder::new()
             .name("qmp-monitor".into())
             // Deeply nested requests (up to 1024 levels) are parsed recursively.
             .stack_size(8 << 20)
-            .spawn(move || thread.run())
+            .spawn(move || MonitorThread::run(manager, id))
             .map_err(MonitorError::Spawn)?;
         Ok(Self {
             handle: MonitorHandle { shared },
@@ -268,9 +262,47 @@ impl Drop for Monitor {
     }
 }
 
-const TOKEN_WAKE: u64 = 0;
-const TOKEN_LISTENER_BASE: u64 = 1;
-const TOKEN_SESSION_BASE: u64 = 1 << 32;
+/// What an event on the monitor's epoll is about: the `data` of its registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Token {
+    /// Another thread queued something in the inbox.
+    Wake,
+    /// A client is connecting to listener N.
+    Listener(usize),
+    /// A client socket is ready (the session is found by its fd).
+    Session,
+}
+
+impl Token {
+    const WAKE: u32 = 0;
+    const SESSION: u32 = u32::MAX;
+
+    fn data(self) -> u32 {
+        match self {
+            Token::Wake => Self::WAKE,
+            // Listener indexes are small: one per --qmp option.
+            Token::Listener(i) => 1 + i as u32,
+            Token::Session => Self::SESSION,
+        }
+    }
+
+    fn from_data(data: u32) -> Self {
+        match data {
+            Self::WAKE => Token::Wake,
+            Self::SESSION => Token::Session,
+            n => Token::Listener((n - 1) as usize),
+        }
+    }
+}
+
+/// A change to the epoll interest set, applied after the current event is handled (the
+/// handlers deep in the session logic have no [`EventOps`] at hand).
+#[derive(Debug)]
+enum Change {
+    Add(RawFd, EventSet),
+    Modify(RawFd, EventSet),
+    Remove(RawFd),
+}
 
 struct Session {
     stream: Stream,
@@ -281,15 +313,15 @@ struct Session {
     oob: bool,
     out: Vec<u8>,
     /// The epoll interest currently registered.
-    interest: epoll::Events,
+    interest: EventSet,
     /// Read side finished (EOF); close once the main loop has answered everything.
     eof: bool,
 }
 
 struct MonitorThread {
-    epoll_fd: RawFd,
     listeners: Vec<(Listener, bool)>,
     sessions: HashMap<SessionId, Session>,
+    by_fd: HashMap<RawFd, SessionId>,
     next_session: SessionId,
     greeting: Vec<u8>,
     oob: Arc<dyn QmpOobCommands>,
@@ -297,6 +329,15 @@ struct MonitorThread {
     main_wake: EventFd,
     shared: Arc<Shared>,
     wake: EventFd,
+    /// Interest changes not yet applied.
+    changes: Vec<Change>,
+    /// Sessions closed since the last [`apply`](Self::apply): their sockets stay open until
+    /// they are out of the epoll set.
+    closed: Vec<Session>,
+    /// The registration error of [`init`](MutEventSubscriber::init), for `start` to report.
+    setup_error: Option<event_manager::Error>,
+    /// Told to stop: the thread closes every session and exits.
+    stopped: bool,
 }
 
 /// What to do after handling one item.
@@ -306,60 +347,79 @@ enum Flow {
     Full,
 }
 
-impl MonitorThread {
-    fn ctl(
-        &self,
-        op: epoll::ControlOptions,
-        fd: RawFd,
-        events: epoll::Events,
-        token: u64,
-    ) -> io::Result<()> {
-        epoll::ctl(self.epoll_fd, op, fd, epoll::Event::new(events, token))
-    }
-
-    fn register_fixed(&mut self) -> io::Result<()> {
-        self.ctl(
-            epoll::ControlOptions::EPOLL_CTL_ADD,
-            self.wake.as_raw_fd(),
-            epoll::Events::EPOLLIN,
-            TOKEN_WAKE,
-        )?;
+impl MutEventSubscriber for MonitorThread {
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut fixed = vec![Events::with_data(
+            &self.wake,
+            Token::Wake.data(),
+            EventSet::IN,
+        )];
         for (i, (l, _)) in self.listeners.iter().enumerate() {
-            self.ctl(
-                epoll::ControlOptions::EPOLL_CTL_ADD,
-                l.as_raw_fd(),
-                epoll::Events::EPOLLIN,
-                TOKEN_LISTENER_BASE + i as u64,
-            )?;
+            fixed.push(Events::with_data(
+                l,
+                Token::Listener(i).data(),
+                EventSet::IN,
+            ));
         }
-        Ok(())
+        for events in fixed {
+            if let Err(e) = ops.add(events) {
+                self.setup_error = Some(e);
+                return;
+            }
+        }
     }
 
-    fn run(mut self) {
-        let mut events = vec![epoll::Event::new(epoll::Events::empty(), 0); 64];
-        loop {
-            let n = match epoll::wait(self.epoll_fd, -1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            for ev in &events[..n] {
-                let token = ev.data;
-                if token == TOKEN_WAKE {
-                    if !self.drain_inbox() {
-                        self.close_all();
-                        return;
-                    }
-                } else if token < TOKEN_SESSION_BASE {
-                    self.accept((token - TOKEN_LISTENER_BASE) as usize);
-                } else {
-                    let id = token - TOKEN_SESSION_BASE;
-                    let flags = epoll::Events::from_bits_truncate(ev.events);
-                    self.service(id, flags);
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match Token::from_data(events.data()) {
+            Token::Wake => {
+                if !self.drain_inbox() {
+                    self.stopped = true;
+                }
+            }
+            Token::Listener(index) => self.accept(index),
+            Token::Session => {
+                if let Some(id) = self.by_fd.get(&events.fd()).copied() {
+                    self.service(id, events.event_set());
                 }
             }
         }
-        self.close_all();
+        self.apply(ops);
+    }
+}
+
+impl MonitorThread {
+    fn run(mut manager: EventManager<MonitorThread>, id: SubscriberId) {
+        loop {
+            match manager.subscriber_mut(id) {
+                Ok(thread) if !thread.stopped => {}
+                _ => break,
+            }
+            // The epoll descriptor is ours; failing here means the process is in trouble.
+            if manager.run().is_err() {
+                break;
+            }
+        }
+        if let Ok(thread) = manager.subscriber_mut(id) {
+            thread.close_all();
+        }
+    }
+
+    /// Applies the queued interest changes, then lets go of closed sessions' sockets.
+    fn apply(&mut self, ops: &mut EventOps) {
+        for change in self.changes.drain(..) {
+            // A failure leaves the fd as it was: at worst a session is not polled until its
+            // next change; the fds themselves are valid while queued here.
+            let _ = match change {
+                Change::Add(fd, set) => {
+                    ops.add(Events::with_data_raw(fd, Token::Session.data(), set))
+                }
+                Change::Modify(fd, set) => {
+                    ops.modify(Events::with_data_raw(fd, Token::Session.data(), set))
+                }
+                Change::Remove(fd) => ops.remove(Events::empty_raw(fd)),
+            };
+        }
+        self.closed.clear();
     }
 
     fn close_all(&mut self) {
@@ -370,8 +430,8 @@ impl MonitorThread {
             self.flush(id);
             self.close(id);
         }
-        // SAFETY: the epoll fd is ours and not used after this.
-        unsafe { libc::close(self.epoll_fd) };
+        self.changes.clear();
+        self.closed.clear();
     }
 
     /// Handles messages from other threads; false means stop.
@@ -435,20 +495,11 @@ impl MonitorThread {
                 negotiated: false,
                 oob: false,
                 out: Vec::new(),
-                interest: epoll::Events::EPOLLIN,
+                interest: EventSet::IN,
                 eof: false,
             };
-            if self
-                .ctl(
-                    epoll::ControlOptions::EPOLL_CTL_ADD,
-                    fd,
-                    epoll::Events::EPOLLIN,
-                    TOKEN_SESSION_BASE + id,
-                )
-                .is_err()
-            {
-                continue;
-            }
+            self.changes.push(Change::Add(fd, EventSet::IN));
+            self.by_fd.insert(fd, id);
             self.sessions.insert(id, session);
             let greeting = self.greeting.clone();
             self.queue_output(id, &greeting);
@@ -464,13 +515,11 @@ impl MonitorThread {
         }
     }
 
-    fn service(&mut self, id: SessionId, flags: epoll::Events) {
-        if flags.contains(epoll::Events::EPOLLOUT) {
+    fn service(&mut self, id: SessionId, flags: EventSet) {
+        if flags.contains(EventSet::OUT) {
             self.flush(id);
         }
-        if flags
-            .intersects(epoll::Events::EPOLLIN | epoll::Events::EPOLLHUP | epoll::Events::EPOLLERR)
-        {
+        if flags.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
             self.read(id);
         }
         self.update_interest(id);
@@ -551,6 +600,20 @@ impl MonitorThread {
         }
     }
 
+    /// Answers with a reply the monitor knows without running anything (an error). With
+    /// nothing of the session in flight it is written at once; otherwise it travels through
+    /// the main loop behind the session's earlier items, to keep their order.
+    fn answer(&mut self, id: SessionId, message: Value) -> Flow {
+        let idle = self.sessions.get(&id).is_some_and(|s| s.inflight == 0);
+        if idle {
+            let bytes = encode(&message);
+            self.queue_output(id, &bytes);
+            Flow::Continue
+        } else {
+            self.inband(id, Inband::Reply(message))
+        }
+    }
+
     fn handle_item(&mut self, id: SessionId, item: Item) -> Flow {
         let (negotiated, oob) = match self.sessions.get(&id) {
             Some(s) => (s.negotiated, s.oob),
@@ -558,52 +621,21 @@ impl MonitorThread {
         };
         let msg = match item {
             Item::Error(desc) => {
-                return self.inband(
-                    id,
-                    Inband::Reply(error_reply(ErrorClass::GenericError, desc, None)),
-                )
+                return self.answer(id, error_reply(ErrorClass::GenericError, desc, None))
             }
             Item::Value(v) => v,
         };
         let req = match parse_request(msg, oob) {
             Ok(r) => r,
             Err(Malformed { desc, id: req_id }) => {
-                return self.inband(
-                    id,
-                    Inband::Reply(error_reply(ErrorClass::GenericError, desc, req_id)),
-                )
+                return self.answer(id, error_reply(ErrorClass::GenericError, desc, req_id))
             }
         };
         if !negotiated {
-            let answer = if req.command == "qmp_capabilities" {
-                match negotiate(req.arguments.as_ref()) {
-                    Ok(enable_oob) => {
-                        if let Some(s) = self.sessions.get_mut(&id) {
-                            s.negotiated = true;
-                            s.oob = enable_oob;
-                        }
-                        reply(Ok(json!({})), req.id)
-                    }
-                    Err(e) => reply(Err(e), req.id),
-                }
-            } else {
-                error_reply(
-                    ErrorClass::CommandNotFound,
-                    "Expecting capabilities negotiation with 'qmp_capabilities'",
-                    req.id,
-                )
-            };
-            return self.inband(id, Inband::Reply(answer));
+            return self.negotiate(id, req);
         }
         if req.command == "qmp_capabilities" && req.mode == Mode::InBand {
-            return self.inband(
-                id,
-                Inband::Reply(error_reply(
-                    ErrorClass::CommandNotFound,
-                    "Capabilities negotiation is already complete, command ignored",
-                    req.id,
-                )),
-            );
+            return self.answer(id, reply(Err(already_negotiated()), req.id));
         }
         match req.mode {
             Mode::OutOfBand => {
@@ -613,7 +645,7 @@ impl MonitorThread {
             Mode::InBand => {
                 let Some(info) = command_info(&req.command) else {
                     let e = QmpError::command_not_found(&req.command);
-                    return self.inband(id, Inband::Reply(reply(Err(e), req.id)));
+                    return self.answer(id, reply(Err(e), req.id));
                 };
                 let idle = self.sessions.get(&id).is_some_and(|s| s.inflight == 0);
                 if info.allow_oob && idle {
@@ -635,13 +667,34 @@ impl MonitorThread {
         }
     }
 
+    /// A request of a session still in negotiation mode, answered on the monitor thread (the
+    /// session has nothing with the main loop before negotiating). The session enters command
+    /// mode in the same step in which its `qmp_capabilities` reply is queued, so no event can
+    /// reach it before that reply.
+    fn negotiate(&mut self, id: SessionId, req: Request) -> Flow {
+        let answer = if req.command == "qmp_capabilities" {
+            match negotiate(req.arguments) {
+                Ok(caps) => {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.negotiated = true;
+                        s.oob = caps.oob;
+                    }
+                    reply(Ok(json!({})), req.id)
+                }
+                Err(e) => reply(Err(e), req.id),
+            }
+        } else {
+            reply(Err(not_negotiated()), req.id)
+        };
+        self.answer(id, answer)
+    }
+
     /// Runs a command on the monitor thread through the out-of-band dispatcher (which refuses
     /// commands that are not `allow-oob`) and queues its reply.
-    fn run_here(&mut self, id: SessionId, req: crate::request::Request) {
+    fn run_here(&mut self, id: SessionId, req: Request) {
         let result = dispatch_oob(&*self.oob, &req.command, req.arguments.map(Value::Object));
-        let success_response = command_info(&req.command).is_none_or(|c| c.success_response);
-        if result.is_err() || success_response {
-            let bytes = encode(&reply(result, req.id));
+        if let Some(message) = response(&req.command, result, req.id) {
+            let bytes = encode(&message);
             self.queue_output(id, &bytes);
         }
     }
@@ -685,108 +738,26 @@ impl MonitorThread {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let mut want = epoll::Events::empty();
+        let mut want = EventSet::empty();
         if !s.eof && s.inflight < MAX_INFLIGHT && s.backlog.is_empty() {
-            want |= epoll::Events::EPOLLIN;
+            want |= EventSet::IN;
         }
         if !s.out.is_empty() {
-            want |= epoll::Events::EPOLLOUT;
+            want |= EventSet::OUT;
         }
         if want != s.interest {
             s.interest = want;
-            let fd = s.stream.as_raw_fd();
-            let _ = self.ctl(
-                epoll::ControlOptions::EPOLL_CTL_MOD,
-                fd,
-                want,
-                TOKEN_SESSION_BASE + id,
-            );
+            self.changes
+                .push(Change::Modify(s.stream.as_raw_fd(), want));
         }
     }
 
     fn close(&mut self, id: SessionId) {
         if let Some(s) = self.sessions.remove(&id) {
-            let _ = self.ctl(
-                epoll::ControlOptions::EPOLL_CTL_DEL,
-                s.stream.as_raw_fd(),
-                epoll::Events::empty(),
-                0,
-            );
+            let fd = s.stream.as_raw_fd();
+            self.by_fd.remove(&fd);
+            self.changes.push(Change::Remove(fd));
+            self.closed.push(s);
         }
-    }
-}
-
-/// Checks `qmp_capabilities` arguments; returns whether `oob` was enabled.
-fn negotiate(arguments: Option<&Map<String, Value>>) -> Result<bool, QmpError> {
-    let Some(args) = arguments else {
-        return Ok(false);
-    };
-    if let Some(key) = args.keys().find(|k| k.as_str() != "enable") {
-        return Err(QmpError::generic(format!(
-            "Parameter '{key}' is unexpected"
-        )));
-    }
-    let Some(enable) = args.get("enable") else {
-        return Ok(false);
-    };
-    let Value::Array(caps) = enable else {
-        return Err(QmpError::generic(
-            "Invalid parameter type for 'enable', expected: array",
-        ));
-    };
-    let mut oob = false;
-    for (i, cap) in caps.iter().enumerate() {
-        match cap.as_str() {
-            Some("oob") => oob = true,
-            Some(other) => {
-                return Err(QmpError::generic(format!(
-                    "Parameter 'enable[{i}]' does not accept value '{other}'"
-                )))
-            }
-            None => {
-                return Err(QmpError::generic(format!(
-                    "Invalid parameter type for 'enable[{i}]', expected: string"
-                )))
-            }
-        }
-    }
-    Ok(oob)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn negotiation_arguments() {
-        assert_eq!(negotiate(None), Ok(false));
-        let args = |v: Value| v.as_object().cloned().unwrap();
-        assert_eq!(negotiate(Some(&args(json!({"enable": ["oob"]})))), Ok(true));
-        assert_eq!(negotiate(Some(&args(json!({"enable": []})))), Ok(false));
-        assert_eq!(
-            negotiate(Some(&args(json!({"enable": ["cap-does-not-exist"]}))))
-                .unwrap_err()
-                .desc,
-            "Parameter 'enable[0]' does not accept value 'cap-does-not-exist'"
-        );
-        assert_eq!(
-            negotiate(Some(&args(json!({"other": 1}))))
-                .unwrap_err()
-                .desc,
-            "Parameter 'other' is unexpected"
-        );
-    }
-
-    #[test]
-    fn reply_shapes() {
-        assert_eq!(
-            reply(Ok(json!({})), Some(json!(1))),
-            json!({"return": {}, "id": 1})
-        );
-        assert_eq!(reply(Ok(json!("s")), None), json!({"return": "s"}));
-        assert_eq!(
-            reply(Err(QmpError::command_not_found("x")), Some(json!(null))),
-            json!({"error": {"class": "CommandNotFound", "desc": "The command x has not been found"}, "id": null})
-        );
     }
 }

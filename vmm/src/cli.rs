@@ -7,8 +7,9 @@ use clap::Parser;
 
 use monitor::SocketSpec;
 
+use crate::device_manager::SerialMode;
 use crate::disk::DiskSpec;
-use crate::vm::{SerialMode, VmConfig};
+use crate::vm::VmConfig;
 
 /// Smallest guest RAM we accept, in MiB.
 pub const MIN_MEMORY_MIB: u64 = 16;

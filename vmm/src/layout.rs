@@ -62,12 +62,18 @@ pub const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 /// COM1's I/O ports.
 pub const COM1_PORT: u16 = 0x3f8;
+/// COM1's eight 16550A registers.
+pub const COM1_PORT_LEN: u64 = 8;
 /// COM1's interrupt (ISA IRQ 4).
 pub const COM1_GSI: u32 = 4;
 /// The i8042 data port; the command port is 4 above it.
 pub const I8042_PORT: u16 = 0x60;
+/// The i8042's ports: data at 0x60 up to the command/status port at 0x64.
+pub const I8042_PORT_LEN: u64 = 5;
 /// The debug (POST code) port, our boot timer.
 pub const DEBUG_PORT: u16 = 0x80;
+/// The debug port is one byte wide.
+pub const DEBUG_PORT_LEN: u64 = 1;
 /// The ACPI sleep control/status and reset registers.
 pub const ACPI_PM_PORT: u16 = 0x600;
 /// The power-button GED's interrupt.

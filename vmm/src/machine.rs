@@ -227,7 +227,7 @@ impl Machine {
         self.announce(Event::Powerdown, None);
         self.vm
             .power_button()
-            .map_err(|e| QmpError::generic(crate::vcpu::chain(&e)))
+            .map_err(|e| QmpError::generic(crate::error::chain(&e)))
     }
 
     /// An unrecoverable vCPU error. With a monitor (`keep`) the VM stays, paused in

@@ -5,14 +5,17 @@ mod acpi;
 mod arch;
 mod boot;
 mod cli;
+mod console;
+mod device_manager;
 mod disk;
-mod hmp;
+mod error;
 mod layout;
 mod machine;
 mod memory;
 mod qmp;
 mod qmp_block;
 mod runner;
+mod signals;
 mod vcpu;
 mod vm;
 

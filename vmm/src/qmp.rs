@@ -8,8 +8,8 @@ use qapi::commands::{QmpCommands, QmpHandles, QmpOobCommands};
 use qapi::rt::QmpError;
 use qapi::types::{
     BlockInfo, BlockStats, Blockdev, CommandInfo, CpuInfoFast, CpuInfoFastBranch,
-    CpuInstanceProperties, KvmInfo, NameInfo, QMPCapability, RunState, SchemaInfo, ShutdownCause,
-    StatusInfo, VersionInfo, VersionTriple,
+    CpuInstanceProperties, KvmInfo, NameInfo, RunState, SchemaInfo, ShutdownCause, StatusInfo,
+    VersionInfo, VersionTriple,
 };
 
 use crate::machine::{Machine, SharedRunState};
@@ -120,15 +120,6 @@ impl QmpOobCommands for Machine {
 }
 
 impl QmpCommands for Machine {
-    fn qmp_capabilities(&mut self, _enable: Option<Vec<QMPCapability>>) -> Result<(), QmpError> {
-        // The monitor negotiates capabilities itself; reaching here means a negotiated session
-        // asked again.
-        Err(QmpError::new(
-            qapi::rt::ErrorClass::CommandNotFound,
-            "Capabilities negotiation is already complete, command ignored",
-        ))
-    }
-
     fn query_version(&mut self) -> Result<VersionInfo, QmpError> {
         Ok(version_info())
     }
@@ -152,7 +143,7 @@ impl QmpCommands for Machine {
 
     fn system_reset(&mut self) -> Result<(), QmpError> {
         self.reset(false, ShutdownCause::HostQmpSystemReset)
-            .map_err(|e| QmpError::generic(crate::vcpu::chain(&e)))
+            .map_err(|e| QmpError::generic(crate::error::chain(&e)))
     }
 
     fn system_powerdown(&mut self) -> Result<(), QmpError> {
@@ -227,6 +218,6 @@ impl QmpCommands for Machine {
                 ));
             }
         }
-        Ok(crate::hmp::run(self, &command_line))
+        Ok(monitor::hmp::run(self, &command_line))
     }
 }

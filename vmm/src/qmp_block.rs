@@ -8,7 +8,7 @@ use qapi::types::{
     BlockdevDetectZeroesOptions, ImageInfo,
 };
 
-use crate::vm::Disk;
+use crate::device_manager::Disk;
 
 /// QMP integers are i64; counters past i64::MAX (never reached in practice) saturate.
 fn i(v: u64) -> i64 {

@@ -3,23 +3,22 @@
 //! signals and console input, and turns each into an operation on the [`Machine`]. The main
 //! loop thread owns the machine; running here is what "holding the big lock" means.
 
-use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::Arc;
 
 use devices::{VmEvent, VmEventSink};
-use monitor::{
-    reply, Inband, Monitor, MonitorConfig, MonitorError, MonitorHandle, SocketSpec, ToMain,
-};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use monitor::{Monitor, MonitorConfig, MonitorError, MonitorHandle, SocketSpec, ToMain};
 use qapi::types::ShutdownCause;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::terminal::Terminal;
 
+use crate::console::{Console, ConsoleAction, RawTerminal};
+use crate::device_manager::SerialMode;
+use crate::error::chain;
 use crate::machine::{Exit, Machine, SharedRunState};
 use crate::qmp::{blockdev_names, version_info, OobServer};
-use crate::vcpu::{chain, install_kick_handler, VcpuError};
-use crate::vm::{SerialMode, Vm, VmConfig, VmError};
+use crate::signals::{install_kick_handler, install_terminate_handlers, SignalError};
+use crate::vm::{Vm, VmConfig, VmError};
 
 /// Errors of the main loop.
 #[derive(Debug, thiserror::Error)]
@@ -29,16 +28,16 @@ pub enum RunError {
     Vm(#[from] VmError),
     /// Signal handling could not be set up.
     #[error(transparent)]
-    Vcpu(#[from] VcpuError),
+    Signals(#[from] SignalError),
     /// The QMP monitor could not start.
     #[error(transparent)]
     Monitor(#[from] MonitorError),
-    /// epoll failed.
-    #[error("Main loop epoll failed")]
-    Epoll(#[source] std::io::Error),
-    /// Termination signal handling could not be set up.
-    #[error("Cannot set up handling of SIGTERM/SIGINT")]
-    Signals(#[source] std::io::Error),
+    /// An eventfd could not be created.
+    #[error("Cannot create the main loop's eventfds")]
+    EventFd(#[source] std::io::Error),
+    /// The main loop's epoll failed.
+    #[error("Main loop epoll failed: {0}")]
+    EventLoop(event_manager::Error),
     /// The guest or a vCPU hit an unrecoverable error.
     #[error("{0}")]
     Guest(String),
@@ -57,120 +56,164 @@ pub struct RunOptions {
     pub qmp: Vec<SocketSpec>,
 }
 
-/// The eventfd that the SIGTERM/SIGINT handler writes.
-static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+/// What woke the main loop: the `data` of each registered event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// A device or vCPU queued a [`VmEvent`].
+    VmEvents,
+    /// SIGTERM, SIGINT or SIGHUP arrived.
+    Signal,
+    /// The monitor queued in-band requests ([`ToMain`]).
+    Monitor,
+    /// Console input on stdin.
+    Stdin,
+}
 
-extern "C" fn on_terminate(signum: libc::c_int) {
-    let fd = SIGNAL_FD.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let value = u64::from(signum.unsigned_abs());
-        // SAFETY: write(2) is async-signal-safe; the buffer is a live local of 8 bytes and the
-        // fd is an eventfd that stays open for the life of the process.
-        unsafe { libc::write(fd, (&value as *const u64).cast(), 8) };
+impl Source {
+    const ALL: [Source; 4] = [
+        Source::VmEvents,
+        Source::Signal,
+        Source::Monitor,
+        Source::Stdin,
+    ];
+
+    fn data(self) -> u32 {
+        self as u32
+    }
+
+    fn from_data(data: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.data() == data)
     }
 }
 
-fn install_terminate_handlers(fd: &EventFd) -> Result<(), RunError> {
-    SIGNAL_FD.store(fd.as_raw_fd(), Ordering::Relaxed);
-    let handler: extern "C" fn(libc::c_int) = on_terminate;
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction is valid; we set a handler that only calls
-        // async-signal-safe functions, and check the return value.
-        let ret = unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = handler as libc::sighandler_t;
-            act.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaction(sig, &act, std::ptr::null_mut())
-        };
-        if ret != 0 {
-            return Err(RunError::Signals(std::io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
-/// Puts the controlling terminal in raw mode for the guest console and restores it on drop.
-struct RawTerminal {
-    active: bool,
-}
-
-impl RawTerminal {
-    fn enter(serial: &SerialMode) -> Self {
-        let stdin = std::io::stdin().lock();
-        let active = *serial == SerialMode::Stdio
-            && std::io::IsTerminal::is_terminal(&std::io::stdin())
-            && stdin.set_raw_mode().is_ok();
-        Self { active }
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        if self.active {
-            // Nothing more can be done if restoring fails while exiting.
-            let _ = std::io::stdin().lock().set_canon_mode();
-        }
-    }
-}
-
-/// Console escape: Ctrl-A, then x to quit (as QEMU's -nographic), Ctrl-A again for a literal.
-#[derive(Default)]
-struct Escape {
-    pending: bool,
-}
-
-enum ConsoleAction {
-    Forward(Vec<u8>),
-    Quit,
-}
-
-impl Escape {
-    const CTRL_A: u8 = 0x01;
-
-    fn filter(&mut self, input: &[u8]) -> ConsoleAction {
-        let mut out = Vec::with_capacity(input.len());
-        for &b in input {
-            if self.pending {
-                self.pending = false;
-                match b {
-                    b'x' | b'X' => return ConsoleAction::Quit,
-                    Self::CTRL_A => out.push(b),
-                    _ => {}
-                }
-            } else if b == Self::CTRL_A {
-                self.pending = true;
-            } else {
-                out.push(b);
-            }
-        }
-        ConsoleAction::Forward(out)
-    }
-}
-
-const TOKEN_EVENTS: u64 = 1;
-const TOKEN_SIGNAL: u64 = 2;
-const TOKEN_STDIN: u64 = 3;
-const TOKEN_MONITOR: u64 = 4;
-
-fn epoll_add(epoll_fd: RawFd, fd: RawFd, token: u64) -> Result<(), RunError> {
-    epoll::ctl(
-        epoll_fd,
-        epoll::ControlOptions::EPOLL_CTL_ADD,
-        fd,
-        epoll::Event::new(epoll::Events::EPOLLIN, token),
-    )
-    .map_err(RunError::Epoll)
-}
-
-/// The main loop's inputs.
-struct Inputs {
+/// The main loop: owns the [`Machine`] (holding the big lock is being here) and turns each
+/// input into an operation on it.
+struct MainLoop {
+    machine: Machine,
     vm_events: Receiver<VmEvent>,
     vm_wake: EventFd,
     signal_fd: EventFd,
     monitor_rx: Receiver<ToMain>,
     monitor_wake: EventFd,
-    epoll_fd: RawFd,
+    monitor: Option<MonitorHandle>,
+    /// Console input filter, when the serial console is on stdio.
+    console: Option<Console>,
+    paused: bool,
+    waiting_for_client: bool,
+    /// Set when the loop must end, with what [`run`] returns.
+    outcome: Option<Result<i32, RunError>>,
+}
+
+impl MainLoop {
+    fn on_vm_events(&mut self) {
+        let _ = self.vm_wake.read();
+        while let Ok(event) = self.vm_events.try_recv() {
+            match event {
+                VmEvent::PowerOff => {
+                    self.machine.shutdown(true, ShutdownCause::GuestShutdown, 0);
+                }
+                VmEvent::Reset(_) => {
+                    if let Err(e) = self.machine.reset(true, ShutdownCause::GuestReset) {
+                        self.outcome = Some(Err(e.into()));
+                        return;
+                    }
+                }
+                VmEvent::Fatal(msg) => {
+                    let keep = self.monitor.is_some();
+                    self.machine.internal_error(keep);
+                    if !keep {
+                        self.outcome = Some(Err(RunError::Guest(msg)));
+                        return;
+                    }
+                    eprintln!("vmm: {msg}");
+                }
+            }
+            if self.machine.exit().is_some() {
+                break;
+            }
+        }
+    }
+
+    fn on_monitor(&mut self) {
+        let _ = self.monitor_wake.read();
+        while let Ok(msg) = self.monitor_rx.try_recv() {
+            match msg {
+                ToMain::WaitedClientConnected => {
+                    if self.waiting_for_client {
+                        self.waiting_for_client = false;
+                        if !self.paused {
+                            self.machine.launch();
+                        }
+                    }
+                }
+                ToMain::Request { session, item } => {
+                    let answer = item.run(&mut self.machine);
+                    if let Some(m) = &self.monitor {
+                        m.respond(session, answer);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_stdin(&mut self, ops: &mut EventOps) {
+        let Some(console) = &mut self.console else {
+            return;
+        };
+        match console.read_stdin() {
+            None => {
+                // EOF or error: stop watching the console.
+                let _ = ops.remove(Events::empty_raw(libc::STDIN_FILENO));
+                self.console = None;
+            }
+            Some(ConsoleAction::Quit) => {
+                self.machine.shutdown(false, ShutdownCause::HostUi, 0);
+            }
+            Some(ConsoleAction::Forward(bytes)) => self.machine.vm.serial_input(&bytes),
+        }
+    }
+}
+
+impl MutEventSubscriber for MainLoop {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (fd, source) in [
+            (&self.vm_wake, Source::VmEvents),
+            (&self.signal_fd, Source::Signal),
+            (&self.monitor_wake, Source::Monitor),
+        ] {
+            if let Err(e) = ops.add(Events::with_data(fd, source.data(), EventSet::IN)) {
+                self.outcome = Some(Err(RunError::EventLoop(e)));
+                return;
+            }
+        }
+        if self.console.is_some() {
+            // stdin may be a file or /dev/null that epoll refuses; then there is no console
+            // input.
+            let stdin =
+                Events::with_data_raw(libc::STDIN_FILENO, Source::Stdin.data(), EventSet::IN);
+            if ops.add(stdin).is_err() {
+                self.console = None;
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match Source::from_data(events.data()) {
+            Some(Source::VmEvents) => self.on_vm_events(),
+            Some(Source::Signal) => {
+                let _ = self.signal_fd.read();
+                self.machine.shutdown(false, ShutdownCause::HostSignal, 0);
+            }
+            Some(Source::Monitor) => self.on_monitor(),
+            Some(Source::Stdin) => self.on_stdin(ops),
+            None => {}
+        }
+        if self.outcome.is_none() {
+            if let Some(Exit::Code(code)) = self.machine.exit() {
+                self.outcome = Some(Ok(*code));
+            }
+        }
+    }
 }
 
 /// Builds and runs the VM until it powers off or is told to stop; returns the exit code.
@@ -179,15 +222,15 @@ struct Inputs {
 /// Fails when the VM cannot be built, or stops on an unrecoverable guest error without a
 /// monitor to report it to.
 pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
-    let (events, vm_events, vm_wake) = VmEventSink::new().map_err(VmError::EventFd)?;
+    let (events, vm_events, vm_wake) = VmEventSink::new().map_err(RunError::EventFd)?;
     install_kick_handler()?;
-    let signal_fd = EventFd::new(EFD_NONBLOCK).map_err(RunError::Signals)?;
+    let signal_fd = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
     install_terminate_handlers(&signal_fd)?;
     let vm = Vm::new(config, &events)?;
 
     let state = Arc::new(SharedRunState::default());
     let (monitor_tx, monitor_rx) = channel();
-    let monitor_wake = EventFd::new(EFD_NONBLOCK).map_err(RunError::Signals)?;
+    let monitor_wake = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
     let monitor = if options.qmp.is_empty() {
         None
     } else {
@@ -200,195 +243,58 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
                 blockdev_names(&vm),
             )),
             to_main: monitor_tx,
-            main_wake: monitor_wake.try_clone().map_err(VmError::EventFd)?,
+            main_wake: monitor_wake.try_clone().map_err(RunError::EventFd)?,
         })?)
     };
-    let mut machine = Machine::new(
+    let handle = monitor.as_ref().map(Monitor::handle);
+    let machine = Machine::new(
         vm,
         options.no_reboot,
         options.name.clone(),
         state,
-        monitor.as_ref().map(Monitor::handle),
+        handle.clone(),
     );
     let _terminal = RawTerminal::enter(&config.serial);
-
-    let epoll_fd = epoll::create(true).map_err(RunError::Epoll)?;
-    let inputs = Inputs {
+    let waiting_for_client = options.qmp.iter().any(|s| s.wait);
+    let mut main = MainLoop {
+        machine,
         vm_events,
         vm_wake,
         signal_fd,
         monitor_rx,
         monitor_wake,
-        epoll_fd,
+        monitor: handle,
+        console: (config.serial == SerialMode::Stdio).then(Console::default),
+        paused: options.paused,
+        waiting_for_client,
+        outcome: None,
     };
-    epoll_add(epoll_fd, inputs.vm_wake.as_raw_fd(), TOKEN_EVENTS)?;
-    epoll_add(epoll_fd, inputs.signal_fd.as_raw_fd(), TOKEN_SIGNAL)?;
-    epoll_add(epoll_fd, inputs.monitor_wake.as_raw_fd(), TOKEN_MONITOR)?;
-    if config.serial == SerialMode::Stdio {
-        // stdin may be a file or /dev/null that epoll refuses; then there is no console input.
-        let _ = epoll_add(epoll_fd, libc::STDIN_FILENO, TOKEN_STDIN);
+    main.machine.vm.start(true)?;
+    if !options.paused && !waiting_for_client {
+        main.machine.launch();
     }
-
-    machine.vm.start(true)?;
-    let wait_for_client = options.qmp.iter().any(|s| s.wait);
-    if !options.paused && !wait_for_client {
-        machine.launch();
-    }
-    let result = main_loop(
-        &mut machine,
-        &inputs,
-        monitor.as_ref().map(Monitor::handle),
-        options,
-        wait_for_client,
-    );
-    machine.vm.shutdown();
+    // The loop owns the machine: when it ends, the VM is dropped, which stops and joins the
+    // vCPU threads before the monitor sends its last messages.
+    let result = run_main_loop(main);
     // Dropping the monitor flushes the last replies and events, then closes the sockets.
     drop(monitor);
-    // SAFETY: epoll_fd is a descriptor we created and no longer use.
-    unsafe { libc::close(epoll_fd) };
     result
 }
 
-fn main_loop(
-    machine: &mut Machine,
-    inputs: &Inputs,
-    monitor: Option<MonitorHandle>,
-    options: &RunOptions,
-    mut waiting_for_client: bool,
-) -> Result<i32, RunError> {
-    let mut ready = vec![epoll::Event::new(epoll::Events::empty(), 0); 8];
-    let mut escape = Escape::default();
-    let mut buf = [0u8; 256];
+/// Runs the main loop until it has an outcome.
+fn run_main_loop(main: MainLoop) -> Result<i32, RunError> {
+    let mut manager = EventManager::new().map_err(RunError::EventLoop)?;
+    let id = manager.add_subscriber(main);
     loop {
-        if let Some(Exit::Code(code)) = machine.exit() {
-            return Ok(*code);
+        let main = manager.subscriber_mut(id).map_err(RunError::EventLoop)?;
+        if let Some(outcome) = main.outcome.take() {
+            return outcome;
         }
-        let n = match epoll::wait(inputs.epoll_fd, -1, &mut ready) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(RunError::Epoll(e)),
-        };
-        for ev in &ready[..n] {
-            match ev.data {
-                TOKEN_EVENTS => {
-                    let _ = inputs.vm_wake.read();
-                    while let Ok(event) = inputs.vm_events.try_recv() {
-                        match event {
-                            VmEvent::PowerOff => {
-                                machine.shutdown(true, ShutdownCause::GuestShutdown, 0);
-                            }
-                            VmEvent::Reset(_) => {
-                                machine.reset(true, ShutdownCause::GuestReset)?;
-                            }
-                            VmEvent::Fatal(msg) => {
-                                let keep = monitor.is_some();
-                                machine.internal_error(keep);
-                                if !keep {
-                                    return Err(RunError::Guest(msg));
-                                }
-                                eprintln!("vmm: {msg}");
-                            }
-                        }
-                        if machine.exit().is_some() {
-                            break;
-                        }
-                    }
-                }
-                TOKEN_SIGNAL => {
-                    let _ = inputs.signal_fd.read();
-                    machine.shutdown(false, ShutdownCause::HostSignal, 0);
-                }
-                TOKEN_MONITOR => {
-                    let _ = inputs.monitor_wake.read();
-                    while let Ok(msg) = inputs.monitor_rx.try_recv() {
-                        match msg {
-                            ToMain::WaitedClientConnected => {
-                                if waiting_for_client {
-                                    waiting_for_client = false;
-                                    if !options.paused {
-                                        machine.launch();
-                                    }
-                                }
-                            }
-                            ToMain::Request { session, item } => {
-                                let answer = execute(machine, item);
-                                if let Some(m) = &monitor {
-                                    m.respond(session, answer);
-                                }
-                            }
-                        }
-                    }
-                }
-                TOKEN_STDIN => {
-                    // SAFETY: reading into a live local buffer of the given length.
-                    let got = unsafe {
-                        libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
-                    };
-                    if got <= 0 {
-                        // EOF or error: stop watching the console.
-                        let _ = epoll::ctl(
-                            inputs.epoll_fd,
-                            epoll::ControlOptions::EPOLL_CTL_DEL,
-                            libc::STDIN_FILENO,
-                            epoll::Event::new(epoll::Events::empty(), 0),
-                        );
-                        continue;
-                    }
-                    match escape.filter(&buf[..got.unsigned_abs()]) {
-                        ConsoleAction::Quit => {
-                            machine.shutdown(false, ShutdownCause::HostUi, 0);
-                        }
-                        ConsoleAction::Forward(bytes) => machine.vm.serial_input(&bytes),
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Runs one in-band item and returns the message for the client (None when a successful
-/// command sends no reply).
-fn execute(machine: &mut Machine, item: Inband) -> Option<serde_json::Value> {
-    match item {
-        Inband::Reply(v) => Some(v),
-        Inband::Execute {
-            command,
-            arguments,
-            id,
-        } => {
-            let result = qapi::commands::dispatch(machine, &command, arguments);
-            let success_response =
-                qapi::commands::command_info(&command).is_none_or(|c| c.success_response);
-            if result.is_ok() && !success_response {
-                None
-            } else {
-                Some(reply(result, id))
-            }
-        }
+        manager.run().map_err(RunError::EventLoop)?;
     }
 }
 
 /// Formats a run error for the one-line report on stderr.
 pub fn describe(e: &RunError) -> String {
     chain(e)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escape_sequences() {
-        let mut e = Escape::default();
-        match e.filter(b"ab\x01\x01c") {
-            ConsoleAction::Forward(v) => assert_eq!(v, b"ab\x01c"),
-            ConsoleAction::Quit => panic!("quit"),
-        }
-        match e.filter(b"\x01") {
-            ConsoleAction::Forward(v) => assert!(v.is_empty()),
-            ConsoleAction::Quit => panic!("quit"),
-        }
-        assert!(matches!(e.filter(b"x"), ConsoleAction::Quit));
-    }
 }

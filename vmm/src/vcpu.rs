@@ -7,7 +7,6 @@
 //! thread's last check and its next `KVM_RUN`. Parked threads wait on a condition variable and
 //! apply a pending reset (fresh registers) before reporting that they are parked again.
 
-use std::cell::Cell;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -18,10 +17,12 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+use vmm_sys_util::signal::Killable;
 
 use crate::arch::regs::{setup_boot_registers, BootEntry, RegsError};
 use crate::arch::{cpuid, lapic, msr};
+use crate::error::chain;
+use crate::signals::{kick_signal, set_kick_target};
 
 /// Errors while creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -45,39 +46,6 @@ pub enum VcpuError {
     /// The thread could not be started.
     #[error("Cannot start the thread of vCPU {0}")]
     Spawn(u8, #[source] std::io::Error),
-    /// The kick signal handler could not be installed.
-    #[error("Cannot install the vCPU kick signal handler")]
-    Signal(#[source] vmm_sys_util::errno::Error),
-}
-
-/// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
-pub fn kick_signal() -> i32 {
-    SIGRTMIN()
-}
-
-thread_local! {
-    /// This thread's `kvm_run.immediate_exit`, for the kick signal handler.
-    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
-}
-
-extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    IMMEDIATE_EXIT.with(|p| {
-        let ptr = p.get();
-        if !ptr.is_null() {
-            // SAFETY: the pointer was taken from this thread's live kvm_run mapping, which stays
-            // mapped while the thread runs (the VcpuFd outlives the pointer's registration), and
-            // a byte store is async-signal-safe.
-            unsafe { std::ptr::write_volatile(ptr, 1) };
-        }
-    });
-}
-
-/// Installs the kick handler; call once before starting vCPU threads.
-///
-/// # Errors
-/// Fails when the signal handler cannot be installed.
-pub fn install_kick_handler() -> Result<(), VcpuError> {
-    register_signal_handler(kick_signal(), handle_kick).map_err(VcpuError::Signal)
 }
 
 /// What the main loop wants a vCPU thread to do.
@@ -235,7 +203,7 @@ impl Vcpu {
 
     fn run(mut self, control: &Control) {
         let ptr: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
-        IMMEDIATE_EXIT.with(|p| p.set(ptr));
+        set_kick_target(ptr);
         {
             let mut st = control.lock();
             // SAFETY: gettid has no preconditions.
@@ -245,7 +213,7 @@ impl Vcpu {
         while self.wait_until_runnable(control) {
             self.run_once(control);
         }
-        IMMEDIATE_EXIT.with(|p| p.set(std::ptr::null_mut()));
+        set_kick_target(std::ptr::null_mut());
     }
 
     /// Parks while the main loop asks for a pause (applying resets); false means exit.
@@ -363,18 +331,6 @@ enum Stop {
     FailEntry(u64, u32),
     /// Any other exit, or a failed `KVM_RUN`.
     Other(String),
-}
-
-/// Formats an error with its sources, one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
 }
 
 /// The main loop's handle on a running vCPU thread.

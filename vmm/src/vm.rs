@@ -2,45 +2,25 @@
 //! The virtual machine: KVM objects, guest memory, devices, ACPI tables and vCPUs, and the
 //! operations the main loop performs on them (start, pause, resume, reset, shutdown).
 
-use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use block::{Backend, BackendConfig, Registry};
-use devices::acpi::{pm, AcpiPm, Ged};
-use devices::legacy::{DebugPort, SerialDevice, I8042};
-use devices::virtio::{MmioTransport, VirtioBlock};
-use devices::{Bus, BusError, VmEventSink};
+use devices::VmEventSink;
 use kvm_bindings::{
-    kvm_irqchip, kvm_pit_config, kvm_pit_state2, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    kvm_irqchip, kvm_pit_config, kvm_pit_state2, CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, IoEventAddress, Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::acpi::{write_tables, AcpiError, DsdtBuilder};
+use crate::acpi::{write_tables, AcpiError};
 use crate::arch::regs::BootEntry;
 use crate::boot::{BootError, BootImages};
+use crate::device_manager::{DeviceError, DeviceManager, Disk, SerialMode};
 use crate::disk::DiskSpec;
-use crate::layout::{
-    ACPI_PM_PORT, COM1_GSI, COM1_PORT, DEBUG_PORT, GED_GSI, I8042_PORT, KVM_TSS_ADDRESS,
-    LAST_DEVICE_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
-};
+use crate::layout::KVM_TSS_ADDRESS;
 use crate::memory::{create_guest_memory, register_slots, MemoryError};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
-
-/// Where the guest's serial output goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SerialMode {
-    /// The VMM's stdout (and stdin as input).
-    Stdio,
-    /// A file, created or truncated.
-    File(PathBuf),
-    /// Discarded.
-    None,
-}
 
 /// What the VM is built from.
 #[derive(Clone, Debug)]
@@ -98,54 +78,63 @@ pub enum VmError {
     /// vCPU setup.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
-    /// Two devices claim the same addresses (a VMM bug).
-    #[error("Cannot place a device on the bus")]
-    Bus(#[from] BusError),
-    /// An eventfd could not be created.
-    #[error("Cannot create an eventfd")]
-    EventFd(#[source] std::io::Error),
-    /// The serial output file cannot be created.
-    #[error("Cannot create serial output file '{0}'")]
-    SerialFile(PathBuf, #[source] std::io::Error),
-    /// A disk image could not be attached.
-    #[error("--disk {0}")]
-    Disk(String, #[source] block::RegistryError),
-    /// More disks than virtio-mmio slots.
-    #[error("At most {0} disks fit in the virtio-mmio window; {1} were given")]
-    TooManyDisks(usize, usize),
-    /// The virtio-mmio transport could not be created.
-    #[error("Cannot create the virtio-mmio transport of disk {0}")]
-    Transport(String, #[source] devices::virtio::MmioError),
-    /// KVM refused an ioeventfd.
-    #[error("Cannot register the queue notification of disk {0}")]
-    IoEvent(String, #[source] kvm_ioctls::Error),
+    /// A device could not be created or wired.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
-/// A disk: its block backend and the virtio-blk device (behind its MMIO transport).
-pub struct Disk {
-    /// The backend the device reads and writes.
-    pub backend: Arc<Backend>,
-    /// The transport, as the bus sees it.
-    pub transport: Arc<Mutex<MmioTransport>>,
-    /// The QOM-style path QMP reports as `qdev`.
-    pub qdev: String,
+/// The in-kernel interrupt controllers' and PIT's power-on state, restored on reset.
+struct PowerOnState {
+    irqchips: Vec<kvm_irqchip>,
+    pit: kvm_pit_state2,
+}
+
+impl PowerOnState {
+    fn capture(vm_fd: &VmFd) -> Result<Self, VmError> {
+        let mut irqchips = Vec::new();
+        for chip_id in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            vm_fd
+                .get_irqchip(&mut chip)
+                .map_err(|e| VmError::Kvm("read the irqchip state", e))?;
+            irqchips.push(chip);
+        }
+        let pit = vm_fd
+            .get_pit2()
+            .map_err(|e| VmError::Kvm("read the PIT state", e))?;
+        Ok(Self { irqchips, pit })
+    }
+
+    fn restore(&self, vm_fd: &VmFd) -> Result<(), VmError> {
+        for chip in &self.irqchips {
+            vm_fd
+                .set_irqchip(chip)
+                .map_err(|e| VmError::Kvm("reset the irqchip", e))?;
+        }
+        vm_fd
+            .set_pit2(&self.pit)
+            .map_err(|e| VmError::Kvm("reset the PIT", e))
+    }
 }
 
 /// A built VM.
 pub struct Vm {
-    vm_fd: VmFd,
+    vm_fd: Arc<VmFd>,
     mem: GuestMemoryMmap,
     images: BootImages,
-    dsdt: DsdtBuilder,
+    devices: DeviceManager,
     cpus: u8,
     ram_size: u64,
     pending_vcpus: Vec<Vcpu>,
     vcpus: Vec<VcpuHandle>,
-    serial: Arc<Mutex<SerialDevice>>,
-    ged: Ged,
-    disks: Vec<Disk>,
-    initial_irqchips: Vec<kvm_irqchip>,
-    initial_pit: kvm_pit_state2,
+    power_on: PowerOnState,
     reset_generation: u64,
 }
 
@@ -182,82 +171,78 @@ fn open_kvm() -> Result<Kvm, VmError> {
     Ok(kvm)
 }
 
-fn serial_output(mode: &SerialMode) -> Result<Box<dyn Write + Send>, VmError> {
-    Ok(match mode {
-        SerialMode::Stdio => Box::new(std::io::stdout()),
-        SerialMode::File(path) => {
-            Box::new(File::create(path).map_err(|e| VmError::SerialFile(path.clone(), e))?)
-        }
-        SerialMode::None => Box::new(std::io::sink()),
-    })
+/// Creates the KVM VM with the in-kernel irqchip and PIT this machine relies on.
+fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
+    let vm_fd = kvm
+        .create_vm()
+        .map_err(|e| VmError::Kvm("create the VM", e))?;
+    vm_fd
+        .set_tss_address(KVM_TSS_ADDRESS)
+        .map_err(|e| VmError::Kvm("set the TSS address", e))?;
+    vm_fd
+        .create_irq_chip()
+        .map_err(|e| VmError::Kvm("create the in-kernel irqchip", e))?;
+    vm_fd
+        .create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(|e| VmError::Kvm("create the PIT", e))?;
+    Ok(vm_fd)
 }
 
-fn irqfd(vm: &VmFd, gsi: u32) -> Result<EventFd, VmError> {
-    let fd = EventFd::new(EFD_NONBLOCK).map_err(VmError::EventFd)?;
-    vm.register_irqfd(&fd, gsi)
-        .map_err(|e| VmError::Kvm("register an irqfd", e))?;
-    Ok(fd)
+/// Adds the machine's devices in their fixed order: the legacy devices, then one virtio-blk
+/// device per disk.
+fn add_devices(devices: &mut DeviceManager, config: &VmConfig) -> Result<(), DeviceError> {
+    DeviceManager::check_disk_count(config.disks.len())?;
+    devices.add_serial(&config.serial)?;
+    devices.add_i8042()?;
+    devices.add_debug_port(config.started, config.debug_port)?;
+    devices.add_acpi_pm()?;
+    devices.add_power_button()?;
+    for disk in &config.disks {
+        devices.add_disk(disk)?;
+    }
+    Ok(())
 }
 
-/// Opens every disk and puts a virtio-blk device for it on the MMIO bus and in the DSDT,
-/// in order, each with its own window and GSI.
-fn attach_disks(
+/// Creates and configures every vCPU (not started), the boot processor entering at `entry`.
+fn create_vcpus(
+    kvm: &Kvm,
     vm_fd: &VmFd,
     mem: &GuestMemoryMmap,
-    mmio: &mut Bus,
-    dsdt: &mut DsdtBuilder,
-    specs: &[DiskSpec],
-) -> Result<Vec<Disk>, VmError> {
-    let slots = (LAST_DEVICE_GSI - VIRTIO_FIRST_GSI + 1) as usize;
-    if specs.len() > slots {
-        return Err(VmError::TooManyDisks(slots, specs.len()));
-    }
-    let mut registry = Registry::new();
-    let mut disks = Vec::new();
-    for (i, spec) in specs.iter().enumerate() {
-        let id = spec.id.clone().unwrap_or_else(|| registry.next_drive_id());
-        let config = BackendConfig {
-            node_name: spec.node_name.clone(),
-            read_only: spec.read_only,
-            cache: spec.cache,
-            serial: spec.serial.clone(),
-            ..BackendConfig::new(id.clone(), spec.path.clone())
+    devices: &DeviceManager,
+    cpus: u8,
+    entry: &BootEntry,
+) -> Result<Vec<Vcpu>, VmError> {
+    let cpuid: CpuId = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| VmError::Kvm("read the supported CPUID", e))?;
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map_err(|e| VmError::Kvm("read the MSR index list", e))?;
+    let mut vcpus = Vec::new();
+    for id in 0..cpus {
+        let fd = vm_fd
+            .create_vcpu(u64::from(id))
+            .map_err(|e| VmError::Kvm("create a vCPU", e))?;
+        let ctx = VcpuContext {
+            id,
+            mem: mem.clone(),
+            pio: devices.pio().clone(),
+            mmio: devices.mmio().clone(),
+            events: devices.event_sink()?,
         };
-        let backend = registry
-            .open(config)
-            .map_err(|e| VmError::Disk(spec.path.display().to_string(), e))?;
-        let slot = i as u32;
-        let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
-        let gsi = VIRTIO_FIRST_GSI + slot;
-        let irq = irqfd(vm_fd, gsi)?;
-        let transport = MmioTransport::new(
-            Box::new(VirtioBlock::new(backend.clone())),
-            mem.clone(),
-            irq,
-            base,
-            gsi,
-            slot,
-        )
-        .map_err(|e| VmError::Transport(id.clone(), e))?;
-        for (queue, evt) in transport.queue_events().iter().enumerate() {
-            vm_fd
-                .register_ioevent(
-                    evt,
-                    &IoEventAddress::Mmio(transport.notify_address()),
-                    queue as u32,
-                )
-                .map_err(|e| VmError::IoEvent(id.clone(), e))?;
-        }
-        dsdt.add(&transport);
-        let transport = Arc::new(Mutex::new(transport));
-        mmio.insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
-        disks.push(Disk {
-            backend,
-            transport,
-            qdev: format!("/machine/peripheral/{id}/virtio-backend"),
-        });
+        vcpus.push(Vcpu::configure(
+            fd,
+            ctx,
+            &cpuid,
+            msr_list.as_slice(),
+            cpus,
+            entry,
+        )?);
     }
-    Ok(disks)
+    Ok(vcpus)
 }
 
 impl Vm {
@@ -270,127 +255,26 @@ impl Vm {
         let mut images =
             BootImages::open(&config.kernel, config.initrd.as_deref(), &config.cmdline)?;
         let kvm = open_kvm()?;
-        let vm_fd = kvm
-            .create_vm()
-            .map_err(|e| VmError::Kvm("create the VM", e))?;
-        vm_fd
-            .set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(|e| VmError::Kvm("set the TSS address", e))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(|e| VmError::Kvm("create the in-kernel irqchip", e))?;
-        vm_fd
-            .create_pit2(kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            })
-            .map_err(|e| VmError::Kvm("create the PIT", e))?;
-        let mut initial_irqchips = Vec::new();
-        for chip_id in [
-            KVM_IRQCHIP_PIC_MASTER,
-            KVM_IRQCHIP_PIC_SLAVE,
-            KVM_IRQCHIP_IOAPIC,
-        ] {
-            let mut chip = kvm_irqchip {
-                chip_id,
-                ..Default::default()
-            };
-            vm_fd
-                .get_irqchip(&mut chip)
-                .map_err(|e| VmError::Kvm("read the irqchip state", e))?;
-            initial_irqchips.push(chip);
-        }
-        let initial_pit = vm_fd
-            .get_pit2()
-            .map_err(|e| VmError::Kvm("read the PIT state", e))?;
-
+        let vm_fd = Arc::new(create_vm(&kvm)?);
+        let power_on = PowerOnState::capture(&vm_fd)?;
         let ram_size = config.memory_mib << 20;
         let mem = create_guest_memory(ram_size)?;
         register_slots(&vm_fd, &mem)?;
-
-        let mut pio = Bus::new();
-        let mut mmio = Bus::new();
-        let mut dsdt = DsdtBuilder::new();
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            irqfd(&vm_fd, COM1_GSI)?,
-            serial_output(&config.serial)?,
-            COM1_PORT,
-            COM1_GSI,
-        )));
-        pio.insert(serial.clone(), u64::from(COM1_PORT), 8)?;
-        dsdt.add(&*serial.lock().unwrap_or_else(|e| e.into_inner()));
-        let new_sink = || events.try_clone().map_err(VmError::EventFd);
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(new_sink()?))),
-            u64::from(I8042_PORT),
-            5,
-        )?;
-        let debug_log: Option<Box<dyn Write + Send>> = if config.debug_port {
-            Some(Box::new(std::io::stderr()))
-        } else {
-            None
-        };
-        pio.insert(
-            Arc::new(Mutex::new(DebugPort::new(config.started, debug_log))),
-            u64::from(DEBUG_PORT),
-            1,
-        )?;
-        let acpi_pm = AcpiPm::new(new_sink()?);
-        dsdt.add(&acpi_pm);
-        pio.insert(
-            Arc::new(Mutex::new(acpi_pm)),
-            u64::from(ACPI_PM_PORT),
-            pm::BLOCK_LEN,
-        )?;
-        let ged = Ged::new(irqfd(&vm_fd, GED_GSI)?, GED_GSI);
-        dsdt.add(&ged);
-        let disks = attach_disks(&vm_fd, &mem, &mut mmio, &mut dsdt, &config.disks)?;
-
-        let rsdp = write_tables(&mem, &dsdt, config.cpus)?;
+        let mut devices = DeviceManager::new(vm_fd.clone(), &mem, events)?;
+        add_devices(&mut devices, config)?;
+        let rsdp = write_tables(&mem, devices.dsdt(), config.cpus)?;
         let entry = images.load(&mem, ram_size, rsdp)?;
-
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(|e| VmError::Kvm("read the supported CPUID", e))?;
-        let msr_list = kvm
-            .get_msr_index_list()
-            .map_err(|e| VmError::Kvm("read the MSR index list", e))?;
-        let mut pending_vcpus = Vec::new();
-        for id in 0..config.cpus {
-            let fd = vm_fd
-                .create_vcpu(u64::from(id))
-                .map_err(|e| VmError::Kvm("create a vCPU", e))?;
-            let ctx = VcpuContext {
-                id,
-                mem: mem.clone(),
-                pio: pio.clone(),
-                mmio: mmio.clone(),
-                events: new_sink()?,
-            };
-            pending_vcpus.push(Vcpu::configure(
-                fd,
-                ctx,
-                &cpuid,
-                msr_list.as_slice(),
-                config.cpus,
-                &entry,
-            )?);
-        }
-
+        let pending_vcpus = create_vcpus(&kvm, &vm_fd, &mem, &devices, config.cpus, &entry)?;
         Ok(Self {
             vm_fd,
             mem,
             images,
-            dsdt,
+            devices,
             cpus: config.cpus,
             ram_size,
             pending_vcpus,
             vcpus: Vec::new(),
-            serial,
-            ged,
-            disks,
-            initial_irqchips,
-            initial_pit,
+            power_on,
             reset_generation: 0,
         })
     }
@@ -431,23 +315,9 @@ impl Vm {
     /// Fails when KVM refuses the state or the images can no longer be loaded.
     pub fn reset(&mut self) -> Result<(), VmError> {
         self.pause();
-        for chip in &self.initial_irqchips {
-            self.vm_fd
-                .set_irqchip(chip)
-                .map_err(|e| VmError::Kvm("reset the irqchip", e))?;
-        }
-        self.vm_fd
-            .set_pit2(&self.initial_pit)
-            .map_err(|e| VmError::Kvm("reset the PIT", e))?;
-        for disk in &self.disks {
-            // The same path as a driver writing 0 to the status register: the device stops its
-            // I/O thread and forgets its queues.
-            disk.transport
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .reset();
-        }
-        let rsdp = write_tables(&self.mem, &self.dsdt, self.cpus)?;
+        self.power_on.restore(&self.vm_fd)?;
+        self.devices.reset();
+        let rsdp = write_tables(&self.mem, self.devices.dsdt(), self.cpus)?;
         let entry = self.images.load(&self.mem, self.ram_size, rsdp)?;
         self.reset_generation += 1;
         for (i, v) in self.vcpus.iter().enumerate() {
@@ -462,15 +332,12 @@ impl Vm {
     /// # Errors
     /// Fails when the interrupt cannot be raised.
     pub fn power_button(&self) -> Result<(), devices::acpi::GedError> {
-        self.ged.press_power_button()
+        self.devices.power_button()
     }
 
     /// Feeds console input to the guest's COM1.
     pub fn serial_input(&self, bytes: &[u8]) {
-        self.serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .enqueue_input(bytes);
+        self.devices.serial_input(bytes);
     }
 
     /// Linux thread ids of the vCPU threads, in vCPU order.
@@ -480,7 +347,7 @@ impl Vm {
 
     /// The disks, in `--disk` order.
     pub fn disks(&self) -> &[Disk] {
-        &self.disks
+        self.devices.disks()
     }
 
     /// Number of vCPUs.

@@ -64,13 +64,6 @@ impl QmpOobCommands for FakeVm {
 }
 
 impl QmpCommands for FakeVm {
-    fn qmp_capabilities(&mut self, _enable: Option<Vec<QMPCapability>>) -> Result<(), QmpError> {
-        Err(QmpError::new(
-            qapi::rt::ErrorClass::CommandNotFound,
-            "Capabilities negotiation is already complete, command ignored",
-        ))
-    }
-
     fn query_version(&mut self) -> Result<VersionInfo, QmpError> {
         Ok(VersionInfo {
             qemu: VersionTriple {

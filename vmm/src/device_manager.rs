@@ -1,0 +1,347 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The device manager: the one place that wires devices into the VM. Each `add_*` method
+//! creates one device, gives it its I/O ports or MMIO window and its interrupt (an irqfd on
+//! its GSI), puts it on the bus the vCPUs dispatch on, and adds its description to the DSDT.
+//! The QEMU-style `-device`/`-blockdev` options and device hotplug call into it too.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use block::{Backend, BackendConfig, Registry};
+use devices::acpi::{pm, AcpiPm, Ged, GedError};
+use devices::legacy::{DebugPort, SerialDevice, I8042};
+use devices::virtio::{MmioTransport, VirtioBlock};
+use devices::{Bus, BusDevice, BusError, VmEventSink};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::acpi::DsdtBuilder;
+use crate::disk::DiskSpec;
+use crate::layout::{
+    ACPI_PM_PORT, COM1_GSI, COM1_PORT, COM1_PORT_LEN, DEBUG_PORT, DEBUG_PORT_LEN, GED_GSI,
+    I8042_PORT, I8042_PORT_LEN, LAST_DEVICE_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
+    VIRTIO_MMIO_START,
+};
+
+/// Errors while creating or wiring a device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// Two devices claim the same addresses (a VMM bug).
+    #[error("Cannot place a device on the bus")]
+    Bus(#[from] BusError),
+    /// An eventfd could not be created.
+    #[error("Cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+    /// KVM refused an irqfd.
+    #[error("Cannot register an irqfd for GSI {0}")]
+    Irqfd(u32, #[source] kvm_ioctls::Error),
+    /// The serial output file cannot be created.
+    #[error("Cannot create serial output file '{0}'")]
+    SerialFile(PathBuf, #[source] std::io::Error),
+    /// A disk image could not be attached.
+    #[error("--disk {0}")]
+    Disk(String, #[source] block::RegistryError),
+    /// More disks than virtio-mmio slots.
+    #[error("At most {0} disks fit in the virtio-mmio window; {1} were given")]
+    TooManyDisks(usize, usize),
+    /// The virtio-mmio transport could not be created.
+    #[error("Cannot create the virtio-mmio transport of disk {0}")]
+    Transport(String, #[source] devices::virtio::MmioError),
+    /// KVM refused an ioeventfd.
+    #[error("Cannot register the queue notification of disk {0}")]
+    IoEvent(String, #[source] kvm_ioctls::Error),
+}
+
+/// Where the guest's serial output goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialMode {
+    /// The VMM's stdout (and stdin as input).
+    Stdio,
+    /// A file, created or truncated.
+    File(PathBuf),
+    /// Discarded.
+    None,
+}
+
+/// A disk: its block backend and the virtio-blk device (behind its MMIO transport).
+pub struct Disk {
+    /// The backend the device reads and writes.
+    pub backend: Arc<Backend>,
+    /// The transport, as the bus sees it.
+    pub transport: Arc<Mutex<MmioTransport>>,
+    /// The QOM-style path QMP reports as `qdev`.
+    pub qdev: String,
+}
+
+/// The number of virtio-mmio slots: one GSI each, from [`VIRTIO_FIRST_GSI`] to the IOAPIC's
+/// last pin.
+const VIRTIO_SLOTS: usize = (LAST_DEVICE_GSI - VIRTIO_FIRST_GSI + 1) as usize;
+
+/// Owns the buses, the DSDT under construction and every device that needs the VMM's
+/// attention after boot (serial input, the power button, disks for reset and QMP).
+pub struct DeviceManager {
+    vm_fd: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+    events: VmEventSink,
+    pio: Bus,
+    mmio: Bus,
+    dsdt: DsdtBuilder,
+    registry: Registry,
+    serial: Option<Arc<Mutex<SerialDevice>>>,
+    ged: Option<Ged>,
+    disks: Vec<Disk>,
+}
+
+impl std::fmt::Debug for DeviceManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceManager")
+            .field("disks", &self.disks.len())
+            .finish()
+    }
+}
+
+impl DeviceManager {
+    /// A device manager with empty buses for the VM `vm_fd` with guest memory `mem`; devices
+    /// that raise VM events (poweroff, reset) get clones of `events`.
+    ///
+    /// # Errors
+    /// Fails when the event sink cannot be duplicated.
+    pub fn new(
+        vm_fd: Arc<VmFd>,
+        mem: &GuestMemoryMmap,
+        events: &VmEventSink,
+    ) -> Result<Self, DeviceError> {
+        Ok(Self {
+            vm_fd,
+            mem: mem.clone(),
+            events: events.try_clone().map_err(DeviceError::EventFd)?,
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            dsdt: DsdtBuilder::new(),
+            registry: Registry::new(),
+            serial: None,
+            ged: None,
+            disks: Vec::new(),
+        })
+    }
+
+    fn irqfd(&self, gsi: u32) -> Result<EventFd, DeviceError> {
+        let fd = EventFd::new(EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        self.vm_fd
+            .register_irqfd(&fd, gsi)
+            .map_err(|e| DeviceError::Irqfd(gsi, e))?;
+        Ok(fd)
+    }
+
+    fn sink(&self) -> Result<VmEventSink, DeviceError> {
+        self.events.try_clone().map_err(DeviceError::EventFd)
+    }
+
+    fn add_pio<D: BusDevice + 'static>(
+        &mut self,
+        device: D,
+        port: u16,
+        len: u64,
+    ) -> Result<Arc<Mutex<D>>, DeviceError> {
+        let device = Arc::new(Mutex::new(device));
+        self.pio.insert(device.clone(), u64::from(port), len)?;
+        Ok(device)
+    }
+
+    /// COM1 (16550A) on its ISA ports and IRQ 4, writing to `mode`.
+    ///
+    /// # Errors
+    /// Fails when the output file cannot be created or KVM refuses the interrupt.
+    pub fn add_serial(&mut self, mode: &SerialMode) -> Result<(), DeviceError> {
+        let output: Box<dyn Write + Send> = match mode {
+            SerialMode::Stdio => Box::new(std::io::stdout()),
+            SerialMode::File(path) => Box::new(
+                std::fs::File::create(path)
+                    .map_err(|e| DeviceError::SerialFile(path.clone(), e))?,
+            ),
+            SerialMode::None => Box::new(std::io::sink()),
+        };
+        let serial = SerialDevice::new(self.irqfd(COM1_GSI)?, output, COM1_PORT, COM1_GSI);
+        self.dsdt.add(&serial);
+        self.serial = Some(self.add_pio(serial, COM1_PORT, COM1_PORT_LEN)?);
+        Ok(())
+    }
+
+    /// The i8042 controller's reset line (command 0xFE resets the VM).
+    ///
+    /// # Errors
+    /// Fails when the event sink cannot be duplicated.
+    pub fn add_i8042(&mut self) -> Result<(), DeviceError> {
+        let i8042 = I8042::new(self.sink()?);
+        self.add_pio(i8042, I8042_PORT, I8042_PORT_LEN)?;
+        Ok(())
+    }
+
+    /// The debug port 0x80, logging each write with its time since `started` when `log`.
+    ///
+    /// # Errors
+    /// Fails only on a bus conflict (a VMM bug).
+    pub fn add_debug_port(
+        &mut self,
+        started: std::time::Instant,
+        log: bool,
+    ) -> Result<(), DeviceError> {
+        let out: Option<Box<dyn Write + Send>> = log.then(|| Box::new(std::io::stderr()) as _);
+        self.add_pio(DebugPort::new(started, out), DEBUG_PORT, DEBUG_PORT_LEN)?;
+        Ok(())
+    }
+
+    /// The ACPI sleep control/status and reset registers, with `_S5` in the DSDT.
+    ///
+    /// # Errors
+    /// Fails when the event sink cannot be duplicated.
+    pub fn add_acpi_pm(&mut self) -> Result<(), DeviceError> {
+        let acpi_pm = AcpiPm::new(self.sink()?);
+        self.dsdt.add(&acpi_pm);
+        self.add_pio(acpi_pm, ACPI_PM_PORT, pm::BLOCK_LEN)?;
+        Ok(())
+    }
+
+    /// The power button, notified through a generic event device on its GSI.
+    ///
+    /// # Errors
+    /// Fails when KVM refuses the interrupt.
+    pub fn add_power_button(&mut self) -> Result<(), DeviceError> {
+        let ged = Ged::new(self.irqfd(GED_GSI)?, GED_GSI);
+        self.dsdt.add(&ged);
+        self.ged = Some(ged);
+        Ok(())
+    }
+
+    /// Opens a disk image and attaches it as a virtio-blk device in the next virtio-mmio slot
+    /// (its own window and GSI, in `--disk` order).
+    ///
+    /// # Errors
+    /// Fails when the image cannot be opened, the slots are used up, or KVM refuses the
+    /// device's interrupt or queue notification.
+    pub fn add_disk(&mut self, spec: &DiskSpec) -> Result<(), DeviceError> {
+        let slot = self.disks.len();
+        Self::check_disk_count(slot + 1)?;
+        let id = spec
+            .id
+            .clone()
+            .unwrap_or_else(|| self.registry.next_drive_id());
+        let config = BackendConfig {
+            node_name: spec.node_name.clone(),
+            read_only: spec.read_only,
+            cache: spec.cache,
+            serial: spec.serial.clone(),
+            ..BackendConfig::new(id.clone(), spec.path.clone())
+        };
+        let backend = self
+            .registry
+            .open(config)
+            .map_err(|e| DeviceError::Disk(spec.path.display().to_string(), e))?;
+        let slot = slot as u32;
+        let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
+        let gsi = VIRTIO_FIRST_GSI + slot;
+        let transport = MmioTransport::new(
+            Box::new(VirtioBlock::new(backend.clone())),
+            self.mem.clone(),
+            self.irqfd(gsi)?,
+            base,
+            gsi,
+            slot,
+        )
+        .map_err(|e| DeviceError::Transport(id.clone(), e))?;
+        for (queue, evt) in transport.queue_events().iter().enumerate() {
+            self.vm_fd
+                .register_ioevent(
+                    evt,
+                    &IoEventAddress::Mmio(transport.notify_address()),
+                    queue as u32,
+                )
+                .map_err(|e| DeviceError::IoEvent(id.clone(), e))?;
+        }
+        self.dsdt.add(&transport);
+        let transport = Arc::new(Mutex::new(transport));
+        self.mmio
+            .insert(transport.clone(), base, VIRTIO_MMIO_SIZE)?;
+        self.disks.push(Disk {
+            backend,
+            transport,
+            qdev: format!("/machine/peripheral/{id}/virtio-backend"),
+        });
+        Ok(())
+    }
+
+    /// Checks that `count` disks fit before any is opened, so a long `--disk` list fails with
+    /// the count rather than after opening the first eighteen images.
+    ///
+    /// # Errors
+    /// [`DeviceError::TooManyDisks`] when they do not fit.
+    pub fn check_disk_count(count: usize) -> Result<(), DeviceError> {
+        if count > VIRTIO_SLOTS {
+            return Err(DeviceError::TooManyDisks(VIRTIO_SLOTS, count));
+        }
+        Ok(())
+    }
+
+    /// The port I/O bus the vCPUs dispatch `in`/`out` on.
+    pub fn pio(&self) -> &Bus {
+        &self.pio
+    }
+
+    /// The MMIO bus the vCPUs dispatch memory exits on.
+    pub fn mmio(&self) -> &Bus {
+        &self.mmio
+    }
+
+    /// The DSDT describing every device added so far.
+    pub fn dsdt(&self) -> &DsdtBuilder {
+        &self.dsdt
+    }
+
+    /// A new handle on the VM event queue (for vCPUs).
+    ///
+    /// # Errors
+    /// Fails when the event sink cannot be duplicated.
+    pub fn event_sink(&self) -> Result<VmEventSink, DeviceError> {
+        self.sink()
+    }
+
+    /// Returns every device to its power-on state (for a system reset): virtio devices stop
+    /// their I/O threads and forget their queues, as after a driver reset.
+    pub fn reset(&self) {
+        for disk in &self.disks {
+            disk.transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset();
+        }
+    }
+
+    /// Presses the ACPI power button; a machine built without one ignores the press, as a
+    /// PC without a button would.
+    ///
+    /// # Errors
+    /// Fails when the button's interrupt cannot be raised.
+    pub fn power_button(&self) -> Result<(), GedError> {
+        match &self.ged {
+            Some(ged) => ged.press_power_button(),
+            None => Ok(()),
+        }
+    }
+
+    /// Feeds console input to COM1 (dropped when there is no serial port).
+    pub fn serial_input(&self, bytes: &[u8]) {
+        if let Some(serial) = &self.serial {
+            serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .enqueue_input(bytes);
+        }
+    }
+
+    /// The disks, in `--disk` order.
+    pub fn disks(&self) -> &[Disk] {
+        &self.disks
+    }
+}
