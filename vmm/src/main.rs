@@ -10,6 +10,7 @@ mod hmp;
 mod layout;
 mod machine;
 mod memory;
+mod options;
 mod qmp;
 mod qmp_block;
 mod runner;
