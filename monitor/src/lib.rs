@@ -13,4 +13,4 @@ pub mod wire;
 pub use server::{
     reply, Inband, Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, ToMain,
 };
-pub use spec::{Endpoint, SocketSpec, SpecError};
+pub use spec::{Endpoint, SocketSpec};

@@ -13,6 +13,7 @@ mod memory;
 mod options;
 mod qmp;
 mod qmp_block;
+mod qmp_socket;
 mod runner;
 mod vcpu;
 mod vm;

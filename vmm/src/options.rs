@@ -208,30 +208,21 @@ impl OptionList {
         Ok(list)
     }
 
-    /// Parses a list whose first item is always the value of `head`, `=` and all, as in QEMU's
-    /// legacy `-qmp unix:PATH,server=on` form: the first item is an address, not a key.
+    /// Parses a list whose first item is a positional value rather than an item, `=` and
+    /// all, as in QEMU's legacy `-qmp unix:PATH,server=on`: returns that first value (with
+    /// `,,` unescaped) and the list of the items after it.
     ///
     /// # Errors
-    /// As [`OptionList::parse`], for the items after the first.
-    pub fn parse_with_head(s: &str, head: &str) -> Result<Self, OptionError> {
-        let (first, rest) = split_head(s);
-        let mut list = match rest {
+    /// As [`OptionList::parse`], for the items after the first; a trailing lone comma is an
+    /// empty item.
+    pub fn parse_with_head(s: &str) -> Result<(String, Self), OptionError> {
+        let (head, rest) = split_head(s);
+        let list = match rest {
             Some(rest) if rest.is_empty() => return Err(OptionError::EmptyItem),
             Some(rest) => Self::parse(&rest, None)?,
             None => Self::default(),
         };
-        if list.entries.iter().any(|e| e.key == head) {
-            return Err(OptionError::Repeated(head.into()));
-        }
-        list.entries.insert(
-            0,
-            Entry {
-                key: head.into(),
-                value: Some(first),
-                taken: false,
-            },
-        );
-        Ok(list)
+        Ok((head, list))
     }
 
     /// Parses a JSON object, flattened to dotted keys as QEMU's keyval does: nested objects
@@ -557,24 +548,22 @@ mod tests {
 
     #[test]
     fn head_item() {
-        let l = OptionList::parse_with_head("unix:/a=b,,c,server=on", "addr").unwrap();
+        let (head, l) = OptionList::parse_with_head("unix:/a=b,,c,server=on").unwrap();
+        assert_eq!(head, "unix:/a=b,c");
+        assert_eq!(pairs(&l), [("server", Some("on"))]);
+        let (head, l) = OptionList::parse_with_head("unix:/x").unwrap();
+        assert_eq!((head.as_str(), l), ("unix:/x", OptionList::default()));
+        let (head, l) = OptionList::parse_with_head("").unwrap();
+        assert_eq!((head.as_str(), l), ("", OptionList::default()));
+        let (head, _) = OptionList::parse_with_head("tcp::1,,").unwrap();
+        assert_eq!(head, "tcp::1,");
         assert_eq!(
-            pairs(&l),
-            [("addr", Some("unix:/a=b,c")), ("server", Some("on"))]
-        );
-        let l = OptionList::parse_with_head("unix:/x", "addr").unwrap();
-        assert_eq!(pairs(&l), [("addr", Some("unix:/x"))]);
-        let l = OptionList::parse_with_head("", "addr").unwrap();
-        assert_eq!(pairs(&l), [("addr", Some(""))]);
-        let l = OptionList::parse_with_head("tcp::1,,", "addr").unwrap();
-        assert_eq!(pairs(&l), [("addr", Some("tcp::1,"))]);
-        assert_eq!(
-            OptionList::parse_with_head("x,addr=y", "addr"),
-            Err(OptionError::Repeated("addr".into()))
-        );
-        assert_eq!(
-            OptionList::parse_with_head("x,", "addr"),
+            OptionList::parse_with_head("x,"),
             Err(OptionError::EmptyItem)
+        );
+        assert_eq!(
+            OptionList::parse_with_head("x,a,a"),
+            Err(OptionError::Repeated("a".into()))
         );
     }
 
