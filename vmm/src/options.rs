@@ -6,7 +6,8 @@
 //! a comma inside a value is doubled (`path=a,,b` is the path `a,b`). The first item may be a
 //! bare value for an *implied* key (QEMU's `implied_opt_name`: `--disk img.raw` is
 //! `path=img.raw`); any other item without `=` is a bare key, which [`OptionList::take_flag`]
-//! reads as `on` (`server` means `server=on`). Where QEMU also takes JSON (`-blockdev`,
+//! reads as `on` (`server` means `server=on`). [`OptionList::parse_with_head`] is for QEMU's
+//! legacy forms whose first item is a positional value such as an address. Where QEMU also takes JSON (`-blockdev`,
 //! `-device`), [`OptionList::parse_any`] reads an input starting with `{` as a JSON object and
 //! flattens it to the same dotted keys as QEMU's keyval:
 //! `{"driver": "file", "file": {"filename": "x"}}` is `driver=file,file.filename=x`.
@@ -252,7 +253,9 @@ impl OptionList {
     }
 
     /// The form of options QEMU also takes as JSON (`-blockdev`, `-device`): an input starting
-    /// with `{` is [`OptionList::parse_json`], anything else [`OptionList::parse`].
+    /// with `{` is [`OptionList::parse_json`], anything else [`OptionList::parse`]. Options QEMU
+    /// does not take as JSON (`-drive`, hence `--disk`, and `-qmp`) use `parse`, so that a path
+    /// starting with `{` stays a path.
     ///
     /// # Errors
     /// Those of the form used.
@@ -281,11 +284,6 @@ impl OptionList {
         let entry = self.entries.iter_mut().find(|e| e.key == key && !e.taken)?;
         entry.taken = true;
         Some(entry.value.take())
-    }
-
-    /// Whether `key` is present (taken or not).
-    pub fn has(&self, key: &str) -> bool {
-        self.entries.iter().any(|e| e.key == key)
     }
 
     /// The keys in input order.
@@ -506,7 +504,6 @@ mod tests {
             [("a", Some("1")), ("b", Some("two")), ("c", None)]
         );
         assert_eq!(l.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
-        assert!(l.has("b") && !l.has("d"));
         // Only the first '=' separates.
         let l = OptionList::parse("cmdline=console=ttyS0", None).unwrap();
         assert_eq!(pairs(&l), [("cmdline", Some("console=ttyS0"))]);
