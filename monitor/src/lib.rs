@@ -15,4 +15,4 @@ pub mod wire;
 
 pub use dispatch::{reply, Inband};
 pub use server::{Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, ToMain};
-pub use spec::{Endpoint, SocketSpec, SpecError};
+pub use spec::{Endpoint, SocketSpec};

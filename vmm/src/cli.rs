@@ -58,7 +58,8 @@ pub struct Cli {
     #[arg(long, value_name = "DISK", value_parser = parse_disk)]
     pub disk: Vec<DiskSpec>,
     /// QMP monitor socket (repeatable): unix:PATH or tcp:HOST:PORT, with ,server=on|off and
-    /// ,wait=on|off as in QEMU (server=on alone waits for the first client before starting).
+    /// ,wait=on|off as in QEMU (server=on alone waits for the first client before starting);
+    /// a comma in the path is written ,,.
     #[arg(long, value_name = "SOCKET", value_parser = parse_qmp)]
     pub qmp: Vec<SocketSpec>,
 }
@@ -69,7 +70,7 @@ fn parse_disk(s: &str) -> Result<DiskSpec, String> {
 }
 
 fn parse_qmp(s: &str) -> Result<SocketSpec, String> {
-    s.parse().map_err(|e: monitor::SpecError| e.to_string())
+    crate::qmp_socket::parse_qmp(s).map_err(|e| e.to_string())
 }
 
 fn parse_serial(s: &str) -> Result<SerialMode, String> {

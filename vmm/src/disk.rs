@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The `--disk` option: `PATH`, or `path=PATH[,id=ID][,node-name=NAME][,readonly=on|off]
 //! [,cache=writeback|none|unsafe][,serial=STR]`. As in QEMU's option syntax, a comma inside a
-//! value is written as `,,`.
+//! value is written as `,,`. Parsed by [`OptionList`].
 
 use std::path::PathBuf;
 
 use block::CacheMode;
+
+use crate::options::{self, OptionError, OptionList};
 
 /// Errors in a `--disk` value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -28,6 +30,9 @@ pub enum DiskSpecError {
     /// A bad cache mode.
     #[error("--disk cache takes writeback, none or unsafe, not '{0}'")]
     BadCache(String),
+    /// A malformed option list (an empty item, an item without a key).
+    #[error("--disk {0}")]
+    Syntax(OptionError),
 }
 
 /// One parsed `--disk`.
@@ -47,30 +52,23 @@ pub struct DiskSpec {
     pub serial: Option<String>,
 }
 
-/// Splits on single commas, turning `,,` into a literal comma.
-fn split_options(s: &str) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut current = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' && chars.peek() == Some(&',') {
-            chars.next();
-            current.push(',');
-        } else if c == ',' {
-            parts.push(std::mem::take(&mut current));
-        } else {
-            current.push(c);
+impl From<OptionError> for DiskSpecError {
+    fn from(e: OptionError) -> Self {
+        match e {
+            OptionError::Unknown(key) => Self::UnknownKey(key),
+            OptionError::Repeated(key) => Self::Repeated(key),
+            OptionError::NoValue(key) => Self::NoValue(key),
+            OptionError::BadBool { key, value } => Self::BadBool(key, value),
+            e => Self::Syntax(e),
         }
     }
-    parts.push(current);
-    parts
 }
 
-fn on_off(key: &str, value: &str) -> Result<bool, DiskSpecError> {
-    match value {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
-        _ => Err(DiskSpecError::BadBool(key.into(), value.into())),
+/// Takes a value that must not be empty (`id=` is refused, as a bare `id` is).
+fn take_value(opts: &mut OptionList, key: &str) -> Result<Option<String>, DiskSpecError> {
+    match opts.take_str(key)? {
+        Some(v) if v.is_empty() => Err(DiskSpecError::NoValue(key.into())),
+        v => Ok(v),
     }
 }
 
@@ -78,56 +76,41 @@ impl std::str::FromStr for DiskSpec {
     type Err = DiskSpecError;
 
     fn from_str(s: &str) -> Result<Self, DiskSpecError> {
-        let parts = split_options(s);
-        let mut spec = DiskSpec {
-            path: PathBuf::new(),
-            id: None,
-            node_name: None,
-            read_only: false,
-            cache: CacheMode::Writeback,
-            serial: None,
-        };
-        let mut seen: Vec<String> = Vec::new();
-        let mut path = None;
-        for (i, part) in parts.iter().enumerate() {
-            let Some((key, value)) = part.split_once('=') else {
-                if i == 0 && !part.is_empty() {
-                    path = Some(PathBuf::from(part));
-                    seen.push("path".into());
-                    continue;
+        let mut opts = OptionList::parse(s, Some("path"))?;
+        // readonly is QEMU's -drive spelling, read-only its -blockdev one; the later wins.
+        let read_only_key = opts
+            .keys()
+            .filter(|k| matches!(*k, "readonly" | "read-only"))
+            .last()
+            .map(str::to_owned);
+        let mut read_only = false;
+        for key in ["readonly", "read-only"] {
+            if let Some(v) = take_value(&mut opts, key)? {
+                let on = options::parse_bool(key, &v)?;
+                if read_only_key.as_deref() == Some(key) {
+                    read_only = on;
                 }
-                return Err(if part.is_empty() {
-                    DiskSpecError::NoPath
-                } else {
-                    DiskSpecError::NoValue(part.clone())
-                });
-            };
-            if seen.iter().any(|k| k == key) {
-                return Err(DiskSpecError::Repeated(key.into()));
-            }
-            seen.push(key.into());
-            if value.is_empty() {
-                return Err(DiskSpecError::NoValue(key.into()));
-            }
-            match key {
-                "path" => path = Some(PathBuf::from(value)),
-                "id" => spec.id = Some(value.into()),
-                "node-name" => spec.node_name = Some(value.into()),
-                "readonly" | "read-only" => spec.read_only = on_off(key, value)?,
-                "cache" => {
-                    spec.cache = match value {
-                        "writeback" => CacheMode::Writeback,
-                        "none" => CacheMode::None,
-                        "unsafe" => CacheMode::Unsafe,
-                        _ => return Err(DiskSpecError::BadCache(value.into())),
-                    }
-                }
-                "serial" => spec.serial = Some(value.into()),
-                _ => return Err(DiskSpecError::UnknownKey(key.into())),
             }
         }
-        spec.path = path.ok_or(DiskSpecError::NoPath)?;
-        Ok(spec)
+        let path = take_value(&mut opts, "path")?;
+        let id = take_value(&mut opts, "id")?;
+        let node_name = take_value(&mut opts, "node-name")?;
+        let cache = match take_value(&mut opts, "cache")?.as_deref() {
+            None | Some("writeback") => CacheMode::Writeback,
+            Some("none") => CacheMode::None,
+            Some("unsafe") => CacheMode::Unsafe,
+            Some(other) => return Err(DiskSpecError::BadCache(other.into())),
+        };
+        let serial = take_value(&mut opts, "serial")?;
+        opts.finish()?;
+        Ok(DiskSpec {
+            path: path.map(PathBuf::from).ok_or(DiskSpecError::NoPath)?,
+            id,
+            node_name,
+            read_only,
+            cache,
+            serial,
+        })
     }
 }
 
@@ -185,6 +168,54 @@ mod tests {
         assert_eq!(
             p("img,readonly"),
             Err(DiskSpecError::NoValue("readonly".into()))
+        );
+    }
+
+    #[test]
+    fn toggles_aliases_and_escapes() {
+        for (v, ro) in [("yes", true), ("true", true), ("no", false), ("off", false)] {
+            assert_eq!(p(&format!("img,readonly={v}")).unwrap().read_only, ro);
+        }
+        assert!(p("img,read-only=on").unwrap().read_only);
+        // Both spellings: the later wins, as before the shared parser.
+        assert!(!p("img,readonly=on,read-only=off").unwrap().read_only);
+        assert!(p("img,read-only=off,readonly=on").unwrap().read_only);
+        let d = p("path=a,,b,serial=S,,N,id=x,,y").unwrap();
+        assert_eq!(d.path, PathBuf::from("a,b"));
+        assert_eq!(d.serial.as_deref(), Some("S,N"));
+        assert_eq!(d.id.as_deref(), Some("x,y"));
+    }
+
+    #[test]
+    fn malformed_lists_and_messages() {
+        assert_eq!(
+            p("img,"),
+            Err(DiskSpecError::Syntax(OptionError::EmptyItem))
+        );
+        assert_eq!(
+            p("img,=x"),
+            Err(DiskSpecError::Syntax(OptionError::NoKey("=x".into())))
+        );
+        assert_eq!(
+            p("img,bogus"),
+            Err(DiskSpecError::UnknownKey("bogus".into()))
+        );
+        assert_eq!(p("img,cache="), Err(DiskSpecError::NoValue("cache".into())));
+        assert_eq!(p("path="), Err(DiskSpecError::NoValue("path".into())));
+        let m = |s: &str| p(s).unwrap_err().to_string();
+        assert_eq!(
+            m("img,format=raw"),
+            "Unknown --disk option 'format' (known: path, id, node-name, readonly, cache, serial)"
+        );
+        assert_eq!(m("img,id=a,id=b"), "--disk option 'id' is given twice");
+        assert_eq!(m("img,id="), "--disk option 'id' needs a value");
+        assert_eq!(
+            m("img,readonly=maybe"),
+            "--disk option 'readonly' takes on or off, not 'maybe'"
+        );
+        assert_eq!(
+            m("img,"),
+            "--disk list has an empty item (a comma inside a value is written ',,')"
         );
     }
 }
