@@ -498,3 +498,29 @@ def test_inband_status_consistent_with_events(vm, raw_factory):
         t.join()
     assert not bad, f"{len(bad)} of 5000 replies disagree with the events received before " \
                     f"them (state from events, reply): {bad[:5]}"
+
+
+def test_negotiation_reply_precedes_events(vm, raw_factory):
+    """A client that negotiates while other clients make the VM emit events gets its
+    qmp_capabilities reply before any event (QEMU never sends an event first; qemu.qmp's
+    clients fail with "Negotiation failed" otherwise). The actors keep the main loop busy with
+    pipelined stop/cont, so a reply that travelled through the main loop would queue behind
+    them while the events they emit reached the newcomer first."""
+    actors = [raw_factory(vm.sock).negotiate() for _ in range(4)]
+    for _ in range(20):
+        for a in actors:
+            # Eight in flight per session: the most the monitor hands the main loop.
+            a.send(b'{"execute": "stop"}{"execute": "cont"}' * 4)
+        newcomer = raw_factory(vm.sock)
+        newcomer.send({"execute": "qmp_capabilities", "id": "neg"})
+        first = newcomer.recv()
+        assert first == {"return": {}, "id": "neg"}, f"before the negotiation reply: {first}"
+        newcomer.close()
+        for a in actors:
+            replies = 0
+            while replies < 8:
+                m = a.recv()
+                if "event" not in m:
+                    assert m == {"return": {}}, m
+                    replies += 1
+    assert vm.alive()

@@ -10,25 +10,21 @@
 //! the used ring as it completes (virtio allows completion in any order).
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use block::Backend;
+use event_manager::{
+    EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
+};
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{handle_chain, ChainError, Outcome, RequestConfig};
 use crate::virtio::VirtioInterrupt;
-
-const KILL_TOKEN: u64 = 0;
-const RETRY_TOKEN: u64 = 1;
-const DONE_TOKEN: u64 = 2;
-const FIRST_QUEUE_TOKEN: u64 = 3;
 
 /// Most request threads per device.
 pub const MAX_REQUEST_THREADS: usize = 4;
@@ -150,6 +146,10 @@ pub(super) struct Worker {
     parked: Vec<(usize, Chain)>,
     /// The driver broke the protocol: ignore the queues until the device is reset.
     broken: bool,
+    /// The kill eventfd fired: the thread ends.
+    killed: bool,
+    /// The registration error of [`init`](MutEventSubscriber::init), for `prepare` to report.
+    setup_error: Option<event_manager::Error>,
 }
 
 impl Worker {
@@ -187,64 +187,9 @@ impl Worker {
             in_flight: 0,
             parked: Vec::new(),
             broken: false,
+            killed: false,
+            setup_error: None,
         })
-    }
-
-    fn epoll(&self) -> io::Result<Epoll> {
-        let epoll = Epoll::new()?;
-        let add = |fd: i32, token: u64| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-        };
-        add(self.kill.as_raw_fd(), KILL_TOKEN)?;
-        add(self.ctx.backend.retry_event().as_raw_fd(), RETRY_TOKEN)?;
-        add(self.done_wake.as_raw_fd(), DONE_TOKEN)?;
-        for (i, e) in self.queue_events.iter().enumerate() {
-            add(e.as_raw_fd(), FIRST_QUEUE_TOKEN + i as u64)?;
-        }
-        Ok(epoll)
-    }
-
-    /// Runs until the kill eventfd fires.
-    fn run(mut self, epoll: Epoll) {
-        // Requests made available before activation (or before a kick) are served at once.
-        self.process_all();
-        let mut events = vec![EpollEvent::default(); self.queue_events.len() + 3];
-        loop {
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // The epoll descriptor is ours; failing here means the process is in trouble.
-                Err(_) => break,
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    KILL_TOKEN => {
-                        self.pool.stop();
-                        return;
-                    }
-                    RETRY_TOKEN => {
-                        let _ = self.ctx.backend.retry_event().read();
-                        self.retry_parked();
-                    }
-                    DONE_TOKEN => {
-                        let _ = self.done_wake.read();
-                        self.collect();
-                    }
-                    token => {
-                        let idx = (token - FIRST_QUEUE_TOKEN) as usize;
-                        if let Some(e) = self.queue_events.get(idx) {
-                            let _ = e.read();
-                        }
-                        self.process_queue(idx);
-                    }
-                }
-            }
-        }
-        self.pool.stop();
     }
 
     fn process_all(&mut self) {
@@ -385,9 +330,129 @@ impl Worker {
         self.process_all();
     }
 
-    /// Builds the epoll set (so setup errors reach the caller) and returns the thread body.
+    /// Registers the I/O thread's event sources (so setup errors reach the caller) and returns
+    /// the thread body.
     pub fn prepare(self) -> io::Result<impl FnOnce() + Send + 'static> {
-        let epoll = self.epoll()?;
-        Ok(move || self.run(epoll))
+        let mut manager = EventManager::new().map_err(loop_error)?;
+        let id = manager.add_subscriber(self);
+        if let Some(e) = manager
+            .subscriber_mut(id)
+            .map_err(loop_error)?
+            .setup_error
+            .take()
+        {
+            return Err(loop_error(e));
+        }
+        Ok(move || Self::run(manager, id))
+    }
+
+    /// Runs until the kill eventfd fires.
+    fn run(mut manager: EventManager<Worker>, id: SubscriberId) {
+        // Requests made available before activation (or before a kick) are served at once.
+        if let Ok(worker) = manager.subscriber_mut(id) {
+            worker.process_all();
+        }
+        loop {
+            match manager.subscriber_mut(id) {
+                Ok(worker) if !worker.killed => {}
+                _ => break,
+            }
+            // The epoll descriptor is ours; failing here means the process is in trouble.
+            if manager.run().is_err() {
+                break;
+            }
+        }
+        if let Ok(worker) = manager.subscriber_mut(id) {
+            worker.pool.stop();
+        }
+    }
+}
+
+fn loop_error(e: event_manager::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+/// What woke the I/O thread: the `data` of each registered event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The device is being reset or dropped.
+    Kill,
+    /// The backend's error policy lets parked requests run again.
+    Retry,
+    /// The request pool finished requests.
+    Done,
+    /// The driver notified queue N.
+    Queue(usize),
+}
+
+impl Source {
+    const KILL: u32 = 0;
+    const RETRY: u32 = 1;
+    const DONE: u32 = 2;
+    const FIRST_QUEUE: u32 = 3;
+
+    fn data(self) -> u32 {
+        match self {
+            Source::Kill => Self::KILL,
+            Source::Retry => Self::RETRY,
+            Source::Done => Self::DONE,
+            // A device has a handful of queues.
+            Source::Queue(i) => Self::FIRST_QUEUE + i as u32,
+        }
+    }
+
+    fn from_data(data: u32) -> Self {
+        match data {
+            Self::KILL => Source::Kill,
+            Self::RETRY => Source::Retry,
+            Self::DONE => Source::Done,
+            n => Source::Queue((n - Self::FIRST_QUEUE) as usize),
+        }
+    }
+}
+
+impl MutEventSubscriber for Worker {
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut sources = vec![
+            Events::with_data(&self.kill, Source::Kill.data(), EventSet::IN),
+            Events::with_data(
+                self.ctx.backend.retry_event(),
+                Source::Retry.data(),
+                EventSet::IN,
+            ),
+            Events::with_data(&self.done_wake, Source::Done.data(), EventSet::IN),
+        ];
+        for (i, e) in self.queue_events.iter().enumerate() {
+            sources.push(Events::with_data(e, Source::Queue(i).data(), EventSet::IN));
+        }
+        for events in sources {
+            if let Err(e) = ops.add(events) {
+                self.setup_error = Some(e);
+                return;
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match Source::from_data(events.data()) {
+            Source::Kill => {
+                self.pool.stop();
+                self.killed = true;
+            }
+            Source::Retry => {
+                let _ = self.ctx.backend.retry_event().read();
+                self.retry_parked();
+            }
+            Source::Done => {
+                let _ = self.done_wake.read();
+                self.collect();
+            }
+            Source::Queue(idx) => {
+                if let Some(e) = self.queue_events.get(idx) {
+                    let _ = e.read();
+                }
+                self.process_queue(idx);
+            }
+        }
     }
 }
