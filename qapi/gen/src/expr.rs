@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Context-free checks of each expression's structure (keys, names, flags, `if`, features) and
 //! normalization into [`Definition`]s, creating the implicit argument and base types.
+//!
+//! Laid out as QEMU's `scripts/qapi/expr.py`: `check_expr` checks what every definition has
+//! (the metatype keyword and name, the documentation comment, `if`, `features`) and calls one
+//! function per metatype (`check_enum`, `check_struct`, `check_union`, `check_alternate`,
+//! `check_command`, `check_event`, and our `check_handle` and `check_signal`) for the rest.
 
 use crate::attrs::{check_features, check_flags, check_if, check_keys, dict_get};
 use crate::error::SemError;
@@ -11,16 +16,20 @@ use crate::source::SourceInfo;
 
 type Res<T> = Result<T, SemError>;
 
-/// The metatype keywords, in the order they are looked for.
-const METAS: &[&str] = &[
-    "enum",
-    "union",
-    "alternate",
-    "struct",
-    "command",
-    "event",
-    "handle",
-    "signal",
+/// Checks the metatype-specific keys of one definition and builds its shape. Implicit types it
+/// creates (inline arguments or base) are pushed onto `defs`.
+type CheckFn = fn(&DefnCx<'_>, &mut Vec<Definition>) -> Res<DefKind>;
+
+/// The metatype keywords, in the order they are looked for, with their checks.
+const METAS: &[(&str, CheckFn)] = &[
+    ("enum", check_enum),
+    ("union", check_union),
+    ("alternate", check_alternate),
+    ("struct", check_struct),
+    ("command", check_command),
+    ("event", check_event),
+    ("handle", check_handle),
+    ("signal", check_signal),
 ];
 
 /// Checks every expression and returns the definitions, implicit types included.
@@ -30,6 +39,71 @@ pub fn check_exprs(exprs: &[Expr], pragma: &Pragma) -> Res<Vec<Definition>> {
         check_expr(expr, pragma, &mut defs)?;
     }
     Ok(defs)
+}
+
+/// The definition being checked, as the per-metatype checks see it.
+struct DefnCx<'a> {
+    /// The expression's keys and values.
+    d: &'a [(String, Value)],
+    /// Its location, marked as inside the definition.
+    info: SourceInfo,
+    /// The metatype keyword.
+    meta: &'static str,
+    /// The definition's name.
+    name: &'a str,
+    /// Member names may use upper case and `_` (pragma `member-name-exceptions`).
+    permit_upper: bool,
+}
+
+impl DefnCx<'_> {
+    /// The value of `key`, if present.
+    fn get(&self, key: &str) -> Option<&Value> {
+        dict_get(self.d, key)
+    }
+
+    /// The value of a key that [`DefnCx::check_keys`] made required.
+    fn required(&self, key: &str) -> &Value {
+        self.get(key).expect("required key checked")
+    }
+
+    /// True for `'boxed': true`.
+    fn boxed(&self) -> bool {
+        self.get("boxed") == Some(&Value::Bool(true))
+    }
+
+    /// A boolean flag's value, `default` when absent.
+    fn flag(&self, key: &str, default: bool) -> bool {
+        match self.get(key) {
+            Some(Value::Bool(b)) => *b,
+            _ => default,
+        }
+    }
+
+    /// Rejects missing required keys and keys outside `required` and `optional`.
+    fn check_keys(&self, required: &[&str], optional: &[&str]) -> Res<()> {
+        check_keys(self.d, &self.info, self.meta, required, optional)
+    }
+
+    /// `data` of a command, event or signal: a type name, or an inline object made implicit.
+    fn check_args(&self, defs: &mut Vec<Definition>) -> Res<Option<String>> {
+        let boxed = self.boxed();
+        let Some(data) = self.get("data") else {
+            if boxed {
+                return Err(SemError::new(&self.info, "'boxed': true requires 'data'"));
+            }
+            return Ok(None);
+        };
+        match check_type(data, &self.info, "'data'", false, !boxed)? {
+            TypeExpr::Ref(r) => Ok(Some(r.name().to_string())),
+            TypeExpr::Dict(members) => {
+                let implicit = implicit_arg_name(self.name);
+                let members =
+                    check_members(&members, &self.info, "'data'", &implicit, self.permit_upper)?;
+                defs.push(implicit_struct(implicit.clone(), &self.info, members));
+                Ok(Some(implicit))
+            }
+        }
+    }
 }
 
 /// A member value normalized to a dict with `type` (and maybe `if`, `features`).
@@ -199,35 +273,11 @@ fn implicit_struct(name: String, info: &SourceInfo, members: Vec<Member>) -> Def
     }
 }
 
-/// `data` of a command, event or signal: a type name or an inline object made implicit.
-fn check_args(
-    d: &[(String, Value)],
-    info: &SourceInfo,
-    name: &str,
-    boxed: bool,
-    permit_upper: bool,
-    defs: &mut Vec<Definition>,
-) -> Res<Option<String>> {
-    let Some(data) = dict_get(d, "data") else {
-        if boxed {
-            return Err(SemError::new(info, "'boxed': true requires 'data'"));
-        }
-        return Ok(None);
-    };
-    match check_type(data, info, "'data'", false, !boxed)? {
-        TypeExpr::Ref(r) => Ok(Some(r.name().to_string())),
-        TypeExpr::Dict(members) => {
-            let implicit = implicit_arg_name(name);
-            let members = check_members(&members, info, "'data'", &implicit, permit_upper)?;
-            defs.push(implicit_struct(implicit.clone(), info, members));
-            Ok(Some(implicit))
-        }
-    }
-}
-
+/// Checks one expression (QEMU's `check_exprs` loop body): the metatype keyword and name, the
+/// documentation comment, then the metatype's own keys, then `if` and `features`.
 fn check_expr(expr: &Expr, pragma: &Pragma, defs: &mut Vec<Definition>) -> Res<()> {
     let d = &expr.value;
-    let Some(meta) = METAS.iter().copied().find(|m| dict_get(d, m).is_some()) else {
+    let Some(&(meta, check)) = METAS.iter().find(|(m, _)| dict_get(d, m).is_some()) else {
         return Err(SemError::new(&expr.info, "expression is missing metatype"));
     };
     let Some(Value::Str(name)) = dict_get(d, meta) else {
@@ -238,258 +288,18 @@ fn check_expr(expr: &Expr, pragma: &Pragma, defs: &mut Vec<Definition>) -> Res<(
     };
     let name = name.as_str();
     let info = expr.info.in_defn(meta, name);
-    match meta {
-        "event" | "signal" => check_name_upper(name, &info, meta)?,
-        "command" => check_name_lower(
-            name,
-            &info,
-            meta,
-            false,
-            pragma.command_name_exceptions.iter().any(|n| n == name),
-        )?,
-        _ => check_name_camel(name, &info, meta)?,
-    }
-    if name.ends_with("Kind") || name.ends_with("List") {
-        return Err(SemError::new(
-            &info,
-            format!(
-                "{meta} name should not end in '{}'",
-                &name[name.len() - 4..]
-            ),
-        ));
-    }
-    if let Some(doc) = &expr.doc {
-        if doc.symbol.as_deref() != Some(name) {
-            return Err(SemError::new(
-                &info,
-                format!(
-                    "documentation comment is for '{}'",
-                    doc.symbol.as_deref().unwrap_or("")
-                ),
-            ));
-        }
-    } else if pragma.doc_required {
-        return Err(SemError::new(&info, "documentation comment required"));
-    }
-    let permit_upper = pragma.member_name_exceptions.iter().any(|n| n == name);
-    let boxed = dict_get(d, "boxed") == Some(&Value::Bool(true));
-    let flag = |key: &str, default: bool| match dict_get(d, key) {
-        Some(Value::Bool(b)) => *b,
-        _ => default,
+    check_defn_name(meta, name, &info, pragma)?;
+    check_doc(expr, name, &info, pragma)?;
+    let cx = DefnCx {
+        d,
+        info,
+        meta,
+        name,
+        permit_upper: pragma.member_name_exceptions.iter().any(|n| n == name),
     };
-    let kind = match meta {
-        "enum" => {
-            check_keys(
-                d,
-                &info,
-                meta,
-                &["enum", "data"],
-                &["if", "features", "prefix"],
-            )?;
-            let Some(Value::List(items)) = dict_get(d, "data") else {
-                return Err(SemError::new(&info, "'data' must be an array"));
-            };
-            if let Some(p) = dict_get(d, "prefix") {
-                if p.as_str().is_none() {
-                    return Err(SemError::new(&info, "'prefix' must be a string"));
-                }
-            }
-            let mut values = Vec::new();
-            for item in items {
-                let m = match item {
-                    Value::Dict(m) => m.clone(),
-                    other => vec![("name".to_string(), other.clone())],
-                };
-                let source = "'data' member";
-                check_keys(&m, &info, source, &["name"], &["if"])?;
-                let Some(Value::Str(vname)) = dict_get(&m, "name") else {
-                    return Err(SemError::new(
-                        &info,
-                        format!("{source} requires a string name"),
-                    ));
-                };
-                let source = format!("{source} '{vname}'");
-                // Enum values may start with a digit.
-                let check = if vname.starts_with(|c: char| c.is_ascii_digit()) {
-                    format!("d{vname}")
-                } else {
-                    vname.clone()
-                };
-                check_name_lower(&check, &info, &source, permit_upper, permit_upper)?;
-                let ifcond = check_if(dict_get(&m, "if"), &info, &source)?;
-                values.push(EnumValue {
-                    name: vname.clone(),
-                    ifcond,
-                });
-            }
-            DefKind::Enum { values }
-        }
-        "struct" => {
-            check_keys(
-                d,
-                &info,
-                meta,
-                &["struct", "data"],
-                &["base", "if", "features"],
-            )?;
-            let data = dict_get(d, "data").expect("checked");
-            let members = match check_type(data, &info, "'data'", false, true)? {
-                TypeExpr::Dict(m) => check_members(&m, &info, "'data'", name, permit_upper)?,
-                TypeExpr::Ref(_) => {
-                    return Err(SemError::new(&info, "'data' should be an object"));
-                }
-            };
-            let base = dict_get(d, "base")
-                .map(|b| {
-                    named(
-                        check_type(b, &info, "'base'", false, false)?,
-                        &info,
-                        "'base'",
-                    )
-                })
-                .transpose()?;
-            DefKind::Struct { base, members }
-        }
-        "union" => {
-            check_keys(
-                d,
-                &info,
-                meta,
-                &["union", "base", "discriminator", "data"],
-                &["if", "features"],
-            )?;
-            let base = match check_type(
-                dict_get(d, "base").expect("checked"),
-                &info,
-                "'base'",
-                false,
-                true,
-            )? {
-                TypeExpr::Ref(r) => r.name().to_string(),
-                TypeExpr::Dict(m) => {
-                    let implicit = implicit_base_name(name);
-                    let members = check_members(&m, &info, "'base'", &implicit, permit_upper)?;
-                    defs.push(implicit_struct(implicit.clone(), &info, members));
-                    implicit
-                }
-            };
-            let Some(Value::Str(discriminator)) = dict_get(d, "discriminator") else {
-                return Err(SemError::new(
-                    &info,
-                    "'discriminator' requires a string name",
-                ));
-            };
-            let Some(Value::Dict(data)) = dict_get(d, "data") else {
-                return Err(SemError::new(&info, "'data' must be an object"));
-            };
-            let branches = check_branches(data, &info, false)?;
-            DefKind::Union {
-                base,
-                discriminator: discriminator.clone(),
-                branches,
-            }
-        }
-        "alternate" => {
-            check_keys(d, &info, meta, &["alternate", "data"], &["if", "features"])?;
-            let Some(Value::Dict(data)) = dict_get(d, "data") else {
-                return Err(SemError::new(&info, "'data' must be an object"));
-            };
-            if data.is_empty() {
-                return Err(SemError::new(&info, "'data' must not be empty"));
-            }
-            let branches = check_branches(data, &info, true)?;
-            DefKind::Alternate { branches }
-        }
-        "command" => {
-            check_keys(
-                d,
-                &info,
-                meta,
-                &["command"],
-                &[
-                    "data",
-                    "returns",
-                    "boxed",
-                    "if",
-                    "features",
-                    "gen",
-                    "success-response",
-                    "allow-oob",
-                    "allow-preconfig",
-                    "coroutine",
-                ],
-            )?;
-            check_flags(d, &info)?;
-            let data = check_args(d, &info, name, boxed, permit_upper, defs)?;
-            let returns = dict_get(d, "returns")
-                .map(|r| match check_type(r, &info, "'returns'", true, false)? {
-                    TypeExpr::Ref(r) => Ok(r),
-                    TypeExpr::Dict(_) => unreachable!("dicts not allowed here"),
-                })
-                .transpose()?;
-            DefKind::Command {
-                data,
-                returns,
-                boxed,
-                allow_oob: flag("allow-oob", false),
-                success_response: flag("success-response", true),
-                gen: flag("gen", true),
-                allow_preconfig: flag("allow-preconfig", false),
-            }
-        }
-        "event" => {
-            check_keys(
-                d,
-                &info,
-                meta,
-                &["event"],
-                &["data", "boxed", "if", "features"],
-            )?;
-            check_flags(d, &info)?;
-            DefKind::Event {
-                data: check_args(d, &info, name, boxed, permit_upper, defs)?,
-                boxed,
-            }
-        }
-        "handle" => {
-            check_keys(d, &info, meta, &["handle", "data"], &["if", "features"])?;
-            let data = check_type(
-                dict_get(d, "data").expect("checked"),
-                &info,
-                "'data'",
-                false,
-                false,
-            )?;
-            DefKind::Handle {
-                data: named(data, &info, "'data'")?,
-            }
-        }
-        "signal" => {
-            check_keys(
-                d,
-                &info,
-                meta,
-                &["signal", "owner"],
-                &["data", "boxed", "if", "features"],
-            )?;
-            check_flags(d, &info)?;
-            let owner = check_type(
-                dict_get(d, "owner").expect("checked"),
-                &info,
-                "'owner'",
-                false,
-                false,
-            )?;
-            DefKind::Signal {
-                owner: named(owner, &info, "'owner'")?,
-                data: check_args(d, &info, name, boxed, permit_upper, defs)?,
-                boxed,
-            }
-        }
-        _ => unreachable!("meta from METAS"),
-    };
-    let ifcond = check_if(dict_get(d, "if"), &info, meta)?;
-    let features = check_features(dict_get(d, "features"), &info)?;
+    let kind = check(&cx, defs)?;
+    let ifcond = check_if(cx.get("if"), &cx.info, meta)?;
+    let features = check_features(cx.get("features"), &cx.info)?;
     for implicit in [implicit_arg_name(name), implicit_base_name(name)] {
         if let Some(def) = defs.iter_mut().find(|d| d.name == implicit) {
             def.ifcond.clone_from(&ifcond);
@@ -498,7 +308,7 @@ fn check_expr(expr: &Expr, pragma: &Pragma, defs: &mut Vec<Definition>) -> Res<(
     defs.push(Definition {
         name: name.to_string(),
         meta,
-        info,
+        info: cx.info,
         doc: expr.doc.clone(),
         ifcond,
         features,
@@ -506,4 +316,229 @@ fn check_expr(expr: &Expr, pragma: &Pragma, defs: &mut Vec<Definition>) -> Res<(
         implicit: false,
     });
     Ok(())
+}
+
+/// The definition's name: the case rule of its metatype, and no `Kind`/`List` suffix.
+fn check_defn_name(meta: &str, name: &str, info: &SourceInfo, pragma: &Pragma) -> Res<()> {
+    match meta {
+        "event" | "signal" => check_name_upper(name, info, meta)?,
+        "command" => check_name_lower(
+            name,
+            info,
+            meta,
+            false,
+            pragma.command_name_exceptions.iter().any(|n| n == name),
+        )?,
+        _ => check_name_camel(name, info, meta)?,
+    }
+    if name.ends_with("Kind") || name.ends_with("List") {
+        return Err(SemError::new(
+            info,
+            format!(
+                "{meta} name should not end in '{}'",
+                &name[name.len() - 4..]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The documentation comment, if any, must be for this definition; it is required under
+/// pragma `doc-required`.
+fn check_doc(expr: &Expr, name: &str, info: &SourceInfo, pragma: &Pragma) -> Res<()> {
+    match &expr.doc {
+        Some(doc) if doc.symbol.as_deref() != Some(name) => Err(SemError::new(
+            info,
+            format!(
+                "documentation comment is for '{}'",
+                doc.symbol.as_deref().unwrap_or("")
+            ),
+        )),
+        None if pragma.doc_required => Err(SemError::new(info, "documentation comment required")),
+        _ => Ok(()),
+    }
+}
+
+/// `enum`: `data` is an array of value names or `{name, if}` dicts; `prefix` is a string.
+fn check_enum(cx: &DefnCx<'_>, _defs: &mut Vec<Definition>) -> Res<DefKind> {
+    cx.check_keys(&["enum", "data"], &["if", "features", "prefix"])?;
+    let Some(Value::List(items)) = cx.get("data") else {
+        return Err(SemError::new(&cx.info, "'data' must be an array"));
+    };
+    if let Some(p) = cx.get("prefix") {
+        if p.as_str().is_none() {
+            return Err(SemError::new(&cx.info, "'prefix' must be a string"));
+        }
+    }
+    let values = items
+        .iter()
+        .map(|item| check_enum_value(cx, item))
+        .collect::<Res<Vec<_>>>()?;
+    Ok(DefKind::Enum { values })
+}
+
+/// One enum value; values may start with a digit.
+fn check_enum_value(cx: &DefnCx<'_>, item: &Value) -> Res<EnumValue> {
+    let m = match item {
+        Value::Dict(m) => m.clone(),
+        other => vec![("name".to_string(), other.clone())],
+    };
+    let source = "'data' member";
+    check_keys(&m, &cx.info, source, &["name"], &["if"])?;
+    let Some(Value::Str(vname)) = dict_get(&m, "name") else {
+        return Err(SemError::new(
+            &cx.info,
+            format!("{source} requires a string name"),
+        ));
+    };
+    let source = format!("{source} '{vname}'");
+    let check = if vname.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("d{vname}")
+    } else {
+        vname.clone()
+    };
+    check_name_lower(&check, &cx.info, &source, cx.permit_upper, cx.permit_upper)?;
+    let ifcond = check_if(dict_get(&m, "if"), &cx.info, &source)?;
+    Ok(EnumValue {
+        name: vname.clone(),
+        ifcond,
+    })
+}
+
+/// `struct`: `data` is an inline object; `base` names a type.
+fn check_struct(cx: &DefnCx<'_>, _defs: &mut Vec<Definition>) -> Res<DefKind> {
+    cx.check_keys(&["struct", "data"], &["base", "if", "features"])?;
+    let members = match check_type(cx.required("data"), &cx.info, "'data'", false, true)? {
+        TypeExpr::Dict(m) => check_members(&m, &cx.info, "'data'", cx.name, cx.permit_upper)?,
+        TypeExpr::Ref(_) => {
+            return Err(SemError::new(&cx.info, "'data' should be an object"));
+        }
+    };
+    let base = cx
+        .get("base")
+        .map(|b| {
+            named(
+                check_type(b, &cx.info, "'base'", false, false)?,
+                &cx.info,
+                "'base'",
+            )
+        })
+        .transpose()?;
+    Ok(DefKind::Struct { base, members })
+}
+
+/// `union`: a `base` (type name or inline object made implicit), a string `discriminator`,
+/// and `data` mapping tag values to branch types.
+fn check_union(cx: &DefnCx<'_>, defs: &mut Vec<Definition>) -> Res<DefKind> {
+    cx.check_keys(
+        &["union", "base", "discriminator", "data"],
+        &["if", "features"],
+    )?;
+    let base = match check_type(cx.required("base"), &cx.info, "'base'", false, true)? {
+        TypeExpr::Ref(r) => r.name().to_string(),
+        TypeExpr::Dict(m) => {
+            let implicit = implicit_base_name(cx.name);
+            let members = check_members(&m, &cx.info, "'base'", &implicit, cx.permit_upper)?;
+            defs.push(implicit_struct(implicit.clone(), &cx.info, members));
+            implicit
+        }
+    };
+    let Some(Value::Str(discriminator)) = cx.get("discriminator") else {
+        return Err(SemError::new(
+            &cx.info,
+            "'discriminator' requires a string name",
+        ));
+    };
+    let Some(Value::Dict(data)) = cx.get("data") else {
+        return Err(SemError::new(&cx.info, "'data' must be an object"));
+    };
+    Ok(DefKind::Union {
+        base,
+        discriminator: discriminator.clone(),
+        branches: check_branches(data, &cx.info, false)?,
+    })
+}
+
+/// `alternate`: a non-empty `data` object of lower-case branch names.
+fn check_alternate(cx: &DefnCx<'_>, _defs: &mut Vec<Definition>) -> Res<DefKind> {
+    cx.check_keys(&["alternate", "data"], &["if", "features"])?;
+    let Some(Value::Dict(data)) = cx.get("data") else {
+        return Err(SemError::new(&cx.info, "'data' must be an object"));
+    };
+    if data.is_empty() {
+        return Err(SemError::new(&cx.info, "'data' must not be empty"));
+    }
+    Ok(DefKind::Alternate {
+        branches: check_branches(data, &cx.info, true)?,
+    })
+}
+
+/// `command`: arguments, `returns` (a type or an array of one) and the flags.
+fn check_command(cx: &DefnCx<'_>, defs: &mut Vec<Definition>) -> Res<DefKind> {
+    cx.check_keys(
+        &["command"],
+        &[
+            "data",
+            "returns",
+            "boxed",
+            "if",
+            "features",
+            "gen",
+            "success-response",
+            "allow-oob",
+            "allow-preconfig",
+            "coroutine",
+        ],
+    )?;
+    check_flags(cx.d, &cx.info)?;
+    let data = cx.check_args(defs)?;
+    let returns = cx
+        .get("returns")
+        .map(
+            |r| match check_type(r, &cx.info, "'returns'", true, false)? {
+                TypeExpr::Ref(r) => Ok(r),
+                TypeExpr::Dict(_) => unreachable!("dicts not allowed here"),
+            },
+        )
+        .transpose()?;
+    Ok(DefKind::Command {
+        data,
+        returns,
+        boxed: cx.boxed(),
+        allow_oob: cx.flag("allow-oob", false),
+        success_response: cx.flag("success-response", true),
+        gen: cx.flag("gen", true),
+        allow_preconfig: cx.flag("allow-preconfig", false),
+    })
+}
+
+/// `event`: optional data, possibly boxed.
+fn check_event(cx: &DefnCx<'_>, defs: &mut Vec<Definition>) -> Res<DefKind> {
+    cx.check_keys(&["event"], &["data", "boxed", "if", "features"])?;
+    check_flags(cx.d, &cx.info)?;
+    Ok(DefKind::Event {
+        data: cx.check_args(defs)?,
+        boxed: cx.boxed(),
+    })
+}
+
+/// `handle` (our extension): `data` names the type that carries it on the wire.
+fn check_handle(cx: &DefnCx<'_>, _defs: &mut Vec<Definition>) -> Res<DefKind> {
+    cx.check_keys(&["handle", "data"], &["if", "features"])?;
+    let data = check_type(cx.required("data"), &cx.info, "'data'", false, false)?;
+    Ok(DefKind::Handle {
+        data: named(data, &cx.info, "'data'")?,
+    })
+}
+
+/// `signal` (our extension): an event with an `owner` handle type.
+fn check_signal(cx: &DefnCx<'_>, defs: &mut Vec<Definition>) -> Res<DefKind> {
+    cx.check_keys(&["signal", "owner"], &["data", "boxed", "if", "features"])?;
+    check_flags(cx.d, &cx.info)?;
+    let owner = check_type(cx.required("owner"), &cx.info, "'owner'", false, false)?;
+    Ok(DefKind::Signal {
+        owner: named(owner, &cx.info, "'owner'")?,
+        data: cx.check_args(defs)?,
+        boxed: cx.boxed(),
+    })
 }
