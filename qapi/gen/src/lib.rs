@@ -8,10 +8,9 @@
 //! ([`introspect`]) and a Markdown reference ([`markdown`]).
 //!
 //! Stages: [`lexer`] → [`parser`] (with [`doc`]) → [`expr`] (per-expression checks, with
-//! [`names`] rules) → [`schema`] (whole-schema checks, the [`model`]) → generators.
+//! the [`schema_names`] rules) → [`schema`] (whole-schema checks, the [`model`]) → generators
+//! (Rust identifiers come from [`rust::ident`]).
 
-mod attrs;
-mod check;
 pub mod doc;
 pub mod error;
 pub mod expr;
@@ -19,11 +18,10 @@ pub mod introspect;
 pub mod lexer;
 pub mod markdown;
 pub mod model;
-pub mod names;
-pub mod naming;
 pub mod parser;
 pub mod rust;
 pub mod schema;
+pub mod schema_names;
 pub mod source;
 
 use std::path::Path;

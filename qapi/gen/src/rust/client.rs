@@ -4,9 +4,9 @@
 
 use std::fmt::Write as _;
 
+use super::ident::{snake, type_name, NamingError};
 use super::{def_doc_text, doc_comment, field_inits, params, Cx};
 use crate::model::DefKind;
-use crate::naming::{snake, type_name, NamingError};
 
 pub(super) fn generate(cx: &Cx<'_>) -> Result<String, NamingError> {
     let mut out = String::new();

@@ -4,9 +4,9 @@
 
 use std::fmt::Write as _;
 
+use super::ident::{snake, type_name, Namespace, NamingError};
 use super::{def_doc_text, doc_comment, field_inits, member_doc, params, sanitize, Cx};
 use crate::model::{DefKind, Definition, Member, TypeRef};
-use crate::naming::{snake, type_name, Namespace, NamingError};
 
 struct Cmd<'a> {
     def: &'a Definition,

@@ -4,9 +4,9 @@
 
 use std::fmt::Write as _;
 
+use super::ident::{camel, snake, type_name, Namespace, NamingError};
 use super::{def_doc_text, doc_comment, field_inits, params, Cx};
 use crate::model::{DefKind, Definition, Member};
-use crate::naming::{camel, snake, type_name, Namespace, NamingError};
 
 struct Ev<'a> {
     def: &'a Definition,

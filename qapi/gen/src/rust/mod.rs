@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod events;
+pub mod ident;
 mod types;
 
 use std::collections::BTreeSet;
@@ -12,8 +13,8 @@ use std::fmt::Write as _;
 
 use crate::doc::Doc;
 use crate::model::{builtin_json_type, DefKind, Definition, Member, TypeRef};
-use crate::naming::{snake, type_name, NamingError};
 use crate::schema::Schema;
+use ident::{snake, type_name, NamingError};
 
 /// Generates the Rust source for `schema`.
 pub fn generate(schema: &Schema) -> Result<String, NamingError> {

@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
+use super::ident::{camel, snake, type_name, Namespace, NamingError};
 use super::{def_doc_text, doc_comment, member_doc, owner_doc, sanitize, Cx};
 use crate::model::{builtin_json_type, DefKind, Definition, Member, TypeRef, BUILTINS};
-use crate::naming::{camel, snake, type_name, Namespace, NamingError};
 
 pub(super) fn generate(cx: &Cx<'_>) -> Result<String, NamingError> {
     let mut out = String::new();

@@ -7,12 +7,14 @@
 //! function per metatype (`check_enum`, `check_struct`, `check_union`, `check_alternate`,
 //! `check_command`, `check_event`, and our `check_handle` and `check_signal`) for the rest.
 
-use crate::attrs::{check_features, check_flags, check_if, check_keys, dict_get};
+mod common;
+
 use crate::error::SemError;
 use crate::model::{Branch, DefKind, Definition, EnumValue, Member, TypeRef};
-use crate::names::{c_name, check_name_camel, check_name_lower, check_name_upper};
 use crate::parser::{Expr, Pragma, Value};
+use crate::schema_names::{c_name, check_name_camel, check_name_lower, check_name_upper};
 use crate::source::SourceInfo;
+use common::{check_features, check_flags, check_if, check_keys, dict_get};
 
 type Res<T> = Result<T, SemError>;
 

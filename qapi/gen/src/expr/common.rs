@@ -4,8 +4,8 @@
 
 use crate::error::SemError;
 use crate::model::{Cond, Feature};
-use crate::names::check_name_lower;
 use crate::parser::Value;
+use crate::schema_names::check_name_lower;
 use crate::source::SourceInfo;
 
 type Res<T> = Result<T, SemError>;

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::SemError;
 use crate::model::{builtin_json_type, Branch, DefKind, Definition, Member, TypeRef, EMPTY_OBJECT};
-use crate::names::c_name;
 use crate::schema::{Entity, Schema};
+use crate::schema_names::c_name;
 use crate::source::SourceInfo;
 
 type Res<T> = Result<T, SemError>;

@@ -2,9 +2,9 @@
 //! Semantic checks over all definitions (type resolution, clashes, unions, alternates, commands,
 //! events, handles, signals, documentation) and the resulting [`Schema`].
 
-use std::collections::{BTreeMap, BTreeSet};
+mod check;
 
-use crate::check::Checker;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crate::doc::Doc;
@@ -13,6 +13,7 @@ use crate::expr::check_exprs;
 use crate::model::{builtin_json_type, DefKind, Definition, Member, TypeRef, EMPTY_OBJECT};
 use crate::parser::{parse_file, Parsed};
 use crate::source::SourceInfo;
+use check::Checker;
 
 type Res<T> = Result<T, SemError>;
 
