@@ -12,6 +12,7 @@
 //! (Rust identifiers come from [`rust::ident`]).
 
 pub mod doc;
+mod emit;
 pub mod error;
 pub mod expr;
 pub mod introspect;
