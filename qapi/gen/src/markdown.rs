@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The QMP reference in Markdown, generated from the schema's documentation comments.
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
 
 use crate::doc::Doc;
-use crate::model::{DefKind, Definition, Member, TypeRef};
-use crate::schema::Schema;
+use crate::model::{Branch, DefKind, Definition, EnumValue, Member, TypeRef};
+use crate::schema::{CommandFlags, Schema, Visitor};
 
 /// The lines that open the reference document.
 const HEADER: &[&str] = &[
@@ -20,27 +21,260 @@ const HEADER: &[&str] = &[
 
 /// Generates the reference document.
 pub fn generate(schema: &Schema) -> String {
-    let mut out = String::new();
-    for line in HEADER {
-        let _ = writeln!(out, "{line}");
-    }
-    for (i, def) in schema.defs.iter().enumerate() {
-        for (_, doc) in schema.free_docs.iter().filter(|(at, _)| *at == i) {
-            free_doc(&mut out, doc);
+    let mut gen = MarkdownGen {
+        schema,
+        out: String::new(),
+    };
+    let Ok(()) = schema.visit(&mut gen);
+    gen.out
+}
+
+/// The reference as a schema visitor: a heading and description per explicit definition,
+/// free documentation blocks where they stand.
+struct MarkdownGen<'s> {
+    schema: &'s Schema,
+    out: String,
+}
+
+impl<'s> Visitor<'s> for MarkdownGen<'s> {
+    fn visit_begin(&mut self, _schema: &'s Schema) -> Result<(), Infallible> {
+        for line in HEADER {
+            let _ = writeln!(self.out, "{line}");
         }
+        Ok(())
+    }
+
+    fn visit_free_doc(&mut self, doc: &'s Doc) -> Result<(), Infallible> {
+        free_doc(&mut self.out, doc);
+        Ok(())
+    }
+
+    fn visit_enum(
+        &mut self,
+        def: &'s Definition,
+        values: &'s [EnumValue],
+    ) -> Result<(), Infallible> {
+        self.definition(def, |out, doc| {
+            let _ = writeln!(out, "\n**Values:**\n");
+            for v in values {
+                let _ = writeln!(out, "- `{}` — {}", v.name, prose(&documented(doc, &v.name)));
+            }
+        });
+        Ok(())
+    }
+
+    fn visit_object(
+        &mut self,
+        def: &'s Definition,
+        base: Option<&'s str>,
+        m: &'s [Member],
+    ) -> Result<(), Infallible> {
         if def.implicit {
-            continue;
+            return Ok(());
         }
-        definition(schema, &mut out, def);
+        self.definition(def, |out, doc| {
+            if let Some(b) = base {
+                let _ = writeln!(out, "\nAll members of `{b}`, plus:");
+            }
+            members(out, "Members", m, doc);
+        });
+        Ok(())
     }
-    for (_, doc) in schema
-        .free_docs
-        .iter()
-        .filter(|(at, _)| *at >= schema.defs.len())
-    {
-        free_doc(&mut out, doc);
+
+    fn visit_union(
+        &mut self,
+        def: &'s Definition,
+        base: &'s str,
+        discriminator: &'s str,
+        branches: &'s [Branch],
+    ) -> Result<(), Infallible> {
+        let schema = self.schema;
+        self.definition(def, |out, doc| {
+            if schema.get(base).is_some_and(|b| b.implicit) {
+                members(out, "Members", &schema.object_members(base), doc);
+            } else {
+                let _ = writeln!(out, "\nAll members of `{base}`.");
+            }
+            let _ = writeln!(out, "\n**Branches (by `{discriminator}`):**\n");
+            for b in branches {
+                let _ = writeln!(out, "- `{}`: members of `{}`", b.name, b.ty);
+            }
+        });
+        Ok(())
     }
-    out
+
+    fn visit_alternate(
+        &mut self,
+        def: &'s Definition,
+        branches: &'s [Branch],
+    ) -> Result<(), Infallible> {
+        self.definition(def, |out, doc| {
+            let _ = writeln!(out, "\n**One of:**\n");
+            for b in branches {
+                let _ = writeln!(
+                    out,
+                    "- `{}`: `{}` — {}",
+                    b.name,
+                    b.ty,
+                    documented(doc, &b.name)
+                );
+            }
+        });
+        Ok(())
+    }
+
+    fn visit_command(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        returns: Option<&'s TypeRef>,
+        flags: CommandFlags,
+    ) -> Result<(), Infallible> {
+        let args = self.implicit_args(data);
+        self.definition(def, |out, doc| {
+            match args {
+                Some(m) => members(out, "Arguments", &m, doc),
+                None => {
+                    if let Some(d) = data {
+                        let how = if flags.boxed { "boxed" } else { "members of" };
+                        let _ = writeln!(out, "\n**Arguments:** {how} `{d}`.");
+                    }
+                }
+            }
+            let ret = returns.map(type_str).unwrap_or_else(|| "`{}`".into());
+            let ret_doc = doc.and_then(|d| d.section("Returns")).unwrap_or("");
+            let _ = writeln!(out, "\n**Returns:** {ret} — {}", prose(ret_doc));
+            if flags.allow_oob {
+                let _ = writeln!(out, "\n**Out-of-band:** allowed (`exec-oob`).");
+            }
+        });
+        Ok(())
+    }
+
+    fn visit_event(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        _boxed: bool,
+    ) -> Result<(), Infallible> {
+        let args = self.implicit_args(data);
+        self.definition(def, |out, doc| event_data(out, doc, data, args));
+        Ok(())
+    }
+
+    fn visit_handle(&mut self, def: &'s Definition, data: &'s str) -> Result<(), Infallible> {
+        self.definition(def, |out, _| {
+            let _ = writeln!(
+                out,
+                "\nCarried as `{data}` on the wire; in canonical form \
+                 `{{\"__handle__\": \"{}\", \"data\": ...}}`. The server checks that the named object exists.",
+                def.name
+            );
+        });
+        Ok(())
+    }
+
+    fn visit_signal(
+        &mut self,
+        def: &'s Definition,
+        owner: &'s str,
+        data: Option<&'s str>,
+        _boxed: bool,
+    ) -> Result<(), Infallible> {
+        let args = self.implicit_args(data);
+        self.definition(def, |out, doc| {
+            let _ = writeln!(
+                out,
+                "\n**Owner:** `{owner}`. Also delivered as the broadcast event `{}` to clients \
+                 that do not use explicit handles.",
+                def.name
+            );
+            event_data(out, doc, data, args);
+        });
+        Ok(())
+    }
+}
+
+impl MarkdownGen<'_> {
+    /// Writes one definition: heading and body text, then what `describe` writes for its
+    /// metatype, then features and tagged sections.
+    fn definition(&mut self, def: &Definition, describe: impl FnOnce(&mut String, Option<&Doc>)) {
+        let out = &mut self.out;
+        let doc = def.doc.as_ref();
+        let kind = match def.kind {
+            DefKind::Signal { .. } => "signal",
+            _ => def.meta,
+        };
+        let _ = writeln!(out, "\n#### `{}` ({kind})\n", def.name);
+        if let Some(d) = doc {
+            if !d.body.is_empty() {
+                let _ = writeln!(out, "{}", prose(&d.body));
+            }
+        }
+        describe(out, doc);
+        features(out, def, doc);
+        if let Some(d) = doc {
+            sections(out, d);
+        }
+    }
+
+    /// The members of an implicit argument type, `None` for no arguments or a named type.
+    fn implicit_args(&self, data: Option<&str>) -> Option<Vec<Member>> {
+        data.filter(|d| self.schema.get(d).is_some_and(|t| t.implicit))
+            .map(|d| self.schema.object_members(d))
+    }
+}
+
+/// The documentation of member `name` on one line, or `Not documented.`.
+fn documented(doc: Option<&Doc>, name: &str) -> String {
+    doc.and_then(|d| d.arg(name))
+        .unwrap_or("Not documented.")
+        .replace('\n', " ")
+}
+
+/// The data of an event or signal: its implicit members, or the named type.
+fn event_data(out: &mut String, doc: Option<&Doc>, data: Option<&str>, args: Option<Vec<Member>>) {
+    match args {
+        Some(m) => members(out, "Data", &m, doc),
+        None => {
+            if let Some(d) = data {
+                let _ = writeln!(out, "\n**Data:** members of `{d}`.");
+            }
+        }
+    }
+}
+
+/// The features list of a definition.
+fn features(out: &mut String, def: &Definition, doc: Option<&Doc>) {
+    if def.features.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n**Features:**\n");
+    for f in &def.features {
+        let text = doc
+            .and_then(|d| d.features.iter().find(|(n, _)| *n == f.name))
+            .map(|(_, t)| t.as_str())
+            .unwrap_or("Not documented.");
+        let _ = writeln!(out, "- `{}` — {}", f.name, text);
+    }
+}
+
+/// The tagged sections of a documentation block (`Returns:` is written with the return type).
+fn sections(out: &mut String, doc: &Doc) {
+    for (tag, text) in &doc.sections {
+        match tag.as_str() {
+            "Returns" => {}
+            "Example" | "Examples" => {
+                let _ = writeln!(out, "\n**{tag}:**\n\n```\n{text}\n```");
+            }
+            "" => {
+                let _ = writeln!(out, "\n{}", prose(text));
+            }
+            _ => {
+                let _ = writeln!(out, "\n**{tag}:** {}", prose(text));
+            }
+        }
+    }
 }
 
 fn free_doc(out: &mut String, doc: &Doc) {
@@ -84,150 +318,5 @@ fn members(out: &mut String, title: &str, list: &[Member], doc: Option<&Doc>) {
             if m.optional { " *(optional)*" } else { "" },
             prose(&text.replace('\n', " "))
         );
-    }
-}
-
-fn definition(schema: &Schema, out: &mut String, def: &Definition) {
-    let doc = def.doc.as_ref();
-    let kind = match def.kind {
-        DefKind::Signal { .. } => "signal",
-        _ => def.meta,
-    };
-    let _ = writeln!(out, "\n#### `{}` ({kind})\n", def.name);
-    if let Some(d) = doc {
-        if !d.body.is_empty() {
-            let _ = writeln!(out, "{}", prose(&d.body));
-        }
-    }
-    let implicit_args = |data: &Option<String>| {
-        data.as_deref()
-            .filter(|d| schema.get(d).is_some_and(|t| t.implicit))
-            .map(|d| schema.object_members(d))
-    };
-    match &def.kind {
-        DefKind::Enum { values } => {
-            let _ = writeln!(out, "\n**Values:**\n");
-            for v in values {
-                let text = doc
-                    .and_then(|d| d.arg(&v.name))
-                    .unwrap_or("Not documented.");
-                let _ = writeln!(out, "- `{}` — {}", v.name, prose(&text.replace('\n', " ")));
-            }
-        }
-        DefKind::Struct { base, members: m } => {
-            if let Some(b) = base {
-                let _ = writeln!(out, "\nAll members of `{b}`, plus:");
-            }
-            members(out, "Members", m, doc);
-        }
-        DefKind::Union {
-            base,
-            discriminator,
-            branches,
-        } => {
-            let base_def = schema.get(base);
-            if base_def.is_some_and(|b| b.implicit) {
-                members(out, "Members", &schema.object_members(base), doc);
-            } else {
-                let _ = writeln!(out, "\nAll members of `{base}`.");
-            }
-            let _ = writeln!(out, "\n**Branches (by `{discriminator}`):**\n");
-            for b in branches {
-                let _ = writeln!(out, "- `{}`: members of `{}`", b.name, b.ty);
-            }
-        }
-        DefKind::Alternate { branches } => {
-            let _ = writeln!(out, "\n**One of:**\n");
-            for b in branches {
-                let text = doc
-                    .and_then(|d| d.arg(&b.name))
-                    .unwrap_or("Not documented.");
-                let _ = writeln!(
-                    out,
-                    "- `{}`: `{}` — {}",
-                    b.name,
-                    b.ty,
-                    text.replace('\n', " ")
-                );
-            }
-        }
-        DefKind::Handle { data } => {
-            let _ = writeln!(
-                out,
-                "\nCarried as `{data}` on the wire; in canonical form \
-                 `{{\"__handle__\": \"{}\", \"data\": ...}}`. The server checks that the named object exists.",
-                def.name
-            );
-        }
-        DefKind::Command {
-            data,
-            returns,
-            allow_oob,
-            boxed,
-            ..
-        } => {
-            match implicit_args(data) {
-                Some(m) => members(out, "Arguments", &m, doc),
-                None => {
-                    if let Some(d) = data {
-                        let how = if *boxed { "boxed" } else { "members of" };
-                        let _ = writeln!(out, "\n**Arguments:** {how} `{d}`.");
-                    }
-                }
-            }
-            let ret = returns
-                .as_ref()
-                .map(type_str)
-                .unwrap_or_else(|| "`{}`".into());
-            let ret_doc = doc.and_then(|d| d.section("Returns")).unwrap_or("");
-            let _ = writeln!(out, "\n**Returns:** {ret} — {}", prose(ret_doc));
-            if *allow_oob {
-                let _ = writeln!(out, "\n**Out-of-band:** allowed (`exec-oob`).");
-            }
-        }
-        DefKind::Event { data, .. } | DefKind::Signal { data, .. } => {
-            if let DefKind::Signal { owner, .. } = &def.kind {
-                let _ = writeln!(
-                    out,
-                    "\n**Owner:** `{owner}`. Also delivered as the broadcast event `{}` to clients \
-                     that do not use explicit handles.",
-                    def.name
-                );
-            }
-            match implicit_args(data) {
-                Some(m) => members(out, "Data", &m, doc),
-                None => {
-                    if let Some(d) = data {
-                        let _ = writeln!(out, "\n**Data:** members of `{d}`.");
-                    }
-                }
-            }
-        }
-    }
-    if !def.features.is_empty() {
-        let _ = writeln!(out, "\n**Features:**\n");
-        for f in &def.features {
-            let text = doc
-                .and_then(|d| d.features.iter().find(|(n, _)| *n == f.name))
-                .map(|(_, t)| t.as_str())
-                .unwrap_or("Not documented.");
-            let _ = writeln!(out, "- `{}` — {}", f.name, text);
-        }
-    }
-    if let Some(d) = doc {
-        for (tag, text) in &d.sections {
-            match tag.as_str() {
-                "Returns" => {}
-                "Example" | "Examples" => {
-                    let _ = writeln!(out, "\n**{tag}:**\n\n```\n{text}\n```");
-                }
-                "" => {
-                    let _ = writeln!(out, "\n{}", prose(text));
-                }
-                _ => {
-                    let _ = writeln!(out, "\n**{tag}:** {}", prose(text));
-                }
-            }
-        }
     }
 }

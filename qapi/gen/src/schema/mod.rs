@@ -3,6 +3,7 @@
 //! events, handles, signals, documentation) and the resulting [`Schema`].
 
 mod check;
+pub mod visit;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use crate::model::{builtin_json_type, DefKind, Definition, Member, TypeRef, EMPT
 use crate::parser::{parse_file, Parsed};
 use crate::source::SourceInfo;
 use check::Checker;
+pub use visit::{CommandFlags, Visitor};
 
 type Res<T> = Result<T, SemError>;
 
