@@ -4,11 +4,12 @@
 //! masked as numbers in order of first use.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
 use serde_json::{json, Map, Value};
 
-use crate::model::{builtin_json_type, DefKind, TypeRef, EMPTY_OBJECT};
-use crate::schema::Schema;
+use crate::model::{builtin_json_type, DefKind, Definition, TypeRef, EMPTY_OBJECT};
+use crate::schema::{CommandFlags, Schema, Visitor};
 
 /// Generates the introspection value as compact JSON text.
 pub fn generate(schema: &Schema) -> String {
@@ -16,52 +17,69 @@ pub fn generate(schema: &Schema) -> String {
         schema,
         names: BTreeMap::new(),
         used: Vec::new(),
+        entries: Vec::new(),
     };
-    let mut entries = Vec::new();
-    for def in &schema.defs {
-        let features = features_json(&def.features);
-        match &def.kind {
-            DefKind::Command {
-                data,
-                returns,
-                allow_oob,
-                ..
-            } => {
-                let arg = g.use_type(&TypeRef::Named(
-                    data.clone().unwrap_or_else(|| EMPTY_OBJECT.into()),
-                ));
-                let ret = g.use_type(
-                    &returns
-                        .clone()
-                        .unwrap_or_else(|| TypeRef::Named(EMPTY_OBJECT.into())),
-                );
-                let mut o = obj(&def.name, "command", features);
-                o.insert("arg-type".into(), json!(arg));
-                o.insert("ret-type".into(), json!(ret));
-                if *allow_oob {
-                    o.insert("allow-oob".into(), json!(true));
-                }
-                entries.push(Value::Object(o));
-            }
-            DefKind::Event { data, .. } | DefKind::Signal { data, .. } => {
-                let arg = g.use_type(&TypeRef::Named(
-                    data.clone().unwrap_or_else(|| EMPTY_OBJECT.into()),
-                ));
-                let mut o = obj(&def.name, "event", features);
-                o.insert("arg-type".into(), json!(arg));
-                entries.push(Value::Object(o));
-            }
-            _ => {}
+    let Ok(()) = schema.visit(&mut g);
+    serde_json::to_string(&Value::Array(g.entries)).expect("JSON values serialize")
+}
+
+impl<'s> Visitor<'s> for Gen<'s> {
+    fn visit_command(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        returns: Option<&'s TypeRef>,
+        flags: CommandFlags,
+    ) -> Result<(), Infallible> {
+        let arg = self.use_type(&TypeRef::Named(data.unwrap_or(EMPTY_OBJECT).into()));
+        let ret = self.use_type(
+            &returns
+                .cloned()
+                .unwrap_or_else(|| TypeRef::Named(EMPTY_OBJECT.into())),
+        );
+        let mut o = obj(&def.name, "command", features_json(&def.features));
+        o.insert("arg-type".into(), json!(arg));
+        o.insert("ret-type".into(), json!(ret));
+        if flags.allow_oob {
+            o.insert("allow-oob".into(), json!(true));
         }
+        self.entries.push(Value::Object(o));
+        Ok(())
     }
-    let mut i = 0;
-    while i < g.used.len() {
-        let ty = g.used[i].clone();
-        let entry = g.type_entry(&ty);
-        entries.push(entry);
-        i += 1;
+
+    fn visit_event(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        _boxed: bool,
+    ) -> Result<(), Infallible> {
+        self.event(def, data);
+        Ok(())
     }
-    serde_json::to_string(&Value::Array(entries)).expect("JSON values serialize")
+
+    /// Signals appear as the events they are broadcast as.
+    fn visit_signal(
+        &mut self,
+        def: &'s Definition,
+        _owner: &'s str,
+        data: Option<&'s str>,
+        _boxed: bool,
+    ) -> Result<(), Infallible> {
+        self.event(def, data);
+        Ok(())
+    }
+
+    /// After the commands and events, every type they use (and the types those use).
+    fn visit_end(&mut self) -> Result<(), Infallible> {
+        let mut i = 0;
+        while i < self.used.len() {
+            let ty = self.used[i].clone();
+            let entry = self.type_entry(&ty);
+            self.entries.push(entry);
+            i += 1;
+        }
+        Ok(())
+    }
 }
 
 fn obj(name: &str, meta: &str, features: Option<Value>) -> Map<String, Value> {
@@ -84,13 +102,27 @@ fn features_json(features: &[crate::model::Feature]) -> Option<Value> {
     }
 }
 
+/// The introspection backend, a schema visitor: commands and events become entries as they
+/// are visited, the types they use are appended at the end.
 struct Gen<'s> {
     schema: &'s Schema,
+    /// Masked name of each non-builtin type, by order of first use.
     names: BTreeMap<String, String>,
+    /// Types used so far, in order of first use.
     used: Vec<TypeRef>,
+    /// The SchemaInfo entries so far.
+    entries: Vec<Value>,
 }
 
 impl Gen<'_> {
+    /// The entry of an event or signal.
+    fn event(&mut self, def: &Definition, data: Option<&str>) {
+        let arg = self.use_type(&TypeRef::Named(data.unwrap_or(EMPTY_OBJECT).into()));
+        let mut o = obj(&def.name, "event", features_json(&def.features));
+        o.insert("arg-type".into(), json!(arg));
+        self.entries.push(Value::Object(o));
+    }
+
     /// Maps sized integers to `int` and handles to their carrier type.
     fn canonical(&self, name: &str) -> String {
         if builtin_json_type(name) == Some("int") {
