@@ -5,11 +5,30 @@
 use super::ident::{snake, type_name, NamingError};
 use super::{def_doc_text, field_inits, params, Cx};
 use crate::emit::CodeWriter;
-use crate::model::{DefKind, Definition, TypeRef};
+use crate::model::{Definition, TypeRef};
+use crate::schema::{CommandFlags, Schema, Visitor};
 
-pub(super) fn generate(cx: &Cx<'_>, w: &mut CodeWriter) -> Result<(), NamingError> {
-    w.line("/// The typed QMP client generated from the schema.");
-    w.block("pub mod client {", "}", |w| {
+/// The `client` module as a schema visitor: the `Client` methods of each command are
+/// written as it is visited.
+pub(super) struct ClientGen<'a, 's> {
+    cx: &'a Cx<'s>,
+    w: &'a mut CodeWriter,
+}
+
+impl<'a, 's> ClientGen<'a, 's> {
+    /// A visitor writing to `w`.
+    pub(super) fn new(cx: &'a Cx<'s>, w: &'a mut CodeWriter) -> Self {
+        ClientGen { cx, w }
+    }
+}
+
+impl<'s> Visitor<'s, NamingError> for ClientGen<'_, 's> {
+    /// Opens the module and `impl Client`, and writes the methods every client has.
+    fn visit_begin(&mut self, _schema: &'s Schema) -> Result<(), NamingError> {
+        let w = &mut *self.w;
+        w.line("/// The typed QMP client generated from the schema.");
+        w.line("pub mod client {");
+        w.indent();
         w.code(
             "
             use crate::client::{ClientError, Connection, EventWait, RawEvent, Reply};
@@ -29,16 +48,34 @@ pub(super) fn generate(cx: &Cx<'_>, w: &mut CodeWriter) -> Result<(), NamingErro
             }
 
             #[allow(clippy::too_many_arguments)]
+            impl Client {
             ",
         );
-        w.block("impl Client {", "}", |w| {
-            client_basics(w);
-            for def in cx.defs() {
-                command_methods(cx, w, def);
-            }
-        });
-    });
-    Ok(())
+        w.indent();
+        client_basics(w);
+        Ok(())
+    }
+
+    fn visit_command(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        returns: Option<&'s TypeRef>,
+        flags: CommandFlags,
+    ) -> Result<(), NamingError> {
+        let shape = method_shape(self.cx, data, returns, flags.boxed);
+        command_methods(self.w, def, &shape, flags.allow_oob);
+        Ok(())
+    }
+
+    /// Closes `impl Client` and the module.
+    fn visit_end(&mut self) -> Result<(), NamingError> {
+        for _ in 0..2 {
+            self.w.dedent();
+            self.w.line("}");
+        }
+        Ok(())
+    }
 }
 
 /// The constructor, the connection accessor and the event methods.
@@ -86,24 +123,13 @@ struct Method {
     call_args: String,
 }
 
-/// The blocking and async methods (and their `_oob` variants) of a command; nothing for
-/// other definitions.
-fn command_methods(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition) {
-    let DefKind::Command {
-        data,
-        returns,
-        boxed,
-        allow_oob,
-        ..
-    } = &def.kind
-    else {
-        return;
-    };
+/// The blocking and async methods of a command, and their `_oob` variants if it allows
+/// out-of-band execution.
+fn command_methods(w: &mut CodeWriter, def: &Definition, sig: &Method, allow_oob: bool) {
     let method = snake(&def.name);
-    let sig = method_shape(cx, data.as_ref(), returns.as_ref(), *boxed);
     let text = def_doc_text(def.doc.as_ref());
     let mut variants = vec![(method.clone(), false)];
-    if *allow_oob {
+    if allow_oob {
         variants.push((format!("{method}_oob"), true));
     }
     for (m, oob) in variants {
@@ -122,7 +148,7 @@ fn command_methods(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition) {
             ret,
             decode,
             call_args,
-        } = &sig;
+        } = sig;
         w.block(
             format!("pub fn {m}(&self{plist}) -> Result<{ret}, ClientError> {{"),
             "}",
@@ -152,13 +178,8 @@ fn command_methods(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition) {
 }
 
 /// The parameters, request arguments and reply type of a command's client methods.
-fn method_shape(
-    cx: &Cx<'_>,
-    data: Option<&String>,
-    returns: Option<&TypeRef>,
-    boxed: bool,
-) -> Method {
-    let members = cx.arg_members(data.map(String::as_str));
+fn method_shape(cx: &Cx<'_>, data: Option<&str>, returns: Option<&TypeRef>, boxed: bool) -> Method {
+    let members = cx.arg_members(data);
     let (plist, args) = match (data, boxed) {
         (Some(t), true) => (
             format!(", arguments: super::types::{}", type_name(t)),

@@ -7,8 +7,10 @@ use std::fmt::Write as _;
 use super::ident::{snake, type_name, Namespace, NamingError};
 use super::{def_doc_text, field_inits, member_doc, params, sanitize, Cx};
 use crate::emit::CodeWriter;
-use crate::model::{DefKind, Definition, Member, TypeRef};
+use crate::model::{Definition, Member, TypeRef};
+use crate::schema::{CommandFlags, Visitor};
 
+/// A command, with what its trait method and dispatcher arm need.
 struct Cmd<'a> {
     def: &'a Definition,
     method: String,
@@ -22,37 +24,84 @@ struct Cmd<'a> {
     allow_preconfig: bool,
 }
 
-fn commands<'a>(cx: &Cx<'a>) -> Result<Vec<Cmd<'a>>, NamingError> {
-    let mut ns = Namespace::new("method");
-    let mut out = Vec::new();
-    for def in cx.defs() {
-        if let DefKind::Command {
-            data,
-            returns,
-            boxed,
-            allow_oob,
-            success_response,
-            gen,
-            allow_preconfig,
-        } = &def.kind
-        {
-            let method = snake(&def.name);
-            ns.claim(&def.name, &method)?;
-            out.push(Cmd {
-                def,
-                method,
-                members: cx.arg_members(data.as_deref()),
-                arg_type: data.clone(),
-                returns: returns.clone(),
-                boxed: *boxed,
-                allow_oob: *allow_oob,
-                success_response: *success_response,
-                gen: *gen,
-                allow_preconfig: *allow_preconfig,
-            });
+/// The `commands` module as a schema visitor: commands and handles are collected as they
+/// are visited, and the traits, tables and dispatchers written at the end.
+pub(super) struct CommandsGen<'a, 's> {
+    cx: &'a Cx<'s>,
+    w: &'a mut CodeWriter,
+    /// The method names claimed so far.
+    ns: Namespace,
+    /// The commands, in schema order.
+    cmds: Vec<Cmd<'s>>,
+    /// The handle types, in schema order.
+    handles: Vec<&'s Definition>,
+}
+
+impl<'a, 's> CommandsGen<'a, 's> {
+    /// A visitor writing to `w`.
+    pub(super) fn new(cx: &'a Cx<'s>, w: &'a mut CodeWriter) -> Self {
+        CommandsGen {
+            cx,
+            w,
+            ns: Namespace::new("method"),
+            cmds: Vec::new(),
+            handles: Vec::new(),
         }
     }
-    Ok(out)
+}
+
+impl<'s> Visitor<'s, NamingError> for CommandsGen<'_, 's> {
+    fn visit_command(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        returns: Option<&'s TypeRef>,
+        flags: CommandFlags,
+    ) -> Result<(), NamingError> {
+        let method = snake(&def.name);
+        self.ns.claim(&def.name, &method)?;
+        self.cmds.push(Cmd {
+            def,
+            method,
+            members: self.cx.arg_members(data),
+            arg_type: data.map(str::to_string),
+            returns: returns.cloned(),
+            boxed: flags.boxed,
+            allow_oob: flags.allow_oob,
+            success_response: flags.success_response,
+            gen: flags.gen,
+            allow_preconfig: flags.allow_preconfig,
+        });
+        Ok(())
+    }
+
+    fn visit_handle(&mut self, def: &'s Definition, _data: &'s str) -> Result<(), NamingError> {
+        self.handles.push(def);
+        Ok(())
+    }
+
+    fn visit_end(&mut self) -> Result<(), NamingError> {
+        let (cx, cmds, handles) = (self.cx, &self.cmds, &self.handles);
+        let w = &mut *self.w;
+        w.line("/// Commands: traits the server implements, metadata, and the dispatchers.");
+        w.block("pub mod commands {", "}", |w| {
+            w.line("use crate::rt::QmpError;");
+            w.blank();
+            handles_trait(w, handles);
+            w.blank();
+            command_traits(cx, w, cmds);
+            w.blank();
+            command_table(w, cmds);
+            w.blank();
+            resolve_handle(w, handles);
+            w.blank();
+            dispatch(w, cmds);
+            w.blank();
+            dispatch_oob(w, cmds);
+        });
+        w.blank();
+        Ok(())
+    }
 }
 
 fn signature(cx: &Cx<'_>, c: &Cmd<'_>, receiver: &str) -> String {
@@ -92,34 +141,12 @@ fn method_doc(w: &mut CodeWriter, c: &Cmd<'_>) {
     w.doc(&text, &format!("Command `{}`.", c.def.name));
 }
 
-pub(super) fn generate(cx: &Cx<'_>, w: &mut CodeWriter) -> Result<(), NamingError> {
-    let cmds = commands(cx)?;
-    w.line("/// Commands: traits the server implements, metadata, and the dispatchers.");
-    w.block("pub mod commands {", "}", |w| {
-        w.line("use crate::rt::QmpError;");
-        w.blank();
-        handles_trait(cx, w);
-        w.blank();
-        command_traits(cx, w, &cmds);
-        w.blank();
-        command_table(w, &cmds);
-        w.blank();
-        resolve_handle(cx, w);
-        w.blank();
-        dispatch(w, &cmds);
-        w.blank();
-        dispatch_oob(w, &cmds);
-    });
-    w.blank();
-    Ok(())
-}
-
 /// The handle resolver trait, one method per handle type.
-fn handles_trait(cx: &Cx<'_>, w: &mut CodeWriter) {
+fn handles_trait(w: &mut CodeWriter, handles: &[&Definition]) {
     w.line("/// Server-side validation of handles: every handle a client sends is resolved before");
     w.line("/// the command runs, so commands only ever see objects that exist.");
     w.block("pub trait QmpHandles {", "}", |w| {
-        for h in cx.handles() {
+        for h in handles {
             w.line(format!(
                 "/// Checks that the `{}` named by `handle` exists. Return an error such as",
                 h.name
@@ -189,7 +216,7 @@ fn command_table(w: &mut CodeWriter, cmds: &[Cmd<'_>]) {
 }
 
 /// `resolve_handle`, which dispatches a handle value to its resolver method.
-fn resolve_handle(cx: &Cx<'_>, w: &mut CodeWriter) {
+fn resolve_handle(w: &mut CodeWriter, handles: &[&Definition]) {
     w.code(
         "
         /// Resolves a handle value of schema type `type_name` through `resolver`.
@@ -202,7 +229,7 @@ fn resolve_handle(cx: &Cx<'_>, w: &mut CodeWriter) {
     );
     w.indent();
     w.block("match type_name {", "}", |w| {
-        for h in cx.handles() {
+        for h in handles {
             w.block(format!("\"{}\" => {{", h.name), "}", |w| {
                 w.line(format!(
                     "let handle: super::types::{} = serde_json::from_value(value.clone())",

@@ -5,8 +5,10 @@
 use super::ident::{camel, snake, type_name, Namespace, NamingError};
 use super::{def_doc_text, field_inits, params, Cx};
 use crate::emit::CodeWriter;
-use crate::model::{DefKind, Definition, Member};
+use crate::model::{Definition, Member};
+use crate::schema::{Schema, Visitor};
 
+/// An event or signal, with what its variant, methods and emitter need.
 struct Ev<'a> {
     def: &'a Definition,
     variant: String,
@@ -16,59 +18,107 @@ struct Ev<'a> {
     owner: Option<String>,
 }
 
-/// The events and signals of the schema, in order, with their Rust variant names.
-fn events<'a>(cx: &Cx<'a>) -> Result<Vec<Ev<'a>>, NamingError> {
-    let mut evs = Vec::new();
-    let mut ns = Namespace::new("event variant");
-    ns.claim("(unknown events)", "Other")?;
-    for def in cx.defs() {
-        let (data, boxed, owner) = match &def.kind {
-            DefKind::Event { data, boxed } => (data, *boxed, None),
-            DefKind::Signal { owner, data, boxed } => (data, *boxed, Some(owner.clone())),
-            _ => continue,
-        };
-        let variant = camel(&def.name);
-        ns.claim(&def.name, &variant)?;
-        evs.push(Ev {
-            def,
-            variant,
-            data: data.clone(),
-            members: cx.arg_members(data.as_deref()),
-            boxed,
-            owner,
-        });
-    }
-    Ok(evs)
+/// The `events` module as a schema visitor: events and signals are collected as they are
+/// visited, and the `Event` enum, its methods, the sink trait and the emitters written at the
+/// end.
+pub(super) struct EventsGen<'a, 's> {
+    cx: &'a Cx<'s>,
+    w: &'a mut CodeWriter,
+    /// The `Event` variant names claimed so far.
+    ns: Namespace,
+    /// The events and signals, in schema order.
+    evs: Vec<Ev<'s>>,
 }
 
-pub(super) fn generate(cx: &Cx<'_>, w: &mut CodeWriter) -> Result<(), NamingError> {
-    let evs = events(cx)?;
-    w.line("/// Events and signals: the typed `Event`, the sink that delivers them, and emitters.");
-    w.block("pub mod events {", "}", |w| {
-        w.line("use crate::rt::Timestamp;");
-        w.blank();
-        event_enum(w, &evs);
-        w.blank();
-        event_impl(w, &evs);
-        w.blank();
-        w.code(
-            "
-            /// Where emitted events go (the monitor's broadcast, in-process slots, a test log).
-            /// Called on the thread where the fact is known; implementations must not block.
-            pub trait EventSink: Send + Sync {
-                /// Delivers one event with the time it happened.
-                fn emit(&self, event: Event, timestamp: Timestamp);
-            }
-            ",
-        );
-        w.blank();
-        for e in &evs {
-            emitter(cx, w, e);
-            w.blank();
+impl<'a, 's> EventsGen<'a, 's> {
+    /// A visitor writing to `w`.
+    pub(super) fn new(cx: &'a Cx<'s>, w: &'a mut CodeWriter) -> Self {
+        EventsGen {
+            cx,
+            w,
+            ns: Namespace::new("event variant"),
+            evs: Vec::new(),
         }
-    });
-    w.blank();
-    Ok(())
+    }
+
+    /// Records an event, or a signal when it has an `owner`.
+    fn add(
+        &mut self,
+        def: &'s Definition,
+        owner: Option<&str>,
+        data: Option<&str>,
+        boxed: bool,
+    ) -> Result<(), NamingError> {
+        let variant = camel(&def.name);
+        self.ns.claim(&def.name, &variant)?;
+        self.evs.push(Ev {
+            def,
+            variant,
+            data: data.map(str::to_string),
+            members: self.cx.arg_members(data),
+            boxed,
+            owner: owner.map(str::to_string),
+        });
+        Ok(())
+    }
+}
+
+impl<'s> Visitor<'s, NamingError> for EventsGen<'_, 's> {
+    fn visit_begin(&mut self, _schema: &'s Schema) -> Result<(), NamingError> {
+        self.ns.claim("(unknown events)", "Other")
+    }
+
+    fn visit_event(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        boxed: bool,
+    ) -> Result<(), NamingError> {
+        self.add(def, None, data, boxed)
+    }
+
+    fn visit_signal(
+        &mut self,
+        def: &'s Definition,
+        owner: &'s str,
+        data: Option<&'s str>,
+        boxed: bool,
+    ) -> Result<(), NamingError> {
+        self.add(def, Some(owner), data, boxed)
+    }
+
+    fn visit_end(&mut self) -> Result<(), NamingError> {
+        let (cx, evs) = (self.cx, &self.evs);
+        let w = &mut *self.w;
+        w.line(
+            "/// Events and signals: the typed `Event`, the sink that delivers them, and emitters.",
+        );
+        w.block("pub mod events {", "}", |w| {
+            w.line("use crate::rt::Timestamp;");
+            w.blank();
+            event_enum(w, evs);
+            w.blank();
+            event_impl(w, evs);
+            w.blank();
+            w.code(
+                "
+                /// Where emitted events go (the monitor's broadcast, in-process slots, a test log).
+                /// Called on the thread where the fact is known; implementations must not block.
+                pub trait EventSink: Send + Sync {
+                    /// Delivers one event with the time it happened.
+                    fn emit(&self, event: Event, timestamp: Timestamp);
+                }
+                ",
+            );
+            w.blank();
+            for e in evs {
+                emitter(cx, w, e);
+                w.blank();
+            }
+        });
+        w.blank();
+        Ok(())
+    }
 }
 
 /// The `Event` enum: one variant per event and signal, and `Other`.

@@ -1,41 +1,117 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Rust data types (serde, wire names preserved) and validation descriptors for every type.
-
-use std::collections::BTreeSet;
+//! The `types` module: Rust data types (serde, wire names preserved) for every schema type.
 
 use super::ident::{camel, snake, type_name, Namespace, NamingError};
-use super::{def_doc_text, member_doc, owner_doc, sanitize, Cx};
+use super::{def_doc_text, member_doc, owner_doc, Cx};
 use crate::emit::CodeWriter;
-use crate::model::{
-    builtin_json_type, Branch, DefKind, Definition, EnumValue, Member, TypeRef, BUILTINS,
-};
+use crate::model::{Branch, DefKind, Definition, EnumValue, Member, TypeRef};
+use crate::schema::{Schema, Visitor};
 
-pub(super) fn generate(cx: &Cx<'_>, w: &mut CodeWriter) -> Result<(), NamingError> {
-    w.line("/// Data types of the schema: enums, structs, unions, alternates, handles, and the");
-    w.line("/// implicit argument types of commands, events and signals.");
-    w.block("pub mod types {", "}", |w| {
-        let mut ns = Namespace::new("type");
-        for def in cx.defs().filter(|d| d.is_type()) {
-            let name = type_name(&def.name);
-            ns.claim(&def.name, &name)?;
-            w.blank();
-            match &def.kind {
-                DefKind::Enum { values } => gen_enum(w, def, values)?,
-                DefKind::Struct { .. } => gen_struct(cx, w, def)?,
-                DefKind::Union { .. } => {
-                    ns.claim(&def.name, &format!("{name}Branch"))?;
-                    gen_union(cx, w, def)?
-                }
-                DefKind::Alternate { branches } => gen_alternate(cx, w, def, branches)?,
-                DefKind::Handle { data } => gen_handle(cx, w, def, data),
-                _ => {}
-            }
+/// The `types` module as a schema visitor: one Rust type per schema type, in schema order.
+pub(super) struct TypesGen<'a, 's> {
+    cx: &'a Cx<'s>,
+    w: &'a mut CodeWriter,
+    /// The Rust type names claimed so far.
+    ns: Namespace,
+}
+
+impl<'a, 's> TypesGen<'a, 's> {
+    /// A visitor writing to `w`.
+    pub(super) fn new(cx: &'a Cx<'s>, w: &'a mut CodeWriter) -> Self {
+        TypesGen {
+            cx,
+            w,
+            ns: Namespace::new("type"),
         }
+    }
+
+    /// Claims the Rust name of `def` and starts its item.
+    fn start(&mut self, def: &Definition) -> Result<String, NamingError> {
+        let name = type_name(&def.name);
+        self.ns.claim(&def.name, &name)?;
+        self.w.blank();
+        Ok(name)
+    }
+}
+
+impl<'s> Visitor<'s, NamingError> for TypesGen<'_, 's> {
+    fn visit_begin(&mut self, _schema: &'s Schema) -> Result<(), NamingError> {
+        self.w.line(
+            "/// Data types of the schema: enums, structs, unions, alternates, handles, and the",
+        );
+        self.w
+            .line("/// implicit argument types of commands, events and signals.");
+        self.w.line("pub mod types {");
+        self.w.indent();
         Ok(())
-    })?;
-    w.blank();
-    descriptors(cx, w);
-    Ok(())
+    }
+
+    fn visit_end(&mut self) -> Result<(), NamingError> {
+        self.w.dedent();
+        self.w.line("}");
+        self.w.blank();
+        Ok(())
+    }
+
+    fn visit_enum(
+        &mut self,
+        def: &'s Definition,
+        values: &'s [EnumValue],
+    ) -> Result<(), NamingError> {
+        self.start(def)?;
+        gen_enum(self.w, def, values)
+    }
+
+    fn visit_object(
+        &mut self,
+        def: &'s Definition,
+        _base: Option<&'s str>,
+        _members: &'s [Member],
+    ) -> Result<(), NamingError> {
+        self.start(def)?;
+        gen_struct(self.cx, self.w, def)
+    }
+
+    fn visit_union(
+        &mut self,
+        def: &'s Definition,
+        base: &'s str,
+        discriminator: &'s str,
+        branches: &'s [Branch],
+    ) -> Result<(), NamingError> {
+        let name = self.start(def)?;
+        self.ns.claim(&def.name, &format!("{name}Branch"))?;
+        let union = Union {
+            def,
+            base,
+            discriminator,
+            branches,
+        };
+        gen_union(self.cx, self.w, &union)
+    }
+
+    fn visit_alternate(
+        &mut self,
+        def: &'s Definition,
+        branches: &'s [Branch],
+    ) -> Result<(), NamingError> {
+        self.start(def)?;
+        gen_alternate(self.cx, self.w, def, branches)
+    }
+
+    fn visit_handle(&mut self, def: &'s Definition, data: &'s str) -> Result<(), NamingError> {
+        self.start(def)?;
+        gen_handle(self.cx, self.w, def, data);
+        Ok(())
+    }
+}
+
+/// A union as [`Visitor::visit_union`] shows it.
+struct Union<'s> {
+    def: &'s Definition,
+    base: &'s str,
+    discriminator: &'s str,
+    branches: &'s [Branch],
 }
 
 fn gen_alternate(
@@ -225,15 +301,13 @@ fn owner_of(cx: &Cx<'_>, def: &Definition) -> Option<String> {
     })
 }
 
-fn gen_union(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition) -> Result<(), NamingError> {
-    let DefKind::Union {
+fn gen_union(cx: &Cx<'_>, w: &mut CodeWriter, u: &Union<'_>) -> Result<(), NamingError> {
+    let Union {
+        def,
         base,
         discriminator,
         branches,
-    } = &def.kind
-    else {
-        unreachable!()
-    };
+    } = *u;
     let name = type_name(&def.name);
     w.doc(
         &def_doc_text(def.doc.as_ref()),
@@ -282,181 +356,4 @@ fn gen_union(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition) -> Result<(), Na
         }
         Ok(())
     })
-}
-
-/// Validation descriptors (`crate::rt::TypeDesc`) for every type and every array used.
-fn descriptors(cx: &Cx<'_>, w: &mut CodeWriter) {
-    w.line("/// Validation descriptors used by the dispatcher to check arguments as QEMU does.");
-    w.line("#[allow(non_upper_case_globals, non_snake_case)]");
-    w.block("pub mod descriptors {", "}", |w| {
-        w.line("use crate::rt::{MemberDesc, TypeDesc, Variants};");
-        w.blank();
-        for (name, _) in BUILTINS {
-            w.line(format!("/// Built-in type `{name}`."));
-            w.line(format!(
-                "pub static D_{name}: TypeDesc = {};",
-                builtin_desc(name)
-            ));
-        }
-        for e in &used_arrays(cx) {
-            w.line(format!("/// Array of `{e}`."));
-            w.line(format!(
-                "pub static D_ARRAY_{}: TypeDesc = TypeDesc::Array(&D_{});",
-                sanitize(e),
-                sanitize(e)
-            ));
-        }
-        for def in cx.defs() {
-            let Some(body) = def_desc(cx, def) else {
-                continue;
-            };
-            debug_assert!(builtin_json_type(&def.name).is_none());
-            w.line(format!("/// Descriptor of `{}`.", def.name));
-            w.line(format!(
-                "pub static D_{}: TypeDesc = {body};",
-                sanitize(&def.name)
-            ));
-        }
-        w.blank();
-        type_table(cx, w);
-    });
-    w.blank();
-}
-
-/// The descriptor expression of a built-in type.
-fn builtin_desc(name: &str) -> String {
-    match name {
-        "str" => "TypeDesc::Str".to_string(),
-        "number" => "TypeDesc::Number".to_string(),
-        "bool" => "TypeDesc::Bool".to_string(),
-        "null" => "TypeDesc::Null".to_string(),
-        "any" => "TypeDesc::Any".to_string(),
-        "int" | "int64" => {
-            "TypeDesc::Int { name: \"int64\", min: i64::MIN as i128, max: i64::MAX as i128 }"
-                .to_string()
-        }
-        "uint64" | "size" => {
-            "TypeDesc::Int { name: \"uint64\", min: 0, max: u64::MAX as i128 }".to_string()
-        }
-        n => {
-            let signed = !n.starts_with('u');
-            let bits = n.trim_start_matches(|c: char| c.is_ascii_alphabetic());
-            let t = format!("{}{bits}", if signed { "i" } else { "u" });
-            format!(
-                "TypeDesc::Int {{ name: \"{n}_t\", min: {t}::MIN as i128, max: {t}::MAX as i128 }}"
-            )
-        }
-    }
-}
-
-/// The element types of every array used by a member of a type, sorted.
-fn used_arrays(cx: &Cx<'_>) -> BTreeSet<String> {
-    let mut arrays = BTreeSet::new();
-    for def in cx.defs().filter(|d| d.is_type()) {
-        for m in cx.schema.object_members(&def.name) {
-            if let TypeRef::Array(e) = &m.ty {
-                arrays.insert(e.clone());
-            }
-        }
-    }
-    arrays
-}
-
-/// The `MemberDesc` list of an object's members.
-fn member_list(cx: &Cx<'_>, members: &[Member]) -> String {
-    members
-        .iter()
-        .map(|m| {
-            format!(
-                "MemberDesc {{ name: \"{}\", ty: &{}, optional: {} }}",
-                m.name,
-                cx.desc_ident(&m.ty),
-                m.optional
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The descriptor expression of a type definition (`None` for commands and events).
-fn def_desc(cx: &Cx<'_>, def: &Definition) -> Option<String> {
-    let join = |items: Vec<String>| items.join(", ");
-    Some(match &def.kind {
-        DefKind::Enum { values } => format!(
-            "TypeDesc::Enum {{ name: \"{}\", values: &[{}] }}",
-            def.name,
-            join(values.iter().map(|v| format!("\"{}\"", v.name)).collect())
-        ),
-        DefKind::Struct { .. } => format!(
-            "TypeDesc::Object {{ name: \"{}\", members: &[{}], variants: None }}",
-            def.name,
-            member_list(cx, &cx.schema.object_members(&def.name))
-        ),
-        DefKind::Union {
-            base,
-            discriminator,
-            branches,
-        } => format!(
-            "TypeDesc::Object {{ name: \"{}\", members: &[{}], variants: Some(&Variants {{ tag: \"{discriminator}\", branches: &[{}] }}) }}",
-            def.name,
-            member_list(cx, &cx.schema.object_members(base)),
-            join(
-                branches
-                    .iter()
-                    .map(|b| format!("(\"{}\", &D_{})", b.name, sanitize(&b.ty)))
-                    .collect()
-            )
-        ),
-        DefKind::Alternate { branches } => format!(
-            "TypeDesc::Alternate {{ name: \"{}\", branches: &[{}] }}",
-            def.name,
-            join(
-                branches
-                    .iter()
-                    .map(|b| format!("&D_{}", sanitize(&b.ty)))
-                    .collect()
-            )
-        ),
-        DefKind::Handle { data } => format!(
-            "TypeDesc::Handle {{ name: \"{}\", data: &D_{} }}",
-            def.name,
-            sanitize(data)
-        ),
-        _ => return None,
-    })
-}
-
-/// `TypeEntry`, the round-trip helper and `TYPES`, the table of every generated type.
-fn type_table(cx: &Cx<'_>, w: &mut CodeWriter) {
-    w.code(
-        "
-        /// One schema type: its name, descriptor, and a JSON → Rust → JSON round trip.
-        pub struct TypeEntry {
-            /// Schema name.
-            pub name: &'static str,
-            /// Validation descriptor.
-            pub desc: &'static TypeDesc,
-            /// Decodes a value into the generated Rust type and encodes it again.
-            pub roundtrip: fn(serde_json::Value) -> Result<serde_json::Value, serde_json::Error>,
-        }
-
-        fn roundtrip<T: serde::Serialize + serde::de::DeserializeOwned>(
-            v: serde_json::Value,
-        ) -> Result<serde_json::Value, serde_json::Error> {
-            serde_json::to_value(serde_json::from_value::<T>(v)?)
-        }
-
-        /// Every generated type (implicit argument types included), in schema order.
-        ",
-    );
-    w.block("pub static TYPES: &[TypeEntry] = &[", "];", |w| {
-        for def in cx.defs().filter(|d| d.is_type()) {
-            w.line(format!(
-                "TypeEntry {{ name: \"{}\", desc: &D_{}, roundtrip: roundtrip::<super::types::{}> }},",
-                def.name,
-                sanitize(&def.name),
-                type_name(&def.name)
-            ));
-        }
-    });
 }
