@@ -7,9 +7,11 @@
 //! `file:line`. The backends produce Rust code ([`rust`]), the `query-qmp-schema` value
 //! ([`introspect`]) and a Markdown reference ([`markdown`]).
 //!
-//! Stages: [`lexer`] → [`parser`] (with [`doc`]) → [`expr`] (per-expression checks, with
-//! the [`schema_names`] rules) → [`schema`] (whole-schema checks, the [`model`]) → generators
-//! (Rust identifiers come from [`rust::ident`]).
+//! Stages: [`lexer`] → [`parser`] (with [`doc`]) → [`expr`] (per-expression checks, one per
+//! metatype, with the [`schema_names`] rules) → [`schema`] (whole-schema checks, the
+//! [`model`]) → generators. Every generator is a [`schema::Visitor`] driven by
+//! [`Schema::visit`]; the Rust ones write through an indenting code writer and take Rust
+//! identifiers from [`rust::ident`].
 
 pub mod doc;
 mod emit;

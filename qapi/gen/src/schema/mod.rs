@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Semantic checks over all definitions (type resolution, clashes, unions, alternates, commands,
-//! events, handles, signals, documentation) and the resulting [`Schema`].
+//! events, handles, signals, documentation) and the resulting [`Schema`], which backends walk
+//! with a [`Visitor`].
 
 mod check;
 pub mod visit;
