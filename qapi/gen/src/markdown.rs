@@ -277,6 +277,7 @@ fn sections(out: &mut String, doc: &Doc) {
     }
 }
 
+/// A free documentation block: `=` headings become Markdown headings.
 fn free_doc(out: &mut String, doc: &Doc) {
     for line in doc.body.lines() {
         if let Some(h) = line.strip_prefix('=') {
@@ -294,6 +295,7 @@ fn prose(text: &str) -> String {
     crate::doc::render_prose(text, &[])
 }
 
+/// A type reference as a code span.
 fn type_str(t: &TypeRef) -> String {
     match t {
         TypeRef::Named(n) => format!("`{n}`"),
@@ -301,6 +303,7 @@ fn type_str(t: &TypeRef) -> String {
     }
 }
 
+/// A titled list of members with their types and documentation (nothing if empty).
 fn members(out: &mut String, title: &str, list: &[Member], doc: Option<&Doc>) {
     if list.is_empty() {
         return;

@@ -15,6 +15,7 @@ pub(crate) fn dict_get<'a>(d: &'a [(String, Value)], key: &str) -> Option<&'a Va
     d.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
+/// Keys sorted and quoted, as QEMU lists them in messages.
 fn pprint(keys: &[&str]) -> String {
     let mut v: Vec<&str> = keys.to_vec();
     v.sort();

@@ -122,6 +122,7 @@ enum TypeExpr {
     Dict(Vec<(String, Value)>),
 }
 
+/// Checks a type expression where `allow_array` and `allow_dict` say what is allowed.
 fn check_type(
     v: &Value,
     info: &SourceInfo,
@@ -159,6 +160,7 @@ fn check_type(
     }
 }
 
+/// The type name of a type expression that must be a plain name.
 fn named(t: TypeExpr, info: &SourceInfo, source: &str) -> Res<String> {
     match t {
         TypeExpr::Ref(TypeRef::Named(n)) => Ok(n),
@@ -259,6 +261,7 @@ pub fn implicit_base_name(name: &str) -> String {
     format!("q_obj_{name}-base")
 }
 
+/// An implicit struct for inline arguments or an inline base.
 fn implicit_struct(name: String, info: &SourceInfo, members: Vec<Member>) -> Definition {
     Definition {
         name,

@@ -104,6 +104,7 @@ impl<'s> Visitor<'s, NamingError> for CommandsGen<'_, 's> {
     }
 }
 
+/// The trait method signature of command `c`, with the given receiver.
 fn signature(cx: &Cx<'_>, c: &Cmd<'_>, receiver: &str) -> String {
     let ret = match &c.returns {
         Some(r) => cx.rust_type(r),
@@ -120,6 +121,7 @@ fn signature(cx: &Cx<'_>, c: &Cmd<'_>, receiver: &str) -> String {
     )
 }
 
+/// The doc comment of a command's trait method: its documentation and its parameters.
 fn method_doc(w: &mut CodeWriter, c: &Cmd<'_>) {
     let mut text = def_doc_text(c.def.doc.as_ref());
     if !c.boxed {

@@ -42,6 +42,7 @@ pub(crate) struct Cx<'s> {
 }
 
 impl<'s> Cx<'s> {
+    /// The context for `schema`, with the recursion analysis done.
     fn new(schema: &'s Schema) -> Self {
         let mut reach = Vec::new();
         for def in &schema.defs {
@@ -94,6 +95,7 @@ impl<'s> Cx<'s> {
         }
     }
 
+    /// The Rust type of a named type (built-in or generated).
     fn rust_named(&self, n: &str) -> String {
         match n {
             "str" => "String".into(),
@@ -133,6 +135,7 @@ impl<'s> Cx<'s> {
     }
 }
 
+/// The non-builtin types a value of `def` directly contains (arrays excluded).
 fn direct_children(schema: &Schema, def: &Definition) -> Vec<String> {
     let named = |t: &TypeRef| match t {
         TypeRef::Named(n) if builtin_json_type(n).is_none() => Some(n.clone()),

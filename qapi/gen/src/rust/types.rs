@@ -114,6 +114,7 @@ struct Union<'s> {
     branches: &'s [Branch],
 }
 
+/// An alternate: an untagged enum with one variant per branch.
 fn gen_alternate(
     cx: &Cx<'_>,
     w: &mut CodeWriter,
@@ -142,6 +143,7 @@ fn gen_alternate(
     })
 }
 
+/// A handle: a transparent newtype over its carrier, its schema name and `Display`.
 fn gen_handle(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition, data: &str) {
     w.doc(
         &def_doc_text(def.doc.as_ref()),
@@ -175,6 +177,7 @@ fn gen_handle(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition, data: &str) {
     ));
 }
 
+/// An enum with its wire names, `ALL` and `as_str`.
 fn gen_enum(w: &mut CodeWriter, def: &Definition, values: &[EnumValue]) -> Result<(), NamingError> {
     let name = type_name(&def.name);
     w.doc(
@@ -219,6 +222,7 @@ fn gen_enum(w: &mut CodeWriter, def: &Definition, values: &[EnumValue]) -> Resul
     Ok(())
 }
 
+/// The fields of a struct or union, documented from `def`'s owner.
 fn gen_fields(
     cx: &Cx<'_>,
     w: &mut CodeWriter,
@@ -264,6 +268,7 @@ fn keeps_null(cx: &Cx<'_>, ty: &TypeRef) -> bool {
     }
 }
 
+/// A struct, including the implicit argument and base types.
 fn gen_struct(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition) -> Result<(), NamingError> {
     let fallback = if def.implicit {
         format!("Implicit type `{}`.", def.name)
@@ -287,6 +292,7 @@ fn gen_struct(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition) -> Result<(), N
     )
 }
 
+/// The command, event, signal or union whose implicit type `def` is.
 fn owner_of(cx: &Cx<'_>, def: &Definition) -> Option<String> {
     cx.defs().find_map(|d| match &d.kind {
         DefKind::Command { data, .. }
@@ -301,12 +307,14 @@ fn owner_of(cx: &Cx<'_>, def: &Definition) -> Option<String> {
     })
 }
 
+/// A union: a struct of the base members (less the discriminator) with the branch flattened
+/// in, and the branch enum.
 fn gen_union(cx: &Cx<'_>, w: &mut CodeWriter, u: &Union<'_>) -> Result<(), NamingError> {
     let Union {
         def,
         base,
         discriminator,
-        branches,
+        ..
     } = *u;
     let name = type_name(&def.name);
     w.doc(
@@ -334,26 +342,36 @@ fn gen_union(cx: &Cx<'_>, w: &mut CodeWriter, u: &Union<'_>) -> Result<(), Namin
         Ok::<_, NamingError>(())
     })?;
     w.blank();
+    gen_branches(cx, w, u)
+}
+
+/// The `…Branch` enum of a union, tagged by its discriminator.
+fn gen_branches(cx: &Cx<'_>, w: &mut CodeWriter, u: &Union<'_>) -> Result<(), NamingError> {
+    let (def, discriminator) = (u.def, u.discriminator);
     w.line(format!(
         "/// The branches of union `{}`, tagged by `{discriminator}`.",
         def.name
     ));
     w.line("#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]");
     w.line(format!("#[serde(tag = \"{discriminator}\")]"));
-    w.block(format!("pub enum {name}Branch {{"), "}", |w| {
-        let mut vns = Namespace::new("variant");
-        for b in branches {
-            let v = camel(&b.name);
-            vns.claim(&b.name, &v)?;
-            w.line(format!("/// `{discriminator}` is `{}`.", b.name));
-            w.line(format!("#[serde(rename = \"{}\")]", b.name));
-            if b.ty == crate::model::EMPTY_OBJECT {
-                w.line(format!("{v},"));
-            } else {
-                let t = cx.rust_type_in(&TypeRef::Named(b.ty.clone()), &def.name);
-                w.line(format!("{v}({t}),"));
+    w.block(
+        format!("pub enum {}Branch {{", type_name(&def.name)),
+        "}",
+        |w| {
+            let mut vns = Namespace::new("variant");
+            for b in u.branches {
+                let v = camel(&b.name);
+                vns.claim(&b.name, &v)?;
+                w.line(format!("/// `{discriminator}` is `{}`.", b.name));
+                w.line(format!("#[serde(rename = \"{}\")]", b.name));
+                if b.ty == crate::model::EMPTY_OBJECT {
+                    w.line(format!("{v},"));
+                } else {
+                    let t = cx.rust_type_in(&TypeRef::Named(b.ty.clone()), &def.name);
+                    w.line(format!("{v}({t}),"));
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
 }
