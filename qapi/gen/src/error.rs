@@ -34,5 +34,5 @@ pub enum Error {
     Semantic(#[from] SemError),
     /// The schema is valid QAPI but cannot be mapped to Rust.
     #[error(transparent)]
-    Generate(#[from] crate::naming::NamingError),
+    Generate(#[from] crate::rust::ident::NamingError),
 }

@@ -4,66 +4,87 @@
 //! masked as numbers in order of first use.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 
 use serde_json::{json, Map, Value};
 
-use crate::model::{builtin_json_type, DefKind, TypeRef, EMPTY_OBJECT};
-use crate::schema::Schema;
+use crate::model::{
+    builtin_json_type, Branch, DefKind, Definition, EnumValue, TypeRef, EMPTY_OBJECT,
+};
+use crate::schema::{CommandFlags, Schema, Visitor};
 
 /// Generates the introspection value as compact JSON text.
 pub fn generate(schema: &Schema) -> String {
-    let mut g = Gen {
+    let mut g = IntrospectionGen {
         schema,
         names: BTreeMap::new(),
         used: Vec::new(),
+        entries: Vec::new(),
     };
-    let mut entries = Vec::new();
-    for def in &schema.defs {
-        let features = features_json(&def.features);
-        match &def.kind {
-            DefKind::Command {
-                data,
-                returns,
-                allow_oob,
-                ..
-            } => {
-                let arg = g.use_type(&TypeRef::Named(
-                    data.clone().unwrap_or_else(|| EMPTY_OBJECT.into()),
-                ));
-                let ret = g.use_type(
-                    &returns
-                        .clone()
-                        .unwrap_or_else(|| TypeRef::Named(EMPTY_OBJECT.into())),
-                );
-                let mut o = obj(&def.name, "command", features);
-                o.insert("arg-type".into(), json!(arg));
-                o.insert("ret-type".into(), json!(ret));
-                if *allow_oob {
-                    o.insert("allow-oob".into(), json!(true));
-                }
-                entries.push(Value::Object(o));
-            }
-            DefKind::Event { data, .. } | DefKind::Signal { data, .. } => {
-                let arg = g.use_type(&TypeRef::Named(
-                    data.clone().unwrap_or_else(|| EMPTY_OBJECT.into()),
-                ));
-                let mut o = obj(&def.name, "event", features);
-                o.insert("arg-type".into(), json!(arg));
-                entries.push(Value::Object(o));
-            }
-            _ => {}
-        }
-    }
-    let mut i = 0;
-    while i < g.used.len() {
-        let ty = g.used[i].clone();
-        let entry = g.type_entry(&ty);
-        entries.push(entry);
-        i += 1;
-    }
-    serde_json::to_string(&Value::Array(entries)).expect("JSON values serialize")
+    let Ok(()) = schema.visit(&mut g);
+    serde_json::to_string(&Value::Array(g.entries)).expect("JSON values serialize")
 }
 
+impl<'s> Visitor<'s> for IntrospectionGen<'s> {
+    fn visit_command(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        returns: Option<&'s TypeRef>,
+        flags: CommandFlags,
+    ) -> Result<(), Infallible> {
+        let arg = self.use_type(&TypeRef::Named(data.unwrap_or(EMPTY_OBJECT).into()));
+        let ret = self.use_type(
+            &returns
+                .cloned()
+                .unwrap_or_else(|| TypeRef::Named(EMPTY_OBJECT.into())),
+        );
+        let mut o = obj(&def.name, "command", features_json(&def.features));
+        o.insert("arg-type".into(), json!(arg));
+        o.insert("ret-type".into(), json!(ret));
+        if flags.allow_oob {
+            o.insert("allow-oob".into(), json!(true));
+        }
+        self.entries.push(Value::Object(o));
+        Ok(())
+    }
+
+    fn visit_event(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        _boxed: bool,
+    ) -> Result<(), Infallible> {
+        self.event(def, data);
+        Ok(())
+    }
+
+    /// Signals appear as the events they are broadcast as.
+    fn visit_signal(
+        &mut self,
+        def: &'s Definition,
+        _owner: &'s str,
+        data: Option<&'s str>,
+        _boxed: bool,
+    ) -> Result<(), Infallible> {
+        self.event(def, data);
+        Ok(())
+    }
+
+    /// After the commands and events, every type they use (and the types those use).
+    fn visit_end(&mut self) -> Result<(), Infallible> {
+        let mut i = 0;
+        while i < self.used.len() {
+            let ty = self.used[i].clone();
+            let entry = self.type_entry(&ty);
+            self.entries.push(entry);
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A SchemaInfo object with `name`, `meta-type` and, if any, `features`.
 fn obj(name: &str, meta: &str, features: Option<Value>) -> Map<String, Value> {
     let mut o = Map::new();
     o.insert("name".into(), json!(name));
@@ -74,6 +95,7 @@ fn obj(name: &str, meta: &str, features: Option<Value>) -> Map<String, Value> {
     o
 }
 
+/// The `features` value, `None` when there are none.
 fn features_json(features: &[crate::model::Feature]) -> Option<Value> {
     if features.is_empty() {
         None
@@ -84,13 +106,27 @@ fn features_json(features: &[crate::model::Feature]) -> Option<Value> {
     }
 }
 
-struct Gen<'s> {
+/// The introspection backend, a schema visitor: commands and events become entries as they
+/// are visited, the types they use are appended at the end.
+struct IntrospectionGen<'s> {
     schema: &'s Schema,
+    /// Masked name of each non-builtin type, by order of first use.
     names: BTreeMap<String, String>,
+    /// Types used so far, in order of first use.
     used: Vec<TypeRef>,
+    /// The SchemaInfo entries so far.
+    entries: Vec<Value>,
 }
 
-impl Gen<'_> {
+impl IntrospectionGen<'_> {
+    /// The entry of an event or signal.
+    fn event(&mut self, def: &Definition, data: Option<&str>) {
+        let arg = self.use_type(&TypeRef::Named(data.unwrap_or(EMPTY_OBJECT).into()));
+        let mut o = obj(&def.name, "event", features_json(&def.features));
+        o.insert("arg-type".into(), json!(arg));
+        self.entries.push(Value::Object(o));
+    }
+
     /// Maps sized integers to `int` and handles to their carrier type.
     fn canonical(&self, name: &str) -> String {
         if builtin_json_type(name) == Some("int") {
@@ -104,6 +140,7 @@ impl Gen<'_> {
         name.to_string()
     }
 
+    /// The introspection name of a type: built-ins keep theirs, others get a number.
     fn masked(&mut self, name: &str) -> String {
         if builtin_json_type(name).is_some() {
             return name.to_string();
@@ -133,6 +170,7 @@ impl Gen<'_> {
         }
     }
 
+    /// The SchemaInfo of an object member.
     fn member_json(&mut self, m: &crate::model::Member) -> Value {
         let mut o = Map::new();
         o.insert("name".into(), json!(m.name));
@@ -146,6 +184,7 @@ impl Gen<'_> {
         Value::Object(o)
     }
 
+    /// The SchemaInfo entry of a used type.
     fn type_entry(&mut self, ty: &TypeRef) -> Value {
         let name = match ty {
             TypeRef::Named(n) => n.clone(),
@@ -162,31 +201,16 @@ impl Gen<'_> {
             o.insert("json-type".into(), json!(json_type));
             return Value::Object(o);
         }
-        let def = self.schema.get(&name).expect("used types exist").clone();
+        let schema = self.schema;
+        let def = schema.get(&name).expect("used types exist");
         let masked = self.masked(&name);
         let features = features_json(&def.features);
         match &def.kind {
-            DefKind::Enum { values } => {
-                let mut o = obj(&masked, "enum", features);
-                o.insert(
-                    "values".into(),
-                    Value::Array(values.iter().map(|v| json!(v.name)).collect()),
-                );
-                o.insert(
-                    "members".into(),
-                    Value::Array(values.iter().map(|v| json!({"name": v.name})).collect()),
-                );
-                Value::Object(o)
-            }
+            DefKind::Enum { values } => enum_entry(&masked, features, values),
             DefKind::Struct { .. } => {
-                let members: Vec<Value> = self
-                    .schema
-                    .object_members(&name)
-                    .iter()
-                    .map(|m| self.member_json(m))
-                    .collect();
+                let members = self.members_json(&name);
                 let mut o = obj(&masked, "object", features);
-                o.insert("members".into(), Value::Array(members));
+                o.insert("members".into(), members);
                 Value::Object(o)
             }
             DefKind::Union {
@@ -194,22 +218,12 @@ impl Gen<'_> {
                 discriminator,
                 branches,
             } => {
-                let members: Vec<Value> = self
-                    .schema
-                    .object_members(base)
-                    .iter()
-                    .map(|m| self.member_json(m))
-                    .collect();
-                let variants: Vec<Value> = branches
-                    .iter()
-                    .map(|b| {
-                        json!({"case": b.name, "type": self.use_type(&TypeRef::Named(b.ty.clone()))})
-                    })
-                    .collect();
+                let members = self.members_json(base);
+                let variants = self.variants_json(branches);
                 let mut o = obj(&masked, "object", features);
-                o.insert("members".into(), Value::Array(members));
+                o.insert("members".into(), members);
                 o.insert("tag".into(), json!(discriminator));
-                o.insert("variants".into(), Value::Array(variants));
+                o.insert("variants".into(), variants);
                 Value::Object(o)
             }
             DefKind::Alternate { branches } => {
@@ -224,4 +238,34 @@ impl Gen<'_> {
             _ => unreachable!("only types are used"),
         }
     }
+
+    /// The `members` of an object type: all members, base members first.
+    fn members_json(&mut self, object: &str) -> Value {
+        let members = self.schema.object_members(object);
+        Value::Array(members.iter().map(|m| self.member_json(m)).collect())
+    }
+
+    /// The `variants` of a union.
+    fn variants_json(&mut self, branches: &[Branch]) -> Value {
+        Value::Array(
+            branches
+                .iter()
+                .map(|b| json!({"case": b.name, "type": self.use_type(&TypeRef::Named(b.ty.clone()))}))
+                .collect(),
+        )
+    }
+}
+
+/// The entry of an enum type.
+fn enum_entry(masked: &str, features: Option<Value>, values: &[EnumValue]) -> Value {
+    let mut o = obj(masked, "enum", features);
+    o.insert(
+        "values".into(),
+        Value::Array(values.iter().map(|v| json!(v.name)).collect()),
+    );
+    o.insert(
+        "members".into(),
+        Value::Array(values.iter().map(|v| json!({"name": v.name})).collect()),
+    );
+    Value::Object(o)
 }

@@ -7,23 +7,24 @@
 //! `file:line`. The backends produce Rust code ([`rust`]), the `query-qmp-schema` value
 //! ([`introspect`]) and a Markdown reference ([`markdown`]).
 //!
-//! Stages: [`lexer`] → [`parser`] (with [`doc`]) → [`expr`] (per-expression checks, with
-//! [`names`] rules) → [`schema`] (whole-schema checks, the [`model`]) → generators.
+//! Stages: [`lexer`] → [`parser`] (with [`doc`]) → [`expr`] (per-expression checks, one per
+//! metatype, with the [`schema_names`] rules) → [`schema`] (whole-schema checks, the
+//! [`model`]) → generators. Every generator is a [`schema::Visitor`] driven by
+//! [`Schema::visit`]; the Rust ones write through an indenting code writer and take Rust
+//! identifiers from [`rust::ident`].
 
-mod attrs;
-mod check;
 pub mod doc;
+mod emit;
 pub mod error;
 pub mod expr;
 pub mod introspect;
 pub mod lexer;
 pub mod markdown;
 pub mod model;
-pub mod names;
-pub mod naming;
 pub mod parser;
 pub mod rust;
 pub mod schema;
+pub mod schema_names;
 pub mod source;
 
 use std::path::Path;

@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Generation over the real and the test schema: determinism, conditions, documentation.
 
+use std::convert::Infallible;
 use std::path::Path;
 
-use qapi_gen::model::DefKind;
+use qapi_gen::doc::Doc;
+use qapi_gen::model::{Branch, DefKind, Definition, EnumValue, Member, TypeRef};
+use qapi_gen::schema::{CommandFlags, Visitor};
+use qapi_gen::Schema;
 
 const MAIN: &str = "../../resources/qapi/qapi-schema.json";
 const TEST: &str = "../tests/schema/qapi-test.json";
@@ -162,4 +166,115 @@ fn documentation_blocks_are_parsed() {
         .free_docs
         .iter()
         .any(|(_, d)| d.body.starts_with("== Block devices")));
+}
+
+/// Records which visitor method saw which definition.
+#[derive(Default)]
+struct Recorder {
+    seen: Vec<String>,
+    free_docs: usize,
+    begun: bool,
+    ended: bool,
+}
+
+impl Recorder {
+    fn saw(&mut self, what: &str, def: &Definition) -> Result<(), Infallible> {
+        assert!(self.begun && !self.ended, "{} outside begin/end", def.name);
+        self.seen.push(format!("{what} {}", def.name));
+        Ok(())
+    }
+}
+
+impl<'s> Visitor<'s> for Recorder {
+    fn visit_begin(&mut self, _schema: &'s Schema) -> Result<(), Infallible> {
+        self.begun = true;
+        Ok(())
+    }
+
+    fn visit_end(&mut self) -> Result<(), Infallible> {
+        self.ended = true;
+        Ok(())
+    }
+
+    fn visit_free_doc(&mut self, _doc: &'s Doc) -> Result<(), Infallible> {
+        self.free_docs += 1;
+        Ok(())
+    }
+
+    fn visit_enum(&mut self, def: &'s Definition, _: &'s [EnumValue]) -> Result<(), Infallible> {
+        self.saw("enum", def)
+    }
+
+    fn visit_object(
+        &mut self,
+        def: &'s Definition,
+        _: Option<&'s str>,
+        _: &'s [Member],
+    ) -> Result<(), Infallible> {
+        self.saw("struct", def)
+    }
+
+    fn visit_union(
+        &mut self,
+        def: &'s Definition,
+        _: &'s str,
+        _: &'s str,
+        _: &'s [Branch],
+    ) -> Result<(), Infallible> {
+        self.saw("union", def)
+    }
+
+    fn visit_alternate(&mut self, def: &'s Definition, _: &'s [Branch]) -> Result<(), Infallible> {
+        self.saw("alternate", def)
+    }
+
+    fn visit_command(
+        &mut self,
+        def: &'s Definition,
+        _: Option<&'s str>,
+        _: Option<&'s TypeRef>,
+        _: CommandFlags,
+    ) -> Result<(), Infallible> {
+        self.saw("command", def)
+    }
+
+    fn visit_event(
+        &mut self,
+        def: &'s Definition,
+        _: Option<&'s str>,
+        _: bool,
+    ) -> Result<(), Infallible> {
+        self.saw("event", def)
+    }
+
+    fn visit_handle(&mut self, def: &'s Definition, _: &'s str) -> Result<(), Infallible> {
+        self.saw("handle", def)
+    }
+
+    fn visit_signal(
+        &mut self,
+        def: &'s Definition,
+        _: &'s str,
+        _: Option<&'s str>,
+        _: bool,
+    ) -> Result<(), Infallible> {
+        self.saw("signal", def)
+    }
+}
+
+#[test]
+fn the_visitor_walks_every_definition_once_in_order() {
+    for path in [MAIN, TEST] {
+        let schema = Schema::load(Path::new(path), &|_| false).expect("valid");
+        let mut rec = Recorder::default();
+        let Ok(()) = schema.visit(&mut rec);
+        assert!(rec.begun && rec.ended, "{path}");
+        let expected: Vec<String> = schema
+            .defs
+            .iter()
+            .map(|d| format!("{} {}", d.meta, d.name))
+            .collect();
+        assert_eq!(rec.seen, expected, "{path}");
+        assert_eq!(rec.free_docs, schema.free_docs.len(), "{path}");
+    }
 }

@@ -2,131 +2,219 @@
 //! The typed client (our libqmp): one blocking and one async method per command, `_oob`
 //! variants for `allow-oob` commands, and a typed event stream.
 
-use std::fmt::Write as _;
+use super::ident::{snake, type_name, NamingError};
+use super::{def_doc_text, field_inits, params, Cx};
+use crate::emit::CodeWriter;
+use crate::model::{Definition, TypeRef};
+use crate::schema::{CommandFlags, Schema, Visitor};
 
-use super::{def_doc_text, doc_comment, field_inits, params, Cx};
-use crate::model::DefKind;
-use crate::naming::{snake, type_name, NamingError};
+/// The `client` module as a schema visitor: the `Client` methods of each command are
+/// written as it is visited.
+pub(super) struct ClientGen<'a, 's> {
+    cx: &'a Cx<'s>,
+    w: &'a mut CodeWriter,
+}
 
-pub(super) fn generate(cx: &Cx<'_>) -> Result<String, NamingError> {
-    let mut out = String::new();
-    out.push_str(
-        "/// The typed QMP client generated from the schema.\n\
-         pub mod client {\n\
-         \x20   use crate::client::{ClientError, Connection, EventWait, RawEvent, Reply};\n\
-         \x20   use crate::rt::Timestamp;\n\n\
-         \x20   /// A typed QMP client over a [`Connection`]: commands are methods returning typed\n\
-         \x20   /// results (blocking, or `_async` futures usable with any executor), events and\n\
-         \x20   /// signals arrive as typed [`super::events::Event`]s.\n\
-         \x20   pub struct Client {\n\
-         \x20       conn: Connection,\n\
-         \x20   }\n\n\
-         \x20   fn decode_event(raw: RawEvent) -> Result<(super::events::Event, Timestamp), ClientError> {\n\
-         \x20       let event = super::events::Event::from_wire(&raw.name, raw.data, raw.owner)\n\
-         \x20           .map_err(|e| ClientError::Decode(e.to_string()))?;\n\
-         \x20       Ok((event, raw.timestamp))\n\
-         \x20   }\n\n\
-         \x20   #[allow(clippy::too_many_arguments)]\n\
-         \x20   impl Client {\n\
-         \x20       /// Wraps a connection (already past the greeting; see [`Connection::negotiate`]).\n\
-         \x20       pub fn new(conn: Connection) -> Self {\n\
-         \x20           Client { conn }\n\
-         \x20       }\n\n\
-         \x20       /// The untyped connection, for raw `execute` and `exec-oob`.\n\
-         \x20       pub fn connection(&self) -> &Connection {\n\
-         \x20           &self.conn\n\
-         \x20       }\n\n\
-         \x20       /// Waits for the next event or signal, up to `timeout` (`None`: forever).\n\
-         \x20       /// Returns `Ok(None)` on timeout.\n\
-         \x20       pub fn next_event(\n\
-         \x20           &self,\n\
-         \x20           timeout: Option<std::time::Duration>,\n\
-         \x20       ) -> Result<Option<(super::events::Event, Timestamp)>, ClientError> {\n\
-         \x20           self.conn.next_event(timeout)?.map(decode_event).transpose()\n\
-         \x20       }\n\n\
-         \x20       /// A future for the next event or signal.\n\
-         \x20       pub fn next_event_async(&self) -> EventWait<(super::events::Event, Timestamp)> {\n\
-         \x20           self.conn.event_async(decode_event)\n\
-         \x20       }\n",
-    );
-    for def in cx.defs() {
-        let DefKind::Command {
-            data,
-            returns,
-            boxed,
-            allow_oob,
-            ..
-        } = &def.kind
-        else {
-            continue;
-        };
-        let method = snake(&def.name);
-        let members = cx.arg_members(data.as_deref());
-        let (plist, args) = match (data, boxed) {
-            (Some(t), true) => (
-                format!(", arguments: super::types::{}", type_name(t)),
-                "Some(serde_json::to_value(arguments).expect(\"arguments serialize\"))"
-                    .to_string(),
-            ),
-            (Some(t), false) => (
-                params(cx, &members, t),
-                format!(
-                    "Some(serde_json::to_value(super::types::{} {{ {} }}).expect(\"arguments serialize\"))",
-                    type_name(t),
-                    field_inits(&members)
-                ),
-            ),
-            (None, _) => (String::new(), "None".to_string()),
-        };
-        let (ret, decode) = match returns {
-            Some(r) => {
-                let t = cx.rust_type(r);
-                (t.clone(), format!("crate::client::decode::<{t}>"))
-            }
-            None => ("()".to_string(), "crate::client::decode_unit".to_string()),
-        };
-        let call_args: String = if *boxed && data.is_some() {
-            ", arguments".into()
-        } else {
-            members
-                .iter()
-                .map(|m| format!(", {}", snake(&m.name)))
-                .collect()
-        };
-        let text = def_doc_text(def.doc.as_ref());
-        let mut variants = vec![(method.clone(), false)];
-        if *allow_oob {
-            variants.push((format!("{method}_oob"), true));
-        }
-        for (m, oob) in variants {
-            out.push('\n');
-            let how = if oob { "`exec-oob`" } else { "`execute`" };
-            doc_comment(
-                &mut out,
-                "        ",
-                &format!(
-                    "{text}\n\nSends `{}` with {how} and waits for the reply.",
-                    def.name
-                ),
-                "",
-            );
-            let _ = writeln!(
-                out,
-                "        pub fn {m}(&self{plist}) -> Result<{ret}, ClientError> {{\n\
-                 \x20           self.{m}_async({}).wait()\n\
-                 \x20       }}\n",
-                call_args.trim_start_matches(", ")
-            );
-            let _ = writeln!(
-                out,
-                "        /// Sends `{}` with {how}; the returned future (or its `wait`) gives the reply.\n\
-                 \x20       pub fn {m}_async(&self{plist}) -> Reply<{ret}> {{\n\
-                 \x20           self.conn.request(\"{}\", {args}, {oob}, {decode})\n\
-                 \x20       }}",
-                def.name, def.name
-            );
-        }
+impl<'a, 's> ClientGen<'a, 's> {
+    /// A visitor writing to `w`.
+    pub(super) fn new(cx: &'a Cx<'s>, w: &'a mut CodeWriter) -> Self {
+        ClientGen { cx, w }
     }
-    out.push_str("    }\n}\n");
-    Ok(out)
+}
+
+impl<'s> Visitor<'s, NamingError> for ClientGen<'_, 's> {
+    /// Opens the module and `impl Client`, and writes the methods every client has.
+    fn visit_begin(&mut self, _schema: &'s Schema) -> Result<(), NamingError> {
+        let w = &mut *self.w;
+        w.line("/// The typed QMP client generated from the schema.");
+        w.line("pub mod client {");
+        w.indent();
+        w.code(
+            "
+            use crate::client::{ClientError, Connection, EventWait, RawEvent, Reply};
+            use crate::rt::Timestamp;
+
+            /// A typed QMP client over a [`Connection`]: commands are methods returning typed
+            /// results (blocking, or `_async` futures usable with any executor), events and
+            /// signals arrive as typed [`super::events::Event`]s.
+            pub struct Client {
+                conn: Connection,
+            }
+
+            fn decode_event(raw: RawEvent) -> Result<(super::events::Event, Timestamp), ClientError> {
+                let event = super::events::Event::from_wire(&raw.name, raw.data, raw.owner)
+                    .map_err(|e| ClientError::Decode(e.to_string()))?;
+                Ok((event, raw.timestamp))
+            }
+
+            #[allow(clippy::too_many_arguments)]
+            impl Client {
+            ",
+        );
+        w.indent();
+        client_basics(w);
+        Ok(())
+    }
+
+    fn visit_command(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        returns: Option<&'s TypeRef>,
+        flags: CommandFlags,
+    ) -> Result<(), NamingError> {
+        let shape = method_shape(self.cx, data, returns, flags.boxed);
+        command_methods(self.w, def, &shape, flags.allow_oob);
+        Ok(())
+    }
+
+    /// Closes `impl Client` and the module.
+    fn visit_end(&mut self) -> Result<(), NamingError> {
+        for _ in 0..2 {
+            self.w.dedent();
+            self.w.line("}");
+        }
+        Ok(())
+    }
+}
+
+/// The constructor, the connection accessor and the event methods.
+fn client_basics(w: &mut CodeWriter) {
+    w.code(
+        "
+        /// Wraps a connection (already past the greeting; see [`Connection::negotiate`]).
+        pub fn new(conn: Connection) -> Self {
+            Client { conn }
+        }
+
+        /// The untyped connection, for raw `execute` and `exec-oob`.
+        pub fn connection(&self) -> &Connection {
+            &self.conn
+        }
+
+        /// Waits for the next event or signal, up to `timeout` (`None`: forever).
+        /// Returns `Ok(None)` on timeout.
+        pub fn next_event(
+            &self,
+            timeout: Option<std::time::Duration>,
+        ) -> Result<Option<(super::events::Event, Timestamp)>, ClientError> {
+            self.conn.next_event(timeout)?.map(decode_event).transpose()
+        }
+
+        /// A future for the next event or signal.
+        pub fn next_event_async(&self) -> EventWait<(super::events::Event, Timestamp)> {
+            self.conn.event_async(decode_event)
+        }
+        ",
+    );
+}
+
+/// How a client method of one command is written.
+struct Method {
+    /// The parameter list after `&self`.
+    plist: String,
+    /// The `arguments` expression of the request.
+    args: String,
+    /// The Rust return type.
+    ret: String,
+    /// The reply decoder.
+    decode: String,
+    /// The arguments passed on from the blocking to the async method.
+    call_args: String,
+}
+
+/// The blocking and async methods of a command, and their `_oob` variants if it allows
+/// out-of-band execution.
+fn command_methods(w: &mut CodeWriter, def: &Definition, sig: &Method, allow_oob: bool) {
+    let method = snake(&def.name);
+    let text = def_doc_text(def.doc.as_ref());
+    let mut variants = vec![(method.clone(), false)];
+    if allow_oob {
+        variants.push((format!("{method}_oob"), true));
+    }
+    for (m, oob) in variants {
+        w.blank();
+        let how = if oob { "`exec-oob`" } else { "`execute`" };
+        w.doc(
+            &format!(
+                "{text}\n\nSends `{}` with {how} and waits for the reply.",
+                def.name
+            ),
+            "",
+        );
+        let Method {
+            plist,
+            args,
+            ret,
+            decode,
+            call_args,
+        } = sig;
+        w.block(
+            format!("pub fn {m}(&self{plist}) -> Result<{ret}, ClientError> {{"),
+            "}",
+            |w| {
+                w.line(format!(
+                    "self.{m}_async({}).wait()",
+                    call_args.trim_start_matches(", ")
+                ))
+            },
+        );
+        w.blank();
+        w.line(format!(
+            "/// Sends `{}` with {how}; the returned future (or its `wait`) gives the reply.",
+            def.name
+        ));
+        w.block(
+            format!("pub fn {m}_async(&self{plist}) -> Reply<{ret}> {{"),
+            "}",
+            |w| {
+                w.line(format!(
+                    "self.conn.request(\"{}\", {args}, {oob}, {decode})",
+                    def.name
+                ))
+            },
+        );
+    }
+}
+
+/// The parameters, request arguments and reply type of a command's client methods.
+fn method_shape(cx: &Cx<'_>, data: Option<&str>, returns: Option<&TypeRef>, boxed: bool) -> Method {
+    let members = cx.arg_members(data);
+    let (plist, args) = match (data, boxed) {
+        (Some(t), true) => (
+            format!(", arguments: super::types::{}", type_name(t)),
+            "Some(serde_json::to_value(arguments).expect(\"arguments serialize\"))".to_string(),
+        ),
+        (Some(t), false) => (
+            params(cx, &members, t),
+            format!(
+                "Some(serde_json::to_value(super::types::{} {{ {} }}).expect(\"arguments serialize\"))",
+                type_name(t),
+                field_inits(&members)
+            ),
+        ),
+        (None, _) => (String::new(), "None".to_string()),
+    };
+    let (ret, decode) = match returns {
+        Some(r) => {
+            let t = cx.rust_type(r);
+            (t.clone(), format!("crate::client::decode::<{t}>"))
+        }
+        None => ("()".to_string(), "crate::client::decode_unit".to_string()),
+    };
+    let call_args: String = if boxed && data.is_some() {
+        ", arguments".into()
+    } else {
+        members
+            .iter()
+            .map(|m| format!(", {}", snake(&m.name)))
+            .collect()
+    };
+    Method {
+        plist,
+        args,
+        ret,
+        decode,
+        call_args,
+    }
 }

@@ -2,12 +2,13 @@
 //! Typed events and signals: the `Event` enum, the `EventSink` trait, and one emitter per
 //! event (`emit_stop`, ...) and signal (`emit_block_io_error(sink, owner, ...)`).
 
-use std::fmt::Write as _;
+use super::ident::{camel, snake, type_name, Namespace, NamingError};
+use super::{def_doc_text, field_inits, params, Cx};
+use crate::emit::CodeWriter;
+use crate::model::{Definition, Member};
+use crate::schema::{Schema, Visitor};
 
-use super::{def_doc_text, doc_comment, field_inits, params, Cx};
-use crate::model::{DefKind, Definition, Member};
-use crate::naming::{camel, snake, type_name, Namespace, NamingError};
-
+/// An event or signal, with what its variant, methods and emitter need.
 struct Ev<'a> {
     def: &'a Definition,
     variant: String,
@@ -17,121 +18,286 @@ struct Ev<'a> {
     owner: Option<String>,
 }
 
-pub(super) fn generate(cx: &Cx<'_>) -> Result<String, NamingError> {
-    let mut evs = Vec::new();
-    let mut ns = Namespace::new("event variant");
-    ns.claim("(unknown events)", "Other")?;
-    for def in cx.defs() {
-        let (data, boxed, owner) = match &def.kind {
-            DefKind::Event { data, boxed } => (data, *boxed, None),
-            DefKind::Signal { owner, data, boxed } => (data, *boxed, Some(owner.clone())),
-            _ => continue,
-        };
+/// The `events` module as a schema visitor: events and signals are collected as they are
+/// visited, and the `Event` enum, its methods, the sink trait and the emitters written at the
+/// end.
+pub(super) struct EventsGen<'a, 's> {
+    cx: &'a Cx<'s>,
+    w: &'a mut CodeWriter,
+    /// The `Event` variant names claimed so far.
+    ns: Namespace,
+    /// The events and signals, in schema order.
+    evs: Vec<Ev<'s>>,
+}
+
+impl<'a, 's> EventsGen<'a, 's> {
+    /// A visitor writing to `w`.
+    pub(super) fn new(cx: &'a Cx<'s>, w: &'a mut CodeWriter) -> Self {
+        EventsGen {
+            cx,
+            w,
+            ns: Namespace::new("event variant"),
+            evs: Vec::new(),
+        }
+    }
+
+    /// Records an event, or a signal when it has an `owner`.
+    fn add(
+        &mut self,
+        def: &'s Definition,
+        owner: Option<&str>,
+        data: Option<&str>,
+        boxed: bool,
+    ) -> Result<(), NamingError> {
         let variant = camel(&def.name);
-        ns.claim(&def.name, &variant)?;
-        evs.push(Ev {
+        self.ns.claim(&def.name, &variant)?;
+        self.evs.push(Ev {
             def,
             variant,
-            data: data.clone(),
-            members: cx.arg_members(data.as_deref()),
+            data: data.map(str::to_string),
+            members: self.cx.arg_members(data),
             boxed,
-            owner,
+            owner: owner.map(str::to_string),
         });
+        Ok(())
     }
-    let mut out = String::new();
-    out.push_str(
-        "/// Events and signals: the typed `Event`, the sink that delivers them, and emitters.\n\
-         pub mod events {\n\
-         \x20   use crate::rt::Timestamp;\n\n\
-         \x20   /// Every event and signal of the schema, with its data. Signals carry their owner.\n\
-         \x20   #[derive(Debug, Clone, PartialEq)]\n\
-         \x20   pub enum Event {\n",
-    );
-    for e in &evs {
-        doc_comment(
-            &mut out,
-            "        ",
-            &def_doc_text(e.def.doc.as_ref()),
-            &format!("Event `{}`.", e.def.name),
-        );
-        let data_t = e
-            .data
-            .as_ref()
-            .map(|d| format!("super::types::{}", type_name(d)));
-        match (&e.owner, data_t) {
-            (None, None) => {
-                let _ = writeln!(out, "        {},", e.variant);
-            }
-            (None, Some(t)) => {
-                let _ = writeln!(out, "        {}({t}),", e.variant);
-            }
-            (Some(o), data) => {
-                let _ = writeln!(
-                    out,
-                    "        {} {{\n\
-                     \x20           /// The object that raised the signal (`None` when a client received the\n\
-                     \x20           /// QEMU-compatible broadcast form, which does not name it).\n\
-                     \x20           owner: Option<super::types::{}>,",
-                    e.variant,
-                    type_name(o)
-                );
-                if let Some(t) = data {
-                    let _ = writeln!(
-                        out,
-                        "            /// The signal's data.\n            data: {t},"
-                    );
-                }
-                out.push_str("        },\n");
-            }
-        }
-    }
-    out.push_str(
-        "        /// An event this schema does not know (from a newer server).\n\
-         \x20       Other {\n\
-         \x20           /// Its name.\n\
-         \x20           name: String,\n\
-         \x20           /// Its data, if any.\n\
-         \x20           data: Option<serde_json::Value>,\n\
-         \x20       },\n\
-         \x20   }\n\n",
-    );
+}
 
-    // name(), data_json(), owner_json(), from_wire(), to_json()
-    let mut name_arms = String::new();
-    let mut data_arms = String::new();
-    let mut owner_arms = String::new();
-    let mut parse_arms = String::new();
-    for e in &evs {
-        let n = &e.def.name;
-        let v = &e.variant;
-        let has_data = e.data.is_some();
-        let pat_ignore = match (&e.owner, has_data) {
-            (None, false) => format!("Event::{v}"),
-            (None, true) => format!("Event::{v}(_)"),
-            (Some(_), _) => format!("Event::{v} {{ .. }}"),
-        };
-        let _ = writeln!(name_arms, "                {pat_ignore} => \"{n}\",");
-        let data_expr = if has_data {
-            "Some(serde_json::to_value(data).expect(\"event data serializes\"))"
-        } else {
-            "None"
-        };
-        let _ = writeln!(
-            data_arms,
-            "                {} => {data_expr},",
-            match (&e.owner, has_data) {
-                (None, true) => format!("Event::{v}(data)"),
-                (Some(_), true) => format!("Event::{v} {{ data, .. }}"),
-                _ => pat_ignore.clone(),
-            }
+impl<'s> Visitor<'s, NamingError> for EventsGen<'_, 's> {
+    fn visit_begin(&mut self, _schema: &'s Schema) -> Result<(), NamingError> {
+        self.ns.claim("(unknown events)", "Other")
+    }
+
+    fn visit_event(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        boxed: bool,
+    ) -> Result<(), NamingError> {
+        self.add(def, None, data, boxed)
+    }
+
+    fn visit_signal(
+        &mut self,
+        def: &'s Definition,
+        owner: &'s str,
+        data: Option<&'s str>,
+        boxed: bool,
+    ) -> Result<(), NamingError> {
+        self.add(def, Some(owner), data, boxed)
+    }
+
+    fn visit_end(&mut self) -> Result<(), NamingError> {
+        let (cx, evs) = (self.cx, &self.evs);
+        let w = &mut *self.w;
+        w.line(
+            "/// Events and signals: the typed `Event`, the sink that delivers them, and emitters.",
         );
-        if e.owner.is_some() {
-            let _ = writeln!(
-                owner_arms,
-                "                Event::{v} {{ owner, .. }} => owner.as_ref().map(|o| o.canonical()),"
+        w.block("pub mod events {", "}", |w| {
+            w.line("use crate::rt::Timestamp;");
+            w.blank();
+            event_enum(w, evs);
+            w.blank();
+            event_impl(w, evs);
+            w.blank();
+            w.code(
+                "
+                /// Where emitted events go (the monitor's broadcast, in-process slots, a test log).
+                /// Called on the thread where the fact is known; implementations must not block.
+                pub trait EventSink: Send + Sync {
+                    /// Delivers one event with the time it happened.
+                    fn emit(&self, event: Event, timestamp: Timestamp);
+                }
+                ",
             );
+            w.blank();
+            for e in evs {
+                emitter(cx, w, e);
+                w.blank();
+            }
+        });
+        w.blank();
+        Ok(())
+    }
+}
+
+/// The `Event` enum: one variant per event and signal, and `Other`.
+fn event_enum(w: &mut CodeWriter, evs: &[Ev<'_>]) {
+    w.line("/// Every event and signal of the schema, with its data. Signals carry their owner.");
+    w.line("#[derive(Debug, Clone, PartialEq)]");
+    w.block("pub enum Event {", "}", |w| {
+        for e in evs {
+            w.doc(
+                &def_doc_text(e.def.doc.as_ref()),
+                &format!("Event `{}`.", e.def.name),
+            );
+            let data_t = e
+                .data
+                .as_ref()
+                .map(|d| format!("super::types::{}", type_name(d)));
+            match (&e.owner, data_t) {
+                (None, None) => w.line(format!("{},", e.variant)),
+                (None, Some(t)) => w.line(format!("{}({t}),", e.variant)),
+                (Some(o), data) => w.block(format!("{} {{", e.variant), "},", |w| {
+                    w.line(
+                        "/// The object that raised the signal (`None` when a client received the",
+                    );
+                    w.line("/// QEMU-compatible broadcast form, which does not name it).");
+                    w.line(format!("owner: Option<super::types::{}>,", type_name(o)));
+                    if let Some(t) = data {
+                        w.line("/// The signal's data.");
+                        w.line(format!("data: {t},"));
+                    }
+                }),
+            }
         }
-        let build = match (&e.owner, has_data) {
+        w.code(
+            "
+            /// An event this schema does not know (from a newer server).
+            Other {
+                /// Its name.
+                name: String,
+                /// Its data, if any.
+                data: Option<serde_json::Value>,
+            },
+            ",
+        );
+    });
+}
+
+/// The pattern matching event `e` without binding anything.
+fn pattern(e: &Ev<'_>) -> String {
+    let v = &e.variant;
+    match (&e.owner, e.data.is_some()) {
+        (None, false) => format!("Event::{v}"),
+        (None, true) => format!("Event::{v}(_)"),
+        (Some(_), _) => format!("Event::{v} {{ .. }}"),
+    }
+}
+
+/// `impl Event`: wire name, data and owner as JSON, the wire messages, and decoding.
+fn event_impl(w: &mut CodeWriter, evs: &[Ev<'_>]) {
+    w.block("impl Event {", "}", |w| {
+        w.line("/// The wire name of the event or signal.");
+        w.block("pub fn name(&self) -> &str {", "}", |w| {
+            w.block("match self {", "}", |w| {
+                for e in evs {
+                    w.line(format!("{} => \"{}\",", pattern(e), e.def.name));
+                }
+                w.line("Event::Other { name, .. } => name,");
+            })
+        });
+        w.blank();
+        w.line("/// The `data` member as JSON (`None` when the event has no members).");
+        w.block(
+            "pub fn data_json(&self) -> Option<serde_json::Value> {",
+            "}",
+            |w| {
+                w.block("match self {", "}", |w| {
+                    for e in evs {
+                        data_arm(w, e);
+                    }
+                    w.line("Event::Other { data, .. } => data.clone(),");
+                })
+            },
+        );
+        w.blank();
+        w.line("/// The owner in canonical handle form, for signals that know it.");
+        w.block(
+            "pub fn owner_json(&self) -> Option<serde_json::Value> {",
+            "}",
+            |w| {
+                w.line("#[allow(clippy::match_single_binding)]");
+                w.block("match self {", "}", |w| {
+                    for e in evs.iter().filter(|e| e.owner.is_some()) {
+                        w.line(format!(
+                            "Event::{} {{ owner, .. }} => owner.as_ref().map(|o| o.canonical()),",
+                            e.variant
+                        ));
+                    }
+                    w.line("_ => None,");
+                })
+            },
+        );
+        w.blank();
+        wire_messages(w);
+        w.blank();
+        from_wire(w, evs);
+    });
+}
+
+/// The arm of `data_json` for event `e`.
+fn data_arm(w: &mut CodeWriter, e: &Ev<'_>) {
+    let v = &e.variant;
+    let (pat, expr) = match (&e.owner, e.data.is_some()) {
+        (None, true) => (format!("Event::{v}(data)"), SOME_DATA),
+        (Some(_), true) => (format!("Event::{v} {{ data, .. }}"), SOME_DATA),
+        _ => (pattern(e), "None"),
+    };
+    w.line(format!("{pat} => {expr},"));
+}
+
+/// `data_json`'s value for an event with data.
+const SOME_DATA: &str = "Some(serde_json::to_value(data).expect(\"event data serializes\"))";
+
+/// `to_json` and `to_signal_json`.
+fn wire_messages(w: &mut CodeWriter) {
+    w.code(
+        r#"
+        /// The QEMU wire message `{"event", "data", "timestamp"}` (no `data` when empty).
+        pub fn to_json(&self, timestamp: Timestamp) -> serde_json::Value {
+            crate::rt::event_json(self.name(), self.data_json(), timestamp)
+        }
+
+        /// The explicit-handles signal message `{"signal", "owner", "user_data", "data",
+        /// "timestamp"}`; plain events give the same as [`Event::to_json`].
+        pub fn to_signal_json(
+            &self,
+            user_data: Option<&serde_json::Value>,
+            timestamp: Timestamp,
+        ) -> serde_json::Value {
+            match self.owner_json() {
+                Some(owner) => crate::rt::signal_json(self.name(), owner, user_data, self.data_json(), timestamp),
+                None => self.to_json(timestamp),
+            }
+        }
+        "#,
+    );
+}
+
+/// `from_wire`, which decodes an event from its name, data and owner.
+fn from_wire(w: &mut CodeWriter, evs: &[Ev<'_>]) {
+    w.code(
+        r#"
+        /// Decodes an event from its wire parts; `owner` is the canonical handle of a
+        /// signal message, absent for broadcast events. Unknown names give [`Event::Other`].
+        pub fn from_wire(
+            name: &str,
+            data: Option<serde_json::Value>,
+            owner: Option<serde_json::Value>,
+        ) -> Result<Event, serde_json::Error> {
+            #[allow(dead_code)]
+            fn decode<T: serde::de::DeserializeOwned>(data: Option<serde_json::Value>) -> Result<T, serde_json::Error> {
+                serde_json::from_value(data.unwrap_or_else(|| serde_json::json!({})))
+            }
+            #[allow(dead_code)]
+            fn decode_owner<T: serde::de::DeserializeOwned>(owner: Option<serde_json::Value>) -> Result<Option<T>, serde_json::Error> {
+                match owner {
+                    Some(serde_json::Value::Object(mut o)) => o.remove("data").map(serde_json::from_value).transpose(),
+                    Some(other) => serde_json::from_value(other).map(Some),
+                    None => Ok(None),
+                }
+            }
+            let _ = &owner;
+            Ok(match name {
+        "#,
+    );
+    w.indent();
+    // The known names' arms sit at the level of `Ok(match name {`, as they always have; the
+    // output is kept byte for byte.
+    for e in evs {
+        let v = &e.variant;
+        let build = match (&e.owner, e.data.is_some()) {
             (None, false) => format!("Event::{v}"),
             (None, true) => format!("Event::{v}(decode(data)?)"),
             (Some(_), false) => format!("Event::{v} {{ owner: decode_owner(owner)? }}"),
@@ -139,125 +305,58 @@ pub(super) fn generate(cx: &Cx<'_>) -> Result<String, NamingError> {
                 format!("Event::{v} {{ owner: decode_owner(owner)?, data: decode(data)? }}")
             }
         };
-        let _ = writeln!(parse_arms, "            \"{n}\" => {build},");
+        w.line(format!("\"{}\" => {build},", e.def.name));
     }
-    let _ = write!(
-        out,
-        "    impl Event {{\n\
-         \x20       /// The wire name of the event or signal.\n\
-         \x20       pub fn name(&self) -> &str {{\n\
-         \x20           match self {{\n{name_arms}\
-         \x20               Event::Other {{ name, .. }} => name,\n\
-         \x20           }}\n\
-         \x20       }}\n\n\
-         \x20       /// The `data` member as JSON (`None` when the event has no members).\n\
-         \x20       pub fn data_json(&self) -> Option<serde_json::Value> {{\n\
-         \x20           match self {{\n{data_arms}\
-         \x20               Event::Other {{ data, .. }} => data.clone(),\n\
-         \x20           }}\n\
-         \x20       }}\n\n\
-         \x20       /// The owner in canonical handle form, for signals that know it.\n\
-         \x20       pub fn owner_json(&self) -> Option<serde_json::Value> {{\n\
-         \x20           #[allow(clippy::match_single_binding)]\n\
-         \x20           match self {{\n{owner_arms}\
-         \x20               _ => None,\n\
-         \x20           }}\n\
-         \x20       }}\n\n\
-         \x20       /// The QEMU wire message `{{\"event\", \"data\", \"timestamp\"}}` (no `data` when empty).\n\
-         \x20       pub fn to_json(&self, timestamp: Timestamp) -> serde_json::Value {{\n\
-         \x20           crate::rt::event_json(self.name(), self.data_json(), timestamp)\n\
-         \x20       }}\n\n\
-         \x20       /// The explicit-handles signal message `{{\"signal\", \"owner\", \"user_data\", \"data\",\n\
-         \x20       /// \"timestamp\"}}`; plain events give the same as [`Event::to_json`].\n\
-         \x20       pub fn to_signal_json(\n\
-         \x20           &self,\n\
-         \x20           user_data: Option<&serde_json::Value>,\n\
-         \x20           timestamp: Timestamp,\n\
-         \x20       ) -> serde_json::Value {{\n\
-         \x20           match self.owner_json() {{\n\
-         \x20               Some(owner) => crate::rt::signal_json(self.name(), owner, user_data, self.data_json(), timestamp),\n\
-         \x20               None => self.to_json(timestamp),\n\
-         \x20           }}\n\
-         \x20       }}\n\n\
-         \x20       /// Decodes an event from its wire parts; `owner` is the canonical handle of a\n\
-         \x20       /// signal message, absent for broadcast events. Unknown names give [`Event::Other`].\n\
-         \x20       pub fn from_wire(\n\
-         \x20           name: &str,\n\
-         \x20           data: Option<serde_json::Value>,\n\
-         \x20           owner: Option<serde_json::Value>,\n\
-         \x20       ) -> Result<Event, serde_json::Error> {{\n\
-         \x20           #[allow(dead_code)]\n\
-         \x20           fn decode<T: serde::de::DeserializeOwned>(data: Option<serde_json::Value>) -> Result<T, serde_json::Error> {{\n\
-         \x20               serde_json::from_value(data.unwrap_or_else(|| serde_json::json!({{}})))\n\
-         \x20           }}\n\
-         \x20           #[allow(dead_code)]\n\
-         \x20           fn decode_owner<T: serde::de::DeserializeOwned>(owner: Option<serde_json::Value>) -> Result<Option<T>, serde_json::Error> {{\n\
-         \x20               match owner {{\n\
-         \x20                   Some(serde_json::Value::Object(mut o)) => o.remove(\"data\").map(serde_json::from_value).transpose(),\n\
-         \x20                   Some(other) => serde_json::from_value(other).map(Some),\n\
-         \x20                   None => Ok(None),\n\
-         \x20               }}\n\
-         \x20           }}\n\
-         \x20           let _ = &owner;\n\
-         \x20           Ok(match name {{\n{parse_arms}\
-         \x20               _ => Event::Other {{ name: name.to_string(), data }},\n\
-         \x20           }})\n\
-         \x20       }}\n\
-         \x20   }}\n\n\
-         \x20   /// Where emitted events go (the monitor's broadcast, in-process slots, a test log).\n\
-         \x20   /// Called on the thread where the fact is known; implementations must not block.\n\
-         \x20   pub trait EventSink: Send + Sync {{\n\
-         \x20       /// Delivers one event with the time it happened.\n\
-         \x20       fn emit(&self, event: Event, timestamp: Timestamp);\n\
-         \x20   }}\n\n"
-    );
+    w.indent();
+    w.line("_ => Event::Other { name: name.to_string(), data },");
+    w.dedent();
+    w.line("})");
+    w.dedent();
+    w.line("}");
+}
 
-    // Emitters.
-    for e in &evs {
-        let fname = format!("emit_{}", snake(&e.def.name));
-        let mut text = def_doc_text(e.def.doc.as_ref());
-        text.push_str("\n\nEmits it to `sink`, timestamped now.");
-        doc_comment(&mut out, "    ", &text, "");
-        let owner_param = e
-            .owner
-            .as_ref()
-            .map(|o| format!(", owner: &super::types::{}", type_name(o)))
-            .unwrap_or_default();
-        let (data_params, data_build) = match &e.data {
-            None => (String::new(), None),
-            Some(d) if e.boxed => (
-                format!(", data: super::types::{}", type_name(d)),
-                Some("data".to_string()),
-            ),
-            Some(d) => (
-                params(cx, &e.members, d),
-                Some(format!(
-                    "super::types::{} {{ {} }}",
-                    type_name(d),
-                    field_inits(&e.members)
-                )),
-            ),
-        };
-        let v = &e.variant;
-        let value = match (&e.owner, data_build) {
-            (None, None) => format!("Event::{v}"),
-            (None, Some(b)) => format!("Event::{v}({b})"),
-            (Some(_), None) => format!("Event::{v} {{ owner: Some(owner.clone()) }}"),
-            (Some(_), Some(b)) => {
-                format!("Event::{v} {{ owner: Some(owner.clone()), data: {b} }}")
-            }
-        };
-        let nparams = 1 + usize::from(e.owner.is_some()) + e.members.len();
-        if nparams > 7 && !e.boxed {
-            out.push_str("    #[allow(clippy::too_many_arguments)]\n");
-        }
-        let _ = writeln!(
-            out,
-            "    pub fn {fname}(sink: &dyn EventSink{owner_param}{data_params}) {{\n\
-             \x20       sink.emit({value}, Timestamp::now());\n\
-             \x20   }}\n"
-        );
+/// The emitter function of event `e`.
+fn emitter(cx: &Cx<'_>, w: &mut CodeWriter, e: &Ev<'_>) {
+    let mut text = def_doc_text(e.def.doc.as_ref());
+    text.push_str("\n\nEmits it to `sink`, timestamped now.");
+    w.doc(&text, "");
+    let owner_param = e
+        .owner
+        .as_ref()
+        .map(|o| format!(", owner: &super::types::{}", type_name(o)))
+        .unwrap_or_default();
+    let (data_params, data_build) = match &e.data {
+        None => (String::new(), None),
+        Some(d) if e.boxed => (
+            format!(", data: super::types::{}", type_name(d)),
+            Some("data".to_string()),
+        ),
+        Some(d) => (
+            params(cx, &e.members, d),
+            Some(format!(
+                "super::types::{} {{ {} }}",
+                type_name(d),
+                field_inits(&e.members)
+            )),
+        ),
+    };
+    let v = &e.variant;
+    let value = match (&e.owner, data_build) {
+        (None, None) => format!("Event::{v}"),
+        (None, Some(b)) => format!("Event::{v}({b})"),
+        (Some(_), None) => format!("Event::{v} {{ owner: Some(owner.clone()) }}"),
+        (Some(_), Some(b)) => format!("Event::{v} {{ owner: Some(owner.clone()), data: {b} }}"),
+    };
+    let nparams = 1 + usize::from(e.owner.is_some()) + e.members.len();
+    if nparams > 7 && !e.boxed {
+        w.line("#[allow(clippy::too_many_arguments)]");
     }
-    out.push_str("}\n\n");
-    Ok(out)
+    w.block(
+        format!(
+            "pub fn emit_{}(sink: &dyn EventSink{owner_param}{data_params}) {{",
+            snake(&e.def.name)
+        ),
+        "}",
+        |w| w.line(format!("sink.emit({value}, Timestamp::now());")),
+    );
 }

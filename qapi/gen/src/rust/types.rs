@@ -1,157 +1,231 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Rust data types (serde, wire names preserved) and validation descriptors for every type.
+//! The `types` module: Rust data types (serde, wire names preserved) for every schema type.
 
-use std::collections::BTreeSet;
-use std::fmt::Write as _;
+use super::ident::{camel, snake, type_name, Namespace, NamingError};
+use super::{def_doc_text, member_doc, owner_doc, Cx};
+use crate::emit::CodeWriter;
+use crate::model::{Branch, DefKind, Definition, EnumValue, Member, TypeRef};
+use crate::schema::{Schema, Visitor};
 
-use super::{def_doc_text, doc_comment, member_doc, owner_doc, sanitize, Cx};
-use crate::model::{builtin_json_type, DefKind, Definition, Member, TypeRef, BUILTINS};
-use crate::naming::{camel, snake, type_name, Namespace, NamingError};
-
-pub(super) fn generate(cx: &Cx<'_>) -> Result<String, NamingError> {
-    let mut out = String::new();
-    out.push_str(
-        "/// Data types of the schema: enums, structs, unions, alternates, handles, and the\n\
-         /// implicit argument types of commands, events and signals.\n\
-         pub mod types {\n",
-    );
-    let mut ns = Namespace::new("type");
-    for def in cx.defs() {
-        if !def.is_type() {
-            continue;
-        }
-        let name = type_name(&def.name);
-        ns.claim(&def.name, &name)?;
-        match &def.kind {
-            DefKind::Enum { values } => gen_enum(&mut out, def, values, &mut ns)?,
-            DefKind::Struct { .. } => gen_struct(cx, &mut out, def)?,
-            DefKind::Union { .. } => {
-                ns.claim(&def.name, &format!("{name}Branch"))?;
-                gen_union(cx, &mut out, def)?
-            }
-            DefKind::Alternate { branches } => {
-                let _ = writeln!(out);
-                doc_comment(
-                    &mut out,
-                    "    ",
-                    &def_doc_text(def.doc.as_ref()),
-                    &format!("Alternate `{}`.", def.name),
-                );
-                out.push_str(
-                    "    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]\n\
-                     \x20   #[serde(untagged)]\n",
-                );
-                let _ = writeln!(out, "    pub enum {name} {{");
-                let mut vns = Namespace::new("variant");
-                for b in branches {
-                    let v = camel(&b.name);
-                    vns.claim(&b.name, &v)?;
-                    doc_comment(
-                        &mut out,
-                        "        ",
-                        &member_doc(def.doc.as_ref(), &b.name),
-                        &format!("Branch `{}`.", b.name),
-                    );
-                    let t = cx.rust_type_in(&TypeRef::Named(b.ty.clone()), &def.name);
-                    let _ = writeln!(out, "        {v}({t}),");
-                }
-                out.push_str("    }\n");
-            }
-            DefKind::Handle { data } => {
-                let _ = writeln!(out);
-                doc_comment(
-                    &mut out,
-                    "    ",
-                    &def_doc_text(def.doc.as_ref()),
-                    &format!("Handle `{}`.", def.name),
-                );
-                let t = cx.rust_type(&TypeRef::Named(data.clone()));
-                let _ = write!(
-                    out,
-                    "    #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]\n\
-                     \x20   #[serde(transparent)]\n\
-                     \x20   pub struct {name}(pub {t});\n\n\
-                     \x20   impl {name} {{\n\
-                     \x20       /// The handle type's schema name (the `__handle__` value in canonical form).\n\
-                     \x20       pub const TYPE_NAME: &'static str = \"{}\";\n\n\
-                     \x20       /// The canonical form `{{\"__handle__\": ..., \"data\": ...}}`.\n\
-                     \x20       pub fn canonical(&self) -> serde_json::Value {{\n\
-                     \x20           serde_json::json!({{\"__handle__\": Self::TYPE_NAME, \"data\": self.0}})\n\
-                     \x20       }}\n\
-                     \x20   }}\n\n\
-                     \x20   impl std::fmt::Display for {name} {{\n\
-                     \x20       fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {{\n\
-                     \x20           write!(f, \"{{}}\", self.0)\n\
-                     \x20       }}\n\
-                     \x20   }}\n",
-                    def.name
-                );
-            }
-            _ => {}
-        }
-    }
-    out.push_str("}\n\n");
-    out.push_str(&descriptors(cx));
-    Ok(out)
+/// The `types` module as a schema visitor: one Rust type per schema type, in schema order.
+pub(super) struct TypesGen<'a, 's> {
+    cx: &'a Cx<'s>,
+    w: &'a mut CodeWriter,
+    /// The Rust type names claimed so far.
+    ns: Namespace,
 }
 
-fn gen_enum(
-    out: &mut String,
+impl<'a, 's> TypesGen<'a, 's> {
+    /// A visitor writing to `w`.
+    pub(super) fn new(cx: &'a Cx<'s>, w: &'a mut CodeWriter) -> Self {
+        TypesGen {
+            cx,
+            w,
+            ns: Namespace::new("type"),
+        }
+    }
+
+    /// Claims the Rust name of `def` and starts its item.
+    fn start(&mut self, def: &Definition) -> Result<String, NamingError> {
+        let name = type_name(&def.name);
+        self.ns.claim(&def.name, &name)?;
+        self.w.blank();
+        Ok(name)
+    }
+}
+
+impl<'s> Visitor<'s, NamingError> for TypesGen<'_, 's> {
+    fn visit_begin(&mut self, _schema: &'s Schema) -> Result<(), NamingError> {
+        self.w.line(
+            "/// Data types of the schema: enums, structs, unions, alternates, handles, and the",
+        );
+        self.w
+            .line("/// implicit argument types of commands, events and signals.");
+        self.w.line("pub mod types {");
+        self.w.indent();
+        Ok(())
+    }
+
+    fn visit_end(&mut self) -> Result<(), NamingError> {
+        self.w.dedent();
+        self.w.line("}");
+        self.w.blank();
+        Ok(())
+    }
+
+    fn visit_enum(
+        &mut self,
+        def: &'s Definition,
+        values: &'s [EnumValue],
+    ) -> Result<(), NamingError> {
+        self.start(def)?;
+        gen_enum(self.w, def, values)
+    }
+
+    fn visit_object(
+        &mut self,
+        def: &'s Definition,
+        _base: Option<&'s str>,
+        _members: &'s [Member],
+    ) -> Result<(), NamingError> {
+        self.start(def)?;
+        gen_struct(self.cx, self.w, def)
+    }
+
+    fn visit_union(
+        &mut self,
+        def: &'s Definition,
+        base: &'s str,
+        discriminator: &'s str,
+        branches: &'s [Branch],
+    ) -> Result<(), NamingError> {
+        let name = self.start(def)?;
+        self.ns.claim(&def.name, &format!("{name}Branch"))?;
+        let union = Union {
+            def,
+            base,
+            discriminator,
+            branches,
+        };
+        gen_union(self.cx, self.w, &union)
+    }
+
+    fn visit_alternate(
+        &mut self,
+        def: &'s Definition,
+        branches: &'s [Branch],
+    ) -> Result<(), NamingError> {
+        self.start(def)?;
+        gen_alternate(self.cx, self.w, def, branches)
+    }
+
+    fn visit_handle(&mut self, def: &'s Definition, data: &'s str) -> Result<(), NamingError> {
+        self.start(def)?;
+        gen_handle(self.cx, self.w, def, data);
+        Ok(())
+    }
+}
+
+/// A union as [`Visitor::visit_union`] shows it.
+struct Union<'s> {
+    def: &'s Definition,
+    base: &'s str,
+    discriminator: &'s str,
+    branches: &'s [Branch],
+}
+
+/// An alternate: an untagged enum with one variant per branch.
+fn gen_alternate(
+    cx: &Cx<'_>,
+    w: &mut CodeWriter,
     def: &Definition,
-    values: &[crate::model::EnumValue],
-    _ns: &mut Namespace,
+    branches: &[Branch],
 ) -> Result<(), NamingError> {
+    w.doc(
+        &def_doc_text(def.doc.as_ref()),
+        &format!("Alternate `{}`.", def.name),
+    );
+    w.line("#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]");
+    w.line("#[serde(untagged)]");
+    w.block(format!("pub enum {} {{", type_name(&def.name)), "}", |w| {
+        let mut vns = Namespace::new("variant");
+        for b in branches {
+            let v = camel(&b.name);
+            vns.claim(&b.name, &v)?;
+            w.doc(
+                &member_doc(def.doc.as_ref(), &b.name),
+                &format!("Branch `{}`.", b.name),
+            );
+            let t = cx.rust_type_in(&TypeRef::Named(b.ty.clone()), &def.name);
+            w.line(format!("{v}({t}),"));
+        }
+        Ok(())
+    })
+}
+
+/// A handle: a transparent newtype over its carrier, its schema name and `Display`.
+fn gen_handle(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition, data: &str) {
+    w.doc(
+        &def_doc_text(def.doc.as_ref()),
+        &format!("Handle `{}`.", def.name),
+    );
     let name = type_name(&def.name);
-    let _ = writeln!(out);
-    doc_comment(
-        out,
-        "    ",
+    let t = cx.rust_type(&TypeRef::Named(data.to_string()));
+    w.code(&format!(
+        r#"
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
+        pub struct {name}(pub {t});
+
+        impl {name} {{
+            /// The handle type's schema name (the `__handle__` value in canonical form).
+            pub const TYPE_NAME: &'static str = "{schema_name}";
+
+            /// The canonical form `{{"__handle__": ..., "data": ...}}`.
+            pub fn canonical(&self) -> serde_json::Value {{
+                serde_json::json!({{"__handle__": Self::TYPE_NAME, "data": self.0}})
+            }}
+        }}
+
+        impl std::fmt::Display for {name} {{
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {{
+                write!(f, "{{}}", self.0)
+            }}
+        }}
+        "#,
+        schema_name = def.name
+    ));
+}
+
+/// An enum with its wire names, `ALL` and `as_str`.
+fn gen_enum(w: &mut CodeWriter, def: &Definition, values: &[EnumValue]) -> Result<(), NamingError> {
+    let name = type_name(&def.name);
+    w.doc(
         &def_doc_text(def.doc.as_ref()),
         &format!("Enum `{}`.", def.name),
     );
-    out.push_str(
-        "    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]\n",
-    );
-    let _ = writeln!(out, "    pub enum {name} {{");
+    w.line("#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]");
     let mut vns = Namespace::new("variant");
-    let mut arms = String::new();
-    let mut all = String::new();
-    for v in values {
-        let var = camel(&v.name);
-        vns.claim(&v.name, &var)?;
-        doc_comment(
-            out,
-            "        ",
-            &member_doc(def.doc.as_ref(), &v.name),
-            &format!("`{}`", v.name),
-        );
-        let _ = writeln!(
-            out,
-            "        #[serde(rename = \"{}\")]\n        {var},",
-            v.name
-        );
-        let _ = writeln!(arms, "                {name}::{var} => \"{}\",", v.name);
-        let _ = write!(all, "{name}::{var}, ");
-    }
-    let _ = write!(
-        out,
-        "    }}\n\n\
-         \x20   impl {name} {{\n\
-         \x20       /// Every value, in schema order.\n\
-         \x20       pub const ALL: &'static [{name}] = &[{all}];\n\n\
-         \x20       /// The wire string.\n\
-         \x20       pub fn as_str(self) -> &'static str {{\n\
-         \x20           match self {{\n{arms}\
-         \x20           }}\n\
-         \x20       }}\n\
-         \x20   }}\n"
-    );
+    let mut vars = Vec::new();
+    w.block(format!("pub enum {name} {{"), "}", |w| {
+        for v in values {
+            let var = camel(&v.name);
+            vns.claim(&v.name, &var)?;
+            w.doc(
+                &member_doc(def.doc.as_ref(), &v.name),
+                &format!("`{}`", v.name),
+            );
+            w.line(format!("#[serde(rename = \"{}\")]", v.name));
+            w.line(format!("{var},"));
+            vars.push((var, v.name.as_str()));
+        }
+        Ok(())
+    })?;
+    w.blank();
+    let all: String = vars
+        .iter()
+        .map(|(var, _)| format!("{name}::{var}, "))
+        .collect();
+    w.block(format!("impl {name} {{"), "}", |w| {
+        w.line("/// Every value, in schema order.");
+        w.line(format!("pub const ALL: &'static [{name}] = &[{all}];"));
+        w.blank();
+        w.line("/// The wire string.");
+        w.block("pub fn as_str(self) -> &'static str {", "}", |w| {
+            w.block("match self {", "}", |w| {
+                for (var, wire) in &vars {
+                    w.line(format!("{name}::{var} => \"{wire}\","));
+                }
+            })
+        })
+    });
     Ok(())
 }
 
+/// The fields of a struct or union, documented from `def`'s owner.
 fn gen_fields(
     cx: &Cx<'_>,
-    out: &mut String,
+    w: &mut CodeWriter,
     def: &Definition,
     members: &[Member],
 ) -> Result<(), NamingError> {
@@ -160,49 +234,42 @@ fn gen_fields(
     for m in members {
         let f = snake(&m.name);
         fns.claim(&m.name, &f)?;
-        doc_comment(
-            out,
-            "        ",
-            &member_doc(doc, &m.name),
-            &format!("Member `{}`.", m.name),
-        );
+        w.doc(&member_doc(doc, &m.name), &format!("Member `{}`.", m.name));
         let t = cx.rust_type_in(&m.ty, &def.name);
         if m.optional {
-            // An optional member whose type admits null (`any`, `null`, alternates) may be
-            // present with the value null (as introspection's `"default": null`); keep that
-            // distinct from absent.
-            let keeps_null = match &m.ty {
-                TypeRef::Named(n) if n == "any" || n == "null" => true,
-                TypeRef::Named(n) => cx
-                    .schema
-                    .get(n)
-                    .is_some_and(|d| matches!(d.kind, DefKind::Alternate { .. })),
-                TypeRef::Array(_) => false,
-            };
-            let present = if keeps_null {
+            let present = if keeps_null(cx, &m.ty) {
                 ", deserialize_with = \"crate::rt::deserialize_present\""
             } else {
                 ""
             };
-            let _ = writeln!(
-                out,
-                "        #[serde(rename = \"{}\", default, skip_serializing_if = \"Option::is_none\"{present})]\n        pub {f}: Option<{t}>,",
+            w.line(format!(
+                "#[serde(rename = \"{}\", default, skip_serializing_if = \"Option::is_none\"{present})]",
                 m.name
-            );
+            ));
+            w.line(format!("pub {f}: Option<{t}>,"));
         } else {
-            let _ = writeln!(
-                out,
-                "        #[serde(rename = \"{}\")]\n        pub {f}: {t},",
-                m.name
-            );
+            w.line(format!("#[serde(rename = \"{}\")]", m.name));
+            w.line(format!("pub {f}: {t},"));
         }
     }
     Ok(())
 }
 
-fn gen_struct(cx: &Cx<'_>, out: &mut String, def: &Definition) -> Result<(), NamingError> {
-    let name = type_name(&def.name);
-    let _ = writeln!(out);
+/// An optional member whose type admits null (`any`, `null`, alternates) may be present with
+/// the value null (as introspection's `"default": null`); that stays distinct from absent.
+fn keeps_null(cx: &Cx<'_>, ty: &TypeRef) -> bool {
+    match ty {
+        TypeRef::Named(n) if n == "any" || n == "null" => true,
+        TypeRef::Named(n) => cx
+            .schema
+            .get(n)
+            .is_some_and(|d| matches!(d.kind, DefKind::Alternate { .. })),
+        TypeRef::Array(_) => false,
+    }
+}
+
+/// A struct, including the implicit argument and base types.
+fn gen_struct(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition) -> Result<(), NamingError> {
     let fallback = if def.implicit {
         format!("Implicit type `{}`.", def.name)
     } else {
@@ -216,14 +283,16 @@ fn gen_struct(cx: &Cx<'_>, out: &mut String, def: &Definition) -> Result<(), Nam
     } else {
         def_doc_text(def.doc.as_ref())
     };
-    doc_comment(out, "    ", &text, &fallback);
-    out.push_str("    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]\n");
-    let _ = writeln!(out, "    pub struct {name} {{");
-    gen_fields(cx, out, def, &cx.schema.object_members(&def.name))?;
-    out.push_str("    }\n");
-    Ok(())
+    w.doc(&text, &fallback);
+    w.line("#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]");
+    w.block(
+        format!("pub struct {} {{", type_name(&def.name)),
+        "}",
+        |w| gen_fields(cx, w, def, &cx.schema.object_members(&def.name)),
+    )
 }
 
+/// The command, event, signal or union whose implicit type `def` is.
 fn owner_of(cx: &Cx<'_>, def: &Definition) -> Option<String> {
     cx.defs().find_map(|d| match &d.kind {
         DefKind::Command { data, .. }
@@ -238,25 +307,21 @@ fn owner_of(cx: &Cx<'_>, def: &Definition) -> Option<String> {
     })
 }
 
-fn gen_union(cx: &Cx<'_>, out: &mut String, def: &Definition) -> Result<(), NamingError> {
-    let DefKind::Union {
+/// A union: a struct of the base members (less the discriminator) with the branch flattened
+/// in, and the branch enum.
+fn gen_union(cx: &Cx<'_>, w: &mut CodeWriter, u: &Union<'_>) -> Result<(), NamingError> {
+    let Union {
+        def,
         base,
         discriminator,
-        branches,
-    } = &def.kind
-    else {
-        unreachable!()
-    };
+        ..
+    } = *u;
     let name = type_name(&def.name);
-    let _ = writeln!(out);
-    doc_comment(
-        out,
-        "    ",
+    w.doc(
         &def_doc_text(def.doc.as_ref()),
         &format!("Union `{}`.", def.name),
     );
-    out.push_str("    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]\n");
-    let _ = writeln!(out, "    pub struct {name} {{");
+    w.line("#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]");
     let members: Vec<Member> = cx
         .schema
         .object_members(base)
@@ -267,186 +332,46 @@ fn gen_union(cx: &Cx<'_>, out: &mut String, def: &Definition) -> Result<(), Nami
     let doc_def = if base_def.implicit { def } else { base_def };
     let mut doc_only = doc_def.clone();
     doc_only.implicit = false;
-    gen_fields(cx, out, &doc_only, &members)?;
-    let _ = writeln!(
-        out,
-        "        /// The branch selected by `{discriminator}`, with its members.\n\
-         \x20       #[serde(flatten)]\n\
-         \x20       pub branch: {name}Branch,\n\
-         \x20   }}\n\n\
-         \x20   /// The branches of union `{}`, tagged by `{discriminator}`.\n\
-         \x20   #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]\n\
-         \x20   #[serde(tag = \"{discriminator}\")]\n\
-         \x20   pub enum {name}Branch {{",
-        def.name
-    );
-    let mut vns = Namespace::new("variant");
-    for b in branches {
-        let v = camel(&b.name);
-        vns.claim(&b.name, &v)?;
-        let _ = writeln!(out, "        /// `{discriminator}` is `{}`.", b.name);
-        let _ = writeln!(out, "        #[serde(rename = \"{}\")]", b.name);
-        if b.ty == crate::model::EMPTY_OBJECT {
-            let _ = writeln!(out, "        {v},");
-        } else {
-            let t = cx.rust_type_in(&TypeRef::Named(b.ty.clone()), &def.name);
-            let _ = writeln!(out, "        {v}({t}),");
-        }
-    }
-    out.push_str("    }\n");
-    Ok(())
+    w.block(format!("pub struct {name} {{"), "}", |w| {
+        gen_fields(cx, w, &doc_only, &members)?;
+        w.line(format!(
+            "/// The branch selected by `{discriminator}`, with its members."
+        ));
+        w.line("#[serde(flatten)]");
+        w.line(format!("pub branch: {name}Branch,"));
+        Ok::<_, NamingError>(())
+    })?;
+    w.blank();
+    gen_branches(cx, w, u)
 }
 
-/// Validation descriptors (`crate::rt::TypeDesc`) for every type and every array used.
-fn descriptors(cx: &Cx<'_>) -> String {
-    let mut out = String::new();
-    out.push_str(
-        "/// Validation descriptors used by the dispatcher to check arguments as QEMU does.\n\
-         #[allow(non_upper_case_globals, non_snake_case)]\n\
-         pub mod descriptors {\n\
-         \x20   use crate::rt::{MemberDesc, TypeDesc, Variants};\n\n",
-    );
-    for (name, json) in BUILTINS {
-        let body = match (*name, *json) {
-            ("str", _) => "TypeDesc::Str".to_string(),
-            ("number", _) => "TypeDesc::Number".to_string(),
-            ("bool", _) => "TypeDesc::Bool".to_string(),
-            ("null", _) => "TypeDesc::Null".to_string(),
-            ("any", _) => "TypeDesc::Any".to_string(),
-            ("int" | "int64", _) => {
-                "TypeDesc::Int { name: \"int64\", min: i64::MIN as i128, max: i64::MAX as i128 }"
-                    .to_string()
-            }
-            ("uint64" | "size", _) => {
-                "TypeDesc::Int { name: \"uint64\", min: 0, max: u64::MAX as i128 }".to_string()
-            }
-            (n, _) => {
-                let signed = !n.starts_with('u');
-                let bits = n.trim_start_matches(|c: char| c.is_ascii_alphabetic());
-                let t = format!("{}{bits}", if signed { "i" } else { "u" });
-                format!("TypeDesc::Int {{ name: \"{n}_t\", min: {t}::MIN as i128, max: {t}::MAX as i128 }}")
-            }
-        };
-        let _ = writeln!(
-            out,
-            "    /// Built-in type `{name}`.\n    pub static D_{name}: TypeDesc = {body};"
-        );
-    }
-    let mut arrays = BTreeSet::new();
-    for def in cx.defs() {
-        if def.is_type() {
-            for m in cx.schema.object_members(&def.name) {
-                if let TypeRef::Array(e) = &m.ty {
-                    arrays.insert(e.clone());
+/// The `…Branch` enum of a union, tagged by its discriminator.
+fn gen_branches(cx: &Cx<'_>, w: &mut CodeWriter, u: &Union<'_>) -> Result<(), NamingError> {
+    let (def, discriminator) = (u.def, u.discriminator);
+    w.line(format!(
+        "/// The branches of union `{}`, tagged by `{discriminator}`.",
+        def.name
+    ));
+    w.line("#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]");
+    w.line(format!("#[serde(tag = \"{discriminator}\")]"));
+    w.block(
+        format!("pub enum {}Branch {{", type_name(&def.name)),
+        "}",
+        |w| {
+            let mut vns = Namespace::new("variant");
+            for b in u.branches {
+                let v = camel(&b.name);
+                vns.claim(&b.name, &v)?;
+                w.line(format!("/// `{discriminator}` is `{}`.", b.name));
+                w.line(format!("#[serde(rename = \"{}\")]", b.name));
+                if b.ty == crate::model::EMPTY_OBJECT {
+                    w.line(format!("{v},"));
+                } else {
+                    let t = cx.rust_type_in(&TypeRef::Named(b.ty.clone()), &def.name);
+                    w.line(format!("{v}({t}),"));
                 }
             }
-        }
-    }
-    for e in &arrays {
-        let _ = writeln!(
-            out,
-            "    /// Array of `{e}`.\n    pub static D_ARRAY_{}: TypeDesc = TypeDesc::Array(&D_{});",
-            sanitize(e),
-            sanitize(e)
-        );
-    }
-    let member_list = |members: &[Member]| -> String {
-        members
-            .iter()
-            .map(|m| {
-                format!(
-                    "MemberDesc {{ name: \"{}\", ty: &{}, optional: {} }}",
-                    m.name,
-                    cx.desc_ident(&m.ty),
-                    m.optional
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    for def in cx.defs() {
-        let ident = format!("D_{}", sanitize(&def.name));
-        let body = match &def.kind {
-            DefKind::Enum { values } => format!(
-                "TypeDesc::Enum {{ name: \"{}\", values: &[{}] }}",
-                def.name,
-                values
-                    .iter()
-                    .map(|v| format!("\"{}\"", v.name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            DefKind::Struct { .. } => format!(
-                "TypeDesc::Object {{ name: \"{}\", members: &[{}], variants: None }}",
-                def.name,
-                member_list(&cx.schema.object_members(&def.name))
-            ),
-            DefKind::Union {
-                base,
-                discriminator,
-                branches,
-            } => format!(
-                "TypeDesc::Object {{ name: \"{}\", members: &[{}], variants: Some(&Variants {{ tag: \"{discriminator}\", branches: &[{}] }}) }}",
-                def.name,
-                member_list(&cx.schema.object_members(base)),
-                branches
-                    .iter()
-                    .map(|b| format!("(\"{}\", &D_{})", b.name, sanitize(&b.ty)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            DefKind::Alternate { branches } => format!(
-                "TypeDesc::Alternate {{ name: \"{}\", branches: &[{}] }}",
-                def.name,
-                branches
-                    .iter()
-                    .map(|b| format!("&D_{}", sanitize(&b.ty)))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            DefKind::Handle { data } => format!(
-                "TypeDesc::Handle {{ name: \"{}\", data: &D_{} }}",
-                def.name,
-                sanitize(data)
-            ),
-            _ => continue,
-        };
-        debug_assert!(builtin_json_type(&def.name).is_none());
-        let _ = writeln!(
-            out,
-            "    /// Descriptor of `{}`.\n    pub static {ident}: TypeDesc = {body};",
-            def.name
-        );
-    }
-    out.push_str(
-        "\n    /// One schema type: its name, descriptor, and a JSON → Rust → JSON round trip.\n\
-         \x20   pub struct TypeEntry {\n\
-         \x20       /// Schema name.\n\
-         \x20       pub name: &'static str,\n\
-         \x20       /// Validation descriptor.\n\
-         \x20       pub desc: &'static TypeDesc,\n\
-         \x20       /// Decodes a value into the generated Rust type and encodes it again.\n\
-         \x20       pub roundtrip: fn(serde_json::Value) -> Result<serde_json::Value, serde_json::Error>,\n\
-         \x20   }\n\n\
-         \x20   fn roundtrip<T: serde::Serialize + serde::de::DeserializeOwned>(\n\
-         \x20       v: serde_json::Value,\n\
-         \x20   ) -> Result<serde_json::Value, serde_json::Error> {\n\
-         \x20       serde_json::to_value(serde_json::from_value::<T>(v)?)\n\
-         \x20   }\n\n\
-         \x20   /// Every generated type (implicit argument types included), in schema order.\n\
-         \x20   pub static TYPES: &[TypeEntry] = &[\n",
-    );
-    for def in cx.defs() {
-        if def.is_type() {
-            let _ = writeln!(
-                out,
-                "        TypeEntry {{ name: \"{}\", desc: &D_{}, roundtrip: roundtrip::<super::types::{}> }},",
-                def.name,
-                sanitize(&def.name),
-                type_name(&def.name)
-            );
-        }
-    }
-    out.push_str("    ];\n}\n\n");
-    out
+            Ok(())
+        },
+    )
 }

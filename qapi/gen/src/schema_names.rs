@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Naming rules for definitions, members, values and features (QEMU's `check_name_*`), and
-//! `c_name`, which decides when two names clash.
+//! The rules for schema names of definitions, members, values and features (QEMU's
+//! `check_name_*`), and `c_name`, which decides when two names clash.
 
 use crate::error::SemError;
 use crate::source::SourceInfo;

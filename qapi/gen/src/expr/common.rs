@@ -4,8 +4,8 @@
 
 use crate::error::SemError;
 use crate::model::{Cond, Feature};
-use crate::names::check_name_lower;
 use crate::parser::Value;
+use crate::schema_names::check_name_lower;
 use crate::source::SourceInfo;
 
 type Res<T> = Result<T, SemError>;
@@ -15,6 +15,7 @@ pub(crate) fn dict_get<'a>(d: &'a [(String, Value)], key: &str) -> Option<&'a Va
     d.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
+/// Keys sorted and quoted, as QEMU lists them in messages.
 fn pprint(keys: &[&str]) -> String {
     let mut v: Vec<&str> = keys.to_vec();
     v.sort();

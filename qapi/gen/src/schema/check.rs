@@ -5,9 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::SemError;
-use crate::model::{builtin_json_type, Branch, DefKind, Definition, Member, TypeRef, EMPTY_OBJECT};
-use crate::names::c_name;
+use crate::model::{
+    builtin_json_type, Branch, DefKind, Definition, EnumValue, Member, TypeRef, EMPTY_OBJECT,
+};
 use crate::schema::{Entity, Schema};
+use crate::schema_names::c_name;
 use crate::source::SourceInfo;
 
 type Res<T> = Result<T, SemError>;
@@ -112,30 +114,18 @@ impl Checker<'_> {
         Ok(seen.into_iter().map(|(_, m)| m).collect())
     }
 
+    /// Checks one definition: its features, then what its metatype requires.
     fn check_def(&mut self, def: &Definition) -> Res<()> {
         self.check_features(def)?;
-        let info = &def.info;
         match &def.kind {
-            DefKind::Enum { values } => {
-                let mut seen: BTreeMap<String, String> = BTreeMap::new();
-                for v in values {
-                    if let Some(prev) = seen.insert(c_name(&v.name), v.name.clone()) {
-                        return Err(SemError::new(
-                            info,
-                            format!("value '{}' collides with value '{prev}'", v.name),
-                        ));
-                    }
-                }
-            }
-            DefKind::Struct { .. } => {
-                self.check_struct(&def.name)?;
-            }
+            DefKind::Enum { values } => check_enum(def, values),
+            DefKind::Struct { .. } => self.check_struct(&def.name).map(drop),
             DefKind::Union {
                 base,
                 discriminator,
                 branches,
-            } => self.check_union(def, base, discriminator, branches)?,
-            DefKind::Alternate { branches } => self.check_alternate(def, branches)?,
+            } => self.check_union(def, base, discriminator, branches),
+            DefKind::Alternate { branches } => self.check_alternate(def, branches),
             DefKind::Command {
                 data,
                 returns,
@@ -143,52 +133,68 @@ impl Checker<'_> {
                 ..
             } => {
                 self.check_args(def, data.as_deref(), *boxed)?;
-                if let Some(ret) = returns {
-                    let ent = self.resolve(ret.name(), info, "command's 'returns'")?;
-                    if !self.returns_exceptions.contains(&def.name) {
-                        let ok = matches!(ent, Entity::Def(d)
-                            if matches!(d.kind, DefKind::Struct { .. } | DefKind::Union { .. }));
-                        if !ok {
-                            let desc = match ret {
-                                TypeRef::Array(n) => format!("array type ['{n}']"),
-                                TypeRef::Named(_) => ent.describe(),
-                            };
-                            return Err(SemError::new(
-                                info,
-                                format!("command's 'returns' cannot take {desc}"),
-                            ));
-                        }
-                    }
-                }
+                self.check_returns(def, returns.as_ref())
             }
-            DefKind::Event { data, boxed } => self.check_args(def, data.as_deref(), *boxed)?,
-            DefKind::Handle { data } => {
-                let ent = self.resolve(data, info, "handle's 'data'")?;
-                if !matches!(data.as_str(), "str" | "int") {
-                    return Err(SemError::new(
-                        info,
-                        format!(
-                            "handle's 'data' must be built-in type 'str' or 'int', not {}",
-                            ent.describe()
-                        ),
-                    ));
-                }
-            }
+            DefKind::Event { data, boxed } => self.check_args(def, data.as_deref(), *boxed),
+            DefKind::Handle { data } => self.check_handle(def, data),
             DefKind::Signal { owner, data, boxed } => {
-                let ent = self.resolve(owner, info, "signal's 'owner'")?;
-                if !matches!(ent, Entity::Def(d) if matches!(d.kind, DefKind::Handle { .. })) {
-                    return Err(SemError::new(
-                        info,
-                        format!(
-                            "signal's 'owner' must be a handle type, {} isn't",
-                            ent.describe()
-                        ),
-                    ));
-                }
-                self.check_args(def, data.as_deref(), *boxed)?;
+                self.check_signal_owner(def, owner)?;
+                self.check_args(def, data.as_deref(), *boxed)
             }
         }
-        Ok(())
+    }
+
+    /// A command's `returns` must be an object type, unless the command is a pragma
+    /// `command-returns-exceptions` entry.
+    fn check_returns(&self, def: &Definition, returns: Option<&TypeRef>) -> Res<()> {
+        let Some(ret) = returns else { return Ok(()) };
+        let ent = self.resolve(ret.name(), &def.info, "command's 'returns'")?;
+        if self.returns_exceptions.contains(&def.name) {
+            return Ok(());
+        }
+        let ok = matches!(ent, Entity::Def(d)
+            if matches!(d.kind, DefKind::Struct { .. } | DefKind::Union { .. }));
+        if ok {
+            return Ok(());
+        }
+        let desc = match ret {
+            TypeRef::Array(n) => format!("array type ['{n}']"),
+            TypeRef::Named(_) => ent.describe(),
+        };
+        Err(SemError::new(
+            &def.info,
+            format!("command's 'returns' cannot take {desc}"),
+        ))
+    }
+
+    /// A handle is carried as `str` or `int`.
+    fn check_handle(&self, def: &Definition, data: &str) -> Res<()> {
+        let ent = self.resolve(data, &def.info, "handle's 'data'")?;
+        if matches!(data, "str" | "int") {
+            return Ok(());
+        }
+        Err(SemError::new(
+            &def.info,
+            format!(
+                "handle's 'data' must be built-in type 'str' or 'int', not {}",
+                ent.describe()
+            ),
+        ))
+    }
+
+    /// A signal's owner is a handle type.
+    fn check_signal_owner(&self, def: &Definition, owner: &str) -> Res<()> {
+        let ent = self.resolve(owner, &def.info, "signal's 'owner'")?;
+        if matches!(ent, Entity::Def(d) if matches!(d.kind, DefKind::Handle { .. })) {
+            return Ok(());
+        }
+        Err(SemError::new(
+            &def.info,
+            format!(
+                "signal's 'owner' must be a handle type, {} isn't",
+                ent.describe()
+            ),
+        ))
     }
 
     fn check_args(&mut self, def: &Definition, data: Option<&str>, boxed: bool) -> Res<()> {
@@ -417,5 +423,19 @@ fn check_clash(info: &SourceInfo, seen: &mut Vec<(String, Member)>, m: Member) -
         ));
     }
     seen.push((cn, m));
+    Ok(())
+}
+
+/// Enum values must not collide once mapped to C names.
+fn check_enum(def: &Definition, values: &[EnumValue]) -> Res<()> {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for v in values {
+        if let Some(prev) = seen.insert(c_name(&v.name), v.name.clone()) {
+            return Err(SemError::new(
+                &def.info,
+                format!("value '{}' collides with value '{prev}'", v.name),
+            ));
+        }
+    }
     Ok(())
 }

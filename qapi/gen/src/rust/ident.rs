@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Mapping of schema names to Rust identifiers, with clash detection.
+//! Rust identifiers for schema names (`camel`, `snake`, `type_name`), with clash detection.
 
 use std::collections::BTreeMap;
 

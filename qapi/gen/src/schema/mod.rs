@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Semantic checks over all definitions (type resolution, clashes, unions, alternates, commands,
-//! events, handles, signals, documentation) and the resulting [`Schema`].
+//! events, handles, signals, documentation) and the resulting [`Schema`], which backends walk
+//! with a [`Visitor`].
+
+mod check;
+pub mod visit;
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use crate::check::Checker;
 use std::path::{Path, PathBuf};
 
 use crate::doc::Doc;
@@ -13,6 +15,8 @@ use crate::expr::check_exprs;
 use crate::model::{builtin_json_type, DefKind, Definition, Member, TypeRef, EMPTY_OBJECT};
 use crate::parser::{parse_file, Parsed};
 use crate::source::SourceInfo;
+use check::Checker;
+pub use visit::{CommandFlags, Visitor};
 
 type Res<T> = Result<T, SemError>;
 
