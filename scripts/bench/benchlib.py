@@ -106,11 +106,6 @@ def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
         proc.wait()
 
 
-def die(message: str) -> SystemExit:
-    """The exception that ends a benchmark with `message` on stderr (exit status 1)."""
-    return SystemExit(message)
-
-
 # ---------------------------------------------------------------------------------------------
 # Waiting
 
@@ -145,10 +140,10 @@ def wait_for_paths(proc: subprocess.Popen, paths: Iterable[str], timeout: float 
     while not all(os.path.exists(p) for p in paths):
         if proc.poll() is not None:
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise die(f"{proc.args[0]} exited: {err}")
+            raise SystemExit(f"{proc.args[0]} exited: {err}")
         if time.monotonic() > deadline:
             proc.kill()
-            raise die(f"{proc.args[0]}: QMP sockets never appeared")
+            raise SystemExit(f"{proc.args[0]}: QMP sockets never appeared")
         time.sleep(0.01)
 
 

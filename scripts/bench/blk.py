@@ -59,7 +59,7 @@ def run_once(argv: Sequence[str]) -> dict[str, float]:
     lines = [l for l in out.splitlines() if l.startswith("PROBE blk-bench")]
     summary = [l for l in lines if "seq_write_mib_s=" in l]
     if not summary:
-        raise benchlib.die(f"{argv[0]}: no blk-bench summary\n{out}")
+        raise SystemExit(f"{argv[0]}: no blk-bench summary\n{out}")
     fields = dict(re.findall(r"(\w+)=(\S+)", summary[0]))
     phases = [dict(re.findall(r"(\w+)=(\S+)", l)) for l in lines if " test=" in l]
     gib = sum(int(ph.get("ios", 0)) * int(ph.get("bs", 0)) for ph in phases) / 2**30

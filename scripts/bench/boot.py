@@ -32,7 +32,7 @@ def boot_once(argv: Sequence[str], mem_mib: int) -> tuple[float, int, int]:
     if not benchlib.wait_for_line(p.stdout, "PROBE ready"):
         p.kill()
         p.wait()
-        raise benchlib.die(f"{argv[0]} never printed the ready line")
+        raise SystemExit(f"{argv[0]} never printed the ready line")
     ready = time.monotonic() - t0
     benchlib.wait_for_line(p.stdout, "PROBE idle")
     own = benchlib.vm_rss_kib(p.pid) - benchlib.guest_ram_rss_kib(p.pid, mem_mib)

@@ -142,7 +142,7 @@ def latency(path: str, n: int, query: bytes = QUERY) -> dict[str, float]:
         line = c.line()
         samples.append(clock() - t0)
         if b'"return"' not in line:
-            raise benchlib.die(f"unexpected reply {line!r}")
+            raise SystemExit(f"unexpected reply {line!r}")
     c.s.close()
     return {"p50_us": benchlib.percentile(samples, 0.5) / 1000,
             "p99_us": benchlib.percentile(samples, 0.99) / 1000,
@@ -227,7 +227,7 @@ def measure(name: str, argv_fn: ArgvFn, tmp: str, requests: int) -> tuple[str, d
             "kvm_clients_rps": many_clients(paths[1:], many, query=KVM),
         }
         if proc.poll() is not None:
-            raise benchlib.die(f"{name} died during the benchmark")
+            raise SystemExit(f"{name} died during the benchmark")
     finally:
         benchlib.stop(proc)
     return mode, figures
