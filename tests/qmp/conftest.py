@@ -3,8 +3,10 @@
 guest, with QMP sockets in a private temporary directory, and kills it on teardown.
 
 Run: scripts/qmp-venv.sh && target/qmp-venv/bin/python -m pytest -q tests/qmp
-The vmm binary comes from $VMM_BIN (default target/debug/vmm, built if missing); the probe
-guest from scripts/probe-guest.sh.
+The vmm binary is $VMM_BIN when that is set (used as it is); otherwise the session runs
+`cargo build -p vmm` (quick when nothing changed, so a stale binary is never tested) and uses
+the executable cargo reports, wherever CARGO_TARGET_DIR puts it. The probe guest comes from
+scripts/probe-guest.sh.
 
 Timeouts here are hang guards only; no test asserts on timing.
 """
@@ -14,6 +16,7 @@ import sys
 sys.dont_write_bytecode = True  # keep __pycache__ out of the source tree
 
 import asyncio  # noqa: E402
+import functools
 import json
 import os
 import socket
@@ -28,19 +31,41 @@ KERNEL = ROOT / "target" / "probe-guest" / "bzImage"
 HANG = 20.0  # seconds: generous guard against hangs
 
 
+def build_vmm() -> Path:
+    """Runs `cargo build -q -p vmm` (a no-op when it is up to date) and returns the path of the
+    vmm executable from cargo's JSON messages, so CARGO_TARGET_DIR and the like are honoured.
+    Compiler diagnostics go to stderr as cargo renders them."""
+    r = subprocess.run(["cargo", "build", "-q", "-p", "vmm",
+                        "--message-format=json-render-diagnostics"],
+                       cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        pytest.exit(f"cargo build -p vmm failed (exit {r.returncode})", returncode=2)
+    exe = None
+    for line in r.stdout.splitlines():
+        msg = json.loads(line)
+        target = msg.get("target", {})
+        if (msg.get("reason") == "compiler-artifact" and target.get("name") == "vmm"
+                and "bin" in target.get("kind", ()) and msg.get("executable")):
+            exe = Path(msg["executable"])
+    if exe is None:
+        pytest.exit("cargo build -p vmm reported no vmm executable", returncode=2)
+    return exe
+
+
+@functools.cache
 def vmm_bin() -> Path:
+    """The vmm under test: $VMM_BIN if set, else the one `build_vmm` builds (once a session)."""
     env = os.environ.get("VMM_BIN")
-    return Path(env) if env else ROOT / "target" / "debug" / "vmm"
+    return Path(env) if env else build_vmm()
 
 
 @pytest.fixture(scope="session", autouse=True)
 def artifacts():
-    """Builds what the tests need, once per session."""
+    """Builds what the tests need, once per session: vmm (unless $VMM_BIN names one) and the
+    probe guest."""
     vmm = vmm_bin()
     if not vmm.exists():
-        if os.environ.get("VMM_BIN"):
-            pytest.exit(f"VMM_BIN={vmm} does not exist", returncode=2)
-        subprocess.run(["cargo", "build", "-q", "-p", "vmm"], cwd=ROOT, check=True)
+        pytest.exit(f"VMM_BIN={vmm} does not exist", returncode=2)
     subprocess.run(["bash", str(ROOT / "scripts" / "probe-guest.sh")], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
     assert KERNEL.exists(), KERNEL
