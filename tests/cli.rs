@@ -225,3 +225,84 @@ fn dev_kvm_not_permitted() {
         );
     }
 }
+
+#[test]
+fn the_same_qmp_socket_twice_is_a_duplicate() {
+    let sock = std::env::temp_dir().join(format!("vmm-cli-dup-{}.sock", std::process::id()));
+    let spec = format!("unix:{}", sock.display());
+    let l = refuse(&[
+        "--kernel",
+        "/nonexistent",
+        "--qmp",
+        &spec,
+        "--qmp",
+        &format!("{spec},server=on,wait=off"),
+    ]);
+    assert_eq!(l, format!("vmm: --qmp {spec} is given twice"));
+    let l = refuse(&[
+        "--kernel",
+        "/nonexistent",
+        "--qmp",
+        "tcp:127.0.0.1:4444",
+        "--qmp",
+        "tcp:127.0.0.1:4444",
+    ]);
+    assert_eq!(l, "vmm: --qmp tcp:127.0.0.1:4444 is given twice");
+}
+
+fn fifo(name: &str) -> std::path::PathBuf {
+    let p = temp_file(name, b"");
+    std::fs::remove_file(&p).unwrap();
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+    p
+}
+
+#[test]
+fn a_fifo_kernel_is_refused_without_opening_it() {
+    let k = fifo("kernel.fifo");
+    let l = refuse(&["--kernel", k.to_str().unwrap()]);
+    assert_eq!(
+        l,
+        format!("vmm: kernel '{}' is not a regular file", k.display())
+    );
+}
+
+#[test]
+fn termination_signals_work_while_the_vm_is_being_built() {
+    // Opening a FIFO for writing blocks until a reader appears: vmm is stuck in setup.
+    let out = fifo("serial.fifo");
+    let kernel = common::probe_bzimage();
+    for (sig, text) in [
+        (
+            libc::SIGTERM,
+            "vmm: terminated (SIGTERM) before the VM started",
+        ),
+        (
+            libc::SIGINT,
+            "vmm: interrupted (SIGINT) before the VM started",
+        ),
+    ] {
+        let vmm = common::spawn(&[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--serial",
+            &format!("file:{}", out.display()),
+        ]);
+        // Wait until it is blocked in openat(2) (syscall 257 on x86_64).
+        let syscall = format!("/proc/{}/syscall", vmm.pid());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&syscall).is_ok_and(|s| s.starts_with("257 ")) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "vmm never blocked in open"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        vmm.signal(sig);
+        let done = vmm.finish(Duration::from_secs(30));
+        done.assert_exit(1);
+        assert_eq!(done.stderr.trim_end(), text);
+    }
+}

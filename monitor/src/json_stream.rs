@@ -17,6 +17,8 @@ pub const MAX_NESTING: usize = 1024;
 pub const MAX_TOKEN_SIZE: usize = 64 << 20;
 /// Most tokens in one message.
 pub const MAX_TOKEN_COUNT: usize = 2 << 20;
+/// Buffer capacity kept between messages.
+const KEEP_CAPACITY: usize = 64 << 10;
 
 /// One item of the stream.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +53,9 @@ pub struct JsonStream {
     state: State,
     depth: usize,
     tokens: usize,
+    /// The current message is being skipped: it is lexed (to find its end) but not kept, and
+    /// this error is its item.
+    skipping: Option<String>,
 }
 
 impl Default for JsonStream {
@@ -192,7 +197,15 @@ impl JsonStream {
             state: State::Between,
             depth: 0,
             tokens: 0,
+            skipping: None,
         }
+    }
+
+    /// Drops what is held of the partly read message and skips the rest of it: it will be
+    /// answered with `error` when its end arrives, and the stream stays in sync.
+    pub fn skip_current(&mut self, error: String) {
+        self.buf = Vec::new();
+        self.skipping = Some(error);
     }
 
     /// True when a message is partly read (the client owes more bytes).
@@ -200,8 +213,16 @@ impl JsonStream {
         !self.buf.is_empty()
     }
 
+    /// Bytes held for the partly read message.
+    pub fn pending_len(&self) -> usize {
+        self.buf.len()
+    }
+
     fn reset(&mut self) {
+        self.skipping = None;
         self.buf.clear();
+        // A large message leaves a large buffer; keep only what a usual request needs.
+        self.buf.shrink_to(KEEP_CAPACITY);
         self.state = State::Between;
         self.depth = 0;
         self.tokens = 0;
@@ -213,6 +234,11 @@ impl JsonStream {
     }
 
     fn emit(&mut self, out: &mut Vec<Item>) {
+        if let Some(error) = self.skipping.take() {
+            self.reset();
+            out.push(Item::Error(error));
+            return;
+        }
         // Depth is bounded by MAX_NESTING above, so serde's own recursion guard (128 levels)
         // can be lifted; the monitor thread's stack holds 1024 levels comfortably.
         let mut de = serde_json::Deserializer::from_slice(&self.buf);
@@ -248,6 +274,10 @@ impl JsonStream {
     pub fn feed(&mut self, input: &[u8]) -> Vec<Item> {
         let mut out = Vec::new();
         for &b in input {
+            if self.skipping.is_some() && self.buf.len() >= KEEP_CAPACITY {
+                // Only the lexer state matters while skipping.
+                self.buf.clear();
+            }
             if self.buf.len() >= MAX_TOKEN_SIZE {
                 self.error(&mut out, "JSON token size limit exceeded".into());
             }

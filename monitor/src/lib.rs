@@ -10,9 +10,13 @@ pub mod json_stream;
 pub mod listener;
 pub mod request;
 pub mod server;
+pub mod session;
 pub mod spec;
 pub mod wire;
 
 pub use dispatch::{reply, Inband};
-pub use server::{Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, ToMain};
+pub use server::{
+    Limits, Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, ToMain,
+    DEFAULT_MAX_CLIENTS,
+};
 pub use spec::{Endpoint, SocketSpec};

@@ -20,12 +20,13 @@
 //! The thread is one [`event_manager`] subscriber: the wake-up eventfd, the listeners and
 //! every client socket are registered with it; sessions are found by their socket's fd.
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
+use std::collections::HashMap;
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
@@ -34,13 +35,15 @@ use qapi::commands::{command_info, dispatch_oob, QmpOobCommands};
 use qapi::rt::{ErrorClass, QmpError};
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::dispatch::{
     already_negotiated, negotiate, not_negotiated, reply, response, Inband, OFFERED,
 };
-use crate::json_stream::{Item, JsonStream};
+use crate::json_stream::Item;
 use crate::listener::{ListenError, Listener, Stream};
 use crate::request::{parse_request, Malformed, Mode, Request};
+use crate::session::{ReadOutcome, Session, READ_CHUNK};
 use crate::spec::SocketSpec;
 use crate::wire::encode;
 
@@ -49,6 +52,30 @@ pub const MAX_INFLIGHT: usize = 8;
 /// A client whose unread output exceeds this is disconnected, so a stalled client cannot
 /// make the VMM buffer events without bound.
 pub const MAX_OUTPUT: usize = 64 << 20;
+
+/// Bounds on what clients can make the monitor hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most clients connected at once, over all sockets; one more is refused with an error
+    /// message instead of the greeting.
+    pub max_clients: usize,
+    /// Most bytes of partly read requests and unsent output over all clients together. The
+    /// client whose large message or unread output passes it is disconnected (with an error
+    /// message), so a few clients cannot exhaust the VMM's memory with 64 MiB messages.
+    pub max_buffered: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_clients: usize::from(DEFAULT_MAX_CLIENTS),
+            max_buffered: 256 << 20,
+        }
+    }
+}
+
+/// The default of [`Limits::max_clients`] (and of `--qmp-max-clients`).
+pub const DEFAULT_MAX_CLIENTS: u16 = 64;
 /// Identifies a client connection.
 pub type SessionId = u64;
 
@@ -76,8 +103,8 @@ pub enum MonitorError {
     /// A listening socket could not be created.
     #[error(transparent)]
     Listen(#[from] ListenError),
-    /// The wake-up eventfd could not be created.
-    #[error("Cannot create the monitor's eventfd")]
+    /// The wake-up eventfd or the back-off timer could not be created.
+    #[error("Cannot create the monitor's eventfd or timerfd")]
     EventFd(#[source] io::Error),
     /// The monitor's epoll could not be set up.
     #[error("Cannot set up the monitor's event loop: {0}")]
@@ -184,6 +211,8 @@ pub struct MonitorConfig {
     pub to_main: Sender<ToMain>,
     /// Written after each message to the main loop, to wake its epoll.
     pub main_wake: EventFd,
+    /// Bounds on clients and their buffers.
+    pub limits: Limits,
 }
 
 impl Monitor {
@@ -214,6 +243,9 @@ impl Monitor {
             main_wake: config.main_wake,
             shared: shared.clone(),
             wake,
+            limits: config.limits,
+            timer: TimerFd::new().map_err(|e| MonitorError::EventFd(e.into()))?,
+            accept_paused: false,
             changes: Vec::new(),
             closed: Vec::new(),
             setup_error: None,
@@ -267,6 +299,8 @@ impl Drop for Monitor {
 enum Token {
     /// Another thread queued something in the inbox.
     Wake,
+    /// The accept back-off is over.
+    Timer,
     /// A client is connecting to listener N.
     Listener(usize),
     /// A client socket is ready (the session is found by its fd).
@@ -275,13 +309,16 @@ enum Token {
 
 impl Token {
     const WAKE: u32 = 0;
+    const TIMER: u32 = 1;
+    const FIRST_LISTENER: u32 = 2;
     const SESSION: u32 = u32::MAX;
 
     fn data(self) -> u32 {
         match self {
             Token::Wake => Self::WAKE,
+            Token::Timer => Self::TIMER,
             // Listener indexes are small: one per --qmp option.
-            Token::Listener(i) => 1 + i as u32,
+            Token::Listener(i) => Self::FIRST_LISTENER + i as u32,
             Token::Session => Self::SESSION,
         }
     }
@@ -289,8 +326,9 @@ impl Token {
     fn from_data(data: u32) -> Self {
         match data {
             Self::WAKE => Token::Wake,
+            Self::TIMER => Token::Timer,
             Self::SESSION => Token::Session,
-            n => Token::Listener((n - 1) as usize),
+            n => Token::Listener((n - Self::FIRST_LISTENER) as usize),
         }
     }
 }
@@ -299,24 +337,13 @@ impl Token {
 /// handlers deep in the session logic have no [`EventOps`] at hand).
 #[derive(Debug)]
 enum Change {
-    Add(RawFd, EventSet),
-    Modify(RawFd, EventSet),
+    Add(RawFd, Token, EventSet),
+    Modify(RawFd, Token, EventSet),
     Remove(RawFd),
 }
 
-struct Session {
-    stream: Stream,
-    reader: JsonStream,
-    backlog: VecDeque<Item>,
-    inflight: usize,
-    negotiated: bool,
-    oob: bool,
-    out: Vec<u8>,
-    /// The epoll interest currently registered.
-    interest: EventSet,
-    /// Read side finished (EOF); close once the main loop has answered everything.
-    eof: bool,
-}
+/// How long the listeners rest after `accept` failed for lack of descriptors or memory.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 struct MonitorThread {
     listeners: Vec<(Listener, bool)>,
@@ -329,6 +356,11 @@ struct MonitorThread {
     main_wake: EventFd,
     shared: Arc<Shared>,
     wake: EventFd,
+    limits: Limits,
+    /// Re-arms the listeners after an accept back-off.
+    timer: TimerFd,
+    /// The listeners are out of the epoll interest until the timer fires.
+    accept_paused: bool,
     /// Interest changes not yet applied.
     changes: Vec<Change>,
     /// Sessions closed since the last [`apply`](Self::apply): their sockets stay open until
@@ -349,11 +381,10 @@ enum Flow {
 
 impl MutEventSubscriber for MonitorThread {
     fn init(&mut self, ops: &mut EventOps) {
-        let mut fixed = vec![Events::with_data(
-            &self.wake,
-            Token::Wake.data(),
-            EventSet::IN,
-        )];
+        let mut fixed = vec![
+            Events::with_data(&self.wake, Token::Wake.data(), EventSet::IN),
+            Events::with_data(&self.timer, Token::Timer.data(), EventSet::IN),
+        ];
         for (i, (l, _)) in self.listeners.iter().enumerate() {
             fixed.push(Events::with_data(
                 l,
@@ -375,6 +406,10 @@ impl MutEventSubscriber for MonitorThread {
                 if !self.drain_inbox() {
                     self.stopped = true;
                 }
+            }
+            Token::Timer => {
+                let _ = self.timer.wait();
+                self.resume_accepting();
             }
             Token::Listener(index) => self.accept(index),
             Token::Session => {
@@ -407,14 +442,14 @@ impl MonitorThread {
     /// Applies the queued interest changes, then lets go of closed sessions' sockets.
     fn apply(&mut self, ops: &mut EventOps) {
         for change in self.changes.drain(..) {
-            // A failure leaves the fd as it was: at worst a session is not polled until its
+            // A failure leaves the fd as it was: at worst a socket is not polled until its
             // next change; the fds themselves are valid while queued here.
             let _ = match change {
-                Change::Add(fd, set) => {
-                    ops.add(Events::with_data_raw(fd, Token::Session.data(), set))
+                Change::Add(fd, token, set) => {
+                    ops.add(Events::with_data_raw(fd, token.data(), set))
                 }
-                Change::Modify(fd, set) => {
-                    ops.modify(Events::with_data_raw(fd, Token::Session.data(), set))
+                Change::Modify(fd, token, set) => {
+                    ops.modify(Events::with_data_raw(fd, token.data(), set))
                 }
                 Change::Remove(fd) => ops.remove(Events::empty_raw(fd)),
             };
@@ -460,7 +495,7 @@ impl MonitorThread {
                 }
                 ToMonitor::Response(id, msg) => {
                     let Some(s) = self.sessions.get_mut(&id) else {
-                        // The client left; the command still ran, its reply has nowhere to go.
+                        // The session was closed; the command still ran.
                         continue;
                     };
                     s.inflight = s.inflight.saturating_sub(1);
@@ -477,35 +512,70 @@ impl MonitorThread {
 
     fn accept(&mut self, index: usize) {
         loop {
-            let (stream, waited) = match self.listeners.get(index) {
-                Some((l, wait)) => match l.accept() {
-                    Ok(Some(s)) => (s, *wait),
-                    Ok(None) | Err(_) => return,
-                },
-                None => return,
+            let Some((listener, waited)) = self.listeners.get(index) else {
+                return;
             };
+            let waited = *waited;
+            let stream = match listener.accept() {
+                Ok(Some(s)) => s,
+                Ok(None) => return,
+                Err(e) => {
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                    ) {
+                        // The pending connection stays queued and the listener readable:
+                        // rest instead of spinning until descriptors are freed.
+                        self.pause_accepting();
+                    }
+                    return;
+                }
+            };
+            if self.sessions.len() >= self.limits.max_clients {
+                refuse(stream, self.limits.max_clients);
+                continue;
+            }
             let id = self.next_session;
             self.next_session += 1;
             let fd = stream.as_raw_fd();
-            let session = Session {
-                stream,
-                reader: JsonStream::new(),
-                backlog: VecDeque::new(),
-                inflight: 0,
-                negotiated: false,
-                oob: false,
-                out: Vec::new(),
-                interest: EventSet::IN,
-                eof: false,
-            };
-            self.changes.push(Change::Add(fd, EventSet::IN));
+            self.changes
+                .push(Change::Add(fd, Token::Session, EventSet::IN));
             self.by_fd.insert(fd, id);
-            self.sessions.insert(id, session);
+            self.sessions.insert(id, Session::new(stream));
             let greeting = self.greeting.clone();
             self.queue_output(id, &greeting);
+            self.reap(id);
             if waited {
                 self.send_main(ToMain::WaitedClientConnected);
             }
+        }
+    }
+
+    fn pause_accepting(&mut self) {
+        if self.accept_paused || self.timer.reset(ACCEPT_BACKOFF, None).is_err() {
+            return;
+        }
+        self.accept_paused = true;
+        for (i, (l, _)) in self.listeners.iter().enumerate() {
+            self.changes.push(Change::Modify(
+                l.as_raw_fd(),
+                Token::Listener(i),
+                EventSet::empty(),
+            ));
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        if !self.accept_paused {
+            return;
+        }
+        self.accept_paused = false;
+        for (i, (l, _)) in self.listeners.iter().enumerate() {
+            self.changes.push(Change::Modify(
+                l.as_raw_fd(),
+                Token::Listener(i),
+                EventSet::IN,
+            ));
         }
     }
 
@@ -516,47 +586,65 @@ impl MonitorThread {
     }
 
     fn service(&mut self, id: SessionId, flags: EventSet) {
+        if flags.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+            self.hang_up(id);
+            return;
+        }
         if flags.contains(EventSet::OUT) {
             self.flush(id);
         }
-        if flags.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR) {
+        if flags.contains(EventSet::IN) {
             self.read(id);
         }
-        self.update_interest(id);
+        self.reap(id);
     }
 
+    /// Reads one chunk (see [`READ_CHUNK`]) of the session's input and handles what it
+    /// completes.
     fn read(&mut self, id: SessionId) {
-        let mut buf = [0u8; 65536];
+        let mut buf = vec![0u8; READ_CHUNK];
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
         if s.eof {
             return;
         }
-        match s.stream.read(&mut buf) {
-            Ok(0) => {
-                s.eof = true;
+        match s.read_chunk(&mut buf) {
+            ReadOutcome::Data(_) => {
+                if s.reader.pending_len() > READ_CHUNK && self.over_budget() {
+                    let desc = format!(
+                        "QMP memory limit exceeded: the monitor holds at most {} MiB of partly read requests and unsent replies for all its clients; this request was dropped",
+                        self.limits.max_buffered >> 20
+                    );
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.reader.skip_current(desc);
+                    }
+                }
             }
-            Ok(n) => {
-                let items = s.reader.feed(&buf[..n]);
-                s.backlog.extend(items);
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) => {}
-            Err(_) => s.eof = true,
+            ReadOutcome::Empty => {}
+            // Half-closed: what was sent is still answered.
+            ReadOutcome::Closed => s.eof = true,
+            ReadOutcome::Failed => return self.hang_up(id),
         }
         self.process_backlog(id);
-        if let Some(s) = self.sessions.get(&id) {
-            if s.eof && s.inflight == 0 {
-                // Nothing more will be read; everything sent to the main loop is answered.
-                // The client is gone (or half-closed): close without waiting for the output.
-                self.flush(id);
-                self.close(id);
-            }
+    }
+
+    /// The client hung up or its socket failed: read what it sent before (its commands still
+    /// run, as in QEMU), take the socket out of the epoll set (a hung-up socket is always
+    /// ready) and keep the session only until the main loop has answered it.
+    fn hang_up(&mut self, id: SessionId) {
+        let mut buf = vec![0u8; READ_CHUNK];
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        // A socket buffer's worth at most: the peer can send no more.
+        while !s.eof && matches!(s.read_chunk(&mut buf), ReadOutcome::Data(_)) {}
+        s.mark_gone();
+        if s.registered {
+            s.registered = false;
+            self.changes.push(Change::Remove(s.stream.as_raw_fd()));
         }
+        self.process_backlog(id);
     }
 
     fn process_backlog(&mut self, id: SessionId) {
@@ -574,16 +662,28 @@ impl MonitorThread {
                 break;
             }
         }
-        let close = self
-            .sessions
-            .get(&id)
-            .is_some_and(|s| s.eof && s.inflight == 0 && s.backlog.is_empty());
-        if close {
+        self.reap(id);
+    }
+
+    /// Closes a session that is done with (see [`Session::finished`]), after writing what it
+    /// still can; otherwise brings its epoll interest up to date.
+    fn reap(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        if s.finished() {
             self.flush(id);
             self.close(id);
         } else {
             self.update_interest(id);
         }
+    }
+
+    /// Whether the sessions together hold more than [`Limits::max_buffered`] of input and
+    /// output.
+    fn over_budget(&self) -> bool {
+        let total: usize = self.sessions.values().map(Session::buffered).sum();
+        total > self.limits.max_buffered
     }
 
     fn inband(&mut self, id: SessionId, item: Inband) -> Flow {
@@ -703,12 +803,25 @@ impl MonitorThread {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
+        if s.gone {
+            return;
+        }
         if s.out.len() + bytes.len() > MAX_OUTPUT {
+            // A client that does not read: it would make the VMM buffer without bound.
             self.close(id);
             return;
         }
-        s.out.extend_from_slice(bytes);
+        s.out.push(bytes);
         self.flush(id);
+        let grew = self
+            .sessions
+            .get(&id)
+            .is_some_and(|s| s.out.len() > READ_CHUNK);
+        if grew && self.over_budget() {
+            // A client that does not read its replies while the monitor's memory is short.
+            self.close(id);
+            return;
+        }
         self.update_interest(id);
     }
 
@@ -716,21 +829,8 @@ impl MonitorThread {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        while !s.out.is_empty() {
-            match s.stream.write(&s.out) {
-                Ok(0) => break,
-                Ok(n) => {
-                    s.out.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    // The peer is gone; drop what it will never read.
-                    s.out.clear();
-                    s.eof = true;
-                    break;
-                }
-            }
+        if !s.gone && !s.flush() {
+            self.hang_up(id);
         }
     }
 
@@ -738,17 +838,14 @@ impl MonitorThread {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        let mut want = EventSet::empty();
-        if !s.eof && s.inflight < MAX_INFLIGHT && s.backlog.is_empty() {
-            want |= EventSet::IN;
+        if !s.registered {
+            return;
         }
-        if !s.out.is_empty() {
-            want |= EventSet::OUT;
-        }
+        let want = s.wanted_interest(MAX_INFLIGHT);
         if want != s.interest {
             s.interest = want;
             self.changes
-                .push(Change::Modify(s.stream.as_raw_fd(), want));
+                .push(Change::Modify(s.stream.as_raw_fd(), Token::Session, want));
         }
     }
 
@@ -756,8 +853,17 @@ impl MonitorThread {
         if let Some(s) = self.sessions.remove(&id) {
             let fd = s.stream.as_raw_fd();
             self.by_fd.remove(&fd);
-            self.changes.push(Change::Remove(fd));
+            if s.registered {
+                self.changes.push(Change::Remove(fd));
+            }
             self.closed.push(s);
         }
     }
+}
+
+/// Turns away a client beyond the session limit with a one-line error (best effort: the
+/// socket is new and its buffer empty) instead of the greeting.
+fn refuse(mut stream: Stream, max_clients: usize) {
+    let desc = format!("Too many QMP clients: at most {max_clients} may be connected");
+    let _ = stream.write(&encode(&error_reply(ErrorClass::GenericError, desc, None)));
 }

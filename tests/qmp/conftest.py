@@ -117,14 +117,14 @@ class Vmm:
     """One vmm process. `qmp` is a list of --qmp values; `sock` the first Unix socket path."""
 
     def __init__(self, tmp: Path, *, qmp=None, cpus=1, cmdline="probe.test=idle", name=None,
-                 paused=False, no_reboot=False, extra=(), wait_socket=True):
+                 paused=False, no_reboot=False, extra=(), wait_socket=True, kernel=None):
         self.tmp = tmp
         self.serial_path = tmp / f"serial-{id(self)}.txt"
         self.stderr_path = tmp / f"stderr-{id(self)}.txt"
         if qmp is None:
             qmp = [f"unix:{tmp / 'qmp.sock'}"]
         self.qmp = list(qmp)
-        self.argv = [str(vmm_bin()), "--kernel", str(KERNEL), "--cmdline", cmdline,
+        self.argv = [str(vmm_bin()), "--kernel", str(kernel or KERNEL), "--cmdline", cmdline,
                      "--memory", "64", "--cpus", str(cpus),
                      "--serial", f"file:{self.serial_path}"]
         if name is not None:

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use monitor::SocketSpec;
+use monitor::{Endpoint, SocketSpec, DEFAULT_MAX_CLIENTS};
 
 use crate::device_manager::SerialMode;
 use crate::disk::DiskSpec;
+use crate::runner::RunOptions;
 use crate::vm::VmConfig;
 
 /// Smallest guest RAM we accept, in MiB.
@@ -62,6 +63,11 @@ pub struct Cli {
     /// a comma in the path is written ,,.
     #[arg(long, value_name = "SOCKET", value_parser = parse_qmp)]
     pub qmp: Vec<SocketSpec>,
+    /// Most QMP clients connected at once, over all --qmp sockets; one more is refused with an
+    /// error message instead of the greeting.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub qmp_max_clients: u16,
 }
 
 fn parse_disk(s: &str) -> Result<DiskSpec, String> {
@@ -96,6 +102,9 @@ pub enum CliError {
         /// Host RAM in MiB.
         host: u64,
     },
+    /// The same QMP socket twice.
+    #[error("--qmp {0} is given twice")]
+    QmpTwice(String),
 }
 
 fn host_memory_mib() -> u64 {
@@ -113,6 +122,40 @@ fn host_memory_mib() -> u64 {
 }
 
 impl Cli {
+    /// Checks the options of the run beyond the VM's configuration.
+    ///
+    /// # Errors
+    /// Fails when a QMP socket is given twice.
+    pub fn run_options(&self) -> Result<RunOptions, CliError> {
+        for (i, spec) in self.qmp.iter().enumerate() {
+            let again =
+                self.qmp[..i]
+                    .iter()
+                    .any(|earlier| match (&earlier.endpoint, &spec.endpoint) {
+                        (Endpoint::Unix(a), Endpoint::Unix(b)) => a == b,
+                        // Port 0 asks for any free port: two of them are two sockets.
+                        (Endpoint::Tcp(h1, p1), Endpoint::Tcp(h2, p2)) => {
+                            *p1 != 0 && h1 == h2 && p1 == p2
+                        }
+                        _ => false,
+                    });
+            if again {
+                let shown = match &spec.endpoint {
+                    Endpoint::Unix(p) => format!("unix:{}", p.display()),
+                    Endpoint::Tcp(h, p) => format!("tcp:{h}:{p}"),
+                };
+                return Err(CliError::QmpTwice(shown));
+            }
+        }
+        Ok(RunOptions {
+            no_reboot: self.no_reboot,
+            paused: self.paused,
+            name: self.name.clone(),
+            qmp: self.qmp.clone(),
+            qmp_max_clients: usize::from(self.qmp_max_clients),
+        })
+    }
+
     /// Checks what clap could not and builds the VM configuration.
     ///
     /// # Errors

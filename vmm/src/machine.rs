@@ -199,14 +199,21 @@ impl Machine {
     /// paused).
     ///
     /// # Errors
-    /// Fails when the VM cannot be reset (the images can no longer be loaded).
+    /// Fails when KVM refuses the power-on state; the VM is then in `internal-error` (or,
+    /// without a monitor, about to exit 1).
     pub fn reset(&mut self, guest: bool, reason: ShutdownCause) -> Result<(), VmError> {
         if self.no_reboot {
             self.shutdown(guest, reason, 0);
             return Ok(());
         }
         self.announce(Event::Reset(ResetArg { guest, reason }), None);
-        self.vm.reset()?;
+        if let Err(e) = self.vm.reset() {
+            // The vCPUs are parked in a half-reset machine: never report it as running. With a
+            // monitor it waits in internal-error (STOP when it was running) for another reset
+            // or quit; without one vmm exits 1.
+            self.internal_error(self.monitor.is_some());
+            return Err(e);
+        }
         match self.state() {
             RunState::Running => self.vm.resume(),
             RunState::InternalError => {

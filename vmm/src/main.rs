@@ -36,18 +36,12 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let config = match cli.vm_config() {
+    let (config, options) = match cli.vm_config().and_then(|c| Ok((c, cli.run_options()?))) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("vmm: {e}");
             std::process::exit(1);
         }
-    };
-    let options = runner::RunOptions {
-        no_reboot: cli.no_reboot,
-        paused: cli.paused,
-        name: cli.name.clone(),
-        qmp: cli.qmp.clone(),
     };
     match runner::run(&config, &options) {
         Ok(code) => std::process::exit(code),

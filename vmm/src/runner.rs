@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use devices::{VmEvent, VmEventSink};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
-use monitor::{Monitor, MonitorConfig, MonitorError, MonitorHandle, SocketSpec, ToMain};
+use monitor::{Limits, Monitor, MonitorConfig, MonitorError, MonitorHandle, SocketSpec, ToMain};
 use qapi::types::ShutdownCause;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -17,7 +17,9 @@ use crate::device_manager::SerialMode;
 use crate::error::chain;
 use crate::machine::{Exit, Machine, SharedRunState};
 use crate::qmp::{blockdev_names, version_info, OobServer};
-use crate::signals::{install_kick_handler, install_terminate_handlers, SignalError};
+use crate::signals::{
+    install_kick_handler, install_terminate_handlers, main_loop_takes_over, SignalError,
+};
 use crate::vm::{Vm, VmConfig, VmError};
 
 /// Errors of the main loop.
@@ -54,6 +56,8 @@ pub struct RunOptions {
     pub name: Option<String>,
     /// QMP sockets.
     pub qmp: Vec<SocketSpec>,
+    /// Most QMP clients at once.
+    pub qmp_max_clients: usize,
 }
 
 /// What woke the main loop: the `data` of each registered event.
@@ -114,8 +118,11 @@ impl MainLoop {
                 }
                 VmEvent::Reset(_) => {
                     if let Err(e) = self.machine.reset(true, ShutdownCause::GuestReset) {
-                        self.outcome = Some(Err(e.into()));
-                        return;
+                        if self.monitor.is_none() {
+                            self.outcome = Some(Err(e.into()));
+                            return;
+                        }
+                        eprintln!("vmm: {}", chain(&e));
                     }
                 }
                 VmEvent::Fatal(msg) => {
@@ -137,6 +144,11 @@ impl MainLoop {
     fn on_monitor(&mut self) {
         let _ = self.monitor_wake.read();
         while let Ok(msg) = self.monitor_rx.try_recv() {
+            if self.machine.exit().is_some() {
+                // After quit (or any shutdown that ends vmm) nothing more runs or is emitted:
+                // commands queued behind it get no reply, as with QEMU, which exits.
+                break;
+            }
             match msg {
                 ToMain::WaitedClientConnected => {
                     if self.waiting_for_client {
@@ -198,6 +210,10 @@ impl MutEventSubscriber for MainLoop {
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if self.outcome.is_some() {
+            // The loop is ending; other events of the same wake-up are not acted on.
+            return;
+        }
         match Source::from_data(events.data()) {
             Some(Source::VmEvents) => self.on_vm_events(),
             Some(Source::Signal) => {
@@ -244,8 +260,15 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
             )),
             to_main: monitor_tx,
             main_wake: monitor_wake.try_clone().map_err(RunError::EventFd)?,
+            limits: Limits {
+                max_clients: options.qmp_max_clients,
+                ..Limits::default()
+            },
         })?)
     };
+    // Nothing from here to the main loop waits on a user's file or peer: the loop will see a
+    // termination signal that arrives now.
+    main_loop_takes_over();
     let handle = monitor.as_ref().map(Monitor::handle);
     let machine = Machine::new(
         vm,

@@ -5,15 +5,17 @@
 //!   `immediate_exit` in the receiving thread's `kvm_run` page (registered with
 //!   [`set_kick_target`]), so a pause request cannot be lost between a vCPU thread's last
 //!   check and its next `KVM_RUN`;
-//! - the **termination** signals SIGTERM, SIGINT and SIGHUP: their handler writes the signal
-//!   number to an eventfd that the main loop waits on, so the VM shuts down cleanly
-//!   (`SHUTDOWN` with reason `host-signal`, terminal restored, exit 0).
+//! - the **termination** signals SIGTERM, SIGINT and SIGHUP: while the VM is being built
+//!   (opening a user's file may block) they end vmm at once with one line and exit code 1;
+//!   from [`main_loop_takes_over`] on, their handler writes the signal number to an eventfd
+//!   that the main loop waits on, so the VM shuts down cleanly (`SHUTDOWN` with reason
+//!   `host-signal`, terminal restored, exit 0).
 //!
 //! Both handlers only perform async-signal-safe operations (a byte store, a `write(2)`).
 
 use std::cell::Cell;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -68,8 +70,24 @@ pub fn set_kick_target(immediate_exit: *mut u8) {
 
 /// The eventfd that the termination handler writes.
 static TERMINATE_FD: AtomicI32 = AtomicI32::new(-1);
+/// Set once the main loop will read [`TERMINATE_FD`]; before that (while the VM is being
+/// built, when opening a user's file may block) a termination signal ends the process at once.
+static LOOP_TAKES_OVER: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_terminate(signum: libc::c_int) {
+    if !LOOP_TAKES_OVER.load(Ordering::Acquire) {
+        let msg: &[u8] = match signum {
+            libc::SIGINT => b"vmm: interrupted (SIGINT) before the VM started\n",
+            libc::SIGHUP => b"vmm: hung up (SIGHUP) before the VM started\n",
+            _ => b"vmm: terminated (SIGTERM) before the VM started\n",
+        };
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; the message is a static buffer.
+        // Nothing needs cleaning up yet: no socket is bound and the terminal is untouched.
+        unsafe {
+            libc::write(libc::STDERR_FILENO, msg.as_ptr().cast(), msg.len());
+            libc::_exit(1);
+        }
+    }
     let fd = TERMINATE_FD.load(Ordering::Relaxed);
     if fd >= 0 {
         let value = u64::from(signum.unsigned_abs());
@@ -77,6 +95,12 @@ extern "C" fn on_terminate(signum: libc::c_int) {
         // fd is an eventfd that stays open for the life of the process.
         unsafe { libc::write(fd, (&value as *const u64).cast(), 8) };
     }
+}
+
+/// From now on termination signals are queued for the main loop (which shuts the VM down
+/// cleanly) instead of ending the process. Call once nothing before the main loop can block.
+pub fn main_loop_takes_over() {
+    LOOP_TAKES_OVER.store(true, Ordering::Release);
 }
 
 /// Makes SIGTERM, SIGINT and SIGHUP write to `fd` (an eventfd that must stay open for the

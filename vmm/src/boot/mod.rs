@@ -123,7 +123,7 @@ pub enum KernelFormat {
     PvhElf,
 }
 
-/// The boot images of a VM, open for (re)loading.
+/// The boot images of a VM, copied at start for (re)loading.
 #[derive(Debug)]
 pub struct BootImages {
     kernel_path: PathBuf,
@@ -152,24 +152,64 @@ const ENTRY_64_OFFSET: u64 = 0x200;
 /// Default initrd_addr_max for kernels whose header leaves it zero.
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 
+/// Opens a boot image and copies it into a sealed memory file: what is loaded at start is
+/// what every reset loads again (as QEMU keeps its ROM blobs), whatever happens to the file
+/// afterwards (replaced, truncated, overwritten in place).
 fn open_regular(what: &'static str, path: &Path) -> Result<(File, u64), BootError> {
-    let file = File::open(path).map_err(|source| BootError::Open {
+    let error = |source| BootError::Open {
         what,
         path: path.to_owned(),
         source,
-    })?;
-    let meta = file.metadata().map_err(|source| BootError::Open {
+    };
+    let not_a_file = || BootError::NotAFile {
         what,
         path: path.to_owned(),
-        source,
-    })?;
-    if !meta.is_file() {
-        return Err(BootError::NotAFile {
-            what,
-            path: path.to_owned(),
-        });
+    };
+    // Look before opening: opening a FIFO blocks until a writer appears.
+    if !std::fs::metadata(path).map_err(error)?.is_file() {
+        return Err(not_a_file());
     }
-    Ok((file, meta.len()))
+    let mut file = File::open(path).map_err(error)?;
+    // The path may have been replaced in between.
+    if !file.metadata().map_err(error)?.is_file() {
+        return Err(not_a_file());
+    }
+    let mut copy = memfd(what).map_err(error)?;
+    let size = std::io::copy(&mut file, &mut copy).map_err(error)?;
+    seal(&copy).map_err(error)?;
+    copy.seek(SeekFrom::Start(0)).map_err(error)?;
+    Ok((copy, size))
+}
+
+/// An anonymous memory file (closed on exec) that can be sealed.
+fn memfd(what: &str) -> std::io::Result<File> {
+    let name = std::ffi::CString::new(format!("vmm-{what}")).unwrap_or_default();
+    // SAFETY: memfd_create reads a NUL-terminated name that outlives the call; the returned
+    // descriptor is checked and then owned by the File.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor that nothing else owns.
+    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Forbids any further change to the copy's size or contents.
+fn seal(file: &File) -> std::io::Result<()> {
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS on a descriptor we own, with an integer argument.
+    let ret = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            libc::F_ADD_SEALS,
+            seals,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn u16_at(buf: &[u8], off: usize) -> u16 {
