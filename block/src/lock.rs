@@ -23,10 +23,12 @@
 //! conflict as well; they are released when the file is closed.
 //!
 //! The permissions of a virtio-blk disk are those of QEMU 7.2's `blkconf_apply_backend_options`
-//! (`hw/block/block.c`) with `resizable = true` and `share-rw=off`, passed through unchanged to
-//! the file node by the `raw` format driver (a filter child: `bdrv_filter_default_perms`):
-//! it holds consistent read, plus write unless the disk is read-only, and shares everything
-//! but write. So a read-write disk locks bytes 100, 101 and 201, a read-only one bytes 100 and
+//! (`hw/block/block.c`: held `BLK_PERM_CONSISTENT_READ`, plus `BLK_PERM_WRITE` unless
+//! read-only; shared `CONSISTENT_READ | WRITE_UNCHANGED`, plus `RESIZE` as virtio-blk is
+//! resizable, plus `WRITE` only with `share-rw=on`), which the `raw` format driver passes on to
+//! its file node (`block/raw-format.c` `raw_child_perm`: `bdrv_default_perms`, keeping write
+//! and resize only where the parent holds them). So the disk holds consistent read, plus write
+//! unless it is read-only, and shares everything but write. So a read-write disk locks bytes 100, 101 and 201, a read-only one bytes 100 and
 //! 201 — exactly what `/proc/locks` shows for QEMU 7.2 with
 //! `-drive file=IMG,format=raw,if=none,id=d0[,readonly=on] -device virtio-blk-pci,drive=d0`.
 //! Read-only users therefore share an image with each other, while a writer excludes (and is
