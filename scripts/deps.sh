@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Installs the host packages the build, tests and demo need (idempotent; needs root to install).
 source "$(dirname "$0")/lib.sh"
-# lz4: unpacks Debian's kernel; util-linux: unshare/setpriv for the /dev/kvm tests.
-apt_install lz4 util-linux
+# lz4: unpacks Debian's kernel; util-linux: unshare/setpriv for the /dev/kvm tests;
+# qemu-system-x86: QEMU 7.2 for the image-locking cross-test (tests/blk.rs) and the benchmarks.
+apt_install lz4 util-linux qemu-system-x86

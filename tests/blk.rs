@@ -158,9 +158,11 @@ fn read_only_disk_refuses_writes_and_reports_ro() {
 
 #[test]
 fn get_id_returns_the_id_or_serial() {
+    // Two images: one image twice read-write is refused by its lock.
     let img = Image::new("id", 1024);
+    let img1 = Image::new("id1", 1024);
     let a = format!("path={},id=data0", img.path());
-    let b = format!("path={},id=data1,serial=SN-42", img.path());
+    let b = format!("path={},id=data1,serial=SN-42", img1.path());
     for (dev, id) in [(0, "data0"), (1, "SN-42")] {
         let out = probe(&[&a, &b], &format!("probe.test=blk-id probe.dev={dev}"));
         let line = one(&out, "PROBE blk-id");
@@ -231,8 +233,18 @@ fn flushed_data_survives_sigkill() {
 }
 
 fn refuse(disk: &str) -> String {
+    refuse_disks(&[disk])
+}
+
+/// Runs vmm with `disks`, expecting a refusal; returns its single stderr line.
+fn refuse_disks(disks: &[&str]) -> String {
     let k = kernel();
-    let out = run(&["--kernel", k.to_str().unwrap(), "--disk", disk], GUARD);
+    let mut args = vec!["--kernel", k.to_str().unwrap()];
+    for d in disks {
+        args.push("--disk");
+        args.push(d);
+    }
+    let out = run(&args, GUARD);
     out.assert_exit(1);
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{}", out.stderr);
@@ -320,5 +332,251 @@ fn hostile_register_accesses_leave_a_working_device() {
             out.serial
         );
         assert_eq!(out.lines_with("PROBE-DONE"), vec!["PROBE-DONE rc=0"]);
+    }
+}
+
+#[test]
+fn non_images_are_refused_by_type_without_opening() {
+    let dir = std::env::temp_dir().join(format!("vmm-blk-types-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let f = fifo.to_str().unwrap();
+    // Opening a FIFO blocks until a writer comes: vmm used to hang here. With cache=none it
+    // used to blame O_DIRECT.
+    for spec in [
+        format!("path={f},readonly=on"),
+        f.to_owned(),
+        format!("path={f},readonly=on,cache=none"),
+    ] {
+        assert_eq!(
+            refuse(&spec),
+            format!("vmm: --disk {f}: '{f}' is a FIFO, not a regular file or block device")
+        );
+    }
+    for dev in ["/dev/null", "/dev/kvm"] {
+        assert_eq!(
+            refuse(dev),
+            format!("vmm: --disk {dev}: '{dev}' is a character device, not a regular file or block device")
+        );
+    }
+    // A regular file by its type, refused by its size before it is opened read-write.
+    assert_eq!(
+        refuse("/proc/self/mem"),
+        "vmm: --disk /proc/self/mem: Disk image '/proc/self/mem' is empty"
+    );
+    let d = dir.to_str().unwrap();
+    assert_eq!(
+        refuse(d),
+        format!("vmm: --disk {d}: '{d}' is a directory, not a disk image")
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn read_only_file_opened_read_write_says_its_cause_once() {
+    // Root opens any file read-write whatever its mode: use a read-only bind mount.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for a read-only bind mount in a mount namespace");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("vmm-blk-rofs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("ro.raw");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let (d, p) = (dir.display(), img.display());
+    let k = kernel();
+    let script = format!(
+        "mount --bind {d} {d} && mount -o remount,bind,ro {d} && \
+         exec {} --kernel {} --disk {p}",
+        common::vmm_bin().display(),
+        k.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare(1) from util-linux");
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        stderr,
+        format!(
+            "vmm: --disk {p}: Could not open '{p}' read-write (use read-only=on to open it \
+             read-only): Read-only file system (os error 30)"
+        )
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The one-line refusal of an image another user holds.
+fn locked(path: &str, shared: bool) -> String {
+    let shared = if shared { "shared " } else { "" };
+    format!(
+        "vmm: --disk {path}: Failed to get {shared}\"write\" lock: is another process using the \
+         image [{path}]?"
+    )
+}
+
+/// Starts vmm on `disk` and waits until the guest is idle (the image is open and locked).
+fn hold(disk: &str) -> common::Running {
+    let k = kernel();
+    let mut vm = spawn(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--disk",
+        disk,
+        "--cmdline",
+        "probe.test=idle",
+    ]);
+    vm.wait_line("PROBE idle", GUARD);
+    vm
+}
+
+fn stop(vm: common::Running) {
+    vm.signal(libc::SIGKILL);
+    vm.finish(GUARD);
+}
+
+#[test]
+fn a_writer_excludes_every_other_user_of_its_image() {
+    let img = Image::new("lock-rw", 1024);
+    let p = img.path();
+    let ro = format!("path={p},readonly=on");
+    // The same image twice in one vmm: OFD locks conflict between two opens in one process.
+    assert_eq!(
+        refuse_disks(&[p, &format!("path={p},id=again")]),
+        locked(p, false)
+    );
+    assert_eq!(refuse_disks(&[p, &ro]), locked(p, true));
+
+    let vm = hold(p);
+    assert_eq!(refuse(p), locked(p, false));
+    assert_eq!(refuse(&ro), locked(p, true));
+    stop(vm);
+    // Its locks went with it.
+    one(&probe(&[p], "probe.test=boot"), "PROBE boot");
+}
+
+#[test]
+fn read_only_users_share_an_image_and_exclude_writers() {
+    let img = Image::new("lock-ro", 1024);
+    let p = img.path();
+    let ro = format!("path={p},readonly=on");
+    let vm = hold(&ro);
+    one(&probe(&[&ro, &ro], "probe.test=boot"), "PROBE boot");
+    assert_eq!(refuse(p), locked(p, false));
+    stop(vm);
+}
+
+/// QEMU's command line for a virtio-blk disk on `path`, held open (paused, no display).
+fn qemu_args(path: &str, read_only: bool) -> Vec<String> {
+    let ro = if read_only { ",readonly=on" } else { "" };
+    [
+        "-M",
+        "q35",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-S",
+        "-drive",
+        &format!("file={path},format=raw,if=none,id=d0{ro}"),
+        "-device",
+        "virtio-blk-pci,drive=d0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// True when some process holds an OFD lock on the file at `path`.
+fn ofd_locked(path: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).unwrap().ino();
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.contains("OFDLCK") && l.contains(&format!(":{ino} ")))
+}
+
+#[test]
+fn vmm_and_qemu_exclude_each_other() {
+    let qemu = "qemu-system-x86_64";
+    if std::process::Command::new(qemu)
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: {qemu} is not installed (Debian's qemu-system-x86)");
+        return;
+    }
+    let img = Image::new("lock-qemu", 2048);
+    let p = img.path();
+
+    // vmm holds the image: QEMU refuses it, in its own words.
+    let vm = hold(p);
+    for read_only in [false, true] {
+        let mut child = std::process::Command::new(qemu)
+            .args(qemu_args(p, read_only))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("QEMU opened an image vmm holds (readonly={read_only})");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let shared = if read_only { "shared " } else { "" };
+        assert!(
+            stderr.contains(&format!("Failed to get {shared}\"write\" lock"))
+                && stderr.contains(&format!("Is another process using the image [{p}]?")),
+            "{stderr}"
+        );
+    }
+    stop(vm);
+
+    // QEMU holds the image: vmm refuses it.
+    for read_only in [false, true] {
+        let mut child = std::process::Command::new(qemu)
+            .args(qemu_args(p, read_only))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !ofd_locked(p) {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "QEMU exited on a free image"
+            );
+            assert!(std::time::Instant::now() < deadline, "QEMU took no lock");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(refuse(p), locked(p, false));
+        let ro = format!("path={p},readonly=on");
+        if read_only {
+            // Read-only users share.
+            one(&probe(&[&ro], "probe.test=boot"), "PROBE boot");
+        } else {
+            assert_eq!(refuse(&ro), locked(p, true));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }

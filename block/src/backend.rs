@@ -369,6 +369,8 @@ mod tests {
         assert_eq!(b.serial(), "drive0");
         assert!(b.root().node_name().starts_with("#block"));
         assert_eq!(b.size(), 4096);
+        // The image is locked while `b` holds it.
+        drop(b);
         let b = Backend::open(BackendConfig {
             node_name: Some("disk0".into()),
             serial: Some("SER1".into()),

@@ -14,6 +14,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::lock::{self, LockConflict, LockError, Perms};
 use crate::node::{BlockNode, CacheMode, IoBuf, SECTOR_SIZE};
 
 /// Memory alignment of `O_DIRECT` buffers (the page size covers every host device).
@@ -25,7 +26,8 @@ const CHUNK: u64 = 1 << 20;
 /// Most iovecs passed to one `preadv`/`pwritev` (Linux's `UIO_MAXIOV`).
 const IOV_MAX: usize = 1024;
 
-/// Errors of [`FileNode::open`].
+/// Errors of [`FileNode::open`]. Each says its cause once: an underlying `io::Error` is the
+/// error's source, never part of its text.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// The image does not exist.
@@ -34,8 +36,16 @@ pub enum OpenError {
     /// The path names a directory.
     #[error("'{0}' is a directory, not a disk image")]
     IsDirectory(PathBuf),
+    /// The path names something other than a regular file, a block device or a directory.
+    #[error("'{path}' is {kind}, not a regular file or block device")]
+    NotAnImage {
+        /// The path.
+        path: PathBuf,
+        /// What it is, with its article (`a FIFO`, `a character device`, `a socket`).
+        kind: &'static str,
+    },
     /// The file cannot be opened for writing.
-    #[error("Could not open '{0}' read-write: {1} (use read-only=on to open it read-only)")]
+    #[error("Could not open '{0}' read-write (use read-only=on to open it read-only)")]
     ReadOnlyFile(PathBuf, #[source] io::Error),
     /// The image has no sectors.
     #[error("Disk image '{0}' is empty")]
@@ -51,9 +61,58 @@ pub enum OpenError {
     /// The filesystem refused `O_DIRECT` (cache=none).
     #[error("Could not open '{0}' with cache=none: the filesystem does not support O_DIRECT")]
     DirectUnsupported(PathBuf),
+    /// Another user of the image holds or refuses a permission this open needs (QEMU's image
+    /// locking; see [`crate::lock`]). QEMU's two lines, folded into one.
+    #[error("{conflict}: is another process using the image [{path}]?")]
+    Locked {
+        /// The image.
+        path: PathBuf,
+        /// The permission in the way.
+        conflict: LockConflict,
+    },
+    /// The filesystem refused the image's locks.
+    #[error("Could not lock '{0}'")]
+    LockFailed(PathBuf, #[source] LockError),
     /// Any other failure to open or size the image.
-    #[error("Could not open '{0}': {1}")]
+    #[error("Could not open '{0}'")]
     Io(PathBuf, #[source] io::Error),
+}
+
+/// Refuses what is neither a regular file nor a block device, naming what it is.
+fn check_file_type(path: &Path, ft: std::fs::FileType) -> Result<(), OpenError> {
+    let kind = if ft.is_file() || ft.is_block_device() {
+        return Ok(());
+    } else if ft.is_dir() {
+        return Err(OpenError::IsDirectory(path.to_path_buf()));
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else {
+        "of an unknown file type"
+    };
+    Err(OpenError::NotAnImage {
+        path: path.to_path_buf(),
+        kind,
+    })
+}
+
+/// Refuses an image of no sectors or a partial last sector.
+fn check_size(path: &Path, size: u64) -> Result<(), OpenError> {
+    if size == 0 {
+        return Err(OpenError::Empty(path.to_path_buf()));
+    }
+    if !size.is_multiple_of(SECTOR_SIZE) {
+        return Err(OpenError::NotSectorMultiple {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    Ok(())
 }
 
 /// A `file` node: a raw image.
@@ -68,11 +127,18 @@ pub struct FileNode {
 }
 
 impl FileNode {
-    /// Opens `path` as node `node_name`.
+    /// Opens `path` as node `node_name` and locks it as QEMU locks a virtio-blk disk's image
+    /// (see [`crate::lock`]).
+    ///
+    /// The path's type and (for regular files) size are checked with `stat` before anything
+    /// is opened, so a FIFO does not block the open, a character device such as `/dev/kvm` is
+    /// never opened read-write, and an empty `/proc` file is refused unopened; the opened file
+    /// is checked again with `fstat`, in case the path was swapped in between.
     ///
     /// # Errors
-    /// A missing file, a directory, an image that is empty or not a multiple of 512 bytes, a
-    /// read-only file opened read-write, a filesystem without `O_DIRECT` for cache=none.
+    /// A missing file, a directory or other non-image (FIFO, character device, socket), an
+    /// image that is empty or not a multiple of 512 bytes, a read-only file opened read-write,
+    /// a filesystem without `O_DIRECT` for cache=none, an image another user has locked.
     pub fn open(
         node_name: impl Into<String>,
         path: impl AsRef<Path>,
@@ -84,8 +150,9 @@ impl FileNode {
             io::ErrorKind::NotFound => OpenError::NotFound(path.clone()),
             _ => OpenError::Io(path.clone(), e),
         })?;
-        if meta.is_dir() {
-            return Err(OpenError::IsDirectory(path));
+        check_file_type(&path, meta.file_type())?;
+        if meta.is_file() {
+            check_size(&path, meta.len())?;
         }
         let mut opts = OpenOptions::new();
         opts.read(true).write(!read_only);
@@ -99,6 +166,10 @@ impl FileNode {
             Some(libc::EINVAL) if cache.direct() => OpenError::DirectUnsupported(path.clone()),
             _ => OpenError::Io(path.clone(), e),
         })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| OpenError::Io(path.clone(), e))?;
+        check_file_type(&path, meta.file_type())?;
         // Block devices report size 0 in their metadata: ask the file's end instead.
         let size = if meta.file_type().is_block_device() {
             file.seek(SeekFrom::End(0))
@@ -106,12 +177,14 @@ impl FileNode {
         } else {
             meta.len()
         };
-        if size == 0 {
-            return Err(OpenError::Empty(path));
-        }
-        if size % SECTOR_SIZE != 0 {
-            return Err(OpenError::NotSectorMultiple { path, size });
-        }
+        check_size(&path, size)?;
+        lock::lock(&file, Perms::virtio_blk(read_only)).map_err(|e| match e {
+            LockError::Conflict(conflict) => OpenError::Locked {
+                path: path.clone(),
+                conflict,
+            },
+            e @ LockError::Io(..) => OpenError::LockFailed(path.clone(), e),
+        })?;
         Ok(Self {
             node_name: node_name.into(),
             path,
@@ -492,6 +565,111 @@ mod tests {
         assert_eq!(node.size(), 4096);
         assert_eq!(node.driver(), "file");
         assert_eq!(node.filename(), Some(ok.as_path()));
+    }
+
+    /// Opens on a thread, so that an open that blocks fails the test instead of hanging it.
+    fn open_with_timeout(path: &Path, read_only: bool, cache: CacheMode) -> OpenError {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let p = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(FileNode::open("n", &p, read_only, cache).map(|_| ()));
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(r) => r.expect_err("not an image"),
+            Err(_) => panic!("opening {} blocked", path.display()),
+        }
+    }
+
+    #[test]
+    fn non_images_are_refused_by_type_before_opening() {
+        let dir = TempDir::new().unwrap();
+        let fifo = dir.as_path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let sock = dir.as_path().join("sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let cases = [
+            (fifo.as_path(), "a FIFO"),
+            (Path::new("/dev/null"), "a character device"),
+            (sock.as_path(), "a socket"),
+        ];
+        for (path, kind) in cases {
+            for (read_only, cache) in [
+                (true, CacheMode::Writeback),
+                (false, CacheMode::Writeback),
+                // cache=none must not turn this into an O_DIRECT complaint.
+                (true, CacheMode::None),
+            ] {
+                let e = open_with_timeout(path, read_only, cache);
+                assert!(matches!(e, OpenError::NotAnImage { .. }), "{e}");
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "'{}' is {kind}, not a regular file or block device",
+                        path.display()
+                    )
+                );
+            }
+        }
+        // A directory keeps its own text.
+        let e = open_with_timeout(dir.as_path(), true, CacheMode::None);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "'{}' is a directory, not a disk image",
+                dir.as_path().display()
+            )
+        );
+        // /proc/self/mem is a regular file of size 0: refused by its size, unopened.
+        let e = open_with_timeout(Path::new("/proc/self/mem"), false, CacheMode::Writeback);
+        assert_eq!(e.to_string(), "Disk image '/proc/self/mem' is empty");
+    }
+
+    #[test]
+    fn errors_say_their_cause_once() {
+        let path = PathBuf::from("ro.raw");
+        let e = OpenError::ReadOnlyFile(path.clone(), io::Error::from_raw_os_error(libc::EROFS));
+        let text = e.to_string();
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(!text.contains(&cause), "{text}");
+        assert_eq!(
+            text,
+            "Could not open 'ro.raw' read-write (use read-only=on to open it read-only)"
+        );
+        let e = OpenError::Io(path, io::Error::from_raw_os_error(libc::EIO));
+        let cause = std::error::Error::source(&e).unwrap().to_string();
+        assert!(!e.to_string().contains(&cause), "{e}");
+    }
+
+    #[test]
+    fn images_are_locked_like_qemu_locks_them() {
+        let f = image(4096, |_| 0);
+        let p = f.as_path();
+        let rw = FileNode::open("a", p, false, CacheMode::Writeback).unwrap();
+        let e = FileNode::open("b", p, false, CacheMode::Writeback).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "Failed to get \"write\" lock: is another process using the image [{}]?",
+                p.display()
+            )
+        );
+        let e = FileNode::open("b", p, true, CacheMode::Writeback).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("Failed to get shared \"write\" lock: is another process"),
+            "{e}"
+        );
+        drop(rw);
+        let ro1 = FileNode::open("a", p, true, CacheMode::Writeback).unwrap();
+        let ro2 = FileNode::open("b", p, true, CacheMode::Writeback).unwrap();
+        assert!(matches!(
+            FileNode::open("c", p, false, CacheMode::Writeback),
+            Err(OpenError::Locked { .. })
+        ));
+        drop((ro1, ro2));
+        FileNode::open("c", p, false, CacheMode::Writeback).unwrap();
     }
 
     #[test]

@@ -14,11 +14,16 @@
 //! `nospace`) lives on the backend. A [`Registry`] holds the graph: backends by id, nodes by
 //! node-name.
 //!
+//! Images are locked in QEMU's scheme ([`lock`]: OFD byte-range locks at offsets 100 and
+//! 200 plus the permission bit), so that vmm processes, and vmm and QEMU, do not write one
+//! image at the same time.
+//!
 //! Buffers are [`IoBuf`]s ([`vm_memory::VolatileSlice`]): guest memory handed down by a device
 //! without an intermediate copy.
 
 mod backend;
 mod file;
+pub mod lock;
 mod node;
 mod policy;
 mod registry;
@@ -26,6 +31,7 @@ mod stats;
 
 pub use backend::{Backend, BackendConfig, Completion, InvalidRequest, Request};
 pub use file::{FileNode, OpenError};
+pub use lock::{LockConflict, LockError, Perm, Perms};
 pub use node::{BlockNode, CacheMode, IoBuf, IoKind, ParseCacheModeError, SECTOR_SIZE};
 pub use policy::{ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, ReportPolicy};
 pub use registry::{generate_node_name, validate_name, NameError, Registry, RegistryError};

@@ -286,11 +286,13 @@ mod tests {
         assert!(Arc::ptr_eq(&r.backend("drive0").unwrap(), &b0));
         assert!(r.node(&generated).is_some());
 
+        // Another image: a read-only user of drive0's would conflict with its writer.
+        let g = image();
         let b1 = r
             .open(BackendConfig {
                 node_name: Some("disk1".into()),
                 read_only: true,
-                ..BackendConfig::new("drive1", f.as_path())
+                ..BackendConfig::new("drive1", g.as_path())
             })
             .unwrap();
         assert!(b1.read_only());
@@ -335,6 +337,14 @@ mod tests {
             matches!(e, RegistryError::Open(OpenError::NotFound(_))),
             "{e}"
         );
+        // drive0 holds its image's write lock: a second writer is refused.
+        let e = r
+            .open(BackendConfig::new("drive2", f.as_path()))
+            .unwrap_err();
+        assert!(
+            matches!(e, RegistryError::Open(OpenError::Locked { .. })),
+            "{e}"
+        );
         // Failures left nothing behind.
         assert_eq!(r.nodes().count(), 2);
 
@@ -342,5 +352,8 @@ mod tests {
         assert!(r.node(&generated).is_none());
         assert!(r.backend("drive0").is_none());
         assert_eq!(r.next_drive_id(), "drive0");
+        // Removing drive0 closed its image and released the lock.
+        drop(b0);
+        r.open(BackendConfig::new("drive2", f.as_path())).unwrap();
     }
 }
