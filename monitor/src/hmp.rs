@@ -115,7 +115,7 @@ fn info_block(m: Server<'_>) -> Result<String, QmpError> {
     let mut out = String::new();
     for b in m.query_block()? {
         let Some(ins) = b.inserted else { continue };
-        let node = ins.node_name.unwrap_or_default();
+        let node = ins.node_name.map(|n| n.0).unwrap_or_default();
         out.push_str(&format!(
             "{} ({node}): {} ({})",
             b.device, ins.file, ins.drv

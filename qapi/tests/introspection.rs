@@ -234,3 +234,58 @@ fn test_schema_introspection() {
     assert_eq!(count["type"], "int");
     assert_eq!(count["default"], Value::Null);
 }
+
+/// The members of the object type returned (as an array) by `command`, as (name, type).
+fn returned_members(entries: &[Value], command: &str) -> Vec<(String, String)> {
+    let cmd = entries
+        .iter()
+        .find(|e| e["name"] == command)
+        .expect("command");
+    let array = entries
+        .iter()
+        .find(|e| e["name"] == cmd["ret-type"])
+        .expect("array type");
+    let elem = entries
+        .iter()
+        .find(|e| e["name"] == array["element-type"])
+        .expect("element type");
+    elem["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().expect("n").to_string(),
+                m["type"].as_str().expect("t").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn handle_typed_reply_members_introspect_as_str_as_in_qemu() {
+    let entries = check_valid(qapi::QMP_SCHEMA_JSON);
+    let ty = |members: &[(String, String)], name: &str| {
+        members
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .expect("member")
+    };
+    let block = returned_members(&entries, "query-block");
+    assert_eq!(ty(&block, "device"), "str");
+    let stats = returned_members(&entries, "query-blockstats");
+    assert_eq!(ty(&stats, "device"), "str");
+    assert_eq!(ty(&stats, "node-name"), "str");
+    // Neither handle type has an entry of its own.
+    let names: Vec<&str> = entries.iter().filter_map(|e| e["name"].as_str()).collect();
+    assert!(!names.contains(&"Blockdev") && !names.contains(&"Machine"));
+    // The capabilities-mode commands are introspected like qmp_capabilities.
+    for c in [
+        "qmp_capabilities",
+        "set-explicit-handles",
+        "disconnect-default-signals",
+    ] {
+        assert!(names.contains(&c), "{c}");
+    }
+}

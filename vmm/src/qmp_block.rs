@@ -24,7 +24,7 @@ fn device_info(b: &Backend) -> BlockDeviceInfo {
         .unwrap_or_default();
     BlockDeviceInfo {
         file: file.clone(),
-        node_name: Some(node.node_name().to_owned()),
+        node_name: Some(node.node_name().into()),
         ro: b.read_only(),
         drv: node.driver().to_owned(),
         backing_file: None,
@@ -79,7 +79,7 @@ fn device_info(b: &Backend) -> BlockDeviceInfo {
 /// policy can stop the VM, as in QEMU; our disks report errors to the guest.
 pub fn block_info(d: &Disk) -> BlockInfo {
     BlockInfo {
-        device: d.backend.id().to_owned(),
+        device: d.backend.id().into(),
         qdev: Some(d.qdev.clone()),
         r#type: "unknown".into(),
         removable: false,
@@ -129,9 +129,9 @@ fn device_stats(s: QmpBlockStats) -> BlockDeviceStats {
 /// (then without `device`, as QEMU does).
 pub fn block_stats(d: &Disk, query_nodes: bool) -> BlockStats {
     BlockStats {
-        device: (!query_nodes).then(|| d.backend.id().to_owned()),
+        device: (!query_nodes).then(|| d.backend.id().into()),
         qdev: (!query_nodes).then(|| d.qdev.clone()),
-        node_name: Some(d.backend.root().node_name().to_owned()),
+        node_name: Some(d.backend.root().node_name().into()),
         stats: device_stats(d.backend.stats().snapshot().qmp()),
         parent: None,
         backing: None,

@@ -103,6 +103,20 @@ pub struct Pragma {
     pub command_returns_exceptions: Vec<String>,
     /// Types allowed to have members with uppercase names.
     pub member_name_exceptions: Vec<String>,
+    /// The owner of plain events (our extension, pragma `event-owner`).
+    pub event_owner: Option<EventOwner>,
+}
+
+/// Pragma `event-owner`: `{ 'handle': 'Machine', 'data': '/machine' }` names the handle type
+/// and value that own every plain event, so that every event is a signal of some object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventOwner {
+    /// The owning handle type.
+    pub handle: String,
+    /// The one value of that handle that owns the events (a string carrier).
+    pub data: String,
+    /// Where the pragma is.
+    pub info: SourceInfo,
 }
 
 /// The result of parsing a root schema file and everything it includes.
@@ -435,6 +449,28 @@ fn set_pragma(
         "command-name-exceptions" => pragma.command_name_exceptions = list(value)?,
         "command-returns-exceptions" => pragma.command_returns_exceptions = list(value)?,
         "member-name-exceptions" => pragma.member_name_exceptions = list(value)?,
+        "event-owner" => {
+            let field = |k: &str| value.get(k).and_then(Value::as_str).map(str::to_string);
+            let (Value::Dict(d), Some(handle), Some(data)) =
+                (value, field("handle"), field("data"))
+            else {
+                return Err(ParseError::invalid(
+                    info,
+                    "pragma 'event-owner' must be { 'handle': NAME, 'data': VALUE }",
+                ));
+            };
+            if d.len() != 2 {
+                return Err(ParseError::invalid(
+                    info,
+                    "pragma 'event-owner' must be { 'handle': NAME, 'data': VALUE }",
+                ));
+            }
+            pragma.event_owner = Some(EventOwner {
+                handle,
+                data,
+                info: info.clone(),
+            });
+        }
         _ => {
             return Err(ParseError::invalid(
                 info,

@@ -37,6 +37,8 @@ fn main_schema_has_the_required_interface() {
         commands,
         [
             "qmp_capabilities",
+            "set-explicit-handles",
+            "disconnect-default-signals",
             "query-version",
             "query-commands",
             "query-qmp-schema",
@@ -60,6 +62,13 @@ fn main_schema_has_the_required_interface() {
     assert_eq!(signals, ["BLOCK_IO_ERROR"]);
     let sig = schema.get("BLOCK_IO_ERROR").expect("signal");
     assert!(matches!(&sig.kind, DefKind::Signal { owner, .. } if owner == "Blockdev"));
+    let handles = names(|k| matches!(k, DefKind::Handle { .. }));
+    assert_eq!(handles, ["Machine", "Blockdev"]);
+    let owner = schema.event_owner.as_ref().expect("pragma event-owner");
+    assert_eq!(
+        (owner.handle.as_str(), owner.data.as_str()),
+        ("Machine", "/machine")
+    );
 }
 
 #[test]

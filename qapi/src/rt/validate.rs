@@ -289,24 +289,10 @@ impl Checker<'_, '_> {
             TypeDesc::Alternate {
                 name: aname,
                 branches,
-            } => {
-                let fits = |b: &TypeDesc| match b {
-                    TypeDesc::Str | TypeDesc::Enum { .. } => v.is_string(),
-                    TypeDesc::Number | TypeDesc::Int { .. } => v.is_number(),
-                    TypeDesc::Bool => v.is_boolean(),
-                    TypeDesc::Null => v.is_null(),
-                    TypeDesc::Object { .. } => v.is_object(),
-                    TypeDesc::Handle { data, .. } => match data {
-                        TypeDesc::Str => v.is_string(),
-                        _ => v.is_number(),
-                    },
-                    TypeDesc::Any | TypeDesc::Array(_) | TypeDesc::Alternate { .. } => false,
-                };
-                match branches.iter().find(|b| fits(b)) {
-                    Some(b) => self.value(b, v, full, name),
-                    None => Err(type_error(name, aname)),
-                }
-            }
+            } => match branches.iter().find(|b| super::handles::fits(b, v)) {
+                Some(b) => self.value(b, v, full, name),
+                None => Err(type_error(name, aname)),
+            },
             TypeDesc::Handle { name: hname, data } => {
                 // Canonical form (explicit handles): {"__handle__": "Type", "data": value}.
                 if let Value::Object(o) = v {

@@ -157,7 +157,7 @@ impl QmpCommands for FakeVm {
         };
         let nodes = query_nodes == Some(true);
         let top = BlockStats {
-            device: (!nodes).then(|| "drive0".to_string()),
+            device: (!nodes).then(|| "drive0".into()),
             qdev: (!nodes).then(|| "/machine/peripheral/vblk0/virtio-backend".to_string()),
             node_name: Some("fmt0".into()),
             stats,

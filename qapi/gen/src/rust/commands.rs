@@ -87,11 +87,11 @@ impl<'s> Visitor<'s, NamingError> for CommandsGen<'_, 's> {
         w.block("pub mod commands {", "}", |w| {
             w.line("use crate::rt::QmpError;");
             w.blank();
-            handles_trait(w, handles);
+            handles_trait(cx, w, handles);
             w.blank();
             command_traits(cx, w, cmds);
             w.blank();
-            command_table(w, cmds);
+            command_table(cx, w, cmds);
             w.blank();
             resolve_handle(w, handles);
             w.blank();
@@ -143,22 +143,42 @@ fn method_doc(w: &mut CodeWriter, c: &Cmd<'_>) {
     w.doc(&text, &format!("Command `{}`.", c.def.name));
 }
 
-/// The handle resolver trait, one method per handle type.
-fn handles_trait(w: &mut CodeWriter, handles: &[&Definition]) {
+/// The handle resolver trait, one method per handle type. The `event-owner` handle gets a
+/// default method accepting exactly the owner value.
+fn handles_trait(cx: &Cx<'_>, w: &mut CodeWriter, handles: &[&Definition]) {
     w.line("/// Server-side validation of handles: every handle a client sends is resolved before");
     w.line("/// the command runs, so commands only ever see objects that exist.");
     w.block("pub trait QmpHandles {", "}", |w| {
         for h in handles {
-            w.line(format!(
-                "/// Checks that the `{}` named by `handle` exists. Return an error such as",
-                h.name
-            ));
-            w.line("/// [`QmpError::device_not_found`] when it does not.");
-            w.line(format!(
-                "fn resolve_{}(&self, handle: &super::types::{}) -> Result<(), QmpError>;",
+            let sig = format!(
+                "fn resolve_{}(&self, handle: &super::types::{}) -> Result<(), QmpError>",
                 snake(&h.name),
                 type_name(&h.name)
-            ));
+            );
+            match cx.schema.event_owner.as_ref().filter(|eo| eo.handle == h.name) {
+                Some(eo) => {
+                    w.line(format!(
+                        "/// Checks that the `{}` named by `handle` exists. By default only {:?}",
+                        h.name, eo.data
+                    ));
+                    w.line("/// (the owner of plain events) does; others give `DeviceNotFound`.");
+                    w.block(format!("{sig} {{"), "}", |w| {
+                        w.line(format!("if handle.0 == {:?} {{", eo.data));
+                        w.line("    Ok(())");
+                        w.line("} else {");
+                        w.line("    Err(QmpError::device_not_found(&handle.0))");
+                        w.line("}");
+                    });
+                }
+                None => {
+                    w.line(format!(
+                        "/// Checks that the `{}` named by `handle` exists. Return an error such as",
+                        h.name
+                    ));
+                    w.line("/// [`QmpError::device_not_found`] when it does not.");
+                    w.line(format!("{sig};"));
+                }
+            }
         }
     });
 }
@@ -189,7 +209,7 @@ fn command_traits(cx: &Cx<'_>, w: &mut CodeWriter, cmds: &[Cmd<'_>]) {
 }
 
 /// `COMMANDS`, the metadata of every command, and its lookup `command_info`.
-fn command_table(w: &mut CodeWriter, cmds: &[Cmd<'_>]) {
+fn command_table(cx: &Cx<'_>, w: &mut CodeWriter, cmds: &[Cmd<'_>]) {
     w.line("/// Every command of the schema, in schema order.");
     w.block("pub static COMMANDS: &[crate::rt::CommandInfo] = &[", "];", |w| {
         for c in cmds {
@@ -200,8 +220,12 @@ fn command_table(w: &mut CodeWriter, cmds: &[Cmd<'_>]) {
                 .map(|f| format!("\"{}\"", f.name))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let returns = match &c.returns {
+                Some(r) => format!("Some(&super::descriptors::{})", cx.desc_ident(r)),
+                None => "None".to_string(),
+            };
             w.line(format!(
-                "crate::rt::CommandInfo {{ name: \"{}\", allow_oob: {}, success_response: {}, allow_preconfig: {}, generated: {}, features: &[{features}] }},",
+                "crate::rt::CommandInfo {{ name: \"{}\", allow_oob: {}, success_response: {}, allow_preconfig: {}, generated: {}, features: &[{features}], returns: {returns} }},",
                 c.def.name, c.allow_oob, c.success_response, c.allow_preconfig, c.gen
             ));
         }

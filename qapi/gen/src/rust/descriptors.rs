@@ -8,7 +8,9 @@ use std::collections::BTreeSet;
 use super::ident::{type_name, NamingError};
 use super::{sanitize, Cx};
 use crate::emit::CodeWriter;
-use crate::model::{builtin_json_type, Branch, Definition, EnumValue, Member, TypeRef, BUILTINS};
+use crate::model::{
+    builtin_json_type, Branch, DefKind, Definition, EnumValue, Member, TypeRef, BUILTINS,
+};
 use crate::schema::{Schema, Visitor};
 
 /// The `descriptors` module as a schema visitor.
@@ -187,14 +189,24 @@ fn builtin_desc(name: &str) -> String {
     }
 }
 
-/// The element types of every array used by a member of a type, sorted.
+/// The element types of every array used by a member of a type or returned by a command,
+/// sorted.
 fn used_arrays(cx: &Cx<'_>) -> BTreeSet<String> {
     let mut arrays = BTreeSet::new();
-    for def in cx.defs().filter(|d| d.is_type()) {
-        for m in cx.schema.object_members(&def.name) {
-            if let TypeRef::Array(e) = &m.ty {
-                arrays.insert(e.clone());
+    for def in cx.defs() {
+        if def.is_type() {
+            for m in cx.schema.object_members(&def.name) {
+                if let TypeRef::Array(e) = &m.ty {
+                    arrays.insert(e.clone());
+                }
             }
+        }
+        if let DefKind::Command {
+            returns: Some(TypeRef::Array(e)),
+            ..
+        } = &def.kind
+        {
+            arrays.insert(e.clone());
         }
     }
     arrays

@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Typed events and signals: the `Event` enum, the `EventSink` trait, and one emitter per
-//! event (`emit_stop`, ...) and signal (`emit_block_io_error(sink, owner, ...)`).
+//! Typed events and signals: the `Event` enum, the `EventSink` trait, one emitter per
+//! event (`emit_stop`, ...) and signal (`emit_block_io_error(sink, owner, ...)`), and
+//! `SIGNALS`, the owner and data descriptor of each (plain events are owned by the schema's
+//! `event-owner`).
 
 use super::ident::{camel, snake, type_name, Namespace, NamingError};
 use super::{def_doc_text, field_inits, params, Cx};
 use crate::emit::CodeWriter;
-use crate::model::{Definition, Member};
+use crate::model::{Definition, Member, TypeRef};
 use crate::schema::{Schema, Visitor};
 
 /// An event or signal, with what its variant, methods and emitter need.
@@ -96,9 +98,11 @@ impl<'s> Visitor<'s, NamingError> for EventsGen<'_, 's> {
         w.block("pub mod events {", "}", |w| {
             w.line("use crate::rt::Timestamp;");
             w.blank();
+            signal_table(cx, w, evs);
+            w.blank();
             event_enum(w, evs);
             w.blank();
-            event_impl(w, evs);
+            event_impl(cx, w, evs);
             w.blank();
             w.code(
                 "
@@ -119,6 +123,77 @@ impl<'s> Visitor<'s, NamingError> for EventsGen<'_, 's> {
         w.blank();
         Ok(())
     }
+}
+
+/// `SIGNALS`, every event and signal with its owner handle type and data descriptor, and its
+/// lookup `signal_info`.
+fn signal_table(cx: &Cx<'_>, w: &mut CodeWriter, evs: &[Ev<'_>]) {
+    w.line("/// Every event and signal of the schema, in schema order, with its owner handle type");
+    w.line("/// (plain events are owned by the schema's `event-owner`) and data descriptor.");
+    w.block("pub static SIGNALS: &[crate::rt::SignalInfo] = &[", "];", |w| {
+        for e in evs {
+            let (owner, fixed) = match (&e.owner, &cx.schema.event_owner) {
+                (Some(o), _) => (o.clone(), "None".to_string()),
+                (None, Some(eo)) => (eo.handle.clone(), format!("Some({:?})", eo.data)),
+                // The schema check requires `event-owner` when there are plain events.
+                (None, None) => (String::new(), "None".to_string()),
+            };
+            let data = match &e.data {
+                Some(d) => format!(
+                    "Some(&super::descriptors::{})",
+                    cx.desc_ident(&TypeRef::Named(d.clone()))
+                ),
+                None => "None".to_string(),
+            };
+            w.line(format!(
+                "crate::rt::SignalInfo {{ name: \"{}\", owner: \"{owner}\", fixed_owner: {fixed}, data: {data} }},",
+                e.def.name
+            ));
+        }
+    });
+    w.blank();
+    w.code(
+        "
+        /// The metadata of event or signal `name`, if the schema has it.
+        pub fn signal_info(name: &str) -> Option<&'static crate::rt::SignalInfo> {
+            SIGNALS.iter().find(|s| s.name == name)
+        }
+        ",
+    );
+}
+
+/// `owner_handle`: the owner handle type and carrier value of every event.
+fn owner_handle(cx: &Cx<'_>, w: &mut CodeWriter, evs: &[Ev<'_>]) {
+    w.line(
+        "/// The owner of the event as (handle type name, plain carrier value): the object of a",
+    );
+    w.line("/// signal (`null` when it was received without one), the schema's `event-owner`");
+    w.line(
+        "/// for plain and unknown events (e.g. `(\"Machine\", \"/machine\")`). Route an event to",
+    );
+    w.line("/// the connections of `(name(), owner)` with it.");
+    w.block(
+        "pub fn owner_handle(&self) -> (&'static str, serde_json::Value) {",
+        "}",
+        |w| {
+            let fixed = match &cx.schema.event_owner {
+                Some(eo) => format!("(\"{}\", serde_json::json!({:?}))", eo.handle, eo.data),
+                None => "(\"\", serde_json::Value::Null)".to_string(),
+            };
+            w.block("match self {", "}", |w| {
+                for e in evs {
+                    match &e.owner {
+                        Some(o) => w.line(format!(
+                            "Event::{} {{ owner, .. }} => (\"{o}\", owner.as_ref().map_or(serde_json::Value::Null, |o| serde_json::json!(o.0))),",
+                            e.variant
+                        )),
+                        None => w.line(format!("{} => {fixed},", pattern(e))),
+                    }
+                }
+                w.line(format!("Event::Other {{ .. }} => {fixed},"));
+            })
+        },
+    );
 }
 
 /// The `Event` enum: one variant per event and signal, and `Other`.
@@ -176,7 +251,7 @@ fn pattern(e: &Ev<'_>) -> String {
 }
 
 /// `impl Event`: wire name, data and owner as JSON, the wire messages, and decoding.
-fn event_impl(w: &mut CodeWriter, evs: &[Ev<'_>]) {
+fn event_impl(cx: &Cx<'_>, w: &mut CodeWriter, evs: &[Ev<'_>]) {
     w.block("impl Event {", "}", |w| {
         w.line("/// The wire name of the event or signal.");
         w.block("pub fn name(&self) -> &str {", "}", |w| {
@@ -202,22 +277,24 @@ fn event_impl(w: &mut CodeWriter, evs: &[Ev<'_>]) {
             },
         );
         w.blank();
-        w.line("/// The owner in canonical handle form, for signals that know it.");
-        w.block(
-            "pub fn owner_json(&self) -> Option<serde_json::Value> {",
-            "}",
-            |w| {
-                w.line("#[allow(clippy::match_single_binding)]");
-                w.block("match self {", "}", |w| {
-                    for e in evs.iter().filter(|e| e.owner.is_some()) {
-                        w.line(format!(
-                            "Event::{} {{ owner, .. }} => owner.as_ref().map(|o| o.canonical()),",
-                            e.variant
-                        ));
-                    }
-                    w.line("_ => None,");
-                })
-            },
+        owner_handle(cx, w, evs);
+        w.blank();
+        w.code(
+            "
+            /// The owner in canonical handle form (see [`Event::owner_handle`]); `None` for a
+            /// signal received without its owner.
+            pub fn owner_json(&self) -> Option<serde_json::Value> {
+                match self.owner_handle() {
+                    (_, serde_json::Value::Null) => None,
+                    (name, data) => Some(crate::rt::canonical_handle(name, &data)),
+                }
+            }
+
+            /// The metadata of this event's signal (`None` for [`Event::Other`]).
+            pub fn signal_info(&self) -> Option<&'static crate::rt::SignalInfo> {
+                signal_info(self.name())
+            }
+            ",
         );
         w.blank();
         wire_messages(w);
@@ -249,8 +326,11 @@ fn wire_messages(w: &mut CodeWriter) {
             crate::rt::event_json(self.name(), self.data_json(), timestamp)
         }
 
-        /// The explicit-handles signal message `{"signal", "owner", "user_data", "data",
-        /// "timestamp"}`; plain events give the same as [`Event::to_json`].
+        /// The signal message `{"signal", "owner", "user_data", "data", "timestamp"}` sent to
+        /// an explicit connection; every event has one (plain events are owned by the
+        /// `event-owner`). A signal received without its owner gives [`Event::to_json`].
+        /// `data` is as [`Event::data_json`]; an explicit-handles session also passes it
+        /// through [`crate::rt::canonicalize_handles`] with [`SignalInfo::data`](crate::rt::SignalInfo).
         pub fn to_signal_json(
             &self,
             user_data: Option<&serde_json::Value>,
@@ -282,11 +362,8 @@ fn from_wire(w: &mut CodeWriter, evs: &[Ev<'_>]) {
             }
             #[allow(dead_code)]
             fn decode_owner<T: serde::de::DeserializeOwned>(owner: Option<serde_json::Value>) -> Result<Option<T>, serde_json::Error> {
-                match owner {
-                    Some(serde_json::Value::Object(mut o)) => o.remove("data").map(serde_json::from_value).transpose(),
-                    Some(other) => serde_json::from_value(other).map(Some),
-                    None => Ok(None),
-                }
+                // Handles decode from the plain and the canonical form.
+                owner.map(serde_json::from_value).transpose()
             }
             let _ = &owner;
             Ok(match name {

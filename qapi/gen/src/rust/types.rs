@@ -153,9 +153,18 @@ fn gen_handle(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition, data: &str) {
     let t = cx.rust_type(&TypeRef::Named(data.to_string()));
     w.code(&format!(
         r#"
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        ///
+        /// Serializes as its plain value; deserializes from the plain value or the canonical
+        /// form.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
         #[serde(transparent)]
         pub struct {name}(pub {t});
+
+        impl<'de> serde::Deserialize<'de> for {name} {{
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {{
+                crate::rt::deserialize_handle(d, Self::TYPE_NAME).map({name})
+            }}
+        }}
 
         impl {name} {{
             /// The handle type's schema name (the `__handle__` value in canonical form).
@@ -172,9 +181,35 @@ fn gen_handle(cx: &Cx<'_>, w: &mut CodeWriter, def: &Definition, data: &str) {
                 write!(f, "{{}}", self.0)
             }}
         }}
+
+        impl From<{t}> for {name} {{
+            fn from(v: {t}) -> Self {{
+                {name}(v)
+            }}
+        }}
         "#,
         schema_name = def.name
     ));
+    if data == "str" {
+        w.code(&format!(
+            r#"
+            impl From<&str> for {name} {{
+                fn from(v: &str) -> Self {{
+                    {name}(v.to_string())
+                }}
+            }}
+
+            /// The name the handle carries.
+            impl std::ops::Deref for {name} {{
+                type Target = str;
+
+                fn deref(&self) -> &str {{
+                    &self.0
+                }}
+            }}
+            "#
+        ));
+    }
 }
 
 /// An enum with its wire names, `ALL` and `as_str`.

@@ -13,7 +13,7 @@ use crate::doc::Doc;
 use crate::error::{Error, SemError};
 use crate::expr::check_exprs;
 use crate::model::{builtin_json_type, DefKind, Definition, Member, TypeRef, EMPTY_OBJECT};
-use crate::parser::{parse_file, Parsed};
+use crate::parser::{parse_file, EventOwner, Parsed};
 use crate::source::SourceInfo;
 use check::Checker;
 pub use visit::{CommandFlags, Visitor};
@@ -29,6 +29,8 @@ pub struct Schema {
     pub free_docs: Vec<(usize, Doc)>,
     /// Every schema file read.
     pub files: Vec<PathBuf>,
+    /// The owner of plain events (pragma `event-owner`): a `str` handle type and its value.
+    pub event_owner: Option<EventOwner>,
     pub(crate) index: BTreeMap<String, usize>,
 }
 
@@ -90,6 +92,7 @@ impl Schema {
             defs,
             free_docs,
             files: parsed.files,
+            event_owner: parsed.pragma.event_owner.clone(),
             index: BTreeMap::new(),
         };
         schema.build_index()?;
@@ -100,10 +103,45 @@ impl Schema {
             checking: BTreeSet::new(),
         };
         checker.check_all()?;
+        schema.check_event_owner()?;
         schema.check_docs()?;
         schema.apply_conditions(enabled);
         schema.check_conditional_references()?;
         Ok(schema)
+    }
+
+    /// Pragma `event-owner` names a handle type carried as `str`; a schema with plain events
+    /// must have it (every event is a signal of some object).
+    fn check_event_owner(&self) -> Res<()> {
+        match &self.event_owner {
+            Some(o) => {
+                let ok = self
+                    .get(&o.handle)
+                    .is_some_and(|d| matches!(&d.kind, DefKind::Handle { data } if data == "str"));
+                if ok {
+                    Ok(())
+                } else {
+                    Err(SemError::new(
+                        &o.info,
+                        format!(
+                            "pragma 'event-owner' must name a handle type carried as 'str', '{}' isn't one",
+                            o.handle
+                        ),
+                    ))
+                }
+            }
+            None => match self
+                .defs
+                .iter()
+                .find(|d| matches!(d.kind, DefKind::Event { .. }))
+            {
+                Some(ev) => Err(SemError::new(
+                    &ev.info,
+                    "events need an owner: add pragma 'event-owner'",
+                )),
+                None => Ok(()),
+            },
+        }
     }
 
     fn build_index(&mut self) -> Res<()> {
