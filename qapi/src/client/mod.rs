@@ -1,10 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The untyped half of our libqmp: a QMP connection with a reader thread that routes replies
-//! to waiters by `id` and queues events. Works blocking (`Reply::wait`) and async (`Reply`
-//! and `EventWait` are `Future`s that need no particular executor). The typed methods are
-//! generated into [`Client`].
+//! to waiters by `id`, queues events, and routes the signal messages of explicit connections
+//! (`{"connect": SIGNAL, "owner": HANDLE}`) to their [`SignalStream`]. Works blocking
+//! (`Reply::wait`) and async (`Reply` and `EventWait` are `Future`s that need no particular
+//! executor). The typed methods are generated into [`Client`].
 
 mod oneshot;
+mod signals;
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -20,6 +22,8 @@ pub use crate::qmp::client::Client;
 use crate::rt::{ErrorClass, QmpError, Timestamp};
 pub use oneshot::Reply;
 use oneshot::Slot;
+pub use signals::{decode_no_data, decode_signal_data, Signal, SignalStream};
+use signals::{SignalKey, StreamEntry};
 
 /// Errors seen by a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +73,11 @@ pub struct Greeting {
 #[derive(Default)]
 struct State {
     pending: HashMap<String, Arc<Slot>>,
+    /// `connect` requests in flight (by request id): the stream is registered by the reader
+    /// thread when the reply arrives, before any later message is routed.
+    pending_connects: HashMap<String, SignalKey>,
+    /// The explicit connections with a [`SignalStream`].
+    streams: Vec<StreamEntry>,
     events: VecDeque<RawEvent>,
     event_wakers: Vec<Waker>,
     closed: bool,
@@ -77,19 +86,59 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    /// Notified on every event, signal and close.
     events_cv: Condvar,
+    writer: Mutex<Box<dyn Write + Send>>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Sends one message with a fresh `id` and returns its pending reply, decoded with
+    /// `decode`. `connect` registers a signal stream when the reply is a connection id.
+    fn send<T>(
+        &self,
+        mut msg: serde_json::Map<String, Value>,
+        decode: fn(Value) -> Result<T, ClientError>,
+        connect: Option<SignalKey>,
+    ) -> Reply<T> {
+        let slot = Arc::new(Slot::default());
+        let id = {
+            let mut st = self.lock();
+            if st.closed {
+                slot.fill(Err(ClientError::Closed));
+                return Reply::new(slot, decode);
+            }
+            st.next_id += 1;
+            let id = format!("__qmp#{:05}", st.next_id);
+            st.pending.insert(id.clone(), Arc::clone(&slot));
+            if let Some(key) = connect {
+                st.pending_connects.insert(id.clone(), key);
+            }
+            id
+        };
+        msg.insert("id".into(), json!(id));
+        let mut line = Value::Object(msg).to_string();
+        line.push('\n');
+        let res = {
+            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+            w.write_all(line.as_bytes()).and_then(|()| w.flush())
+        };
+        if let Err(e) = res {
+            let mut st = self.lock();
+            st.pending.remove(&id);
+            st.pending_connects.remove(&id);
+            slot.fill(Err(ClientError::Io(e.to_string())));
+        }
+        Reply::new(slot, decode)
+    }
 }
 
 /// A QMP connection: greeting read, reader thread running.
 pub struct Connection {
     shared: Arc<Shared>,
-    writer: Mutex<Box<dyn Write + Send>>,
     greeting: Greeting,
     shutdown: Option<Box<dyn Fn() + Send + Sync>>,
 }
@@ -116,6 +165,7 @@ impl Connection {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             events_cv: Condvar::new(),
+            writer: Mutex::new(Box::new(writer)),
         });
         let s = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -124,7 +174,6 @@ impl Connection {
             .map_err(|e| ClientError::Io(e.to_string()))?;
         Ok(Connection {
             shared,
-            writer: Mutex::new(Box::new(writer)),
             greeting,
             shutdown: None,
         })
@@ -163,11 +212,24 @@ impl Connection {
     /// Leaves capabilities negotiation (`qmp_capabilities`), enabling `oob` when asked for
     /// and offered.
     pub fn negotiate(&self, enable_oob: bool) -> Result<(), ClientError> {
-        let args = if enable_oob && self.greeting.capabilities.iter().any(|c| c == "oob") {
-            Some(json!({"enable": ["oob"]}))
-        } else {
-            None
-        };
+        let offered = self.greeting.capabilities.iter().any(|c| c == "oob");
+        let enable: &[&str] = if enable_oob && offered { &["oob"] } else { &[] };
+        self.negotiate_with(enable)
+    }
+
+    /// Leaves capabilities negotiation (`qmp_capabilities`) enabling exactly `capabilities`
+    /// (e.g. `["oob", "explicit-handles"]`; none sends no `arguments`). A capability the
+    /// greeting did not offer is refused here, before anything is sent.
+    pub fn negotiate_with(&self, capabilities: &[&str]) -> Result<(), ClientError> {
+        if let Some(c) = capabilities
+            .iter()
+            .find(|c| !self.greeting.capabilities.iter().any(|o| o == *c))
+        {
+            return Err(ClientError::Protocol(format!(
+                "the server does not offer capability '{c}'"
+            )));
+        }
+        let args = (!capabilities.is_empty()).then(|| json!({ "enable": capabilities }));
         self.request("qmp_capabilities", args, false, decode_unit)
             .wait()
     }
@@ -181,35 +243,72 @@ impl Connection {
         oob: bool,
         decode: fn(Value) -> Result<T, ClientError>,
     ) -> Reply<T> {
-        let slot = Arc::new(Slot::default());
-        let id = {
-            let mut st = self.shared.lock();
-            if st.closed {
-                slot.fill(Err(ClientError::Closed));
-                return Reply::new(slot, decode);
-            }
-            st.next_id += 1;
-            let id = format!("__qmp#{:05}", st.next_id);
-            st.pending.insert(id.clone(), Arc::clone(&slot));
-            id
-        };
         let mut msg = serde_json::Map::new();
         msg.insert(if oob { "exec-oob" } else { "execute" }.into(), json!(name));
         if let Some(a) = arguments {
             msg.insert("arguments".into(), a);
         }
-        msg.insert("id".into(), json!(id));
-        let mut line = Value::Object(msg).to_string();
-        line.push('\n');
-        let res = {
-            let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-            w.write_all(line.as_bytes()).and_then(|()| w.flush())
+        self.shared.send(msg, decode, None)
+    }
+
+    /// Connects to signal `name` of `owner` (a handle in canonical form, e.g.
+    /// `{"__handle__": "Machine", "data": "/machine"}`): sends `{"connect": name, "owner":
+    /// owner, "user_data": user_data}` and returns the connection id. Its messages arrive
+    /// through [`Connection::next_event`]; use [`Connection::connect_stream`] to get them on
+    /// a queue of their own.
+    pub fn connect_signal(
+        &self,
+        name: &str,
+        owner: Value,
+        user_data: Option<Value>,
+    ) -> Result<i64, ClientError> {
+        self.shared
+            .send(
+                connect_message(name, owner, user_data),
+                decode_connection_id,
+                None,
+            )
+            .wait()
+    }
+
+    /// Disconnects connection `conn` of `owner` (canonical form): sends `{"disconnect": conn,
+    /// "owner": owner}`.
+    pub fn disconnect_signal(&self, conn: i64, owner: Value) -> Result<(), ClientError> {
+        disconnect(&self.shared, conn, owner)
+    }
+
+    /// Like [`Connection::connect_signal`], but the connection's messages (those naming
+    /// `name`, `owner` and `user_data`) go to the returned stream, their data decoded with
+    /// `decode`. Messages that match no stream still arrive through
+    /// [`Connection::next_event`]. Connections with equal name, owner and user data cannot
+    /// be told apart on the wire: their messages are shared out evenly among them.
+    pub fn connect_stream<T>(
+        &self,
+        name: &str,
+        owner: Value,
+        user_data: Option<Value>,
+        decode: fn(Option<Value>) -> Result<T, ClientError>,
+    ) -> Result<SignalStream<T>, ClientError> {
+        let key = SignalKey {
+            name: name.to_string(),
+            owner: owner.clone(),
+            user_data: user_data.clone(),
         };
-        if let Err(e) = res {
-            self.shared.lock().pending.remove(&id);
-            slot.fill(Err(ClientError::Io(e.to_string())));
-        }
-        Reply::new(slot, decode)
+        let id = self
+            .shared
+            .send(
+                connect_message(name, owner.clone(), user_data),
+                decode_connection_id,
+                Some(key),
+            )
+            .wait()?;
+        Ok(SignalStream::new(
+            Arc::clone(&self.shared),
+            id,
+            name.to_string(),
+            owner,
+            decode,
+        ))
     }
 
     /// Runs a command and waits for its raw return value.
@@ -295,6 +394,35 @@ impl<T> Future for EventWait<T> {
     }
 }
 
+/// `{"connect": name, "owner": owner, "user_data": user_data}` (no `user_data` when `None`).
+fn connect_message(
+    name: &str,
+    owner: Value,
+    user_data: Option<Value>,
+) -> serde_json::Map<String, Value> {
+    let mut msg = serde_json::Map::new();
+    msg.insert("connect".into(), json!(name));
+    msg.insert("owner".into(), owner);
+    if let Some(u) = user_data {
+        msg.insert("user_data".into(), u);
+    }
+    msg
+}
+
+/// Sends `{"disconnect": conn, "owner": owner}` and waits for `{}`.
+fn disconnect(shared: &Shared, conn: i64, owner: Value) -> Result<(), ClientError> {
+    let mut msg = serde_json::Map::new();
+    msg.insert("disconnect".into(), json!(conn));
+    msg.insert("owner".into(), owner);
+    shared.send(msg, decode_unit, None).wait()
+}
+
+/// Decodes the reply of `connect`: the connection id, an integer.
+fn decode_connection_id(v: Value) -> Result<i64, ClientError> {
+    v.as_i64()
+        .ok_or_else(|| ClientError::Decode(format!("expected a connection id, got {v}")))
+}
+
 /// Decodes a command's return value as `T`.
 pub fn decode<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, ClientError> {
     serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()))
@@ -357,6 +485,7 @@ fn reader_loop<R: BufRead>(mut reader: R, shared: &Shared) {
     }
     let mut st = shared.lock();
     st.closed = true;
+    st.pending_connects.clear();
     for (_, slot) in st.pending.drain() {
         slot.fill(Err(ClientError::Closed));
     }
@@ -368,6 +497,7 @@ fn reader_loop<R: BufRead>(mut reader: R, shared: &Shared) {
 
 fn fail_pending(shared: &Shared, err: ClientError) {
     let mut st = shared.lock();
+    st.pending_connects.clear();
     for (_, slot) in st.pending.drain() {
         slot.fill(Err(err.clone()));
     }
@@ -386,6 +516,12 @@ fn route(shared: &Shared, msg: Value) {
         .or_else(|| msg.get("signal"))
         .and_then(Value::as_str);
     if let Some(name) = name {
+        if msg.get("signal").is_some()
+            && signals::deliver(&mut shared.lock(), name, &msg, timestamp)
+        {
+            shared.events_cv.notify_all();
+            return;
+        }
         let ev = RawEvent {
             name: name.to_string(),
             data: msg.get("data").cloned(),
@@ -419,7 +555,16 @@ fn route(shared: &Shared, msg: Value) {
     };
     match msg.get("id").and_then(Value::as_str) {
         Some(id) => {
-            if let Some(slot) = shared.lock().pending.remove(id) {
+            let slot = {
+                let mut st = shared.lock();
+                if let Some(key) = st.pending_connects.remove(id) {
+                    if let Ok(Some(conn)) = result.as_ref().map(Value::as_i64) {
+                        st.streams.push(StreamEntry::new(conn, key));
+                    }
+                }
+                st.pending.remove(id)
+            };
+            if let Some(slot) = slot {
                 slot.fill(result);
             }
         }
@@ -443,6 +588,7 @@ mod tests {
         Shared {
             state: Mutex::new(State::default()),
             events_cv: Condvar::new(),
+            writer: Mutex::new(Box::new(std::io::sink())),
         }
     }
 

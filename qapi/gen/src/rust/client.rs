@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The typed client (our libqmp): one blocking and one async method per command, `_oob`
-//! variants for `allow-oob` commands, and a typed event stream.
+//! variants for `allow-oob` commands, a typed event stream, and one `connect_<signal>` per
+//! event and signal giving a typed `SignalStream` of an explicit connection.
 
 use super::ident::{snake, type_name, NamingError};
 use super::{def_doc_text, field_inits, params, Cx};
@@ -31,7 +32,7 @@ impl<'s> Visitor<'s, NamingError> for ClientGen<'_, 's> {
         w.indent();
         w.code(
             "
-            use crate::client::{ClientError, Connection, EventWait, RawEvent, Reply};
+            use crate::client::{ClientError, Connection, EventWait, RawEvent, Reply, SignalStream};
             use crate::rt::Timestamp;
 
             /// A typed QMP client over a [`Connection`]: commands are methods returning typed
@@ -65,6 +66,29 @@ impl<'s> Visitor<'s, NamingError> for ClientGen<'_, 's> {
     ) -> Result<(), NamingError> {
         let shape = method_shape(self.cx, data, returns, flags.boxed);
         command_methods(self.w, def, &shape, flags.allow_oob);
+        Ok(())
+    }
+
+    fn visit_event(
+        &mut self,
+        def: &'s Definition,
+        data: Option<&'s str>,
+        _boxed: bool,
+    ) -> Result<(), NamingError> {
+        if let Some(eo) = &self.cx.schema.event_owner {
+            connect_method(self.w, def, &eo.handle, data);
+        }
+        Ok(())
+    }
+
+    fn visit_signal(
+        &mut self,
+        def: &'s Definition,
+        owner: &'s str,
+        data: Option<&'s str>,
+        _boxed: bool,
+    ) -> Result<(), NamingError> {
+        connect_method(self.w, def, owner, data);
         Ok(())
     }
 
@@ -106,6 +130,43 @@ fn client_basics(w: &mut CodeWriter) {
             self.conn.event_async(decode_event)
         }
         ",
+    );
+}
+
+/// `connect_<signal>`: an explicit connection to signal (or event) `def` of an `owner`, with
+/// its messages decoded on a typed stream.
+fn connect_method(w: &mut CodeWriter, def: &Definition, owner: &str, data: Option<&str>) {
+    let (t, decode) = match data {
+        Some(d) => {
+            let t = format!("super::types::{}", type_name(d));
+            let decode = format!("crate::client::decode_signal_data::<{t}>");
+            (t, decode)
+        }
+        None => (
+            "()".to_string(),
+            "crate::client::decode_no_data".to_string(),
+        ),
+    };
+    w.blank();
+    w.line(format!(
+        "/// Connects to signal `{}` of `owner` (`{{\"connect\": \"{}\", \"owner\": ...}}`, the",
+        def.name, def.name
+    ));
+    w.line("/// owner in canonical form); its messages, with their data decoded, arrive on the");
+    w.line("/// returned stream. `user_data` comes back with every message.");
+    w.block(
+        format!(
+            "pub fn connect_{}(&self, owner: &super::types::{}, user_data: Option<serde_json::Value>) -> Result<SignalStream<{t}>, ClientError> {{",
+            snake(&def.name),
+            type_name(owner)
+        ),
+        "}",
+        |w| {
+            w.line(format!(
+                "self.conn.connect_stream(\"{}\", owner.canonical(), user_data, {decode})",
+                def.name
+            ))
+        },
     );
 }
 
