@@ -3,7 +3,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -142,8 +142,15 @@ pub enum Completion {
     /// Failed; the policy says to complete the request as if it had succeeded.
     Ignored(io::Error),
     /// Failed; the policy says to stop. The device must keep the request (not complete it) and
-    /// submit it again after [`Backend::retry_event`] fires.
-    Stopped(io::Error),
+    /// submit it again once [`Backend::resume_epoch`] differs from `epoch` (the retry event
+    /// fires on each [`Backend::resume`]).
+    Stopped {
+        /// The host error.
+        error: io::Error,
+        /// [`Backend::resume_epoch`] when the request stopped: the resume that releases it is
+        /// the next one.
+        epoch: u64,
+    },
 }
 
 impl Completion {
@@ -167,6 +174,7 @@ pub struct Backend {
     policy: RwLock<Arc<dyn ErrorPolicy>>,
     stats: BlockStats,
     io_status: AtomicU8,
+    resume_epoch: AtomicU64,
     slots: Slots,
     retry: EventFd,
 }
@@ -197,6 +205,7 @@ impl Backend {
             policy: RwLock::new(Arc::new(ReportPolicy)),
             stats: BlockStats::default(),
             io_status: AtomicU8::new(IoStatus::Ok.to_u8()),
+            resume_epoch: AtomicU64::new(0),
             slots: Slots::default(),
             retry: EventFd::new(EFD_NONBLOCK)?,
         })
@@ -327,14 +336,22 @@ impl Backend {
         &self.retry
     }
 
-    /// Clears the I/O status and asks devices to retry the requests they keep (on `cont`).
+    /// Clears the I/O status, starts a new resume epoch and asks devices to retry the requests
+    /// they keep (on `cont`).
     ///
     /// # Errors
     /// Writing the retry eventfd failed.
     pub fn resume(&self) -> io::Result<()> {
         self.io_status
             .store(IoStatus::Ok.to_u8(), Ordering::Release);
+        self.resume_epoch.fetch_add(1, Ordering::AcqRel);
         self.retry.write(1)
+    }
+
+    /// How many times [`Backend::resume`] ran: a stopped request is due for a retry once this
+    /// differs from the epoch of its [`Completion::Stopped`].
+    pub fn resume_epoch(&self) -> u64 {
+        self.resume_epoch.load(Ordering::Acquire)
     }
 
     fn validate(&self, root: &dyn BlockNode, req: &Request<'_>) -> Result<(), InvalidRequest> {
@@ -394,6 +411,9 @@ impl Backend {
         let can_stop = policy.can_stop();
         let nospace = info.nospace();
         let reason = info.reason();
+        // Read before the signal (which asks for the VM stop): a resume that comes after this
+        // load releases the request.
+        let epoch = self.resume_epoch.load(Ordering::Acquire);
         // The backend's own steps, as QEMU's virtio-blk and `blk_error_action`: a reported
         // failure counts as failed, an ignored one as done, a stopped one not yet (its retry
         // is counted); a stop sets the I/O status unless one is set already.
@@ -427,7 +447,7 @@ impl Backend {
         match action {
             ErrorAction::Report => Completion::Failed(error),
             ErrorAction::Ignore => Completion::Ignored(error),
-            ErrorAction::Stop => Completion::Stopped(error),
+            ErrorAction::Stop => Completion::Stopped { error, epoch },
         }
     }
 }
@@ -661,19 +681,19 @@ mod tests {
             calls: AtomicUsize::new(0),
             last: Mutex::new(None),
         }));
-        assert!(matches!(b.submit(write()), Completion::Stopped(_)));
+        assert!(matches!(b.submit(write()), Completion::Stopped { .. }));
         assert_eq!(b.io_status(), IoStatus::Failed);
         b.set_root(Arc::new(FailWrites {
             child: file,
             errno: libc::ENOSPC,
         }));
         // The first stop's status stays until resume (QEMU's blk_iostatus_set_err).
-        assert!(matches!(b.submit(write()), Completion::Stopped(_)));
+        assert!(matches!(b.submit(write()), Completion::Stopped { .. }));
         assert_eq!(b.io_status(), IoStatus::Failed);
         b.resume().unwrap();
         assert_eq!(b.io_status(), IoStatus::Ok);
         assert_eq!(b.retry_event().read().unwrap(), 1);
-        assert!(matches!(b.submit(write()), Completion::Stopped(_)));
+        assert!(matches!(b.submit(write()), Completion::Stopped { .. }));
         assert_eq!(b.io_status(), IoStatus::NoSpace);
         // As QEMU's virtio-blk: only the reported failure counts as failed; the ignored one
         // counts as done; stopped ones count when their retry ends.
@@ -774,7 +794,7 @@ mod tests {
         }));
         assert!(b.io_status_enabled());
         log.lock().unwrap().clear();
-        assert!(matches!(b.submit(write()), Completion::Stopped(_)));
+        assert!(matches!(b.submit(write()), Completion::Stopped { .. }));
         assert_eq!(
             *log.lock().unwrap(),
             vec![
@@ -904,7 +924,10 @@ mod tests {
                     let got = match c {
                         Completion::Failed(_) => ErrorAction::Report,
                         Completion::Ignored(_) => ErrorAction::Ignore,
-                        Completion::Stopped(_) => ErrorAction::Stop,
+                        Completion::Stopped { epoch, .. } => {
+                            assert_eq!(epoch, b.resume_epoch());
+                            ErrorAction::Stop
+                        }
                         other => panic!("{other:?}"),
                     };
                     assert_eq!(got, want, "{side} {kind:?} {errno}");
@@ -970,7 +993,7 @@ mod tests {
                     bufs: &bufs,
                 })
             };
-            assert!(!matches!(c, Completion::Ok | Completion::Stopped(_)));
+            assert!(!matches!(c, Completion::Ok | Completion::Stopped { .. }));
         }
         for c in &counters {
             assert_eq!(c.0.load(Ordering::Relaxed), N);
