@@ -3,16 +3,18 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::file::{FileNode, OpenError};
+use crate::inject::{FaultNode, FaultRule, InjectError};
 use crate::node::{BlockNode, CacheMode, IoBuf, IoKind};
 use crate::policy::{ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, ReportPolicy};
 use crate::registry::generate_node_name;
+use crate::signal::{IoErrorEvent, IoErrorSlot, SlotId, Slots};
 use crate::stats::BlockStats;
 
 /// How to open a backend on a raw image (what `--disk` describes).
@@ -140,8 +142,15 @@ pub enum Completion {
     /// Failed; the policy says to complete the request as if it had succeeded.
     Ignored(io::Error),
     /// Failed; the policy says to stop. The device must keep the request (not complete it) and
-    /// submit it again after [`Backend::retry_event`] fires.
-    Stopped(io::Error),
+    /// submit it again once [`Backend::resume_epoch`] differs from `epoch` (the retry event
+    /// fires on each [`Backend::resume`]).
+    Stopped {
+        /// The host error.
+        error: io::Error,
+        /// [`Backend::resume_epoch`] when the request stopped: the resume that releases it is
+        /// the next one.
+        epoch: u64,
+    },
 }
 
 impl Completion {
@@ -151,18 +160,22 @@ impl Completion {
     }
 }
 
-/// The block backend a device uses: an id, a root node, stats, error policy and I/O status.
+/// The block backend a device uses: an id, a root node (under the implicit fault-injection
+/// filter), stats, error policy, I/O status and the I/O-error signal.
 ///
 /// Shared (`Arc`) between the VMM (QMP queries, policy changes) and the device's I/O thread;
-/// every method takes `&self` and no method blocks on anything but the node's own I/O.
+/// every method takes `&self` and no method blocks on anything but the node's own I/O (and
+/// an injected delay).
 #[derive(Debug)]
 pub struct Backend {
     id: String,
     serial: Option<String>,
-    root: RwLock<Arc<dyn BlockNode>>,
+    top: Arc<FaultNode>,
     policy: RwLock<Arc<dyn ErrorPolicy>>,
     stats: BlockStats,
     io_status: AtomicU8,
+    resume_epoch: AtomicU64,
+    slots: Slots,
     retry: EventFd,
 }
 
@@ -184,13 +197,16 @@ impl Backend {
     /// # Errors
     /// Creating the retry eventfd failed.
     pub fn new(id: impl Into<String>, root: Arc<dyn BlockNode>) -> io::Result<Self> {
+        let id = id.into();
         Ok(Self {
-            id: id.into(),
+            top: Arc::new(FaultNode::new(format!("#inject-{id}"), root)),
+            id,
             serial: None,
-            root: RwLock::new(root),
             policy: RwLock::new(Arc::new(ReportPolicy)),
             stats: BlockStats::default(),
             io_status: AtomicU8::new(IoStatus::Ok.to_u8()),
+            resume_epoch: AtomicU64::new(0),
+            slots: Slots::default(),
             retry: EventFd::new(EFD_NONBLOCK)?,
         })
     }
@@ -211,15 +227,58 @@ impl Backend {
         self.serial.as_deref().unwrap_or(&self.id)
     }
 
-    /// The root node.
+    /// The root node as queries show it: the node below the implicit fault-injection filter.
     pub fn root(&self) -> Arc<dyn BlockNode> {
-        self.root.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.top.current_child()
     }
 
-    /// Replaces the root node (e.g. to insert a filter above the current one); requests already
-    /// running finish on the old root.
+    /// Replaces the root node (e.g. to insert a filter above the current one), below the
+    /// fault-injection filter; requests already running finish on the old root.
     pub fn set_root(&self, node: Arc<dyn BlockNode>) {
-        *self.root.write().unwrap_or_else(|e| e.into_inner()) = node;
+        self.top.set_child(node);
+    }
+
+    /// The fault-injection filter on top of the root.
+    pub fn fault_node(&self) -> &Arc<FaultNode> {
+        &self.top
+    }
+
+    /// Installs a fault-injection rule; returns its id (1, 2, ... per backend).
+    ///
+    /// # Errors
+    /// The rule is invalid for this backend (see [`InjectError`]).
+    pub fn inject(&self, rule: FaultRule) -> Result<u64, InjectError> {
+        self.top.inject(rule)
+    }
+
+    /// Removes rule `id`, or every rule (`None`); the requests they delay proceed at once.
+    ///
+    /// # Errors
+    /// No rule has this id ("No injection rule with id 7 on 'drive0'").
+    pub fn remove_injection(&self, id: Option<u64>) -> Result<(), InjectError> {
+        self.top.remove(id, &self.id)
+    }
+
+    /// The installed rules with their ids, oldest first.
+    pub fn injections(&self) -> Vec<(u64, FaultRule)> {
+        self.top.rules()
+    }
+
+    /// Wakes every request an injected delay holds (call on reset and shutdown).
+    pub fn release_delays(&self) {
+        self.top.release_delays();
+    }
+
+    /// Connects a slot to the I/O-error signal; slots run in connection order, after the
+    /// backend's own accounting. See [`IoErrorSlot`] for what a slot must not do.
+    pub fn connect_io_error(&self, slot: Arc<dyn IoErrorSlot>) -> SlotId {
+        self.slots.connect(slot)
+    }
+
+    /// Disconnects a slot; returns whether it was connected. An emission already running on
+    /// another thread may still call it once.
+    pub fn disconnect_io_error(&self, id: SlotId) -> bool {
+        self.slots.disconnect(id)
     }
 
     /// Size in bytes.
@@ -237,14 +296,34 @@ impl Backend {
         &self.stats
     }
 
-    /// QMP's `io-status`.
+    /// QMP's `io-status`: `failed` or `nospace` from the first request stopped since the last
+    /// [`Backend::resume`] (QEMU's `blk_iostatus_set_err` keeps the first), else `ok`. QMP
+    /// shows it only when [`Backend::io_status_enabled`].
     pub fn io_status(&self) -> IoStatus {
         IoStatus::from_u8(self.io_status.load(Ordering::Acquire))
     }
 
-    /// Installs the error policy (`rerror`/`werror`).
+    /// Whether `query-block` shows `io-status`: the policy can stop the VM (QEMU's
+    /// `blk_iostatus_is_enabled`).
+    pub fn io_status_enabled(&self) -> bool {
+        self.policy().can_stop()
+    }
+
+    /// Installs the error policy (`rerror`/`werror`, e.g. a [`crate::DevicePolicy`]).
     pub fn set_error_policy(&self, policy: Arc<dyn ErrorPolicy>) {
         *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    /// The error policy.
+    pub fn error_policy(&self) -> Arc<dyn ErrorPolicy> {
+        self.policy()
+    }
+
+    fn policy(&self) -> Arc<dyn ErrorPolicy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Counts a request the device refused on its own (e.g. misaligned).
@@ -257,14 +336,22 @@ impl Backend {
         &self.retry
     }
 
-    /// Clears the I/O status and asks devices to retry the requests they keep (on `cont`).
+    /// Clears the I/O status, starts a new resume epoch and asks devices to retry the requests
+    /// they keep (on `cont`).
     ///
     /// # Errors
     /// Writing the retry eventfd failed.
     pub fn resume(&self) -> io::Result<()> {
         self.io_status
             .store(IoStatus::Ok.to_u8(), Ordering::Release);
+        self.resume_epoch.fetch_add(1, Ordering::AcqRel);
         self.retry.write(1)
+    }
+
+    /// How many times [`Backend::resume`] ran: a stopped request is due for a retry once this
+    /// differs from the epoch of its [`Completion::Stopped`].
+    pub fn resume_epoch(&self) -> u64 {
+        self.resume_epoch.load(Ordering::Acquire)
     }
 
     fn validate(&self, root: &dyn BlockNode, req: &Request<'_>) -> Result<(), InvalidRequest> {
@@ -281,7 +368,9 @@ impl Backend {
         Ok(())
     }
 
-    /// Runs one request on the root node, accounts it and applies the error policy.
+    /// Runs one request on the root node (through the fault-injection filter), accounts it
+    /// and, on failure, applies the error policy and emits the I/O-error signal (see
+    /// [`IoErrorSlot`]) on the calling thread before returning.
     pub fn submit(&self, req: Request<'_>) -> Completion {
         let root = self.root();
         let kind = req.kind();
@@ -289,9 +378,10 @@ impl Backend {
             self.stats.account_invalid(kind);
             return Completion::Invalid(e);
         }
-        let (offset, len) = req.range().unwrap_or((0, 0));
+        let range = req.range();
+        let (offset, len) = range.unwrap_or((0, 0));
         let start = Instant::now();
-        let result = match req {
+        let result = self.top.check(kind, range).and_then(|()| match req {
             Request::Read { offset, bufs } => root.read_vectored(offset, bufs),
             Request::Write { offset, bufs } => root.write_vectored(offset, bufs),
             Request::Flush => root.flush(),
@@ -301,39 +391,63 @@ impl Backend {
                 len,
                 may_unmap,
             } => root.write_zeroes(offset, len, may_unmap),
-        };
+        });
+        let end = matches!(kind, IoKind::Write | IoKind::WriteZeroes).then(|| offset + len);
         let error = match result {
             Ok(()) => {
-                let end = matches!(kind, IoKind::Write | IoKind::WriteZeroes).then(|| offset + len);
                 self.stats.account_done(kind, len, start.elapsed(), end);
                 return Completion::Ok;
             }
             Err(e) => e,
         };
-        self.stats.account_failed(kind);
         let info = IoErrorInfo {
             device: &self.id,
             node_name: root.node_name(),
             operation: kind,
             error: &error,
         };
-        let policy = self
-            .policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match policy.on_error(&info) {
-            ErrorAction::Report => Completion::Failed(error),
-            ErrorAction::Ignore => Completion::Ignored(error),
+        let policy = self.policy();
+        let action = policy.on_error(&info);
+        let can_stop = policy.can_stop();
+        let nospace = info.nospace();
+        let reason = info.reason();
+        // Read before the signal (which asks for the VM stop): a resume that comes after this
+        // load releases the request.
+        let epoch = self.resume_epoch.load(Ordering::Acquire);
+        // The backend's own steps, as QEMU's virtio-blk and `blk_error_action`: a reported
+        // failure counts as failed, an ignored one as done, a stopped one not yet (its retry
+        // is counted); a stop sets the I/O status unless one is set already.
+        match action {
+            ErrorAction::Report => self.stats.account_failed(kind),
+            ErrorAction::Ignore => self.stats.account_done(kind, len, start.elapsed(), end),
             ErrorAction::Stop => {
-                let status = if info.nospace() {
+                let status = if nospace {
                     IoStatus::NoSpace
                 } else {
                     IoStatus::Failed
                 };
-                self.io_status.store(status.to_u8(), Ordering::Release);
-                Completion::Stopped(error)
+                let _ = self.io_status.compare_exchange(
+                    IoStatus::Ok.to_u8(),
+                    status.to_u8(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
             }
+        }
+        self.slots.emit(&IoErrorEvent {
+            device: &self.id,
+            node_name: root.node_name(),
+            operation: kind,
+            action,
+            nospace: can_stop.then_some(nospace),
+            reason: &reason,
+            can_stop,
+            error: &error,
+        });
+        match action {
+            ErrorAction::Report => Completion::Failed(error),
+            ErrorAction::Ignore => Completion::Ignored(error),
+            ErrorAction::Stop => Completion::Stopped { error, epoch },
         }
     }
 }
@@ -346,6 +460,7 @@ mod tests {
     use vmm_sys_util::tempfile::TempFile;
 
     use super::*;
+    use crate::policy::{DevicePolicy, OnError};
 
     fn image(len: usize) -> TempFile {
         let f = TempFile::new().unwrap();
@@ -514,6 +629,10 @@ mod tests {
             ));
             self.action
         }
+
+        fn can_stop(&self) -> bool {
+            self.action == ErrorAction::Stop
+        }
     }
 
     #[test]
@@ -562,17 +681,358 @@ mod tests {
             calls: AtomicUsize::new(0),
             last: Mutex::new(None),
         }));
-        assert!(matches!(b.submit(write()), Completion::Stopped(_)));
+        assert!(matches!(b.submit(write()), Completion::Stopped { .. }));
         assert_eq!(b.io_status(), IoStatus::Failed);
         b.set_root(Arc::new(FailWrites {
             child: file,
             errno: libc::ENOSPC,
         }));
-        assert!(matches!(b.submit(write()), Completion::Stopped(_)));
-        assert_eq!(b.io_status(), IoStatus::NoSpace);
+        // The first stop's status stays until resume (QEMU's blk_iostatus_set_err).
+        assert!(matches!(b.submit(write()), Completion::Stopped { .. }));
+        assert_eq!(b.io_status(), IoStatus::Failed);
         b.resume().unwrap();
         assert_eq!(b.io_status(), IoStatus::Ok);
         assert_eq!(b.retry_event().read().unwrap(), 1);
-        assert_eq!(b.stats().snapshot().qmp().failed_wr_operations, 4);
+        assert!(matches!(b.submit(write()), Completion::Stopped { .. }));
+        assert_eq!(b.io_status(), IoStatus::NoSpace);
+        // As QEMU's virtio-blk: only the reported failure counts as failed; the ignored one
+        // counts as done; stopped ones count when their retry ends.
+        let q = b.stats().snapshot().qmp();
+        assert_eq!(q.failed_wr_operations, 1);
+        assert_eq!(q.wr_operations, 1);
+    }
+
+    /// Records every emission, tagged with its name, into a shared log.
+    #[derive(Debug)]
+    struct Logger {
+        name: &'static str,
+        log: Arc<Mutex<Vec<(&'static str, String)>>>,
+    }
+
+    impl IoErrorSlot for Logger {
+        fn on_io_error(&self, e: &IoErrorEvent<'_>) {
+            self.log.lock().unwrap().push((
+                self.name,
+                format!(
+                    "{} {} {} {} {:?} {} {}",
+                    e.device,
+                    e.node_name,
+                    e.operation.qmp_operation(),
+                    e.action.as_str(),
+                    e.nospace,
+                    e.reason,
+                    e.can_stop
+                ),
+            ));
+        }
+    }
+
+    /// Checks, from inside the signal, that the backend's own steps already ran.
+    #[derive(Debug)]
+    struct SeesStatus {
+        backend: Mutex<Option<Arc<Backend>>>,
+        seen: Mutex<Vec<(IoStatus, u64)>>,
+    }
+
+    impl IoErrorSlot for SeesStatus {
+        fn on_io_error(&self, _e: &IoErrorEvent<'_>) {
+            let b = self.backend.lock().unwrap().clone().unwrap();
+            let failed = b.stats().snapshot().qmp().failed_wr_operations;
+            self.seen.lock().unwrap().push((b.io_status(), failed));
+        }
+    }
+
+    #[test]
+    fn slots_run_in_order_after_the_backend() {
+        let f = image(4096);
+        let b = Arc::new(
+            Backend::open(BackendConfig {
+                node_name: Some("disk0".into()),
+                ..BackendConfig::new("drive0", f.as_path())
+            })
+            .unwrap(),
+        );
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let first = b.connect_io_error(Arc::new(Logger {
+            name: "first",
+            log: log.clone(),
+        }));
+        let sees = Arc::new(SeesStatus {
+            backend: Mutex::new(Some(b.clone())),
+            seen: Mutex::new(Vec::new()),
+        });
+        let sees_id = b.connect_io_error(sees.clone());
+        b.connect_io_error(Arc::new(Logger {
+            name: "second",
+            log: log.clone(),
+        }));
+        b.inject(FaultRule::new(IoKind::Write, libc::EIO)).unwrap();
+        let mut buf = vec![0u8; 512];
+        let bufs = [IoBuf::from(buf.as_mut_slice())];
+        let write = || Request::Write {
+            offset: 0,
+            bufs: &bufs,
+        };
+        // Report policy: no io-status, no nospace.
+        assert!(matches!(b.submit(write()), Completion::Failed(_)));
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![
+                (
+                    "first",
+                    "drive0 disk0 write report None Input/output error false".into()
+                ),
+                (
+                    "second",
+                    "drive0 disk0 write report None Input/output error false".into()
+                ),
+            ]
+        );
+        b.set_error_policy(Arc::new(DevicePolicy {
+            read: OnError::Report,
+            write: OnError::Stop,
+        }));
+        assert!(b.io_status_enabled());
+        log.lock().unwrap().clear();
+        assert!(matches!(b.submit(write()), Completion::Stopped { .. }));
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![
+                (
+                    "first",
+                    "drive0 disk0 write stop Some(false) Input/output error true".into()
+                ),
+                (
+                    "second",
+                    "drive0 disk0 write stop Some(false) Input/output error true".into()
+                ),
+            ]
+        );
+        // The slot saw the reported failure counted and the stop's status set.
+        assert_eq!(
+            *sees.seen.lock().unwrap(),
+            vec![(IoStatus::Ok, 1), (IoStatus::Failed, 1)]
+        );
+        assert!(b.disconnect_io_error(first));
+        assert!(!b.disconnect_io_error(first));
+        assert!(b.disconnect_io_error(sees_id));
+        *sees.backend.lock().unwrap() = None;
+        log.lock().unwrap().clear();
+        b.submit(write());
+        assert_eq!(log.lock().unwrap().len(), 1);
+        assert_eq!(log.lock().unwrap()[0].0, "second");
+        // Reads succeed: no emission.
+        assert!(b
+            .submit(Request::Read {
+                offset: 0,
+                bufs: &bufs
+            })
+            .is_success());
+        assert_eq!(log.lock().unwrap().len(), 1);
+    }
+
+    /// A slot that connects another slot from inside the signal (no lock is held).
+    #[derive(Debug)]
+    struct Reenter {
+        backend: Arc<Backend>,
+        calls: AtomicUsize,
+    }
+
+    impl IoErrorSlot for Reenter {
+        fn on_io_error(&self, _e: &IoErrorEvent<'_>) {
+            if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                let id = self.backend.connect_io_error(Arc::new(Counter::default()));
+                self.backend.disconnect_io_error(id);
+            }
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct Counter(AtomicUsize);
+
+    impl IoErrorSlot for Counter {
+        fn on_io_error(&self, _e: &IoErrorEvent<'_>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn slots_may_reenter_the_backend() {
+        let f = image(4096);
+        let b = Arc::new(open(&f, false));
+        let slot = Arc::new(Reenter {
+            backend: b.clone(),
+            calls: AtomicUsize::new(0),
+        });
+        b.connect_io_error(slot.clone());
+        b.inject(FaultRule::new(IoKind::Flush, libc::EIO)).unwrap();
+        assert!(matches!(b.submit(Request::Flush), Completion::Failed(_)));
+        assert!(matches!(b.submit(Request::Flush), Completion::Failed(_)));
+        assert_eq!(slot.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn policies_through_submit() {
+        let f = image(4096);
+        let b = open(&f, false);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        b.connect_io_error(Arc::new(Logger {
+            name: "s",
+            log: log.clone(),
+        }));
+        let mut buf = vec![0u8; 512];
+        let bufs = [IoBuf::from(buf.as_mut_slice())];
+        let sides = [
+            OnError::Report,
+            OnError::Ignore,
+            OnError::Enospc,
+            OnError::Stop,
+        ];
+        for side in sides {
+            for kind in [IoKind::Read, IoKind::Write] {
+                for errno in [libc::EIO, libc::ENOSPC] {
+                    let policy = if kind == IoKind::Read {
+                        DevicePolicy {
+                            read: side,
+                            write: OnError::Report,
+                        }
+                    } else {
+                        DevicePolicy {
+                            read: OnError::Report,
+                            write: side,
+                        }
+                    };
+                    b.set_error_policy(Arc::new(policy));
+                    b.remove_injection(None).unwrap();
+                    b.inject(FaultRule::new(kind, errno)).unwrap();
+                    b.resume().unwrap();
+                    log.lock().unwrap().clear();
+                    let req = if kind == IoKind::Read {
+                        Request::Read {
+                            offset: 0,
+                            bufs: &bufs,
+                        }
+                    } else {
+                        Request::Write {
+                            offset: 0,
+                            bufs: &bufs,
+                        }
+                    };
+                    let c = b.submit(req);
+                    let nospace = errno == libc::ENOSPC;
+                    let want = side.action(nospace);
+                    let got = match c {
+                        Completion::Failed(_) => ErrorAction::Report,
+                        Completion::Ignored(_) => ErrorAction::Ignore,
+                        Completion::Stopped { epoch, .. } => {
+                            assert_eq!(epoch, b.resume_epoch());
+                            ErrorAction::Stop
+                        }
+                        other => panic!("{other:?}"),
+                    };
+                    assert_eq!(got, want, "{side} {kind:?} {errno}");
+                    let status = match (want, nospace) {
+                        (ErrorAction::Stop, true) => IoStatus::NoSpace,
+                        (ErrorAction::Stop, false) => IoStatus::Failed,
+                        _ => IoStatus::Ok,
+                    };
+                    assert_eq!(b.io_status(), status, "{side} {kind:?} {errno}");
+                    assert_eq!(b.io_status_enabled(), policy.can_stop());
+                    let reason = if nospace {
+                        "No space left on device"
+                    } else {
+                        "Input/output error"
+                    };
+                    let nospace_field = policy.can_stop().then_some(nospace);
+                    assert_eq!(
+                        log.lock().unwrap().clone(),
+                        vec![(
+                            "s",
+                            format!(
+                                "drive0 {} {} {} {nospace_field:?} {reason} {}",
+                                b.root().node_name(),
+                                kind.qmp_operation(),
+                                want.as_str(),
+                                policy.can_stop()
+                            )
+                        )]
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_storm_calls_each_slot_once_per_request() {
+        let f = image(4096);
+        let b = open(&f, false);
+        b.set_error_policy(Arc::new(DevicePolicy {
+            read: OnError::Report,
+            write: OnError::Ignore,
+        }));
+        let counters: Vec<Arc<Counter>> = (0..3).map(|_| Arc::new(Counter::default())).collect();
+        for c in &counters {
+            b.connect_io_error(c.clone());
+        }
+        b.inject(FaultRule::new(IoKind::Read, libc::EIO)).unwrap();
+        b.inject(FaultRule::new(IoKind::Write, libc::ENOSPC))
+            .unwrap();
+        let mut buf = vec![0u8; 512];
+        let bufs = [IoBuf::from(buf.as_mut_slice())];
+        const N: usize = 100_000;
+        for i in 0..N {
+            let offset = (i as u64 % 8) * 512;
+            let c = if i % 2 == 0 {
+                b.submit(Request::Read {
+                    offset,
+                    bufs: &bufs,
+                })
+            } else {
+                b.submit(Request::Write {
+                    offset,
+                    bufs: &bufs,
+                })
+            };
+            assert!(!matches!(c, Completion::Ok | Completion::Stopped { .. }));
+        }
+        for c in &counters {
+            assert_eq!(c.0.load(Ordering::Relaxed), N);
+        }
+        let q = b.stats().snapshot().qmp();
+        assert_eq!(q.failed_rd_operations, N as u64 / 2);
+        assert_eq!(q.wr_operations, N as u64 / 2);
+        assert_eq!(b.io_status(), IoStatus::Ok);
+        // The image was never written.
+        assert!(std::fs::read(f.as_path())
+            .unwrap()
+            .iter()
+            .all(|&x| x == 0x33));
+    }
+
+    #[test]
+    fn the_fault_node_is_transparent() {
+        let f = image(4096);
+        let b = Backend::open(BackendConfig {
+            node_name: Some("disk0".into()),
+            ..BackendConfig::new("drive0", f.as_path())
+        })
+        .unwrap();
+        let root = b.root();
+        assert_eq!(root.node_name(), "disk0");
+        assert_eq!(root.driver(), "file");
+        assert_eq!(root.filename(), Some(f.as_path()));
+        assert!(root.child().is_none());
+        let top = b.fault_node();
+        assert!(top.implicit());
+        assert_eq!(top.driver(), "blkdebug");
+        assert!(Arc::ptr_eq(&top.child().unwrap(), &root));
+        assert_eq!(top.size(), 4096);
+        let mut registry = crate::Registry::new();
+        let b = registry.add_backend(b).unwrap();
+        assert_eq!(
+            registry.nodes().map(|n| n.node_name()).collect::<Vec<_>>(),
+            vec!["disk0"]
+        );
+        assert!(b.injections().is_empty());
     }
 }

@@ -23,16 +23,23 @@
 
 mod backend;
 mod file;
+pub mod inject;
 pub mod lock;
 mod node;
 mod policy;
 mod registry;
+mod signal;
 mod stats;
 
 pub use backend::{Backend, BackendConfig, Completion, InvalidRequest, Request};
 pub use file::{FileNode, OpenError};
+pub use inject::{errno_name, parse_errno, FaultNode, FaultRule, InjectError};
 pub use lock::{LockConflict, LockError, Perm, Perms};
 pub use node::{BlockNode, CacheMode, IoBuf, IoKind, ParseCacheModeError, SECTOR_SIZE};
-pub use policy::{ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, ReportPolicy};
+pub use policy::{
+    DevicePolicy, ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, OnError, ParseOnErrorError,
+    ReportPolicy,
+};
 pub use registry::{generate_node_name, validate_name, NameError, Registry, RegistryError};
+pub use signal::{IoErrorEvent, IoErrorSlot, SlotId};
 pub use stats::{BlockStats, BlockStatsSnapshot, OpStatsSnapshot, QmpBlockStats};

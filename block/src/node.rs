@@ -36,6 +36,17 @@ impl IoKind {
         !matches!(self, IoKind::Read)
     }
 
+    /// A name for messages: `read`, `write`, `flush`, `discard`, `write-zeroes`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IoKind::Read => "read",
+            IoKind::Write => "write",
+            IoKind::Flush => "flush",
+            IoKind::Discard => "discard",
+            IoKind::WriteZeroes => "write-zeroes",
+        }
+    }
+
     /// The `operation` of QMP's `BLOCK_IO_ERROR`: `read` or `write`.
     pub fn qmp_operation(self) -> &'static str {
         if self.is_write() {
@@ -129,6 +140,12 @@ pub trait BlockNode: Send + Sync + fmt::Debug {
     /// The node this one filters, if it is a filter.
     fn child(&self) -> Option<Arc<dyn BlockNode>> {
         None
+    }
+
+    /// Whether this is an implicit filter (QEMU's `bs->implicit`): inserted by the VMM, not
+    /// the user, and skipped by queries and error events.
+    fn implicit(&self) -> bool {
+        false
     }
 
     /// Size in bytes the guest sees.

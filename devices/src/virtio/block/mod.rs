@@ -8,8 +8,10 @@
 pub mod request;
 mod worker;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use block::{Backend, SECTOR_SIZE};
 use virtio_bindings::virtio_blk::{
@@ -53,6 +55,7 @@ unsafe impl ByteValued for BlockConfig {}
 
 struct Running {
     kill: EventFd,
+    stopping: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
@@ -146,9 +149,16 @@ impl VirtioBlock {
 
     fn stop(&mut self) {
         if let Some(running) = self.running.take() {
+            running.stopping.store(true, Ordering::Release);
             // If the write fails the thread cannot be told to stop; joining would hang, so
             // leave it detached (it holds only its own references).
             if running.kill.write(1).is_ok() {
+                // A request an injected delay holds would hold the reset: release delays
+                // until the thread (which joins its request threads) is gone.
+                while !running.thread.is_finished() {
+                    self.backend.release_delays();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 let _ = running.thread.join();
             }
         }
@@ -204,6 +214,7 @@ impl VirtioDevice for VirtioBlock {
             write_zeroes: acked & self.features & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
         };
         let name = format!("blk-{}", self.backend.id().replace('\0', ""));
+        let stopping = Arc::new(AtomicBool::new(false));
         let worker = Worker::new(
             ctx.mem,
             self.queues.clone(),
@@ -213,6 +224,7 @@ impl VirtioDevice for VirtioBlock {
             self.backend.clone(),
             config,
             name.clone(),
+            stopping.clone(),
         )
         .map_err(ActivateError::Io)?;
         let body = worker.prepare().map_err(ActivateError::Io)?;
@@ -220,7 +232,11 @@ impl VirtioDevice for VirtioBlock {
             .name(name)
             .spawn(body)
             .map_err(ActivateError::Io)?;
-        self.running = Some(Running { kill, thread });
+        self.running = Some(Running {
+            kill,
+            stopping,
+            thread,
+        });
         Ok(())
     }
 

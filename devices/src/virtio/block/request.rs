@@ -110,8 +110,9 @@ pub enum ChainError {
 pub enum Outcome {
     /// Completed; the used length is the number of bytes written to the guest.
     Done(u32),
-    /// The backend's policy stopped it: leave it in the ring and retry later.
-    Park,
+    /// The backend's policy stopped it: leave it in the ring and retry it once the backend's
+    /// resume epoch differs from this one.
+    Park(u64),
 }
 
 /// Features the request parser needs to know about.
@@ -235,8 +236,9 @@ where
     let data = sub_range(&segs, HEADER_LEN, total - HEADER_LEN - 1);
     let data_len = total - HEADER_LEN - 1;
     let (status, written) = execute(req_type, sector, &data, data_len, mem, backend, cfg);
-    let Some(status) = status else {
-        return Ok(Outcome::Park);
+    let status = match status {
+        Ok(s) => s,
+        Err(epoch) => return Ok(Outcome::Park(epoch)),
     };
     mem.write_obj(status, status_addr)
         .map_err(|_| ChainError::Memory)?;
@@ -245,17 +247,47 @@ where
     ))
 }
 
-/// Maps a backend completion to a status; `None` parks the request.
-fn status_of(c: &Completion) -> Option<u8> {
+/// A status byte, or `Err(epoch)`: park the request (see [`Outcome::Park`]).
+type Status = Result<u8, u64>;
+
+/// Maps a backend completion to a status.
+fn status_of(c: &Completion) -> Status {
     match c {
-        Completion::Ok | Completion::Ignored(_) => Some(S_OK),
-        Completion::Invalid(_) | Completion::Failed(_) => Some(S_IOERR),
-        Completion::Stopped(_) => None,
+        Completion::Ok | Completion::Ignored(_) => Ok(S_OK),
+        Completion::Invalid(_) | Completion::Failed(_) => Ok(S_IOERR),
+        Completion::Stopped { epoch, .. } => Err(*epoch),
     }
 }
 
-/// Runs a parsed request; returns the status (`None`: park) and the data bytes written to the
-/// guest.
+/// Whether `chain` is a FLUSH request, read from its header without consuming it; `false`
+/// when the header cannot be read (the request then fails on its own).
+pub fn is_flush<M>(chain: &DescriptorChain<M>, mem: &GuestMemoryMmap) -> bool
+where
+    M: Deref<Target = GuestMemoryMmap> + Clone,
+{
+    let mut segs = Vec::new();
+    let mut have = 0u64;
+    for d in chain.clone().take(MAX_CHAIN_DESCRIPTORS) {
+        if d.is_write_only() {
+            break;
+        }
+        if d.len() > 0 {
+            segs.push(Segment {
+                addr: d.addr(),
+                len: u64::from(d.len()),
+                writable: false,
+            });
+            have += u64::from(d.len());
+        }
+        if have >= 4 {
+            break;
+        }
+    }
+    read_split::<u32>(mem, &sub_range(&segs, 0, 4))
+        .is_some_and(|t| u32::from_le(t) == VIRTIO_BLK_T_FLUSH)
+}
+
+/// Runs a parsed request; returns the status and the data bytes written to the guest.
 fn execute(
     req_type: u32,
     sector: u64,
@@ -264,10 +296,10 @@ fn execute(
     mem: &GuestMemoryMmap,
     backend: &Backend,
     cfg: RequestConfig,
-) -> (Option<u8>, u64) {
+) -> (Status, u64) {
     let ioerr = |kind: IoKind| {
         backend.account_invalid(kind);
-        (Some(S_IOERR), 0)
+        (Ok(S_IOERR), 0)
     };
     match req_type {
         VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
@@ -296,7 +328,7 @@ fn execute(
                 }
             });
             let status = status_of(&c);
-            let written = if read && status == Some(S_OK) {
+            let written = if read && status == Ok(S_OK) {
                 data_len
             } else {
                 0
@@ -306,7 +338,7 @@ fn execute(
         VIRTIO_BLK_T_FLUSH => (status_of(&backend.submit(Request::Flush)), 0),
         VIRTIO_BLK_T_GET_ID => {
             if data.iter().any(|s| !s.writable) {
-                return (Some(S_IOERR), 0);
+                return (Ok(S_IOERR), 0);
             }
             let mut id = [0u8; ID_BYTES];
             let serial = backend.serial().as_bytes();
@@ -317,11 +349,11 @@ fn execute(
             for s in sub_range(data, 0, len) {
                 let n = s.len as usize;
                 if mem.write_slice(&id[done..done + n], s.addr).is_err() {
-                    return (Some(S_IOERR), 0);
+                    return (Ok(S_IOERR), 0);
                 }
                 done += n;
             }
-            (Some(S_OK), len)
+            (Ok(S_OK), len)
         }
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             let discard = req_type == VIRTIO_BLK_T_DISCARD;
@@ -342,7 +374,7 @@ fn execute(
                 || count > u64::from(MAX_DISCARD_SEGMENTS)
                 || data.iter().any(|s| s.writable)
             {
-                return (Some(S_UNSUPP), 0);
+                return (Ok(S_UNSUPP), 0);
             }
             // Read every segment, then validate them all before touching the image.
             let Some(segments) = (0..count)
@@ -363,7 +395,7 @@ fn execute(
                     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
                 };
                 if flags & !allowed != 0 {
-                    return (Some(S_UNSUPP), 0);
+                    return (Ok(S_UNSUPP), 0);
                 }
                 if num > MAX_DISCARD_SECTORS {
                     return ioerr(kind);
@@ -388,12 +420,12 @@ fn execute(
                     }
                 };
                 match status_of(&backend.submit(req)) {
-                    Some(S_OK) => {}
+                    Ok(S_OK) => {}
                     other => return (other, 0),
                 }
             }
-            (Some(S_OK), 0)
+            (Ok(S_OK), 0)
         }
-        _ => (Some(S_UNSUPP), 0),
+        _ => (Ok(S_UNSUPP), 0),
     }
 }

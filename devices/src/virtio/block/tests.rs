@@ -2,10 +2,13 @@
 //! virtio-blk driven through the MMIO registers, as a guest driver would.
 
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use block::{BackendConfig, BlockNode, ErrorAction, ErrorPolicy, IoBuf, IoErrorInfo, IoStatus};
+use block::{
+    BackendConfig, BlockNode, DevicePolicy, ErrorAction, FaultRule, IoBuf, IoErrorEvent,
+    IoErrorSlot, IoKind, IoStatus, OnError,
+};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
@@ -735,95 +738,326 @@ fn hostile_register_writes_while_running() {
     assert_eq!(u64::from_le_bytes(cap), SECTORS);
 }
 
-/// A filter failing the first `n` writes with EIO.
+/// A filter logging every request that reaches it: (kind, first sector, first data byte).
 #[derive(Debug)]
-struct FailFirstWrites {
+struct Recorder {
     child: Arc<dyn BlockNode>,
-    left: AtomicUsize,
+    log: Mutex<Vec<(IoKind, u64, u8)>>,
 }
 
-impl BlockNode for FailFirstWrites {
+impl Recorder {
+    fn on(backend: &Backend) -> Arc<Self> {
+        let r = Arc::new(Self {
+            child: backend.root(),
+            log: Mutex::new(Vec::new()),
+        });
+        backend.set_root(r.clone());
+        r
+    }
+
+    fn log(&self) -> Vec<(IoKind, u64, u8)> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl BlockNode for Recorder {
     fn node_name(&self) -> &str {
-        "inject0"
+        "rec0"
     }
     fn driver(&self) -> &str {
-        "blkdebug"
+        "recorder"
     }
     fn child(&self) -> Option<Arc<dyn BlockNode>> {
         Some(self.child.clone())
     }
     fn write_vectored(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
-        if self
-            .left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
+        let first = bufs
+            .first()
+            .and_then(|b| b.read_obj::<u8>(0).ok())
+            .unwrap_or(0);
+        self.log
+            .lock()
+            .unwrap()
+            .push((IoKind::Write, offset / 512, first));
         self.child.write_vectored(offset, bufs)
+    }
+    fn read_vectored(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
+        self.log
+            .lock()
+            .unwrap()
+            .push((IoKind::Read, offset / 512, 0));
+        self.child.read_vectored(offset, bufs)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.log.lock().unwrap().push((IoKind::Flush, 0, 0));
+        self.child.flush()
     }
 }
 
-#[derive(Debug)]
-struct StopPolicy;
+/// Counts emissions of the I/O-error signal, by action.
+#[derive(Debug, Default)]
+struct Emissions(Mutex<Vec<ErrorAction>>);
 
-impl ErrorPolicy for StopPolicy {
-    fn on_error(&self, _info: &IoErrorInfo<'_>) -> ErrorAction {
-        ErrorAction::Stop
+impl IoErrorSlot for Emissions {
+    fn on_io_error(&self, e: &IoErrorEvent<'_>) {
+        self.0.lock().unwrap().push(e.action);
     }
+}
+
+impl Emissions {
+    fn count(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    fn wait(&self, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "{} emissions, not {n}",
+                self.count()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+fn stop_policy() -> Arc<DevicePolicy> {
+    Arc::new(DevicePolicy {
+        read: OnError::Stop,
+        write: OnError::Stop,
+    })
+}
+
+/// Lets the I/O thread run a little: what must not happen has had a chance to.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(20));
 }
 
 #[test]
 fn host_errors_are_reported_or_parked_for_retry() {
     let mut h = Harness::new("err0", false);
-    let file = h.backend.root();
-    h.backend.set_root(Arc::new(FailFirstWrites {
-        child: file,
-        left: AtomicUsize::new(2),
-    }));
+    let mut once = FaultRule::new(IoKind::Write, libc::EIO);
+    once.once = true;
+    h.backend.inject(once.clone()).unwrap();
+    let signals = Arc::new(Emissions::default());
+    h.backend.connect_io_error(signals.clone());
     h.init_default();
-    // Default policy: report, IOERR to the guest.
+    // Report: IOERR to the guest, one emission.
     h.fill(DATA_AT, 512, 0x99);
+    h.backend.set_error_policy(Arc::new(DevicePolicy {
+        read: OnError::Report,
+        write: OnError::Report,
+    }));
     assert_eq!(h.run(VIRTIO_BLK_T_OUT, 1, DATA_AT, 512, false), (1, 1));
     assert_eq!(h.backend.stats().snapshot().qmp().failed_wr_operations, 1);
     assert_eq!(h.backend.io_status(), IoStatus::Ok);
+    assert_eq!(*signals.0.lock().unwrap(), vec![ErrorAction::Report]);
 
-    // Stop: the failed request is held until the backend is resumed. A request already
-    // running beside it may complete (requests complete in any order); new kicks start
-    // nothing while one is held.
-    h.backend.set_error_policy(Arc::new(StopPolicy));
+    // The default policy (werror=enospc) reports EIO and stops on ENOSPC.
+    h.backend
+        .set_error_policy(Arc::new(DevicePolicy::default()));
+    h.backend.inject(once.clone()).unwrap();
+    assert_eq!(h.run(VIRTIO_BLK_T_OUT, 1, DATA_AT, 512, false), (1, 1));
+    let mut nospc = once;
+    nospc.errno = Some(libc::ENOSPC);
+    h.backend.inject(nospc).unwrap();
     let (write_head, write_status) = h.request(VIRTIO_BLK_T_OUT, 2, DATA_AT, 512, false);
-    h.request(VIRTIO_BLK_T_IN, 0, DATA_AT + 0x1000, 512, true);
     h.kick();
-    let deadline = Instant::now() + WAIT;
-    while h.backend.io_status() == IoStatus::Ok {
-        assert!(Instant::now() < deadline, "request not stopped");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    assert_eq!(h.backend.io_status(), IoStatus::Failed);
-    h.kick();
-    std::thread::sleep(Duration::from_millis(20));
-    let completed: Vec<u32> = (h.used_seen..h.q.used_idx())
-        .map(|i| h.q.used_elem(i).0)
-        .collect();
-    assert!(
-        !completed.contains(&u32::from(write_head)),
-        "the parked write completed: {completed:?}"
-    );
+    signals.wait(3);
+    assert_eq!(h.backend.io_status(), IoStatus::NoSpace);
+    settle();
+    assert_eq!(h.q.used_idx(), h.used_seen);
     assert_eq!(
         h.mem.read_obj::<u8>(GuestAddress(write_status)).unwrap(),
         0xff
     );
     h.backend.resume().unwrap();
-    let used = h.wait_used(2);
-    let write = used
-        .iter()
-        .find(|u| u.0 == u32::from(write_head))
-        .expect("the write completed after resume");
-    assert_eq!(write.1, 1);
+    let used = h.wait_used(1);
+    assert_eq!(used[0], (u32::from(write_head), 1));
     assert_eq!(h.mem.read_obj::<u8>(GuestAddress(write_status)).unwrap(), 0);
     assert!(h.file()[2 * 512..3 * 512].iter().all(|&b| b == 0x99));
     assert_eq!(h.backend.io_status(), IoStatus::Ok);
+    assert_eq!(signals.count(), 3);
+}
+
+/// (a) Parked requests are retried in their original order, one at a time.
+#[test]
+fn parked_requests_retry_in_order() {
+    let mut h = Harness::new("ord0", false);
+    h.backend.set_error_policy(stop_policy());
+    let signals = Arc::new(Emissions::default());
+    h.backend.connect_io_error(signals.clone());
+    let rule = h
+        .backend
+        .inject(FaultRule::new(IoKind::Write, libc::EIO))
+        .unwrap();
+    h.init_default();
+    // Eight writes made available at once run on the pool, all fail and all park.
+    let mut heads = Vec::new();
+    for i in 0..8u64 {
+        let at = DATA_AT + i * 0x1000;
+        h.fill(at, 512, 0x40 + i as u8);
+        heads.push(h.request(VIRTIO_BLK_T_OUT, 10 + i, at, 512, false).0);
+    }
+    h.kick();
+    signals.wait(8);
+    settle();
+    assert_eq!(signals.count(), 8);
+    assert_eq!(h.q.used_idx(), 0);
+    let rec = Recorder::on(&h.backend);
+    h.backend.remove_injection(Some(rule)).unwrap();
+    h.backend.resume().unwrap();
+    let used = h.wait_used(8);
+    let want: Vec<_> = (0..8u64)
+        .map(|i| (IoKind::Write, 10 + i, 0x40 + i as u8))
+        .collect();
+    assert_eq!(rec.log(), want);
+    // One at a time: they also complete in that order.
+    assert_eq!(
+        used.iter().map(|u| u.0).collect::<Vec<_>>(),
+        heads.iter().map(|&h| u32::from(h)).collect::<Vec<_>>()
+    );
+    for i in 0..8usize {
+        assert!(h.file()[(10 + i) * 512..(11 + i) * 512]
+            .iter()
+            .all(|&b| b == 0x40 + i as u8));
+    }
+    assert_eq!(signals.count(), 8);
+}
+
+/// (b) A flush never completes before a write made available before it that parks; (c)
+/// nothing new runs while a request is parked; (d) `cont` with the fault still there parks
+/// again, with one more emission, and completes nothing.
+#[test]
+fn flushes_and_new_requests_wait_behind_parked_writes() {
+    let mut h = Harness::new("bar0", false);
+    h.backend.set_error_policy(stop_policy());
+    let signals = Arc::new(Emissions::default());
+    h.backend.connect_io_error(signals.clone());
+    let rec = Recorder::on(&h.backend);
+    let mut rule = FaultRule::new(IoKind::Write, libc::EIO);
+    rule.sector = Some(5);
+    rule.count = Some(2);
+    let rule = h.backend.inject(rule).unwrap();
+    h.init_default();
+
+    // A good write, a failing write and a flush, made available together.
+    h.fill(DATA_AT, 512, 0x11);
+    h.fill(DATA_AT + 0x1000, 1024, 0x22);
+    let ok = h.request(VIRTIO_BLK_T_OUT, 1, DATA_AT, 512, false).0;
+    let bad = h
+        .request(VIRTIO_BLK_T_OUT, 4, DATA_AT + 0x1000, 1024, false)
+        .0;
+    let flush = h.request(VIRTIO_BLK_T_FLUSH, 0, 0, 0, false).0;
+    h.kick();
+    signals.wait(1);
+    // The good write may complete; the flush must not.
+    settle();
+    let done: Vec<u32> = (0..h.q.used_idx()).map(|i| h.q.used_elem(i).0).collect();
+    assert!(done.iter().all(|&d| d == u32::from(ok)), "{done:?}");
+    assert!(!rec.log().iter().any(|l| l.0 == IoKind::Flush));
+
+    // (c) New requests do not start while the write is parked.
+    let read = h.request(VIRTIO_BLK_T_IN, 0, DATA_AT + 0x4000, 512, true).0;
+    let flush2 = h.request(VIRTIO_BLK_T_FLUSH, 0, 0, 0, false).0;
+    h.kick();
+    settle();
+    assert!(!rec.log().iter().any(|l| l.0 != IoKind::Write));
+    assert_eq!(h.backend.stats().snapshot().qmp().rd_operations, 0);
+
+    // (d) Resume with the fault still there: the write alone runs again (the fault node above
+    // the recorder fails it: one more emission) and parks again.
+    let before = rec.log().len();
+    h.backend.resume().unwrap();
+    signals.wait(2);
+    settle();
+    assert_eq!(signals.count(), 2);
+    assert_eq!(rec.log().len(), before);
+    assert!(!rec.log().iter().any(|l| l.0 != IoKind::Write));
+    assert!(h.q.used_idx() <= 1);
+    assert_eq!(h.backend.io_status(), IoStatus::Failed);
+
+    // The fault goes: everything completes, in order behind the write.
+    h.backend.remove_injection(Some(rule)).unwrap();
+    h.backend.resume().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while h.q.used_idx() < 5 {
+        assert!(Instant::now() < deadline, "not all completed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let order: Vec<u32> = (0..5).map(|i| h.q.used_elem(i).0).collect();
+    let tail: Vec<u32> = order
+        .iter()
+        .copied()
+        .filter(|&d| d != u32::from(ok))
+        .collect();
+    assert_eq!(
+        tail,
+        [bad, flush, read, flush2].map(u32::from).to_vec(),
+        "{order:?}"
+    );
+    let kinds: Vec<IoKind> = rec.log().iter().map(|l| l.0).collect();
+    let last_write = kinds.iter().rposition(|k| *k == IoKind::Write).unwrap();
+    let first_flush = kinds.iter().position(|k| *k == IoKind::Flush).unwrap();
+    assert!(last_write < first_flush, "{kinds:?}");
+    for i in 0..5 {
+        assert_eq!(
+            h.mem
+                .read_obj::<u8>(GuestAddress(STATUS_AT + u64::from(h.q.used_elem(i).0)))
+                .unwrap(),
+            0
+        );
+    }
+    assert!(h.file()[4 * 512..6 * 512].iter().all(|&b| b == 0x22));
+    assert_eq!(signals.count(), 2);
+    assert_eq!(h.backend.io_status(), IoStatus::Ok);
+}
+
+/// A resume that comes before the I/O thread has seen the request stop still releases it.
+#[test]
+fn a_resume_racing_the_stop_is_not_lost() {
+    let mut h = Harness::new("race0", false);
+    h.backend.set_error_policy(stop_policy());
+    /// Resumes the backend from inside the signal, before the request is parked.
+    #[derive(Debug)]
+    struct ResumeAtOnce(Mutex<Option<Arc<Backend>>>);
+    impl IoErrorSlot for ResumeAtOnce {
+        fn on_io_error(&self, _e: &IoErrorEvent<'_>) {
+            if let Some(b) = self.0.lock().unwrap().take() {
+                b.remove_injection(None).unwrap();
+                b.resume().unwrap();
+            }
+        }
+    }
+    h.backend
+        .connect_io_error(Arc::new(ResumeAtOnce(Mutex::new(Some(h.backend.clone())))));
+    h.backend
+        .inject(FaultRule::new(IoKind::Read, libc::EIO))
+        .unwrap();
+    h.init_default();
+    assert_eq!(h.run(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true), (513, 0));
+}
+
+/// A request an injected delay holds does not hold a device reset.
+#[test]
+fn reset_releases_delayed_requests() {
+    let mut h = Harness::new("slow0", false);
+    let mut hang = FaultRule::new(IoKind::Read, libc::EIO);
+    hang.errno = None;
+    hang.delay = Some(block::inject::MAX_DELAY);
+    h.backend.inject(hang).unwrap();
+    h.init_default();
+    h.request(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true);
+    h.request(VIRTIO_BLK_T_IN, 1, DATA_AT + 0x1000, 512, true);
+    h.kick();
+    settle();
+    assert_eq!(h.q.used_idx(), 0);
+    w32(&mut h.t, VIRTIO_MMIO_STATUS, 0);
+    assert!(!h.t.is_activated());
+    h.backend.remove_injection(None).unwrap();
+    h.init_default();
+    assert_eq!(h.run(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true).1, 0);
 }
 
 #[test]

@@ -8,9 +8,20 @@
 //! several are available at once they go to a small pool of request threads, so that the host
 //! works on them in parallel as a disk with a deep queue would; the I/O thread puts each one in
 //! the used ring as it completes (virtio allows completion in any order).
+//!
+//! Ordering, so that the error policy's `stop` loses and reorders nothing:
+//! - requests are numbered as they are popped and start in that order;
+//! - a FLUSH is a barrier: it starts only when nothing else is in flight, and nothing starts
+//!   while it runs, so it never completes before a write made available earlier;
+//! - a request the policy stops is parked; while any is parked nothing new starts;
+//! - on the backend's retry event (and only for requests stopped before that resume) the
+//!   parked requests go back in front of the line, in their original order, and run one at a
+//!   time; one that stops again is parked again (with another `BLOCK_IO_ERROR`) and holds the
+//!   rest.
 
+use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -23,7 +34,7 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::request::{handle_chain, ChainError, Outcome, RequestConfig};
+use super::request::{handle_chain, is_flush, ChainError, Outcome, RequestConfig};
 use crate::virtio::VirtioInterrupt;
 
 /// Most request threads per device.
@@ -32,17 +43,27 @@ pub const MAX_REQUEST_THREADS: usize = 4;
 /// A descriptor chain that owns its handle on guest memory, so it can cross threads.
 type Chain = DescriptorChain<Arc<GuestMemoryMmap>>;
 
-/// A request handed to the pool.
-struct Job {
+/// A request popped from a queue, not yet completed.
+struct Pending {
+    /// Position in the order requests were popped.
+    seq: u64,
     queue: usize,
     chain: Chain,
+    /// Runs alone: a FLUSH (a barrier) or a retried request.
+    serial: bool,
+    /// The backend's resume epoch when it was stopped (parked requests only).
+    epoch: u64,
 }
 
-/// A request the pool finished.
+/// A request handed to the pool.
+struct Job {
+    req: Pending,
+}
+
+/// A request the pool (or the I/O thread) finished.
 struct Done {
-    queue: usize,
     /// Kept to put the request back in line when the error policy parks it.
-    chain: Chain,
+    req: Pending,
     result: Result<Outcome, ChainError>,
 }
 
@@ -96,10 +117,13 @@ impl Pool {
             let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
             idle.fetch_sub(1, Ordering::AcqRel);
             let Ok(job) = job else { return };
-            let result = handle_chain(job.chain.clone(), &ctx.mem, &ctx.backend, ctx.config);
+            // The device is being reset: leave the rest alone.
+            if ctx.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            let result = handle_chain(job.req.chain.clone(), &ctx.mem, &ctx.backend, ctx.config);
             let sent = done.send(Done {
-                queue: job.queue,
-                chain: job.chain,
+                req: job.req,
                 result,
             });
             if sent.is_err() {
@@ -128,6 +152,8 @@ struct RequestContext {
     mem: Arc<GuestMemoryMmap>,
     backend: Arc<Backend>,
     config: RequestConfig,
+    /// Set by the device before it kills the thread: start nothing more.
+    stopping: Arc<AtomicBool>,
 }
 
 /// Everything the I/O thread owns or shares.
@@ -142,8 +168,14 @@ pub(super) struct Worker {
     done_wake: EventFd,
     /// Requests with the pool.
     in_flight: usize,
+    /// A serial request (flush, retry) is in flight: nothing else starts.
+    serial_in_flight: bool,
+    /// Popped requests not yet started, in order.
+    held: VecDeque<Pending>,
+    /// Sequence number of the next popped request.
+    next_seq: u64,
     /// Requests stopped by the error policy, to run again on the backend's retry event.
-    parked: Vec<(usize, Chain)>,
+    parked: Vec<Pending>,
     /// The driver broke the protocol: ignore the queues until the device is reset.
     broken: bool,
     /// The kill eventfd fired: the thread ends.
@@ -167,6 +199,7 @@ impl Worker {
         backend: Arc<Backend>,
         config: RequestConfig,
         name: String,
+        stopping: Arc<AtomicBool>,
     ) -> io::Result<Self> {
         let done_wake = EventFd::new(EFD_NONBLOCK)?;
         let (done_tx, done_rx) = channel();
@@ -176,6 +209,7 @@ impl Worker {
                 mem: Arc::new(mem),
                 backend,
                 config,
+                stopping,
             }),
             queues,
             queue_events,
@@ -185,6 +219,9 @@ impl Worker {
             done_rx,
             done_wake,
             in_flight: 0,
+            serial_in_flight: false,
+            held: VecDeque::new(),
+            next_seq: 0,
             parked: Vec::new(),
             broken: false,
             killed: false,
@@ -203,40 +240,65 @@ impl Worker {
         let _ = self.interrupt.set_needs_reset();
     }
 
-    /// Pops every available chain of queue `idx` and runs them: inline when there is just one
-    /// and nothing else is in flight, else on the pool.
+    /// Pops every available chain of queue `idx` into the line and starts what may start.
     fn process_queue(&mut self, idx: usize) {
-        if !self.parked.is_empty() || self.broken {
+        if self.broken {
             return;
         }
-        let mut chains = match self.pop_all(idx) {
+        let chains = match self.pop_all(idx) {
             Ok(c) => c,
             Err(()) => return self.set_broken(),
         };
-        let lone = chains.len() == 1 && self.in_flight == 0;
-        if let Some(chain) = chains.pop_if(|_| lone) {
-            let result = handle_chain(
-                chain.clone(),
-                &self.ctx.mem,
-                &self.ctx.backend,
-                self.ctx.config,
-            );
-            self.complete(vec![Done {
+        for chain in chains {
+            let flush = is_flush(&chain, &self.ctx.mem);
+            self.held.push_back(Pending {
+                seq: self.next_seq,
                 queue: idx,
                 chain,
-                result,
-            }]);
-            return;
+                serial: flush,
+                epoch: 0,
+            });
+            self.next_seq += 1;
         }
-        for chain in chains {
-            if self
-                .pool
-                .submit(Job { queue: idx, chain }, &self.ctx)
-                .is_err()
+        self.dispatch();
+    }
+
+    /// Starts requests from the front of the line while the ordering rules allow: inline when
+    /// one is alone, else on the pool.
+    fn dispatch(&mut self) {
+        loop {
+            if self.broken
+                || self.serial_in_flight
+                || !self.parked.is_empty()
+                || self.ctx.stopping.load(Ordering::Acquire)
             {
+                return;
+            }
+            let Some(front) = self.held.front() else {
+                return;
+            };
+            if front.serial && self.in_flight > 0 {
+                return;
+            }
+            let Some(req) = self.held.pop_front() else {
+                return;
+            };
+            if self.in_flight == 0 && (self.held.is_empty() || req.serial) {
+                let result = handle_chain(
+                    req.chain.clone(),
+                    &self.ctx.mem,
+                    &self.ctx.backend,
+                    self.ctx.config,
+                );
+                self.complete(vec![Done { req, result }]);
+                continue;
+            }
+            let serial = req.serial;
+            if self.pool.submit(Job { req }, &self.ctx).is_err() {
                 return self.set_broken();
             }
             self.in_flight += 1;
+            self.serial_in_flight = serial;
         }
     }
 
@@ -261,11 +323,15 @@ impl Worker {
         }
     }
 
-    /// Collects what the pool finished.
+    /// Collects what the pool finished and starts what may start next.
     fn collect(&mut self) {
         let done: Vec<Done> = self.done_rx.try_iter().collect();
         self.in_flight -= done.len().min(self.in_flight);
+        if done.iter().any(|d| d.req.serial) {
+            self.serial_in_flight = false;
+        }
         self.complete(done);
+        self.dispatch();
     }
 
     /// Puts completed requests in their used rings (parks the stopped ones) and notifies.
@@ -274,7 +340,7 @@ impl Worker {
         {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
             for d in done {
-                let Some(queue) = queues.get_mut(d.queue) else {
+                let Some(queue) = queues.get_mut(d.req.queue) else {
                     continue;
                 };
                 match d.result {
@@ -283,15 +349,15 @@ impl Worker {
                             continue;
                         }
                         if queue
-                            .add_used(&*self.ctx.mem, d.chain.head_index(), len)
+                            .add_used(&*self.ctx.mem, d.req.chain.head_index(), len)
                             .is_err()
                         {
                             self.broken = true;
                             continue;
                         }
-                        notify[d.queue] = true;
+                        notify[d.req.queue] = true;
                     }
-                    Ok(Outcome::Park) => self.parked.push((d.queue, d.chain)),
+                    Ok(Outcome::Park(epoch)) => self.parked.push(Pending { epoch, ..d.req }),
                     Err(_) => self.broken = true,
                 }
             }
@@ -314,20 +380,24 @@ impl Worker {
         if self.broken {
             let _ = self.interrupt.set_needs_reset();
         }
+        // A resume may have come before the I/O thread saw the request stop.
+        self.retry_parked();
     }
 
-    /// Runs the parked requests again (the backend's policy allows it), then new ones.
+    /// Puts the parked requests back in front of the line, in their original order and to run
+    /// one at a time, once the backend was resumed after one of them stopped; then starts
+    /// what may start (including newly available requests).
     fn retry_parked(&mut self) {
-        if self.parked.is_empty() || self.broken {
+        let epoch = self.ctx.backend.resume_epoch();
+        if self.broken || !self.parked.iter().any(|p| p.epoch != epoch) {
             return;
         }
-        for (queue, chain) in std::mem::take(&mut self.parked) {
-            if self.pool.submit(Job { queue, chain }, &self.ctx).is_err() {
-                return self.set_broken();
-            }
-            self.in_flight += 1;
+        let mut parked = std::mem::take(&mut self.parked);
+        parked.sort_by_key(|p| p.seq);
+        for mut p in parked.into_iter().rev() {
+            p.serial = true;
+            self.held.push_front(p);
         }
-        self.process_all();
     }
 
     /// Registers the I/O thread's event sources (so setup errors reach the caller) and returns
@@ -442,6 +512,7 @@ impl MutEventSubscriber for Worker {
             Source::Retry => {
                 let _ = self.ctx.backend.retry_event().read();
                 self.retry_parked();
+                self.process_all();
             }
             Source::Done => {
                 let _ = self.done_wake.read();

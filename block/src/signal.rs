@@ -1,0 +1,105 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The I/O-error signal of a backend and the slots connected to it.
+//!
+//! Every failed request of a backend is one emission, on the thread that ran the request (the
+//! device's block I/O thread or one of its request-pool threads), after the error policy chose
+//! the action. The backend's own steps run first (statistics, the I/O status on `stop`), then
+//! the connected slots in connection order. The VMM connects, in this order, a slot that queues
+//! `BLOCK_IO_ERROR` to the QMP monitor and one that asks the main loop to stop the VM on
+//! [`ErrorAction::Stop`]: because the event is queued before the stop is requested, clients
+//! always see `BLOCK_IO_ERROR` before `STOP`.
+
+use std::fmt;
+use std::io;
+use std::sync::{Arc, RwLock};
+
+use crate::node::IoKind;
+use crate::policy::ErrorAction;
+
+/// One failed request, as the slots see it (everything `BLOCK_IO_ERROR` carries).
+#[derive(Debug)]
+pub struct IoErrorEvent<'a> {
+    /// The backend's id (QMP's `device`).
+    pub device: &'a str,
+    /// The node-name of the backend's root as queries show it: implicit filters (the
+    /// fault-injection node) are skipped.
+    pub node_name: &'a str,
+    /// The failed operation; QMP's `operation` is [`IoKind::qmp_operation`].
+    pub operation: IoKind,
+    /// What the policy did.
+    pub action: ErrorAction,
+    /// Whether the error is ENOSPC; `None` unless the policy can stop (QEMU sends `nospace`
+    /// only when `blk_iostatus_is_enabled`).
+    pub nospace: Option<bool>,
+    /// The error text as QEMU's `strerror` gives it (`Input/output error`).
+    pub reason: &'a str,
+    /// Whether the backend's policy can stop the VM.
+    pub can_stop: bool,
+    /// The host (or injected) error.
+    pub error: &'a io::Error,
+}
+
+/// A receiver of a backend's I/O-error signal.
+///
+/// `on_io_error` runs on a block I/O or request thread while the failed request waits, so it
+/// must never block: no waiting on the main loop, on a client socket or on a lock another
+/// thread may hold for long. Queue the work (a channel, an eventfd) and return. It may connect
+/// or disconnect slots: emission holds no lock while slots run.
+pub trait IoErrorSlot: Send + Sync + fmt::Debug {
+    /// Called once for every failed request.
+    fn on_io_error(&self, event: &IoErrorEvent<'_>);
+}
+
+/// The handle of a connected slot, for [`crate::Backend::disconnect_io_error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotId(u64);
+
+type SlotList = Arc<[(SlotId, Arc<dyn IoErrorSlot>)]>;
+
+/// The connected slots of one backend: a copy-on-write list, so that emission takes the read
+/// lock only to clone an `Arc` and calls the slots without it.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    list: RwLock<(u64, SlotList)>,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self {
+            list: RwLock::new((0, Arc::from(Vec::new()))),
+        }
+    }
+}
+
+impl Slots {
+    pub(crate) fn connect(&self, slot: Arc<dyn IoErrorSlot>) -> SlotId {
+        let mut guard = self.list.write().unwrap_or_else(|e| e.into_inner());
+        guard.0 += 1;
+        let id = SlotId(guard.0);
+        let mut v: Vec<_> = guard.1.iter().cloned().collect();
+        v.push((id, slot));
+        guard.1 = Arc::from(v);
+        id
+    }
+
+    pub(crate) fn disconnect(&self, id: SlotId) -> bool {
+        let mut guard = self.list.write().unwrap_or_else(|e| e.into_inner());
+        let before = guard.1.len();
+        let v: Vec<_> = guard.1.iter().filter(|(i, _)| *i != id).cloned().collect();
+        let found = v.len() != before;
+        guard.1 = Arc::from(v);
+        found
+    }
+
+    pub(crate) fn emit(&self, event: &IoErrorEvent<'_>) {
+        let list = self
+            .list
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone();
+        for (_, slot) in list.iter() {
+            slot.on_io_error(event);
+        }
+    }
+}
