@@ -34,6 +34,18 @@
 //! block) and call the emitters, e.g. `events::emit_stop(&sink)` or, for the signal,
 //! `events::emit_block_io_error(&sink, &owner, ...)`; [`events::Event::to_json`] gives the QEMU
 //! broadcast message, [`events::Event::to_signal_json`] the explicit-handles form.
+//!
+//! # Explicit handles and signal connections
+//!
+//! Every event is a signal: [`events::Event::owner_handle`] names its owner (`Blockdev` for
+//! `BLOCK_IO_ERROR`, `("Machine", "/machine")` for plain events, from the schema's
+//! `event-owner` pragma); [`events::SIGNALS`] lists each signal's owner type and data
+//! descriptor. A session with `explicit-handles` gets handle-typed values in canonical form:
+//! pass replies through [`rt::canonicalize_handles`] with [`rt::CommandInfo::returns`], and
+//! signal data with [`rt::SignalInfo::data`]. `{"connect": SIGNAL, "owner": H}` names the
+//! owner in canonical form ([`rt::parse_canonical_handle`]); emissions to a connection are
+//! [`events::Event::to_signal_json`] with its `user_data`. `set-explicit-handles` and
+//! `disconnect-default-signals` are `gen: false` capabilities-mode commands.
 
 pub mod client;
 pub mod rt;

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Test support: a tiny QMP server loop over a Unix socket pair, a fake VM implementing the
-//! main schema's command traits, and a minimal executor for the async client API.
+//! main schema's command traits, a server speaking the explicit-handles and signal-connection
+//! protocol over it, and a minimal executor for the async client API.
 
 #![allow(dead_code)]
 
+pub mod signals;
 pub mod vm;
 
 use std::future::Future;

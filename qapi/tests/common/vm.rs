@@ -21,16 +21,21 @@ impl EventSink for QueueSink {
 /// The fake VM.
 pub struct FakeVm {
     pub status: RunState,
-    pub sink: Arc<QueueSink>,
+    pub sink: Arc<dyn EventSink>,
     pub drives: Vec<String>,
     pub name: Option<String>,
 }
 
 impl FakeVm {
     pub fn new(events: super::EventQueue) -> Self {
+        FakeVm::with_sink(Arc::new(QueueSink(events)))
+    }
+
+    /// A fake VM emitting to `sink`.
+    pub fn with_sink(sink: Arc<dyn EventSink>) -> Self {
         FakeVm {
             status: RunState::Running,
-            sink: Arc::new(QueueSink(events)),
+            sink,
             drives: vec!["drive0".into()],
             name: None,
         }
