@@ -8,11 +8,16 @@
 //! [`BlockNode::child`] and override only what they intercept.
 //!
 //! Every request of a device goes through [`Backend::submit`], which validates it (read-only,
-//! range), runs it on the root node, keeps the statistics QMP's `query-blockstats` reports, and
-//! on failure asks the backend's [`ErrorPolicy`] what to do (report the error to the guest,
-//! ignore it, or stop and keep the request for a retry). The I/O status (`ok`, `failed`,
-//! `nospace`) lives on the backend. A [`Registry`] holds the graph: backends by id, nodes by
-//! node-name.
+//! range), runs it through the backend's implicit fault-injection filter ([`FaultNode`],
+//! QEMU's `blkdebug`, invisible to queries) on the root node, keeps the statistics QMP's
+//! `query-blockstats` reports, and on failure asks the backend's [`ErrorPolicy`] (usually a
+//! [`DevicePolicy`]: QEMU's `rerror`/`werror`) what to do: report the error to the guest,
+//! ignore it, or stop and keep the request for a retry. Each failure is then one emission of
+//! the backend's I/O-error signal, on the thread that ran the request: the backend's own
+//! accounting and I/O status (`ok`, `failed`, `nospace`) first, then the connected
+//! [`IoErrorSlot`]s in order (the VMM's `BLOCK_IO_ERROR` and VM-stop slots). Host errors
+//! (ENOSPC from a full file system, EIO) and injected ones take the same path. A [`Registry`]
+//! holds the graph: backends by id, nodes by node-name.
 //!
 //! Images are locked in QEMU's scheme ([`lock`]: OFD byte-range locks at offsets 100 and
 //! 200 plus the permission bit), so that vmm processes, and vmm and QEMU, do not write one
