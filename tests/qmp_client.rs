@@ -44,7 +44,10 @@ fn start(tag: &str, workload: &str, extra: &[&str]) -> (Running, Client, PathBuf
             Err(e) => panic!("cannot connect to {}: {e}", sock.display()),
         }
     };
-    assert_eq!(conn.greeting().capabilities, vec!["oob".to_string()]);
+    assert_eq!(
+        conn.greeting().capabilities,
+        vec!["oob".to_string(), "explicit-handles".to_string()]
+    );
     conn.negotiate(true).expect("qmp_capabilities");
     let c = Client::new(conn);
     if !extra.contains(&"-S") {

@@ -25,6 +25,10 @@ pub enum VmEvent {
     Reset(ResetCause),
     /// A vCPU hit a condition the VMM cannot recover from; the text says which and where.
     Fatal(String),
+    /// A disk's error policy stopped a request (`werror`/`rerror` `stop`, or `enospc` on
+    /// ENOSPC): the VM must pause in `io-error`. Raised on the block I/O thread right after it
+    /// emitted `BLOCK_IO_ERROR`, so the event precedes the `STOP` that follows.
+    IoErrorStop,
 }
 
 /// The sending side of the main loop's event queue: a channel plus an eventfd that wakes the

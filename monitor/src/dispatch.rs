@@ -9,7 +9,7 @@
 //! - **running an in-band item** on the main loop ([`Inband::run`]).
 
 use qapi::commands::{command_info, dispatch, QmpCommands};
-use qapi::rt::{check_arguments, decode_arguments, ErrorClass, QmpError};
+use qapi::rt::{canonicalize_handles, check_arguments, decode_arguments, ErrorClass, QmpError};
 use qapi::types::{QMPCapability, QmpCapabilitiesArg};
 use serde_json::{Map, Value};
 
@@ -18,10 +18,12 @@ use serde_json::{Map, Value};
 pub struct Capabilities {
     /// Out-of-band execution (`exec-oob`).
     pub oob: bool,
+    /// Handles in canonical form (`explicit-handles`).
+    pub explicit_handles: bool,
 }
 
 /// The capabilities offered in the greeting: every value of the schema's capability enum.
-pub const OFFERED: [QMPCapability; 1] = [QMPCapability::Oob];
+pub const OFFERED: [QMPCapability; 2] = [QMPCapability::Oob, QMPCapability::ExplicitHandles];
 
 /// Checks the arguments of `qmp_capabilities` as the generated dispatcher checks any command's
 /// (QEMU 7.2's texts: `Parameter 'x' is unexpected`, `Parameter 'null' does not accept value
@@ -40,6 +42,7 @@ pub fn negotiate(arguments: Option<Map<String, Value>>) -> Result<Capabilities, 
     let enable = enable.unwrap_or_default();
     Ok(Capabilities {
         oob: enable.contains(&QMPCapability::Oob),
+        explicit_handles: enable.contains(&QMPCapability::ExplicitHandles),
     })
 }
 
@@ -73,18 +76,24 @@ pub fn reply(result: Result<Value, QmpError>, id: Option<Value>) -> Value {
 }
 
 /// The message to send for the result of `command`: its reply, or `None` for a successful
-/// command declared with `'success-response': false`.
+/// command declared with `'success-response': false`. With `explicit_handles`, the handles in
+/// the return value are put in canonical form, as the command's return type says.
 pub fn response(
     command: &str,
-    result: Result<Value, QmpError>,
+    mut result: Result<Value, QmpError>,
     id: Option<Value>,
+    explicit_handles: bool,
 ) -> Option<Value> {
-    let success_response = command_info(command).is_none_or(|c| c.success_response);
-    if result.is_ok() && !success_response {
-        None
-    } else {
-        Some(reply(result, id))
+    let info = command_info(command);
+    if result.is_ok() && !info.is_none_or(|c| c.success_response) {
+        return None;
     }
+    if let (true, Ok(value), Some(desc)) =
+        (explicit_handles, &mut result, info.and_then(|c| c.returns))
+    {
+        canonicalize_handles(desc, value);
+    }
+    Some(reply(result, id))
 }
 
 /// An in-band item for the main loop.
@@ -98,6 +107,8 @@ pub enum Inband {
         arguments: Option<Value>,
         /// The id to echo.
         id: Option<Value>,
+        /// The session uses canonical handles.
+        explicit_handles: bool,
     },
     /// A reply the monitor already knows (an error); the main loop only passes it back so that
     /// it keeps its place in the session's order.
@@ -114,9 +125,10 @@ impl Inband {
                 command,
                 arguments,
                 id,
+                explicit_handles,
             } => {
                 let result = dispatch(server, &command, arguments);
-                response(&command, result, id)
+                response(&command, result, id, explicit_handles)
             }
         }
     }
@@ -134,10 +146,20 @@ mod tests {
 
     #[test]
     fn negotiation_arguments() {
-        assert_eq!(negotiate(None), Ok(Capabilities { oob: false }));
+        assert_eq!(negotiate(None), Ok(Capabilities::default()));
         assert_eq!(
             negotiate(args(json!({"enable": ["oob"]}))),
-            Ok(Capabilities { oob: true })
+            Ok(Capabilities {
+                oob: true,
+                explicit_handles: false
+            })
+        );
+        assert_eq!(
+            negotiate(args(json!({"enable": ["explicit-handles", "oob"]}))),
+            Ok(Capabilities {
+                oob: true,
+                explicit_handles: true
+            })
         );
         assert_eq!(
             negotiate(args(json!({"enable": []}))),

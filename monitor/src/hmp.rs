@@ -271,6 +271,37 @@ mod tests {
             }]);
             serde_json::from_value(info).map_err(|e| QmpError::generic(e.to_string()))
         }
+        fn blockdev_inject_error(
+            &mut self,
+            _: Blockdev,
+            _: qapi::types::BlockInjectOperation,
+            _: Option<qapi::types::BlockInjectErrno>,
+            _: Option<u64>,
+            _: Option<u64>,
+            _: Option<bool>,
+            _: Option<u64>,
+        ) -> Result<qapi::types::BlockInjectRuleId, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn blockdev_inject_error_remove(
+            &mut self,
+            _: Blockdev,
+            _: Option<i64>,
+        ) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn query_blockdev_inject_errors(
+            &mut self,
+            _: Blockdev,
+        ) -> Result<Vec<qapi::types::BlockInjectRule>, QmpError> {
+            Ok(Vec::new())
+        }
+        fn query_named_block_nodes(
+            &mut self,
+            _: Option<bool>,
+        ) -> Result<Vec<qapi::types::BlockDeviceInfo>, QmpError> {
+            Ok(Vec::new())
+        }
         fn query_blockstats(&mut self, _: Option<bool>) -> Result<Vec<BlockStats>, QmpError> {
             Ok(Vec::new())
         }

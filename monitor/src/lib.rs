@@ -11,6 +11,7 @@ pub mod listener;
 pub mod request;
 pub mod server;
 pub mod session;
+pub mod signals;
 pub mod spec;
 pub mod wire;
 

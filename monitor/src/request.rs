@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Checking a parsed QMP message into a request, with QEMU's error texts.
+//! Checking a parsed QMP message into a request, with QEMU's error texts: commands
+//! (`execute`, `exec-oob`) and our signal connections (`connect`, `disconnect`).
 
 use serde_json::{Map, Value};
 
@@ -32,6 +33,90 @@ pub struct Malformed {
     pub desc: String,
     /// The request's id, when it had one.
     pub id: Option<Value>,
+}
+
+/// `{"connect": SIGNAL, "owner": HANDLE, "user_data"?: ANY, "id"?: ANY}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Connect {
+    /// The signal's name.
+    pub signal: String,
+    /// The owner, as sent (the monitor checks it is a canonical handle).
+    pub owner: Value,
+    /// Echoed in every emission to this connection.
+    pub user_data: Option<Value>,
+    /// The client's id.
+    pub id: Option<Value>,
+}
+
+/// `{"disconnect": CONNECTION, "owner": HANDLE, "id"?: ANY}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disconnect {
+    /// The connection id `connect` returned.
+    pub connection: Value,
+    /// The owner it was connected to.
+    pub owner: Value,
+    /// The client's id.
+    pub id: Option<Value>,
+}
+
+/// A well-formed message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A command.
+    Command(Request),
+    /// A signal connection.
+    Connect(Connect),
+    /// The end of a signal connection.
+    Disconnect(Disconnect),
+}
+
+/// Checks `msg` as a command or a signal (dis)connection.
+///
+/// # Errors
+/// Returns the description of the first problem found (QEMU's texts for commands).
+pub fn parse_message(msg: Value, oob_enabled: bool) -> Result<Message, Malformed> {
+    let mut obj = match msg {
+        Value::Object(o) if o.contains_key("connect") || o.contains_key("disconnect") => o,
+        other => return parse_request(other, oob_enabled).map(Message::Command),
+    };
+    let id = obj.remove("id");
+    let fail = |desc: String, id: Option<Value>| Err(Malformed { desc, id });
+    let Some(owner) = obj.remove("owner") else {
+        return fail("QMP input lacks member 'owner'".into(), id);
+    };
+    let user_data = obj.remove("user_data");
+    let (verb, target) = match (obj.remove("connect"), obj.remove("disconnect")) {
+        (Some(c), None) => ("connect", c),
+        (None, Some(d)) => ("disconnect", d),
+        _ => {
+            return fail(
+                "QMP input must not contain both 'connect' and 'disconnect'".into(),
+                id,
+            )
+        }
+    };
+    if let Some(key) = obj.keys().next() {
+        return fail(format!("QMP input member '{key}' is unexpected"), id);
+    }
+    if verb == "connect" {
+        let Value::String(signal) = target else {
+            return fail("QMP input member 'connect' must be a string".into(), id);
+        };
+        return Ok(Message::Connect(Connect {
+            signal,
+            owner,
+            user_data,
+            id,
+        }));
+    }
+    if user_data.is_some() {
+        return fail("QMP input member 'user_data' is unexpected".into(), id);
+    }
+    Ok(Message::Disconnect(Disconnect {
+        connection: target,
+        owner,
+        id,
+    }))
 }
 
 /// Checks `msg` as a request. `oob_enabled` says whether the session negotiated the `oob`
@@ -114,6 +199,56 @@ mod tests {
         let r = parse_request(json!({"exec-oob":"x","arguments":{"k":1}}), true).unwrap();
         assert_eq!(r.mode, Mode::OutOfBand);
         assert_eq!(r.arguments.unwrap()["k"], 1);
+    }
+
+    #[test]
+    fn signal_messages() {
+        let owner = json!({"__handle__": "Blockdev", "data": "drive0"});
+        assert_eq!(
+            parse_message(
+                json!({"connect": "BLOCK_IO_ERROR", "owner": owner, "user_data": [1], "id": 3}),
+                false
+            ),
+            Ok(Message::Connect(Connect {
+                signal: "BLOCK_IO_ERROR".into(),
+                owner: owner.clone(),
+                user_data: Some(json!([1])),
+                id: Some(json!(3)),
+            }))
+        );
+        assert_eq!(
+            parse_message(json!({"disconnect": 4, "owner": owner}), false),
+            Ok(Message::Disconnect(Disconnect {
+                connection: json!(4),
+                owner: owner.clone(),
+                id: None,
+            }))
+        );
+        let desc = |v: Value| parse_message(v, false).unwrap_err().desc;
+        assert_eq!(
+            desc(json!({"connect": "X"})),
+            "QMP input lacks member 'owner'"
+        );
+        assert_eq!(
+            desc(json!({"connect": 1, "owner": owner})),
+            "QMP input member 'connect' must be a string"
+        );
+        assert_eq!(
+            desc(json!({"connect": "X", "disconnect": 1, "owner": owner})),
+            "QMP input must not contain both 'connect' and 'disconnect'"
+        );
+        assert_eq!(
+            desc(json!({"connect": "X", "owner": owner, "execute": "stop"})),
+            "QMP input member 'execute' is unexpected"
+        );
+        assert_eq!(
+            desc(json!({"disconnect": 1, "owner": owner, "user_data": 1})),
+            "QMP input member 'user_data' is unexpected"
+        );
+        assert!(matches!(
+            parse_message(json!({"execute": "stop"}), false),
+            Ok(Message::Command(_))
+        ));
     }
 
     #[test]

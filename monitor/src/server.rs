@@ -26,13 +26,15 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
-use qapi::commands::{command_info, dispatch_oob, QmpOobCommands};
-use qapi::rt::{ErrorClass, QmpError};
+use qapi::commands::{command_info, dispatch_oob, resolve_handle, QmpOobCommands};
+use qapi::events::{Event, SIGNALS};
+use qapi::rt::{parse_canonical_handle, ErrorClass, QmpError, Timestamp};
+use qapi::types::BlockErrorAction;
 use serde_json::{json, Value};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
@@ -42,8 +44,9 @@ use crate::dispatch::{
 };
 use crate::json_stream::Item;
 use crate::listener::{ListenError, Listener, Stream};
-use crate::request::{parse_request, Malformed, Mode, Request};
+use crate::request::{parse_message, Connect, Disconnect, Malformed, Message, Mode, Request};
 use crate::session::{ReadOutcome, Session, READ_CHUNK};
+use crate::signals::{Connection, RateLimiter};
 use crate::spec::SocketSpec;
 use crate::wire::encode;
 
@@ -51,7 +54,7 @@ use crate::wire::encode;
 pub const MAX_INFLIGHT: usize = 8;
 /// A client whose unread output exceeds this is disconnected, so a stalled client cannot
 /// make the VMM buffer events without bound.
-pub const MAX_OUTPUT: usize = 64 << 20;
+pub const MAX_OUTPUT: usize = 16 << 20;
 
 /// Bounds on what clients can make the monitor hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +119,7 @@ pub enum MonitorError {
 
 enum ToMonitor {
     Response(SessionId, Option<Value>),
-    Event(Value, Option<Box<dyn FnOnce() + Send>>),
+    Event(Event, Timestamp, Option<Box<dyn FnOnce() + Send>>),
     Run(Box<dyn FnOnce() + Send>),
     Stop,
 }
@@ -156,16 +159,17 @@ impl MonitorHandle {
         self.push(ToMonitor::Response(session, message));
     }
 
-    /// Broadcasts an event message to every session that has negotiated capabilities.
-    pub fn broadcast(&self, event: Value) {
-        self.push(ToMonitor::Event(event, None));
-    }
-
-    /// Broadcasts `event` and runs `then` on the monitor thread in the same step, right
-    /// after the event is queued to every client: what `then` publishes (a run state for
-    /// out-of-band readers) becomes visible exactly when the event does.
-    pub fn broadcast_then(&self, event: Value, then: Option<Box<dyn FnOnce() + Send>>) {
-        self.push(ToMonitor::Event(event, then));
+    /// Emits `event` (a signal of its owner) to every negotiated session connected to it,
+    /// and runs `then` on the monitor thread in the same step, right after the event is queued
+    /// to every client: what `then` publishes (a run state for out-of-band readers) becomes
+    /// visible exactly when the event does.
+    pub fn emit_then(
+        &self,
+        event: Event,
+        timestamp: Timestamp,
+        then: Option<Box<dyn FnOnce() + Send>>,
+    ) {
+        self.push(ToMonitor::Event(event, timestamp, then));
     }
 
     /// Runs `f` on the monitor thread after everything sent to it before (replies, events).
@@ -176,10 +180,11 @@ impl MonitorHandle {
     }
 }
 
-/// Events reach every negotiated session as QEMU-shaped broadcast messages.
+/// Emission from any thread (the block I/O threads emit `BLOCK_IO_ERROR` this way): queued to
+/// the monitor thread, never blocking on a client.
 impl qapi::events::EventSink for MonitorHandle {
-    fn emit(&self, event: qapi::events::Event, timestamp: qapi::rt::Timestamp) {
-        self.broadcast(event.to_json(timestamp));
+    fn emit(&self, event: Event, timestamp: Timestamp) {
+        self.push(ToMonitor::Event(event, timestamp, None));
     }
 }
 
@@ -246,6 +251,8 @@ impl Monitor {
             limits: config.limits,
             timer: TimerFd::new().map_err(|e| MonitorError::EventFd(e.into()))?,
             accept_paused: false,
+            rate: RateLimiter::new(IO_ERROR_RATE_WINDOW),
+            rate_timer: TimerFd::new().map_err(|e| MonitorError::EventFd(e.into()))?,
             changes: Vec::new(),
             closed: Vec::new(),
             setup_error: None,
@@ -301,6 +308,8 @@ enum Token {
     Wake,
     /// The accept back-off is over.
     Timer,
+    /// A window of the broadcast rate limit ends.
+    RateTimer,
     /// A client is connecting to listener N.
     Listener(usize),
     /// A client socket is ready (the session is found by its fd).
@@ -310,13 +319,15 @@ enum Token {
 impl Token {
     const WAKE: u32 = 0;
     const TIMER: u32 = 1;
-    const FIRST_LISTENER: u32 = 2;
+    const RATE_TIMER: u32 = 2;
+    const FIRST_LISTENER: u32 = 3;
     const SESSION: u32 = u32::MAX;
 
     fn data(self) -> u32 {
         match self {
             Token::Wake => Self::WAKE,
             Token::Timer => Self::TIMER,
+            Token::RateTimer => Self::RATE_TIMER,
             // Listener indexes are small: one per --qmp option.
             Token::Listener(i) => Self::FIRST_LISTENER + i as u32,
             Token::Session => Self::SESSION,
@@ -327,6 +338,7 @@ impl Token {
         match data {
             Self::WAKE => Token::Wake,
             Self::TIMER => Token::Timer,
+            Self::RATE_TIMER => Token::RateTimer,
             Self::SESSION => Token::Session,
             n => Token::Listener((n - Self::FIRST_LISTENER) as usize),
         }
@@ -344,6 +356,8 @@ enum Change {
 
 /// How long the listeners rest after `accept` failed for lack of descriptors or memory.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The window of the broadcast rate limit of `BLOCK_IO_ERROR` (newer QEMU's, per qom-path).
+const IO_ERROR_RATE_WINDOW: Duration = Duration::from_secs(1);
 
 struct MonitorThread {
     listeners: Vec<(Listener, bool)>,
@@ -361,6 +375,10 @@ struct MonitorThread {
     timer: TimerFd,
     /// The listeners are out of the epoll interest until the timer fires.
     accept_paused: bool,
+    /// The broadcast rate limit of `BLOCK_IO_ERROR`, keyed by the device's qom-path.
+    rate: RateLimiter<String, (Event, Timestamp)>,
+    /// Fires when the rate limit's next window ends.
+    rate_timer: TimerFd,
     /// Interest changes not yet applied.
     changes: Vec<Change>,
     /// Sessions closed since the last [`apply`](Self::apply): their sockets stay open until
@@ -384,6 +402,7 @@ impl MutEventSubscriber for MonitorThread {
         let mut fixed = vec![
             Events::with_data(&self.wake, Token::Wake.data(), EventSet::IN),
             Events::with_data(&self.timer, Token::Timer.data(), EventSet::IN),
+            Events::with_data(&self.rate_timer, Token::RateTimer.data(), EventSet::IN),
         ];
         for (i, (l, _)) in self.listeners.iter().enumerate() {
             fixed.push(Events::with_data(
@@ -410,6 +429,13 @@ impl MutEventSubscriber for MonitorThread {
             Token::Timer => {
                 let _ = self.timer.wait();
                 self.resume_accepting();
+            }
+            Token::RateTimer => {
+                let _ = self.rate_timer.wait();
+                for (event, timestamp) in self.rate.expire(Instant::now()) {
+                    self.broadcast(&event, timestamp);
+                }
+                self.arm_rate_timer();
             }
             Token::Listener(index) => self.accept(index),
             Token::Session => {
@@ -478,17 +504,8 @@ impl MonitorThread {
             match item {
                 ToMonitor::Stop => return false,
                 ToMonitor::Run(f) => f(),
-                ToMonitor::Event(ev, then) => {
-                    let bytes = encode(&ev);
-                    let ids: Vec<SessionId> = self
-                        .sessions
-                        .iter()
-                        .filter(|(_, s)| s.negotiated)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in ids {
-                        self.queue_output(id, &bytes);
-                    }
+                ToMonitor::Event(event, timestamp, then) => {
+                    self.deliver(event, timestamp);
                     if let Some(f) = then {
                         f();
                     }
@@ -508,6 +525,73 @@ impl MonitorThread {
             }
         }
         true
+    }
+
+    /// Delivers one emission: the legacy broadcast to sessions with their default
+    /// connections (rate-limited for `BLOCK_IO_ERROR`, except when it stops the VM), and the
+    /// signal form to every explicit connection of its signal and owner.
+    fn deliver(&mut self, event: Event, timestamp: Timestamp) {
+        let broadcasts = match &event {
+            Event::BlockIoError { data, .. } => {
+                let urgent = data.action == BlockErrorAction::Stop;
+                let key = data.qom_path.clone();
+                let out = self
+                    .rate
+                    .offer(key, (event.clone(), timestamp), urgent, Instant::now());
+                self.arm_rate_timer();
+                out
+            }
+            _ => vec![(event.clone(), timestamp)],
+        };
+        for (e, ts) in &broadcasts {
+            self.broadcast(e, *ts);
+        }
+        self.signal(&event, timestamp);
+    }
+
+    /// Queues the QEMU-shaped broadcast of `event` to every session with default connections.
+    fn broadcast(&mut self, event: &Event, timestamp: Timestamp) {
+        let bytes = encode(&event.to_json(timestamp));
+        let ids: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.negotiated && s.default_connections)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.queue_output(id, &bytes);
+        }
+    }
+
+    /// Queues the signal form of `event` to every explicit connection of its owner.
+    fn signal(&mut self, event: &Event, timestamp: Timestamp) {
+        let (owner_type, owner_data) = event.owner_handle();
+        let owner = qapi::rt::canonical_handle(owner_type, &owner_data);
+        let data_desc = event.signal_info().and_then(|i| i.data);
+        let mut out = Vec::new();
+        for (id, s) in &self.sessions {
+            for c in s.connections.matching(event.name(), &owner) {
+                // Connections exist only in explicit-handles sessions: handles in the data
+                // travel in canonical form too.
+                let mut msg = event.to_signal_json(c.user_data.as_ref(), timestamp);
+                if let (Some(desc), Some(data)) = (data_desc, msg.get_mut("data")) {
+                    qapi::rt::canonicalize_handles(desc, data);
+                }
+                out.push((*id, encode(&msg)));
+            }
+        }
+        for (id, bytes) in out {
+            self.queue_output(id, &bytes);
+        }
+    }
+
+    fn arm_rate_timer(&mut self) {
+        if let Some(deadline) = self.rate.next_deadline() {
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            let _ = self.rate_timer.reset(wait, None);
+        }
     }
 
     fn accept(&mut self, index: usize) {
@@ -725,8 +809,18 @@ impl MonitorThread {
             }
             Item::Value(v) => v,
         };
-        let req = match parse_request(msg, oob) {
-            Ok(r) => r,
+        let req = match parse_message(msg, oob) {
+            Ok(Message::Command(r)) => r,
+            Ok(Message::Connect(c)) => {
+                let req_id = c.id.clone();
+                let result = self.connect(id, c);
+                return self.answer(id, reply(result, req_id));
+            }
+            Ok(Message::Disconnect(d)) => {
+                let req_id = d.id.clone();
+                let result = self.disconnect(id, d);
+                return self.answer(id, reply(result, req_id));
+            }
             Err(Malformed { desc, id: req_id }) => {
                 return self.answer(id, error_reply(ErrorClass::GenericError, desc, req_id))
             }
@@ -734,7 +828,7 @@ impl MonitorThread {
         if !negotiated {
             return self.negotiate(id, req);
         }
-        if req.command == "qmp_capabilities" && req.mode == Mode::InBand {
+        if CAPABILITIES_MODE_COMMANDS.contains(&req.command.as_str()) && req.mode == Mode::InBand {
             return self.answer(id, reply(Err(already_negotiated()), req.id));
         }
         match req.mode {
@@ -755,12 +849,14 @@ impl MonitorThread {
                     self.run_here(id, req);
                     return Flow::Continue;
                 }
+                let explicit_handles = self.sessions.get(&id).is_some_and(|s| s.explicit_handles);
                 self.inband(
                     id,
                     Inband::Execute {
                         command: req.command,
                         arguments: req.arguments.map(Value::Object),
                         id: req.id,
+                        explicit_handles,
                     },
                 )
             }
@@ -772,28 +868,99 @@ impl MonitorThread {
     /// mode in the same step in which its `qmp_capabilities` reply is queued, so no event can
     /// reach it before that reply.
     fn negotiate(&mut self, id: SessionId, req: Request) -> Flow {
-        let answer = if req.command == "qmp_capabilities" {
-            match negotiate(req.arguments) {
-                Ok(caps) => {
-                    if let Some(s) = self.sessions.get_mut(&id) {
-                        s.negotiated = true;
-                        s.oob = caps.oob;
-                    }
-                    reply(Ok(json!({})), req.id)
-                }
-                Err(e) => reply(Err(e), req.id),
-            }
-        } else {
-            reply(Err(not_negotiated()), req.id)
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return Flow::Continue;
         };
-        self.answer(id, answer)
+        let result = match req.command.as_str() {
+            "qmp_capabilities" => negotiate(req.arguments).map(|caps| {
+                s.negotiated = true;
+                s.oob = caps.oob;
+                s.explicit_handles |= caps.explicit_handles;
+                json!({})
+            }),
+            "set-explicit-handles" => no_arguments(&req).map(|()| {
+                s.explicit_handles = true;
+                json!({})
+            }),
+            "disconnect-default-signals" => no_arguments(&req).map(|()| {
+                s.default_connections = false;
+                json!({})
+            }),
+            _ => Err(not_negotiated()),
+        };
+        self.answer(id, reply(result, req.id))
+    }
+
+    /// `{"connect": SIGNAL, "owner": HANDLE}`: checks the signal, that the owner is a
+    /// canonical handle of the signal's owner type and names an object that exists, then adds
+    /// the connection. Runs on the monitor thread: handles resolve without the big lock.
+    fn connect(&mut self, id: SessionId, c: Connect) -> Result<Value, QmpError> {
+        let s = self
+            .sessions
+            .get(&id)
+            .ok_or_else(|| QmpError::generic("gone"))?;
+        if !s.negotiated {
+            return Err(not_negotiated());
+        }
+        if !s.explicit_handles {
+            return Err(QmpError::generic(
+                "Signal connections need explicit handles: enable 'explicit-handles' in qmp_capabilities",
+            ));
+        }
+        let Some(info) = SIGNALS.iter().find(|i| i.name == c.signal) else {
+            return Err(QmpError::generic(format!(
+                "Signal '{}' not found",
+                c.signal
+            )));
+        };
+        self.check_owner(info.owner, &c.owner)?;
+        let connection = Connection {
+            signal: c.signal,
+            owner: c.owner,
+            user_data: c.user_data,
+        };
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| QmpError::generic("gone"))?;
+        Ok(json!(s.connections.connect(connection)))
+    }
+
+    /// `{"disconnect": CONNECTION, "owner": HANDLE}`.
+    fn disconnect(&mut self, id: SessionId, d: Disconnect) -> Result<Value, QmpError> {
+        let s = self
+            .sessions
+            .get_mut(&id)
+            .ok_or_else(|| QmpError::generic("gone"))?;
+        if !s.negotiated {
+            return Err(not_negotiated());
+        }
+        s.connections.disconnect(&d.connection, &d.owner)?;
+        Ok(json!({}))
+    }
+
+    /// A signal owner must be a canonical handle of `owner_type` that resolves: a forged or
+    /// stale handle never reaches a connection.
+    fn check_owner(&self, owner_type: &str, owner: &Value) -> Result<(), QmpError> {
+        let Some((ty, data)) = parse_canonical_handle(owner) else {
+            return Err(QmpError::generic(format!(
+                "Parameter 'owner' expects a {owner_type} handle in canonical form {{\"__handle__\": \"{owner_type}\", \"data\": ...}}"
+            )));
+        };
+        if ty != owner_type {
+            return Err(QmpError::generic(format!(
+                "Parameter 'owner' expects a {owner_type} handle, not a {ty} handle"
+            )));
+        }
+        resolve_handle(&*self.oob, ty, data)
     }
 
     /// Runs a command on the monitor thread through the out-of-band dispatcher (which refuses
     /// commands that are not `allow-oob`) and queues its reply.
     fn run_here(&mut self, id: SessionId, req: Request) {
+        let explicit_handles = self.sessions.get(&id).is_some_and(|s| s.explicit_handles);
         let result = dispatch_oob(&*self.oob, &req.command, req.arguments.map(Value::Object));
-        if let Some(message) = response(&req.command, result, req.id) {
+        if let Some(message) = response(&req.command, result, req.id, explicit_handles) {
             let bytes = encode(&message);
             self.queue_output(id, &bytes);
         }
@@ -808,6 +975,10 @@ impl MonitorThread {
         }
         if s.out.len() + bytes.len() > MAX_OUTPUT {
             // A client that does not read: it would make the VMM buffer without bound.
+            eprintln!(
+                "vmm: QMP client {id} disconnected: it left {} MiB of replies and events unread",
+                MAX_OUTPUT >> 20
+            );
             self.close(id);
             return;
         }
@@ -819,6 +990,10 @@ impl MonitorThread {
             .is_some_and(|s| s.out.len() > READ_CHUNK);
         if grew && self.over_budget() {
             // A client that does not read its replies while the monitor's memory is short.
+            eprintln!(
+                "vmm: QMP client {id} disconnected: its unread output passed the monitor's {} MiB budget",
+                self.limits.max_buffered >> 20
+            );
             self.close(id);
             return;
         }
@@ -858,6 +1033,23 @@ impl MonitorThread {
             }
             self.closed.push(s);
         }
+    }
+}
+
+/// The commands valid only in capabilities negotiation mode (all `'gen': false`).
+const CAPABILITIES_MODE_COMMANDS: [&str; 3] = [
+    "qmp_capabilities",
+    "set-explicit-handles",
+    "disconnect-default-signals",
+];
+
+/// Capabilities-mode commands other than `qmp_capabilities` take no arguments.
+fn no_arguments(req: &Request) -> Result<(), QmpError> {
+    match req.arguments.as_ref().and_then(|a| a.keys().next()) {
+        Some(key) => Err(QmpError::generic(format!(
+            "Parameter '{key}' is unexpected"
+        ))),
+        None => Ok(()),
     }
 }
 

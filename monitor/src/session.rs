@@ -10,6 +10,7 @@ use event_manager::EventSet;
 
 use crate::json_stream::{Item, JsonStream};
 use crate::listener::Stream;
+use crate::signals::Connections;
 
 /// Capacity a buffer may keep once it is empty again; a larger one (left by a large message)
 /// is released.
@@ -95,6 +96,12 @@ pub struct Session {
     pub negotiated: bool,
     /// The `oob` capability is enabled.
     pub oob: bool,
+    /// Handles travel in canonical form (`explicit-handles`).
+    pub explicit_handles: bool,
+    /// The session receives the QEMU-shaped broadcast events (its default connections).
+    pub default_connections: bool,
+    /// Explicit signal connections.
+    pub connections: Connections,
     /// Output not yet written.
     pub out: OutBuf,
     /// The epoll interest currently registered.
@@ -118,6 +125,9 @@ impl Session {
             inflight: 0,
             negotiated: false,
             oob: false,
+            explicit_handles: false,
+            default_connections: true,
+            connections: Connections::default(),
             out: OutBuf::default(),
             interest: EventSet::IN,
             registered: true,

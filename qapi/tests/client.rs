@@ -166,6 +166,7 @@ fn signal_arrives_as_typed_event() {
         Event::BlockIoError {
             owner: None,
             data: BlockIoErrorArg {
+                qom_path: "/machine/peripheral/drive0/virtio-backend".into(),
                 device: String::new(),
                 node_name: Some("fmt0".into()),
                 operation: IoOperationType::Read,
@@ -201,6 +202,7 @@ fn explicit_handle_signal_form_carries_the_owner() {
         let ev = Event::BlockIoError {
             owner: Some(Blockdev("drive0".into())),
             data: BlockIoErrorArg {
+                qom_path: "/machine/peripheral/drive0/virtio-backend".into(),
                 device: "drive0".into(),
                 node_name: None,
                 operation: IoOperationType::Write,

@@ -95,6 +95,7 @@ fn every_event_has_an_owner_and_a_signal_form() {
     let io = Event::BlockIoError {
         owner: Some(Blockdev("drive0".into())),
         data: BlockIoErrorArg {
+            qom_path: "/machine/peripheral/drive0/virtio-backend".into(),
             device: "drive0".into(),
             node_name: None,
             operation: IoOperationType::Read,

@@ -34,7 +34,7 @@ def close_after_exit(qmp):
 def test_commands_and_events(vm):
     qmp, greeting = legacy(vm.sock)
     try:
-        assert greeting["QMP"]["capabilities"] == ["oob"]
+        assert greeting["QMP"]["capabilities"] == ["oob", "explicit-handles"]
         assert qmp.cmd("query-status") == {"running": True, "singlestep": False,
                                            "status": "running"}
         assert qmp.cmd("query-name") == {"name": "test-vm"}

@@ -45,7 +45,7 @@ def test_greeting_version_commands(vm):
     async def body():
         qmp = await connect(vm.sock)
         g = qmp.greeting._asdict()["QMP"]
-        assert g["capabilities"] == ["oob"]
+        assert g["capabilities"] == ["oob", "explicit-handles"]
         version = await qmp.execute("query-version")
         assert g["version"] == version
         assert set(version) == {"qemu", "package"}

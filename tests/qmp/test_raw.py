@@ -71,7 +71,7 @@ def test_qmp_protocol(vm, raw_factory):
     c = raw_factory(vm.sock)
     q = c.greeting["QMP"]
     assert set(q) == {"version", "capabilities"}
-    assert q["capabilities"] == ["oob"]
+    assert q["capabilities"] == ["oob", "explicit-handles"]
     assert set(q["version"]["qemu"]) == {"major", "minor", "micro"}
     assert c.cmd("query-version") == {"error": {
         "class": "CommandNotFound",

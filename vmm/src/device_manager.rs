@@ -52,6 +52,9 @@ pub enum DeviceError {
     /// KVM refused an ioeventfd.
     #[error("Cannot register the queue notification of disk {0}")]
     IoEvent(String, #[source] kvm_ioctls::Error),
+    /// A fault-injection rule of `--disk` does not fit the image.
+    #[error("--disk {0}")]
+    Inject(String, #[source] block::InjectError),
 }
 
 /// Where the guest's serial output goes.
@@ -71,7 +74,7 @@ pub struct Disk {
     pub backend: Arc<Backend>,
     /// The transport, as the bus sees it.
     pub transport: Arc<Mutex<MmioTransport>>,
-    /// The QOM-style path QMP reports as `qdev`.
+    /// The QOM-style path QMP reports as `qdev` (and `qom-path` in `BLOCK_IO_ERROR`).
     pub qdev: String,
 }
 
@@ -239,6 +242,12 @@ impl DeviceManager {
             .registry
             .open(config)
             .map_err(|e| DeviceError::Disk(spec.path.display().to_string(), e))?;
+        backend.set_error_policy(Arc::new(spec.policy));
+        for rule in &spec.inject {
+            backend
+                .inject(rule.clone())
+                .map_err(|e| DeviceError::Inject(spec.path.display().to_string(), e))?;
+        }
         let slot = slot as u32;
         let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_FIRST_GSI + slot;
@@ -308,13 +317,22 @@ impl DeviceManager {
     }
 
     /// Returns every device to its power-on state (for a system reset): virtio devices stop
-    /// their I/O threads and forget their queues, as after a driver reset.
+    /// their I/O threads and forget their queues, as after a driver reset. Requests that an
+    /// injection rule is delaying are released first, so that the I/O threads can stop.
     pub fn reset(&self) {
         for disk in &self.disks {
+            disk.backend.release_delays();
             disk.transport
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .reset();
+        }
+    }
+
+    /// Releases delayed requests so that the I/O threads can end (when the VM shuts down).
+    pub fn release_delays(&self) {
+        for disk in &self.disks {
+            disk.backend.release_delays();
         }
     }
 

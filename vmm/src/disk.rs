@@ -1,11 +1,20 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The `--disk` option: `PATH`, or `path=PATH[,id=ID][,node-name=NAME][,readonly=on|off]
-//! [,cache=writeback|none|unsafe][,serial=STR]`. As in QEMU's option syntax, a comma inside a
-//! value is written as `,,`. Parsed by [`OptionList`].
+//! [,cache=writeback|none|unsafe][,serial=STR][,werror=ACTION][,rerror=ACTION]
+//! [,inject.N.KEY=VALUE...]`. As in QEMU's option syntax, a comma inside a value is written as
+//! `,,`. Parsed by [`OptionList`].
+//!
+//! `werror`/`rerror` are QEMU's error policies (`report`, `ignore`, `enospc` — writes only —,
+//! `stop`; defaults `enospc` and `report`). `inject.N.*` keys describe fault-injection rule N
+//! (0, 1, ...) with the members of QMP's `blockdev-inject-error`: `inject.N.operation`
+//! (`read`, `write`, `flush`), `inject.N.errno` (`eio`, `enospc`, `eperm`, `erofs`,
+//! `edquot`), `inject.N.sector`, `inject.N.count`, `inject.N.once`, `inject.N.delay-ms`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use block::CacheMode;
+use block::{parse_errno, CacheMode, DevicePolicy, FaultRule, IoKind, OnError, ParseOnErrorError};
 
 use crate::options::{self, OptionError, OptionList};
 
@@ -13,7 +22,7 @@ use crate::options::{self, OptionError, OptionList};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DiskSpecError {
     /// An option we do not know.
-    #[error("Unknown --disk option '{0}' (known: path, id, node-name, readonly, cache, serial)")]
+    #[error("Unknown --disk option '{0}' (known: path, id, node-name, readonly, cache, serial, werror, rerror, inject.N.*)")]
     UnknownKey(String),
     /// No path given.
     #[error("--disk needs a path, as in --disk img.raw or --disk path=img.raw,id=data0")]
@@ -33,6 +42,12 @@ pub enum DiskSpecError {
     /// A malformed option list (an empty item, an item without a key).
     #[error("--disk {0}")]
     Syntax(OptionError),
+    /// A bad `werror`/`rerror` value (QEMU's words).
+    #[error("--disk {0}")]
+    Policy(ParseOnErrorError),
+    /// A bad `inject.N.*` rule.
+    #[error("--disk inject.{0}: {1}")]
+    Inject(u64, String),
 }
 
 /// One parsed `--disk`.
@@ -50,6 +65,10 @@ pub struct DiskSpec {
     pub cache: CacheMode,
     /// The serial number the guest sees (GET_ID); the id when absent.
     pub serial: Option<String>,
+    /// `rerror`/`werror`.
+    pub policy: DevicePolicy,
+    /// Fault-injection rules, in `inject.N` order.
+    pub inject: Vec<FaultRule>,
 }
 
 impl From<OptionError> for DiskSpecError {
@@ -102,6 +121,14 @@ impl std::str::FromStr for DiskSpec {
             Some(other) => return Err(DiskSpecError::BadCache(other.into())),
         };
         let serial = take_value(&mut opts, "serial")?;
+        let mut policy = DevicePolicy::default();
+        if let Some(v) = take_value(&mut opts, "werror")? {
+            policy.write = OnError::parse_write(&v).map_err(DiskSpecError::Policy)?;
+        }
+        if let Some(v) = take_value(&mut opts, "rerror")? {
+            policy.read = OnError::parse_read(&v).map_err(DiskSpecError::Policy)?;
+        }
+        let inject = take_rules(&mut opts)?;
         opts.finish()?;
         Ok(DiskSpec {
             path: path.map(PathBuf::from).ok_or(DiskSpecError::NoPath)?,
@@ -110,8 +137,65 @@ impl std::str::FromStr for DiskSpec {
             read_only,
             cache,
             serial,
+            policy,
+            inject,
         })
     }
+}
+
+/// The members an `inject.N.` rule may have.
+const RULE_KEYS: [&str; 6] = ["operation", "errno", "sector", "count", "once", "delay-ms"];
+
+/// Takes every `inject.N.KEY` and builds rule N from its keys, in N order (the rules' QMP ids
+/// follow it). Range checks against the image happen when the rule is installed.
+fn take_rules(opts: &mut OptionList) -> Result<Vec<FaultRule>, DiskSpecError> {
+    let mut indexes = BTreeMap::new();
+    for key in opts.keys() {
+        let Some(rest) = key.strip_prefix("inject.") else {
+            continue;
+        };
+        let bad = || DiskSpecError::UnknownKey(key.to_owned());
+        let (n, member) = rest.split_once('.').ok_or_else(bad)?;
+        let n: u64 = n.parse().map_err(|_| bad())?;
+        if !RULE_KEYS.contains(&member) {
+            return Err(bad());
+        }
+        indexes.insert(n, ());
+    }
+    let mut rules = Vec::new();
+    for n in indexes.into_keys() {
+        let fail = |msg: String| DiskSpecError::Inject(n, msg);
+        let key = |member: &str| format!("inject.{n}.{member}");
+        let operation = match take_value(opts, &key("operation"))?.as_deref() {
+            Some("read") => IoKind::Read,
+            Some("write") => IoKind::Write,
+            Some("flush") => IoKind::Flush,
+            Some(other) => {
+                return Err(fail(format!(
+                    "operation takes read, write or flush, not '{other}'"
+                )))
+            }
+            None => return Err(fail("needs an operation".into())),
+        };
+        let errno = match take_value(opts, &key("errno"))? {
+            Some(name) => Some(parse_errno(&name).ok_or_else(|| {
+                fail(format!(
+                    "errno takes eio, enospc, eperm, erofs or edquot, not '{name}'"
+                ))
+            })?),
+            None => None,
+        };
+        let delay = opts.take_u64(&key("delay-ms"))?.map(Duration::from_millis);
+        rules.push(FaultRule {
+            operation,
+            errno,
+            sector: opts.take_u64(&key("sector"))?,
+            count: opts.take_u64(&key("count"))?,
+            once: opts.take_bool(&key("once"))?.unwrap_or(false),
+            delay,
+        });
+    }
+    Ok(rules)
 }
 
 #[cfg(test)]
@@ -205,7 +289,7 @@ mod tests {
         let m = |s: &str| p(s).unwrap_err().to_string();
         assert_eq!(
             m("img,format=raw"),
-            "Unknown --disk option 'format' (known: path, id, node-name, readonly, cache, serial)"
+            "Unknown --disk option 'format' (known: path, id, node-name, readonly, cache, serial, werror, rerror, inject.N.*)"
         );
         assert_eq!(m("img,id=a,id=b"), "--disk option 'id' is given twice");
         assert_eq!(m("img,id="), "--disk option 'id' needs a value");
@@ -216,6 +300,74 @@ mod tests {
         assert_eq!(
             m("img,"),
             "--disk list has an empty item (a comma inside a value is written ',,')"
+        );
+    }
+
+    #[test]
+    fn error_policies() {
+        assert_eq!(p("img").unwrap().policy, DevicePolicy::default());
+        let d = p("img,werror=stop,rerror=ignore").unwrap();
+        assert_eq!(
+            (d.policy.write, d.policy.read),
+            (OnError::Stop, OnError::Ignore)
+        );
+        assert_eq!(
+            p("img,werror=enospc").unwrap().policy.write,
+            OnError::Enospc
+        );
+        let m = |s: &str| p(s).unwrap_err().to_string();
+        assert_eq!(
+            m("img,werror=panic"),
+            "--disk 'panic' invalid write error action"
+        );
+        assert_eq!(
+            m("img,rerror=enospc"),
+            "--disk 'enospc' invalid read error action"
+        );
+    }
+
+    #[test]
+    fn injection_rules() {
+        let d = p(
+            "img,inject.1.operation=flush,inject.1.delay-ms=20,inject.0.operation=write,\
+                   inject.0.errno=enospc,inject.0.sector=8,inject.0.count=2,inject.0.once=on",
+        )
+        .unwrap();
+        assert_eq!(
+            d.inject,
+            [
+                FaultRule {
+                    sector: Some(8),
+                    count: Some(2),
+                    once: true,
+                    ..FaultRule::new(IoKind::Write, libc::ENOSPC)
+                },
+                FaultRule {
+                    errno: None,
+                    delay: Some(Duration::from_millis(20)),
+                    ..FaultRule::new(IoKind::Flush, 0)
+                },
+            ]
+        );
+        let m = |s: &str| p(s).unwrap_err().to_string();
+        assert_eq!(
+            m("img,inject.0.errno=eio"),
+            "--disk inject.0: needs an operation"
+        );
+        assert_eq!(
+            m("img,inject.0.operation=trim"),
+            "--disk inject.0: operation takes read, write or flush, not 'trim'"
+        );
+        assert_eq!(
+            m("img,inject.0.operation=read,inject.0.errno=ebadf"),
+            "--disk inject.0: errno takes eio, enospc, eperm, erofs or edquot, not 'ebadf'"
+        );
+        assert!(m("img,inject.x.operation=read")
+            .starts_with("Unknown --disk option 'inject.x.operation'"));
+        assert!(m("img,inject.0.colour=red").starts_with("Unknown --disk option 'inject.0.colour'"));
+        assert_eq!(
+            m("img,inject.0.operation=read,inject.0.sector=many"),
+            "--disk option 'inject.0.sector' takes a number, not 'many'"
         );
     }
 }

@@ -118,7 +118,7 @@ impl Machine {
             Box::new(move || shared.set(s)) as Box<dyn FnOnce() + Send>
         });
         match &self.monitor {
-            Some(m) => m.broadcast_then(event.to_json(Timestamp::now()), publish),
+            Some(m) => m.emit_then(event, Timestamp::now(), publish),
             None => {
                 if let Some(f) = publish {
                     f();
@@ -160,7 +160,23 @@ impl Machine {
         }
     }
 
-    /// `cont`: resumes a paused (or prelaunch) guest and emits `RESUME`.
+    /// A disk's error policy stopped a request: pauses a running guest in `io-error` and
+    /// emits `STOP` (after the `BLOCK_IO_ERROR` the I/O thread already emitted). A VM already
+    /// paused only changes its state, as QEMU's `vm_stop` does.
+    pub fn io_error_stop(&mut self) {
+        match self.state() {
+            RunState::Running => {
+                self.vm.pause();
+                self.announce(Event::Stop, Some(RunState::IoError));
+            }
+            RunState::Paused => self.set_state(RunState::IoError),
+            _ => {}
+        }
+    }
+
+    /// `cont`: resumes a paused (or prelaunch) guest and emits `RESUME`; then the disks retry
+    /// the requests their error policy stopped, in their original order (a fault that persists
+    /// stops the VM again: `BLOCK_IO_ERROR`, `STOP`).
     ///
     /// # Errors
     /// Fails in states a resume cannot leave: after an internal error or a shutdown.
@@ -170,6 +186,14 @@ impl Machine {
             RunState::Paused | RunState::Prelaunch | RunState::IoError => {
                 self.announce(Event::Resume, Some(RunState::Running));
                 self.vm.resume();
+                for disk in self.vm.disks() {
+                    disk.backend.resume().map_err(|e| {
+                        QmpError::generic(format!(
+                            "Cannot retry the requests of '{}': {e}",
+                            disk.backend.id()
+                        ))
+                    })?;
+                }
                 Ok(())
             }
             RunState::InternalError => Err(QmpError::generic(

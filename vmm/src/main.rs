@@ -3,6 +3,7 @@
 
 mod acpi;
 mod arch;
+mod block_signals;
 mod boot;
 mod cli;
 mod console;

@@ -6,13 +6,19 @@ use std::sync::Arc;
 
 use qapi::commands::{QmpCommands, QmpHandles, QmpOobCommands};
 use qapi::rt::QmpError;
+use std::time::Duration;
+
+use block::{FaultRule, IoKind};
 use qapi::types::{
-    BlockInfo, BlockStats, Blockdev, CommandInfo, CpuInfoFast, CpuInfoFastBranch,
+    BlockDeviceInfo, BlockInfo, BlockInjectErrno, BlockInjectOperation, BlockInjectRule,
+    BlockInjectRuleId, BlockStats, Blockdev, CommandInfo, CpuInfoFast, CpuInfoFastBranch,
     CpuInstanceProperties, KvmInfo, NameInfo, RunState, SchemaInfo, ShutdownCause, StatusInfo,
     VersionInfo, VersionTriple,
 };
 
+use crate::device_manager::Disk;
 use crate::machine::{Machine, SharedRunState};
+use crate::vm::Vm;
 
 /// The QEMU version we report: management tools gate features on it, and our QMP follows
 /// QEMU 7.2's.
@@ -46,6 +52,41 @@ fn resolve(names: &[String], handle: &Blockdev) -> Result<(), QmpError> {
     } else {
         Err(QmpError::device_not_found(&handle.0))
     }
+}
+
+/// The disk a `Blockdev` handle names (by backend id or node-name).
+fn find_disk<'a>(vm: &'a Vm, handle: &Blockdev) -> Result<&'a Disk, QmpError> {
+    vm.disks()
+        .iter()
+        .find(|d| d.backend.id() == handle.0 || d.backend.root().node_name() == handle.0)
+        .ok_or_else(|| QmpError::device_not_found(&handle.0))
+}
+
+/// Rule ids count from 1 and never reach i64::MAX.
+fn i64_of(id: u64) -> i64 {
+    i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+fn errno_value(e: BlockInjectErrno) -> i32 {
+    match e {
+        BlockInjectErrno::Eio => libc::EIO,
+        BlockInjectErrno::Enospc => libc::ENOSPC,
+        BlockInjectErrno::Eperm => libc::EPERM,
+        BlockInjectErrno::Erofs => libc::EROFS,
+        BlockInjectErrno::Edquot => libc::EDQUOT,
+    }
+}
+
+fn errno_enum(errno: i32) -> Option<BlockInjectErrno> {
+    [
+        BlockInjectErrno::Eio,
+        BlockInjectErrno::Enospc,
+        BlockInjectErrno::Eperm,
+        BlockInjectErrno::Erofs,
+        BlockInjectErrno::Edquot,
+    ]
+    .into_iter()
+    .find(|e| errno_value(*e) == errno)
 }
 
 /// The names a `Blockdev` handle may use: every disk's id and node-name.
@@ -203,6 +244,92 @@ impl QmpCommands for Machine {
             .disks()
             .iter()
             .map(|d| crate::qmp_block::block_stats(d, nodes))
+            .collect())
+    }
+
+    fn blockdev_inject_error(
+        &mut self,
+        device: Blockdev,
+        operation: BlockInjectOperation,
+        errno: Option<BlockInjectErrno>,
+        sector: Option<u64>,
+        count: Option<u64>,
+        once: Option<bool>,
+        delay_ms: Option<u64>,
+    ) -> Result<BlockInjectRuleId, QmpError> {
+        let disk = find_disk(&self.vm, &device)?;
+        let rule = FaultRule {
+            operation: match operation {
+                BlockInjectOperation::Read => IoKind::Read,
+                BlockInjectOperation::Write => IoKind::Write,
+                BlockInjectOperation::Flush => IoKind::Flush,
+            },
+            errno: errno.map(errno_value),
+            sector,
+            count,
+            once: once.unwrap_or(false),
+            delay: delay_ms.map(Duration::from_millis),
+        };
+        let id = disk
+            .backend
+            .inject(rule)
+            .map_err(|e| QmpError::generic(e.to_string()))?;
+        Ok(BlockInjectRuleId { id: i64_of(id) })
+    }
+
+    fn blockdev_inject_error_remove(
+        &mut self,
+        device: Blockdev,
+        id: Option<i64>,
+    ) -> Result<(), QmpError> {
+        let disk = find_disk(&self.vm, &device)?;
+        let id = match id {
+            Some(n) => Some(u64::try_from(n).map_err(|_| {
+                QmpError::generic(format!("No injection rule with id {n} on '{}'", device.0))
+            })?),
+            None => None,
+        };
+        disk.backend
+            .remove_injection(id)
+            .map_err(|e| QmpError::generic(e.to_string()))
+    }
+
+    fn query_blockdev_inject_errors(
+        &mut self,
+        device: Blockdev,
+    ) -> Result<Vec<BlockInjectRule>, QmpError> {
+        let disk = find_disk(&self.vm, &device)?;
+        Ok(disk
+            .backend
+            .injections()
+            .into_iter()
+            .map(|(id, r)| BlockInjectRule {
+                id: i64_of(id),
+                operation: match r.operation {
+                    IoKind::Read => BlockInjectOperation::Read,
+                    IoKind::Flush => BlockInjectOperation::Flush,
+                    _ => BlockInjectOperation::Write,
+                },
+                errno: r.errno.and_then(errno_enum),
+                sector: r.sector,
+                count: r.count,
+                once: r.once,
+                delay_ms: r
+                    .delay
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            })
+            .collect())
+    }
+
+    fn query_named_block_nodes(
+        &mut self,
+        _flat: Option<bool>,
+    ) -> Result<Vec<BlockDeviceInfo>, QmpError> {
+        Ok(self
+            .vm
+            .disks()
+            .iter()
+            .map(|d| crate::qmp_block::device_info(&d.backend))
             .collect())
     }
 

@@ -2,10 +2,10 @@
 //! `query-block` and `query-blockstats` from the block layer's backends and nodes, in
 //! QEMU 7.2's shapes.
 
-use block::{Backend, QmpBlockStats};
+use block::{Backend, IoStatus, QmpBlockStats};
 use qapi::types::{
-    BlockDeviceInfo, BlockDeviceStats, BlockInfo, BlockStats, BlockdevCacheInfo,
-    BlockdevDetectZeroesOptions, ImageInfo,
+    BlockDeviceInfo, BlockDeviceIoStatus, BlockDeviceStats, BlockInfo, BlockStats,
+    BlockdevCacheInfo, BlockdevDetectZeroesOptions, ImageInfo,
 };
 
 use crate::device_manager::Disk;
@@ -15,7 +15,8 @@ fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-fn device_info(b: &Backend) -> BlockDeviceInfo {
+/// The `inserted` (and `query-named-block-nodes`) entry of a backend's image node.
+pub fn device_info(b: &Backend) -> BlockDeviceInfo {
     let node = b.root();
     let cache = node.cache();
     let file = node
@@ -76,8 +77,16 @@ fn device_info(b: &Backend) -> BlockDeviceInfo {
 }
 
 /// The `query-block` entry of one disk. `io-status` is reported only for devices whose error
-/// policy can stop the VM, as in QEMU; our disks report errors to the guest.
+/// policy can stop the VM, as in QEMU.
 pub fn block_info(d: &Disk) -> BlockInfo {
+    let io_status = d
+        .backend
+        .io_status_enabled()
+        .then(|| match d.backend.io_status() {
+            IoStatus::Ok => BlockDeviceIoStatus::Ok,
+            IoStatus::Failed => BlockDeviceIoStatus::Failed,
+            IoStatus::NoSpace => BlockDeviceIoStatus::Nospace,
+        });
     BlockInfo {
         device: d.backend.id().into(),
         qdev: Some(d.qdev.clone()),
@@ -86,7 +95,7 @@ pub fn block_info(d: &Disk) -> BlockInfo {
         locked: false,
         inserted: Some(device_info(&d.backend)),
         tray_open: None,
-        io_status: None,
+        io_status,
     }
 }
 

@@ -12,6 +12,7 @@ use monitor::{Limits, Monitor, MonitorConfig, MonitorError, MonitorHandle, Socke
 use qapi::types::ShutdownCause;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::block_signals;
 use crate::console::{Console, ConsoleAction, RawTerminal};
 use crate::device_manager::SerialMode;
 use crate::error::chain;
@@ -125,6 +126,7 @@ impl MainLoop {
                         eprintln!("vmm: {}", chain(&e));
                     }
                 }
+                VmEvent::IoErrorStop => self.machine.io_error_stop(),
                 VmEvent::Fatal(msg) => {
                     let keep = self.monitor.is_some();
                     self.machine.internal_error(keep);
@@ -270,6 +272,10 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
     // termination signal that arrives now.
     main_loop_takes_over();
     let handle = monitor.as_ref().map(Monitor::handle);
+    for disk in vm.disks() {
+        block_signals::connect(&disk.backend, &disk.qdev, handle.as_ref(), &events)
+            .map_err(RunError::EventFd)?;
+    }
     let machine = Machine::new(
         vm,
         options.no_reboot,

@@ -355,8 +355,10 @@ impl Vm {
         self.vcpus.len() + self.pending_vcpus.len()
     }
 
-    /// Stops and joins every vCPU thread.
+    /// Stops and joins every vCPU thread; requests delayed by injection rules go on, so that
+    /// the block I/O threads can end.
     pub fn shutdown(&mut self) {
+        self.devices.release_delays();
         for v in self.vcpus.drain(..) {
             v.stop();
         }

@@ -53,6 +53,10 @@ fn main_schema_has_the_required_interface() {
             "query-cpus-fast",
             "query-block",
             "query-blockstats",
+            "blockdev-inject-error",
+            "blockdev-inject-error-remove",
+            "query-blockdev-inject-errors",
+            "query-named-block-nodes",
             "human-monitor-command",
         ]
     );

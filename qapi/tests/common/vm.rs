@@ -150,6 +150,43 @@ impl QmpCommands for FakeVm {
         ])
     }
 
+    fn blockdev_inject_error(
+        &mut self,
+        device: Blockdev,
+        _operation: qapi::types::BlockInjectOperation,
+        _errno: Option<qapi::types::BlockInjectErrno>,
+        _sector: Option<u64>,
+        _count: Option<u64>,
+        _once: Option<bool>,
+        _delay_ms: Option<u64>,
+    ) -> Result<qapi::types::BlockInjectRuleId, QmpError> {
+        self.resolve_blockdev(&device)?;
+        Ok(qapi::types::BlockInjectRuleId { id: 1 })
+    }
+
+    fn blockdev_inject_error_remove(
+        &mut self,
+        device: Blockdev,
+        _id: Option<i64>,
+    ) -> Result<(), QmpError> {
+        self.resolve_blockdev(&device)
+    }
+
+    fn query_blockdev_inject_errors(
+        &mut self,
+        device: Blockdev,
+    ) -> Result<Vec<qapi::types::BlockInjectRule>, QmpError> {
+        self.resolve_blockdev(&device)?;
+        Ok(Vec::new())
+    }
+
+    fn query_named_block_nodes(
+        &mut self,
+        _flat: Option<bool>,
+    ) -> Result<Vec<qapi::types::BlockDeviceInfo>, QmpError> {
+        Ok(Vec::new())
+    }
+
     fn query_blockstats(&mut self, query_nodes: Option<bool>) -> Result<Vec<BlockStats>, QmpError> {
         let stats: BlockDeviceStats = serde_json::from_value(sample_stats()).expect("valid stats");
         let file = BlockStats {
@@ -189,6 +226,7 @@ impl QmpCommands for FakeVm {
                 events::emit_block_io_error(
                     &*self.sink,
                     &owner,
+                    format!("/machine/peripheral/{drive}/virtio-backend"),
                     String::new(),
                     Some("fmt0".into()),
                     IoOperationType::Read,
