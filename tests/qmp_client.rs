@@ -234,3 +234,82 @@ fn guest_reset_with_no_reboot_is_a_shutdown() {
     }
     vm.finish(GUARD).assert_exit(0);
 }
+
+#[test]
+fn typed_signal_connections_with_explicit_handles() {
+    use qapi::types::{
+        BlockDeviceIoStatus, BlockErrorAction, BlockInjectErrno, BlockInjectOperation, Blockdev,
+        IoOperationType, Machine,
+    };
+
+    let img = std::env::temp_dir().join(format!("vmm-qmp-signals-{}.raw", std::process::id()));
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    let sock = socket_path("signals");
+    let qmp = format!("unix:{}", sock.display());
+    let disk = format!("path={},werror=stop", img.display());
+    let kernel = probe_bzimage();
+    let mut vm = spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "probe.test=blk-write,idle probe.count=8",
+        "--disk",
+        &disk,
+        "--qmp",
+        &qmp,
+        "-S",
+    ]);
+    let deadline = Instant::now() + GUARD;
+    let conn = loop {
+        match Connection::connect_unix(&sock) {
+            Ok(c) => break c,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => panic!("cannot connect to {}: {e}", sock.display()),
+        }
+    };
+    conn.negotiate_with(&["explicit-handles"]).unwrap();
+    let c = Client::new(conn);
+    let drive = Blockdev("drive0".into());
+    let errors = c
+        .connect_block_io_error(&drive, Some(serde_json::json!("tag")))
+        .unwrap();
+    let stops = c.connect_stop(&Machine("/machine".into()), None).unwrap();
+    let rule = c
+        .blockdev_inject_error(
+            drive.clone(),
+            BlockInjectOperation::Write,
+            Some(BlockInjectErrno::Eio),
+            None,
+            None,
+            None,
+            None,
+        )
+        .unwrap();
+    assert_eq!(rule.id, 1);
+    c.cont().unwrap();
+    let e = errors.next(Some(GUARD)).unwrap().expect("BLOCK_IO_ERROR");
+    assert_eq!(e.user_data, Some(serde_json::json!("tag")));
+    assert_eq!(e.data.device, "drive0");
+    assert_eq!(e.data.qom_path, "/machine/peripheral/drive0/virtio-backend");
+    assert_eq!(e.data.operation, IoOperationType::Write);
+    assert_eq!(e.data.action, BlockErrorAction::Stop);
+    assert_eq!(e.data.nospace, Some(false));
+    assert_eq!(e.data.reason, "Input/output error");
+    stops.next(Some(GUARD)).unwrap().expect("STOP");
+    assert_eq!(c.query_status().unwrap().status, RunState::IoError);
+    // Replies carry handles in canonical form; the typed client reads them as handles.
+    let blocks = c.query_block().unwrap();
+    assert_eq!(blocks[0].device, drive);
+    assert_eq!(blocks[0].io_status, Some(BlockDeviceIoStatus::Failed));
+    c.blockdev_inject_error_remove(drive.clone(), None).unwrap();
+    c.cont().unwrap();
+    vm.wait_line("PROBE blk-write dev=0 lba=0 count=8 status=ok", GUARD);
+    assert_eq!(c.query_block().unwrap()[0].io_status, Some(BlockDeviceIoStatus::Ok));
+    errors.disconnect().unwrap();
+    stops.disconnect().unwrap();
+    c.quit().unwrap();
+    vm.finish(GUARD).assert_exit(0);
+    let _ = std::fs::remove_file(&img);
+}

@@ -420,3 +420,41 @@ def test_cli_injection_rule(vmm_factory, tmp_path):
     assert ev["data"]["reason"] == "Read-only file system", ev
     vm.wait_serial("PROBE idle")
     assert c.cmd("query-blockdev-inject-errors", {"device": "drive0"})["return"] == []
+
+
+def test_qemu_qmp_client_sees_block_io_error_before_stop(vmm_factory, tmp_path):
+    """PyPI's qemu.qmp, unchanged: the broadcast BLOCK_IO_ERROR precedes STOP, as libvirt needs
+    to report "paused (I/O error)"; query-status then says io-error."""
+    import asyncio
+
+    from qemu.qmp import QMPClient
+
+    from conftest import HANG, arun
+
+    img = image(tmp_path)
+    vm = start(vmm_factory, tmp_path, [f"path={img},werror=stop"],
+               "probe.test=blk-write,idle probe.count=8", paused=True)
+
+    async def body():
+        qmp = QMPClient("signals")
+        await asyncio.wait_for(qmp.connect(vm.sock), HANG)
+        with qmp.listener() as listener:
+            await qmp.execute("blockdev-inject-error", {"device": "drive0", "operation": "write",
+                                                         "errno": "eio", "once": True})
+            await qmp.execute("cont")
+            names = []
+            while "STOP" not in names:
+                ev = await asyncio.wait_for(listener.get(), HANG)
+                names.append(ev["event"])
+                if ev["event"] == "BLOCK_IO_ERROR":
+                    assert ev["data"]["action"] == "stop", ev
+                    assert ev["data"]["node-name"].startswith("#block"), ev
+        assert names == ["RESUME", "BLOCK_IO_ERROR", "STOP"], names
+        status = await qmp.execute("query-status")
+        assert status["status"] == "io-error" and status["running"] is False, status
+        await qmp.execute("cont")
+        await qmp.disconnect()
+
+    arun(body())
+    vm.wait_serial("PROBE idle")
+    assert "PROBE blk-write dev=0 lba=0 count=8 status=ok" in vm.serial(), vm.serial()
