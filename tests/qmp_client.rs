@@ -306,7 +306,10 @@ fn typed_signal_connections_with_explicit_handles() {
     c.blockdev_inject_error_remove(drive.clone(), None).unwrap();
     c.cont().unwrap();
     vm.wait_line("PROBE blk-write dev=0 lba=0 count=8 status=ok", GUARD);
-    assert_eq!(c.query_block().unwrap()[0].io_status, Some(BlockDeviceIoStatus::Ok));
+    assert_eq!(
+        c.query_block().unwrap()[0].io_status,
+        Some(BlockDeviceIoStatus::Ok)
+    );
     errors.disconnect().unwrap();
     stops.disconnect().unwrap();
     c.quit().unwrap();
