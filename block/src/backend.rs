@@ -3,7 +3,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -12,9 +12,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::file::{FileNode, OpenError};
 use crate::inject::{FaultNode, FaultRule, InjectError};
 use crate::node::{BlockNode, CacheMode, IoBuf, IoKind};
-use crate::policy::{ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, ReportPolicy};
+use crate::policy::{ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, IoStatusCell, ReportPolicy};
 use crate::registry::generate_node_name;
-use crate::signal::{IoErrorEvent, IoErrorSlot, SlotId, Slots};
+use crate::signal::{IoErrorEvent, IoErrorSlot, IoStatusSlot, SlotId, Slots, StatsSlot};
 use crate::stats::BlockStats;
 
 /// How to open a backend on a raw image (what `--disk` describes).
@@ -163,6 +163,10 @@ impl Completion {
 /// The block backend a device uses: an id, a root node (under the implicit fault-injection
 /// filter), stats, error policy, I/O status and the I/O-error signal.
 ///
+/// Failures reach the statistics and the I/O status only through the signal: [`Backend::new`]
+/// connects a [`StatsSlot`] and an [`IoStatusSlot`] before any other slot, so every slot
+/// connected later sees both already updated.
+///
 /// Shared (`Arc`) between the VMM (QMP queries, policy changes) and the device's I/O thread;
 /// every method takes `&self` and no method blocks on anything but the node's own I/O (and
 /// an injected delay).
@@ -172,8 +176,8 @@ pub struct Backend {
     serial: Option<String>,
     top: Arc<FaultNode>,
     policy: RwLock<Arc<dyn ErrorPolicy>>,
-    stats: BlockStats,
-    io_status: AtomicU8,
+    stats: Arc<BlockStats>,
+    io_status: Arc<IoStatusCell>,
     resume_epoch: AtomicU64,
     slots: Slots,
     retry: EventFd,
@@ -192,21 +196,27 @@ impl Backend {
         Ok(backend.with_serial(config.serial))
     }
 
-    /// A backend `id` on `root`, with the default `report` policy.
+    /// A backend `id` on `root`, with the default `report` policy and its own two slots on
+    /// the I/O-error signal: a [`StatsSlot`], then an [`IoStatusSlot`].
     ///
     /// # Errors
     /// Creating the retry eventfd failed.
     pub fn new(id: impl Into<String>, root: Arc<dyn BlockNode>) -> io::Result<Self> {
         let id = id.into();
+        let stats = Arc::new(BlockStats::default());
+        let io_status = Arc::new(IoStatusCell::default());
+        let slots = Slots::default();
+        slots.connect(Arc::new(StatsSlot::new(stats.clone())));
+        slots.connect(Arc::new(IoStatusSlot::new(io_status.clone())));
         Ok(Self {
             top: Arc::new(FaultNode::new(format!("#inject-{id}"), root)),
             id,
             serial: None,
             policy: RwLock::new(Arc::new(ReportPolicy)),
-            stats: BlockStats::default(),
-            io_status: AtomicU8::new(IoStatus::Ok.to_u8()),
+            stats,
+            io_status,
             resume_epoch: AtomicU64::new(0),
-            slots: Slots::default(),
+            slots,
             retry: EventFd::new(EFD_NONBLOCK)?,
         })
     }
@@ -269,10 +279,17 @@ impl Backend {
         self.top.release_delays();
     }
 
-    /// Connects a slot to the I/O-error signal; slots run in connection order, after the
-    /// backend's own accounting. See [`IoErrorSlot`] for what a slot must not do.
+    /// Connects a slot to the I/O-error signal; slots run in connection order, so after the
+    /// backend's own [`StatsSlot`] and [`IoStatusSlot`]. See [`IoErrorSlot`] for what a slot
+    /// must not do.
     pub fn connect_io_error(&self, slot: Arc<dyn IoErrorSlot>) -> SlotId {
         self.slots.connect(slot)
+    }
+
+    /// The slots connected to the I/O-error signal, in emission order: the backend's own
+    /// [`StatsSlot`] and [`IoStatusSlot`] first, then the others as they were connected.
+    pub fn io_error_slots(&self) -> Vec<(SlotId, Arc<dyn IoErrorSlot>)> {
+        self.slots.list()
     }
 
     /// Disconnects a slot; returns whether it was connected. An emission already running on
@@ -291,16 +308,17 @@ impl Backend {
         self.root().read_only()
     }
 
-    /// The live statistics.
+    /// The live statistics (failures are counted by the backend's [`StatsSlot`]).
     pub fn stats(&self) -> &BlockStats {
         &self.stats
     }
 
     /// QMP's `io-status`: `failed` or `nospace` from the first request stopped since the last
-    /// [`Backend::resume`] (QEMU's `blk_iostatus_set_err` keeps the first), else `ok`. QMP
-    /// shows it only when [`Backend::io_status_enabled`].
+    /// [`Backend::resume`] (QEMU's `blk_iostatus_set_err` keeps the first; the backend's
+    /// [`IoStatusSlot`] sets it), else `ok`. QMP shows it only when
+    /// [`Backend::io_status_enabled`].
     pub fn io_status(&self) -> IoStatus {
-        IoStatus::from_u8(self.io_status.load(Ordering::Acquire))
+        self.io_status.get()
     }
 
     /// Whether `query-block` shows `io-status`: the policy can stop the VM (QEMU's
@@ -342,8 +360,7 @@ impl Backend {
     /// # Errors
     /// Writing the retry eventfd failed.
     pub fn resume(&self) -> io::Result<()> {
-        self.io_status
-            .store(IoStatus::Ok.to_u8(), Ordering::Release);
+        self.io_status.reset();
         self.resume_epoch.fetch_add(1, Ordering::AcqRel);
         self.retry.write(1)
     }
@@ -368,9 +385,10 @@ impl Backend {
         Ok(())
     }
 
-    /// Runs one request on the root node (through the fault-injection filter), accounts it
-    /// and, on failure, applies the error policy and emits the I/O-error signal (see
-    /// [`IoErrorSlot`]) on the calling thread before returning.
+    /// Runs one request on the root node (through the fault-injection filter) and accounts a
+    /// success or a refusal; on failure, applies the error policy and emits the I/O-error
+    /// signal (see [`IoErrorSlot`]) on the calling thread before returning: the backend's own
+    /// slots account the failure and set the I/O status, then the connected slots run.
     pub fn submit(&self, req: Request<'_>) -> Completion {
         let root = self.root();
         let kind = req.kind();
@@ -414,26 +432,8 @@ impl Backend {
         // Read before the signal (which asks for the VM stop): a resume that comes after this
         // load releases the request.
         let epoch = self.resume_epoch.load(Ordering::Acquire);
-        // The backend's own steps, as QEMU's virtio-blk and `blk_error_action`: a reported
-        // failure counts as failed, an ignored one as done, a stopped one not yet (its retry
-        // is counted); a stop sets the I/O status unless one is set already.
-        match action {
-            ErrorAction::Report => self.stats.account_failed(kind),
-            ErrorAction::Ignore => self.stats.account_done(kind, len, start.elapsed(), end),
-            ErrorAction::Stop => {
-                let status = if nospace {
-                    IoStatus::NoSpace
-                } else {
-                    IoStatus::Failed
-                };
-                let _ = self.io_status.compare_exchange(
-                    IoStatus::Ok.to_u8(),
-                    status.to_u8(),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
-            }
-        }
+        // One path for every consequence of the failure: the statistics and the I/O status
+        // are the first two slots (see `Backend::new`).
         self.slots.emit(&IoErrorEvent {
             device: &self.id,
             node_name: root.node_name(),
@@ -443,6 +443,9 @@ impl Backend {
             reason: &reason,
             can_stop,
             error: &error,
+            len,
+            elapsed: start.elapsed(),
+            write_end: end,
         });
         match action {
             ErrorAction::Report => Completion::Failed(error),
@@ -829,6 +832,88 @@ mod tests {
             })
             .is_success());
         assert_eq!(log.lock().unwrap().len(), 1);
+    }
+
+    /// Records, from inside the signal, the statistics and I/O status it sees.
+    #[derive(Debug)]
+    struct SeesCounters {
+        backend: Mutex<Option<Arc<Backend>>>,
+        seen: Mutex<Vec<(u64, u64, u64, IoStatus)>>,
+    }
+
+    impl IoErrorSlot for SeesCounters {
+        fn on_io_error(&self, _e: &IoErrorEvent<'_>) {
+            let b = self.backend.lock().unwrap().clone().unwrap();
+            let q = b.stats().snapshot().qmp();
+            self.seen.lock().unwrap().push((
+                q.failed_wr_operations,
+                q.wr_operations,
+                q.wr_highest_offset,
+                b.io_status(),
+            ));
+        }
+    }
+
+    #[test]
+    fn stats_and_io_status_are_ordinary_slots() {
+        let f = image(4096);
+        let b = Arc::new(open(&f, false));
+        // The backend's own slots are the first two of the list.
+        let own = b.io_error_slots();
+        let names: Vec<String> = own.iter().map(|(_, s)| format!("{s:?}")).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names[0].starts_with("StatsSlot"), "{names:?}");
+        assert!(names[1].starts_with("IoStatusSlot"), "{names:?}");
+        let sees = Arc::new(SeesCounters {
+            backend: Mutex::new(Some(b.clone())),
+            seen: Mutex::new(Vec::new()),
+        });
+        let id = b.connect_io_error(sees.clone());
+        let ids: Vec<SlotId> = b.io_error_slots().iter().map(|(i, _)| *i).collect();
+        assert_eq!(ids, vec![own[0].0, own[1].0, id]);
+        assert!(own[0].0 < own[1].0 && own[1].0 < id);
+
+        b.inject(FaultRule::new(IoKind::Write, libc::ENOSPC))
+            .unwrap();
+        let mut buf = vec![0u8; 512];
+        let bufs = [IoBuf::from(buf.as_mut_slice())];
+        let write = || Request::Write {
+            offset: 1024,
+            bufs: &bufs,
+        };
+        let policy = |write| {
+            Arc::new(DevicePolicy {
+                read: OnError::Report,
+                write,
+            })
+        };
+        // report: counted as failed before the later slot runs.
+        assert!(matches!(b.submit(write()), Completion::Failed(_)));
+        // ignore: counted as done, with its end offset.
+        b.set_error_policy(policy(OnError::Ignore));
+        assert!(matches!(b.submit(write()), Completion::Ignored(_)));
+        // stop: not counted, but the status is set before the later slot runs.
+        b.set_error_policy(policy(OnError::Stop));
+        assert!(matches!(b.submit(write()), Completion::Stopped { .. }));
+        assert_eq!(
+            *sees.seen.lock().unwrap(),
+            vec![
+                (1, 0, 0, IoStatus::Ok),
+                (1, 1, 1536, IoStatus::Ok),
+                (1, 1, 1536, IoStatus::NoSpace),
+            ]
+        );
+        // The same slot type counts for whoever connects it: here a second StatsSlot on its own
+        // statistics, connected like any other slot.
+        let mine = Arc::new(BlockStats::default());
+        b.connect_io_error(Arc::new(StatsSlot::new(mine.clone())));
+        b.set_error_policy(policy(OnError::Report));
+        b.resume().unwrap();
+        assert!(matches!(b.submit(write()), Completion::Failed(_)));
+        assert_eq!(mine.snapshot().qmp().failed_wr_operations, 1);
+        assert_eq!(b.stats().snapshot().qmp().failed_wr_operations, 2);
+        *sees.backend.lock().unwrap() = None;
+        b.disconnect_io_error(id);
     }
 
     /// A slot that connects another slot from inside the signal (no lock is held).

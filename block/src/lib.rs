@@ -13,9 +13,10 @@
 //! `query-blockstats` reports, and on failure asks the backend's [`ErrorPolicy`] (usually a
 //! [`DevicePolicy`]: QEMU's `rerror`/`werror`) what to do: report the error to the guest,
 //! ignore it, or stop and keep the request for a retry. Each failure is then one emission of
-//! the backend's I/O-error signal, on the thread that ran the request: the backend's own
-//! accounting and I/O status (`ok`, `failed`, `nospace`) first, then the connected
-//! [`IoErrorSlot`]s in order (the VMM's `BLOCK_IO_ERROR` and VM-stop slots). Host errors
+//! the backend's I/O-error signal, on the thread that ran the request, calling its
+//! [`IoErrorSlot`]s in connection order: the backend's own [`StatsSlot`] (failure accounting)
+//! and [`IoStatusSlot`] (I/O status `ok`, `failed`, `nospace`) first, then the connected ones
+//! (the VMM's `BLOCK_IO_ERROR` and VM-stop slots). Host errors
 //! (ENOSPC from a full file system, EIO) and injected ones take the same path. A [`Registry`]
 //! holds the graph: backends by id, nodes by node-name.
 //!
@@ -42,9 +43,9 @@ pub use inject::{errno_name, parse_errno, FaultNode, FaultRule, InjectError};
 pub use lock::{LockConflict, LockError, Perm, Perms};
 pub use node::{BlockNode, CacheMode, IoBuf, IoKind, ParseCacheModeError, SECTOR_SIZE};
 pub use policy::{
-    DevicePolicy, ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, OnError, ParseOnErrorError,
-    ReportPolicy,
+    DevicePolicy, ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, IoStatusCell, OnError,
+    ParseOnErrorError, ReportPolicy,
 };
 pub use registry::{generate_node_name, validate_name, NameError, Registry, RegistryError};
-pub use signal::{IoErrorEvent, IoErrorSlot, SlotId};
+pub use signal::{IoErrorEvent, IoErrorSlot, IoStatusSlot, SlotId, StatsSlot};
 pub use stats::{BlockStats, BlockStatsSnapshot, OpStatsSnapshot, QmpBlockStats};

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::node::IoKind;
 
@@ -274,6 +275,42 @@ impl IoStatus {
             2 => IoStatus::NoSpace,
             _ => IoStatus::Ok,
         }
+    }
+}
+
+/// A backend's `io-status`, shared between the backend (queries, [`crate::Backend::resume`])
+/// and its [`crate::IoStatusSlot`] (which sets it on a stop).
+#[derive(Debug)]
+pub struct IoStatusCell(AtomicU8);
+
+impl Default for IoStatusCell {
+    fn default() -> Self {
+        Self(AtomicU8::new(IoStatus::Ok.to_u8()))
+    }
+}
+
+impl IoStatusCell {
+    /// The current status.
+    pub fn get(&self) -> IoStatus {
+        IoStatus::from_u8(self.0.load(Ordering::Acquire))
+    }
+
+    /// Sets `status` unless one is set already (QEMU's `blk_iostatus_set_err` keeps the first
+    /// until the next reset); returns whether it was set.
+    pub fn set_first(&self, status: IoStatus) -> bool {
+        self.0
+            .compare_exchange(
+                IoStatus::Ok.to_u8(),
+                status.to_u8(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Back to [`IoStatus::Ok`] (on resume).
+    pub fn reset(&self) {
+        self.0.store(IoStatus::Ok.to_u8(), Ordering::Release);
     }
 }
 

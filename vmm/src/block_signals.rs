@@ -7,7 +7,8 @@
 //!    stopped the request.
 //!
 //! Both run on the block I/O thread that saw the failure, without the big lock. (The backend's
-//! own slots — the statistics and the io-status — run before them.)
+//! own slots, `block::StatsSlot` and `block::IoStatusSlot`, connected by `Backend::new`, run
+//! before them: the stop requester sees the failure counted and the io-status set.)
 
 use std::sync::Arc;
 
