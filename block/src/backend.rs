@@ -4,7 +4,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -181,6 +181,29 @@ pub struct Backend {
     resume_epoch: AtomicU64,
     slots: Slots,
     retry: EventFd,
+    /// Requests running in [`Backend::submit`] now, for [`Backend::drain`].
+    in_flight: Mutex<usize>,
+    idle: Condvar,
+}
+
+/// Counts one request in flight for as long as it lives.
+struct InFlight<'a>(&'a Backend);
+
+impl<'a> InFlight<'a> {
+    fn enter(b: &'a Backend) -> Self {
+        *b.in_flight.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        Self(b)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut n = self.0.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.0.idle.notify_all();
+        }
+    }
 }
 
 impl Backend {
@@ -218,7 +241,23 @@ impl Backend {
             resume_epoch: AtomicU64::new(0),
             slots,
             retry: EventFd::new(EFD_NONBLOCK)?,
+            in_flight: Mutex::new(0),
+            idle: Condvar::new(),
         })
+    }
+
+    /// Requests running now (on the host, or held by an injected delay).
+    pub fn in_flight(&self) -> usize {
+        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until no request is running (QEMU's drain). It blocks for as long as the storage
+    /// does not answer: call it off the main loop.
+    pub fn drain(&self) {
+        let mut n = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        while *n > 0 {
+            n = self.idle.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
     }
 
     /// Sets the serial number devices report.
@@ -390,6 +429,7 @@ impl Backend {
     /// signal (see [`IoErrorSlot`]) on the calling thread before returning: the backend's own
     /// slots account the failure and set the I/O status, then the connected slots run.
     pub fn submit(&self, req: Request<'_>) -> Completion {
+        let _in_flight = InFlight::enter(self);
         let root = self.root();
         let kind = req.kind();
         if let Err(e) = self.validate(root.as_ref(), &req) {
@@ -1119,5 +1159,39 @@ mod tests {
             vec!["disk0"]
         );
         assert!(b.injections().is_empty());
+    }
+
+    #[test]
+    fn drain_waits_for_a_delayed_request() {
+        let f = image(4096);
+        let b = Arc::new(open(&f, false));
+        b.inject(crate::FaultRule {
+            errno: None,
+            delay: Some(std::time::Duration::from_secs(3600)),
+            ..crate::FaultRule::new(IoKind::Flush, 0)
+        })
+        .unwrap();
+        let worker = {
+            let b = b.clone();
+            std::thread::spawn(move || b.submit(Request::Flush).is_success())
+        };
+        while b.in_flight() == 0 {
+            std::thread::yield_now();
+        }
+        let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drainer = {
+            let (b, drained) = (b.clone(), drained.clone());
+            std::thread::spawn(move || {
+                b.drain();
+                drained.store(true, Ordering::Release);
+            })
+        };
+        // The drain cannot finish while the flush is held; removing the rule releases both.
+        assert!(!drained.load(Ordering::Acquire));
+        b.remove_injection(None).unwrap();
+        assert!(worker.join().unwrap());
+        drainer.join().unwrap();
+        assert!(drained.load(Ordering::Acquire));
+        assert_eq!(b.in_flight(), 0);
     }
 }

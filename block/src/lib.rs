@@ -33,6 +33,7 @@ pub mod inject;
 pub mod lock;
 mod node;
 mod policy;
+mod raw;
 mod registry;
 mod signal;
 mod stats;
@@ -46,6 +47,7 @@ pub use policy::{
     DevicePolicy, ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, IoStatusCell, OnError,
     ParseOnErrorError, ReportPolicy,
 };
+pub use raw::RawNode;
 pub use registry::{generate_node_name, validate_name, NameError, Registry, RegistryError};
 pub use signal::{IoErrorEvent, IoErrorSlot, IoStatusSlot, SlotId, StatsSlot};
 pub use stats::{BlockStats, BlockStatsSnapshot, OpStatsSnapshot, QmpBlockStats};

@@ -80,6 +80,15 @@ pub enum RegistryError {
     /// The image could not be opened.
     #[error(transparent)]
     Open(#[from] OpenError),
+    /// No node has this node-name.
+    #[error("Failed to find node with node-name='{0}'")]
+    NoSuchNode(String),
+    /// The node is (part of) a device's backend.
+    #[error("Node {0} is in use")]
+    NodeInUse(String),
+    /// Another node is built on this one.
+    #[error("Block device {0} is in use")]
+    NodeIsChild(String),
 }
 
 /// The block graph of a VM.
@@ -103,7 +112,11 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    fn check_node_name(&self, name: &str) -> Result<(), RegistryError> {
+    /// Checks that `name` may name a new node: well formed (or generated) and unused.
+    ///
+    /// # Errors
+    /// A malformed, duplicate or conflicting node-name.
+    pub fn check_node_name(&self, name: &str) -> Result<(), RegistryError> {
         if !name.starts_with('#') {
             validate_name("node-name", name)?;
         }
@@ -208,6 +221,42 @@ impl Registry {
     /// Every node, by node-name.
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<dyn BlockNode>> {
         self.nodes.values()
+    }
+
+    /// Removes a node that no backend and no other node uses (QMP's `blockdev-del`); returns
+    /// it, so that the caller decides where its file is closed.
+    ///
+    /// # Errors
+    /// No such node, or the node is in use.
+    pub fn remove_node(&mut self, node_name: &str) -> Result<Arc<dyn BlockNode>, RegistryError> {
+        let node = self
+            .nodes
+            .get(node_name)
+            .cloned()
+            .ok_or_else(|| RegistryError::NoSuchNode(node_name.to_string()))?;
+        let in_chain = |start: Arc<dyn BlockNode>| {
+            let mut n = Some(start);
+            while let Some(cur) = n {
+                if Arc::ptr_eq(&cur, &node) {
+                    return true;
+                }
+                n = cur.child();
+            }
+            false
+        };
+        if self.backends.values().any(|b| in_chain(b.root())) {
+            return Err(RegistryError::NodeInUse(node_name.to_string()));
+        }
+        let is_child = self
+            .nodes
+            .values()
+            .filter_map(|n| n.child())
+            .any(|c| Arc::ptr_eq(&c, &node));
+        if is_child {
+            return Err(RegistryError::NodeIsChild(node_name.to_string()));
+        }
+        self.nodes.remove(node_name);
+        Ok(node)
     }
 
     /// Removes a backend and the nodes of its chain that no other backend uses.
@@ -355,5 +404,43 @@ mod tests {
         // Removing drive0 closed its image and released the lock.
         drop(b0);
         r.open(BackendConfig::new("drive2", f.as_path())).unwrap();
+    }
+
+    #[test]
+    fn remove_node_refuses_nodes_in_use() {
+        let f = TempFile::new().unwrap();
+        std::fs::write(f.as_path(), vec![0u8; 4096]).unwrap();
+        let g = TempFile::new().unwrap();
+        std::fs::write(g.as_path(), vec![0u8; 4096]).unwrap();
+        let mut r = Registry::new();
+        let b = r
+            .open(BackendConfig {
+                node_name: Some("disk0".into()),
+                ..BackendConfig::new("drive0", f.as_path())
+            })
+            .unwrap();
+        let file: Arc<dyn BlockNode> = Arc::new(
+            crate::FileNode::open("f1", g.as_path(), true, crate::CacheMode::Writeback).unwrap(),
+        );
+        r.add_node(file.clone()).unwrap();
+        r.add_node(Arc::new(crate::RawNode::new("r1", file)))
+            .unwrap();
+        let msg = |e: RegistryError| e.to_string();
+        assert_eq!(
+            msg(r.remove_node("nope").unwrap_err()),
+            "Failed to find node with node-name='nope'"
+        );
+        assert_eq!(
+            msg(r.remove_node("disk0").unwrap_err()),
+            "Node disk0 is in use"
+        );
+        assert_eq!(
+            msg(r.remove_node("f1").unwrap_err()),
+            "Block device f1 is in use"
+        );
+        assert_eq!(r.remove_node("r1").unwrap().node_name(), "r1");
+        assert_eq!(r.remove_node("f1").unwrap().node_name(), "f1");
+        assert!(r.node("f1").is_none());
+        drop(b);
     }
 }

@@ -4,11 +4,12 @@
 //! its GSI), puts it on the bus the vCPUs dispatch on, and adds its description to the DSDT.
 //! The QEMU-style `-device`/`-blockdev` options and device hotplug call into it too.
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use block::{Backend, BackendConfig, Registry};
+use block::{Backend, BackendConfig, BlockNode, Registry, RegistryError};
 use devices::acpi::{pm, AcpiPm, Ged, GedError};
 use devices::legacy::{DebugPort, SerialDevice, I8042};
 use devices::virtio::{MmioTransport, VirtioBlock};
@@ -95,6 +96,8 @@ pub struct DeviceManager {
     serial: Option<Arc<Mutex<SerialDevice>>>,
     ged: Option<Ged>,
     disks: Vec<Disk>,
+    /// Nodes created by QMP's `blockdev-add` (only those may be deleted by `blockdev-del`).
+    monitor_nodes: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for DeviceManager {
@@ -127,6 +130,7 @@ impl DeviceManager {
             serial: None,
             ged: None,
             disks: Vec::new(),
+            monitor_nodes: BTreeSet::new(),
         })
     }
 
@@ -361,5 +365,38 @@ impl DeviceManager {
     /// The disks, in `--disk` order.
     pub fn disks(&self) -> &[Disk] {
         &self.disks
+    }
+
+    /// The block graph.
+    pub fn block_graph(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Adds a node made by `blockdev-add`.
+    ///
+    /// # Errors
+    /// Its node-name is taken or malformed.
+    pub fn add_monitor_node(&mut self, node: Arc<dyn BlockNode>) -> Result<(), RegistryError> {
+        let name = node.node_name().to_owned();
+        self.registry.add_node(node)?;
+        self.monitor_nodes.insert(name);
+        Ok(())
+    }
+
+    /// Takes a node made by `blockdev-add` out of the graph (`blockdev-del`); the caller closes
+    /// it (off the main loop: closing a file on hung storage may block).
+    ///
+    /// # Errors
+    /// QEMU's texts: no such node, a node not made by `blockdev-add`, a node in use.
+    pub fn remove_monitor_node(&mut self, name: &str) -> Result<Arc<dyn BlockNode>, String> {
+        if self.registry.node(name).is_none() {
+            return Err(RegistryError::NoSuchNode(name.to_owned()).to_string());
+        }
+        if !self.monitor_nodes.contains(name) {
+            return Err(format!("Node {name} is not owned by the monitor"));
+        }
+        let node = self.registry.remove_node(name).map_err(|e| e.to_string())?;
+        self.monitor_nodes.remove(name);
+        Ok(node)
     }
 }

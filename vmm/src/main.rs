@@ -15,6 +15,7 @@ mod machine;
 mod memory;
 mod options;
 mod qmp;
+mod qmp_async;
 mod qmp_block;
 mod qmp_socket;
 mod runner;

@@ -327,9 +327,11 @@ impl QmpCommands for Machine {
     ) -> Result<Vec<BlockDeviceInfo>, QmpError> {
         Ok(self
             .vm
-            .disks()
-            .iter()
-            .map(|d| crate::qmp_block::device_info(&d.backend))
+            .devices()
+            .block_graph()
+            .nodes()
+            .filter(|n| !n.implicit())
+            .map(|n| crate::qmp_block::node_info(n.as_ref()))
             .collect())
     }
 

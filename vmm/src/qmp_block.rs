@@ -2,7 +2,7 @@
 //! `query-block` and `query-blockstats` from the block layer's backends and nodes, in
 //! QEMU 7.2's shapes.
 
-use block::{Backend, IoStatus, QmpBlockStats};
+use block::{Backend, BlockNode, IoStatus, QmpBlockStats};
 use qapi::types::{
     BlockDeviceInfo, BlockDeviceIoStatus, BlockDeviceStats, BlockInfo, BlockStats,
     BlockdevCacheInfo, BlockdevDetectZeroesOptions, ImageInfo,
@@ -15,18 +15,26 @@ fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The `inserted` (and `query-named-block-nodes`) entry of a backend's image node.
+/// The `inserted` entry of a backend: its image node's.
 pub fn device_info(b: &Backend) -> BlockDeviceInfo {
-    let node = b.root();
+    node_info(b.root().as_ref())
+}
+
+/// The `query-named-block-nodes` entry of a node (and `inserted` of a backend's root); `file`
+/// is the file of the protocol node at the bottom of its chain, as QEMU shows it.
+pub fn node_info(node: &dyn BlockNode) -> BlockDeviceInfo {
     let cache = node.cache();
-    let file = node
-        .filename()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    let mut file = node.filename().map(|p| p.display().to_string());
+    let mut below = node.child();
+    while let (None, Some(n)) = (&file, below) {
+        file = n.filename().map(|p| p.display().to_string());
+        below = n.child();
+    }
+    let file = file.unwrap_or_default();
     BlockDeviceInfo {
         file: file.clone(),
         node_name: Some(node.node_name().into()),
-        ro: b.read_only(),
+        ro: node.read_only(),
         drv: node.driver().to_owned(),
         backing_file: None,
         backing_file_depth: 0,
@@ -43,7 +51,7 @@ pub fn device_info(b: &Backend) -> BlockDeviceInfo {
             format: node.driver().to_owned(),
             dirty_flag: Some(false),
             actual_size: node.actual_size().map(i),
-            virtual_size: i(b.size()),
+            virtual_size: i(node.size()),
             cluster_size: None,
             encrypted: None,
             compressed: None,

@@ -3,12 +3,18 @@
 //! signals and console input, and turns each into an operation on the [`Machine`]. The main
 //! loop thread owns the machine; running here is what "holding the big lock" means.
 
-use std::sync::mpsc::{channel, Receiver};
+use std::collections::{HashMap, VecDeque};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 
 use devices::{VmEvent, VmEventSink};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
-use monitor::{Limits, Monitor, MonitorConfig, MonitorError, MonitorHandle, SocketSpec, ToMain};
+use monitor::dispatch::response;
+use monitor::{
+    Inband, Limits, Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, SocketSpec,
+    ToMain,
+};
+use qapi::rt::QmpError;
 use qapi::types::ShutdownCause;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -18,6 +24,7 @@ use crate::device_manager::SerialMode;
 use crate::error::chain;
 use crate::machine::{Exit, Machine, SharedRunState};
 use crate::qmp::{blockdev_names, version_info, OobServer};
+use crate::qmp_async::{self, Start};
 use crate::signals::{
     install_kick_handler, install_terminate_handlers, main_loop_takes_over, SignalError,
 };
@@ -72,14 +79,17 @@ enum Source {
     Monitor,
     /// Console input on stdin.
     Stdin,
+    /// A worker finished the waiting part of a command.
+    Jobs,
 }
 
 impl Source {
-    const ALL: [Source; 4] = [
+    const ALL: [Source; 5] = [
         Source::VmEvents,
         Source::Signal,
         Source::Monitor,
         Source::Stdin,
+        Source::Jobs,
     ];
 
     fn data(self) -> u32 {
@@ -107,6 +117,21 @@ struct MainLoop {
     waiting_for_client: bool,
     /// Set when the loop must end, with what [`run`] returns.
     outcome: Option<Result<i32, RunError>>,
+    /// Sessions with a command waiting on a worker ([`qmp_async`]), and their in-band items
+    /// queued behind it, in order.
+    stalled: HashMap<SessionId, VecDeque<Inband>>,
+    jobs_tx: Sender<JobDone>,
+    jobs_rx: Receiver<JobDone>,
+    jobs_wake: EventFd,
+}
+
+/// A [`qmp_async::Job`] that a worker finished, with what its reply needs.
+struct JobDone {
+    session: SessionId,
+    command: String,
+    id: Option<serde_json::Value>,
+    explicit_handles: bool,
+    outcome: qmp_async::Outcome,
 }
 
 impl MainLoop {
@@ -160,12 +185,106 @@ impl MainLoop {
                         }
                     }
                 }
-                ToMain::Request { session, item } => {
-                    let answer = item.run(&mut self.machine);
-                    if let Some(m) = &self.monitor {
-                        m.respond(session, answer);
-                    }
+                ToMain::Request { session, item } => match self.stalled.get_mut(&session) {
+                    // Behind the session's waiting command, to keep its replies in order.
+                    Some(queue) => queue.push_back(item),
+                    None => self.run_item(session, item),
+                },
+            }
+        }
+    }
+
+    fn respond(&self, session: SessionId, answer: Option<serde_json::Value>) {
+        if let Some(m) = &self.monitor {
+            m.respond(session, answer);
+        }
+    }
+
+    /// Runs one in-band item of `session`: under the big lock, or — for a command that may
+    /// wait on storage — its waiting part on a worker, the session stalling until it is done.
+    fn run_item(&mut self, session: SessionId, item: Inband) {
+        let Inband::Execute {
+            command,
+            arguments,
+            id,
+            explicit_handles,
+        } = &item
+        else {
+            let answer = item.run(&mut self.machine);
+            return self.respond(session, answer);
+        };
+        let job = match qmp_async::start(&mut self.machine, command, arguments.clone()) {
+            None => {
+                let answer = item.run(&mut self.machine);
+                return self.respond(session, answer);
+            }
+            Some(Start::Done(result)) => {
+                let answer = response(command, result, id.clone(), *explicit_handles);
+                return self.respond(session, answer);
+            }
+            Some(Start::Wait(job)) => job,
+        };
+        let done = JobDone {
+            session,
+            command: command.clone(),
+            id: id.clone(),
+            explicit_handles: *explicit_handles,
+            outcome: qmp_async::Outcome::Drained,
+        };
+        let failed = |text: String| {
+            response(
+                command,
+                Err(QmpError::generic(text)),
+                id.clone(),
+                *explicit_handles,
+            )
+        };
+        let wake = match self.jobs_wake.try_clone() {
+            Ok(w) => w,
+            Err(e) => {
+                return self.respond(session, failed(format!("Cannot create an eventfd: {e}")))
+            }
+        };
+        let tx = self.jobs_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("qmp-job".into())
+            .spawn(move || {
+                let outcome = job.run();
+                if tx.send(JobDone { outcome, ..done }).is_ok() {
+                    let _ = wake.write(1);
                 }
+            });
+        match spawned {
+            Ok(_) => {
+                self.stalled.insert(session, VecDeque::new());
+            }
+            Err(e) => self.respond(
+                session,
+                failed(format!("Cannot start a worker thread: {e}")),
+            ),
+        }
+    }
+
+    /// Completes the commands whose waiting part is done, then runs what their sessions
+    /// queued behind them.
+    fn on_jobs(&mut self) {
+        let _ = self.jobs_wake.read();
+        while let Ok(done) = self.jobs_rx.try_recv() {
+            if self.machine.exit().is_some() {
+                break;
+            }
+            let result = qmp_async::finish(&mut self.machine, done.outcome);
+            let answer = response(&done.command, result, done.id, done.explicit_handles);
+            self.respond(done.session, answer);
+            let mut queue = self.stalled.remove(&done.session).unwrap_or_default();
+            while let Some(item) = queue.pop_front() {
+                if let Some(again) = self.stalled.get_mut(&done.session) {
+                    // Another command of the session started to wait: the rest stays behind.
+                    again.push_back(item);
+                    again.extend(queue.drain(..));
+                    break;
+                }
+                self.run_item(done.session, item);
             }
         }
     }
@@ -194,6 +313,7 @@ impl MutEventSubscriber for MainLoop {
             (&self.vm_wake, Source::VmEvents),
             (&self.signal_fd, Source::Signal),
             (&self.monitor_wake, Source::Monitor),
+            (&self.jobs_wake, Source::Jobs),
         ] {
             if let Err(e) = ops.add(Events::with_data(fd, source.data(), EventSet::IN)) {
                 self.outcome = Some(Err(RunError::EventLoop(e)));
@@ -224,6 +344,7 @@ impl MutEventSubscriber for MainLoop {
             }
             Some(Source::Monitor) => self.on_monitor(),
             Some(Source::Stdin) => self.on_stdin(ops),
+            Some(Source::Jobs) => self.on_jobs(),
             None => {}
         }
         if self.outcome.is_none() {
@@ -285,6 +406,7 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
     );
     let _terminal = RawTerminal::enter(&config.serial);
     let waiting_for_client = options.qmp.iter().any(|s| s.wait);
+    let (jobs_tx, jobs_rx) = channel();
     let mut main = MainLoop {
         machine,
         vm_events,
@@ -297,6 +419,10 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
         paused: options.paused,
         waiting_for_client,
         outcome: None,
+        stalled: HashMap::new(),
+        jobs_tx,
+        jobs_rx,
+        jobs_wake: EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?,
     };
     main.machine.vm.start(true)?;
     if !options.paused && !waiting_for_client {

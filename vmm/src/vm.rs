@@ -350,6 +350,16 @@ impl Vm {
         self.devices.disks()
     }
 
+    /// The device manager (the block graph, for QMP's block commands).
+    pub fn devices(&self) -> &DeviceManager {
+        &self.devices
+    }
+
+    /// The device manager, to add or remove block nodes.
+    pub fn devices_mut(&mut self) -> &mut DeviceManager {
+        &mut self.devices
+    }
+
     /// Number of vCPUs.
     pub fn vcpu_count(&self) -> usize {
         self.vcpus.len() + self.pending_vcpus.len()

@@ -1,0 +1,230 @@
+// SPDX-License-Identifier: Apache-2.0
+//! In-band commands that may wait on storage, run without holding the big lock.
+//!
+//! Opening a file (`blockdev-add`), closing one (`blockdev-del`) and draining in-flight I/O
+//! (`stop`) can block for as long as the storage does not answer (a dead NFS server, a suspended
+//! device). QEMU's main loop freezes then; here each such command is split in three:
+//!
+//! 1. [`start`], on the main loop: checks the arguments (with the generated descriptor, as the
+//!    dispatcher does) and everything that needs the machine, and either answers at once or
+//!    returns a [`Job`];
+//! 2. [`Job::run`], on a worker thread (`qmp-job`): the part that may wait — and only that;
+//! 3. [`finish`], back on the main loop: applies the result and builds the reply.
+//!
+//! The main loop keeps the session's later in-band items queued behind the job (so its replies
+//! stay in order) while other sessions are served and the VM runs. `blockdev-add` and
+//! `blockdev-del` are `'gen': false` in the schema: this module is their only implementation.
+//! `stop` is generated; the main loop routes it here so that its reply waits for the drain.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use block::{Backend, BlockNode, CacheMode, FileNode, OpenError, RawNode};
+use qapi::rt::{check_arguments, decode_arguments, QmpError};
+use qapi::types::{BlockdevDelArg, BlockdevOptions, BlockdevOptionsBranch};
+use serde_json::{json, Value};
+
+use crate::error::chain;
+use crate::machine::Machine;
+
+/// What [`start`] decided.
+#[derive(Debug)]
+pub enum Start {
+    /// Answered without waiting.
+    Done(Result<Value, QmpError>),
+    /// Run this off the main loop, then [`finish`].
+    Wait(Job),
+}
+
+/// The waiting part of a command.
+#[derive(Debug)]
+pub enum Job {
+    /// Open a `file` node.
+    Open {
+        /// The new node's name.
+        node_name: String,
+        /// The file.
+        path: PathBuf,
+        /// Open read-only.
+        read_only: bool,
+        /// Fall back to read-only when read-write is refused.
+        auto_read_only: bool,
+        /// Host cache mode.
+        cache: CacheMode,
+    },
+    /// Close a deleted node (drop its last reference).
+    Close(Arc<dyn BlockNode>),
+    /// Wait until no request of these backends is running.
+    Drain(Vec<Arc<Backend>>),
+}
+
+/// What a [`Job`] produced.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The node opened (or not).
+    Opened(Result<FileNode, OpenError>),
+    /// The node is closed.
+    Closed,
+    /// In-flight I/O is drained.
+    Drained,
+}
+
+impl Job {
+    /// Runs the job: it may block for as long as the storage does not answer. Never called
+    /// with the big lock: the caller is a worker thread.
+    pub fn run(self) -> Outcome {
+        match self {
+            Job::Open {
+                node_name,
+                path,
+                read_only,
+                auto_read_only,
+                cache,
+            } => {
+                let opened = FileNode::open(node_name.clone(), &path, read_only, cache);
+                match opened {
+                    Err(OpenError::ReadOnlyFile(..)) if auto_read_only && !read_only => {
+                        Outcome::Opened(FileNode::open(node_name, &path, true, cache))
+                    }
+                    other => Outcome::Opened(other),
+                }
+            }
+            Job::Close(node) => {
+                drop(node);
+                Outcome::Closed
+            }
+            Job::Drain(backends) => {
+                for b in &backends {
+                    b.drain();
+                }
+                Outcome::Drained
+            }
+        }
+    }
+}
+
+/// Starts `command` if this module runs it (`None` otherwise): see the module doc.
+pub fn start(machine: &mut Machine, command: &str, arguments: Option<Value>) -> Option<Start> {
+    Some(match command {
+        "blockdev-add" => start_add(machine, arguments),
+        "blockdev-del" => start_del(machine, arguments),
+        "stop" => start_stop(machine, arguments),
+        _ => return None,
+    })
+}
+
+fn start_add(machine: &mut Machine, arguments: Option<Value>) -> Start {
+    let options = match decode::<BlockdevOptions>(&qapi::descriptors::D_BlockdevOptions, arguments)
+    {
+        Ok(o) => o,
+        Err(e) => return Start::Done(Err(e)),
+    };
+    if options.force_share == Some(true) {
+        return Start::Done(Err(QmpError::generic(
+            "force-share=on is not supported: images are locked as QEMU locks them",
+        )));
+    }
+    let devices = machine.vm.devices();
+    let node_name = options
+        .node_name
+        .clone()
+        .unwrap_or_else(block::generate_node_name);
+    if let Err(e) = devices.block_graph().check_node_name(&node_name) {
+        return Start::Done(Err(QmpError::generic(e.to_string())));
+    }
+    let read_only = options.read_only.unwrap_or(false);
+    match options.branch {
+        BlockdevOptionsBranch::File(file) => {
+            let (direct, no_flush) = options
+                .cache
+                .map_or((None, None), |c| (c.direct, c.no_flush));
+            Start::Wait(Job::Open {
+                node_name,
+                path: PathBuf::from(file.filename),
+                read_only,
+                auto_read_only: options.auto_read_only.unwrap_or(false),
+                cache: match (direct, no_flush) {
+                    (_, Some(true)) => CacheMode::Unsafe,
+                    (Some(true), _) => CacheMode::None,
+                    _ => CacheMode::Writeback,
+                },
+            })
+        }
+        BlockdevOptionsBranch::Raw(raw) => {
+            // A format node over an existing one: nothing to wait for.
+            let Some(child) = devices.block_graph().node(&raw.file) else {
+                return Start::Done(Err(QmpError::generic(format!(
+                    "Cannot find device='' nor node-name='{}'",
+                    raw.file
+                ))));
+            };
+            if !read_only && child.read_only() {
+                return Start::Done(Err(QmpError::generic(format!(
+                    "Block node is read-only: '{}' was opened read-only",
+                    raw.file
+                ))));
+            }
+            let node = Arc::new(RawNode::new(node_name, child));
+            Start::Done(
+                machine
+                    .vm
+                    .devices_mut()
+                    .add_monitor_node(node)
+                    .map(|()| json!({}))
+                    .map_err(|e| QmpError::generic(e.to_string())),
+            )
+        }
+    }
+}
+
+fn start_del(machine: &mut Machine, arguments: Option<Value>) -> Start {
+    let arg =
+        match decode::<BlockdevDelArg>(&qapi::descriptors::D_q_obj_blockdev_del_arg, arguments) {
+            Ok(a) => a,
+            Err(e) => return Start::Done(Err(e)),
+        };
+    match machine.vm.devices_mut().remove_monitor_node(&arg.node_name) {
+        Ok(node) => Start::Wait(Job::Close(node)),
+        Err(e) => Start::Done(Err(QmpError::generic(e))),
+    }
+}
+
+fn start_stop(machine: &mut Machine, arguments: Option<Value>) -> Start {
+    if let Err(e) = decode::<Value>(&qapi::descriptors::D_q_empty, arguments) {
+        return Start::Done(Err(e));
+    }
+    // As QEMU's do_vm_stop: the vCPUs pause and STOP goes out, then in-flight I/O drains, and
+    // only then does `stop` return.
+    machine.stop();
+    let backends = machine
+        .vm
+        .disks()
+        .iter()
+        .map(|d| d.backend.clone())
+        .collect();
+    Start::Wait(Job::Drain(backends))
+}
+
+/// Applies a job's outcome on the main loop and gives the command's result.
+pub fn finish(machine: &mut Machine, outcome: Outcome) -> Result<Value, QmpError> {
+    match outcome {
+        Outcome::Opened(Ok(node)) => machine
+            .vm
+            .devices_mut()
+            .add_monitor_node(Arc::new(node))
+            .map(|()| json!({}))
+            .map_err(|e| QmpError::generic(e.to_string())),
+        Outcome::Opened(Err(e)) => Err(QmpError::generic(chain(&e))),
+        Outcome::Closed | Outcome::Drained => Ok(json!({})),
+    }
+}
+
+/// Checks `arguments` against `desc` (QEMU's texts) and decodes them.
+fn decode<T: serde::de::DeserializeOwned>(
+    desc: &qapi::rt::TypeDesc,
+    arguments: Option<Value>,
+) -> Result<T, QmpError> {
+    // These arguments hold no handles.
+    let args = check_arguments(desc, arguments, &|_, _| Ok(()))?;
+    decode_arguments(args)
+}
