@@ -96,6 +96,29 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Waits for the next event, signal or close, until `deadline` if any; `None` when the
+    /// deadline passed.
+    fn wait_event<'a>(
+        &self,
+        st: MutexGuard<'a, State>,
+        deadline: Option<Instant>,
+    ) -> Option<MutexGuard<'a, State>> {
+        match deadline {
+            None => Some(self.events_cv.wait(st).unwrap_or_else(|e| e.into_inner())),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return None;
+                }
+                let (st, _) = self
+                    .events_cv
+                    .wait_timeout(st, d - now)
+                    .unwrap_or_else(|e| e.into_inner());
+                Some(st)
+            }
+        }
+    }
+
     /// Sends one message with a fresh `id` and returns its pending reply, decoded with
     /// `decode`. `connect` registers a signal stream when the reply is a connection id.
     fn send<T>(
@@ -332,23 +355,9 @@ impl Connection {
             if st.closed {
                 return Err(ClientError::Closed);
             }
-            st = match deadline {
-                None => self
-                    .shared
-                    .events_cv
-                    .wait(st)
-                    .unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Ok(None);
-                    }
-                    self.shared
-                        .events_cv
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
+            st = match self.shared.wait_event(st, deadline) {
+                Some(st) => st,
+                None => return Ok(None),
             };
         }
     }

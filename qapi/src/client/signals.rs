@@ -172,23 +172,9 @@ impl<T> SignalStream<T> {
             if st.closed {
                 return Err(ClientError::Closed);
             }
-            st = match deadline {
-                None => self
-                    .shared
-                    .events_cv
-                    .wait(st)
-                    .unwrap_or_else(|e| e.into_inner()),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        return Ok(None);
-                    }
-                    self.shared
-                        .events_cv
-                        .wait_timeout(st, d - now)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0
-                }
+            st = match self.shared.wait_event(st, deadline) {
+                Some(st) => st,
+                None => return Ok(None),
             };
         }
     }
