@@ -13,6 +13,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::lock::{self, LockConflict, LockError, Perms};
 use crate::node::{BlockNode, CacheMode, IoBuf, SECTOR_SIZE};
@@ -124,6 +125,16 @@ pub struct FileNode {
     size: u64,
     read_only: bool,
     cache: CacheMode,
+    /// Host bytes allocated (QMP's `actual-size`), measured at open and after each flush on
+    /// the thread that ran it: queries read it without a syscall, so they never block on the
+    /// storage (and may run out of band).
+    allocated: AtomicU64,
+}
+
+/// Host bytes allocated to `file`, if `fstat` answers.
+fn allocated_bytes(file: &File) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|m| m.blocks() * 512)
 }
 
 impl FileNode {
@@ -185,6 +196,7 @@ impl FileNode {
             },
             e @ LockError::Io(..) => OpenError::LockFailed(path.clone(), e),
         })?;
+        let allocated = AtomicU64::new(allocated_bytes(&file).unwrap_or(0));
         Ok(Self {
             node_name: node_name.into(),
             path,
@@ -192,7 +204,15 @@ impl FileNode {
             size,
             read_only,
             cache,
+            allocated,
         })
+    }
+
+    /// Measures the allocation again (on the I/O thread, after a request that changes it).
+    fn remeasure(&self) {
+        if let Some(n) = allocated_bytes(&self.file) {
+            self.allocated.store(n, Ordering::Relaxed);
+        }
     }
 
     fn needs_bounce(&self, offset: u64, bufs: &[IoBuf<'_>]) -> bool {
@@ -445,8 +465,7 @@ impl BlockNode for FileNode {
     }
 
     fn actual_size(&self) -> Option<u64> {
-        use std::os::unix::fs::MetadataExt;
-        self.file.metadata().ok().map(|m| m.blocks() * 512)
+        Some(self.allocated.load(Ordering::Relaxed))
     }
 
     fn read_vectored(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
@@ -472,21 +491,25 @@ impl BlockNode for FileNode {
         if self.cache.no_flush() || self.read_only {
             return Ok(());
         }
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.remeasure();
+        Ok(())
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         if self.read_only {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
-        match self.fallocate(
+        let result = match self.fallocate(
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             offset,
             len,
         ) {
             Err(e) if unsupported(&e) => Ok(()),
             other => other,
-        }
+        };
+        self.remeasure();
+        result
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
@@ -494,11 +517,13 @@ impl BlockNode for FileNode {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
         if may_unmap {
-            match self.fallocate(
+            let punched = self.fallocate(
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
                 offset,
                 len,
-            ) {
+            );
+            self.remeasure();
+            match punched {
                 Err(e) if unsupported(&e) => {}
                 other => return other,
             }

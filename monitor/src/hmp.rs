@@ -189,6 +189,25 @@ mod tests {
     }
 
     impl qapi::commands::QmpOobCommands for Fake {
+        fn query_block(&self) -> Result<Vec<BlockInfo>, QmpError> {
+            // A read-only cache=none disk, as query-block reports it.
+            let info = serde_json::json!([{
+                "device": "drive0",
+                "qdev": "/machine/peripheral/drive0/virtio-backend",
+                "type": "unknown", "removable": false, "locked": false,
+                "inserted": {
+                    "file": "disk.raw", "node-name": "#block100", "ro": true, "drv": "file",
+                    "backing_file_depth": 0, "encrypted": false, "detect_zeroes": "off",
+                    "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
+                    "write_threshold": 0,
+                    "image": {"filename": "disk.raw", "format": "file", "virtual-size": 1048576,
+                              "dirty-flag": false},
+                    "cache": {"writeback": true, "direct": true, "no-flush": false}
+                }
+            }]);
+            serde_json::from_value(info).map_err(|e| QmpError::generic(e.to_string()))
+        }
+
         fn query_status(&self) -> Result<StatusInfo, QmpError> {
             let status = self.status.unwrap_or(RunState::Running);
             Ok(StatusInfo {
@@ -252,24 +271,6 @@ mod tests {
         }
         fn query_cpus_fast(&mut self) -> Result<Vec<CpuInfoFast>, QmpError> {
             Ok(Vec::new())
-        }
-        fn query_block(&mut self) -> Result<Vec<BlockInfo>, QmpError> {
-            // A read-only cache=none disk, as query-block reports it.
-            let info = serde_json::json!([{
-                "device": "drive0",
-                "qdev": "/machine/peripheral/drive0/virtio-backend",
-                "type": "unknown", "removable": false, "locked": false,
-                "inserted": {
-                    "file": "disk.raw", "node-name": "#block100", "ro": true, "drv": "file",
-                    "backing_file_depth": 0, "encrypted": false, "detect_zeroes": "off",
-                    "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
-                    "write_threshold": 0,
-                    "image": {"filename": "disk.raw", "format": "file", "virtual-size": 1048576,
-                              "dirty-flag": false},
-                    "cache": {"writeback": true, "direct": true, "no-flush": false}
-                }
-            }]);
-            serde_json::from_value(info).map_err(|e| QmpError::generic(e.to_string()))
         }
         fn blockdev_inject_error(
             &mut self,

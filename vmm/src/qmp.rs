@@ -8,7 +8,7 @@ use qapi::commands::{QmpCommands, QmpHandles, QmpOobCommands};
 use qapi::rt::QmpError;
 use std::time::Duration;
 
-use block::{FaultRule, IoKind};
+use block::{Backend, FaultRule, IoKind};
 use qapi::types::{
     BlockDeviceInfo, BlockInfo, BlockInjectErrno, BlockInjectOperation, BlockInjectRule,
     BlockInjectRuleId, BlockStats, Blockdev, CommandInfo, CpuInfoFast, CpuInfoFastBranch,
@@ -109,16 +109,23 @@ pub struct OobServer {
     state: Arc<SharedRunState>,
     name: Option<String>,
     blockdevs: Vec<String>,
+    /// Every disk's backend (shared state of the block layer, not the machine's) and QOM path.
+    disks: Vec<(Arc<Backend>, String)>,
 }
 
 impl OobServer {
     /// Creates the out-of-band server over the machine's shared run state, its name and its
-    /// block device names (fixed for the VM's life: there is no hotplug).
-    pub fn new(state: Arc<SharedRunState>, name: Option<String>, blockdevs: Vec<String>) -> Self {
+    /// disks (fixed for the VM's life: there is no device hotplug).
+    pub fn new(state: Arc<SharedRunState>, name: Option<String>, vm: &Vm) -> Self {
         Self {
             state,
             name,
-            blockdevs,
+            blockdevs: blockdev_names(vm),
+            disks: vm
+                .disks()
+                .iter()
+                .map(|d| (d.backend.clone(), d.qdev.clone()))
+                .collect(),
         }
     }
 }
@@ -132,6 +139,14 @@ impl QmpHandles for OobServer {
 impl QmpOobCommands for OobServer {
     fn query_status(&self) -> Result<StatusInfo, QmpError> {
         Ok(status_info(self.state.get()))
+    }
+
+    fn query_block(&self) -> Result<Vec<BlockInfo>, QmpError> {
+        Ok(self
+            .disks
+            .iter()
+            .map(|(b, qdev)| crate::qmp_block::block_info(b, qdev))
+            .collect())
     }
 
     fn query_name(&self) -> Result<NameInfo, QmpError> {
@@ -151,6 +166,15 @@ impl QmpHandles for Machine {
 impl QmpOobCommands for Machine {
     fn query_status(&self) -> Result<StatusInfo, QmpError> {
         Ok(status_info(self.state()))
+    }
+
+    fn query_block(&self) -> Result<Vec<BlockInfo>, QmpError> {
+        Ok(self
+            .vm
+            .disks()
+            .iter()
+            .map(|d| crate::qmp_block::block_info(&d.backend, &d.qdev))
+            .collect())
     }
 
     fn query_name(&self) -> Result<NameInfo, QmpError> {
@@ -225,15 +249,6 @@ impl QmpCommands for Machine {
                 }),
                 branch: CpuInfoFastBranch::X8664,
             })
-            .collect())
-    }
-
-    fn query_block(&mut self) -> Result<Vec<BlockInfo>, QmpError> {
-        Ok(self
-            .vm
-            .disks()
-            .iter()
-            .map(crate::qmp_block::block_info)
             .collect())
     }
 

@@ -86,22 +86,21 @@ pub fn node_info(node: &dyn BlockNode) -> BlockDeviceInfo {
 
 /// The `query-block` entry of one disk. `io-status` is reported only for devices whose error
 /// policy can stop the VM, as in QEMU.
-pub fn block_info(d: &Disk) -> BlockInfo {
-    let io_status = d
-        .backend
+pub fn block_info(backend: &Backend, qdev: &str) -> BlockInfo {
+    let io_status = backend
         .io_status_enabled()
-        .then(|| match d.backend.io_status() {
+        .then(|| match backend.io_status() {
             IoStatus::Ok => BlockDeviceIoStatus::Ok,
             IoStatus::Failed => BlockDeviceIoStatus::Failed,
             IoStatus::NoSpace => BlockDeviceIoStatus::Nospace,
         });
     BlockInfo {
-        device: d.backend.id().into(),
-        qdev: Some(d.qdev.clone()),
+        device: backend.id().into(),
+        qdev: Some(qdev.to_owned()),
         r#type: "unknown".into(),
         removable: false,
         locked: false,
-        inserted: Some(device_info(&d.backend)),
+        inserted: Some(device_info(backend)),
         tray_open: None,
         io_status,
     }

@@ -23,7 +23,7 @@ use crate::console::{Console, ConsoleAction, RawTerminal};
 use crate::device_manager::SerialMode;
 use crate::error::chain;
 use crate::machine::{Exit, Machine, SharedRunState};
-use crate::qmp::{blockdev_names, version_info, OobServer};
+use crate::qmp::{version_info, OobServer};
 use crate::qmp_async::{self, Start};
 use crate::signals::{
     install_kick_handler, install_terminate_handlers, main_loop_takes_over, SignalError,
@@ -376,11 +376,7 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
         Some(Monitor::start(MonitorConfig {
             sockets: options.qmp.clone(),
             version: serde_json::to_value(version_info()).unwrap_or_default(),
-            oob: Arc::new(OobServer::new(
-                state.clone(),
-                options.name.clone(),
-                blockdev_names(&vm),
-            )),
+            oob: Arc::new(OobServer::new(state.clone(), options.name.clone(), &vm)),
             to_main: monitor_tx,
             main_wake: monitor_wake.try_clone().map_err(RunError::EventFd)?,
             limits: Limits {

@@ -53,6 +53,12 @@ impl QmpHandles for FakeVm {
 }
 
 impl QmpOobCommands for FakeVm {
+    fn query_block(&self) -> Result<Vec<BlockInfo>, QmpError> {
+        Ok(vec![
+            serde_json::from_value(sample_block_info()).expect("valid BlockInfo")
+        ])
+    }
+
     fn query_status(&self) -> Result<StatusInfo, QmpError> {
         Ok(StatusInfo {
             running: self.status == RunState::Running,
@@ -142,12 +148,6 @@ impl QmpCommands for FakeVm {
             }),
             branch: CpuInfoFastBranch::X8664,
         }])
-    }
-
-    fn query_block(&mut self) -> Result<Vec<BlockInfo>, QmpError> {
-        Ok(vec![
-            serde_json::from_value(sample_block_info()).expect("valid BlockInfo")
-        ])
     }
 
     fn blockdev_inject_error(
