@@ -19,6 +19,11 @@ and exits.
 Semantics worth knowing when choosing ops to hang:
   * a path lookup (open, stat) is `getattr` on each component (attribute and entry caching are
     off, so every lookup reaches the daemon); `open` is the open callback after the lookup;
+  * lookups in one directory are serialised by the kernel (this libfuse 3.14 setup does not
+    get parallel directory operations: the INIT reply lacks FUSE_PARALLEL_DIROPS), so while a
+    lookup hangs, other lookups in that directory wait in the kernel (fuse_lock_inode) before
+    reaching the daemon: they are stuck too but not counted by blocked(). Reads and writes of
+    open files are not serialised that way;
   * files are opened with direct_io, so every read()/pread() and write()/pwrite() reaches the
     daemon (no page cache); `flush` is sent synchronously by close(), `release` afterwards and
     asynchronously (a hung release does not block close());
