@@ -261,3 +261,94 @@ def test_vmm_stuck_in_setup_on_hung_disk(hangfs, vmm_factory, tmp_path):
     with RawQmp(str(d2 / "qmp.sock")) as c:
         c.negotiate()
         assert c.cmd("query-status")["return"]["status"] == "running"
+
+
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is missing (scripts/deps.sh "
+                    "installs Debian's qemu-system-x86)")
+def test_qemu_answers_oob_while_its_main_loop_is_blocked_in_open(hangfs, tmp_path):
+    """Documents what QEMU (Debian's 7.2) does on hung storage, the behaviour vmm is compared
+    with. `blockdev-add` of a file on the hung mount blocks QEMU's main loop inside openat().
+    Meanwhile, on a second QMP connection negotiated with oob (before the hang):
+      * `exec-oob` query-yank (allow-oob in 7.2) is answered at once, from the monitor's
+        I/O thread (measured here: well under a millisecond a round trip);
+      * an in-band command is not answered until the release;
+    and a third connection made during the hang gets its greeting (the I/O thread sends it)
+    but not the answer to qmp_capabilities (an in-band command), so a client that connects
+    only once QEMU is stuck cannot use OOB at all. After the release everything completes.
+    The measurements are printed (pytest -s)."""
+    (hangfs.backing / "x.raw").write_bytes(bytes(1 << 20))
+    socks = [str(tmp_path / f"q{i}.sock") for i in range(3)]
+    argv = [QEMU, "-M", "none", "-S", "-display", "none", "-nodefaults"]
+    for s in socks:
+        argv += ["-qmp", f"unix:{s},server=on,wait=off"]
+    qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "qemu.err", "wb"))
+    clients = []
+    try:
+        wait_until(lambda: qemu.poll() is None and all(listening(s) for s in socks),
+                   what="QEMU's QMP sockets")
+        main = RawQmp(socks[0]).negotiate()
+        oob = RawQmp(socks[1]).negotiate(oob=True)
+        clients += [main, oob]
+        schema = main.cmd("query-qmp-schema")["return"]
+        yank = [e for e in schema if e.get("meta-type") == "command" and e["name"] == "query-yank"]
+        assert yank and yank[0].get("allow-oob") is True, yank
+
+        def oob_round_trips(n, first_id):
+            times = []
+            for i in range(n):
+                t = time.monotonic()
+                oob.send({"exec-oob": "query-yank", "id": first_id + i})
+                r = oob.recv()
+                times.append(time.monotonic() - t)
+                assert r["id"] == first_id + i and isinstance(r["return"], list), r
+            return sorted(times)
+
+        idle = oob_round_trips(20, 100)
+
+        hangfs.hang()
+        t_add = time.monotonic()
+        main.send({"execute": "blockdev-add", "id": "add",
+                   "arguments": {"driver": "file", "node-name": "n0",
+                                 "filename": str(hangfs.path / "x.raw")}})
+        waiters = hangfs.wait_blocked(1, pid=qemu.pid)
+        assert any(w["tid"] == qemu.pid for w in waiters), waiters  # the main thread
+        syscall = proc_syscall(qemu.pid)
+        assert syscall.split()[0] == "257", syscall  # openat
+
+        hung = oob_round_trips(20, 200)
+        assert hung[-1] < HANG
+        oob.send({"execute": "query-status", "id": "inband"})
+        assert oob.quiet(0.5), "in-band command answered while the main loop is blocked"
+        late = RawQmp(socks[2])  # the greeting does come, from the I/O thread
+        clients.append(late)
+        assert "oob" in late.greeting["QMP"]["capabilities"]
+        late.send({"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}, "id": "neg"})
+        assert late.quiet(0.5), "qmp_capabilities answered while the main loop is blocked"
+        assert main.quiet(0.1) and hangfs.blocked() >= 1 and proc_syscall(qemu.pid) == syscall
+
+        hangfs.release()
+        assert main.reply() == {"return": {}, "id": "add"}
+        blocked_for = time.monotonic() - t_add
+        assert oob.reply()["id"] == "inband"
+        assert late.reply() == {"return": {}, "id": "neg"}
+        late_yank = late.cmd("query-yank", id="late", oob=True)
+        assert late_yank["id"] == "late", late_yank
+        print(f"\nQEMU 7.2 on hung storage: main thread in {syscall.split()[:4]} "
+              f"({waiters[0]['op']} {waiters[0]['path']}); blockdev-add answered "
+              f"{blocked_for:.2f} s later, after the release\n"
+              f"  exec-oob query-yank round trip, idle:    median {idle[10] * 1e3:.3f} ms, "
+              f"max {idle[-1] * 1e3:.3f} ms\n"
+              f"  exec-oob query-yank round trip, blocked: median {hung[10] * 1e3:.3f} ms, "
+              f"max {hung[-1] * 1e3:.3f} ms\n"
+              f"  in-band on the oob connection, and qmp_capabilities on a connection made "
+              f"during the hang (its greeting does come): held until the release")
+    finally:
+        hangfs.release()
+        for c in clients:
+            c.close()
+        qemu.kill()
+        qemu.wait(HANG)
