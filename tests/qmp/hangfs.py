@@ -325,6 +325,7 @@ def make_ops(backing: str, gate: Gate, on_init):
     import mfusepy
 
     def gated(op):
+        """Decorates a callback so that it first passes the gate as `op`."""
         def wrap(fn):
             @functools.wraps(fn)  # mfusepy inspects create's signature
             def inner(self, path, *args):
@@ -334,15 +335,19 @@ def make_ops(backing: str, gate: Gate, on_init):
         return wrap
 
     def real(path):
+        """The backing path of FUSE path `path` ("/a" is backing/a)."""
         return os.path.join(backing, path.lstrip("/"))
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
     class Passthrough(mfusepy.Operations):
-        use_ns = True
+        """Each method is the FUSE callback of that name, done on the backing file with the
+        matching os call (errors propagate as OSError, which mfusepy turns into -errno)."""
+        use_ns = True  # times in nanoseconds
 
         def init(self, path):
+            """FUSE INIT: the mount is live; tell the test."""
             on_init()
 
         @gated("getattr")
