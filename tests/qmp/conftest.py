@@ -214,6 +214,22 @@ def vmm_factory(tmp_path):
 
 
 @pytest.fixture
+def hangfs(tmp_path, vmm_factory):
+    """A mounted hangfs (hangfs.py): a FUSE passthrough whose calls hang on demand. Yields the
+    HangFs (`.path` mountpoint, `.backing` directory, `.hang()`, `.release()`, `.blocked()`).
+    Teardown releases everything, unmounts (lazily when busy) and stops the daemon, bounded.
+    It requests vmm_factory so that it is torn down first: vmm processes are killed only after
+    the release, since a process killed inside a FUSE request that the daemon holds waits for
+    the answer uninterruptibly."""
+    from hangfs import HangFs
+    fs = HangFs(tmp_path)
+    try:
+        yield fs
+    finally:
+        fs.close()
+
+
+@pytest.fixture
 def vm(vmm_factory):
     """A running probe guest (idle) with one QMP Unix socket and --name test-vm."""
     v = vmm_factory(name="test-vm")
