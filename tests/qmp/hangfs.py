@@ -204,6 +204,15 @@ class HangFs:
         """Stops hanging the given callbacks (None: all) and wakes the ones blocked in them."""
         self._call("release", ops=self._ops(ops))
 
+    def fail(self, ops=None, errno=5):
+        """From now on the given callbacks fail with `errno` (default EIO), as a failing disk
+        under the host filesystem would; a hung callback still hangs first."""
+        self._call("fail", ops=self._ops(ops), errno=errno)
+
+    def heal(self, ops=None):
+        """Stops failing the given callbacks (None: all)."""
+        self._call("heal", ops=self._ops(ops))
+
     def hung(self) -> set:
         """The callbacks that currently hang."""
         return set(self._call("status")["hung"])
@@ -282,24 +291,40 @@ class Gate:
         self.caller = caller
         self.cond = threading.Condition()
         self.hung = set()
+        self.failing = {}  # op -> errno
         self.waiters = {}  # id -> {"op", "path", "tid"}
         self.calls = dict.fromkeys(OPS, 0)
         self.next_id = 0
 
     def enter(self, op, path):
-        """Called at the top of every callback: blocks while `op` hangs."""
+        """Called at the top of every callback: blocks while `op` hangs, then raises the
+        errno `op` fails with, if any."""
         with self.cond:
             self.calls[op] += 1
-            if op not in self.hung:
-                return
-            self.next_id += 1
-            key = self.next_id
-            self.waiters[key] = {"op": op, "path": path, "tid": self.caller()}
-            try:
-                while op in self.hung:
-                    self.cond.wait()
-            finally:
-                del self.waiters[key]
+            if op in self.hung:
+                self.next_id += 1
+                key = self.next_id
+                self.waiters[key] = {"op": op, "path": path, "tid": self.caller()}
+                try:
+                    while op in self.hung:
+                        self.cond.wait()
+                finally:
+                    del self.waiters[key]
+            errno = self.failing.get(op)
+        if errno is not None:
+            raise OSError(errno, os.strerror(errno))
+
+    def fail(self, ops, errno):
+        """Makes `ops` fail with `errno` from now on."""
+        with self.cond:
+            for op in ops:
+                self.failing[op] = errno
+
+    def heal(self, ops):
+        """Stops failing `ops`."""
+        with self.cond:
+            for op in ops:
+                self.failing.pop(op, None)
 
     def hang(self, ops):
         """Makes `ops` hang from now on."""
@@ -467,6 +492,12 @@ def serve(backing: str, mountpoint: str, fd: int):
                             send({"ok": True})
                         elif cmd == "release":
                             gate.release(req["ops"])
+                            send({"ok": True})
+                        elif cmd == "fail":
+                            gate.fail(req["ops"], int(req["errno"]))
+                            send({"ok": True})
+                        elif cmd == "heal":
+                            gate.heal(req["ops"])
                             send({"ok": True})
                         elif cmd == "status":
                             send(gate.status())

@@ -105,3 +105,108 @@ def test_flow_control_while_stalled(vmm_factory, tmp_path):
     inband = [i for i in ids if i != "oob"]
     assert inband == list(range(20)), ids
     assert "oob" in ids
+
+
+def test_blockdev_add_on_hung_storage_never_holds_the_main_loop(vm, raw_factory, hangfs):
+    """blockdev-add of a file whose storage does not answer: the command waits (on a worker),
+    the session's next command queues behind it, while other sessions — even one that
+    connects and negotiates now — are served, out-of-band commands answer, and the guest keeps
+    running. When the storage answers, both complete in order."""
+    with open(hangfs.backing / "new.raw", "wb") as f:
+        f.truncate(1 << 20)
+    a = raw_factory(vm.sock).negotiate(oob=True)
+    hangfs.hang()
+    a.send({"execute": "blockdev-add", "id": "add",
+            "arguments": {"driver": "file", "node-name": "new0",
+                          "filename": str(hangfs.path / "new.raw")}})
+    a.send({"execute": "query-name", "id": "after"})
+    hangfs.wait_blocked(pid=vm.pid)
+    # Out of band on the waiting session.
+    a.send({"exec-oob": "query-status", "id": "oob"})
+    r = a.recv()
+    assert r["id"] == "oob" and r["return"]["status"] == "running", r
+    # A session that connects during the stall negotiates and is served in band.
+    late = raw_factory(vm.sock).negotiate()
+    assert late.cmd("query-kvm", id=1)["id"] == 1
+    assert late.cmd("query-named-block-nodes")["return"] == []
+    # The guest runs: its vCPUs are not held either.
+    assert late.cmd("query-status")["return"]["running"] is True
+    assert a.quiet(0.5), f"blockdev-add returned while its open hangs: {a.buf!r}"
+    hangfs.release()
+    assert a.recv() == {"return": {}, "id": "add"}
+    assert a.recv()["id"] == "after"
+    nodes = a.cmd("query-named-block-nodes")["return"]
+    assert [(n["node-name"], n["drv"], n["file"]) for n in nodes] == \
+        [("new0", "file", str(hangfs.path / "new.raw"))], nodes
+    # A raw format node over it, then deletion in the only order allowed.
+    assert a.cmd("blockdev-add", {"driver": "raw", "node-name": "fmt0", "file": "new0"}) == \
+        {"return": {}}
+    r = a.cmd("blockdev-del", {"node-name": "new0"})
+    assert r["error"]["desc"] == "Block device new0 is in use", r
+    assert a.cmd("blockdev-del", {"node-name": "fmt0"}) == {"return": {}}
+    assert a.cmd("blockdev-del", {"node-name": "new0"}) == {"return": {}}
+    assert a.cmd("query-named-block-nodes")["return"] == []
+
+
+def test_blockdev_add_and_del_errors(vmm_factory, tmp_path, raw_factory):
+    img = image(tmp_path)
+    vm = vmm_factory(extra=["--disk", f"path={img},node-name=disk0"])
+    vm.wait_serial("PROBE idle")
+    c = raw_factory(vm.sock).negotiate()
+    other = image(tmp_path, "other.raw")
+
+    def err(cmd, args):
+        r = c.cmd(cmd, args)
+        assert "error" in r, r
+        return r["error"]["desc"]
+
+    assert err("blockdev-add", {"driver": "file", "node-name": "disk0",
+                                "filename": str(other)}) == \
+        "Duplicate nodes with node-name='disk0'"
+    assert "Could not open" in err("blockdev-add", {"driver": "file", "node-name": "x",
+                                                    "filename": str(tmp_path / "missing")})
+    assert err("blockdev-add", {"driver": "raw", "node-name": "x", "file": "nope"}) == \
+        "Cannot find device='' nor node-name='nope'"
+    assert err("blockdev-add", {"driver": "qcow2", "node-name": "x"}) == \
+        "Parameter 'driver' does not accept value 'qcow2'"
+    assert err("blockdev-add", {"driver": "file", "node-name": "x"}) == \
+        "Parameter 'filename' is missing"
+    assert err("blockdev-del", {"node-name": "nope"}) == \
+        "Failed to find node with node-name='nope'"
+    assert err("blockdev-del", {"node-name": "disk0"}) == \
+        "Node disk0 is not owned by the monitor"
+    # The image a disk holds is locked against a second writer.
+    assert "write" in err("blockdev-add", {"driver": "file", "node-name": "y",
+                                           "filename": str(img)})
+    assert c.cmd("blockdev-add", {"driver": "file", "node-name": "ro", "read-only": True,
+                                  "filename": str(other)}) == {"return": {}}
+
+
+def test_real_eio_from_failing_storage(vmm_factory, tmp_path, raw_factory, hangfs):
+    """A disk whose host storage fails (the filesystem under the image returns EIO): the error
+    takes the policy path like an injected one; after the storage heals, cont completes the
+    guest's writes and the image holds them."""
+    import struct
+
+    with open(hangfs.backing / "disk.raw", "wb") as f:
+        f.truncate(1 << 20)
+    hangfs.fail(["write"])
+    vm = vmm_factory(cmdline="probe.test=blk-write,idle probe.count=8 probe.seed=4",
+                     extra=["--disk", f"path={hangfs.path / 'disk.raw'},werror=stop"],
+                     paused=True)
+    c = raw_factory(vm.sock).negotiate()
+    c.cmd("cont")
+    while True:
+        m = c.recv()
+        if m.get("event") == "BLOCK_IO_ERROR":
+            break
+    d = m["data"]
+    assert (d["operation"], d["action"], d["reason"]) == ("write", "stop", "Input/output error")
+    assert c.recv()["event"] == "STOP"
+    assert c.cmd("query-block")["return"][0]["io-status"] == "failed"
+    hangfs.heal()
+    c.cmd("cont")
+    vm.wait_serial("PROBE idle")
+    assert "PROBE blk-write dev=0 lba=0 count=8 status=ok" in vm.serial(), vm.serial()
+    data = (hangfs.backing / "disk.raw").read_bytes()
+    assert all(struct.unpack_from("<Q", data, 512 * x)[0] == x ^ (4 << 40) for x in range(8))
