@@ -10,13 +10,16 @@ figures and the vmm/QEMU ratios. What they have in common lives here:
   killed when the benchmark exits (normally, on an exception, on Ctrl-C or on SIGTERM);
   `stop` ends one politely;
 - waiting: `wait_for_line` (a line on a pipe), `wait_until` (a condition, with the process
-  watched), `wait_for_paths` (QMP socket files);
+  watched), `wait_for_paths` (QMP socket files), `file_count` (lines of a serial file);
+- QMP: `start_with_sockets` (a VMM with fresh QMP socket files, waited for) and `QmpClient`
+  (a raw, negotiated connection reading lines);
 - accounting from /proc: `vm_rss_kib`, `guest_ram_rss_kib`, `thread_ticks`,
   `cpu_seconds` (vCPU threads versus the VMM's own);
 - statistics: `percentile`, `medians`, and `collect` (rounds of samples, alternating between
   the VMMs or one VMM after the other, with optional warm-up runs);
 - output: `print_columns` (one row per VMM, one column per figure, then the ratio row) and
-  `print_rows` (one row per figure, the VMMs and their ratio as columns).
+  `print_rows` (one row per figure, the VMMs and their ratio as columns); `ratio` formats
+  one vmm/QEMU ratio ("-" when QEMU's figure is 0).
 
 Standard library only.
 """
@@ -24,8 +27,10 @@ Standard library only.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -147,6 +152,65 @@ def wait_for_paths(proc: subprocess.Popen, paths: Iterable[str], timeout: float 
         time.sleep(0.01)
 
 
+def file_count(path: str, text: str) -> int:
+    """How many times `text` occurs in the file at `path` (0 while it does not exist): a
+    guest's serial output written to a file."""
+    try:
+        with open(path, errors="replace") as f:
+            return f.read().count(text)
+    except FileNotFoundError:
+        return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# QMP
+
+
+def start_with_sockets(argv: Sequence[str], paths: Sequence[str]) -> subprocess.Popen:
+    """Starts a VMM whose QMP sockets are `paths` (removing stale socket files first, stdout
+    discarded, stderr on a pipe for `wait_for_paths`) and waits for the sockets."""
+    for p in paths:
+        if os.path.exists(p):
+            os.unlink(p)
+    proc = spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE)
+    wait_for_paths(proc, paths)
+    return proc
+
+
+NEGOTIATE = (b'{"execute": "qmp_capabilities"}\n',)
+
+
+class QmpClient:
+    """A raw QMP connection over a unix socket: the greeting is read, then each line of
+    `negotiation` is sent and must be answered with a "return" (by default plain
+    qmp_capabilities; a vmm client may first disconnect the default signals, enable
+    explicit handles and connect signals). `line` reads the next line."""
+
+    def __init__(self, path: str, negotiation: Sequence[bytes] = NEGOTIATE,
+                 timeout: float = 30) -> None:
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.settimeout(timeout)
+        self.s.connect(path)
+        self.buf = b""
+        self.greeting = json.loads(self.line())
+        for request in negotiation:
+            self.s.sendall(request)
+            reply = json.loads(self.line())
+            if "return" not in reply:
+                raise SystemExit(f"{path}: {request!r} got {reply}")
+
+    def line(self) -> bytes:
+        """The next line from the server, without its newline."""
+        while b"\n" not in self.buf:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+
 # ---------------------------------------------------------------------------------------------
 # Accounting from /proc
 
@@ -255,8 +319,13 @@ def print_columns(results: Mapping[str, Mapping[str, float]],
         print(f"{name:{label_width}}"
               + "".join(f"{results[name][k]:{w}{value_format}}" for k, _, w in columns), file=out)
     a, b = results[names[0]], results[names[1]]
-    print(f"{ratio_label:{label_width}}" + "".join(f"{a[k] / b[k]:{w}.2f}" for k, _, w in columns),
-          file=out)
+    print(f"{ratio_label:{label_width}}"
+          + "".join(f"{ratio(a[k], b[k]):>{w}}" for k, _, w in columns), file=out)
+
+
+def ratio(a: float, b: float) -> str:
+    """a/b with two decimals; "-" when b is 0 (e.g. nothing lost on either side)."""
+    return f"{a / b:.2f}" if b else "-"
 
 
 def print_rows(vmm: Mapping[str, float], qemu: Mapping[str, float],
@@ -268,4 +337,4 @@ def print_rows(vmm: Mapping[str, float], qemu: Mapping[str, float],
     print(f"{'':{label_width}}{'vmm':>12}{'QEMU':>12}{'vmm/QEMU':>10}   better", file=out)
     for label, key, better in rows:
         print(f"{label:{label_width}}{vmm[key]:12.1f}{qemu[key]:12.1f}"
-              f"{vmm[key] / qemu[key]:10.2f}   {better}", file=out)
+              f"{ratio(vmm[key], qemu[key]):>10}   {better}", file=out)

@@ -19,13 +19,10 @@ Usage: qmp.py VMM KERNEL REQUESTS
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import selectors
 import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -79,58 +76,19 @@ def commands(vmm: str, kernel: str, tmp: str) -> dict[str, ArgvFn]:
     return {"vmm": vmm_argv, "qemu": qemu_argv}
 
 
-def start(argv: Sequence[str], paths: Sequence[str]) -> subprocess.Popen:
-    """Starts a VMM (removing stale socket files first) and waits for its QMP sockets."""
-    for p in paths:
-        if os.path.exists(p):
-            os.unlink(p)
-    proc = benchlib.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
-    benchlib.wait_for_paths(proc, paths)
-    return proc
-
-
-class Client:
-    """A raw QMP connection, negotiated (greeting read, qmp_capabilities answered)."""
-
-    def __init__(self, path: str) -> None:
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(30)
-        self.s.connect(path)
-        self.buf = b""
-        self.line()  # greeting
-        self.s.sendall(b'{"execute": "qmp_capabilities"}\n')
-        assert json.loads(self.line()) == {"return": {}}
-
-    def line(self) -> bytes:
-        """The next line from the server, without its newline."""
-        while b"\n" not in self.buf:
-            chunk = self.s.recv(65536)
-            if not chunk:
-                raise EOFError
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line
-
-
 def boots(argv_fn: ArgvFn, tmp: str, name: str) -> bool:
     """Whether the guest reaches 'PROBE idle' within 10 s (checked once with a serial file)."""
     serial = os.path.join(tmp, f"{name}-serial.txt")
-    proc = start(argv_fn(f"file:{serial}", False), socket_paths(tmp, name))
-
-    def idle() -> bool:
-        if not os.path.exists(serial):
-            return False
-        with open(serial, errors="replace") as f:
-            return "PROBE idle" in f.read()
-    ok = bool(benchlib.wait_until(idle, 10, proc, interval=0.02))
+    proc = benchlib.start_with_sockets(argv_fn(f"file:{serial}", False), socket_paths(tmp, name))
+    ok = bool(benchlib.wait_until(lambda: benchlib.file_count(serial, "PROBE idle"), 10, proc,
+                                  interval=0.02))
     benchlib.stop(proc)
     return ok
 
 
 def latency(path: str, n: int, query: bytes = QUERY) -> dict[str, float]:
     """Round-trip times of `n` requests sent one at a time (after 500 warm-up ones), in µs."""
-    c = Client(path)
+    c = benchlib.QmpClient(path)
     for _ in range(500):  # warm-up
         c.s.sendall(query)
         c.line()
@@ -151,7 +109,7 @@ def latency(path: str, n: int, query: bytes = QUERY) -> dict[str, float]:
 
 def pipelined(path: str, n: int, depth: int = 8, query: bytes = QUERY) -> float:
     """Requests per second over one connection with `depth` requests in flight."""
-    c = Client(path)
+    c = benchlib.QmpClient(path)
     c.s.settimeout(None)
     c.s.sendall(query * depth)
     sent, got = depth, 0
@@ -177,7 +135,7 @@ def pipelined(path: str, n: int, depth: int = 8, query: bytes = QUERY) -> float:
 
 def many_clients(paths: Sequence[str], n: int, query: bytes = QUERY) -> float:
     """Requests per second from one client per path, each with one request in flight."""
-    clients = [Client(p) for p in paths]
+    clients = [benchlib.QmpClient(p) for p in paths]
     sel = selectors.DefaultSelector()
     for c in clients:
         c.s.setblocking(False)
@@ -214,7 +172,7 @@ def measure(name: str, argv_fn: ArgvFn, tmp: str, requests: int) -> tuple[str, d
     mode = "paused (-S): the probe guest did not boot" if paused else \
         "running the probe guest (probe.test=idle)"
     paths = socket_paths(tmp, name)
-    proc = start(argv_fn("none" if name == "vmm" else "null", paused), paths)
+    proc = benchlib.start_with_sockets(argv_fn("none" if name == "vmm" else "null", paused), paths)
     try:
         many = max(requests, 20000)
         kvm = latency(paths[0], requests, KVM)
