@@ -316,3 +316,82 @@ fn typed_signal_connections_with_explicit_handles() {
     vm.finish(GUARD).assert_exit(0);
     let _ = std::fs::remove_file(&img);
 }
+
+#[test]
+fn out_of_band_answers_while_stop_waits_for_hung_io() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use qapi::types::{BlockInjectOperation, Blockdev};
+
+    let img = std::env::temp_dir().join(format!("vmm-qmp-oob-{}.raw", std::process::id()));
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    let disk = format!("path={},werror=report", img.display());
+    let (mut vm, c, sock) = start(
+        "oob-stall",
+        "probe.test=io-loop probe.count=1",
+        &["--disk", &disk, "-S"],
+    );
+    // Every guest write waits for an hour (a delay rule without an error): hung storage.
+    c.blockdev_inject_error(
+        Blockdev("drive0".into()),
+        BlockInjectOperation::Write,
+        None,
+        None,
+        None,
+        None,
+        Some(3_600_000),
+    )
+    .unwrap();
+    c.cont().unwrap();
+    vm.wait_line("PROBE io-loop dev=0", GUARD);
+    let deadline = Instant::now() + GUARD;
+    while c
+        .query_blockdev_inject_errors(Blockdev("drive0".into()))
+        .unwrap()[0]
+        .held
+        != 1
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the guest's write was never held"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The guest's first write is held: `stop` waits for it to drain.
+    let other = Client::new({
+        let conn = Connection::connect_unix(&sock).unwrap();
+        conn.negotiate(true).unwrap();
+        conn
+    });
+    let done = Arc::new(AtomicBool::new(false));
+    let stop = {
+        let (reply, done) = (c.stop_async(), done.clone());
+        std::thread::spawn(move || {
+            let r = reply.wait();
+            done.store(true, Ordering::Release);
+            r
+        })
+    };
+    let deadline = Instant::now() + GUARD;
+    while c.query_status_oob().unwrap().status != RunState::Paused {
+        assert!(Instant::now() < deadline, "STOP never published");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Out of band on the waiting session, and in band on another one, while stop waits.
+    assert_eq!(c.query_name_oob().unwrap().name, None);
+    assert_eq!(other.query_status().unwrap().status, RunState::Paused);
+    assert!(
+        !done.load(Ordering::Acquire),
+        "stop returned before the drain"
+    );
+    other
+        .blockdev_inject_error_remove(Blockdev("drive0".into()), None)
+        .unwrap();
+    stop.join().unwrap().unwrap();
+    c.quit().unwrap();
+    vm.finish(GUARD).assert_exit(0);
+    let _ = std::fs::remove_file(&img);
+}

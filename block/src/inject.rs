@@ -317,6 +317,15 @@ impl FaultNode {
         self.wake.notify_all();
     }
 
+    /// How many requests rule `id` is delaying right now.
+    pub fn held_by(&self, id: u64) -> usize {
+        self.lock()
+            .waiters
+            .iter()
+            .filter(|w| w.rule == id && !w.cancelled)
+            .count()
+    }
+
     /// Applies the rules to a request of `kind` on `range`: `Ok` lets it run.
     ///
     /// # Errors

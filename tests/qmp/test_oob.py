@@ -4,8 +4,6 @@ blockdev-add) do so off the main loop; the waiting session's later commands queu
 in order, other sessions are served, out-of-band commands answer at once, and everything
 completes in order when the storage answers again."""
 
-import time
-
 from conftest import RawQmp, wait_until
 
 
@@ -22,18 +20,10 @@ def stats(c):
 
 
 def wait_stuck(c):
-    """Waits until the guest's I/O stops advancing (its request is held by the rule)."""
-    last = None
-
-    def stuck():
-        nonlocal last
-        now = stats(c)
-        same = now == last
-        last = now
-        if not same:
-            time.sleep(0.3)
-        return same
-    wait_until(stuck, what="the guest's I/O to hang")
+    """Waits until the rule holds the guest's write."""
+    def held():
+        return c.cmd("query-blockdev-inject-errors", {"device": "drive0"})["return"][0]["held"]
+    wait_until(lambda: held() == 1, what="the guest's write to be held")
 
 
 def hung_vm(vmm_factory, tmp_path):

@@ -165,8 +165,8 @@ def test_injection_rules_and_bad_rules(vm_with_disk):
     rules = c.cmd("query-blockdev-inject-errors", {"device": "drive0"})["return"]
     assert rules == [
         {"id": 1, "operation": "write", "errno": "enospc", "sector": 100, "count": 8,
-         "once": False},
-        {"id": 2, "operation": "flush", "once": True, "delay-ms": 5},
+         "once": False, "held": 0},
+        {"id": 2, "operation": "flush", "once": True, "delay-ms": 5, "held": 0},
     ], rules
     bad = [
         ({"device": "nope", "operation": "write", "errno": "eio"}, "DeviceNotFound"),
@@ -429,7 +429,8 @@ def test_cli_injection_rule(vmm_factory, tmp_path):
                "probe.test=blk-write,idle probe.count=8", paused=True)
     c = RawQmp(vm.sock).negotiate()
     rules = c.cmd("query-blockdev-inject-errors", {"device": "drive0"})["return"]
-    assert rules == [{"id": 1, "operation": "write", "errno": "erofs", "once": True}], rules
+    assert rules == [{"id": 1, "operation": "write", "errno": "erofs", "once": True,
+                      "held": 0}], rules
     c.cmd("cont")
     ev = first_error(c)
     assert ev["data"]["reason"] == "Read-only file system", ev

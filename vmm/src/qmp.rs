@@ -332,6 +332,7 @@ impl QmpCommands for Machine {
                 delay_ms: r
                     .delay
                     .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                held: i64::try_from(disk.backend.fault_node().held_by(id)).unwrap_or(i64::MAX),
             })
             .collect())
     }
