@@ -248,13 +248,13 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"OOB benchmark: exec-oob round trips, idle and while the main loop has a "
-          f"blockdev-add stalled on hung storage ({a.requests} requests each; unix sockets; "
+    print(f"OOB benchmark: exec-oob round trips, idle and while another connection's "
+          f"blockdev-add is stalled on hung storage ({a.requests} requests each; unix sockets; "
           f"1 vCPU, {MEM_MIB} MiB; vmm: query-status, QEMU: query-yank)")
     for name in ("vmm", "qemu"):
         n = notes[name]
-        print(f"  {name}: {n['guest']}; stall: {n['stall']}, held up to {n['stall_s'] * 1e3:.0f} ms, "
-              f"answered after each release")
+        print(f"  {name}: {n['guest']}; stall: {n['stall']}, held up to "
+              f"{n['stall_s'] * 1e3:.0f} ms, answered after each release")
     benchlib.print_columns(results, COLUMNS, label_width=10, ratio_label="vmm/QEMU",
                            value_format=".1f")
     print(f"goal: p99 <= {GOAL_US / 1000:.0f} ms and no worse than idle (stalled p99 within "
