@@ -6,7 +6,8 @@
 #     monitor thread; query-kvm goes through the main loop, like most commands);
 #   - throughput with 8 pipelined query-status requests in flight on one connection;
 #   - throughput with 16 clients, each on its own socket (QEMU serves one client per -qmp
-#     socket, so both VMMs get 16 extra sockets), one request in flight per client.
+#     socket, so both VMMs get 16 extra sockets), one request in flight per client;
+#   - another client's round trips while one client streams a 60 MiB request.
 # The client is one Python thread (selectors); it may be the bottleneck of the throughput
 # figures, identically for both VMMs. The program is scripts/bench/qmp.py.
 # Usage: scripts/bench-qmp.sh [REQUESTS]   (default 10000 latency samples)

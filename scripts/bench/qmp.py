@@ -7,7 +7,9 @@ running the probe guest (probe.test=idle), driven by the same raw-socket client:
   thread; query-kvm goes through the main loop, like most commands);
 - throughput with 8 pipelined requests in flight on one connection;
 - throughput with 16 clients, each on its own socket (QEMU serves one client per -qmp socket,
-  so both VMMs get 16 extra sockets), one request in flight per client.
+  so both VMMs get 16 extra sockets), one request in flight per client;
+- another client's query-status round trips while one client streams a 60 MiB request (how
+  much one client's large message stalls the others: p99 and the worst round trip).
 
 The client is one Python thread (selectors); it may be the bottleneck of the throughput
 figures, identically for both VMMs. A VMM whose guest does not reach "PROBE idle" (checked once
@@ -44,7 +46,10 @@ ROWS = [
     (f"throughput, {CLIENTS} clients (req/s)", "clients_rps", "higher"),
     ("query-kvm, 8 pipelined (req/s)", "kvm_pipelined_rps", "higher"),
     (f"query-kvm, {CLIENTS} clients (req/s)", "kvm_clients_rps", "higher"),
+    ("during a 60 MiB request: p99 (us)", "big_p99_us", "lower"),
+    ("during a 60 MiB request: worst (ms)", "big_max_ms", "lower"),
 ]
+BIG_MIB = 60
 
 # A VMM's command line from (serial, paused); see `commands`.
 ArgvFn = Callable[[str, bool], list[str]]
@@ -105,6 +110,45 @@ def latency(path: str, n: int, query: bytes = QUERY) -> dict[str, float]:
     return {"p50_us": benchlib.percentile(samples, 0.5) / 1000,
             "p99_us": benchlib.percentile(samples, 0.99) / 1000,
             "mean_us": statistics.fmean(samples) / 1000}
+
+
+def during_large_message(big_path: str, path: str) -> dict[str, float]:
+    """query-status round trips on `path` while another client sends one BIG_MIB request on
+    `big_path` (in 64 KiB writes, as fast as the server reads); in µs and ms."""
+    import threading
+
+    big = benchlib.QmpClient(big_path)
+    c = benchlib.QmpClient(path)
+    msg = (b'{"execute": "query-name", "arguments": {"x": "' + b"a" * (BIG_MIB << 20)
+           + b'"}}\n')
+    done = threading.Event()
+
+    def send():
+        view = memoryview(msg)
+        for i in range(0, len(view), 65536):
+            big.s.sendall(view[i:i + 65536])
+        done.set()
+
+    sender = threading.Thread(target=send, daemon=True)
+    clock = time.perf_counter_ns
+    samples = []
+    sender.start()
+    # Round trips for as long as the message is being sent, then until its reply is written.
+    while not done.is_set() or not samples:
+        t0 = clock()
+        c.s.sendall(QUERY)
+        c.line()
+        samples.append(clock() - t0)
+    sender.join()
+    big.line()  # its error reply: the extra member is refused
+    t0 = clock()
+    c.s.sendall(QUERY)
+    c.line()
+    samples.append(clock() - t0)
+    big.s.close()
+    c.s.close()
+    return {"big_p99_us": benchlib.percentile(samples, 0.99) / 1000,
+            "big_max_ms": max(samples) / 1e6}
 
 
 def pipelined(path: str, n: int, depth: int = 8, query: bytes = QUERY) -> float:
@@ -183,6 +227,7 @@ def measure(name: str, argv_fn: ArgvFn, tmp: str, requests: int) -> tuple[str, d
             "clients_rps": many_clients(paths[1:], many),
             "kvm_pipelined_rps": pipelined(paths[0], many, query=KVM),
             "kvm_clients_rps": many_clients(paths[1:], many, query=KVM),
+            **during_large_message(paths[1], paths[2]),
         }
         if proc.poll() is not None:
             raise SystemExit(f"{name} died during the benchmark")
