@@ -200,3 +200,17 @@ def test_real_eio_from_failing_storage(vmm_factory, tmp_path, raw_factory, hangf
     assert "PROBE blk-write dev=0 lba=0 count=8 status=ok" in vm.serial(), vm.serial()
     data = (hangfs.backing / "disk.raw").read_bytes()
     assert all(struct.unpack_from("<Q", data, 512 * x)[0] == x ^ (4 << 40) for x in range(8))
+
+
+def test_hmp_stop_drains_too(vmm_factory, tmp_path):
+    """HMP's stop is QMP's stop: its (empty) output comes after the held write drained."""
+    vm, ctl = hung_vm(vmm_factory, tmp_path)
+    a = RawQmp(vm.sock).negotiate()
+    a.send({"execute": "human-monitor-command", "arguments": {"command-line": "stop"},
+            "id": "hmp"})
+    assert a.recv()["event"] == "STOP"
+    assert a.quiet(0.5), f"HMP stop returned before the drain: {a.buf!r}"
+    ctl.cmd("blockdev-inject-error-remove", {"device": "drive0"})
+    assert a.recv() == {"return": "", "id": "hmp"}
+    r = a.cmd("human-monitor-command", {"command-line": "stop", "cpu-index": 9})
+    assert r["error"]["desc"] == "Parameter 'cpu-index' expects a CPU number", r

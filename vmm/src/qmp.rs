@@ -356,13 +356,20 @@ impl QmpCommands for Machine {
         command_line: String,
         cpu_index: Option<i64>,
     ) -> Result<String, QmpError> {
-        if let Some(i) = cpu_index {
-            if i < 0 || i as usize >= self.vm.vcpu_count() {
-                return Err(QmpError::generic(
-                    "Parameter 'cpu-index' expects a CPU number",
-                ));
-            }
-        }
+        check_cpu_index(&self.vm, cpu_index)?;
         Ok(monitor::hmp::run(self, &command_line))
+    }
+}
+
+/// `human-monitor-command`'s `cpu-index` must name a vCPU.
+///
+/// # Errors
+/// QEMU's text for an index out of range.
+pub fn check_cpu_index(vm: &Vm, cpu_index: Option<i64>) -> Result<(), QmpError> {
+    match cpu_index {
+        Some(i) if !usize::try_from(i).is_ok_and(|i| i < vm.vcpu_count()) => Err(
+            QmpError::generic("Parameter 'cpu-index' expects a CPU number"),
+        ),
+        _ => Ok(()),
     }
 }

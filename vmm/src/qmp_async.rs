@@ -14,7 +14,8 @@
 //! The main loop keeps the session's later in-band items queued behind the job (so its replies
 //! stay in order) while other sessions are served and the VM runs. `blockdev-add` and
 //! `blockdev-del` are `'gen': false` in the schema: this module is their only implementation.
-//! `stop` is generated; the main loop routes it here so that its reply waits for the drain.
+//! `stop` (and HMP's `stop`) is generated; the main loop routes it here so that its reply waits
+//! for the drain.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -54,8 +55,8 @@ pub enum Job {
     },
     /// Close a deleted node (drop its last reference).
     Close(Arc<dyn BlockNode>),
-    /// Wait until no request of these backends is running.
-    Drain(Vec<Arc<Backend>>),
+    /// Wait until no request of these backends is running, then answer with the value.
+    Drain(Vec<Arc<Backend>>, Value),
 }
 
 /// What a [`Job`] produced.
@@ -65,8 +66,8 @@ pub enum Outcome {
     Opened(Result<FileNode, OpenError>),
     /// The node is closed.
     Closed,
-    /// In-flight I/O is drained.
-    Drained,
+    /// In-flight I/O is drained: the command's return value.
+    Drained(Value),
 }
 
 impl Job {
@@ -93,11 +94,11 @@ impl Job {
                 drop(node);
                 Outcome::Closed
             }
-            Job::Drain(backends) => {
+            Job::Drain(backends, reply) => {
                 for b in &backends {
                     b.drain();
                 }
-                Outcome::Drained
+                Outcome::Drained(reply)
             }
         }
     }
@@ -109,6 +110,7 @@ pub fn start(machine: &mut Machine, command: &str, arguments: Option<Value>) -> 
         "blockdev-add" => start_add(machine, arguments),
         "blockdev-del" => start_del(machine, arguments),
         "stop" => start_stop(machine, arguments),
+        "human-monitor-command" => return start_hmp(machine, arguments),
         _ => return None,
     })
 }
@@ -193,8 +195,12 @@ fn start_stop(machine: &mut Machine, arguments: Option<Value>) -> Start {
     if let Err(e) = decode::<Value>(&qapi::descriptors::D_q_empty, arguments) {
         return Start::Done(Err(e));
     }
-    // As QEMU's do_vm_stop: the vCPUs pause and STOP goes out, then in-flight I/O drains, and
-    // only then does `stop` return.
+    stop_and_drain(machine, json!({}))
+}
+
+/// As QEMU's `do_vm_stop`: the vCPUs pause and STOP goes out, then in-flight I/O drains, and
+/// only then does the command return (with `reply`).
+fn stop_and_drain(machine: &mut Machine, reply: Value) -> Start {
     machine.stop();
     let backends = machine
         .vm
@@ -202,7 +208,32 @@ fn start_stop(machine: &mut Machine, arguments: Option<Value>) -> Start {
         .iter()
         .map(|d| d.backend.clone())
         .collect();
-    Start::Wait(Job::Drain(backends))
+    Start::Wait(Job::Drain(backends, reply))
+}
+
+/// HMP's `stop` is QMP's `stop`, drain included (its output is empty); every other HMP line
+/// runs as usual (`None`).
+fn start_hmp(machine: &mut Machine, arguments: Option<Value>) -> Option<Start> {
+    let is_stop = arguments
+        .as_ref()
+        .and_then(|a| a.get("command-line"))
+        .and_then(Value::as_str)
+        .is_some_and(|line| line.split_whitespace().eq(["stop"]));
+    if !is_stop {
+        return None;
+    }
+    // The arguments are checked as the dispatcher checks them (cpu-index included).
+    let arg = match decode::<qapi::types::HumanMonitorCommandArg>(
+        &qapi::descriptors::D_q_obj_human_monitor_command_arg,
+        arguments,
+    ) {
+        Ok(a) => a,
+        Err(e) => return Some(Start::Done(Err(e))),
+    };
+    if let Err(e) = crate::qmp::check_cpu_index(&machine.vm, arg.cpu_index) {
+        return Some(Start::Done(Err(e)));
+    }
+    Some(stop_and_drain(machine, json!("")))
 }
 
 /// Applies a job's outcome on the main loop and gives the command's result.
@@ -215,7 +246,8 @@ pub fn finish(machine: &mut Machine, outcome: Outcome) -> Result<Value, QmpError
             .map(|()| json!({}))
             .map_err(|e| QmpError::generic(e.to_string())),
         Outcome::Opened(Err(e)) => Err(QmpError::generic(chain(&e))),
-        Outcome::Closed | Outcome::Drained => Ok(json!({})),
+        Outcome::Closed => Ok(json!({})),
+        Outcome::Drained(reply) => Ok(reply),
     }
 }
 

@@ -229,7 +229,7 @@ impl MainLoop {
             command: command.clone(),
             id: id.clone(),
             explicit_handles: *explicit_handles,
-            outcome: qmp_async::Outcome::Drained,
+            outcome: qmp_async::Outcome::Closed,
         };
         let failed = |text: String| {
             response(
