@@ -10,7 +10,7 @@
 //! CPUID shows through there); both are harmless on hardware KVM, where the same test runs.
 //!
 //! `#[ignore]`d: the first run builds the kernel (minutes, and root for apt-get), and a boot
-//! takes about 40 s on a PVM host. Run it with
+//! takes about 19 s on a PVM host. Run it with
 //! `cargo test -p vmm --test linux_pvm -- --ignored`.
 
 mod common;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::{script, script_with, spawn};
 
-/// A guard against hangs, not a performance assertion (a PVM host boots it in ~40 s).
+/// A guard against hangs, not a performance assertion (a PVM host boots it in ~19 s).
 const GUARD: Duration = Duration::from_secs(300);
 const SECTOR: u64 = 512;
 /// The disk: 1 MiB.
