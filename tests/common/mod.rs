@@ -22,8 +22,14 @@ pub fn vmm_bin() -> PathBuf {
 
 /// Runs a project script (idempotent installers/builders) and returns its last stdout line.
 pub fn script(name: &str) -> String {
+    script_with(name, &[])
+}
+
+/// Runs a project script with arguments and returns its last stdout line.
+pub fn script_with(name: &str, args: &[&str]) -> String {
     let out = Command::new("bash")
         .arg(root().join("scripts").join(name))
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
