@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
+use std::time::Duration;
 
 use devices::{VmEvent, VmEventSink};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -424,17 +425,40 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
     if !options.paused && !waiting_for_client {
         main.machine.launch();
     }
-    // The loop owns the machine: when it ends, the VM is dropped, which stops and joins the
-    // vCPU threads before the monitor sends its last messages.
-    let result = run_main_loop(main);
+    let mut manager = EventManager::new().map_err(RunError::EventLoop)?;
+    let result = run_main_loop(&mut manager, main);
+    // The loop owns the machine: dropping it stops and joins the vCPU and block I/O threads
+    // before the monitor sends its last messages.
+    teardown(manager);
     // Dropping the monitor flushes the last replies and events, then closes the sockets.
     drop(monitor);
     result
 }
 
+/// How long vmm waits at exit for the VM's threads to end.
+const TEARDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Drops the machine on a thread of its own and waits for it at most [`TEARDOWN_GRACE`]: a
+/// block I/O thread stuck in a syscall on storage that does not answer (a dead NFS server)
+/// never ends, and must not keep vmm from exiting (the process's exit ends it).
+fn teardown(manager: EventManager<MainLoop>) {
+    let (tx, rx) = channel();
+    let spawned = std::thread::Builder::new()
+        .name("vm-teardown".into())
+        .spawn(move || {
+            drop(manager);
+            let _ = tx.send(());
+        });
+    // A failed spawn dropped the machine right here.
+    if spawned.is_ok() && rx.recv_timeout(TEARDOWN_GRACE).is_err() {
+        eprintln!(
+            "vmm: a disk's I/O is stuck on storage that does not answer; exiting without waiting for it"
+        );
+    }
+}
+
 /// Runs the main loop until it has an outcome.
-fn run_main_loop(main: MainLoop) -> Result<i32, RunError> {
-    let mut manager = EventManager::new().map_err(RunError::EventLoop)?;
+fn run_main_loop(manager: &mut EventManager<MainLoop>, main: MainLoop) -> Result<i32, RunError> {
     let id = manager.add_subscriber(main);
     loop {
         let main = manager.subscriber_mut(id).map_err(RunError::EventLoop)?;
