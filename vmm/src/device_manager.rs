@@ -321,22 +321,14 @@ impl DeviceManager {
     }
 
     /// Returns every device to its power-on state (for a system reset): virtio devices stop
-    /// their I/O threads and forget their queues, as after a driver reset. Requests that an
-    /// injection rule is delaying are released first, so that the I/O threads can stop.
+    /// their I/O threads and forget their queues, as after a driver reset (the device releases
+    /// requests that an injection rule is delaying, so that its I/O thread can stop).
     pub fn reset(&self) {
         for disk in &self.disks {
-            disk.backend.release_delays();
             disk.transport
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .reset();
-        }
-    }
-
-    /// Releases delayed requests so that the I/O threads can end (when the VM shuts down).
-    pub fn release_delays(&self) {
-        for disk in &self.disks {
-            disk.backend.release_delays();
         }
     }
 

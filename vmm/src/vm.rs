@@ -365,10 +365,8 @@ impl Vm {
         self.vcpus.len() + self.pending_vcpus.len()
     }
 
-    /// Stops and joins every vCPU thread; requests delayed by injection rules go on, so that
-    /// the block I/O threads can end.
+    /// Stops and joins every vCPU thread.
     pub fn shutdown(&mut self) {
-        self.devices.release_delays();
         for v in self.vcpus.drain(..) {
             v.stop();
         }
