@@ -496,13 +496,20 @@ fn qemu_args(path: &str, read_only: bool) -> Vec<String> {
 }
 
 /// True when some process holds an OFD lock on the file at `path`.
-fn ofd_locked(path: &str) -> bool {
+/// Whether some process holds the OFD lock on byte `byte` of `path` (from /proc/locks:
+/// `N: OFDLCK ADVISORY READ|WRITE PID MAJ:MIN:INODE START END`).
+fn ofd_locked(path: &str, byte: u64) -> bool {
     use std::os::unix::fs::MetadataExt;
     let ino = std::fs::metadata(path).unwrap().ino();
     std::fs::read_to_string("/proc/locks")
         .unwrap_or_default()
         .lines()
-        .any(|l| l.contains("OFDLCK") && l.contains(&format!(":{ino} ")))
+        .filter(|l| l.contains("OFDLCK") && l.contains(&format!(":{ino} ")))
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let range = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+            matches!((range(6), range(7)), (Some(a), Some(b)) if a <= byte && byte <= b)
+        })
 }
 
 #[test]
@@ -560,7 +567,9 @@ fn vmm_and_qemu_exclude_each_other() {
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while !ofd_locked(p) {
+        // QEMU locks byte 100 when it opens the drive and the rest (201: write not shared)
+        // only when the virtio-blk device takes its permissions: wait for the full set.
+        while !ofd_locked(p, 201) {
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "QEMU exited on a free image"
