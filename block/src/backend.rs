@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The backend a device sees: request validation, accounting and the error policy.
 
+use std::cell::RefCell;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::buf::{gather, scatter, AlignedBuf};
 use crate::file::{FileNode, OpenError};
 use crate::inject::{FaultNode, FaultRule, InjectError};
 use crate::node::{BlockNode, CacheMode, IoBuf, IoKind};
@@ -16,6 +18,7 @@ use crate::policy::{ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, IoStatusCel
 use crate::registry::generate_node_name;
 use crate::signal::{IoErrorEvent, IoErrorSlot, IoStatusSlot, SlotId, Slots, StatsSlot};
 use crate::stats::BlockStats;
+use crate::yank::Ticket;
 
 /// How to open a backend on a raw image (what `--disk` describes).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,30 +184,57 @@ pub struct Backend {
     resume_epoch: AtomicU64,
     slots: Slots,
     retry: EventFd,
-    /// Requests running in [`Backend::submit`] now, for [`Backend::drain`].
-    in_flight: Mutex<usize>,
+    /// Admitted requests, for [`Backend::drain`] and [`Backend::yank`].
+    flight: Mutex<Flight>,
+    /// Notified when the last running request is released or abandoned.
     idle: Condvar,
+    /// Signalled by [`Backend::yank`] and when an abandoned request's syscall returns.
+    yanked: EventFd,
 }
 
-/// Counts one request in flight for as long as it lives.
-struct InFlight<'a>(&'a Backend);
+/// A request admitted on a backend ([`Backend::admit`]); dropping it releases it.
+#[derive(Debug)]
+pub struct Admitted {
+    backend: Arc<Backend>,
+    ticket: Arc<Ticket>,
+}
 
-impl<'a> InFlight<'a> {
-    fn enter(b: &'a Backend) -> Self {
-        *b.in_flight.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        Self(b)
+impl Admitted {
+    /// The request's ticket.
+    pub fn ticket(&self) -> &Arc<Ticket> {
+        &self.ticket
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut n = self.0.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            self.0.idle.notify_all();
-        }
+        self.backend.release(&self.ticket);
     }
 }
+
+/// The requests admitted on a backend (see [`crate::yank`]).
+#[derive(Debug, Default)]
+struct Flight {
+    /// Admitted, not released, not abandoned: what a drain waits for.
+    running: Vec<Arc<Ticket>>,
+    /// Abandoned by a yank, their syscalls not returned yet.
+    abandoned: Vec<Arc<Ticket>>,
+    /// Yanked since the last resume: new requests fail while any syscall is abandoned.
+    fenced: bool,
+}
+
+/// The error a yanked request completes with.
+fn yank_error() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+thread_local! {
+    /// The bounce buffer of this thread's requests ([`Backend::run`]), [`BOUNCE_CHUNK`] bytes.
+    static BOUNCE: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
+}
+
+/// Most bytes one bounce of a read or write carries.
+const BOUNCE_CHUNK: usize = 1 << 20;
 
 impl Backend {
     /// Opens the raw image of `config` with the `file` driver.
@@ -241,23 +271,127 @@ impl Backend {
             resume_epoch: AtomicU64::new(0),
             slots,
             retry: EventFd::new(EFD_NONBLOCK)?,
-            in_flight: Mutex::new(0),
+            flight: Mutex::new(Flight::default()),
             idle: Condvar::new(),
+            yanked: EventFd::new(EFD_NONBLOCK)?,
         })
     }
 
-    /// Requests running now (on the host, or held by an injected delay).
-    pub fn in_flight(&self) -> usize {
-        *self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    fn flight(&self) -> MutexGuard<'_, Flight> {
+        self.flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until no request is running (QEMU's drain). It blocks for as long as the storage
-    /// does not answer: call it off the main loop.
+    /// Requests running now (on the host, or held by an injected delay), yanked ones not
+    /// counted.
+    pub fn in_flight(&self) -> usize {
+        self.flight().running.len()
+    }
+
+    /// Requests whose syscalls a yank abandoned and that have not returned yet.
+    pub fn abandoned(&self) -> usize {
+        self.flight().abandoned.len()
+    }
+
+    /// Waits until no request is running (QEMU's drain); a yank ends the wait for the
+    /// requests it abandons. It blocks for as long as the storage does not answer: call it
+    /// off the main loop.
     pub fn drain(&self) {
-        let mut n = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        while *n > 0 {
-            n = self.idle.wait(n).unwrap_or_else(|e| e.into_inner());
+        let mut f = self.flight();
+        while !f.running.is_empty() {
+            f = self.idle.wait(f).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Admits a request of `kind` over `ranges` (byte `(offset, length)` pairs): the device
+    /// then runs its host operations with [`Backend::run`]; dropping the [`Admitted`] (when
+    /// the thread that ran it is done with it, abandoned or not) releases it.
+    ///
+    /// # Errors
+    /// The backend is fenced by a yank: the request fails with `EIO` at once, through the
+    /// error policy (the completion to give the guest, or to park on `Stopped`).
+    pub fn admit(
+        self: &Arc<Self>,
+        kind: IoKind,
+        ranges: Vec<(u64, u64)>,
+    ) -> Result<Admitted, Completion> {
+        Ok(Admitted {
+            ticket: self.admit_ticket(kind, ranges)?,
+            backend: self.clone(),
+        })
+    }
+
+    fn admit_ticket(&self, kind: IoKind, ranges: Vec<(u64, u64)>) -> Result<Arc<Ticket>, Completion> {
+        let mut f = self.flight();
+        if f.fenced {
+            if f.abandoned.is_empty() {
+                f.fenced = false;
+            } else {
+                drop(f);
+                let (offset, len) = ranges.first().copied().unwrap_or((0, 0));
+                return Err(self.fail(kind, offset, len, Instant::now(), yank_error()));
+            }
+        }
+        let ticket = Arc::new(Ticket::new(kind, ranges));
+        f.running.push(ticket.clone());
+        Ok(ticket)
+    }
+
+    /// Ends an admitted request: its thread will not touch it again. For an abandoned one
+    /// this is the moment its syscall returned ([`Backend::yank_event`] fires).
+    fn release(&self, ticket: &Arc<Ticket>) {
+        let mut f = self.flight();
+        if let Some(i) = f.running.iter().position(|t| Arc::ptr_eq(t, ticket)) {
+            f.running.swap_remove(i);
+            if f.running.is_empty() {
+                self.idle.notify_all();
+            }
+        } else if let Some(i) = f.abandoned.iter().position(|t| Arc::ptr_eq(t, ticket)) {
+            f.abandoned.swap_remove(i);
+            drop(f);
+            // A failed write means the counter is saturated: the device wakes anyway.
+            let _ = self.yanked.write(1);
+        }
+    }
+
+    /// Yanks the backend (QMP `yank` of its node): abandons every running request, fences
+    /// new ones (see [`crate::yank`]) and signals [`Backend::yank_event`] so the device
+    /// completes the abandoned ones. Returns how many it abandoned. Never blocks on I/O.
+    pub fn yank(&self) -> usize {
+        let mut f = self.flight();
+        f.fenced = true;
+        let mut abandoned = 0;
+        for t in std::mem::take(&mut f.running) {
+            if t.abandon() {
+                f.abandoned.push(t);
+                abandoned += 1;
+            } else {
+                f.running.push(t);
+            }
+        }
+        if f.running.is_empty() {
+            self.idle.notify_all();
+        }
+        drop(f);
+        let _ = self.yanked.write(1);
+        abandoned
+    }
+
+    /// Signalled by a yank and whenever an abandoned request's syscall returns.
+    pub fn yank_event(&self) -> &EventFd {
+        &self.yanked
+    }
+
+    /// The completion of a request a yank abandoned: `EIO`, through the error policy and the
+    /// I/O-error signal, as if the host had failed it. Call once per abandoned request.
+    pub fn fail_yanked(&self, ticket: &Ticket) -> Completion {
+        let (offset, len) = ticket.ranges().first().copied().unwrap_or((0, 0));
+        self.fail(ticket.kind(), offset, len, ticket.started(), yank_error())
+    }
+
+    /// Whether a request over `ranges` must wait: an abandoned write, discard or
+    /// write-zeroes over them has not returned yet (it could land after the new request).
+    pub fn blocked_by_abandoned(&self, ranges: &[(u64, u64)]) -> bool {
+        self.flight().abandoned.iter().any(|t| t.writes_over(ranges))
     }
 
     /// Sets the serial number devices report.
@@ -393,12 +527,13 @@ impl Backend {
         &self.retry
     }
 
-    /// Clears the I/O status, starts a new resume epoch and asks devices to retry the requests
-    /// they keep (on `cont`).
+    /// Clears the I/O status and a yank's fence, starts a new resume epoch and asks devices to
+    /// retry the requests they keep (on `cont`).
     ///
     /// # Errors
     /// Writing the retry eventfd failed.
     pub fn resume(&self) -> io::Result<()> {
+        self.flight().fenced = false;
         self.io_status.reset();
         self.resume_epoch.fetch_add(1, Ordering::AcqRel);
         self.retry.write(1)
@@ -427,37 +562,80 @@ impl Backend {
     /// Runs one request on the root node (through the fault-injection filter) and accounts a
     /// success or a refusal; on failure, applies the error policy and emits the I/O-error
     /// signal (see [`IoErrorSlot`]) on the calling thread before returning: the backend's own
-    /// slots account the failure and set the I/O status, then the connected slots run.
+    /// slots account the failure and set the I/O status, then the connected slots run. The
+    /// whole life of one request: [`Backend::admit`], then [`Backend::run`].
     pub fn submit(&self, req: Request<'_>) -> Completion {
-        let _in_flight = InFlight::enter(self);
+        let ranges = req.range().into_iter().collect();
+        let ticket = match self.admit_ticket(req.kind(), ranges) {
+            Ok(t) => t,
+            Err(c) => return c,
+        };
+        let c = self
+            .run(&ticket, req, true)
+            .unwrap_or_else(|| self.fail_yanked(&ticket));
+        self.release(&ticket);
+        c
+    }
+
+    /// Runs one host operation of an admitted request, as [`Backend::submit`] describes.
+    /// Reads and writes go through this thread's bounce buffer, so guest memory is touched
+    /// only while the ticket is not abandoned. A failure, a refusal, or the success of the
+    /// `last` operation commits the ticket (the result then stands whatever a yank does).
+    ///
+    /// Returns `None` when a yank abandoned the ticket: the result is dropped and nothing is
+    /// accounted (the device completes the request with [`Backend::fail_yanked`]).
+    pub fn run(&self, ticket: &Ticket, req: Request<'_>, last: bool) -> Option<Completion> {
         let root = self.root();
         let kind = req.kind();
         if let Err(e) = self.validate(root.as_ref(), &req) {
+            if !ticket.commit() {
+                return None;
+            }
             self.stats.account_invalid(kind);
-            return Completion::Invalid(e);
+            return Some(Completion::Invalid(e));
         }
         let range = req.range();
         let (offset, len) = range.unwrap_or((0, 0));
         let start = Instant::now();
-        let result = self.top.check(kind, range).and_then(|()| match req {
-            Request::Read { offset, bufs } => root.read_vectored(offset, bufs),
-            Request::Write { offset, bufs } => root.write_vectored(offset, bufs),
-            Request::Flush => root.flush(),
-            Request::Discard { offset, len } => root.discard(offset, len),
-            Request::WriteZeroes {
-                offset,
-                len,
-                may_unmap,
-            } => root.write_zeroes(offset, len, may_unmap),
-        });
-        let end = matches!(kind, IoKind::Write | IoKind::WriteZeroes).then(|| offset + len);
-        let error = match result {
+        let result = self
+            .top
+            .check(kind, range)
+            .and_then(|()| perform(ticket, root.as_ref(), req));
+        match result {
             Ok(()) => {
+                let mine = if last {
+                    ticket.commit()
+                } else {
+                    !ticket.is_abandoned()
+                };
+                if !mine {
+                    return None;
+                }
+                let end = matches!(kind, IoKind::Write | IoKind::WriteZeroes).then(|| offset + len);
                 self.stats.account_done(kind, len, start.elapsed(), end);
-                return Completion::Ok;
+                Some(Completion::Ok)
             }
-            Err(e) => e,
-        };
+            Err(e) => {
+                if !ticket.commit() {
+                    return None;
+                }
+                Some(self.fail(kind, offset, len, start, e))
+            }
+        }
+    }
+
+    /// A failed request: asks the policy, emits the I/O-error signal (whose first slots
+    /// account the failure and set the I/O status) and returns the completion.
+    fn fail(
+        &self,
+        kind: IoKind,
+        offset: u64,
+        len: u64,
+        start: Instant,
+        error: io::Error,
+    ) -> Completion {
+        let root = self.root();
+        let end = matches!(kind, IoKind::Write | IoKind::WriteZeroes).then(|| offset + len);
         let info = IoErrorInfo {
             device: &self.id,
             node_name: root.node_name(),
@@ -493,6 +671,63 @@ impl Backend {
             ErrorAction::Stop => Completion::Stopped { error, epoch },
         }
     }
+}
+
+/// The host operation of `req` on `root`; reads and writes through the thread's bounce
+/// buffer, [`BOUNCE_CHUNK`] bytes at a time, copying to or from `bufs` only while `ticket` is
+/// not abandoned (under its lock, so a yank waits for a copy in progress, never for I/O).
+fn perform(ticket: &Ticket, root: &dyn BlockNode, req: Request<'_>) -> io::Result<()> {
+    // Not issued at all once abandoned (e.g. after an injected delay): its result would be
+    // dropped.
+    if ticket.is_abandoned() {
+        return Err(yank_error());
+    }
+    match req {
+        Request::Read { offset, bufs } => bounced(ticket, root, offset, bufs, false),
+        Request::Write { offset, bufs } => bounced(ticket, root, offset, bufs, true),
+        Request::Flush => root.flush(),
+        Request::Discard { offset, len } => root.discard(offset, len),
+        Request::WriteZeroes {
+            offset,
+            len,
+            may_unmap,
+        } => root.write_zeroes(offset, len, may_unmap),
+    }
+}
+
+fn bounced(
+    ticket: &Ticket,
+    root: &dyn BlockNode,
+    offset: u64,
+    bufs: &[IoBuf<'_>],
+    write: bool,
+) -> io::Result<()> {
+    BOUNCE.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let buf = match &mut *cell {
+            Some(b) => b,
+            empty => empty.insert(AlignedBuf::new(BOUNCE_CHUNK)?),
+        };
+        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
+        let mut done = 0u64;
+        while done < total {
+            let n = (total - done).min(BOUNCE_CHUNK as u64) as usize;
+            let window = &mut buf.as_mut_slice()[..n];
+            if write {
+                if !ticket.while_live(|| gather(bufs, done, window)) {
+                    return Err(yank_error());
+                }
+                root.write_vectored(offset + done, &[IoBuf::from(&mut *window)])?;
+            } else {
+                root.read_vectored(offset + done, &[IoBuf::from(&mut *window)])?;
+                if !ticket.while_live(|| scatter(bufs, done, window)) {
+                    return Err(yank_error());
+                }
+            }
+            done += n as u64;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

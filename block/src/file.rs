@@ -7,7 +7,6 @@
 //! whose buffers or range are not suitably aligned go through an aligned bounce buffer (with
 //! read-modify-write of the partial blocks at either end).
 
-use std::alloc::{self, Layout};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
@@ -15,11 +14,10 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::buf::{gather, scatter, AlignedBuf, DIRECT_MEM_ALIGN};
 use crate::lock::{self, LockConflict, LockError, Perms};
 use crate::node::{BlockNode, CacheMode, IoBuf, SECTOR_SIZE};
 
-/// Memory alignment of `O_DIRECT` buffers (the page size covers every host device).
-const DIRECT_MEM_ALIGN: usize = 4096;
 /// Offset and length alignment of `O_DIRECT` requests (the logical block size of common hosts).
 const DIRECT_REQ_ALIGN: u64 = 512;
 /// Largest bounce buffer and zero-write chunk.
@@ -359,84 +357,6 @@ fn unsupported(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
     )
-}
-
-/// Copies bytes `skip..skip + dst.len()` of the concatenation of `bufs` into `dst`.
-fn gather(bufs: &[IoBuf<'_>], mut skip: u64, dst: &mut [u8]) {
-    let mut filled = 0;
-    for b in bufs {
-        if filled == dst.len() {
-            break;
-        }
-        let blen = b.len() as u64;
-        if skip >= blen {
-            skip -= blen;
-            continue;
-        }
-        let n = ((blen - skip) as usize).min(dst.len() - filled);
-        if let Ok(s) = b.subslice(skip as usize, n) {
-            s.copy_to(&mut dst[filled..filled + n]);
-        }
-        filled += n;
-        skip = 0;
-    }
-}
-
-/// Copies `src` into bytes `skip..skip + src.len()` of the concatenation of `bufs`.
-fn scatter(bufs: &[IoBuf<'_>], mut skip: u64, src: &[u8]) {
-    let mut used = 0;
-    for b in bufs {
-        if used == src.len() {
-            break;
-        }
-        let blen = b.len() as u64;
-        if skip >= blen {
-            skip -= blen;
-            continue;
-        }
-        let n = ((blen - skip) as usize).min(src.len() - used);
-        if let Ok(s) = b.subslice(skip as usize, n) {
-            s.copy_from(&src[used..used + n]);
-        }
-        used += n;
-        skip = 0;
-    }
-}
-
-/// A zeroed heap buffer aligned for `O_DIRECT`.
-struct AlignedBuf {
-    ptr: *mut u8,
-    layout: Layout,
-}
-
-impl AlignedBuf {
-    fn new(len: usize) -> io::Result<Self> {
-        let layout = Layout::from_size_align(len.max(1), DIRECT_MEM_ALIGN)
-            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return Err(io::Error::from_raw_os_error(libc::ENOMEM));
-        }
-        Ok(Self { ptr, layout })
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: `ptr` is a live allocation of `layout.size()` initialized (zeroed) bytes,
-        // borrowed mutably through `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
-    }
-
-    fn as_io_buf(&mut self) -> IoBuf<'_> {
-        IoBuf::from(self.as_mut_slice())
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: `ptr` was allocated with exactly this layout and is freed once.
-        unsafe { alloc::dealloc(self.ptr, self.layout) };
-    }
 }
 
 impl BlockNode for FileNode {

@@ -28,6 +28,7 @@
 //! without an intermediate copy.
 
 mod backend;
+pub mod buf;
 mod file;
 pub mod inject;
 pub mod lock;
@@ -37,8 +38,9 @@ mod raw;
 mod registry;
 mod signal;
 mod stats;
+pub mod yank;
 
-pub use backend::{Backend, BackendConfig, Completion, InvalidRequest, Request};
+pub use backend::{Admitted, Backend, BackendConfig, Completion, InvalidRequest, Request};
 pub use file::{FileNode, OpenError};
 pub use inject::{errno_name, parse_errno, FaultNode, FaultRule, InjectError};
 pub use lock::{LockConflict, LockError, Perm, Perms};
@@ -50,4 +52,5 @@ pub use policy::{
 pub use raw::RawNode;
 pub use registry::{generate_node_name, validate_name, NameError, Registry, RegistryError};
 pub use signal::{IoErrorEvent, IoErrorSlot, IoStatusSlot, SlotId, StatsSlot};
+pub use yank::{Ticket, TicketState, YankTable};
 pub use stats::{BlockStats, BlockStatsSnapshot, OpStatsSnapshot, QmpBlockStats};

@@ -9,7 +9,7 @@
 
 use std::ops::Deref;
 
-use block::{Backend, Completion, IoBuf, IoKind, Request, SECTOR_SIZE};
+use block::{Backend, Completion, IoBuf, IoKind, Request, Ticket, SECTOR_SIZE};
 use virtio_bindings::virtio_blk::{
     virtio_blk_discard_write_zeroes, virtio_blk_outhdr, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
     VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH,
@@ -124,8 +124,9 @@ pub struct RequestConfig {
     pub write_zeroes: bool,
 }
 
+/// A piece of a request's data in guest memory.
 #[derive(Debug, Clone, Copy)]
-struct Segment {
+pub struct Segment {
     addr: GuestAddress,
     len: u64,
     writable: bool,
@@ -182,16 +183,87 @@ fn io_bufs<'m>(mem: &'m GuestMemoryMmap, segs: &[Segment]) -> Option<Vec<IoBuf<'
     Some(bufs)
 }
 
-/// Parses and runs the request of `chain`, writes its status and returns the outcome.
+/// A request as the I/O thread parsed it, ready to run on a request thread.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    /// Where the status byte goes.
+    status_addr: GuestAddress,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The host work of a request.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Completed while parsing (GET_ID, unsupported or malformed requests): the status and
+    /// the data bytes written to the guest.
+    Immediate {
+        /// The status byte.
+        status: u8,
+        /// Data bytes written to the guest.
+        written: u64,
+    },
+    /// Read `len` bytes at `offset` into the guest buffers `data`.
+    Read {
+        /// Start of the range.
+        offset: u64,
+        /// The guest buffers.
+        data: Vec<Segment>,
+        /// Total length.
+        len: u64,
+    },
+    /// Write the guest buffers `data` at `offset`.
+    Write {
+        /// Start of the range.
+        offset: u64,
+        /// The guest buffers.
+        data: Vec<Segment>,
+        /// Total length.
+        len: u64,
+    },
+    /// Flush.
+    Flush,
+    /// Discard `(offset, length)` ranges, in order.
+    Discard(Vec<(u64, u64)>),
+    /// Zero `(offset, length, may_unmap)` ranges, in order.
+    WriteZeroes(Vec<(u64, u64, bool)>),
+}
+
+impl Op {
+    /// The backend operation, or `None` for an immediate request.
+    pub fn kind(&self) -> Option<IoKind> {
+        match self {
+            Op::Immediate { .. } => None,
+            Op::Read { .. } => Some(IoKind::Read),
+            Op::Write { .. } => Some(IoKind::Write),
+            Op::Flush => Some(IoKind::Flush),
+            Op::Discard(_) => Some(IoKind::Discard),
+            Op::WriteZeroes(_) => Some(IoKind::WriteZeroes),
+        }
+    }
+
+    /// The byte ranges the request touches.
+    pub fn ranges(&self) -> Vec<(u64, u64)> {
+        match self {
+            Op::Immediate { .. } | Op::Flush => Vec::new(),
+            Op::Read { offset, len, .. } | Op::Write { offset, len, .. } => vec![(*offset, *len)],
+            Op::Discard(r) => r.clone(),
+            Op::WriteZeroes(r) => r.iter().map(|&(o, l, _)| (o, l)).collect(),
+        }
+    }
+}
+
+/// Parses the request of `chain` on the I/O thread. Requests that need no host I/O (GET_ID,
+/// unsupported or malformed ones) are completed here: [`Op::Immediate`].
 ///
 /// # Errors
 /// The chain has no usable header or status (the caller breaks the device).
-pub fn handle_chain<M>(
+pub fn parse<M>(
     chain: DescriptorChain<M>,
     mem: &GuestMemoryMmap,
     backend: &Backend,
     cfg: RequestConfig,
-) -> Result<Outcome, ChainError>
+) -> Result<Parsed, ChainError>
 where
     M: Deref<Target = GuestMemoryMmap>,
 {
@@ -230,17 +302,99 @@ where
     }
     let header: RequestHeader =
         read_split(mem, &sub_range(&segs, 0, HEADER_LEN)).ok_or(ChainError::Memory)?;
-    let req_type = header.request_type();
-    let sector = header.sector();
-
-    let data = sub_range(&segs, HEADER_LEN, total - HEADER_LEN - 1);
     let data_len = total - HEADER_LEN - 1;
-    let (status, written) = execute(req_type, sector, &data, data_len, mem, backend, cfg);
+    let data = sub_range(&segs, HEADER_LEN, data_len);
+    let op = classify(header, data, data_len, mem, backend, cfg);
+    Ok(Parsed { status_addr, op })
+}
+
+/// Runs a parsed request's host work under `ticket` (admitted on the backend for it) and
+/// writes its status. Returns `None` when a yank abandoned the ticket: nothing of the request
+/// is touched and the I/O thread completes it.
+///
+/// # Errors
+/// The status byte cannot be written (checked while parsing, so not expected).
+pub fn run(
+    parsed: &Parsed,
+    ticket: &Ticket,
+    mem: &GuestMemoryMmap,
+    backend: &Backend,
+) -> Option<Result<Outcome, ChainError>> {
+    let (status, written) = match &parsed.op {
+        Op::Immediate { status, written } => (Ok(*status), *written),
+        Op::Read { offset, data, len } | Op::Write { offset, data, len } => {
+            let read = matches!(parsed.op, Op::Read { .. });
+            let kind = if read { IoKind::Read } else { IoKind::Write };
+            let Some(bufs) = io_bufs(mem, data) else {
+                if !ticket.commit() {
+                    return None;
+                }
+                backend.account_invalid(kind);
+                return Some(complete(parsed, mem, Ok(S_IOERR), 0));
+            };
+            let offset = *offset;
+            let req = if read {
+                Request::Read {
+                    offset,
+                    bufs: &bufs,
+                }
+            } else {
+                Request::Write {
+                    offset,
+                    bufs: &bufs,
+                }
+            };
+            let status = status_of(&backend.run(ticket, req, true)?);
+            let written = if read && status == Ok(S_OK) { *len } else { 0 };
+            (status, written)
+        }
+        Op::Flush => (status_of(&backend.run(ticket, Request::Flush, true)?), 0),
+        Op::Discard(ranges) => {
+            let mut status = Ok(S_OK);
+            for (i, &(offset, len)) in ranges.iter().enumerate() {
+                let last = i + 1 == ranges.len();
+                status = status_of(&backend.run(ticket, Request::Discard { offset, len }, last)?);
+                if status != Ok(S_OK) {
+                    break;
+                }
+            }
+            (status, 0)
+        }
+        Op::WriteZeroes(ranges) => {
+            let mut status = Ok(S_OK);
+            for (i, &(offset, len, may_unmap)) in ranges.iter().enumerate() {
+                let last = i + 1 == ranges.len();
+                let req = Request::WriteZeroes {
+                    offset,
+                    len,
+                    may_unmap,
+                };
+                status = status_of(&backend.run(ticket, req, last)?);
+                if status != Ok(S_OK) {
+                    break;
+                }
+            }
+            (status, 0)
+        }
+    };
+    Some(complete(parsed, mem, status, written))
+}
+
+/// Writes the status of a finished request (`Ok`), or parks it (`Err(epoch)`).
+///
+/// # Errors
+/// The status byte cannot be written.
+pub fn complete(
+    parsed: &Parsed,
+    mem: &GuestMemoryMmap,
+    status: Status,
+    written: u64,
+) -> Result<Outcome, ChainError> {
     let status = match status {
         Ok(s) => s,
         Err(epoch) => return Ok(Outcome::Park(epoch)),
     };
-    mem.write_obj(status, status_addr)
+    mem.write_obj(status, parsed.status_addr)
         .map_err(|_| ChainError::Memory)?;
     Ok(Outcome::Done(
         u32::try_from(written + 1).unwrap_or(u32::MAX),
@@ -248,10 +402,10 @@ where
 }
 
 /// A status byte, or `Err(epoch)`: park the request (see [`Outcome::Park`]).
-type Status = Result<u8, u64>;
+pub type Status = Result<u8, u64>;
 
 /// Maps a backend completion to a status.
-fn status_of(c: &Completion) -> Status {
+pub fn status_of(c: &Completion) -> Status {
     match c {
         Completion::Ok | Completion::Ignored(_) => Ok(S_OK),
         Completion::Invalid(_) | Completion::Failed(_) => Ok(S_IOERR),
@@ -259,47 +413,22 @@ fn status_of(c: &Completion) -> Status {
     }
 }
 
-/// Whether `chain` is a FLUSH request, read from its header without consuming it; `false`
-/// when the header cannot be read (the request then fails on its own).
-pub fn is_flush<M>(chain: &DescriptorChain<M>, mem: &GuestMemoryMmap) -> bool
-where
-    M: Deref<Target = GuestMemoryMmap> + Clone,
-{
-    let mut segs = Vec::new();
-    let mut have = 0u64;
-    for d in chain.clone().take(MAX_CHAIN_DESCRIPTORS) {
-        if d.is_write_only() {
-            break;
-        }
-        if d.len() > 0 {
-            segs.push(Segment {
-                addr: d.addr(),
-                len: u64::from(d.len()),
-                writable: false,
-            });
-            have += u64::from(d.len());
-        }
-        if have >= 4 {
-            break;
-        }
-    }
-    read_split::<u32>(mem, &sub_range(&segs, 0, 4))
-        .is_some_and(|t| u32::from_le(t) == VIRTIO_BLK_T_FLUSH)
-}
-
-/// Runs a parsed request; returns the status and the data bytes written to the guest.
-fn execute(
-    req_type: u32,
-    sector: u64,
-    data: &[Segment],
+/// What a request asks for, with its checks: the work for a request thread, or an
+/// immediate status.
+fn classify(
+    header: RequestHeader,
+    data: Vec<Segment>,
     data_len: u64,
     mem: &GuestMemoryMmap,
     backend: &Backend,
     cfg: RequestConfig,
-) -> (Status, u64) {
+) -> Op {
+    let req_type = header.request_type();
+    let sector = header.sector();
+    let immediate = |status: u8, written: u64| Op::Immediate { status, written };
     let ioerr = |kind: IoKind| {
         backend.account_invalid(kind);
-        (Ok(S_IOERR), 0)
+        immediate(S_IOERR, 0)
     };
     match req_type {
         VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
@@ -313,32 +442,27 @@ fn execute(
             let Some(offset) = sector.checked_mul(SECTOR_SIZE) else {
                 return ioerr(kind);
             };
-            let Some(bufs) = io_bufs(mem, data) else {
+            if io_bufs(mem, &data).is_none() {
                 return ioerr(kind);
-            };
-            let c = backend.submit(if read {
-                Request::Read {
+            }
+            if read {
+                Op::Read {
                     offset,
-                    bufs: &bufs,
+                    data,
+                    len: data_len,
                 }
             } else {
-                Request::Write {
+                Op::Write {
                     offset,
-                    bufs: &bufs,
+                    data,
+                    len: data_len,
                 }
-            });
-            let status = status_of(&c);
-            let written = if read && status == Ok(S_OK) {
-                data_len
-            } else {
-                0
-            };
-            (status, written)
+            }
         }
-        VIRTIO_BLK_T_FLUSH => (status_of(&backend.submit(Request::Flush)), 0),
+        VIRTIO_BLK_T_FLUSH => Op::Flush,
         VIRTIO_BLK_T_GET_ID => {
             if data.iter().any(|s| !s.writable) {
-                return (Ok(S_IOERR), 0);
+                return immediate(S_IOERR, 0);
             }
             let mut id = [0u8; ID_BYTES];
             let serial = backend.serial().as_bytes();
@@ -346,14 +470,14 @@ fn execute(
             id[..n].copy_from_slice(&serial[..n]);
             let len = data_len.min(ID_BYTES as u64);
             let mut done = 0usize;
-            for s in sub_range(data, 0, len) {
+            for s in sub_range(&data, 0, len) {
                 let n = s.len as usize;
                 if mem.write_slice(&id[done..done + n], s.addr).is_err() {
-                    return (Ok(S_IOERR), 0);
+                    return immediate(S_IOERR, 0);
                 }
                 done += n;
             }
-            (Ok(S_OK), len)
+            immediate(S_OK, len)
         }
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             let discard = req_type == VIRTIO_BLK_T_DISCARD;
@@ -374,12 +498,12 @@ fn execute(
                 || count > u64::from(MAX_DISCARD_SEGMENTS)
                 || data.iter().any(|s| s.writable)
             {
-                return (Ok(S_UNSUPP), 0);
+                return immediate(S_UNSUPP, 0);
             }
             // Read every segment, then validate them all before touching the image.
             let Some(segments) = (0..count)
                 .map(|i| {
-                    let at = sub_range(data, i * DISCARD_SEGMENT_LEN, DISCARD_SEGMENT_LEN);
+                    let at = sub_range(&data, i * DISCARD_SEGMENT_LEN, DISCARD_SEGMENT_LEN);
                     read_split::<DiscardSegment>(mem, &at)
                 })
                 .collect::<Option<Vec<_>>>()
@@ -395,7 +519,7 @@ fn execute(
                     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
                 };
                 if flags & !allowed != 0 {
-                    return (Ok(S_UNSUPP), 0);
+                    return immediate(S_UNSUPP, 0);
                 }
                 if num > MAX_DISCARD_SECTORS {
                     return ioerr(kind);
@@ -409,23 +533,12 @@ fn execute(
                     flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
                 ));
             }
-            for (offset, len, may_unmap) in ranges {
-                let req = if discard {
-                    Request::Discard { offset, len }
-                } else {
-                    Request::WriteZeroes {
-                        offset,
-                        len,
-                        may_unmap,
-                    }
-                };
-                match status_of(&backend.submit(req)) {
-                    Ok(S_OK) => {}
-                    other => return (other, 0),
-                }
+            if discard {
+                Op::Discard(ranges.into_iter().map(|(o, l, _)| (o, l)).collect())
+            } else {
+                Op::WriteZeroes(ranges)
             }
-            (Ok(S_OK), 0)
         }
-        _ => (Ok(S_UNSUPP), 0),
+        _ => immediate(S_UNSUPP, 0),
     }
 }

@@ -4,11 +4,14 @@
 //! It shares with the rest of the VMM only the guest memory, the queues (behind the device's
 //! own mutex), the backend and eventfds: it never enters the transport or any VM-wide lock.
 //!
-//! A lone request runs on the I/O thread itself (the fastest path at queue depth 1). When
-//! several are available at once they go to a small pool of request threads, so that the host
-//! works on them in parallel as a disk with a deep queue would; the I/O thread puts each one in
-//! the used ring as it completes (virtio allows completion in any order).
-//!
+//! The I/O thread parses each request as it pops it and hands the host work to a small pool
+//! of request threads, so that the host works on several in parallel as a disk with a deep
+//! queue would, and so that the I/O thread itself never waits for storage: it puts each
+//! request in the used ring as it completes (virtio allows completion in any order), and
+//! when the backend is yanked it completes the abandoned requests at once with `EIO`
+//! through the error policy, while their threads stay in their syscalls and drop the late
+//! results (`block::yank`).
+
 //! Ordering, so that the error policy's `stop` loses and reorders nothing:
 //! - requests are numbered as they are popped and start in that order;
 //! - a FLUSH is a barrier: it starts only when nothing else is in flight, and nothing starts
@@ -17,16 +20,19 @@
 //! - on the backend's retry event (and only for requests stopped before that resume) the
 //!   parked requests go back in front of the line, in their original order, and run one at a
 //!   time; one that stops again is parked again (with another `BLOCK_IO_ERROR`) and holds the
-//!   rest.
+//!   rest;
+//! - a request over bytes that a yanked, still unreturned write covers waits for that write
+//!   to return, so that the late write cannot land after it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use block::Backend;
+use block::{Admitted, Backend, Ticket};
 use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
@@ -34,47 +40,71 @@ use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::request::{handle_chain, is_flush, ChainError, Outcome, RequestConfig};
+use super::request::{
+    complete, parse, run, status_of, ChainError, Op, Outcome, Parsed, RequestConfig,
+};
 use crate::virtio::VirtioInterrupt;
 
-/// Most request threads per device.
+/// Most request threads per device doing work.
 pub const MAX_REQUEST_THREADS: usize = 4;
+/// Most further threads a device keeps while they are stuck in syscalls a yank abandoned;
+/// beyond that, new requests wait for a thread.
+pub const MAX_STUCK_THREADS: usize = 16;
 
 /// A descriptor chain that owns its handle on guest memory, so it can cross threads.
 type Chain = DescriptorChain<Arc<GuestMemoryMmap>>;
 
-/// A request popped from a queue, not yet completed.
+/// A request popped from a queue and parsed, not yet completed.
+#[derive(Clone)]
 struct Pending {
     /// Position in the order requests were popped.
     seq: u64,
     queue: usize,
-    chain: Chain,
+    /// The chain's head, for the used ring.
+    head: u16,
+    parsed: Arc<Parsed>,
     /// Runs alone: a FLUSH (a barrier) or a retried request.
     serial: bool,
     /// The backend's resume epoch when it was stopped (parked requests only).
     epoch: u64,
 }
 
-/// A request handed to the pool.
+/// A request handed to the pool, admitted on the backend (dropping it releases it).
 struct Job {
-    req: Pending,
+    seq: u64,
+    parsed: Arc<Parsed>,
+    admitted: Admitted,
 }
 
-/// A request the pool (or the I/O thread) finished.
+/// What a request thread reports: the result, or `None` if a yank abandoned the request.
 struct Done {
-    /// Kept to put the request back in line when the error policy parks it.
-    req: Pending,
-    result: Result<Outcome, ChainError>,
+    seq: u64,
+    result: Option<Result<Outcome, ChainError>>,
 }
 
-/// The request threads of one device, grown on demand up to [`MAX_REQUEST_THREADS`].
+/// A request with the pool.
+struct Started {
+    req: Pending,
+    ticket: Arc<Ticket>,
+    /// Completed already, because a yank abandoned it; its thread's report is dropped.
+    answered: bool,
+}
+
+/// One request thread, and the ticket it works on now.
+struct PoolThread {
+    handle: JoinHandle<()>,
+    current: Arc<Mutex<Option<Arc<Ticket>>>>,
+}
+
+/// The request threads of one device, grown on demand up to [`MAX_REQUEST_THREADS`] working
+/// ones (plus those stuck in abandoned syscalls, up to [`MAX_STUCK_THREADS`]).
 struct Pool {
     jobs: Option<Sender<Job>>,
     shared_jobs: Arc<Mutex<Receiver<Job>>>,
     done_tx: Sender<Done>,
     done_wake: EventFd,
     idle: Arc<AtomicUsize>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Vec<PoolThread>,
     name: String,
 }
 
@@ -92,9 +122,11 @@ impl Pool {
         }
     }
 
-    /// Queues a job, starting another thread when all are busy and the limit allows.
-    fn submit(&mut self, job: Job, ctx: &Arc<RequestContext>) -> io::Result<()> {
-        if self.idle.load(Ordering::Acquire) == 0 && self.threads.len() < MAX_REQUEST_THREADS {
+    /// Queues a job, starting another thread when all are busy and the limit allows;
+    /// `stuck` threads (in abandoned syscalls) do not count against it.
+    fn submit(&mut self, job: Job, ctx: &Arc<RequestContext>, stuck: usize) -> io::Result<()> {
+        let limit = MAX_REQUEST_THREADS + stuck.min(MAX_STUCK_THREADS);
+        if self.idle.load(Ordering::Acquire) == 0 && self.threads.len() < limit {
             self.spawn(ctx)?;
         }
         match &self.jobs {
@@ -111,38 +143,55 @@ impl Pool {
         let wake = self.done_wake.try_clone()?;
         let idle = self.idle.clone();
         let ctx = ctx.clone();
+        let current = Arc::new(Mutex::new(None));
+        let mine = current.clone();
         let name = format!("{}-r{}", self.name, self.threads.len());
         let handle = std::thread::Builder::new().name(name).spawn(move || loop {
             idle.fetch_add(1, Ordering::AcqRel);
             let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
             idle.fetch_sub(1, Ordering::AcqRel);
             let Ok(job) = job else { return };
-            // The device is being reset: leave the rest alone.
+            // The device is being reset: leave the rest alone (dropping the job releases it).
             if ctx.stopping.load(Ordering::Acquire) {
                 return;
             }
-            let result = handle_chain(job.req.chain.clone(), &ctx.mem, &ctx.backend, ctx.config);
-            let sent = done.send(Done {
-                req: job.req,
-                result,
-            });
-            if sent.is_err() {
+            *mine.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.admitted.ticket().clone());
+            let result = run(&job.parsed, job.admitted.ticket(), &ctx.mem, &ctx.backend);
+            drop(job.admitted);
+            *mine.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            if done.send(Done { seq: job.seq, result }).is_err() {
                 return;
             }
             // A failed wake only happens when the counter saturates: the I/O thread is due
             // to wake anyway.
             let _ = wake.write(1);
         })?;
-        self.threads.push(handle);
+        self.threads.push(PoolThread { handle, current });
         Ok(())
     }
 
     /// Stops taking jobs and waits for the threads to finish the ones they have, so that no
-    /// request touches guest memory after the device is reset.
+    /// request touches guest memory after the device is reset. A thread stuck in a syscall
+    /// a yank abandoned is left to finish alone: it drops its result and touches nothing.
     fn stop(&mut self) {
         self.jobs = None;
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            loop {
+                if t.handle.is_finished() {
+                    let _ = t.handle.join();
+                    break;
+                }
+                let abandoned = t
+                    .current
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .is_some_and(|ticket| ticket.is_abandoned());
+                if abandoned {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 }
@@ -166,8 +215,8 @@ pub(super) struct Worker {
     pool: Pool,
     done_rx: Receiver<Done>,
     done_wake: EventFd,
-    /// Requests with the pool.
-    in_flight: usize,
+    /// Requests with the pool, by sequence number.
+    in_flight: BTreeMap<u64, Started>,
     /// A serial request (flush, retry) is in flight: nothing else starts.
     serial_in_flight: bool,
     /// Popped requests not yet started, in order.
@@ -218,7 +267,7 @@ impl Worker {
             pool,
             done_rx,
             done_wake,
-            in_flight: 0,
+            in_flight: BTreeMap::new(),
             serial_in_flight: false,
             held: VecDeque::new(),
             next_seq: 0,
@@ -240,7 +289,18 @@ impl Worker {
         let _ = self.interrupt.set_needs_reset();
     }
 
-    /// Pops every available chain of queue `idx` into the line and starts what may start.
+    /// Requests with the pool that are not yet completed.
+    fn active(&self) -> usize {
+        self.in_flight.values().filter(|s| !s.answered).count()
+    }
+
+    /// Request threads stuck in syscalls a yank abandoned.
+    fn stuck(&self) -> usize {
+        self.in_flight.values().filter(|s| s.answered).count()
+    }
+
+    /// Pops every available chain of queue `idx`, parses it into the line and starts what
+    /// may start.
     fn process_queue(&mut self, idx: usize) {
         if self.broken {
             return;
@@ -250,12 +310,17 @@ impl Worker {
             Err(()) => return self.set_broken(),
         };
         for chain in chains {
-            let flush = is_flush(&chain, &self.ctx.mem);
+            let head = chain.head_index();
+            let parsed = match parse(chain, &self.ctx.mem, &self.ctx.backend, self.ctx.config) {
+                Ok(p) => p,
+                Err(_) => return self.set_broken(),
+            };
             self.held.push_back(Pending {
                 seq: self.next_seq,
                 queue: idx,
-                chain,
-                serial: flush,
+                head,
+                serial: matches!(parsed.op, Op::Flush),
+                parsed: Arc::new(parsed),
                 epoch: 0,
             });
             self.next_seq += 1;
@@ -263,8 +328,8 @@ impl Worker {
         self.dispatch();
     }
 
-    /// Starts requests from the front of the line while the ordering rules allow: inline when
-    /// one is alone, else on the pool.
+    /// Starts requests from the front of the line while the ordering rules allow, on the
+    /// pool (never on this thread, which must stay free to complete what a yank abandons).
     fn dispatch(&mut self) {
         loop {
             if self.broken
@@ -277,28 +342,55 @@ impl Worker {
             let Some(front) = self.held.front() else {
                 return;
             };
-            if front.serial && self.in_flight > 0 {
+            if front.serial && self.active() > 0 {
+                return;
+            }
+            let kind = front.parsed.op.kind();
+            let ranges = front.parsed.op.ranges();
+            // A write a yank abandoned over these bytes may still land: wait for it (the
+            // backend's yank event says when it returned).
+            if kind.is_some() && self.ctx.backend.blocked_by_abandoned(&ranges) {
                 return;
             }
             let Some(req) = self.held.pop_front() else {
                 return;
             };
-            if self.in_flight == 0 && (self.held.is_empty() || req.serial) {
-                let result = handle_chain(
-                    req.chain.clone(),
-                    &self.ctx.mem,
-                    &self.ctx.backend,
-                    self.ctx.config,
-                );
-                self.complete(vec![Done { req, result }]);
+            let Some(kind) = kind else {
+                let Op::Immediate { status, written } = req.parsed.op else {
+                    return;
+                };
+                let result = complete(&req.parsed, &self.ctx.mem, Ok(status), written);
+                self.complete(vec![(req, result)]);
                 continue;
-            }
-            let serial = req.serial;
-            if self.pool.submit(Job { req }, &self.ctx).is_err() {
+            };
+            let admitted = match self.ctx.backend.admit(kind, ranges) {
+                Ok(a) => a,
+                // Fenced by a yank: failed at once, through the error policy.
+                Err(c) => {
+                    let result = complete(&req.parsed, &self.ctx.mem, status_of(&c), 0);
+                    self.complete(vec![(req, result)]);
+                    continue;
+                }
+            };
+            let ticket = admitted.ticket().clone();
+            let job = Job {
+                seq: req.seq,
+                parsed: req.parsed.clone(),
+                admitted,
+            };
+            let stuck = self.stuck();
+            if self.pool.submit(job, &self.ctx, stuck).is_err() {
                 return self.set_broken();
             }
-            self.in_flight += 1;
-            self.serial_in_flight = serial;
+            self.serial_in_flight = req.serial;
+            self.in_flight.insert(
+                req.seq,
+                Started {
+                    req,
+                    ticket,
+                    answered: false,
+                },
+            );
         }
     }
 
@@ -325,39 +417,85 @@ impl Worker {
 
     /// Collects what the pool finished and starts what may start next.
     fn collect(&mut self) {
-        let done: Vec<Done> = self.done_rx.try_iter().collect();
-        self.in_flight -= done.len().min(self.in_flight);
-        if done.iter().any(|d| d.req.serial) {
-            self.serial_in_flight = false;
+        let mut finished = Vec::new();
+        for done in self.done_rx.try_iter().collect::<Vec<_>>() {
+            let Some(started) = self.in_flight.remove(&done.seq) else {
+                continue;
+            };
+            // Completed when the yank abandoned it: the late report is dropped.
+            if started.answered {
+                continue;
+            }
+            if started.req.serial {
+                self.serial_in_flight = false;
+            }
+            let result = match done.result {
+                Some(r) => r,
+                // Abandoned before the yank event was seen here: complete it now.
+                None => self.fail_yanked(&started),
+            };
+            finished.push((started.req, result));
         }
-        self.complete(done);
+        self.complete(finished);
+        self.dispatch();
+    }
+
+    /// The completion of an abandoned request: `EIO` through the error policy.
+    fn fail_yanked(&self, started: &Started) -> Result<Outcome, ChainError> {
+        let c = self.ctx.backend.fail_yanked(&started.ticket);
+        complete(&started.req.parsed, &self.ctx.mem, status_of(&c), 0)
+    }
+
+    /// The backend was yanked (or an abandoned syscall returned): completes every request a
+    /// yank abandoned at once, then starts what may start.
+    fn on_yank(&mut self) {
+        let _ = self.ctx.backend.yank_event().read();
+        let mut finished = Vec::new();
+        let seqs: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, s)| !s.answered && s.ticket.is_abandoned())
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in seqs {
+            let Some(started) = self.in_flight.get(&seq) else {
+                continue;
+            };
+            let result = self.fail_yanked(started);
+            let req = started.req.clone();
+            if req.serial {
+                self.serial_in_flight = false;
+            }
+            if let Some(s) = self.in_flight.get_mut(&seq) {
+                s.answered = true;
+            }
+            finished.push((req, result));
+        }
+        self.complete(finished);
         self.dispatch();
     }
 
     /// Puts completed requests in their used rings (parks the stopped ones) and notifies.
-    fn complete(&mut self, done: Vec<Done>) {
+    fn complete(&mut self, done: Vec<(Pending, Result<Outcome, ChainError>)>) {
         let mut notify = vec![false; self.queue_events.len()];
         {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-            for d in done {
-                let Some(queue) = queues.get_mut(d.req.queue) else {
+            for (req, result) in done {
+                let Some(queue) = queues.get_mut(req.queue) else {
                     continue;
                 };
-                match d.result {
+                match result {
                     Ok(Outcome::Done(len)) => {
                         if self.broken {
                             continue;
                         }
-                        if queue
-                            .add_used(&*self.ctx.mem, d.req.chain.head_index(), len)
-                            .is_err()
-                        {
+                        if queue.add_used(&*self.ctx.mem, req.head, len).is_err() {
                             self.broken = true;
                             continue;
                         }
-                        notify[d.req.queue] = true;
+                        notify[req.queue] = true;
                     }
-                    Ok(Outcome::Park(epoch)) => self.parked.push(Pending { epoch, ..d.req }),
+                    Ok(Outcome::Park(epoch)) => self.parked.push(Pending { epoch, ..req }),
                     Err(_) => self.broken = true,
                 }
             }
@@ -451,6 +589,8 @@ enum Source {
     Retry,
     /// The request pool finished requests.
     Done,
+    /// The backend was yanked, or a syscall a yank abandoned returned.
+    Yank,
     /// The driver notified queue N.
     Queue(usize),
 }
@@ -459,13 +599,15 @@ impl Source {
     const KILL: u32 = 0;
     const RETRY: u32 = 1;
     const DONE: u32 = 2;
-    const FIRST_QUEUE: u32 = 3;
+    const YANK: u32 = 3;
+    const FIRST_QUEUE: u32 = 4;
 
     fn data(self) -> u32 {
         match self {
             Source::Kill => Self::KILL,
             Source::Retry => Self::RETRY,
             Source::Done => Self::DONE,
+            Source::Yank => Self::YANK,
             // A device has a handful of queues.
             Source::Queue(i) => Self::FIRST_QUEUE + i as u32,
         }
@@ -476,6 +618,7 @@ impl Source {
             Self::KILL => Source::Kill,
             Self::RETRY => Source::Retry,
             Self::DONE => Source::Done,
+            Self::YANK => Source::Yank,
             n => Source::Queue((n - Self::FIRST_QUEUE) as usize),
         }
     }
@@ -491,6 +634,11 @@ impl MutEventSubscriber for Worker {
                 EventSet::IN,
             ),
             Events::with_data(&self.done_wake, Source::Done.data(), EventSet::IN),
+            Events::with_data(
+                self.ctx.backend.yank_event(),
+                Source::Yank.data(),
+                EventSet::IN,
+            ),
         ];
         for (i, e) in self.queue_events.iter().enumerate() {
             sources.push(Events::with_data(e, Source::Queue(i).data(), EventSet::IN));
@@ -518,6 +666,7 @@ impl MutEventSubscriber for Worker {
                 let _ = self.done_wake.read();
                 self.collect();
             }
+            Source::Yank => self.on_yank(),
             Source::Queue(idx) => {
                 if let Some(e) = self.queue_events.get(idx) {
                     let _ = e.read();
