@@ -320,7 +320,11 @@ impl Backend {
         })
     }
 
-    fn admit_ticket(&self, kind: IoKind, ranges: Vec<(u64, u64)>) -> Result<Arc<Ticket>, Completion> {
+    fn admit_ticket(
+        &self,
+        kind: IoKind,
+        ranges: Vec<(u64, u64)>,
+    ) -> Result<Arc<Ticket>, Completion> {
         let mut f = self.flight();
         if f.fenced {
             if f.abandoned.is_empty() {
@@ -391,7 +395,10 @@ impl Backend {
     /// Whether a request over `ranges` must wait: an abandoned write, discard or
     /// write-zeroes over them has not returned yet (it could land after the new request).
     pub fn blocked_by_abandoned(&self, ranges: &[(u64, u64)]) -> bool {
-        self.flight().abandoned.iter().any(|t| t.writes_over(ranges))
+        self.flight()
+            .abandoned
+            .iter()
+            .any(|t| t.writes_over(ranges))
     }
 
     /// Sets the serial number devices report.

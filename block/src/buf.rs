@@ -94,4 +94,3 @@ impl Drop for AlignedBuf {
         unsafe { alloc::dealloc(self.ptr, self.layout) };
     }
 }
-

@@ -52,5 +52,5 @@ pub use policy::{
 pub use raw::RawNode;
 pub use registry::{generate_node_name, validate_name, NameError, Registry, RegistryError};
 pub use signal::{IoErrorEvent, IoErrorSlot, IoStatusSlot, SlotId, StatsSlot};
-pub use yank::{Ticket, TicketState, YankTable};
 pub use stats::{BlockStats, BlockStatsSnapshot, OpStatsSnapshot, QmpBlockStats};
+pub use yank::{Ticket, TicketState, YankTable};

@@ -226,3 +226,78 @@ fn chain_names(node: Arc<dyn BlockNode>) -> Vec<String> {
     }
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use vmm_sys_util::tempfile::TempFile;
+
+    use super::*;
+    use crate::backend::BackendConfig;
+    use crate::file::FileNode;
+    use crate::node::CacheMode;
+    use crate::raw::RawNode;
+
+    fn image() -> TempFile {
+        let f = TempFile::new().unwrap();
+        f.as_file().set_len(4096).unwrap();
+        f
+    }
+
+    #[test]
+    fn tickets_commit_or_abandon_once() {
+        let t = Ticket::new(IoKind::Write, vec![(0, 512)]);
+        assert!(t.abandon());
+        assert!(!t.commit() && !t.abandon() && t.is_abandoned());
+        assert!(!t.while_live(|| panic!("must not run")));
+        let t = Ticket::new(IoKind::Read, vec![(0, 512)]);
+        assert!(t.commit() && t.commit());
+        assert!(!t.abandon());
+        assert_eq!(t.state(), TicketState::Committed);
+    }
+
+    #[test]
+    fn only_modifying_tickets_over_the_range_block() {
+        let w = Ticket::new(IoKind::Write, vec![(1024, 512)]);
+        assert!(w.writes_over(&[(1024, 1)]));
+        assert!(w.writes_over(&[(0, 2048)]));
+        assert!(!w.writes_over(&[(0, 1024)]));
+        assert!(!w.writes_over(&[(1536, 512)]));
+        assert!(!w.writes_over(&[]));
+        let r = Ticket::new(IoKind::Read, vec![(1024, 512)]);
+        assert!(!r.writes_over(&[(1024, 512)]));
+        let d = Ticket::new(IoKind::Discard, vec![(0, 512), (4096, 512)]);
+        assert!(d.writes_over(&[(4096, 4096)]));
+    }
+
+    #[test]
+    fn the_table_lists_file_nodes_and_yanks_their_backends() {
+        let (a, b) = (image(), image());
+        let mut reg = Registry::new();
+        let backend = reg
+            .open(BackendConfig {
+                node_name: Some("disk0".into()),
+                ..BackendConfig::new("drive0", a.as_path())
+            })
+            .unwrap();
+        let file = FileNode::open("file1", b.as_path(), false, CacheMode::default()).unwrap();
+        let file: Arc<dyn BlockNode> = Arc::new(file);
+        reg.add_node(file.clone()).unwrap();
+        reg.add_node(Arc::new(RawNode::new("raw1", file))).unwrap();
+        let table = YankTable::default();
+        assert!(table.node_names().is_empty());
+        table.publish(&reg);
+        assert_eq!(table.node_names(), vec!["disk0", "file1"]);
+        assert!(table.contains("file1") && !table.contains("raw1"));
+        assert_eq!(table.yank("nope"), None);
+        assert_eq!(table.yank("file1"), Some(0));
+        // Yanking drive0's node fences it: a request fails at once, until resume.
+        let admitted = backend.admit(IoKind::Read, vec![(0, 512)]).unwrap();
+        assert_eq!(table.yank("disk0"), Some(1));
+        assert!(admitted.ticket().is_abandoned());
+        assert_eq!((backend.in_flight(), backend.abandoned()), (0, 1));
+        assert!(backend.admit(IoKind::Read, vec![(0, 512)]).is_err());
+        drop(admitted);
+        assert_eq!(backend.abandoned(), 0);
+        assert!(backend.admit(IoKind::Read, vec![(0, 512)]).is_ok());
+    }
+}

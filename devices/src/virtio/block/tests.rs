@@ -1172,3 +1172,226 @@ fn reset_during_io_does_not_hang() {
     h.init_default();
     assert_eq!(h.run(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true), (513, 0));
 }
+
+/// A filter whose reads and writes wait while it is closed, as storage that stops answering;
+/// it logs (kind, first sector, first data byte) of what passes, when it passes.
+#[derive(Debug)]
+struct Gate {
+    child: Arc<dyn BlockNode>,
+    closed: Mutex<bool>,
+    open: std::sync::Condvar,
+    waiting: std::sync::atomic::AtomicUsize,
+    log: Mutex<Vec<(IoKind, u64, u8)>>,
+}
+
+impl Gate {
+    fn on(backend: &Backend) -> Arc<Self> {
+        let g = Arc::new(Self {
+            child: backend.root(),
+            closed: Mutex::new(true),
+            open: std::sync::Condvar::new(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            log: Mutex::new(Vec::new()),
+        });
+        backend.set_root(g.clone());
+        g
+    }
+
+    fn pass(&self) {
+        let mut closed = self.closed.lock().unwrap();
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        while *closed {
+            closed = self.open.wait(closed).unwrap();
+        }
+        self.waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn release(&self) {
+        *self.closed.lock().unwrap() = false;
+        self.open.notify_all();
+    }
+
+    fn wait_waiting(&self, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.waiting.load(std::sync::atomic::Ordering::SeqCst) != n {
+            assert!(
+                Instant::now() < deadline,
+                "the gate never held {n} requests"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn log(&self) -> Vec<(IoKind, u64, u8)> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl BlockNode for Gate {
+    fn node_name(&self) -> &str {
+        "gate0"
+    }
+    fn driver(&self) -> &str {
+        "gate"
+    }
+    fn child(&self) -> Option<Arc<dyn BlockNode>> {
+        Some(self.child.clone())
+    }
+    fn write_vectored(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
+        self.pass();
+        let first = bufs
+            .first()
+            .and_then(|b| b.read_obj::<u8>(0).ok())
+            .unwrap_or(0);
+        self.log
+            .lock()
+            .unwrap()
+            .push((IoKind::Write, offset / 512, first));
+        self.child.write_vectored(offset, bufs)
+    }
+    fn read_vectored(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
+        self.pass();
+        self.log
+            .lock()
+            .unwrap()
+            .push((IoKind::Read, offset / 512, 0));
+        self.child.read_vectored(offset, bufs)
+    }
+}
+
+fn report_policy() -> Arc<DevicePolicy> {
+    Arc::new(DevicePolicy {
+        read: OnError::Report,
+        write: OnError::Report,
+    })
+}
+
+/// A yank completes a hung read at once with EIO (the policy's report), ends a drain, fences
+/// new requests without reaching the storage, and drops the late result: the guest's buffer
+/// never sees it. Once the abandoned read returns the disk works again.
+#[test]
+fn yank_fails_hung_requests_and_drops_late_results() {
+    let mut h = Harness::new("yank0", false);
+    h.backend.set_error_policy(report_policy());
+    let signals = Arc::new(Emissions::default());
+    h.backend.connect_io_error(signals.clone());
+    h.init_default();
+    let gate = Gate::on(&h.backend);
+    h.fill(DATA_AT, 512, 0xaa);
+    let (head, status) = h.request(VIRTIO_BLK_T_IN, 3, DATA_AT, 512, true);
+    h.kick();
+    gate.wait_waiting(1);
+    assert_eq!(h.backend.in_flight(), 1);
+
+    let drained = {
+        let b = h.backend.clone();
+        std::thread::spawn(move || b.drain())
+    };
+    settle();
+    assert!(
+        !drained.is_finished(),
+        "a drain must wait for the hung read"
+    );
+    assert_eq!(h.backend.yank(), 1);
+    drained.join().unwrap();
+    let used = h.wait_used(1);
+    assert_eq!(used[0], (u32::from(head), 1));
+    assert_eq!(h.mem.read_obj::<u8>(GuestAddress(status)).unwrap(), 1);
+    assert_eq!(*signals.0.lock().unwrap(), vec![ErrorAction::Report]);
+    assert_eq!(h.backend.stats().snapshot().qmp().failed_rd_operations, 1);
+    assert_eq!((h.backend.in_flight(), h.backend.abandoned()), (0, 1));
+
+    // Fenced: a new write fails at once and never reaches the storage.
+    h.fill(DATA_AT + 0x1000, 512, 0x5a);
+    assert_eq!(
+        h.run(VIRTIO_BLK_T_OUT, 9, DATA_AT + 0x1000, 512, false).1,
+        1
+    );
+    assert_eq!(gate.log(), vec![]);
+    assert_eq!(signals.count(), 2);
+
+    // The storage answers: the late read is dropped, the guest's buffer is untouched.
+    gate.release();
+    let deadline = Instant::now() + WAIT;
+    while h.backend.abandoned() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned read never returned"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    settle();
+    assert!(h.guest(DATA_AT, 512).iter().all(|&b| b == 0xaa));
+    assert_eq!(h.q.used_idx(), h.used_seen);
+    // The fence lifted with the last abandoned syscall: reads reach the image again.
+    assert_eq!(h.run(VIRTIO_BLK_T_IN, 3, DATA_AT, 512, true), (513, 0));
+    let want: Vec<u8> = (3 * 512..4 * 512).map(pattern).collect();
+    assert_eq!(h.guest(DATA_AT, 512), want);
+}
+
+/// With `werror=stop`, a yanked write stops (parks); after the resume its retry waits for the
+/// abandoned write over the same sectors to return, so the image ends with the retried
+/// bytes and nothing lands after them.
+#[test]
+fn retried_yanked_write_waits_for_the_abandoned_one() {
+    let mut h = Harness::new("yank1", false);
+    h.backend.set_error_policy(stop_policy());
+    let signals = Arc::new(Emissions::default());
+    h.backend.connect_io_error(signals.clone());
+    h.init_default();
+    let gate = Gate::on(&h.backend);
+    h.fill(DATA_AT, 1024, 0x11);
+    let (head, status) = h.request(VIRTIO_BLK_T_OUT, 4, DATA_AT, 1024, false);
+    h.kick();
+    gate.wait_waiting(1);
+    assert_eq!(h.backend.yank(), 1);
+    signals.wait(1);
+    assert_eq!(*signals.0.lock().unwrap(), vec![ErrorAction::Stop]);
+    settle();
+    assert_eq!(h.q.used_idx(), h.used_seen, "a stopped request is kept");
+
+    // `cont`: the retry must not overtake the abandoned write, which still hangs. The guest
+    // meanwhile reuses its buffer for newer data of the same sectors.
+    h.fill(DATA_AT, 1024, 0x22);
+    h.backend.resume().unwrap();
+    settle();
+    assert_eq!(h.q.used_idx(), h.used_seen);
+    assert_eq!(gate.waiting.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    gate.release();
+    let used = h.wait_used(1);
+    assert_eq!(used[0], (u32::from(head), 1));
+    assert_eq!(h.mem.read_obj::<u8>(GuestAddress(status)).unwrap(), 0);
+    // The abandoned write (its bounce buffer held the old bytes) landed first, then the retry.
+    assert_eq!(
+        gate.log(),
+        vec![(IoKind::Write, 4, 0x11), (IoKind::Write, 4, 0x22)]
+    );
+    assert!(h.file()[4 * 512..6 * 512].iter().all(|&b| b == 0x22));
+    assert_eq!(signals.count(), 1);
+    assert_eq!((h.backend.in_flight(), h.backend.abandoned()), (0, 0));
+}
+
+/// A reset does not wait for a request thread stuck in a syscall a yank abandoned.
+#[test]
+fn reset_leaves_abandoned_syscalls_behind() {
+    let mut h = Harness::new("yank2", false);
+    h.backend.set_error_policy(report_policy());
+    h.init_default();
+    let gate = Gate::on(&h.backend);
+    h.request(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true);
+    h.kick();
+    gate.wait_waiting(1);
+    h.backend.yank();
+    h.wait_used(1);
+    let started = Instant::now();
+    w32(&mut h.t, VIRTIO_MMIO_STATUS, 0);
+    assert!(started.elapsed() < WAIT);
+    wait_thread("blk-yank2", false);
+    gate.release();
+    // The device works again after re-initialization.
+    h.init_default();
+    assert_eq!(h.run(VIRTIO_BLK_T_IN, 1, DATA_AT, 512, true), (513, 0));
+}

@@ -11,7 +11,7 @@
 //! when the backend is yanked it completes the abandoned requests at once with `EIO`
 //! through the error policy, while their threads stay in their syscalls and drop the late
 //! results (`block::yank`).
-
+//!
 //! Ordering, so that the error policy's `stop` loses and reorders nothing:
 //! - requests are numbered as they are popped and start in that order;
 //! - a FLUSH is a barrier: it starts only when nothing else is in flight, and nothing starts
@@ -71,14 +71,15 @@ struct Pending {
 
 /// A request handed to the pool, admitted on the backend (dropping it releases it).
 struct Job {
-    seq: u64,
+    /// Unique per start (a retried request starts again under a new id).
+    id: u64,
     parsed: Arc<Parsed>,
     admitted: Admitted,
 }
 
 /// What a request thread reports: the result, or `None` if a yank abandoned the request.
 struct Done {
-    seq: u64,
+    id: u64,
     result: Option<Result<Outcome, ChainError>>,
 }
 
@@ -159,7 +160,7 @@ impl Pool {
             let result = run(&job.parsed, job.admitted.ticket(), &ctx.mem, &ctx.backend);
             drop(job.admitted);
             *mine.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            if done.send(Done { seq: job.seq, result }).is_err() {
+            if done.send(Done { id: job.id, result }).is_err() {
                 return;
             }
             // A failed wake only happens when the counter saturates: the I/O thread is due
@@ -215,8 +216,10 @@ pub(super) struct Worker {
     pool: Pool,
     done_rx: Receiver<Done>,
     done_wake: EventFd,
-    /// Requests with the pool, by sequence number.
+    /// Requests with the pool, by job id.
     in_flight: BTreeMap<u64, Started>,
+    /// The id of the next job.
+    next_job: u64,
     /// A serial request (flush, retry) is in flight: nothing else starts.
     serial_in_flight: bool,
     /// Popped requests not yet started, in order.
@@ -268,6 +271,7 @@ impl Worker {
             done_rx,
             done_wake,
             in_flight: BTreeMap::new(),
+            next_job: 0,
             serial_in_flight: false,
             held: VecDeque::new(),
             next_seq: 0,
@@ -373,8 +377,10 @@ impl Worker {
                 }
             };
             let ticket = admitted.ticket().clone();
+            let id = self.next_job;
+            self.next_job += 1;
             let job = Job {
-                seq: req.seq,
+                id,
                 parsed: req.parsed.clone(),
                 admitted,
             };
@@ -384,7 +390,7 @@ impl Worker {
             }
             self.serial_in_flight = req.serial;
             self.in_flight.insert(
-                req.seq,
+                id,
                 Started {
                     req,
                     ticket,
@@ -419,7 +425,7 @@ impl Worker {
     fn collect(&mut self) {
         let mut finished = Vec::new();
         for done in self.done_rx.try_iter().collect::<Vec<_>>() {
-            let Some(started) = self.in_flight.remove(&done.seq) else {
+            let Some(started) = self.in_flight.remove(&done.id) else {
                 continue;
             };
             // Completed when the yank abandoned it: the late report is dropped.
@@ -451,14 +457,14 @@ impl Worker {
     fn on_yank(&mut self) {
         let _ = self.ctx.backend.yank_event().read();
         let mut finished = Vec::new();
-        let seqs: Vec<u64> = self
+        let ids: Vec<u64> = self
             .in_flight
             .iter()
             .filter(|(_, s)| !s.answered && s.ticket.is_abandoned())
-            .map(|(seq, _)| *seq)
+            .map(|(id, _)| *id)
             .collect();
-        for seq in seqs {
-            let Some(started) = self.in_flight.get(&seq) else {
+        for id in ids {
+            let Some(started) = self.in_flight.get(&id) else {
                 continue;
             };
             let result = self.fail_yanked(started);
@@ -466,7 +472,7 @@ impl Worker {
             if req.serial {
                 self.serial_in_flight = false;
             }
-            if let Some(s) = self.in_flight.get_mut(&seq) {
+            if let Some(s) = self.in_flight.get_mut(&id) {
                 s.answered = true;
             }
             finished.push((req, result));
