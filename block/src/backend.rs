@@ -192,6 +192,17 @@ pub struct Backend {
     yanked: EventFd,
 }
 
+/// What [`Backend::admit`] decided.
+#[derive(Debug)]
+pub enum Admission {
+    /// Run it.
+    Run(Admitted),
+    /// Fenced by a yank: complete it with this (`EIO` through the error policy).
+    Done(Completion),
+    /// Wait: a write a yank abandoned over the same bytes has not returned yet.
+    Wait,
+}
+
 /// A request admitted on a backend ([`Backend::admit`]); dropping it releases it.
 #[derive(Debug)]
 pub struct Admitted {
@@ -306,25 +317,29 @@ impl Backend {
     /// then runs its host operations with [`Backend::run`]; dropping the [`Admitted`] (when
     /// the thread that ran it is done with it, abandoned or not) releases it.
     ///
-    /// # Errors
-    /// The backend is fenced by a yank: the request fails with `EIO` at once, through the
-    /// error policy (the completion to give the guest, or to park on `Stopped`).
-    pub fn admit(
-        self: &Arc<Self>,
-        kind: IoKind,
-        ranges: Vec<(u64, u64)>,
-    ) -> Result<Admitted, Completion> {
-        Ok(Admitted {
-            ticket: self.admit_ticket(kind, ranges)?,
-            backend: self.clone(),
-        })
+    /// While the backend is fenced by a yank the request fails with `EIO` at once, through
+    /// the error policy ([`Admission::Done`]: the completion to give the guest, or to park on
+    /// `Stopped`). Otherwise, while a write a yank abandoned over the same bytes has not
+    /// returned, the request must wait ([`Admission::Wait`]; [`Backend::yank_event`] fires
+    /// when such a write returns): it could otherwise land before the late write does.
+    pub fn admit(self: &Arc<Self>, kind: IoKind, ranges: Vec<(u64, u64)>) -> Admission {
+        match self.admit_ticket(kind, ranges) {
+            Ok(ticket) => Admission::Run(Admitted {
+                ticket,
+                backend: self.clone(),
+            }),
+            Err(Some(c)) => Admission::Done(c),
+            Err(None) => Admission::Wait,
+        }
     }
 
+    /// [`Backend::admit`]'s decision: the ticket, or the completion (`Some`) or a wait
+    /// (`None`).
     fn admit_ticket(
         &self,
         kind: IoKind,
         ranges: Vec<(u64, u64)>,
-    ) -> Result<Arc<Ticket>, Completion> {
+    ) -> Result<Arc<Ticket>, Option<Completion>> {
         let mut f = self.flight();
         if f.fenced {
             if f.abandoned.is_empty() {
@@ -332,8 +347,17 @@ impl Backend {
             } else {
                 drop(f);
                 let (offset, len) = ranges.first().copied().unwrap_or((0, 0));
-                return Err(self.fail(kind, offset, len, Instant::now(), yank_error()));
+                return Err(Some(self.fail(
+                    kind,
+                    offset,
+                    len,
+                    Instant::now(),
+                    yank_error(),
+                )));
             }
+        }
+        if f.abandoned.iter().any(|t| t.writes_over(&ranges)) {
+            return Err(None);
         }
         let ticket = Arc::new(Ticket::new(kind, ranges));
         f.running.push(ticket.clone());
@@ -352,6 +376,8 @@ impl Backend {
         } else if let Some(i) = f.abandoned.iter().position(|t| Arc::ptr_eq(t, ticket)) {
             f.abandoned.swap_remove(i);
             drop(f);
+            // Wakes a synchronous submit waiting for it.
+            self.idle.notify_all();
             // A failed write means the counter is saturated: the device wakes anyway.
             let _ = self.yanked.write(1);
         }
@@ -390,15 +416,6 @@ impl Backend {
     pub fn fail_yanked(&self, ticket: &Ticket) -> Completion {
         let (offset, len) = ticket.ranges().first().copied().unwrap_or((0, 0));
         self.fail(ticket.kind(), offset, len, ticket.started(), yank_error())
-    }
-
-    /// Whether a request over `ranges` must wait: an abandoned write, discard or
-    /// write-zeroes over them has not returned yet (it could land after the new request).
-    pub fn blocked_by_abandoned(&self, ranges: &[(u64, u64)]) -> bool {
-        self.flight()
-            .abandoned
-            .iter()
-            .any(|t| t.writes_over(ranges))
     }
 
     /// Sets the serial number devices report.
@@ -572,10 +589,19 @@ impl Backend {
     /// slots account the failure and set the I/O status, then the connected slots run. The
     /// whole life of one request: [`Backend::admit`], then [`Backend::run`].
     pub fn submit(&self, req: Request<'_>) -> Completion {
-        let ranges = req.range().into_iter().collect();
-        let ticket = match self.admit_ticket(req.kind(), ranges) {
-            Ok(t) => t,
-            Err(c) => return c,
+        let ranges: Vec<(u64, u64)> = req.range().into_iter().collect();
+        let ticket = loop {
+            match self.admit_ticket(req.kind(), ranges.clone()) {
+                Ok(t) => break t,
+                Err(Some(c)) => return c,
+                // An abandoned write over these bytes has not returned: wait for it.
+                Err(None) => {
+                    let f = self.flight();
+                    if f.abandoned.iter().any(|t| t.writes_over(&ranges)) {
+                        drop(self.idle.wait(f).unwrap_or_else(|e| e.into_inner()));
+                    }
+                }
+            }
         };
         let c = self
             .run(&ticket, req, true)

@@ -40,7 +40,9 @@ mod signal;
 mod stats;
 pub mod yank;
 
-pub use backend::{Admitted, Backend, BackendConfig, Completion, InvalidRequest, Request};
+pub use backend::{
+    Admission, Admitted, Backend, BackendConfig, Completion, InvalidRequest, Request,
+};
 pub use file::{FileNode, OpenError};
 pub use inject::{errno_name, parse_errno, FaultNode, FaultRule, InjectError};
 pub use lock::{LockConflict, LockError, Perm, Perms};

@@ -10,8 +10,7 @@
 //! bounce buffer first. Until the next resume, or until every abandoned syscall has returned,
 //! the backend is *fenced*: new requests fail with `EIO` without reaching the host. A request
 //! that overlaps an abandoned write (or discard, write-zeroes) waits for that syscall to
-//! return ([`crate::Backend::blocked_by_abandoned`]), so a late write never lands after a
-//! newer one.
+//! return ([`crate::Admission::Wait`]), so a late write never lands after a newer one.
 //!
 //! The [`YankTable`] is the published list of yank instances (the graph's `file` nodes, with
 //! the backends above each), read by the monitor thread without the big lock.
@@ -232,7 +231,7 @@ mod tests {
     use vmm_sys_util::tempfile::TempFile;
 
     use super::*;
-    use crate::backend::BackendConfig;
+    use crate::backend::{Admission, BackendConfig};
     use crate::file::FileNode;
     use crate::node::CacheMode;
     use crate::raw::RawNode;
@@ -291,13 +290,31 @@ mod tests {
         assert_eq!(table.yank("nope"), None);
         assert_eq!(table.yank("file1"), Some(0));
         // Yanking drive0's node fences it: a request fails at once, until resume.
-        let admitted = backend.admit(IoKind::Read, vec![(0, 512)]).unwrap();
+        let Admission::Run(admitted) = backend.admit(IoKind::Write, vec![(0, 512)]) else {
+            panic!("not admitted");
+        };
         assert_eq!(table.yank("disk0"), Some(1));
         assert!(admitted.ticket().is_abandoned());
         assert_eq!((backend.in_flight(), backend.abandoned()), (0, 1));
-        assert!(backend.admit(IoKind::Read, vec![(0, 512)]).is_err());
+        assert!(matches!(
+            backend.admit(IoKind::Read, vec![(0, 512)]),
+            Admission::Done(crate::Completion::Failed(_))
+        ));
+        // After a resume, requests over the abandoned write's bytes wait for it; others run.
+        backend.resume().unwrap();
+        assert!(matches!(
+            backend.admit(IoKind::Read, vec![(256, 512)]),
+            Admission::Wait
+        ));
+        assert!(matches!(
+            backend.admit(IoKind::Read, vec![(512, 512)]),
+            Admission::Run(_)
+        ));
         drop(admitted);
         assert_eq!(backend.abandoned(), 0);
-        assert!(backend.admit(IoKind::Read, vec![(0, 512)]).is_ok());
+        assert!(matches!(
+            backend.admit(IoKind::Read, vec![(0, 512)]),
+            Admission::Run(_)
+        ));
     }
 }

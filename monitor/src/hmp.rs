@@ -208,6 +208,18 @@ mod tests {
             serde_json::from_value(info).map_err(|e| QmpError::generic(e.to_string()))
         }
 
+        // HMP has no yank command; the fake has no instances.
+        fn yank(&self, _: Vec<qapi::types::YankInstance>) -> Result<(), QmpError> {
+            Err(QmpError::new(
+                qapi::rt::ErrorClass::DeviceNotFound,
+                "Instance not found",
+            ))
+        }
+
+        fn query_yank(&self) -> Result<Vec<qapi::types::YankInstance>, QmpError> {
+            Ok(Vec::new())
+        }
+
         fn query_status(&self) -> Result<StatusInfo, QmpError> {
             let status = self.status.unwrap_or(RunState::Running);
             Ok(StatusInfo {

@@ -434,7 +434,16 @@ fn main_schema_dispatch() {
         .filter(|c| c.allow_oob)
         .map(|c| c.name)
         .collect();
-    assert_eq!(oob, vec!["query-status", "query-name", "query-block"]);
+    assert_eq!(
+        oob,
+        vec![
+            "query-status",
+            "query-name",
+            "query-block",
+            "yank",
+            "query-yank"
+        ]
+    );
     assert!(
         command_info("qmp_capabilities")
             .expect("known")

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use block::{Backend, BackendConfig, BlockNode, Registry, RegistryError};
+use block::{Backend, BackendConfig, BlockNode, Registry, RegistryError, YankTable};
 use devices::acpi::{pm, AcpiPm, Ged, GedError};
 use devices::legacy::{DebugPort, SerialDevice, I8042};
 use devices::virtio::{MmioTransport, VirtioBlock};
@@ -98,6 +98,8 @@ pub struct DeviceManager {
     disks: Vec<Disk>,
     /// Nodes created by QMP's `blockdev-add` (only those may be deleted by `blockdev-del`).
     monitor_nodes: BTreeSet<String>,
+    /// The graph's yank instances, published after every change for the monitor thread.
+    yank: Arc<YankTable>,
 }
 
 impl std::fmt::Debug for DeviceManager {
@@ -131,6 +133,7 @@ impl DeviceManager {
             ged: None,
             disks: Vec::new(),
             monitor_nodes: BTreeSet::new(),
+            yank: Arc::new(YankTable::default()),
         })
     }
 
@@ -282,6 +285,7 @@ impl DeviceManager {
             transport,
             qdev: format!("/machine/peripheral/{id}/virtio-backend"),
         });
+        self.yank.publish(&self.registry);
         Ok(())
     }
 
@@ -364,6 +368,11 @@ impl DeviceManager {
         &self.registry
     }
 
+    /// The block graph's yank instances, as last published (shared with the monitor thread).
+    pub fn yank_table(&self) -> &Arc<YankTable> {
+        &self.yank
+    }
+
     /// Adds a node made by `blockdev-add`.
     ///
     /// # Errors
@@ -372,6 +381,7 @@ impl DeviceManager {
         let name = node.node_name().to_owned();
         self.registry.add_node(node)?;
         self.monitor_nodes.insert(name);
+        self.yank.publish(&self.registry);
         Ok(())
     }
 
@@ -389,6 +399,7 @@ impl DeviceManager {
         }
         let node = self.registry.remove_node(name).map_err(|e| e.to_string())?;
         self.monitor_nodes.remove(name);
+        self.yank.publish(&self.registry);
         Ok(node)
     }
 }

@@ -3,17 +3,16 @@
 //! on the [`Machine`], and the out-of-band ones, run by the monitor thread on shared state.
 
 use std::sync::Arc;
-
-use qapi::commands::{QmpCommands, QmpHandles, QmpOobCommands};
-use qapi::rt::QmpError;
 use std::time::Duration;
 
-use block::{Backend, FaultRule, IoKind};
+use block::{Backend, FaultRule, IoKind, YankTable};
+use qapi::commands::{QmpCommands, QmpHandles, QmpOobCommands};
+use qapi::rt::{ErrorClass, QmpError};
 use qapi::types::{
     BlockDeviceInfo, BlockInfo, BlockInjectErrno, BlockInjectOperation, BlockInjectRule,
     BlockInjectRuleId, BlockStats, Blockdev, CommandInfo, CpuInfoFast, CpuInfoFastBranch,
     CpuInstanceProperties, KvmInfo, NameInfo, RunState, SchemaInfo, ShutdownCause, StatusInfo,
-    VersionInfo, VersionTriple,
+    VersionInfo, VersionTriple, YankInstance, YankInstanceBlockNode, YankInstanceBranch,
 };
 
 use crate::device_manager::Disk;
@@ -111,6 +110,8 @@ pub struct OobServer {
     blockdevs: Vec<String>,
     /// Every disk's backend (shared state of the block layer, not the machine's) and QOM path.
     disks: Vec<(Arc<Backend>, String)>,
+    /// The block graph's yank instances, published by the device manager.
+    yank: Arc<YankTable>,
 }
 
 impl OobServer {
@@ -126,6 +127,7 @@ impl OobServer {
                 .iter()
                 .map(|d| (d.backend.clone(), d.qdev.clone()))
                 .collect(),
+            yank: vm.devices().yank_table().clone(),
         }
     }
 }
@@ -154,6 +156,43 @@ impl QmpOobCommands for OobServer {
             name: self.name.clone(),
         })
     }
+
+    fn yank(&self, instances: Vec<YankInstance>) -> Result<(), QmpError> {
+        yank(&self.yank, &instances)
+    }
+
+    fn query_yank(&self) -> Result<Vec<YankInstance>, QmpError> {
+        Ok(query_yank(&self.yank))
+    }
+}
+
+/// QMP `yank`: every instance must exist (QEMU's `DeviceNotFound` "Instance not found"
+/// otherwise, and nothing is yanked), then each is yanked in order.
+fn yank(table: &YankTable, instances: &[YankInstance]) -> Result<(), QmpError> {
+    let name = |i: &YankInstance| match &i.branch {
+        YankInstanceBranch::BlockNode(b) => b.node_name.clone(),
+    };
+    if instances.iter().any(|i| !table.contains(&name(i))) {
+        return Err(QmpError::new(
+            ErrorClass::DeviceNotFound,
+            "Instance not found",
+        ));
+    }
+    for i in instances {
+        table.yank(&name(i));
+    }
+    Ok(())
+}
+
+/// QMP `query-yank`: one `block-node` per `file` node of the graph.
+fn query_yank(table: &YankTable) -> Vec<YankInstance> {
+    table
+        .node_names()
+        .into_iter()
+        .map(|node_name| YankInstance {
+            branch: YankInstanceBranch::BlockNode(YankInstanceBlockNode { node_name }),
+        })
+        .collect()
 }
 
 impl QmpHandles for Machine {
@@ -181,6 +220,14 @@ impl QmpOobCommands for Machine {
         Ok(NameInfo {
             name: self.name.clone(),
         })
+    }
+
+    fn yank(&self, instances: Vec<YankInstance>) -> Result<(), QmpError> {
+        yank(self.vm.devices().yank_table(), &instances)
+    }
+
+    fn query_yank(&self) -> Result<Vec<YankInstance>, QmpError> {
+        Ok(query_yank(self.vm.devices().yank_table()))
     }
 }
 

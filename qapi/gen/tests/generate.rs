@@ -59,6 +59,8 @@ fn main_schema_has_the_required_interface() {
             "query-named-block-nodes",
             "blockdev-add",
             "blockdev-del",
+            "yank",
+            "query-yank",
             "human-monitor-command",
         ]
     );

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use qapi::commands::{QmpCommands, QmpHandles, QmpOobCommands};
 use qapi::events::{self, Event, EventSink};
-use qapi::rt::{QmpError, Timestamp};
+use qapi::rt::{ErrorClass, QmpError, Timestamp};
 use qapi::types::*;
 use serde_json::{json, Value};
 
@@ -71,6 +71,32 @@ impl QmpOobCommands for FakeVm {
         Ok(NameInfo {
             name: self.name.clone(),
         })
+    }
+
+    fn yank(&self, instances: Vec<YankInstance>) -> Result<(), QmpError> {
+        let known = |i: &YankInstance| match &i.branch {
+            YankInstanceBranch::BlockNode(b) => self.drives.contains(&b.node_name),
+        };
+        if instances.iter().all(known) {
+            Ok(())
+        } else {
+            Err(QmpError::new(
+                ErrorClass::DeviceNotFound,
+                "Instance not found",
+            ))
+        }
+    }
+
+    fn query_yank(&self) -> Result<Vec<YankInstance>, QmpError> {
+        Ok(self
+            .drives
+            .iter()
+            .map(|d| YankInstance {
+                branch: YankInstanceBranch::BlockNode(YankInstanceBlockNode {
+                    node_name: d.clone(),
+                }),
+            })
+            .collect())
     }
 }
 

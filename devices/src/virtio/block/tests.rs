@@ -1390,7 +1390,16 @@ fn reset_leaves_abandoned_syscalls_behind() {
     w32(&mut h.t, VIRTIO_MMIO_STATUS, 0);
     assert!(started.elapsed() < WAIT);
     wait_thread("blk-yank2", false);
+    assert_eq!(h.backend.abandoned(), 1);
     gate.release();
+    let deadline = Instant::now() + WAIT;
+    while h.backend.abandoned() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned read never returned"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
     // The device works again after re-initialization.
     h.init_default();
     assert_eq!(h.run(VIRTIO_BLK_T_IN, 1, DATA_AT, 512, true), (513, 0));

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use block::{Admitted, Backend, Ticket};
+use block::{Admission, Admitted, Backend, Ticket};
 use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
@@ -349,17 +349,10 @@ impl Worker {
             if front.serial && self.active() > 0 {
                 return;
             }
-            let kind = front.parsed.op.kind();
-            let ranges = front.parsed.op.ranges();
-            // A write a yank abandoned over these bytes may still land: wait for it (the
-            // backend's yank event says when it returned).
-            if kind.is_some() && self.ctx.backend.blocked_by_abandoned(&ranges) {
-                return;
-            }
-            let Some(req) = self.held.pop_front() else {
-                return;
-            };
-            let Some(kind) = kind else {
+            let Some(kind) = front.parsed.op.kind() else {
+                let Some(req) = self.held.pop_front() else {
+                    return;
+                };
                 let Op::Immediate { status, written } = req.parsed.op else {
                     return;
                 };
@@ -367,14 +360,23 @@ impl Worker {
                 self.complete(vec![(req, result)]);
                 continue;
             };
-            let admitted = match self.ctx.backend.admit(kind, ranges) {
-                Ok(a) => a,
+            let admitted = match self.ctx.backend.admit(kind, front.parsed.op.ranges()) {
+                Admission::Run(a) => a,
                 // Fenced by a yank: failed at once, through the error policy.
-                Err(c) => {
+                Admission::Done(c) => {
+                    let Some(req) = self.held.pop_front() else {
+                        return;
+                    };
                     let result = complete(&req.parsed, &self.ctx.mem, status_of(&c), 0);
                     self.complete(vec![(req, result)]);
                     continue;
                 }
+                // A write a yank abandoned over these bytes may still land: wait for it (the
+                // backend's yank event says when it returned).
+                Admission::Wait => return,
+            };
+            let Some(req) = self.held.pop_front() else {
+                return;
             };
             let ticket = admitted.ticket().clone();
             let id = self.next_job;
