@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Out-of-band benchmark: exec-oob round trips under vmm (query-status) and Debian's QEMU 7.2
-# (query-yank; -M microvm), both running the probe guest (probe.test=idle), p50/p99 over
+# Out-of-band benchmark: exec-oob query-yank round trips under vmm and Debian's QEMU 7.2
+# (-M microvm), both running the probe guest (probe.test=idle), p50/p99 over
 # REQUESTS requests on a connection negotiated with oob: idle, then while another connection's
 # blockdev-add of a file on a hung FUSE mount (tests/qmp/hangfs.py) stalls (QEMU: its main loop
 # in openat(); vmm: a worker thread). Also checks whether a connection opened during the stall

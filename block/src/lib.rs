@@ -7,7 +7,8 @@
 //! I/O, and filter nodes (fault injection, throttling, ...) wrap another node through
 //! [`BlockNode::child`] and override only what they intercept.
 //!
-//! Every request of a device goes through [`Backend::submit`], which validates it (read-only,
+//! Every request of a device goes through [`Backend::submit`] (or, for a device that must be
+//! able to abandon it, [`Backend::admit`] then [`Backend::run`]: see [`yank`]), which validates it (read-only,
 //! range), runs it through the backend's implicit fault-injection filter ([`FaultNode`],
 //! QEMU's `blkdebug`, invisible to queries) on the root node, keeps the statistics QMP's
 //! `query-blockstats` reports, and on failure asks the backend's [`ErrorPolicy`] (usually a
@@ -24,8 +25,9 @@
 //! 200 plus the permission bit), so that vmm processes, and vmm and QEMU, do not write one
 //! image at the same time.
 //!
-//! Buffers are [`IoBuf`]s ([`vm_memory::VolatileSlice`]): guest memory handed down by a device
-//! without an intermediate copy.
+//! Buffers are [`IoBuf`]s ([`vm_memory::VolatileSlice`]): guest memory handed down by a device;
+//! reads and writes pass through the running thread's bounce buffer ([`buf`]), so that a
+//! syscall a yank abandoned never touches guest memory.
 
 mod backend;
 pub mod buf;

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Out-of-band benchmark (run by scripts/bench-oob.sh): vmm and QEMU's microvm side by side,
 both running the probe guest (probe.test=idle). One client, on a connection negotiated with the
-`oob` capability, sends REQUESTS `exec-oob` requests one at a time (vmm: query-status; QEMU 7.2:
-query-yank, its one allow-oob query, since its query-status is not allow-oob) and the round
+`oob` capability, sends REQUESTS `exec-oob` requests one at a time (query-yank on both: it is
+QEMU 7.2's one allow-oob query, its query-status is not allow-oob) and the round
 trips are measured in two states, alternating over 5 rounds of REQUESTS/5 each (so that the
 host's drift hits both alike):
 
@@ -52,7 +52,7 @@ TIMEOUT = 10.0           # seconds for any one reply
 GOAL_US = 1000.0
 NOISE = 1.10             # "no worse than idle": stalled p99 within 10% of idle p99
 NEGOTIATE_OOB = (b'{"execute": "qmp_capabilities", "arguments": {"enable": ["oob"]}}\n',)
-QUERY = {"vmm": "query-status", "qemu": "query-yank"}
+QUERY = {"vmm": "query-yank", "qemu": "query-yank"}
 SYSCALLS = {0: "read", 2: "open", 4: "stat", 6: "lstat", 257: "openat", 262: "newfstatat",
             332: "statx", 437: "openat2"}
 COLUMNS = [("idle_p50", "idle p50 us", 13), ("idle_p99", "idle p99 us", 13),
@@ -250,7 +250,7 @@ def main() -> None:
 
     print(f"OOB benchmark: exec-oob round trips, idle and while another connection's "
           f"blockdev-add is stalled on hung storage ({a.requests} requests each; unix sockets; "
-          f"1 vCPU, {MEM_MIB} MiB; vmm: query-status, QEMU: query-yank)")
+          f"1 vCPU, {MEM_MIB} MiB; query-yank on both)")
     for name in ("vmm", "qemu"):
         n = notes[name]
         print(f"  {name}: {n['guest']}; stall: {n['stall']}, held up to "
