@@ -395,3 +395,63 @@ fn out_of_band_answers_while_stop_waits_for_hung_io() {
     vm.finish(GUARD).assert_exit(0);
     let _ = std::fs::remove_file(&img);
 }
+
+#[test]
+fn yank_out_of_band_ends_a_stop_waiting_for_hung_io() {
+    use qapi::types::{
+        BlockInjectOperation, Blockdev, YankInstance, YankInstanceBlockNode, YankInstanceBranch,
+    };
+
+    let img = std::env::temp_dir().join(format!("vmm-qmp-yank-{}.raw", std::process::id()));
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(1 << 20))
+        .unwrap();
+    let disk = format!("path={},node-name=disk0,werror=report", img.display());
+    let (vm, c, _sock) = start(
+        "yank-stall",
+        "probe.test=io-loop probe.count=1",
+        &["--disk", &disk, "-S"],
+    );
+    let node = YankInstance {
+        branch: YankInstanceBranch::BlockNode(YankInstanceBlockNode {
+            node_name: "disk0".into(),
+        }),
+    };
+    assert_eq!(c.query_yank_oob().unwrap(), vec![node.clone()]);
+    // Every guest write waits for an hour: storage that stopped answering.
+    c.blockdev_inject_error(
+        Blockdev("drive0".into()),
+        BlockInjectOperation::Write,
+        None,
+        None,
+        None,
+        None,
+        Some(3_600_000),
+    )
+    .unwrap();
+    c.cont().unwrap();
+    let deadline = Instant::now() + GUARD;
+    while c
+        .query_blockdev_inject_errors(Blockdev("drive0".into()))
+        .unwrap()[0]
+        .held
+        != 1
+    {
+        assert!(Instant::now() < deadline, "the guest's write was never held");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stop = c.stop_async();
+    let deadline = Instant::now() + GUARD;
+    while c.query_status_oob().unwrap().status != RunState::Paused {
+        assert!(Instant::now() < deadline, "STOP never published");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The drain waits for the held write until the yank fails it (EIO, werror=report).
+    c.yank_oob(vec![node]).unwrap();
+    stop.wait().unwrap();
+    let stats = c.query_blockstats(None).unwrap();
+    assert_eq!(stats[0].stats.failed_wr_operations, 1);
+    c.quit().unwrap();
+    vm.finish(GUARD).assert_exit(0);
+    let _ = std::fs::remove_file(&img);
+}
