@@ -437,7 +437,10 @@ fn yank_out_of_band_ends_a_stop_waiting_for_hung_io() {
         .held
         != 1
     {
-        assert!(Instant::now() < deadline, "the guest's write was never held");
+        assert!(
+            Instant::now() < deadline,
+            "the guest's write was never held"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let stop = c.stop_async();

@@ -304,11 +304,11 @@ impl Backend {
     }
 
     /// Waits until no request is running (QEMU's drain); a yank ends the wait for the
-    /// requests it abandons. It blocks for as long as the storage does not answer: call it
+    /// requests it abandons once their device has completed them ([`Backend::fail_yanked`]). It blocks for as long as the storage does not answer: call it
     /// off the main loop.
     pub fn drain(&self) {
         let mut f = self.flight();
-        while !f.running.is_empty() {
+        while !f.running.is_empty() || f.abandoned.iter().any(|t| !t.is_answered()) {
             f = self.idle.wait(f).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -415,7 +415,21 @@ impl Backend {
     /// I/O-error signal, as if the host had failed it. Call once per abandoned request.
     pub fn fail_yanked(&self, ticket: &Ticket) -> Completion {
         let (offset, len) = ticket.ranges().first().copied().unwrap_or((0, 0));
-        self.fail(ticket.kind(), offset, len, ticket.started(), yank_error())
+        let c = self.fail(ticket.kind(), offset, len, ticket.started(), yank_error());
+        self.answer(ticket);
+        c
+    }
+
+    /// Tells a drain not to wait for an abandoned request its device drops without
+    /// completing it (the device is being reset).
+    pub fn dismiss_yanked(&self, ticket: &Ticket) {
+        self.answer(ticket);
+    }
+
+    fn answer(&self, ticket: &Ticket) {
+        let _f = self.flight();
+        ticket.set_answered();
+        self.idle.notify_all();
     }
 
     /// Sets the serial number devices report.

@@ -15,6 +15,7 @@
 //! The [`YankTable`] is the published list of yank instances (the graph's `file` nodes, with
 //! the backends above each), read by the monitor thread without the big lock.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
@@ -40,6 +41,8 @@ pub struct Ticket {
     ranges: Vec<(u64, u64)>,
     started: Instant,
     state: Mutex<TicketState>,
+    /// Abandoned and completed (or dropped) by its device: a drain no longer waits for it.
+    answered: AtomicBool,
 }
 
 impl Ticket {
@@ -49,6 +52,7 @@ impl Ticket {
             ranges,
             started: Instant::now(),
             state: Mutex::new(TicketState::Running),
+            answered: AtomicBool::new(false),
         }
     }
 
@@ -103,6 +107,15 @@ impl Ticket {
         }
         f();
         true
+    }
+
+    /// Whether its device completed (or dropped) it after a yank abandoned it.
+    pub(crate) fn is_answered(&self) -> bool {
+        self.answered.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_answered(&self) {
+        self.answered.store(true, Ordering::Release);
     }
 
     /// `Running` → `Abandoned`; `false` if it was committed (or abandoned) before.

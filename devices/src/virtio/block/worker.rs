@@ -580,6 +580,13 @@ impl Worker {
         }
         if let Ok(worker) = manager.subscriber_mut(id) {
             worker.pool.stop();
+            // Requests a yank abandoned that were not completed yet are dropped with the
+            // device: no drain waits for them.
+            for started in worker.in_flight.values() {
+                if started.ticket.is_abandoned() {
+                    worker.ctx.backend.dismiss_yanked(&started.ticket);
+                }
+            }
         }
     }
 }
