@@ -11,9 +11,9 @@ use std::time::Instant;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::buf::{gather, scatter, AlignedBuf};
-use crate::file::{FileNode, OpenError};
+use crate::file::{FileNode, HostFile, OpenError};
 use crate::inject::{FaultNode, FaultRule, InjectError};
-use crate::node::{BlockNode, CacheMode, IoBuf, IoKind};
+use crate::node::{Aio, BlockNode, CacheMode, IoBuf, IoKind};
 use crate::policy::{ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, IoStatusCell, ReportPolicy};
 use crate::registry::generate_node_name;
 use crate::signal::{IoErrorEvent, IoErrorSlot, IoStatusSlot, SlotId, Slots, StatsSlot};
@@ -35,6 +35,8 @@ pub struct BackendConfig {
     pub cache: CacheMode,
     /// The serial number devices report (virtio-blk GET_ID); the id when absent.
     pub serial: Option<String>,
+    /// The engine of its host I/O.
+    pub aio: Aio,
 }
 
 impl BackendConfig {
@@ -47,6 +49,7 @@ impl BackendConfig {
             read_only: false,
             cache: CacheMode::default(),
             serial: None,
+            aio: Aio::default(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl Completion {
 pub struct Backend {
     id: String,
     serial: Option<String>,
+    aio: Aio,
     top: Arc<FaultNode>,
     policy: RwLock<Arc<dyn ErrorPolicy>>,
     stats: Arc<BlockStats>,
@@ -257,7 +261,7 @@ impl Backend {
         let node = FileNode::open(node_name, &config.path, config.read_only, config.cache)?;
         let backend = Self::new(config.id, Arc::new(node))
             .map_err(|e| OpenError::Io(config.path.clone(), e))?;
-        Ok(backend.with_serial(config.serial))
+        Ok(backend.with_serial(config.serial).with_aio(config.aio))
     }
 
     /// A backend `id` on `root`, with the default `report` policy and its own two slots on
@@ -276,6 +280,7 @@ impl Backend {
             top: Arc::new(FaultNode::new(format!("#inject-{id}"), root)),
             id,
             serial: None,
+            aio: Aio::default(),
             policy: RwLock::new(Arc::new(ReportPolicy)),
             stats,
             io_status,
@@ -438,6 +443,17 @@ impl Backend {
         self
     }
 
+    /// Sets the engine of the backend's host I/O (devices read it when they start).
+    pub fn with_aio(mut self, aio: Aio) -> Self {
+        self.aio = aio;
+        self
+    }
+
+    /// The engine of the backend's host I/O.
+    pub fn aio(&self) -> Aio {
+        self.aio
+    }
+
     /// The backend's id.
     pub fn id(&self) -> &str {
         &self.id
@@ -583,18 +599,92 @@ impl Backend {
         self.resume_epoch.load(Ordering::Acquire)
     }
 
-    fn validate(&self, root: &dyn BlockNode, req: &Request<'_>) -> Result<(), InvalidRequest> {
-        let kind = req.kind();
+    fn validate(
+        &self,
+        root: &dyn BlockNode,
+        kind: IoKind,
+        range: Option<(u64, u64)>,
+    ) -> Result<(), InvalidRequest> {
         if kind.is_write() && kind != IoKind::Flush && root.read_only() {
             return Err(InvalidRequest::ReadOnly);
         }
-        if let Some((offset, len)) = req.range() {
+        if let Some((offset, len)) = range {
             let size = root.size();
             if offset.checked_add(len).is_none_or(|end| end > size) {
                 return Err(InvalidRequest::OutOfRange { offset, len, size });
             }
         }
         Ok(())
+    }
+
+    /// Starts one host operation of an admitted request, for an engine that submits the
+    /// syscall itself (on [`Backend::host_file`]): checks it (read-only, range) and returns
+    /// the start time for [`Backend::end_op`].
+    ///
+    /// # Errors
+    /// `Some(completion)`: refused (accounted as invalid; the ticket is committed), the
+    /// request's completion. `None`: a yank abandoned the ticket.
+    pub fn begin_op(
+        &self,
+        ticket: &Ticket,
+        kind: IoKind,
+        range: Option<(u64, u64)>,
+    ) -> Result<Instant, Option<Completion>> {
+        if let Err(e) = self.validate(self.root().as_ref(), kind, range) {
+            if !ticket.commit() {
+                return Err(None);
+            }
+            self.stats.account_invalid(kind);
+            return Err(Some(Completion::Invalid(e)));
+        }
+        if ticket.is_abandoned() {
+            return Err(None);
+        }
+        Ok(Instant::now())
+    }
+
+    /// Ends one host operation begun with [`Backend::begin_op`] (or inside
+    /// [`Backend::run`]): a failure, or the success of the `last` operation, commits the
+    /// ticket; then the success is accounted, or the failure goes through the error policy
+    /// and the I/O-error signal. `None` when a yank abandoned the ticket (nothing accounted).
+    pub fn end_op(
+        &self,
+        ticket: &Ticket,
+        kind: IoKind,
+        range: Option<(u64, u64)>,
+        start: Instant,
+        result: io::Result<()>,
+        last: bool,
+    ) -> Option<Completion> {
+        let (offset, len) = range.unwrap_or((0, 0));
+        match result {
+            Ok(()) => {
+                let mine = if last {
+                    ticket.commit()
+                } else {
+                    !ticket.is_abandoned()
+                };
+                if !mine {
+                    return None;
+                }
+                let end = matches!(kind, IoKind::Write | IoKind::WriteZeroes).then(|| offset + len);
+                self.stats.account_done(kind, len, start.elapsed(), end);
+                Some(Completion::Ok)
+            }
+            Err(e) => {
+                if !ticket.commit() {
+                    return None;
+                }
+                Some(self.fail(kind, offset, len, start, e))
+            }
+        }
+    }
+
+    /// The host file requests may be submitted to directly, bypassing the node chain: only
+    /// while every node on the way forwards requests unchanged (no fault-injection rule, no
+    /// filter that acts on them).
+    pub fn host_file(&self) -> Option<HostFile> {
+        self.top.host_file()
     }
 
     /// Runs one request on the root node (through the fault-injection filter) and accounts a
@@ -632,43 +722,18 @@ impl Backend {
     /// Returns `None` when a yank abandoned the ticket: the result is dropped and nothing is
     /// accounted (the device completes the request with [`Backend::fail_yanked`]).
     pub fn run(&self, ticket: &Ticket, req: Request<'_>, last: bool) -> Option<Completion> {
-        let root = self.root();
         let kind = req.kind();
-        if let Err(e) = self.validate(root.as_ref(), &req) {
-            if !ticket.commit() {
-                return None;
-            }
-            self.stats.account_invalid(kind);
-            return Some(Completion::Invalid(e));
-        }
         let range = req.range();
-        let (offset, len) = range.unwrap_or((0, 0));
-        let start = Instant::now();
+        let start = match self.begin_op(ticket, kind, range) {
+            Ok(t) => t,
+            Err(c) => return c,
+        };
+        let root = self.root();
         let result = self
             .top
             .check(kind, range)
             .and_then(|()| perform(ticket, root.as_ref(), req));
-        match result {
-            Ok(()) => {
-                let mine = if last {
-                    ticket.commit()
-                } else {
-                    !ticket.is_abandoned()
-                };
-                if !mine {
-                    return None;
-                }
-                let end = matches!(kind, IoKind::Write | IoKind::WriteZeroes).then(|| offset + len);
-                self.stats.account_done(kind, len, start.elapsed(), end);
-                Some(Completion::Ok)
-            }
-            Err(e) => {
-                if !ticket.commit() {
-                    return None;
-                }
-                Some(self.fail(kind, offset, len, start, e))
-            }
-        }
+        self.end_op(ticket, kind, range, start, result, last)
     }
 
     /// A failed request: asks the policy, emits the I/O-error signal (whose first slots

@@ -59,6 +59,10 @@ pub struct AlignedBuf {
     layout: Layout,
 }
 
+// SAFETY: the buffer is a uniquely owned heap allocation (like a `Box<[u8]>`): nothing else
+// points into it, so moving it to another thread is sound.
+unsafe impl Send for AlignedBuf {}
+
 impl AlignedBuf {
     /// A zeroed buffer of `len` bytes (at least one), aligned to [`DIRECT_MEM_ALIGN`].
     ///
@@ -73,6 +77,28 @@ impl AlignedBuf {
             return Err(io::Error::from_raw_os_error(libc::ENOMEM));
         }
         Ok(Self { ptr, layout })
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// Whether it is empty (never: it holds at least one byte).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The address of its first byte, for a syscall that fills or reads it later.
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live allocation of `layout.size()` initialized (zeroed) bytes,
+        // borrowed through `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
     }
 
     /// The bytes.

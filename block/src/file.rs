@@ -13,6 +13,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::buf::{gather, scatter, AlignedBuf, DIRECT_MEM_ALIGN};
 use crate::lock::{self, LockConflict, LockError, Perms};
@@ -119,14 +120,14 @@ fn check_size(path: &Path, size: u64) -> Result<(), OpenError> {
 pub struct FileNode {
     node_name: String,
     path: PathBuf,
-    file: File,
+    file: Arc<File>,
     size: u64,
     read_only: bool,
     cache: CacheMode,
     /// Host bytes allocated (QMP's `actual-size`), measured at open and after each flush on
     /// the thread that ran it: queries read it without a syscall, so they never block on the
     /// storage (and may run out of band).
-    allocated: AtomicU64,
+    allocated: Arc<AtomicU64>,
 }
 
 /// Host bytes allocated to `file`, if `fstat` answers.
@@ -194,7 +195,8 @@ impl FileNode {
             },
             e @ LockError::Io(..) => OpenError::LockFailed(path.clone(), e),
         })?;
-        let allocated = AtomicU64::new(allocated_bytes(&file).unwrap_or(0));
+        let allocated = Arc::new(AtomicU64::new(allocated_bytes(&file).unwrap_or(0)));
+        let file = Arc::new(file);
         Ok(Self {
             node_name: node_name.into(),
             path,
@@ -359,6 +361,41 @@ fn unsupported(err: &io::Error) -> bool {
     )
 }
 
+/// The host file under a node chain that forwards every request unchanged (`file`, `raw`,
+/// the fault-injection filter without rules): what an engine that submits the syscalls
+/// itself (io_uring) needs. It keeps the file open while requests are in flight.
+#[derive(Debug, Clone)]
+pub struct HostFile {
+    file: Arc<File>,
+    cache: CacheMode,
+    read_only: bool,
+    allocated: Arc<AtomicU64>,
+}
+
+impl HostFile {
+    /// The file descriptor.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Whether the file is open with `O_DIRECT` (buffers, offsets and lengths aligned).
+    pub fn direct(&self) -> bool {
+        self.cache.direct()
+    }
+
+    /// Whether flushes are no-ops (`cache=unsafe`, or read-only).
+    pub fn no_flush(&self) -> bool {
+        self.cache.no_flush() || self.read_only
+    }
+
+    /// Measures the allocation again, after a request that changes it (QMP's `actual-size`).
+    pub fn remeasure(&self) {
+        if let Some(n) = allocated_bytes(&self.file) {
+            self.allocated.store(n, Ordering::Relaxed);
+        }
+    }
+}
+
 impl BlockNode for FileNode {
     fn node_name(&self) -> &str {
         &self.node_name
@@ -386,6 +423,15 @@ impl BlockNode for FileNode {
 
     fn actual_size(&self) -> Option<u64> {
         Some(self.allocated.load(Ordering::Relaxed))
+    }
+
+    fn host_file(&self) -> Option<HostFile> {
+        Some(HostFile {
+            file: self.file.clone(),
+            cache: self.cache,
+            read_only: self.read_only,
+            allocated: self.allocated.clone(),
+        })
     }
 
     fn read_vectored(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {

@@ -410,6 +410,15 @@ impl BlockNode for FaultNode {
         Some(self.current_child())
     }
 
+    fn host_file(&self) -> Option<crate::file::HostFile> {
+        // With rules installed every request must pass through `check`.
+        if self.active.load(Ordering::Acquire) == 0 {
+            self.current_child().host_file()
+        } else {
+            None
+        }
+    }
+
     fn implicit(&self) -> bool {
         true
     }

@@ -45,10 +45,13 @@ pub mod yank;
 pub use backend::{
     Admission, Admitted, Backend, BackendConfig, Completion, InvalidRequest, Request,
 };
-pub use file::{FileNode, OpenError};
+pub use file::{FileNode, HostFile, OpenError};
 pub use inject::{errno_name, parse_errno, FaultNode, FaultRule, InjectError};
 pub use lock::{LockConflict, LockError, Perm, Perms};
-pub use node::{BlockNode, CacheMode, IoBuf, IoKind, ParseCacheModeError, SECTOR_SIZE};
+pub use node::{
+    io_uring_available, Aio, BlockNode, CacheMode, IoBuf, IoKind, ParseAioError,
+    ParseCacheModeError, SECTOR_SIZE,
+};
 pub use policy::{
     DevicePolicy, ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, IoStatusCell, OnError,
     ParseOnErrorError, ReportPolicy,

@@ -119,6 +119,68 @@ impl FromStr for CacheMode {
     }
 }
 
+/// The engine that runs a disk's host I/O (QEMU's `aio` option of the `file` driver).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Aio {
+    /// Blocking syscalls on the device's request threads (QEMU's `threads`).
+    Threads,
+    /// io_uring on the device's I/O thread: requests of one notification submitted together,
+    /// completions reaped in batches (QEMU's `io_uring`; `native` is taken as this too).
+    #[default]
+    IoUring,
+}
+
+impl Aio {
+    /// The value as QEMU spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aio::Threads => "threads",
+            Aio::IoUring => "io_uring",
+        }
+    }
+}
+
+impl fmt::Display for Aio {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An `aio` value that is not one of `threads`, `io_uring`, `native`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Parameter 'aio' does not accept value '{0}'")]
+pub struct ParseAioError(pub String);
+
+impl FromStr for Aio {
+    type Err = ParseAioError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "threads" => Ok(Aio::Threads),
+            "io_uring" | "native" => Ok(Aio::IoUring),
+            other => Err(ParseAioError(other.to_owned())),
+        }
+    }
+}
+
+/// Whether this host lets the process use io_uring (probed once: a ring is created and
+/// dropped). The error says why not (e.g. `kernel.io_uring_disabled`, a seccomp filter).
+///
+/// # Errors
+/// Creating a ring failed.
+pub fn io_uring_available() -> Result<(), io::Error> {
+    static PROBE: std::sync::OnceLock<Result<(), (io::ErrorKind, String)>> =
+        std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            io_uring::IoUring::new(2)
+                .map(drop)
+                .map_err(|e| (e.kind(), e.to_string()))
+        })
+        .clone()
+        .map_err(|(kind, msg)| io::Error::new(kind, msg))
+}
+
 fn no_child() -> io::Error {
     io::Error::new(io::ErrorKind::Unsupported, "block node has no child")
 }
@@ -171,6 +233,15 @@ pub trait BlockNode: Send + Sync + fmt::Debug {
     /// Host bytes allocated to the image (QMP's `actual-size`), when known.
     fn actual_size(&self) -> Option<u64> {
         self.child().and_then(|c| c.actual_size())
+    }
+
+    /// The host file this node reads and writes with every request unchanged, if any: the
+    /// `file` driver's own, forwarded by nodes that change nothing (`raw`, the fault filter
+    /// without rules). An engine that submits host syscalls itself (io_uring) may then
+    /// bypass the node chain; `None` (the default, for any filter that acts on requests)
+    /// means requests must go through [`BlockNode::read_vectored`] and the others.
+    fn host_file(&self) -> Option<crate::file::HostFile> {
+        None
     }
 
     /// Reads `offset..offset + total length of bufs` into `bufs`, in order.

@@ -39,6 +39,10 @@ impl BlockNode for RawNode {
     fn filename(&self) -> Option<&std::path::Path> {
         None
     }
+
+    fn host_file(&self) -> Option<crate::file::HostFile> {
+        self.child.host_file()
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use block::{Backend, BackendConfig, BlockNode, Registry, RegistryError, YankTable};
+use block::{Aio, Backend, BackendConfig, BlockNode, Registry, RegistryError, YankTable};
 use devices::acpi::{pm, AcpiPm, Ged, GedError};
 use devices::legacy::{DebugPort, SerialDevice, I8042};
 use devices::virtio::{MmioTransport, VirtioBlock};
@@ -238,11 +238,27 @@ impl DeviceManager {
             .id
             .clone()
             .unwrap_or_else(|| self.registry.next_drive_id());
+        let aio = match spec.aio {
+            Some(Aio::Threads) => Aio::Threads,
+            asked => {
+                match block::io_uring_available() {
+                    Ok(()) => Aio::IoUring,
+                    Err(e) => {
+                        // A notice, not an error: the thread engine serves the same requests.
+                        if asked.is_some() {
+                            eprintln!("vmm: io_uring is not available here ({e}): disk {id} uses aio=threads");
+                        }
+                        Aio::Threads
+                    }
+                }
+            }
+        };
         let config = BackendConfig {
             node_name: spec.node_name.clone(),
             read_only: spec.read_only,
             cache: spec.cache,
             serial: spec.serial.clone(),
+            aio,
             ..BackendConfig::new(id.clone(), spec.path.clone())
         };
         let backend = self

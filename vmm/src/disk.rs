@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The `--disk` option: `PATH`, or `path=PATH[,id=ID][,node-name=NAME][,readonly=on|off]
-//! [,cache=writeback|none|unsafe][,serial=STR][,werror=ACTION][,rerror=ACTION]
-//! [,inject.N.KEY=VALUE...]`. As in QEMU's option syntax, a comma inside a value is written as
+//! [,cache=writeback|none|unsafe][,aio=io_uring|threads][,serial=STR][,werror=ACTION]
+//! [,rerror=ACTION][,inject.N.KEY=VALUE...]`. As in QEMU's option syntax, a comma inside a value is written as
 //! `,,`. Parsed by [`OptionList`].
 //!
 //! `werror`/`rerror` are QEMU's error policies (`report`, `ignore`, `enospc` — writes only —,
-//! `stop`; defaults `enospc` and `report`). `inject.N.*` keys describe fault-injection rule N
+//! `stop`; defaults `enospc` and `report`). `aio` is QEMU's engine key (`native` is taken as
+//! `io_uring`); without it the disk uses io_uring where the host allows it. `inject.N.*` keys describe fault-injection rule N
 //! (0, 1, ...) with the members of QMP's `blockdev-inject-error`: `inject.N.operation`
 //! (`read`, `write`, `flush`), `inject.N.errno` (`eio`, `enospc`, `eperm`, `erofs`,
 //! `edquot`), `inject.N.sector`, `inject.N.count`, `inject.N.once`, `inject.N.delay-ms`.
@@ -14,7 +15,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use block::{parse_errno, CacheMode, DevicePolicy, FaultRule, IoKind, OnError, ParseOnErrorError};
+use block::{
+    parse_errno, Aio, CacheMode, DevicePolicy, FaultRule, IoKind, OnError, ParseOnErrorError,
+};
 
 use crate::options::{self, OptionError, OptionList};
 
@@ -22,7 +25,7 @@ use crate::options::{self, OptionError, OptionList};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DiskSpecError {
     /// An option we do not know.
-    #[error("Unknown --disk option '{0}' (known: path, id, node-name, readonly, cache, serial, werror, rerror, inject.N.*)")]
+    #[error("Unknown --disk option '{0}' (known: path, id, node-name, readonly, cache, aio, serial, werror, rerror, inject.N.*)")]
     UnknownKey(String),
     /// No path given.
     #[error("--disk needs a path, as in --disk img.raw or --disk path=img.raw,id=data0")]
@@ -39,6 +42,9 @@ pub enum DiskSpecError {
     /// A bad cache mode.
     #[error("--disk cache takes writeback, none or unsafe, not '{0}'")]
     BadCache(String),
+    /// A bad engine.
+    #[error("--disk aio takes io_uring, threads or native, not '{0}'")]
+    BadAio(String),
     /// A malformed option list (an empty item, an item without a key).
     #[error("--disk {0}")]
     Syntax(OptionError),
@@ -63,6 +69,8 @@ pub struct DiskSpec {
     pub read_only: bool,
     /// Host cache mode.
     pub cache: CacheMode,
+    /// The I/O engine asked for; the fastest the host allows when absent.
+    pub aio: Option<Aio>,
     /// The serial number the guest sees (GET_ID); the id when absent.
     pub serial: Option<String>,
     /// `rerror`/`werror`.
@@ -120,6 +128,9 @@ impl std::str::FromStr for DiskSpec {
             Some("unsafe") => CacheMode::Unsafe,
             Some(other) => return Err(DiskSpecError::BadCache(other.into())),
         };
+        let aio = take_value(&mut opts, "aio")?
+            .map(|v| v.parse::<Aio>().map_err(|_| DiskSpecError::BadAio(v)))
+            .transpose()?;
         let serial = take_value(&mut opts, "serial")?;
         let mut policy = DevicePolicy::default();
         if let Some(v) = take_value(&mut opts, "werror")? {
@@ -136,6 +147,7 @@ impl std::str::FromStr for DiskSpec {
             node_name,
             read_only,
             cache,
+            aio,
             serial,
             policy,
             inject,
@@ -204,6 +216,23 @@ mod tests {
 
     fn p(s: &str) -> Result<DiskSpec, DiskSpecError> {
         s.parse()
+    }
+
+    #[test]
+    fn aio_takes_qemus_engines() {
+        let p = |s: &str| s.parse::<DiskSpec>();
+        assert_eq!(p("img").unwrap().aio, None);
+        assert_eq!(p("img,aio=threads").unwrap().aio, Some(Aio::Threads));
+        assert_eq!(p("img,aio=io_uring").unwrap().aio, Some(Aio::IoUring));
+        assert_eq!(p("img,aio=native").unwrap().aio, Some(Aio::IoUring));
+        assert_eq!(
+            p("img,aio=posix"),
+            Err(DiskSpecError::BadAio("posix".into()))
+        );
+        assert_eq!(
+            p("img,aio=posix").unwrap_err().to_string(),
+            "--disk aio takes io_uring, threads or native, not 'posix'"
+        );
     }
 
     #[test]
@@ -289,7 +318,7 @@ mod tests {
         let m = |s: &str| p(s).unwrap_err().to_string();
         assert_eq!(
             m("img,format=raw"),
-            "Unknown --disk option 'format' (known: path, id, node-name, readonly, cache, serial, werror, rerror, inject.N.*)"
+            "Unknown --disk option 'format' (known: path, id, node-name, readonly, cache, aio, serial, werror, rerror, inject.N.*)"
         );
         assert_eq!(m("img,id=a,id=b"), "--disk option 'id' is given twice");
         assert_eq!(m("img,id="), "--disk option 'id' needs a value");

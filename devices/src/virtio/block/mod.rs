@@ -6,6 +6,7 @@
 //! accepted and how malformed requests complete.
 
 pub mod request;
+mod uring;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -171,7 +171,7 @@ fn read_split<T: ByteValued + Default>(mem: &GuestMemoryMmap, segs: &[Segment]) 
 }
 
 /// Guest memory of `segs` as I/O buffers; `None` if any byte is outside guest memory.
-fn io_bufs<'m>(mem: &'m GuestMemoryMmap, segs: &[Segment]) -> Option<Vec<IoBuf<'m>>> {
+pub(super) fn io_bufs<'m>(mem: &'m GuestMemoryMmap, segs: &[Segment]) -> Option<Vec<IoBuf<'m>>> {
     let mut bufs = Vec::with_capacity(segs.len());
     for s in segs {
         let len = usize::try_from(s.len).ok()?;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use block::{
-    BackendConfig, BlockNode, DevicePolicy, ErrorAction, FaultRule, IoBuf, IoErrorEvent,
+    Aio, BackendConfig, BlockNode, DevicePolicy, ErrorAction, FaultRule, IoBuf, IoErrorEvent,
     IoErrorSlot, IoKind, IoStatus, OnError,
 };
 use virtio_bindings::virtio_blk::{
@@ -74,12 +74,17 @@ fn w32(t: &mut MmioTransport, off: u32, v: u32) {
 
 impl Harness {
     fn new(id: &str, read_only: bool) -> Self {
+        Self::with_aio(id, read_only, Aio::default())
+    }
+
+    fn with_aio(id: &str, read_only: bool, aio: Aio) -> Self {
         let image = TempFile::new().unwrap();
         let data: Vec<u8> = (0..(SECTORS * 512) as usize).map(pattern).collect();
         std::fs::write(image.as_path(), data).unwrap();
         let backend = Arc::new(
             Backend::open(BackendConfig {
                 read_only,
+                aio,
                 ..BackendConfig::new(id, image.as_path())
             })
             .unwrap(),
@@ -337,7 +342,16 @@ fn config_space_and_features() {
 
 #[test]
 fn end_to_end_write_then_read_back() {
-    let mut h = Harness::new("e2e0", false);
+    end_to_end_write_then_read_back_on(Aio::IoUring);
+}
+
+#[test]
+fn end_to_end_write_then_read_back_threads() {
+    end_to_end_write_then_read_back_on(Aio::Threads);
+}
+
+fn end_to_end_write_then_read_back_on(aio: Aio) {
+    let mut h = Harness::with_aio("e2e0", false, aio);
     h.init_default();
     wait_thread("blk-e2e0", true);
 
@@ -398,7 +412,16 @@ fn kick_through_the_notify_register() {
 
 #[test]
 fn get_id_flush_discard_write_zeroes() {
-    let mut h = Harness::new("ops0", false);
+    get_id_flush_discard_write_zeroes_on(Aio::IoUring);
+}
+
+#[test]
+fn get_id_flush_discard_write_zeroes_threads() {
+    get_id_flush_discard_write_zeroes_on(Aio::Threads);
+}
+
+fn get_id_flush_discard_write_zeroes_on(aio: Aio) {
+    let mut h = Harness::with_aio("ops0", false, aio);
     h.init_default();
     h.fill(DATA_AT, 32, 0xee);
     let (used, status) = h.run(VIRTIO_BLK_T_GET_ID, 0, DATA_AT, 20, true);
@@ -463,7 +486,16 @@ fn discard_not_negotiated_is_unsupported() {
 
 #[test]
 fn invalid_requests_fail_with_a_status() {
-    let mut h = Harness::new("bad0", false);
+    invalid_requests_fail_with_a_status_on(Aio::IoUring);
+}
+
+#[test]
+fn invalid_requests_fail_with_a_status_threads() {
+    invalid_requests_fail_with_a_status_on(Aio::Threads);
+}
+
+fn invalid_requests_fail_with_a_status_on(aio: Aio) {
+    let mut h = Harness::with_aio("bad0", false, aio);
     h.init_default();
     let before = h.file();
     // Beyond capacity, straddling the end, sector overflow.
@@ -515,7 +547,16 @@ fn invalid_requests_fail_with_a_status() {
 
 #[test]
 fn read_only_disk_refuses_writes() {
-    let mut h = Harness::new("ro0", true);
+    read_only_disk_refuses_writes_on(Aio::IoUring);
+}
+
+#[test]
+fn read_only_disk_refuses_writes_threads() {
+    read_only_disk_refuses_writes_on(Aio::Threads);
+}
+
+fn read_only_disk_refuses_writes_on(aio: Aio) {
+    let mut h = Harness::with_aio("ro0", true, aio);
     h.init_default();
     let before = h.file();
     assert_eq!(h.run(VIRTIO_BLK_T_OUT, 0, DATA_AT, 512, false), (1, 1));
@@ -532,7 +573,16 @@ fn read_only_disk_refuses_writes() {
 
 #[test]
 fn odd_descriptor_layouts_are_accepted() {
-    let mut h = Harness::new("layout0", false);
+    odd_descriptor_layouts_are_accepted_on(Aio::IoUring);
+}
+
+#[test]
+fn odd_descriptor_layouts_are_accepted_threads() {
+    odd_descriptor_layouts_are_accepted_on(Aio::Threads);
+}
+
+fn odd_descriptor_layouts_are_accepted_on(aio: Aio) {
+    let mut h = Harness::with_aio("layout0", false, aio);
     h.init_default();
     // Header and data in one readable descriptor, status alone.
     let hdr = h.write_header(0, VIRTIO_BLK_T_OUT, 2);
@@ -562,7 +612,16 @@ fn odd_descriptor_layouts_are_accepted() {
 
 #[test]
 fn indirect_descriptors() {
-    let mut h = Harness::new("indir0", false);
+    indirect_descriptors_on(Aio::IoUring);
+}
+
+#[test]
+fn indirect_descriptors_threads() {
+    indirect_descriptors_on(Aio::Threads);
+}
+
+fn indirect_descriptors_on(aio: Aio) {
+    let mut h = Harness::with_aio("indir0", false, aio);
     h.init_default();
     let table = GuestAddress(0x5000);
     let hdr = h.write_header(0, VIRTIO_BLK_T_IN, 3);
@@ -581,7 +640,16 @@ fn indirect_descriptors() {
 
 #[test]
 fn event_idx_suppresses_interrupts() {
-    let mut h = Harness::new("evidx0", false);
+    event_idx_suppresses_interrupts_on(Aio::IoUring);
+}
+
+#[test]
+fn event_idx_suppresses_interrupts_threads() {
+    event_idx_suppresses_interrupts_on(Aio::Threads);
+}
+
+fn event_idx_suppresses_interrupts_on(aio: Aio) {
+    let mut h = Harness::with_aio("evidx0", false, aio);
     h.init_default();
     // The driver wants an interrupt only after the 3rd used entry (used_event = 2).
     h.q.set_used_event(2);
@@ -593,7 +661,7 @@ fn event_idx_suppresses_interrupts() {
     assert_eq!(h.irq.read().unwrap(), 1);
 
     // Without EVENT_IDX every completion interrupts.
-    let mut h = Harness::new("evidx1", false);
+    let mut h = Harness::with_aio("evidx1", false, aio);
     h.init(!(1 << VIRTIO_RING_F_EVENT_IDX));
     h.q.set_used_event(100);
     h.run(VIRTIO_BLK_T_IN, 0, DATA_AT, 512, true);
@@ -1149,7 +1217,16 @@ fn overlong_indirect_chain_needs_reset() {
 
 #[test]
 fn reset_during_io_does_not_hang() {
-    let mut h = Harness::new("rio0", false);
+    reset_during_io_does_not_hang_on(Aio::IoUring);
+}
+
+#[test]
+fn reset_during_io_does_not_hang_threads() {
+    reset_during_io_does_not_hang_on(Aio::Threads);
+}
+
+fn reset_during_io_does_not_hang_on(aio: Aio) {
+    let mut h = Harness::with_aio("rio0", false, aio);
     for round in 0..5 {
         h.init_default();
         for i in 0..100u64 {
@@ -1403,4 +1480,35 @@ fn reset_leaves_abandoned_syscalls_behind() {
     // The device works again after re-initialization.
     h.init_default();
     assert_eq!(h.run(VIRTIO_BLK_T_IN, 1, DATA_AT, 512, true), (513, 0));
+}
+
+/// With io_uring no request thread serves a plain disk: the I/O thread submits and reaps;
+/// the thread engine starts request threads for requests made available together.
+#[test]
+fn engines_differ_in_request_threads() {
+    for (aio, id) in [(Aio::IoUring, "ring0"), (Aio::Threads, "thr0")] {
+        let mut h = Harness::with_aio(id, false, aio);
+        h.init_default();
+        for i in 0..16u64 {
+            h.fill(DATA_AT + i * 512, 512, 0x30 + i as u8);
+            h.request(VIRTIO_BLK_T_OUT, i, DATA_AT + i * 512, 512, false);
+        }
+        h.kick();
+        h.wait_used(16);
+        let file = h.file();
+        for i in 0..16usize {
+            assert!(file[i * 512..(i + 1) * 512]
+                .iter()
+                .all(|&b| b == 0x30 + i as u8));
+        }
+        let workers = thread_names()
+            .iter()
+            .filter(|n| n.starts_with(&format!("blk-{id}-r")))
+            .count();
+        assert_eq!(
+            workers > 0,
+            aio == Aio::Threads,
+            "{aio}: {workers} request threads"
+        );
+    }
 }

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use block::{Admission, Admitted, Backend, Ticket};
+use block::{Admission, Admitted, Aio, Backend, Ticket};
 use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
@@ -43,6 +43,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::request::{
     complete, parse, run, status_of, ChainError, Op, Outcome, Parsed, RequestConfig,
 };
+use super::uring::{Finished, Ring};
 use crate::virtio::VirtioInterrupt;
 
 /// Most request threads per device doing work.
@@ -83,12 +84,14 @@ struct Done {
     result: Option<Result<Outcome, ChainError>>,
 }
 
-/// A request with the pool.
+/// A request with the pool or on the ring.
 struct Started {
     req: Pending,
     ticket: Arc<Ticket>,
-    /// Completed already, because a yank abandoned it; its thread's report is dropped.
+    /// Completed already, because a yank abandoned it; its late report is dropped.
     answered: bool,
+    /// On the io_uring engine (no request thread holds it).
+    on_ring: bool,
 }
 
 /// One request thread, and the ticket it works on now.
@@ -214,6 +217,8 @@ pub(super) struct Worker {
     kill: EventFd,
     interrupt: Arc<VirtioInterrupt>,
     pool: Pool,
+    /// The io_uring engine (`aio=io_uring`), when the host allowed one.
+    ring: Option<Ring>,
     done_rx: Receiver<Done>,
     done_wake: EventFd,
     /// Requests with the pool, by job id.
@@ -256,6 +261,11 @@ impl Worker {
         let done_wake = EventFd::new(EFD_NONBLOCK)?;
         let (done_tx, done_rx) = channel();
         let pool = Pool::new(done_tx, done_wake.try_clone()?, name);
+        // The VMM said at start-up when the host refuses io_uring; the thread engine serves.
+        let ring = match backend.aio() {
+            Aio::IoUring => Ring::new(u32::from(super::QUEUE_SIZE)).ok(),
+            Aio::Threads => None,
+        };
         Ok(Self {
             ctx: Arc::new(RequestContext {
                 mem: Arc::new(mem),
@@ -268,6 +278,7 @@ impl Worker {
             kill,
             interrupt,
             pool,
+            ring,
             done_rx,
             done_wake,
             in_flight: BTreeMap::new(),
@@ -300,7 +311,10 @@ impl Worker {
 
     /// Request threads stuck in syscalls a yank abandoned.
     fn stuck(&self) -> usize {
-        self.in_flight.values().filter(|s| s.answered).count()
+        self.in_flight
+            .values()
+            .filter(|s| s.answered && !s.on_ring)
+            .count()
     }
 
     /// Pops every available chain of queue `idx`, parses it into the line and starts what
@@ -332,9 +346,18 @@ impl Worker {
         self.dispatch();
     }
 
-    /// Starts requests from the front of the line while the ordering rules allow, on the
-    /// pool (never on this thread, which must stay free to complete what a yank abandons).
+    /// Starts requests from the front of the line while the ordering rules allow, then
+    /// submits the ring's entries for the round in one go.
     fn dispatch(&mut self) {
+        self.dispatch_round();
+        if let Some(ring) = self.ring.as_mut() {
+            ring.submit();
+        }
+    }
+
+    /// Starts what may start: on the ring when the backend's chain allows it, else on the
+    /// pool (never on this thread, which must stay free to complete what a yank abandons).
+    fn dispatch_round(&mut self) {
         loop {
             if self.broken
                 || self.serial_in_flight
@@ -381,6 +404,42 @@ impl Worker {
             let ticket = admitted.ticket().clone();
             let id = self.next_job;
             self.next_job += 1;
+            let file = self
+                .ring
+                .as_ref()
+                .and_then(|_| self.ctx.backend.host_file());
+            if let (Some(ring), Some(file)) = (self.ring.as_mut(), file) {
+                let started = ring.start(
+                    id,
+                    req.parsed.clone(),
+                    admitted,
+                    file,
+                    &self.ctx.mem,
+                    &self.ctx.backend,
+                );
+                match started {
+                    None => {
+                        self.serial_in_flight = req.serial;
+                        self.in_flight.insert(
+                            id,
+                            Started {
+                                req,
+                                ticket,
+                                answered: false,
+                                on_ring: true,
+                            },
+                        );
+                    }
+                    Some(Some(result)) => self.complete(vec![(req, result)]),
+                    // Yanked before it reached the host.
+                    Some(None) => {
+                        let c = self.ctx.backend.fail_yanked(&ticket);
+                        let result = complete(&req.parsed, &self.ctx.mem, status_of(&c), 0);
+                        self.complete(vec![(req, result)]);
+                    }
+                }
+                continue;
+            }
             let job = Job {
                 id,
                 parsed: req.parsed.clone(),
@@ -397,6 +456,7 @@ impl Worker {
                     req,
                     ticket,
                     answered: false,
+                    on_ring: false,
                 },
             );
         }
@@ -425,9 +485,25 @@ impl Worker {
 
     /// Collects what the pool finished and starts what may start next.
     fn collect(&mut self) {
+        let reports: Vec<Finished> = self.done_rx.try_iter().map(|d| (d.id, d.result)).collect();
+        self.finish(reports);
+    }
+
+    /// Collects what the ring finished and starts what may start next.
+    fn collect_ring(&mut self) {
+        let Some(ring) = self.ring.as_mut() else {
+            return;
+        };
+        let reports = ring.reap(&self.ctx.mem, &self.ctx.backend);
+        self.finish(reports);
+    }
+
+    /// Completes the requests of `reports` (pool or ring: id and result, `None` when a yank
+    /// abandoned it) and starts what may start next.
+    fn finish(&mut self, reports: Vec<Finished>) {
         let mut finished = Vec::new();
-        for done in self.done_rx.try_iter().collect::<Vec<_>>() {
-            let Some(started) = self.in_flight.remove(&done.id) else {
+        for (id, result) in reports {
+            let Some(started) = self.in_flight.remove(&id) else {
                 continue;
             };
             // Completed when the yank abandoned it: the late report is dropped.
@@ -437,7 +513,7 @@ impl Worker {
             if started.req.serial {
                 self.serial_in_flight = false;
             }
-            let result = match done.result {
+            let result = match result {
                 Some(r) => r,
                 // Abandoned before the yank event was seen here: complete it now.
                 None => self.fail_yanked(&started),
@@ -580,6 +656,9 @@ impl Worker {
         }
         if let Ok(worker) = manager.subscriber_mut(id) {
             worker.pool.stop();
+            if let Some(ring) = worker.ring.as_mut() {
+                ring.shut_down();
+            }
             // Requests a yank abandoned that were not completed yet are dropped with the
             // device: no drain waits for them.
             for started in worker.in_flight.values() {
@@ -606,6 +685,8 @@ enum Source {
     Done,
     /// The backend was yanked, or a syscall a yank abandoned returned.
     Yank,
+    /// The io_uring engine posted completions.
+    Ring,
     /// The driver notified queue N.
     Queue(usize),
 }
@@ -615,7 +696,8 @@ impl Source {
     const RETRY: u32 = 1;
     const DONE: u32 = 2;
     const YANK: u32 = 3;
-    const FIRST_QUEUE: u32 = 4;
+    const RING: u32 = 4;
+    const FIRST_QUEUE: u32 = 5;
 
     fn data(self) -> u32 {
         match self {
@@ -623,6 +705,7 @@ impl Source {
             Source::Retry => Self::RETRY,
             Source::Done => Self::DONE,
             Source::Yank => Self::YANK,
+            Source::Ring => Self::RING,
             // A device has a handful of queues.
             Source::Queue(i) => Self::FIRST_QUEUE + i as u32,
         }
@@ -634,6 +717,7 @@ impl Source {
             Self::RETRY => Source::Retry,
             Self::DONE => Source::Done,
             Self::YANK => Source::Yank,
+            Self::RING => Source::Ring,
             n => Source::Queue((n - Self::FIRST_QUEUE) as usize),
         }
     }
@@ -655,6 +739,13 @@ impl MutEventSubscriber for Worker {
                 EventSet::IN,
             ),
         ];
+        if let Some(ring) = &self.ring {
+            sources.push(Events::with_data(
+                ring.event(),
+                Source::Ring.data(),
+                EventSet::IN,
+            ));
+        }
         for (i, e) in self.queue_events.iter().enumerate() {
             sources.push(Events::with_data(e, Source::Queue(i).data(), EventSet::IN));
         }
@@ -670,6 +761,9 @@ impl MutEventSubscriber for Worker {
         match Source::from_data(events.data()) {
             Source::Kill => {
                 self.pool.stop();
+                if let Some(ring) = self.ring.as_mut() {
+                    ring.shut_down();
+                }
                 self.killed = true;
             }
             Source::Retry => {
@@ -682,6 +776,7 @@ impl MutEventSubscriber for Worker {
                 self.collect();
             }
             Source::Yank => self.on_yank(),
+            Source::Ring => self.collect_ring(),
             Source::Queue(idx) => {
                 if let Some(e) = self.queue_events.get(idx) {
                     let _ = e.read();

@@ -1,0 +1,581 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The io_uring engine of a block I/O thread (`aio=io_uring`).
+//!
+//! The I/O thread submits the host operations of the requests it dispatches to its own ring
+//! (one `io_uring_enter` per dispatch round, for every request of that round) and reaps the
+//! completions in batches when the ring's eventfd fires, so that one round of completions
+//! becomes one pass over the used ring and at most one interrupt (EVENT_IDX honoured by the
+//! worker). It serves requests only while the backend's node chain forwards them unchanged
+//! ([`block::Backend::host_file`]): with a fault-injection rule or an acting filter, the
+//! request goes to the thread pool instead, so policies, stats and injection behave the same
+//! on both engines.
+//!
+//! Each request runs its backend operations one after the other (a discard or write-zeroes
+//! request may hold several ranges), each operation in steps: reads and writes in chunks of at
+//! most [`CHUNK`] bytes through the request's own bounce buffer (copied from or to guest
+//! memory on this thread, only while the request's ticket is live, as on the thread engine),
+//! resubmitted after a short transfer; flushes as `fdatasync`; discards as a hole punch;
+//! write-zeroes as a hole punch (when unmapping is allowed), then `FALLOC_FL_ZERO_RANGE`,
+//! then plain writes of zeroes, each falling back when the host does not support it.
+//!
+//! A yanked request keeps its bounce buffer until its last completion arrives; a request still
+//! in the kernel when the device goes away leaves its buffer behind (leaked) rather than free
+//! memory the kernel may still write.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use block::buf::{gather, scatter, AlignedBuf};
+use block::{Admitted, Backend, HostFile, IoKind};
+use io_uring::{opcode, types, IoUring};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::request::{complete, io_bufs, status_of, ChainError, Op, Outcome, Parsed, S_OK};
+
+/// Largest read or write step, and the bounce buffer's largest size.
+pub const CHUNK: usize = 1 << 20;
+
+/// What a finished request reports: its result, or `None` if a yank abandoned it.
+pub(super) type Finished = (u64, Option<Result<Outcome, ChainError>>);
+
+/// One backend operation of a request.
+#[derive(Debug, Clone, Copy)]
+struct HostOp {
+    kind: IoKind,
+    offset: u64,
+    len: u64,
+    /// Write-zeroes may deallocate.
+    may_unmap: bool,
+}
+
+/// How a write-zeroes operation proceeds: each phase falls back to the next when the host
+/// does not support it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZeroPhase {
+    Punch,
+    ZeroRange,
+    Buffers,
+}
+
+/// A request on the ring.
+struct Job {
+    parsed: Arc<Parsed>,
+    admitted: Admitted,
+    file: HostFile,
+    ops: Vec<HostOp>,
+    /// The operation in progress.
+    op: usize,
+    /// When the operation began (for the statistics).
+    started: Instant,
+    /// Bytes of the operation done.
+    pos: u64,
+    /// Bytes of the current chunk done (a short transfer resumes there).
+    chunk_done: usize,
+    /// The current chunk's length.
+    chunk: usize,
+    phase: ZeroPhase,
+    /// The bounce buffer (reads and writes).
+    buf: Option<AlignedBuf>,
+    /// Data bytes written to the guest.
+    written: u64,
+}
+
+/// The ring of one I/O thread, and the requests on it.
+pub(super) struct Ring {
+    ring: IoUring,
+    event: EventFd,
+    jobs: HashMap<u64, Job>,
+    /// A zeroed buffer for write-zeroes that falls back to writes.
+    zeroes: Option<AlignedBuf>,
+    /// Entries pushed since the last submit.
+    queued: usize,
+}
+
+/// What a step asks of the ring next.
+enum Next {
+    /// An entry to push.
+    Submit(io_uring::squeue::Entry),
+    /// The request is finished: its status (or park) and data bytes written.
+    Done(Result<u8, u64>),
+    /// A yank abandoned it.
+    Abandoned,
+}
+
+impl Ring {
+    /// A ring for `entries` requests in flight, its completions signalled on an eventfd.
+    ///
+    /// # Errors
+    /// The host refuses io_uring or the eventfd.
+    pub fn new(entries: u32) -> io::Result<Self> {
+        let ring = IoUring::builder()
+            .setup_cqsize(entries * 2)
+            .build(entries)?;
+        let event = EventFd::new(EFD_NONBLOCK)?;
+        ring.submitter().register_eventfd(event.as_raw_fd())?;
+        Ok(Self {
+            ring,
+            event,
+            jobs: HashMap::new(),
+            zeroes: None,
+            queued: 0,
+        })
+    }
+
+    /// Signalled when completions are posted.
+    pub fn event(&self) -> &EventFd {
+        &self.event
+    }
+
+    /// Starts request `id` on `file`. Returns its result when it finished without the host
+    /// (a refusal, a flush with nothing to flush; `Some(None)`: a yank), else `None`: it
+    /// completes in [`Ring::reap`].
+    pub fn start(
+        &mut self,
+        id: u64,
+        parsed: Arc<Parsed>,
+        admitted: Admitted,
+        file: HostFile,
+        mem: &GuestMemoryMmap,
+        backend: &Backend,
+    ) -> Option<Option<Result<Outcome, ChainError>>> {
+        let ops = host_ops(&parsed.op);
+        let mut job = Job {
+            parsed,
+            admitted,
+            file,
+            ops,
+            op: 0,
+            started: Instant::now(),
+            pos: 0,
+            chunk_done: 0,
+            chunk: 0,
+            phase: ZeroPhase::Punch,
+            buf: None,
+            written: 0,
+        };
+        let next = self.begin_op(&mut job, mem, backend);
+        match self.advance(id, job, next, mem, backend) {
+            Some(done) => Some(Some(done)),
+            None if self.jobs.contains_key(&id) => None,
+            None => Some(None),
+        }
+    }
+
+    /// Submits what was pushed since the last call (one syscall for the round).
+    pub fn submit(&mut self) {
+        if self.queued > 0 {
+            // Entries stay queued on a transient failure (EBUSY, EAGAIN, EINTR): the next
+            // submit or reap sends them.
+            if self.ring.submit().is_ok() {
+                self.queued = 0;
+            }
+        }
+    }
+
+    /// Reaps every completion posted and advances their requests; returns the finished ones.
+    pub fn reap(&mut self, mem: &GuestMemoryMmap, backend: &Backend) -> Vec<Finished> {
+        let _ = self.event.read();
+        let mut finished = Vec::new();
+        loop {
+            let cqes: Vec<(u64, i32)> = self
+                .ring
+                .completion()
+                .map(|c| (c.user_data(), c.result()))
+                .collect();
+            if cqes.is_empty() {
+                break;
+            }
+            for (id, res) in cqes {
+                let Some(mut job) = self.jobs.remove(&id) else {
+                    continue;
+                };
+                let next = self.step_done(&mut job, res, mem, backend);
+                if let Some(done) = self.advance(id, job, next, mem, backend) {
+                    finished.push((id, Some(done)));
+                } else if !self.jobs.contains_key(&id) {
+                    finished.push((id, None));
+                }
+            }
+        }
+        self.submit();
+        finished
+    }
+
+    /// Waits for the requests still on the ring that a yank did not abandon (as a drain
+    /// does: hung storage that is not yanked holds it), dropping their results (the device is
+    /// going away); leaks the buffers of the abandoned ones still in the kernel.
+    pub fn shut_down(&mut self) {
+        self.submit();
+        while self
+            .jobs
+            .values()
+            .any(|j| !j.admitted.ticket().is_abandoned())
+        {
+            let ts = types::Timespec::new().nsec(10_000_000);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let _ = self.ring.submitter().submit_with_args(1, &args);
+            let done: Vec<u64> = self.ring.completion().map(|c| c.user_data()).collect();
+            for id in done {
+                // A request with more steps would need them; the device is gone: stop here.
+                self.jobs.remove(&id);
+            }
+        }
+        for (_, job) in self.jobs.drain() {
+            if let Some(buf) = job.buf {
+                std::mem::forget(buf);
+            }
+        }
+        if let Some(z) = self.zeroes.take() {
+            std::mem::forget(z);
+        }
+    }
+
+    /// Acts on `next` for request `id`: pushes its entry (keeping the job) or finishes it.
+    fn advance(
+        &mut self,
+        id: u64,
+        mut job: Job,
+        mut next: Next,
+        mem: &GuestMemoryMmap,
+        backend: &Backend,
+    ) -> Option<Result<Outcome, ChainError>> {
+        loop {
+            match next {
+                Next::Submit(entry) => {
+                    let entry = entry.user_data(id);
+                    // SAFETY: the entry points at the job's bounce buffer or at the ring's zero
+                    // buffer, both kept alive until its completion is reaped: the job goes into
+                    // `self.jobs` right below, and `shut_down` leaks what is still in flight.
+                    let pushed = unsafe { self.ring.submission().push(&entry).is_ok() }
+                        || (self.ring.submit().is_ok()
+                            // SAFETY: as above.
+                            && unsafe { self.ring.submission().push(&entry).is_ok() });
+                    if !pushed {
+                        next =
+                            self.fail_op(&mut job, io::Error::other("io_uring is full"), backend);
+                        continue;
+                    }
+                    self.queued += 1;
+                    self.jobs.insert(id, job);
+                    return None;
+                }
+                Next::Done(status) => {
+                    return Some(complete(&job.parsed, mem, status, job.written));
+                }
+                Next::Abandoned => return None,
+            }
+        }
+    }
+
+    /// Begins operation `job.op` (or finishes the request when none is left).
+    fn begin_op(&mut self, job: &mut Job, mem: &GuestMemoryMmap, backend: &Backend) -> Next {
+        let Some(op) = job.ops.get(job.op).copied() else {
+            return Next::Done(Ok(0));
+        };
+        let range = op_range(&op);
+        job.started = match backend.begin_op(job.admitted.ticket(), op.kind, range) {
+            Ok(t) => t,
+            Err(Some(c)) => return Next::Done(status_of(&c)),
+            Err(None) => return Next::Abandoned,
+        };
+        job.pos = 0;
+        job.phase = if op.may_unmap {
+            ZeroPhase::Punch
+        } else {
+            ZeroPhase::ZeroRange
+        };
+        match op.kind {
+            IoKind::Read | IoKind::Write => self.next_chunk(job, mem, backend),
+            IoKind::Flush => {
+                if job.file.no_flush() {
+                    return self.end_op(job, Ok(()), mem, backend);
+                }
+                Next::Submit(
+                    opcode::Fsync::new(types::Fd(job.file.fd()))
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build(),
+                )
+            }
+            IoKind::Discard => Next::Submit(fallocate(
+                &job.file,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                op.offset,
+                op.len,
+            )),
+            IoKind::WriteZeroes => self.zero_step(job, op, mem, backend),
+        }
+    }
+
+    /// The entry of the write-zeroes phase `job.phase`.
+    fn zero_step(
+        &mut self,
+        job: &mut Job,
+        op: HostOp,
+        mem: &GuestMemoryMmap,
+        backend: &Backend,
+    ) -> Next {
+        match job.phase {
+            ZeroPhase::Punch => Next::Submit(fallocate(
+                &job.file,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                op.offset,
+                op.len,
+            )),
+            ZeroPhase::ZeroRange => Next::Submit(fallocate(
+                &job.file,
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                op.offset,
+                op.len,
+            )),
+            ZeroPhase::Buffers => self.next_chunk(job, mem, backend),
+        }
+    }
+
+    /// Prepares the next chunk of a read, a write or a zero write (resuming a short one).
+    fn next_chunk(&mut self, job: &mut Job, mem: &GuestMemoryMmap, backend: &Backend) -> Next {
+        let op = job.ops[job.op];
+        if job.pos >= op.len && job.chunk_done == 0 {
+            return self.end_op(job, Ok(()), mem, backend);
+        }
+        if job.chunk_done == 0 {
+            job.chunk = (op.len - job.pos).min(CHUNK as u64) as usize;
+        }
+        let zero_write = op.kind == IoKind::WriteZeroes;
+        if zero_write {
+            if self.zeroes.is_none() {
+                match AlignedBuf::new(CHUNK) {
+                    Ok(b) => self.zeroes = Some(b),
+                    Err(e) => return self.fail_op(job, e, backend),
+                }
+            }
+        } else if job.buf.is_none() {
+            match AlignedBuf::new(job.chunk.max(1)) {
+                Ok(b) => job.buf = Some(b),
+                Err(e) => return self.fail_op(job, e, backend),
+            }
+        }
+        // A write copies its chunk from guest memory before the first submission of it.
+        if op.kind == IoKind::Write && job.chunk_done == 0 {
+            let (Some(buf), Some(bufs)) = (job.buf.as_mut(), guest_bufs(&job.parsed, mem)) else {
+                return self.fail_op(job, io::Error::from_raw_os_error(libc::EFAULT), backend);
+            };
+            let window = &mut buf.as_mut_slice()[..job.chunk];
+            if !job
+                .admitted
+                .ticket()
+                .while_live(|| gather(&bufs, job.pos, window))
+            {
+                return Next::Abandoned;
+            }
+        }
+        let base = if zero_write {
+            self.zeroes.as_mut().map(AlignedBuf::as_mut_ptr)
+        } else {
+            job.buf.as_mut().map(AlignedBuf::as_mut_ptr)
+        };
+        let Some(base) = base else {
+            return self.fail_op(job, io::Error::from_raw_os_error(libc::ENOMEM), backend);
+        };
+        // SAFETY: `chunk_done < chunk <= buffer length`, so the pointer stays in the buffer.
+        let ptr = unsafe { base.add(job.chunk_done) };
+        let len = (job.chunk - job.chunk_done) as u32;
+        let at = op.offset + job.pos + job.chunk_done as u64;
+        let fd = types::Fd(job.file.fd());
+        Next::Submit(match op.kind {
+            IoKind::Read => opcode::Read::new(fd, ptr, len).offset(at).build(),
+            _ => opcode::Write::new(fd, ptr.cast_const(), len)
+                .offset(at)
+                .build(),
+        })
+    }
+
+    /// A completion `res` of `job`'s current step: what comes next.
+    fn step_done(
+        &mut self,
+        job: &mut Job,
+        res: i32,
+        mem: &GuestMemoryMmap,
+        backend: &Backend,
+    ) -> Next {
+        if job.admitted.ticket().is_abandoned() {
+            return Next::Abandoned;
+        }
+        let op = job.ops[job.op];
+        let err = (res < 0).then(|| io::Error::from_raw_os_error(-res));
+        match op.kind {
+            IoKind::Flush => self.end_op(job, err.map_or(Ok(()), Err), mem, backend),
+            IoKind::Discard => {
+                let r = match err {
+                    Some(e) if unsupported(&e) => Ok(()),
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
+                self.end_op(job, r, mem, backend)
+            }
+            IoKind::WriteZeroes if job.phase != ZeroPhase::Buffers => match err {
+                None => self.end_op(job, Ok(()), mem, backend),
+                Some(e) if unsupported(&e) => {
+                    job.phase = if job.phase == ZeroPhase::Punch {
+                        ZeroPhase::ZeroRange
+                    } else {
+                        ZeroPhase::Buffers
+                    };
+                    self.zero_step(job, op, mem, backend)
+                }
+                Some(e) => self.end_op(job, Err(e), mem, backend),
+            },
+            _ => {
+                if let Some(e) = err {
+                    return self.end_op(job, Err(e), mem, backend);
+                }
+                let n = res as usize;
+                if n == 0 && op.kind != IoKind::Read {
+                    return self.end_op(
+                        job,
+                        Err(io::Error::from(io::ErrorKind::WriteZero)),
+                        mem,
+                        backend,
+                    );
+                }
+                if n == 0 {
+                    // End of file (the image shrank under us): the rest reads as zeroes.
+                    if let Some(buf) = job.buf.as_mut() {
+                        buf.as_mut_slice()[job.chunk_done..job.chunk].fill(0);
+                    }
+                    job.chunk_done = job.chunk;
+                } else {
+                    job.chunk_done = (job.chunk_done + n).min(job.chunk);
+                }
+                if job.chunk_done < job.chunk {
+                    return self.next_chunk(job, mem, backend);
+                }
+                if op.kind == IoKind::Read {
+                    let (Some(buf), Some(bufs)) = (job.buf.as_ref(), guest_bufs(&job.parsed, mem))
+                    else {
+                        return self.fail_op(
+                            job,
+                            io::Error::from_raw_os_error(libc::EFAULT),
+                            backend,
+                        );
+                    };
+                    let window = &buf.as_slice()[..job.chunk];
+                    if !job
+                        .admitted
+                        .ticket()
+                        .while_live(|| scatter(&bufs, job.pos, window))
+                    {
+                        return Next::Abandoned;
+                    }
+                }
+                job.pos += job.chunk as u64;
+                job.chunk_done = 0;
+                self.next_chunk(job, mem, backend)
+            }
+        }
+    }
+
+    /// A failure before the host saw the step: the request ends with it.
+    fn fail_op(&mut self, job: &mut Job, e: io::Error, backend: &Backend) -> Next {
+        let op = job.ops[job.op];
+        let ticket = job.admitted.ticket().clone();
+        match backend.end_op(&ticket, op.kind, op_range(&op), job.started, Err(e), true) {
+            Some(c) => Next::Done(status_of(&c)),
+            None => Next::Abandoned,
+        }
+    }
+
+    /// Ends operation `job.op` with `result`: accounts it, then begins the next one, or
+    /// finishes the request (on a failure, or after the last).
+    fn end_op(
+        &mut self,
+        job: &mut Job,
+        result: io::Result<()>,
+        mem: &GuestMemoryMmap,
+        backend: &Backend,
+    ) -> Next {
+        let op = job.ops[job.op];
+        if matches!(
+            op.kind,
+            IoKind::Flush | IoKind::Discard | IoKind::WriteZeroes
+        ) {
+            job.file.remeasure();
+        }
+        let last = job.op + 1 == job.ops.len();
+        let ticket = job.admitted.ticket().clone();
+        let Some(c) = backend.end_op(&ticket, op.kind, op_range(&op), job.started, result, last)
+        else {
+            return Next::Abandoned;
+        };
+        match status_of(&c) {
+            Ok(s) if s == S_OK && !last => {
+                job.op += 1;
+                job.buf = None;
+                self.begin_op(job, mem, backend)
+            }
+            Ok(s) => {
+                if s == S_OK && op.kind == IoKind::Read {
+                    job.written = op.len;
+                }
+                Next::Done(Ok(s))
+            }
+            park => Next::Done(park),
+        }
+    }
+}
+
+/// The backend operations of a request, in order.
+fn host_ops(op: &Op) -> Vec<HostOp> {
+    let one = |kind, offset, len| HostOp {
+        kind,
+        offset,
+        len,
+        may_unmap: false,
+    };
+    match op {
+        Op::Immediate { .. } => Vec::new(),
+        Op::Read { offset, len, .. } => vec![one(IoKind::Read, *offset, *len)],
+        Op::Write { offset, len, .. } => vec![one(IoKind::Write, *offset, *len)],
+        Op::Flush => vec![one(IoKind::Flush, 0, 0)],
+        Op::Discard(r) => r.iter().map(|&(o, l)| one(IoKind::Discard, o, l)).collect(),
+        Op::WriteZeroes(r) => r
+            .iter()
+            .map(|&(offset, len, may_unmap)| HostOp {
+                kind: IoKind::WriteZeroes,
+                offset,
+                len,
+                may_unmap,
+            })
+            .collect(),
+    }
+}
+
+/// The range the backend validates and accounts for `op`.
+fn op_range(op: &HostOp) -> Option<(u64, u64)> {
+    (op.kind != IoKind::Flush).then_some((op.offset, op.len))
+}
+
+/// The guest buffers of a read or write request.
+fn guest_bufs<'m>(parsed: &Parsed, mem: &'m GuestMemoryMmap) -> Option<Vec<block::IoBuf<'m>>> {
+    match &parsed.op {
+        Op::Read { data, .. } | Op::Write { data, .. } => io_bufs(mem, data),
+        _ => None,
+    }
+}
+
+fn fallocate(file: &HostFile, mode: i32, offset: u64, len: u64) -> io_uring::squeue::Entry {
+    opcode::Fallocate::new(types::Fd(file.fd()), len)
+        .offset(offset)
+        .mode(mode)
+        .build()
+}
+
+fn unsupported(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+    )
+}
