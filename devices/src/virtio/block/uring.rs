@@ -39,6 +39,19 @@ use super::request::{complete, io_bufs, status_of, ChainError, Op, Outcome, Pars
 /// Largest read or write step, and the bounce buffer's largest size.
 pub const CHUNK: usize = 1 << 20;
 
+/// Bounce buffer sizes: a request's buffer is the smallest that holds its first chunk.
+const SIZE_CLASSES: [usize; 4] = [4096, 65536, 262_144, CHUNK];
+/// Most spare buffers kept per size class (a queue holds at most 256 requests).
+const SPARE_PER_CLASS: usize = 64;
+
+/// The size class of a buffer for `len` bytes.
+fn size_class(len: usize) -> usize {
+    SIZE_CLASSES
+        .iter()
+        .position(|&c| len <= c)
+        .unwrap_or(SIZE_CLASSES.len() - 1)
+}
+
 /// What a finished request reports: its result, or `None` if a yank abandoned it.
 pub(super) type Finished = (u64, Option<Result<Outcome, ChainError>>);
 
@@ -91,6 +104,8 @@ pub(super) struct Ring {
     jobs: HashMap<u64, Job>,
     /// A zeroed buffer for write-zeroes that falls back to writes.
     zeroes: Option<AlignedBuf>,
+    /// Bounce buffers no request uses, by size class ([`size_class`]).
+    spare: Vec<Vec<AlignedBuf>>,
     /// Entries pushed since the last submit.
     queued: usize,
 }
@@ -121,6 +136,7 @@ impl Ring {
             event,
             jobs: HashMap::new(),
             zeroes: None,
+            spare: (0..SIZE_CLASSES.len()).map(|_| Vec::new()).collect(),
             queued: 0,
         })
     }
@@ -264,10 +280,41 @@ impl Ring {
                     return None;
                 }
                 Next::Done(status) => {
-                    return Some(complete(&job.parsed, mem, status, job.written));
+                    let result = complete(&job.parsed, mem, status, job.written);
+                    self.recycle(job);
+                    return Some(result);
                 }
-                Next::Abandoned => return None,
+                // Its last entry completed (or none was ever submitted): the kernel is done
+                // with its buffer.
+                Next::Abandoned => {
+                    self.recycle(job);
+                    return None;
+                }
             }
+        }
+    }
+
+    /// A bounce buffer of at least `len` bytes: a spare one of its size class, or a new one.
+    fn take_buf(&mut self, len: usize) -> io::Result<AlignedBuf> {
+        let class = size_class(len);
+        match self.spare[class].pop() {
+            Some(b) => Ok(b),
+            None => AlignedBuf::new(SIZE_CLASSES[class]),
+        }
+    }
+
+    /// Keeps a buffer for later requests (up to [`SPARE_PER_CLASS`] per size class).
+    fn put_buf(&mut self, buf: AlignedBuf) {
+        let class = size_class(buf.len());
+        if SIZE_CLASSES[class] == buf.len() && self.spare[class].len() < SPARE_PER_CLASS {
+            self.spare[class].push(buf);
+        }
+    }
+
+    /// Takes back the buffer of a request that is done with the kernel.
+    fn recycle(&mut self, mut job: Job) {
+        if let Some(b) = job.buf.take() {
+            self.put_buf(b);
         }
     }
 
@@ -353,7 +400,7 @@ impl Ring {
                 }
             }
         } else if job.buf.is_none() {
-            match AlignedBuf::new(job.chunk.max(1)) {
+            match self.take_buf(job.chunk) {
                 Ok(b) => job.buf = Some(b),
                 Err(e) => return self.fail_op(job, e, backend),
             }
@@ -513,7 +560,9 @@ impl Ring {
         match status_of(&c) {
             Ok(s) if s == S_OK && !last => {
                 job.op += 1;
-                job.buf = None;
+                if let Some(b) = job.buf.take() {
+                    self.put_buf(b);
+                }
                 self.begin_op(job, mem, backend)
             }
             Ok(s) => {
