@@ -116,9 +116,15 @@ fn every_engine_and_cache_mode_moves_the_same_bytes() {
                 "probe.test=blk-write,blk-read probe.lba=100 probe.count=3000 probe.seed=21",
             );
             let w = one(&out, "PROBE blk-write");
-            assert!(w.contains("status=ok") && w.contains("flush=ok"), "{disk}: {w}");
+            assert!(
+                w.contains("status=ok") && w.contains("flush=ok"),
+                "{disk}: {w}"
+            );
             let r = one(&out, "PROBE blk-read");
-            assert!(r.contains("status=ok") && r.contains("match=yes"), "{disk}: {r}");
+            assert!(
+                r.contains("status=ok") && r.contains("match=yes"),
+                "{disk}: {r}"
+            );
             for x in [100, 101, 1600, 3099] {
                 assert_eq!(img.sector(x), pattern(x, 21), "sector {x} with {disk}");
             }
@@ -126,6 +132,20 @@ fn every_engine_and_cache_mode_moves_the_same_bytes() {
             assert_eq!(img.sector(3100), vec![0; SECTOR], "{disk}");
         }
     }
+}
+
+/// A multi-queue disk serves a driver that uses queue 0 only (no MQ negotiated) as before.
+#[test]
+fn multi_queue_disk_serves_a_single_queue_driver() {
+    let img = Image::new("mq-single", 2048);
+    let disk = format!("path={},num-queues=4", img.path());
+    let out = probe(
+        &[&disk],
+        "probe.test=blk-write,blk-read probe.lba=10 probe.count=64 probe.seed=5",
+    );
+    let r = one(&out, "PROBE blk-read");
+    assert!(r.contains("status=ok") && r.contains("match=yes"), "{r}");
+    assert_eq!(img.sector(40), pattern(40, 5));
 }
 
 #[test]

@@ -187,13 +187,34 @@ pub struct Backend {
     io_status: Arc<IoStatusCell>,
     resume_epoch: AtomicU64,
     slots: Slots,
-    retry: EventFd,
+    /// The devices' I/O threads waiting on this backend's resumes and yanks.
+    watchers: Mutex<Vec<Arc<Watcher>>>,
     /// Admitted requests, for [`Backend::drain`] and [`Backend::yank`].
     flight: Mutex<Flight>,
     /// Notified when the last running request is released or abandoned.
     idle: Condvar,
-    /// Signalled by [`Backend::yank`] and when an abandoned request's syscall returns.
-    yanked: EventFd,
+}
+
+/// What one of a device's I/O threads (one per queue) waits on for its backend: the retry
+/// event, signalled by every [`Backend::resume`], and the yank event, signalled by every
+/// [`Backend::yank`] and whenever a syscall a yank abandoned returns. Each thread has its own
+/// ([`Backend::watch`]), so that none misses a wake-up another consumed.
+#[derive(Debug)]
+pub struct Watcher {
+    retry: EventFd,
+    yank: EventFd,
+}
+
+impl Watcher {
+    /// Signalled on resume: retry the parked requests.
+    pub fn retry_event(&self) -> &EventFd {
+        &self.retry
+    }
+
+    /// Signalled on yank and when an abandoned syscall returns.
+    pub fn yank_event(&self) -> &EventFd {
+        &self.yank
+    }
 }
 
 /// What [`Backend::admit`] decided.
@@ -286,10 +307,9 @@ impl Backend {
             io_status,
             resume_epoch: AtomicU64::new(0),
             slots,
-            retry: EventFd::new(EFD_NONBLOCK)?,
+            watchers: Mutex::new(Vec::new()),
             flight: Mutex::new(Flight::default()),
             idle: Condvar::new(),
-            yanked: EventFd::new(EFD_NONBLOCK)?,
         })
     }
 
@@ -383,8 +403,7 @@ impl Backend {
             drop(f);
             // Wakes a synchronous submit waiting for it.
             self.idle.notify_all();
-            // A failed write means the counter is saturated: the device wakes anyway.
-            let _ = self.yanked.write(1);
+            self.notify(|w| &w.yank);
         }
     }
 
@@ -407,13 +426,46 @@ impl Backend {
             self.idle.notify_all();
         }
         drop(f);
-        let _ = self.yanked.write(1);
+        self.notify(|w| &w.yank);
         abandoned
     }
 
-    /// Signalled by a yank and whenever an abandoned request's syscall returns.
-    pub fn yank_event(&self) -> &EventFd {
-        &self.yanked
+    /// A new [`Watcher`] of this backend, for one I/O thread; [`Backend::unwatch`] it when
+    /// the thread ends.
+    ///
+    /// # Errors
+    /// Creating its eventfds failed.
+    pub fn watch(&self) -> io::Result<Arc<Watcher>> {
+        let w = Arc::new(Watcher {
+            retry: EventFd::new(EFD_NONBLOCK)?,
+            yank: EventFd::new(EFD_NONBLOCK)?,
+        });
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(w.clone());
+        Ok(w)
+    }
+
+    /// Stops signalling `watcher`.
+    pub fn unwatch(&self, watcher: &Arc<Watcher>) {
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|w| !Arc::ptr_eq(w, watcher));
+    }
+
+    /// Signals one eventfd of every watcher. A failed write means its counter is saturated:
+    /// that thread wakes anyway.
+    fn notify(&self, which: impl Fn(&Watcher) -> &EventFd) {
+        for w in self
+            .watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = which(w).write(1);
+        }
     }
 
     /// The completion of a request a yank abandoned: `EIO`, through the error policy and the
@@ -576,21 +628,13 @@ impl Backend {
         self.stats.account_invalid(kind);
     }
 
-    /// Signalled by [`Backend::resume`]: devices wait on it to retry stopped requests.
-    pub fn retry_event(&self) -> &EventFd {
-        &self.retry
-    }
-
     /// Clears the I/O status and a yank's fence, starts a new resume epoch and asks devices to
     /// retry the requests they keep (on `cont`).
-    ///
-    /// # Errors
-    /// Writing the retry eventfd failed.
-    pub fn resume(&self) -> io::Result<()> {
+    pub fn resume(&self) {
         self.flight().fenced = false;
         self.io_status.reset();
         self.resume_epoch.fetch_add(1, Ordering::AcqRel);
-        self.retry.write(1)
+        self.notify(|w| &w.retry);
     }
 
     /// How many times [`Backend::resume`] ran: a stopped request is due for a retry once this
@@ -1080,9 +1124,13 @@ mod tests {
         // The first stop's status stays until resume (QEMU's blk_iostatus_set_err).
         assert!(matches!(b.submit(write()), Completion::Stopped { .. }));
         assert_eq!(b.io_status(), IoStatus::Failed);
-        b.resume().unwrap();
+        let watcher = b.watch().unwrap();
+        b.resume();
         assert_eq!(b.io_status(), IoStatus::Ok);
-        assert_eq!(b.retry_event().read().unwrap(), 1);
+        assert_eq!(watcher.retry_event().read().unwrap(), 1);
+        b.unwatch(&watcher);
+        b.resume();
+        assert!(watcher.retry_event().read().is_err());
         assert!(matches!(b.submit(write()), Completion::Stopped { .. }));
         assert_eq!(b.io_status(), IoStatus::NoSpace);
         // As QEMU's virtio-blk: only the reported failure counts as failed; the ignored one
@@ -1295,7 +1343,7 @@ mod tests {
         let mine = Arc::new(BlockStats::default());
         b.connect_io_error(Arc::new(StatsSlot::new(mine.clone())));
         b.set_error_policy(policy(OnError::Report));
-        b.resume().unwrap();
+        b.resume();
         assert!(matches!(b.submit(write()), Completion::Failed(_)));
         assert_eq!(mine.snapshot().qmp().failed_wr_operations, 1);
         assert_eq!(b.stats().snapshot().qmp().failed_wr_operations, 2);
@@ -1377,7 +1425,7 @@ mod tests {
                     b.set_error_policy(Arc::new(policy));
                     b.remove_injection(None).unwrap();
                     b.inject(FaultRule::new(kind, errno)).unwrap();
-                    b.resume().unwrap();
+                    b.resume();
                     log.lock().unwrap().clear();
                     let req = if kind == IoKind::Read {
                         Request::Read {

@@ -43,7 +43,7 @@ mod stats;
 pub mod yank;
 
 pub use backend::{
-    Admission, Admitted, Backend, BackendConfig, Completion, InvalidRequest, Request,
+    Admission, Admitted, Backend, BackendConfig, Completion, InvalidRequest, Request, Watcher,
 };
 pub use file::{FileNode, HostFile, OpenError};
 pub use inject::{errno_name, parse_errno, FaultNode, FaultRule, InjectError};

@@ -314,7 +314,7 @@ mod tests {
             Admission::Done(crate::Completion::Failed(_))
         ));
         // After a resume, requests over the abandoned write's bytes wait for it; others run.
-        backend.resume().unwrap();
+        backend.resume();
         assert!(matches!(
             backend.admit(IoKind::Read, vec![(256, 512)]),
             Admission::Wait

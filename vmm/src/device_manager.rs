@@ -275,7 +275,7 @@ impl DeviceManager {
         let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_FIRST_GSI + slot;
         let transport = MmioTransport::new(
-            Box::new(VirtioBlock::new(backend.clone())),
+            Box::new(VirtioBlock::with_queues(backend.clone(), spec.num_queues)),
             self.mem.clone(),
             self.irqfd(gsi)?,
             base,

@@ -1,12 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The `--disk` option: `PATH`, or `path=PATH[,id=ID][,node-name=NAME][,readonly=on|off]
-//! [,cache=writeback|none|unsafe][,aio=io_uring|threads][,serial=STR][,werror=ACTION]
-//! [,rerror=ACTION][,inject.N.KEY=VALUE...]`. As in QEMU's option syntax, a comma inside a value is written as
+//! [,cache=writeback|none|unsafe][,aio=io_uring|threads][,num-queues=N][,serial=STR]
+//! [,werror=ACTION][,rerror=ACTION][,inject.N.KEY=VALUE...]`. As in QEMU's option syntax, a comma inside a value is written as
 //! `,,`. Parsed by [`OptionList`].
 //!
 //! `werror`/`rerror` are QEMU's error policies (`report`, `ignore`, `enospc` — writes only —,
 //! `stop`; defaults `enospc` and `report`). `aio` is QEMU's engine key (`native` is taken as
-//! `io_uring`); without it the disk uses io_uring where the host allows it. `inject.N.*` keys describe fault-injection rule N
+//! `io_uring`); without it the disk uses io_uring where the host allows it. `num-queues` is
+//! QEMU's virtio-blk property: above 1 the device offers multi-queue, each queue its own I/O
+//! thread. `inject.N.*` keys describe fault-injection rule N
 //! (0, 1, ...) with the members of QMP's `blockdev-inject-error`: `inject.N.operation`
 //! (`read`, `write`, `flush`), `inject.N.errno` (`eio`, `enospc`, `eperm`, `erofs`,
 //! `edquot`), `inject.N.sector`, `inject.N.count`, `inject.N.once`, `inject.N.delay-ms`.
@@ -19,13 +21,15 @@ use block::{
     parse_errno, Aio, CacheMode, DevicePolicy, FaultRule, IoKind, OnError, ParseOnErrorError,
 };
 
+use devices::virtio::block::MAX_QUEUES;
+
 use crate::options::{self, OptionError, OptionList};
 
 /// Errors in a `--disk` value.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DiskSpecError {
     /// An option we do not know.
-    #[error("Unknown --disk option '{0}' (known: path, id, node-name, readonly, cache, aio, serial, werror, rerror, inject.N.*)")]
+    #[error("Unknown --disk option '{0}' (known: path, id, node-name, readonly, cache, aio, num-queues, serial, werror, rerror, inject.N.*)")]
     UnknownKey(String),
     /// No path given.
     #[error("--disk needs a path, as in --disk img.raw or --disk path=img.raw,id=data0")]
@@ -45,6 +49,9 @@ pub enum DiskSpecError {
     /// A bad engine.
     #[error("--disk aio takes io_uring, threads or native, not '{0}'")]
     BadAio(String),
+    /// A bad queue count.
+    #[error("--disk num-queues takes 1 to {max}, not '{0}'", max = MAX_QUEUES)]
+    BadQueues(String),
     /// A malformed option list (an empty item, an item without a key).
     #[error("--disk {0}")]
     Syntax(OptionError),
@@ -71,6 +78,8 @@ pub struct DiskSpec {
     pub cache: CacheMode,
     /// The I/O engine asked for; the fastest the host allows when absent.
     pub aio: Option<Aio>,
+    /// The device's queues.
+    pub num_queues: u16,
     /// The serial number the guest sees (GET_ID); the id when absent.
     pub serial: Option<String>,
     /// `rerror`/`werror`.
@@ -131,6 +140,13 @@ impl std::str::FromStr for DiskSpec {
         let aio = take_value(&mut opts, "aio")?
             .map(|v| v.parse::<Aio>().map_err(|_| DiskSpecError::BadAio(v)))
             .transpose()?;
+        let num_queues = match take_value(&mut opts, "num-queues")? {
+            None => 1,
+            Some(v) => match v.parse::<u16>() {
+                Ok(n) if (1..=MAX_QUEUES).contains(&n) => n,
+                _ => return Err(DiskSpecError::BadQueues(v)),
+            },
+        };
         let serial = take_value(&mut opts, "serial")?;
         let mut policy = DevicePolicy::default();
         if let Some(v) = take_value(&mut opts, "werror")? {
@@ -148,6 +164,7 @@ impl std::str::FromStr for DiskSpec {
             read_only,
             cache,
             aio,
+            num_queues,
             serial,
             policy,
             inject,
@@ -216,6 +233,23 @@ mod tests {
 
     fn p(s: &str) -> Result<DiskSpec, DiskSpecError> {
         s.parse()
+    }
+
+    #[test]
+    fn num_queues_is_bounded() {
+        let p = |s: &str| s.parse::<DiskSpec>();
+        assert_eq!(p("img").unwrap().num_queues, 1);
+        assert_eq!(p("img,num-queues=4").unwrap().num_queues, 4);
+        for bad in ["0", "17", "-1", "four"] {
+            assert_eq!(
+                p(&format!("img,num-queues={bad}")),
+                Err(DiskSpecError::BadQueues(bad.into()))
+            );
+        }
+        assert_eq!(
+            p("img,num-queues=0").unwrap_err().to_string(),
+            "--disk num-queues takes 1 to 16, not '0'"
+        );
     }
 
     #[test]
@@ -318,7 +352,7 @@ mod tests {
         let m = |s: &str| p(s).unwrap_err().to_string();
         assert_eq!(
             m("img,format=raw"),
-            "Unknown --disk option 'format' (known: path, id, node-name, readonly, cache, aio, serial, werror, rerror, inject.N.*)"
+            "Unknown --disk option 'format' (known: path, id, node-name, readonly, cache, aio, num-queues, serial, werror, rerror, inject.N.*)"
         );
         assert_eq!(m("img,id=a,id=b"), "--disk option 'id' is given twice");
         assert_eq!(m("img,id="), "--disk option 'id' needs a value");

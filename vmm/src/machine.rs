@@ -187,12 +187,7 @@ impl Machine {
                 self.announce(Event::Resume, Some(RunState::Running));
                 self.vm.resume();
                 for disk in self.vm.disks() {
-                    disk.backend.resume().map_err(|e| {
-                        QmpError::generic(format!(
-                            "Cannot retry the requests of '{}': {e}",
-                            disk.backend.id()
-                        ))
-                    })?;
+                    disk.backend.resume();
                 }
                 Ok(())
             }

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 //! virtio-blk (virtio 1.2, 5.2) on the block layer.
 //!
-//! Requests run on a block I/O thread per device, named `blk-<id>`, started when the driver
-//! sets `DRIVER_OK` and stopped (and joined) on reset or drop. See [`request`] for what is
-//! accepted and how malformed requests complete.
+//! Requests run on a block I/O thread per queue, named `blk-<id>` (queue 0) and
+//! `blk-<id>-q<N>`, started when the driver sets `DRIVER_OK` and stopped (and joined) on reset
+//! or drop. With more than one queue (`num-queues`, QEMU's property) the device offers
+//! `VIRTIO_BLK_F_MQ`: each queue is its own I/O context (its thread, its io_uring or request
+//! threads) on the shared backend. See [`request`] for what is accepted and how malformed
+//! requests complete.
 
 pub mod request;
 mod uring;
@@ -17,22 +20,24 @@ use std::time::Duration;
 use block::{Backend, SECTOR_SIZE};
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
-    VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_TOPOLOGY,
-    VIRTIO_BLK_F_WRITE_ZEROES,
+    VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
+    VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES,
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::Queue;
-use vm_memory::ByteValued;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::request::{RequestConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
 use self::worker::Worker;
-use super::{ActivateContext, ActivateError, VirtioDevice};
+use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
 
-/// Size of the queue.
+/// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
+/// Most queues a device offers (`num-queues`).
+pub const MAX_QUEUES: u16 = 16;
 /// Segment size limit advertised in `size_max`.
 pub const SIZE_MAX: u32 = 1 << 20;
 /// Length of the config space the device exposes: `struct virtio_blk_config` up to
@@ -54,19 +59,22 @@ pub struct BlockConfig(pub virtio_blk_config);
 // it has no padding and every bit pattern is a valid value.
 unsafe impl ByteValued for BlockConfig {}
 
+/// The I/O thread of one queue.
 struct Running {
     kill: EventFd,
-    stopping: Arc<AtomicBool>,
     thread: JoinHandle<()>,
+    /// Its queue (cleared on reset).
+    queue: Arc<Mutex<Vec<Queue>>>,
 }
 
 /// A virtio-blk device on a block [`Backend`].
 pub struct VirtioBlock {
     backend: Arc<Backend>,
     features: u64,
-    queue_sizes: [u16; 1],
-    queues: Arc<Mutex<Vec<Queue>>>,
-    running: Option<Running>,
+    queue_sizes: Vec<u16>,
+    running: Vec<Running>,
+    /// Set before the I/O threads are killed: start nothing more.
+    stopping: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for VirtioBlock {
@@ -74,15 +82,23 @@ impl std::fmt::Debug for VirtioBlock {
         f.debug_struct("VirtioBlock")
             .field("backend", &self.backend.id())
             .field("features", &format_args!("{:#x}", self.features))
-            .field("running", &self.running.is_some())
+            .field("queues", &self.queue_sizes.len())
+            .field("running", &!self.running.is_empty())
             .finish()
     }
 }
 
 impl VirtioBlock {
-    /// A device on `backend`; a read-only backend gives a read-only device without DISCARD or
-    /// WRITE_ZEROES.
+    /// A single-queue device on `backend`; a read-only backend gives a read-only device
+    /// without DISCARD or WRITE_ZEROES.
     pub fn new(backend: Arc<Backend>) -> Self {
+        Self::with_queues(backend, 1)
+    }
+
+    /// A device with `num_queues` queues (1 to [`MAX_QUEUES`], clamped), offering
+    /// `VIRTIO_BLK_F_MQ` when there are several.
+    pub fn with_queues(backend: Arc<Backend>, num_queues: u16) -> Self {
+        let num_queues = num_queues.clamp(1, MAX_QUEUES);
         let mut features = (1u64 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -96,12 +112,15 @@ impl VirtioBlock {
         } else {
             features |= (1 << VIRTIO_BLK_F_DISCARD) | (1 << VIRTIO_BLK_F_WRITE_ZEROES);
         }
+        if num_queues > 1 {
+            features |= 1 << VIRTIO_BLK_F_MQ;
+        }
         Self {
             backend,
             features,
-            queue_sizes: [QUEUE_SIZE],
-            queues: Arc::new(Mutex::new(Vec::new())),
-            running: None,
+            queue_sizes: vec![QUEUE_SIZE; usize::from(num_queues)],
+            running: Vec::new(),
+            stopping: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -110,9 +129,14 @@ impl VirtioBlock {
         &self.backend
     }
 
-    /// Whether the I/O thread runs.
+    /// Whether the I/O threads run.
     pub fn is_running(&self) -> bool {
-        self.running.is_some()
+        !self.running.is_empty()
+    }
+
+    /// The number of queues.
+    pub fn num_queues(&self) -> u16 {
+        self.queue_sizes.len() as u16
     }
 
     /// The config space, little endian.
@@ -130,7 +154,7 @@ impl VirtioBlock {
             min_io_size: 1u16.to_le(),
             // Informational without VIRTIO_BLK_F_CONFIG_WCE.
             wce: 1,
-            num_queues: 1u16.to_le(),
+            num_queues: self.num_queues().to_le(),
             max_discard_sectors: if_offered(discard, MAX_DISCARD_SECTORS),
             max_discard_seg: if_offered(discard, MAX_DISCARD_SEGMENTS),
             discard_sector_alignment: if_offered(discard, 1),
@@ -148,25 +172,65 @@ impl VirtioBlock {
         c
     }
 
+    /// Starts the I/O thread `name` of one queue.
+    fn start_queue(
+        &mut self,
+        name: String,
+        queue: Queue,
+        event: EventFd,
+        mem: &GuestMemoryMmap,
+        interrupt: &Arc<VirtioInterrupt>,
+        config: RequestConfig,
+    ) -> Result<(), ActivateError> {
+        let queue = Arc::new(Mutex::new(vec![queue]));
+        let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Io)?;
+        let worker = Worker::new(
+            mem.clone(),
+            queue.clone(),
+            vec![event],
+            kill.try_clone().map_err(ActivateError::Io)?,
+            interrupt.clone(),
+            self.backend.clone(),
+            config,
+            name.clone(),
+            self.stopping.clone(),
+        )
+        .map_err(ActivateError::Io)?;
+        let body = worker.prepare().map_err(ActivateError::Io)?;
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(body)
+            .map_err(ActivateError::Io)?;
+        self.running.push(Running {
+            kill,
+            thread,
+            queue,
+        });
+        Ok(())
+    }
+
     fn stop(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.stopping.store(true, Ordering::Release);
-            // If the write fails the thread cannot be told to stop; joining would hang, so
-            // leave it detached (it holds only its own references).
-            if running.kill.write(1).is_ok() {
-                // A request an injected delay holds would hold the reset: release delays
-                // until the thread (which joins its request threads) is gone.
-                while !running.thread.is_finished() {
-                    self.backend.release_delays();
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                let _ = running.thread.join();
-            }
+        if self.running.is_empty() {
+            return;
         }
-        self.queues
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.stopping.store(true, Ordering::Release);
+        // A thread whose kill cannot be written cannot be told to stop; joining it would hang,
+        // so it is left detached (it holds only its own references).
+        let told: Vec<Running> = self
+            .running
+            .drain(..)
+            .filter(|r| r.kill.write(1).is_ok())
+            .collect();
+        // A request an injected delay holds would hold the reset: release delays until every
+        // thread (each joins its request threads) is gone.
+        while told.iter().any(|r| !r.thread.is_finished()) {
+            self.backend.release_delays();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for r in told {
+            let _ = r.thread.join();
+            r.queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
     }
 }
 
@@ -207,37 +271,30 @@ impl VirtioDevice for VirtioBlock {
             });
         }
         self.stop();
-        *self.queues.lock().unwrap_or_else(|e| e.into_inner()) = ctx.queues;
-        let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Io)?;
+        self.stopping = Arc::new(AtomicBool::new(false));
         let acked = ctx.acked_features;
         let config = RequestConfig {
             discard: acked & self.features & (1 << VIRTIO_BLK_F_DISCARD) != 0,
             write_zeroes: acked & self.features & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
         };
-        let name = format!("blk-{}", self.backend.id().replace('\0', ""));
-        let stopping = Arc::new(AtomicBool::new(false));
-        let worker = Worker::new(
-            ctx.mem,
-            self.queues.clone(),
-            ctx.queue_events,
-            kill.try_clone().map_err(ActivateError::Io)?,
-            ctx.interrupt,
-            self.backend.clone(),
-            config,
-            name.clone(),
-            stopping.clone(),
-        )
-        .map_err(ActivateError::Io)?;
-        let body = worker.prepare().map_err(ActivateError::Io)?;
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(body)
-            .map_err(ActivateError::Io)?;
-        self.running = Some(Running {
-            kill,
-            stopping,
-            thread,
-        });
+        let base = format!("blk-{}", self.backend.id().replace('\0', ""));
+        for (i, (queue, event)) in ctx.queues.into_iter().zip(ctx.queue_events).enumerate() {
+            // A driver without MQ sets up queue 0 only: the others get no thread.
+            if !queue.ready() {
+                continue;
+            }
+            let name = if i == 0 {
+                base.clone()
+            } else {
+                format!("{base}-q{i}")
+            };
+            let started = self.start_queue(name, queue, event, &ctx.mem, &ctx.interrupt, config);
+            if let Err(e) = started {
+                // The queues started before this one stop again.
+                self.stop();
+                return Err(e);
+            }
+        }
         Ok(())
     }
 

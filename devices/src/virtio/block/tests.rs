@@ -940,7 +940,7 @@ fn host_errors_are_reported_or_parked_for_retry() {
         h.mem.read_obj::<u8>(GuestAddress(write_status)).unwrap(),
         0xff
     );
-    h.backend.resume().unwrap();
+    h.backend.resume();
     let used = h.wait_used(1);
     assert_eq!(used[0], (u32::from(write_head), 1));
     assert_eq!(h.mem.read_obj::<u8>(GuestAddress(write_status)).unwrap(), 0);
@@ -978,7 +978,7 @@ fn parked_requests_retry_in_order() {
     assert_eq!(h.q.used_idx(), h.used_seen);
     let rec = Recorder::on(&h.backend);
     h.backend.remove_injection(Some(rule)).unwrap();
-    h.backend.resume().unwrap();
+    h.backend.resume();
     let used = h.wait_used(8);
     let want: Vec<_> = (0..8u64)
         .map(|i| (IoKind::Write, 10 + i, 0x40 + i as u8))
@@ -1043,7 +1043,7 @@ fn flushes_and_new_requests_wait_behind_parked_writes() {
     // (d) Resume with the fault still there: the write alone runs again (the fault node above
     // the recorder fails it: one more emission) and parks again.
     let before = rec.log().len();
-    h.backend.resume().unwrap();
+    h.backend.resume();
     signals.wait(2);
     settle();
     assert_eq!(signals.count(), 2);
@@ -1054,7 +1054,7 @@ fn flushes_and_new_requests_wait_behind_parked_writes() {
 
     // The fault goes: everything completes, in order behind the write.
     h.backend.remove_injection(Some(rule)).unwrap();
-    h.backend.resume().unwrap();
+    h.backend.resume();
     let deadline = Instant::now() + WAIT;
     while h.q.used_idx() < base + 5 {
         assert!(Instant::now() < deadline, "not all completed");
@@ -1100,7 +1100,7 @@ fn a_resume_racing_the_stop_is_not_lost() {
         fn on_io_error(&self, _e: &IoErrorEvent<'_>) {
             if let Some(b) = self.0.lock().unwrap().take() {
                 b.remove_injection(None).unwrap();
-                b.resume().unwrap();
+                b.resume();
             }
         }
     }
@@ -1432,7 +1432,7 @@ fn retried_yanked_write_waits_for_the_abandoned_one() {
     // `cont`: the retry must not overtake the abandoned write, which still hangs. The guest
     // meanwhile reuses its buffer for newer data of the same sectors.
     h.fill(DATA_AT, 1024, 0x22);
-    h.backend.resume().unwrap();
+    h.backend.resume();
     settle();
     assert_eq!(h.q.used_idx(), h.used_seen);
     assert_eq!(gate.waiting.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -1511,4 +1511,130 @@ fn engines_differ_in_request_threads() {
             "{aio}: {workers} request threads"
         );
     }
+}
+
+/// With `num-queues` above 1 the device offers MQ and reports the count; every queue is
+/// served by its own I/O thread, on the one backend: a write made on queue 1 reads back on
+/// queue 0, and requests made on all queues at once all complete.
+#[test]
+fn multi_queue_serves_each_queue_on_its_own_thread() {
+    const QUEUES: u16 = 3;
+    let image = TempFile::new().unwrap();
+    std::fs::write(image.as_path(), vec![0u8; (SECTORS * 512) as usize]).unwrap();
+    let backend = Arc::new(Backend::open(BackendConfig::new("mq0", image.as_path())).unwrap());
+    let mem = guest_memory(MEM_SIZE);
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let dev = VirtioBlock::with_queues(backend.clone(), QUEUES);
+    assert_ne!(dev.device_features() & (1 << VIRTIO_BLK_F_MQ), 0);
+    assert_eq!(dev.config_space()[34..36], QUEUES.to_le_bytes());
+    assert_eq!(
+        VirtioBlock::new(backend.clone()).device_features() & (1 << VIRTIO_BLK_F_MQ),
+        0
+    );
+    let mut t = MmioTransport::new(Box::new(dev), mem.clone(), irq, BASE, 6, 0).unwrap();
+    w32(&mut t, VIRTIO_MMIO_STATUS, 0);
+    w32(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+    for sel in 0..2 {
+        w32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+        let f = r32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES);
+        w32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
+        w32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, f);
+    }
+    w32(
+        &mut t,
+        VIRTIO_MMIO_STATUS,
+        ACKNOWLEDGE | DRIVER | FEATURES_OK,
+    );
+    let mut queues: Vec<DriverQueue> = Vec::new();
+    for q in 0..QUEUES {
+        let at = QUEUE_AT + u64::from(q) * 0x4000;
+        let dq = DriverQueue::new(&mem, at, QUEUE_SIZE);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_SEL, u32::from(q));
+        w32(&mut t, VIRTIO_MMIO_QUEUE_NUM, u32::from(QUEUE_SIZE));
+        w32(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, dq.desc.0 as u32);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, dq.avail.0 as u32);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, dq.used.0 as u32);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        queues.push(dq);
+    }
+    w32(
+        &mut t,
+        VIRTIO_MMIO_STATUS,
+        ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+    );
+    wait_thread("blk-mq0", true);
+    wait_thread("blk-mq0-q1", true);
+    wait_thread("blk-mq0-q2", true);
+
+    // One request on queue `q`, slot `slot`: header, 512 data bytes at `data`, status.
+    let submit =
+        |queues: &mut Vec<DriverQueue>, q: usize, slot: u16, typ: u32, sector: u64, data: u64| {
+            let hdr = HDR_AT + (q as u64 * 64 + u64::from(slot)) * 16;
+            mem.write_obj(typ, GuestAddress(hdr)).unwrap();
+            mem.write_obj(0u32, GuestAddress(hdr + 4)).unwrap();
+            mem.write_obj(sector, GuestAddress(hdr + 8)).unwrap();
+            let status = STATUS_AT + q as u64 * 64 + u64::from(slot);
+            let head = slot * 3;
+            let dq = &mut queues[q];
+            dq.set_desc(head, hdr, 16, F_NEXT, head + 1);
+            let wf = if typ == VIRTIO_BLK_T_IN { F_WRITE } else { 0 };
+            dq.set_desc(head + 1, data, 512, F_NEXT | wf, head + 2);
+            dq.set_desc(head + 2, status, 1, F_WRITE, 0);
+            dq.push(head);
+            status
+        };
+    let wait = |queues: &Vec<DriverQueue>, q: usize, n: u16| {
+        let deadline = Instant::now() + WAIT;
+        while queues[q].used_idx() < n {
+            assert!(Instant::now() < deadline, "queue {q} did not complete");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    mem.write_slice(&[0x6b; 512], GuestAddress(DATA_AT))
+        .unwrap();
+    let st = submit(&mut queues, 1, 0, VIRTIO_BLK_T_OUT, 5, DATA_AT);
+    t.queue_events()[1].write(1).unwrap();
+    wait(&queues, 1, 1);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(st)).unwrap(), S_OK);
+    let st = submit(&mut queues, 0, 0, VIRTIO_BLK_T_IN, 5, DATA_AT + 0x1000);
+    t.queue_events()[0].write(1).unwrap();
+    wait(&queues, 0, 1);
+    assert_eq!(mem.read_obj::<u8>(GuestAddress(st)).unwrap(), S_OK);
+    let mut back = [0u8; 512];
+    mem.read_slice(&mut back, GuestAddress(DATA_AT + 0x1000))
+        .unwrap();
+    assert_eq!(back, [0x6b; 512]);
+    // All queues at once: each writes its own sectors.
+    for q in 0..QUEUES as usize {
+        for slot in 1..9u16 {
+            let data = DATA_AT + 0x10000 + (q as u64 * 8 + u64::from(slot)) * 512;
+            mem.write_slice(&[(q * 16) as u8 + slot as u8; 512], GuestAddress(data))
+                .unwrap();
+            submit(
+                &mut queues,
+                q,
+                slot,
+                VIRTIO_BLK_T_OUT,
+                20 + (q as u64) * 8 + u64::from(slot),
+                data,
+            );
+        }
+    }
+    for q in 0..QUEUES as usize {
+        t.queue_events()[q].write(1).unwrap();
+    }
+    let file = |sector: u64| std::fs::read(image.as_path()).unwrap()[sector as usize * 512];
+    for q in 0..QUEUES as usize {
+        wait(&queues, q, if q < 2 { 9 } else { 8 });
+        for slot in 1..9u16 {
+            assert_eq!(
+                file(20 + (q as u64) * 8 + u64::from(slot)),
+                (q * 16) as u8 + slot as u8
+            );
+        }
+    }
+    // Reset stops every queue's thread.
+    w32(&mut t, VIRTIO_MMIO_STATUS, 0);
+    wait_thread("blk-mq0-q2", false);
+    wait_thread("blk-mq0", false);
 }

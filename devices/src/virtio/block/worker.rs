@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use block::{Admission, Admitted, Aio, Backend, Ticket};
+use block::{Admission, Admitted, Aio, Backend, Ticket, Watcher};
 use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
@@ -219,6 +219,8 @@ pub(super) struct Worker {
     pool: Pool,
     /// The io_uring engine (`aio=io_uring`), when the host allowed one.
     ring: Option<Ring>,
+    /// This thread's wake-ups from the backend (resume, yank).
+    watcher: Arc<Watcher>,
     done_rx: Receiver<Done>,
     done_wake: EventFd,
     /// Requests with the pool, by job id.
@@ -261,6 +263,7 @@ impl Worker {
         let done_wake = EventFd::new(EFD_NONBLOCK)?;
         let (done_tx, done_rx) = channel();
         let pool = Pool::new(done_tx, done_wake.try_clone()?, name);
+        let watcher = backend.watch()?;
         // The VMM said at start-up when the host refuses io_uring; the thread engine serves.
         let ring = match backend.aio() {
             Aio::IoUring => Ring::new(u32::from(super::QUEUE_SIZE)).ok(),
@@ -279,6 +282,7 @@ impl Worker {
             interrupt,
             pool,
             ring,
+            watcher,
             done_rx,
             done_wake,
             in_flight: BTreeMap::new(),
@@ -533,7 +537,7 @@ impl Worker {
     /// The backend was yanked (or an abandoned syscall returned): completes every request a
     /// yank abandoned at once, then starts what may start.
     fn on_yank(&mut self) {
-        let _ = self.ctx.backend.yank_event().read();
+        let _ = self.watcher.yank_event().read();
         let mut finished = Vec::new();
         let ids: Vec<u64> = self
             .in_flight
@@ -659,6 +663,7 @@ impl Worker {
             if let Some(ring) = worker.ring.as_mut() {
                 ring.shut_down();
             }
+            worker.ctx.backend.unwatch(&worker.watcher);
             // Requests a yank abandoned that were not completed yet are dropped with the
             // device: no drain waits for them.
             for started in worker.in_flight.values() {
@@ -728,16 +733,12 @@ impl MutEventSubscriber for Worker {
         let mut sources = vec![
             Events::with_data(&self.kill, Source::Kill.data(), EventSet::IN),
             Events::with_data(
-                self.ctx.backend.retry_event(),
+                self.watcher.retry_event(),
                 Source::Retry.data(),
                 EventSet::IN,
             ),
             Events::with_data(&self.done_wake, Source::Done.data(), EventSet::IN),
-            Events::with_data(
-                self.ctx.backend.yank_event(),
-                Source::Yank.data(),
-                EventSet::IN,
-            ),
+            Events::with_data(self.watcher.yank_event(), Source::Yank.data(), EventSet::IN),
         ];
         if let Some(ring) = &self.ring {
             sources.push(Events::with_data(
@@ -767,7 +768,7 @@ impl MutEventSubscriber for Worker {
                 self.killed = true;
             }
             Source::Retry => {
-                let _ = self.ctx.backend.retry_event().read();
+                let _ = self.watcher.retry_event().read();
                 self.retry_parked();
                 self.process_all();
             }
