@@ -44,6 +44,7 @@ use super::request::{
     complete, parse, run, status_of, ChainError, Op, Outcome, Parsed, RequestConfig,
 };
 use super::uring::{Finished, Ring};
+use super::ThreadHook;
 use crate::virtio::VirtioInterrupt;
 
 /// Most request threads per device doing work.
@@ -110,10 +111,12 @@ struct Pool {
     idle: Arc<AtomicUsize>,
     threads: Vec<PoolThread>,
     name: String,
+    /// Runs first on every request thread.
+    hook: ThreadHook,
 }
 
 impl Pool {
-    fn new(done_tx: Sender<Done>, done_wake: EventFd, name: String) -> Self {
+    fn new(done_tx: Sender<Done>, done_wake: EventFd, name: String, hook: ThreadHook) -> Self {
         let (tx, rx) = channel();
         Self {
             jobs: Some(tx),
@@ -123,6 +126,7 @@ impl Pool {
             idle: Arc::new(AtomicUsize::new(0)),
             threads: Vec::new(),
             name,
+            hook,
         }
     }
 
@@ -150,25 +154,34 @@ impl Pool {
         let current = Arc::new(Mutex::new(None));
         let mine = current.clone();
         let name = format!("{}-r{}", self.name, self.threads.len());
-        let handle = std::thread::Builder::new().name(name).spawn(move || loop {
-            idle.fetch_add(1, Ordering::AcqRel);
-            let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-            idle.fetch_sub(1, Ordering::AcqRel);
-            let Ok(job) = job else { return };
-            // The device is being reset: leave the rest alone (dropping the job releases it).
-            if ctx.stopping.load(Ordering::Acquire) {
+        let hook = self.hook.clone();
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            // Without its confinement the thread serves nothing: its jobs stay queued for the
+            // others (or are dropped, releasing their tickets, when the pool stops).
+            if hook().is_err() {
                 return;
             }
-            *mine.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.admitted.ticket().clone());
-            let result = run(&job.parsed, job.admitted.ticket(), &ctx.mem, &ctx.backend);
-            drop(job.admitted);
-            *mine.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            if done.send(Done { id: job.id, result }).is_err() {
-                return;
+            loop {
+                idle.fetch_add(1, Ordering::AcqRel);
+                let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                idle.fetch_sub(1, Ordering::AcqRel);
+                let Ok(job) = job else { return };
+                // The device is being reset: leave the rest alone (dropping the job releases it).
+                if ctx.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                *mine.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(job.admitted.ticket().clone());
+                let result = run(&job.parsed, job.admitted.ticket(), &ctx.mem, &ctx.backend);
+                drop(job.admitted);
+                *mine.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                if done.send(Done { id: job.id, result }).is_err() {
+                    return;
+                }
+                // A failed wake only happens when the counter saturates: the I/O thread is due
+                // to wake anyway.
+                let _ = wake.write(1);
             }
-            // A failed wake only happens when the counter saturates: the I/O thread is due
-            // to wake anyway.
-            let _ = wake.write(1);
         })?;
         self.threads.push(PoolThread { handle, current });
         Ok(())
@@ -259,10 +272,11 @@ impl Worker {
         config: RequestConfig,
         name: String,
         stopping: Arc<AtomicBool>,
+        request_hook: ThreadHook,
     ) -> io::Result<Self> {
         let done_wake = EventFd::new(EFD_NONBLOCK)?;
         let (done_tx, done_rx) = channel();
-        let pool = Pool::new(done_tx, done_wake.try_clone()?, name);
+        let pool = Pool::new(done_tx, done_wake.try_clone()?, name, request_hook);
         let watcher = backend.watch()?;
         // The VMM said at start-up when the host refuses io_uring; the thread engine serves.
         let ring = match backend.aio() {
