@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use block::{Aio, Backend, BackendConfig, BlockNode, Registry, RegistryError, YankTable};
 use devices::acpi::{pm, AcpiPm, Ged, GedError};
 use devices::legacy::{DebugPort, SerialDevice, I8042};
+use devices::virtio::block::ThreadHooks;
 use devices::virtio::{MmioTransport, VirtioBlock};
 use devices::{Bus, BusDevice, BusError, VmEventSink};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -25,6 +26,7 @@ use crate::layout::{
     I8042_PORT, I8042_PORT_LEN, LAST_DEVICE_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
     VIRTIO_MMIO_START,
 };
+use crate::seccomp::{self, ThreadKind};
 
 /// Errors while creating or wiring a device.
 #[derive(Debug, thiserror::Error)]
@@ -275,7 +277,14 @@ impl DeviceManager {
         let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_FIRST_GSI + slot;
         let transport = MmioTransport::new(
-            Box::new(VirtioBlock::with_queues(backend.clone(), spec.num_queues)),
+            Box::new(VirtioBlock::build(
+                backend.clone(),
+                spec.num_queues,
+                ThreadHooks {
+                    io: seccomp::hook(ThreadKind::BlockIo),
+                    request: seccomp::hook(ThreadKind::BlockRequest),
+                },
+            )),
             self.mem.clone(),
             self.irqfd(gsi)?,
             base,

@@ -19,6 +19,7 @@ mod qmp_async;
 mod qmp_block;
 mod qmp_socket;
 mod runner;
+mod seccomp;
 mod signals;
 mod vcpu;
 mod vm;
@@ -45,6 +46,10 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if let Err(e) = seccomp::set_mode(cli.seccomp) {
+        eprintln!("vmm: {}", error::chain(&e));
+        std::process::exit(1);
+    }
     match runner::run(&config, &options) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
