@@ -18,6 +18,7 @@ use crate::policy::{ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, IoStatusCel
 use crate::registry::generate_node_name;
 use crate::signal::{IoErrorEvent, IoErrorSlot, IoStatusSlot, SlotId, Slots, StatsSlot};
 use crate::stats::BlockStats;
+use crate::throttle::Throttle;
 use crate::yank::Ticket;
 
 /// How to open a backend on a raw image (what `--disk` describes).
@@ -193,6 +194,8 @@ pub struct Backend {
     flight: Mutex<Flight>,
     /// Notified when the last running request is released or abandoned.
     idle: Condvar,
+    /// The I/O limits its device applies before starting a request.
+    throttle: Throttle,
 }
 
 /// What one of a device's I/O threads (one per queue) waits on for its backend: the retry
@@ -289,7 +292,7 @@ impl Backend {
     /// the I/O-error signal: a [`StatsSlot`], then an [`IoStatusSlot`].
     ///
     /// # Errors
-    /// Creating the retry eventfd failed.
+    /// Creating the throttle's timerfd failed.
     pub fn new(id: impl Into<String>, root: Arc<dyn BlockNode>) -> io::Result<Self> {
         let id = id.into();
         let stats = Arc::new(BlockStats::default());
@@ -310,7 +313,14 @@ impl Backend {
             watchers: Mutex::new(Vec::new()),
             flight: Mutex::new(Flight::default()),
             idle: Condvar::new(),
+            throttle: Throttle::new()?,
         })
+    }
+
+    /// The backend's I/O limits (QEMU's `throttling.*`, `block_set_io_throttle`): its device
+    /// asks [`Throttle::try_start`] before it starts a request.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 
     fn flight(&self) -> MutexGuard<'_, Flight> {
