@@ -22,7 +22,9 @@
 //!   time; one that stops again is parked again (with another `BLOCK_IO_ERROR`) and holds the
 //!   rest;
 //! - a request over bytes that a yanked, still unreturned write covers waits for that write
-//!   to return, so that the late write cannot land after it.
+//!   to return, so that the late write cannot land after it;
+//! - a request over the backend's I/O limits (`block::throttle`) waits first in line, and
+//!   so holds the ones behind it, until the throttle's timer fires.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -30,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use block::{Admission, Admitted, Aio, Backend, Ticket, Watcher};
 use event_manager::{
@@ -319,6 +321,8 @@ impl Worker {
 
     fn set_broken(&mut self) {
         self.broken = true;
+        // The line is dropped: a request the throttle holds gives up its group turn.
+        self.ctx.backend.throttle().cancel();
         let _ = self.interrupt.set_needs_reset();
     }
 
@@ -401,7 +405,15 @@ impl Worker {
                 self.complete(vec![(req, result)]);
                 continue;
             };
-            let admitted = match self.ctx.backend.admit(kind, front.parsed.op.ranges()) {
+            let ranges = front.parsed.op.ranges();
+            let bytes = ranges.iter().map(|&(_, len)| len).sum();
+            // Over its I/O limits, the request stays first in line until the throttle's timer
+            // fires (`Source::Throttle`).
+            let throttle = self.ctx.backend.throttle();
+            if throttle.try_start(kind, bytes, Instant::now()).is_err() {
+                return;
+            }
+            let admitted = match self.ctx.backend.admit(kind, ranges) {
                 Admission::Run(a) => a,
                 // Fenced by a yank: failed at once, through the error policy.
                 Admission::Done(c) => {
@@ -678,6 +690,7 @@ impl Worker {
                 ring.shut_down();
             }
             worker.ctx.backend.unwatch(&worker.watcher);
+            worker.ctx.backend.throttle().cancel();
             // Requests a yank abandoned that were not completed yet are dropped with the
             // device: no drain waits for them.
             for started in worker.in_flight.values() {
@@ -706,6 +719,8 @@ enum Source {
     Yank,
     /// The io_uring engine posted completions.
     Ring,
+    /// The throttle's timer: the request first in line may start.
+    Throttle,
     /// The driver notified queue N.
     Queue(usize),
 }
@@ -716,7 +731,8 @@ impl Source {
     const DONE: u32 = 2;
     const YANK: u32 = 3;
     const RING: u32 = 4;
-    const FIRST_QUEUE: u32 = 5;
+    const THROTTLE: u32 = 5;
+    const FIRST_QUEUE: u32 = 6;
 
     fn data(self) -> u32 {
         match self {
@@ -725,6 +741,7 @@ impl Source {
             Source::Done => Self::DONE,
             Source::Yank => Self::YANK,
             Source::Ring => Self::RING,
+            Source::Throttle => Self::THROTTLE,
             // A device has a handful of queues.
             Source::Queue(i) => Self::FIRST_QUEUE + i as u32,
         }
@@ -737,6 +754,7 @@ impl Source {
             Self::DONE => Source::Done,
             Self::YANK => Source::Yank,
             Self::RING => Source::Ring,
+            Self::THROTTLE => Source::Throttle,
             n => Source::Queue((n - Self::FIRST_QUEUE) as usize),
         }
     }
@@ -753,6 +771,11 @@ impl MutEventSubscriber for Worker {
             ),
             Events::with_data(&self.done_wake, Source::Done.data(), EventSet::IN),
             Events::with_data(self.watcher.yank_event(), Source::Yank.data(), EventSet::IN),
+            Events::with_data(
+                self.ctx.backend.throttle().timer(),
+                Source::Throttle.data(),
+                EventSet::IN,
+            ),
         ];
         if let Some(ring) = &self.ring {
             sources.push(Events::with_data(
@@ -792,6 +815,10 @@ impl MutEventSubscriber for Worker {
             }
             Source::Yank => self.on_yank(),
             Source::Ring => self.collect_ring(),
+            Source::Throttle => {
+                self.ctx.backend.throttle().timer().clear();
+                self.dispatch();
+            }
             Source::Queue(idx) => {
                 if let Some(e) = self.queue_events.get(idx) {
                     let _ = e.read();
