@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::buf::{gather, scatter, AlignedBuf};
 use crate::file::{FileNode, HostFile, OpenError};
 use crate::inject::{FaultNode, FaultRule, InjectError};
+use crate::lock::Locking;
 use crate::node::{Aio, BlockNode, CacheMode, IoBuf, IoKind};
 use crate::policy::{ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, IoStatusCell, ReportPolicy};
 use crate::registry::generate_node_name;
@@ -38,6 +39,8 @@ pub struct BackendConfig {
     pub serial: Option<String>,
     /// The engine of its host I/O.
     pub aio: Aio,
+    /// Image locking (QEMU's `locking`).
+    pub locking: Locking,
 }
 
 impl BackendConfig {
@@ -51,6 +54,7 @@ impl BackendConfig {
             cache: CacheMode::default(),
             serial: None,
             aio: Aio::default(),
+            locking: Locking::default(),
         }
     }
 }
@@ -282,7 +286,13 @@ impl Backend {
     /// The checks of [`FileNode::open`].
     pub fn open(config: BackendConfig) -> Result<Self, OpenError> {
         let node_name = config.node_name.unwrap_or_else(generate_node_name);
-        let node = FileNode::open(node_name, &config.path, config.read_only, config.cache)?;
+        let node = FileNode::open_with(
+            node_name,
+            &config.path,
+            config.read_only,
+            config.cache,
+            config.locking,
+        )?;
         let backend = Self::new(config.id, Arc::new(node))
             .map_err(|e| OpenError::Io(config.path.clone(), e))?;
         Ok(backend.with_serial(config.serial).with_aio(config.aio))

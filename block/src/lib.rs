@@ -52,7 +52,7 @@ pub use backend::{
 };
 pub use file::{FileNode, HostFile, OpenError};
 pub use inject::{errno_name, parse_errno, FaultNode, FaultRule, InjectError};
-pub use lock::{LockConflict, LockError, Perm, Perms};
+pub use lock::{LockConflict, LockError, Locking, ParseLockingError, Perm, Perms};
 pub use node::{
     io_uring_available, Aio, BlockNode, CacheMode, IoBuf, IoKind, ParseAioError,
     ParseCacheModeError, SECTOR_SIZE,
