@@ -302,7 +302,7 @@ impl Backend {
     /// the I/O-error signal: a [`StatsSlot`], then an [`IoStatusSlot`].
     ///
     /// # Errors
-    /// Creating the throttle's timerfd failed.
+    /// Creating the retry eventfd failed.
     pub fn new(id: impl Into<String>, root: Arc<dyn BlockNode>) -> io::Result<Self> {
         let id = id.into();
         let stats = Arc::new(BlockStats::default());
@@ -323,12 +323,13 @@ impl Backend {
             watchers: Mutex::new(Vec::new()),
             flight: Mutex::new(Flight::default()),
             idle: Condvar::new(),
-            throttle: Throttle::new()?,
+            throttle: Throttle::new(),
         })
     }
 
-    /// The backend's I/O limits (QEMU's `throttling.*`, `block_set_io_throttle`): its device
-    /// asks [`Throttle::try_start`] before it starts a request.
+    /// The backend's I/O limits (QEMU's `throttling.*`, `block_set_io_throttle`): each I/O
+    /// thread of its device takes a [`Throttle::queue`] and asks it before it starts a
+    /// request.
     pub fn throttle(&self) -> &Throttle {
         &self.throttle
     }

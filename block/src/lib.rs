@@ -22,8 +22,8 @@
 //! holds the graph: backends by id, nodes by node-name.
 //!
 //! Requests can be throttled as QEMU throttles them ([`throttle`]: leaky buckets per limit,
-//! shared by the disks of a named group): each backend carries a [`Throttle`] its device
-//! asks before it starts a request.
+//! shared by the disks of a named group): each backend carries a [`Throttle`], and each I/O
+//! thread of its device asks its [`ThrottleQueue`] before it starts a request.
 //!
 //! Images are locked in QEMU's scheme ([`lock`]: OFD byte-range locks at offsets 100 and
 //! 200 plus the permission bit), so that vmm processes, and vmm and QEMU, do not write one
@@ -67,6 +67,6 @@ pub use signal::{IoErrorEvent, IoErrorSlot, IoStatusSlot, SlotId, StatsSlot};
 pub use stats::{BlockStats, BlockStatsSnapshot, OpStatsSnapshot, QmpBlockStats};
 pub use throttle::{
     Bucket, Limit, Throttle, ThrottleConfig, ThrottleConfigError, ThrottleGroups, ThrottleLimits,
-    Throttled,
+    ThrottleQueue, Throttled,
 };
 pub use yank::{Ticket, TicketState, YankTable};

@@ -21,17 +21,20 @@
 //! **Groups.** Limits always belong to a named group (by default named after the drive);
 //! disks in one group share the buckets, and while requests of several disks wait, the
 //! group lets them through in round-robin order: one timer per direction is armed in a
-//! group, for the disk whose turn it is, and each admitted request passes the turn on to the
-//! next disk with a request waiting. A disk's own requests are served in order. Disks in
-//! other groups, or without limits, are never delayed.
+//! group, for the queue whose turn it is, and each admitted request passes the turn on to
+//! the next queue with a request waiting (a disk's queues take turns like disks). One
+//! queue's requests are served in order. Disks in other groups, or without limits, are
+//! never delayed.
 //!
 //! **Directions.** Reads are reads; writes and write-zeroes are writes (QEMU throttles
 //! write-zeroes as a write of its length); flushes and discards are not throttled.
 //!
-//! Each [`Backend`](crate::Backend) carries a [`Throttle`]: its device's I/O thread calls
-//! [`Throttle::try_start`] before it starts a request, and when told to wait leaves the
-//! request first in line and waits for [`Throttle::timer`] to fire; requests are delayed,
-//! never failed. [`ThrottleGroups`] names the groups of one VM.
+//! Each [`Backend`](crate::Backend) carries a [`Throttle`] (its group membership); each
+//! I/O thread of its device (one per queue) takes a [`ThrottleQueue`], its own place in the
+//! group's round robin, and calls [`ThrottleQueue::try_start`] before it starts a request;
+//! when told to wait it leaves the request first in line and waits for
+//! [`ThrottleQueue::timer`] to fire. Requests are delayed, never failed. [`ThrottleGroups`]
+//! names the groups of one VM.
 
 use std::collections::HashMap;
 use std::io;
@@ -706,7 +709,7 @@ impl ThrottleGroups {
     }
 }
 
-/// A request must wait: [`Throttle::timer`] fires when to ask again.
+/// A request must wait: [`ThrottleQueue::timer`] fires when to ask again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttled;
 
@@ -719,15 +722,35 @@ pub struct ThrottleLimits {
     pub group: String,
 }
 
-/// The throttle of one backend: its membership of a group (none without limits) and the
-/// timer its device waits on.
-#[derive(Debug)]
-pub struct Throttle {
-    id: MemberId,
-    timer: Arc<ThrottleTimer>,
+/// A backend's group (none without limits) and its queues, each a member of the group's
+/// schedule.
+#[derive(Debug, Default)]
+struct Membership {
+    group: Option<Arc<Group>>,
+    /// Each queue's member id and timer.
+    queues: Vec<(MemberId, Arc<ThrottleTimer>)>,
+}
+
+/// What a backend's [`Throttle`] and its [`ThrottleQueue`]s share.
+#[derive(Debug, Default)]
+struct Shared {
     /// In a group: requests go through it. A load on every request when not.
     active: AtomicBool,
-    group: Mutex<Option<Arc<Group>>>,
+    membership: Mutex<Membership>,
+}
+
+impl Shared {
+    fn membership(&self) -> MutexGuard<'_, Membership> {
+        self.membership.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The I/O limits of one backend: its membership of a throttle group, for all its queues.
+/// Each I/O thread of its device takes a [`ThrottleQueue`] and asks it before it starts a
+/// request.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    shared: Arc<Shared>,
 }
 
 /// Member ids, unique in the process.
@@ -735,31 +758,122 @@ static NEXT_MEMBER: AtomicU64 = AtomicU64::new(1);
 
 impl Throttle {
     /// A throttle without limits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A place in the backend's group for one I/O thread (one per queue of a device), with
+    /// the timer that thread waits on. Dropping it gives its turn up.
     ///
     /// # Errors
     /// The timerfd could not be created.
-    pub fn new() -> io::Result<Self> {
-        Ok(Self {
+    pub fn queue(&self) -> io::Result<ThrottleQueue> {
+        let queue = ThrottleQueue {
+            shared: self.shared.clone(),
             id: NEXT_MEMBER.fetch_add(1, Ordering::Relaxed),
             timer: Arc::new(ThrottleTimer::new()?),
-            active: AtomicBool::new(false),
-            group: Mutex::new(None),
+        };
+        let mut m = self.shared.membership();
+        m.queues.push((queue.id, queue.timer.clone()));
+        if let Some(g) = &m.group {
+            g.state().add(queue.id, queue.timer.clone());
+        }
+        Ok(queue)
+    }
+
+    /// Sets the limits as QEMU's `block_set_io_throttle` and `-drive throttling.*` do.
+    /// With some limit set, a backend not in a group joins `group`, or `default_group` (the
+    /// name it was addressed by) when `group` is `None`; one in a group moves only when
+    /// `group` names another. The limits then become the whole group's, with empty buckets.
+    /// Without any limit the backend leaves its group. A request that was waiting is asked
+    /// for again at once (its queue's timer fires).
+    ///
+    /// # Errors
+    /// [`ThrottleConfig::validate`]'s; nothing changes then.
+    pub fn set_limits(
+        &self,
+        groups: &ThrottleGroups,
+        config: ThrottleConfig,
+        group: Option<&str>,
+        default_group: &str,
+    ) -> Result<(), ThrottleConfigError> {
+        config.validate()?;
+        let now = Instant::now();
+        let mut m = self.shared.membership();
+        if !config.is_enabled() {
+            if let Some(old) = m.group.take() {
+                self.shared.active.store(false, Ordering::Release);
+                leave(&old, &m.queues, now);
+            }
+            return Ok(());
+        }
+        let target = match (&m.group, group) {
+            (Some(g), Some(name)) if g.name != name => Some(name),
+            (Some(_), _) => None,
+            (None, name) => Some(name.unwrap_or(default_group)),
+        };
+        if let Some(name) = target {
+            if let Some(old) = m.group.take() {
+                leave(&old, &m.queues, now);
+            }
+            let new = groups.get(name, now);
+            {
+                let mut state = new.state();
+                for (id, timer) in &m.queues {
+                    state.add(*id, timer.clone());
+                }
+            }
+            m.group = Some(new);
+        }
+        if let Some(g) = &m.group {
+            let mut state = g.state();
+            state.configure(config, now);
+            ring(&mut state);
+        }
+        self.shared.active.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The limits in force (the group's) and the group's name; `None` without limits.
+    pub fn limits(&self) -> Option<ThrottleLimits> {
+        let group = self.shared.membership().group.clone()?;
+        let config = *group.state().buckets.config();
+        Some(ThrottleLimits {
+            config,
+            group: group.name.clone(),
         })
     }
+}
 
-    fn group(&self) -> MutexGuard<'_, Option<Arc<Group>>> {
-        self.group.lock().unwrap_or_else(|e| e.into_inner())
+/// Takes `queues` out of `group`; a request one of them kept is asked for again at once.
+fn leave(group: &Group, queues: &[(MemberId, Arc<ThrottleTimer>)], now: Instant) {
+    let mut state = group.state();
+    for (id, timer) in queues {
+        if state.remove(*id, now) {
+            timer.arm_at(now);
+        }
     }
+    ring(&mut state);
+}
 
-    /// The timer the device waits on while a request is throttled.
+/// One I/O thread's place in its backend's throttle group ([`Throttle::queue`]).
+#[derive(Debug)]
+pub struct ThrottleQueue {
+    shared: Arc<Shared>,
+    id: MemberId,
+    timer: Arc<ThrottleTimer>,
+}
+
+impl ThrottleQueue {
+    /// The timer the thread waits on while a request is throttled.
     pub fn timer(&self) -> &ThrottleTimer {
         &self.timer
     }
 
     /// Asks to start a request of `kind` over `bytes` at `now`. `Ok`: start it (it is
     /// accounted). [`Throttled`]: keep it (first in line) and ask again, for the same request,
-    /// when [`Throttle::timer`] fires; requests of one device are served in the order it asks.
-    /// Flushes, discards and requests of a backend without limits always start.
+    /// when [`ThrottleQueue::timer`] fires; one queue's requests are served in the order it
+    /// asks. Flushes, discards and requests of a backend without limits always start.
     ///
     /// # Errors
     /// [`Throttled`]: the request must wait.
@@ -767,11 +881,11 @@ impl Throttle {
         let Some(dir) = Direction::of(kind) else {
             return Ok(());
         };
-        if !self.active.load(Ordering::Acquire) {
+        if !self.shared.active.load(Ordering::Acquire) {
             return Ok(());
         }
         loop {
-            let Some(group) = self.group().clone() else {
+            let Some(group) = self.shared.membership().group.clone() else {
                 return Ok(());
             };
             let mut state = group.state();
@@ -786,90 +900,26 @@ impl Throttle {
         }
     }
 
-    /// Forgets the request the device was told to keep (it drops it: the device is reset or
-    /// broken), passing the device's turn in its group on.
+    /// Forgets the request the thread was told to keep (it drops it: the device is broken),
+    /// passing the queue's turn in its group on.
     pub fn cancel(&self) {
-        if let Some(group) = self.group().clone() {
+        let group = self.shared.membership().group.clone();
+        if let Some(group) = group {
             let mut state = group.state();
             state.cancel(self.id, Instant::now());
             ring(&mut state);
         }
     }
-
-    /// Sets the limits as QEMU's `block_set_io_throttle` and `-drive throttling.*` do.
-    /// With some limit set, a backend not in a group joins `group`, or `default_group` (the
-    /// name it was addressed by) when `group` is `None`; one in a group moves only when
-    /// `group` names another. The limits then become the whole group's, with empty buckets.
-    /// Without any limit the backend leaves its group. A request that was waiting is asked
-    /// for again at once (its timer fires).
-    ///
-    /// # Errors
-    /// [`ThrottleConfig::validate`]'s; nothing changes then.
-    pub fn set_limits(
-        &self,
-        groups: &ThrottleGroups,
-        config: ThrottleConfig,
-        group: Option<&str>,
-        default_group: &str,
-    ) -> Result<(), ThrottleConfigError> {
-        config.validate()?;
-        let now = Instant::now();
-        let mut current = self.group();
-        if !config.is_enabled() {
-            if let Some(old) = current.take() {
-                self.active.store(false, Ordering::Release);
-                self.leave(&old, now);
-            }
-            return Ok(());
-        }
-        let target = match (&*current, group) {
-            (Some(g), Some(name)) if g.name != name => Some(name),
-            (Some(_), _) => None,
-            (None, name) => Some(name.unwrap_or(default_group)),
-        };
-        if let Some(name) = target {
-            if let Some(old) = current.take() {
-                self.leave(&old, now);
-            }
-            let new = groups.get(name, now);
-            new.state().add(self.id, self.timer.clone());
-            *current = Some(new);
-        }
-        if let Some(g) = &*current {
-            let mut state = g.state();
-            state.configure(config, now);
-            ring(&mut state);
-        }
-        self.active.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    /// Takes this backend out of `group`; a request it kept is asked for again at once.
-    fn leave(&self, group: &Group, now: Instant) {
-        let mut state = group.state();
-        let was_waiting = state.remove(self.id, now);
-        ring(&mut state);
-        drop(state);
-        if was_waiting {
-            self.timer.arm_at(now);
-        }
-    }
-
-    /// The limits in force (the group's) and the group's name; `None` without limits.
-    pub fn limits(&self) -> Option<ThrottleLimits> {
-        let group = self.group().clone()?;
-        let config = *group.state().buckets.config();
-        Some(ThrottleLimits {
-            config,
-            group: group.name.clone(),
-        })
-    }
 }
 
-impl Drop for Throttle {
+impl Drop for ThrottleQueue {
     fn drop(&mut self) {
-        if let Some(old) = self.group().take() {
-            self.leave(&old, Instant::now());
+        let mut m = self.shared.membership();
+        m.queues.retain(|(id, _)| *id != self.id);
+        if let Some(group) = &m.group {
+            let mut state = group.state();
+            state.remove(self.id, Instant::now());
+            ring(&mut state);
         }
     }
 }
@@ -1220,7 +1270,7 @@ mod tests {
     #[test]
     fn throttles_join_move_and_leave_groups_as_qemu_does() {
         let groups = ThrottleGroups::new();
-        let (a, b) = (Throttle::new().unwrap(), Throttle::new().unwrap());
+        let (a, b) = (Throttle::new(), Throttle::new());
         assert_eq!(a.limits(), None);
         let c10 = cfg(Bucket::IopsTotal, 10, 0, 1);
         let c99 = cfg(Bucket::BpsTotal, 99, 0, 1);
@@ -1268,71 +1318,101 @@ mod tests {
         assert_eq!(groups.names(), ["d1"]);
     }
 
+    /// Waits (10 s at most, a hang guard) until `timer` fires, as an I/O thread's epoll does.
+    fn wait_for(timer: &ThrottleTimer) {
+        let mut pfd = libc::pollfd {
+            fd: timer.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        assert_eq!(ready, 1, "timer never fired");
+        timer.clear();
+    }
+
     #[test]
     fn a_throttled_request_is_woken_by_its_timer() {
         let groups = ThrottleGroups::new();
-        let t = Throttle::new().unwrap();
+        let t = Throttle::new();
+        let q = t.queue().unwrap();
         // Unlimited: everything goes, nothing armed.
-        assert_eq!(t.try_start(IoKind::Read, 1 << 20, Instant::now()), Ok(()));
+        assert_eq!(q.try_start(IoKind::Read, 1 << 20, Instant::now()), Ok(()));
         set(&t, &groups, cfg(Bucket::IopsTotal, 20, 0, 1), None, "d0");
         let t0 = Instant::now();
         let mut started = 0;
-        while t.try_start(IoKind::Write, 512, t0).is_ok() {
+        while q.try_start(IoKind::Write, 512, t0).is_ok() {
             started += 1;
         }
         // The bucket holds two operations: three pass.
         assert_eq!(started, 3);
         // Flushes and discards are never held.
-        assert_eq!(t.try_start(IoKind::Flush, 0, t0), Ok(()));
-        assert_eq!(t.try_start(IoKind::Discard, 4096, t0), Ok(()));
-        // Wait for the timer as the I/O thread does, then the request goes.
-        let mut pfd = libc::pollfd {
-            fd: t.timer().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
-        assert_eq!(n, 1);
-        t.timer().clear();
-        // Clearing twice does not block.
-        t.timer().clear();
+        assert_eq!(q.try_start(IoKind::Flush, 0, t0), Ok(()));
+        assert_eq!(q.try_start(IoKind::Discard, 4096, t0), Ok(()));
+        wait_for(q.timer());
+        // Clearing again does not block.
+        q.timer().clear();
         // One operation beyond a 2-operation bucket at 20 IOPS: at least 50 ms.
         assert!(t0.elapsed() >= 50 * MS);
-        assert_eq!(t.try_start(IoKind::Write, 512, Instant::now()), Ok(()));
+        assert_eq!(q.try_start(IoKind::Write, 512, Instant::now()), Ok(()));
         // Removing the limits wakes a waiting request at once.
         let t1 = Instant::now();
-        while t.try_start(IoKind::Read, 512, t1).is_ok() {}
-        t.timer().clear();
+        while q.try_start(IoKind::Read, 512, t1).is_ok() {}
+        q.timer().clear();
         set(&t, &groups, ThrottleConfig::default(), None, "d0");
-        // SAFETY: one valid pollfd for the duration of the call.
-        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1);
-        assert_eq!(t.try_start(IoKind::Read, 512, Instant::now()), Ok(()));
+        wait_for(q.timer());
+        assert_eq!(q.try_start(IoKind::Read, 512, Instant::now()), Ok(()));
     }
 
     #[test]
-    fn a_member_woken_for_another_members_turn_gets_it_across_threads() {
+    fn every_queue_of_a_backend_gets_its_turn() {
         let groups = ThrottleGroups::new();
-        let (a, b) = (Throttle::new().unwrap(), Throttle::new().unwrap());
-        let c = cfg(Bucket::IopsTotal, 10, 0, 1);
-        set(&a, &groups, c, Some("g"), "a");
-        set(&b, &groups, c, Some("g"), "b");
+        let t = Throttle::new();
+        let q1 = t.queue().unwrap();
+        set(&t, &groups, cfg(Bucket::IopsTotal, 10, 0, 1), None, "d0");
+        // A queue made while the backend has limits joins its group.
+        let q2 = t.queue().unwrap();
         let t0 = Instant::now();
-        while a.try_start(IoKind::Read, 512, t0).is_ok() {}
-        // b waits behind a's armed timer.
-        assert!(b.try_start(IoKind::Read, 512, t0).is_err());
-        assert!(!b.timer().is_armed());
-        // a's device goes away: b's timer is armed for the turn, and fires.
-        a.cancel();
-        drop(a);
-        let mut pfd = libc::pollfd {
-            fd: b.timer().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        assert_eq!(unsafe { libc::poll(&mut pfd, 1, 10_000) }, 1);
-        b.timer().clear();
-        assert_eq!(b.try_start(IoKind::Read, 512, Instant::now()), Ok(()));
+        while q1.try_start(IoKind::Read, 512, t0).is_ok() {}
+        assert!(q2.try_start(IoKind::Read, 512, t0).is_err());
+        assert!(!q2.timer().is_armed());
+        // q1's turn comes; taking it passes the turn to q2, whose own timer fires.
+        wait_for(q1.timer());
+        assert_eq!(q1.try_start(IoKind::Read, 512, Instant::now()), Ok(()));
+        wait_for(q2.timer());
+        assert_eq!(q2.try_start(IoKind::Read, 512, Instant::now()), Ok(()));
+        // A dropped queue leaves the group; the backend's limits stay.
+        drop(q2);
+        assert_eq!(t.limits().unwrap().group, "d0");
+    }
+
+    #[test]
+    fn a_queue_cancelled_or_dropped_passes_its_turn_on_across_threads() {
+        let groups = ThrottleGroups::new();
+        let (a, b, c) = (Throttle::new(), Throttle::new(), Throttle::new());
+        let limit = cfg(Bucket::IopsTotal, 10, 0, 1);
+        for (t, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+            set(t, &groups, limit, Some("g"), name);
+        }
+        let (qa, qb, qc) = (a.queue().unwrap(), b.queue().unwrap(), c.queue().unwrap());
+        let t0 = Instant::now();
+        while qa.try_start(IoKind::Read, 512, t0).is_ok() {}
+        // b and c wait behind a's armed timer.
+        assert!(qb.try_start(IoKind::Read, 512, t0).is_err());
+        assert!(qc.try_start(IoKind::Read, 512, t0).is_err());
+        assert!(!qb.timer().is_armed() && !qc.timer().is_armed());
+        // a's device drops its request (broken): the turn goes to b, from another thread.
+        std::thread::spawn(move || qa.cancel()).join().unwrap();
+        wait_for(qb.timer());
+        assert_eq!(qb.try_start(IoKind::Read, 512, Instant::now()), Ok(()));
+        // c is next; b asks again and waits behind it, then b's queue goes away.
+        assert!(qb.try_start(IoKind::Read, 512, Instant::now()).is_err());
+        wait_for(qc.timer());
+        assert_eq!(qc.try_start(IoKind::Read, 512, Instant::now()), Ok(()));
+        drop(qb);
+        // Nobody is left waiting: c's next request finds no turn held by the gone queue.
+        while qc.try_start(IoKind::Read, 512, Instant::now()).is_ok() {}
+        wait_for(qc.timer());
+        assert_eq!(qc.try_start(IoKind::Read, 512, Instant::now()), Ok(()));
     }
 }

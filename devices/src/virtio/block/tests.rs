@@ -1650,13 +1650,23 @@ fn limits(b: Bucket, avg: u64, iops_size: u64) -> ThrottleConfig {
 
 /// Throttled requests all complete, with the right data, and not before the limits allow.
 #[test]
-fn throttled_requests_complete_after_the_limit_s_delay() {
+fn throttled_requests_complete_after_the_limit_s_delay_on_io_uring() {
+    throttled_requests_complete_after_the_limit_s_delay_on(Aio::IoUring, "tlu");
+}
+
+/// As above, with request threads.
+#[test]
+fn throttled_requests_complete_after_the_limit_s_delay_on_threads() {
+    throttled_requests_complete_after_the_limit_s_delay_on(Aio::Threads, "tlt");
+}
+
+fn throttled_requests_complete_after_the_limit_s_delay_on(aio: Aio, id: &str) {
     let groups = ThrottleGroups::new();
-    let mut h = Harness::new("tl0", false);
+    let mut h = Harness::with_aio(id, false, aio);
     // 20 IOPS: the bucket holds 2 operations, so 8 writes take at least (8 - 3) / 20 s.
     h.backend
         .throttle()
-        .set_limits(&groups, limits(Bucket::IopsTotal, 20, 0), None, "tl0")
+        .set_limits(&groups, limits(Bucket::IopsTotal, 20, 0), None, id)
         .unwrap();
     h.init_default();
     let started = Instant::now();
@@ -1684,7 +1694,7 @@ fn throttled_requests_complete_after_the_limit_s_delay() {
     // 64 KiB/s of reads: four 8 KiB reads need at least (32 - 8 - 6.4) / 64 s.
     h.backend
         .throttle()
-        .set_limits(&groups, limits(Bucket::BpsRead, 65536, 0), None, "tl0")
+        .set_limits(&groups, limits(Bucket::BpsRead, 65536, 0), None, id)
         .unwrap();
     h.fill(DATA_AT, 32768, 0);
     let started = Instant::now();
@@ -1764,9 +1774,9 @@ fn a_group_shares_limits_and_a_reset_passes_its_turn_on() {
     b.kick();
     settle();
     assert_eq!(b.q.used_idx(), b.used_seen, "b shares a's exhausted bucket");
-    // a's device is reset: its waiting read is dropped and its turn passes to b.
+    // a's device is reset (its data path ends before the reset returns): its waiting read
+    // is dropped and its turn passes to b.
     w32(&mut a.t, VIRTIO_MMIO_STATUS, 0);
-    wait_thread("blk-tlga", false);
     // New limits for the group (set through a) start the member holding the turn at once.
     a.backend
         .throttle()
@@ -1775,4 +1785,86 @@ fn a_group_shares_limits_and_a_reset_passes_its_turn_on() {
     assert_eq!(b.wait_used(1)[0], (u32::from(head), 513));
     assert_eq!(b.mem.read_obj::<u8>(GuestAddress(status)).unwrap(), S_OK);
     assert_eq!(b.backend.throttle().limits().unwrap().group, "g");
+}
+
+/// With several queues, each I/O thread waits for its own turn: all of them complete.
+#[test]
+fn throttled_queues_of_one_disk_all_complete() {
+    const QUEUES: u16 = 2;
+    const PER_QUEUE: u16 = 6;
+    let image = TempFile::new().unwrap();
+    std::fs::write(image.as_path(), vec![0x5au8; (SECTORS * 512) as usize]).unwrap();
+    let backend = Arc::new(Backend::open(BackendConfig::new("tlmq", image.as_path())).unwrap());
+    let groups = ThrottleGroups::new();
+    // 20 IOPS: 12 reads need at least (12 - 3) / 20 s.
+    backend
+        .throttle()
+        .set_limits(&groups, limits(Bucket::IopsTotal, 20, 0), None, "tlmq")
+        .unwrap();
+    let mem = guest_memory(MEM_SIZE);
+    let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+    let dev = VirtioBlock::with_queues(backend.clone(), QUEUES);
+    let mut t = MmioTransport::new(Box::new(dev), mem.clone(), irq, BASE, 6, 0).unwrap();
+    w32(&mut t, VIRTIO_MMIO_STATUS, 0);
+    w32(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+    for sel in 0..2 {
+        w32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+        let f = r32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES);
+        w32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
+        w32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, f);
+    }
+    w32(
+        &mut t,
+        VIRTIO_MMIO_STATUS,
+        ACKNOWLEDGE | DRIVER | FEATURES_OK,
+    );
+    let mut queues = Vec::new();
+    for q in 0..QUEUES {
+        let dq = DriverQueue::new(&mem, QUEUE_AT + u64::from(q) * 0x4000, QUEUE_SIZE);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_SEL, u32::from(q));
+        w32(&mut t, VIRTIO_MMIO_QUEUE_NUM, u32::from(QUEUE_SIZE));
+        w32(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, dq.desc.0 as u32);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, dq.avail.0 as u32);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, dq.used.0 as u32);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        queues.push(dq);
+    }
+    let status = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
+    w32(&mut t, VIRTIO_MMIO_STATUS, status);
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for (q, dq) in queues.iter_mut().enumerate() {
+        for slot in 0..PER_QUEUE {
+            let n = q as u64 * 64 + u64::from(slot);
+            let hdr = HDR_AT + n * 16;
+            mem.write_obj(VIRTIO_BLK_T_IN, GuestAddress(hdr)).unwrap();
+            mem.write_obj(0u32, GuestAddress(hdr + 4)).unwrap();
+            mem.write_obj(n, GuestAddress(hdr + 8)).unwrap();
+            let st = STATUS_AT + n;
+            mem.write_obj(0xffu8, GuestAddress(st)).unwrap();
+            let head = slot * 3;
+            dq.set_desc(head, hdr, 16, F_NEXT, head + 1);
+            dq.set_desc(head + 1, DATA_AT + n * 512, 512, F_NEXT | F_WRITE, head + 2);
+            dq.set_desc(head + 2, st, 1, F_WRITE, 0);
+            dq.push(head);
+            statuses.push(st);
+        }
+    }
+    for q in 0..QUEUES as usize {
+        t.queue_events()[q].write(1).unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    while queues.iter().any(|dq| dq.used_idx() < PER_QUEUE) {
+        assert!(
+            Instant::now() < deadline,
+            "a throttled queue did not complete"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(350));
+    for st in statuses {
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(st)).unwrap(), S_OK);
+    }
+    assert_eq!(backend.stats().snapshot().qmp().rd_operations, 12);
+    w32(&mut t, VIRTIO_MMIO_STATUS, 0);
 }

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use block::{Admission, Admitted, Aio, Backend, Ticket, Watcher};
+use block::{Admission, Admitted, Aio, Backend, ThrottleQueue, Ticket, Watcher};
 use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
@@ -236,6 +236,8 @@ pub(super) struct Worker {
     ring: Option<Ring>,
     /// This thread's wake-ups from the backend (resume, yank).
     watcher: Arc<Watcher>,
+    /// This thread's place in the backend's throttle group (its timer wakes it).
+    throttle: ThrottleQueue,
     done_rx: Receiver<Done>,
     done_wake: EventFd,
     /// Requests with the pool, by job id.
@@ -262,7 +264,8 @@ impl Worker {
     /// Sets up the I/O thread's state for a device named `name` (thread names derive from it).
     ///
     /// # Errors
-    /// Fails when the completion eventfd cannot be created.
+    /// Fails when the completion eventfd, the backend watcher or the throttle timer cannot
+    /// be created.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         mem: GuestMemoryMmap,
@@ -280,6 +283,7 @@ impl Worker {
         let (done_tx, done_rx) = channel();
         let pool = Pool::new(done_tx, done_wake.try_clone()?, name, request_hook);
         let watcher = backend.watch()?;
+        let throttle = backend.throttle().queue()?;
         // The VMM said at start-up when the host refuses io_uring; the thread engine serves.
         let ring = match backend.aio() {
             Aio::IoUring => Ring::new(u32::from(super::QUEUE_SIZE)).ok(),
@@ -299,6 +303,7 @@ impl Worker {
             pool,
             ring,
             watcher,
+            throttle,
             done_rx,
             done_wake,
             in_flight: BTreeMap::new(),
@@ -322,7 +327,7 @@ impl Worker {
     fn set_broken(&mut self) {
         self.broken = true;
         // The line is dropped: a request the throttle holds gives up its group turn.
-        self.ctx.backend.throttle().cancel();
+        self.throttle.cancel();
         let _ = self.interrupt.set_needs_reset();
     }
 
@@ -409,8 +414,11 @@ impl Worker {
             let bytes = ranges.iter().map(|&(_, len)| len).sum();
             // Over its I/O limits, the request stays first in line until the throttle's timer
             // fires (`Source::Throttle`).
-            let throttle = self.ctx.backend.throttle();
-            if throttle.try_start(kind, bytes, Instant::now()).is_err() {
+            if self
+                .throttle
+                .try_start(kind, bytes, Instant::now())
+                .is_err()
+            {
                 return;
             }
             let admitted = match self.ctx.backend.admit(kind, ranges) {
@@ -690,7 +698,6 @@ impl Worker {
                 ring.shut_down();
             }
             worker.ctx.backend.unwatch(&worker.watcher);
-            worker.ctx.backend.throttle().cancel();
             // Requests a yank abandoned that were not completed yet are dropped with the
             // device: no drain waits for them.
             for started in worker.in_flight.values() {
@@ -771,11 +778,7 @@ impl MutEventSubscriber for Worker {
             ),
             Events::with_data(&self.done_wake, Source::Done.data(), EventSet::IN),
             Events::with_data(self.watcher.yank_event(), Source::Yank.data(), EventSet::IN),
-            Events::with_data(
-                self.ctx.backend.throttle().timer(),
-                Source::Throttle.data(),
-                EventSet::IN,
-            ),
+            Events::with_data(self.throttle.timer(), Source::Throttle.data(), EventSet::IN),
         ];
         if let Some(ring) = &self.ring {
             sources.push(Events::with_data(
@@ -816,7 +819,7 @@ impl MutEventSubscriber for Worker {
             Source::Yank => self.on_yank(),
             Source::Ring => self.collect_ring(),
             Source::Throttle => {
-                self.ctx.backend.throttle().timer().clear();
+                self.throttle.timer().clear();
                 self.dispatch();
             }
             Source::Queue(idx) => {
