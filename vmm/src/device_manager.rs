@@ -9,7 +9,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use block::{Aio, Backend, BackendConfig, BlockNode, Registry, RegistryError, YankTable};
+use block::{
+    Aio, Backend, BackendConfig, BlockNode, Registry, RegistryError, ThrottleConfigError,
+    ThrottleGroups, YankTable,
+};
 use devices::acpi::{pm, AcpiPm, Ged, GedError};
 use devices::legacy::{DebugPort, SerialDevice, I8042};
 use devices::virtio::block::ThreadHooks;
@@ -58,6 +61,9 @@ pub enum DeviceError {
     /// A fault-injection rule of `--disk` does not fit the image.
     #[error("--disk {0}")]
     Inject(String, #[source] block::InjectError),
+    /// The I/O limits of `--disk` are refused.
+    #[error("--disk {0}: {1}")]
+    Throttle(String, ThrottleConfigError),
 }
 
 /// Where the guest's serial output goes.
@@ -102,6 +108,8 @@ pub struct DeviceManager {
     monitor_nodes: BTreeSet<String>,
     /// The graph's yank instances, published after every change for the monitor thread.
     yank: Arc<YankTable>,
+    /// The disks' throttle groups, by name.
+    throttle_groups: ThrottleGroups,
 }
 
 impl std::fmt::Debug for DeviceManager {
@@ -136,6 +144,7 @@ impl DeviceManager {
             disks: Vec::new(),
             monitor_nodes: BTreeSet::new(),
             yank: Arc::new(YankTable::default()),
+            throttle_groups: ThrottleGroups::new(),
         })
     }
 
@@ -261,6 +270,7 @@ impl DeviceManager {
             cache: spec.cache,
             serial: spec.serial.clone(),
             aio,
+            locking: spec.locking,
             ..BackendConfig::new(id.clone(), spec.path.clone())
         };
         let backend = self
@@ -273,6 +283,16 @@ impl DeviceManager {
                 .inject(rule.clone())
                 .map_err(|e| DeviceError::Inject(spec.path.display().to_string(), e))?;
         }
+        // As QEMU's -drive: the group is the drive id unless named.
+        backend
+            .throttle()
+            .set_limits(
+                &self.throttle_groups,
+                spec.throttle,
+                spec.throttle_group.as_deref(),
+                &id,
+            )
+            .map_err(|e| DeviceError::Throttle(spec.path.display().to_string(), e))?;
         let slot = slot as u32;
         let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_FIRST_GSI + slot;
@@ -391,6 +411,11 @@ impl DeviceManager {
     /// The block graph.
     pub fn block_graph(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The disks' throttle groups (QMP's `block_set_io_throttle` moves disks between them).
+    pub fn throttle_groups(&self) -> &ThrottleGroups {
+        &self.throttle_groups
     }
 
     /// The block graph's yank instances, as last published (shared with the monitor thread).

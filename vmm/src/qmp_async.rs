@@ -20,9 +20,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use block::{Backend, BlockNode, CacheMode, FileNode, OpenError, RawNode};
+use block::{Backend, BlockNode, CacheMode, FileNode, Locking, OpenError, RawNode};
 use qapi::rt::{check_arguments, decode_arguments, QmpError};
-use qapi::types::{BlockdevDelArg, BlockdevOptions, BlockdevOptionsBranch};
+use qapi::types::{BlockdevDelArg, BlockdevOptions, BlockdevOptionsBranch, OnOffAuto};
 use serde_json::{json, Value};
 
 use crate::error::chain;
@@ -52,6 +52,8 @@ pub enum Job {
         auto_read_only: bool,
         /// Host cache mode.
         cache: CacheMode,
+        /// Image locking.
+        locking: Locking,
     },
     /// Close a deleted node (drop its last reference).
     Close(Arc<dyn BlockNode>),
@@ -81,11 +83,13 @@ impl Job {
                 read_only,
                 auto_read_only,
                 cache,
+                locking,
             } => {
-                let opened = FileNode::open(node_name.clone(), &path, read_only, cache);
+                let opened =
+                    FileNode::open_with(node_name.clone(), &path, read_only, cache, locking);
                 match opened {
                     Err(OpenError::ReadOnlyFile(..)) if auto_read_only && !read_only => {
-                        Outcome::Opened(FileNode::open(node_name, &path, true, cache))
+                        Outcome::Opened(FileNode::open_with(node_name, &path, true, cache, locking))
                     }
                     other => Outcome::Opened(other),
                 }
@@ -149,6 +153,11 @@ fn start_add(machine: &mut Machine, arguments: Option<Value>) -> Start {
                     (_, Some(true)) => CacheMode::Unsafe,
                     (Some(true), _) => CacheMode::None,
                     _ => CacheMode::Writeback,
+                },
+                locking: match file.locking {
+                    None | Some(OnOffAuto::Auto) => Locking::Auto,
+                    Some(OnOffAuto::On) => Locking::On,
+                    Some(OnOffAuto::Off) => Locking::Off,
                 },
             })
         }
