@@ -30,13 +30,17 @@ Usage: blk.py --vmm VMM --kernel BZIMAGE --image IMAGE [--image-mib 1024] [--sec
        [--rounds 1] [--cache none|writeback|unsafe] [--workloads seqw,seqr,randr,randw,mix]
        [--depths 1,8,32,128] [--queues 1,4] [--configs vmm,qemu,qemu-best]
        [--vmm-aio auto|io_uring|threads|off] [--no-throttle] [--throttle-iops 2000]
-       [--throttle-mib 64] [--throttle-secs 10]
+       [--throttle-mib 64] [--throttle-secs 10] [--ram] [--warmup 0]
+--ram puts the image in /dev/shm instead (tmpfs takes O_DIRECT; the file is removed at exit): the
+figures then measure the VMMs' I/O paths without the host disk, whose speed varies by 2x from one
+run to the next on shared machines. --warmup N runs each configuration N times first, unreported.
 The defaults (the whole matrix, 2 s phases, one round) take about 5 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import re
 import select
@@ -124,19 +128,21 @@ def run_vm(argv: Sequence[str], timeout: float) -> dict[str, Any]:
         p = benchlib.spawn(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
         fd = p.stdout.fileno()
         deadline = time.monotonic() + timeout
-        ticks: dict[tuple[str, str], int] = {}
+        hz = os.sysconf("SC_CLK_TCK")
         buf, out_lines = b"", []
         run: dict[str, Any] = {"setup": None, "done": None, "phases": [], "notes": []}
         mark = None
 
         def sample() -> tuple[float, float]:
+            """(all threads, all but the vCPU threads) CPU seconds so far: the process's
+            own count (which keeps the time of threads that ended) and the vCPU threads'."""
             try:
-                for k, v in benchlib.thread_ticks(p.pid).items():
-                    ticks[k] = max(ticks.get(k, 0), v)
-            except OSError:
-                pass
-            vcpu, own = benchlib.cpu_seconds(ticks)
-            return vcpu + own, own
+                total = process_ticks(p.pid)
+                vcpu = sum(t for (_, name), t in benchlib.thread_ticks(p.pid).items()
+                           if benchlib.is_vcpu_thread(name))
+            except (OSError, ValueError):
+                return mark or (0.0, 0.0)
+            return total / hz, (total - vcpu) / hz
 
         def line(text: str) -> None:
             nonlocal mark
@@ -174,7 +180,6 @@ def run_vm(argv: Sequence[str], timeout: float) -> dict[str, Any]:
                 *complete, buf = buf.split(b"\n")
                 for raw in complete:
                     line(raw.decode(errors="replace").rstrip("\r"))
-            sample()
         if buf:
             line(buf.decode(errors="replace"))
         try:
@@ -188,6 +193,14 @@ def run_vm(argv: Sequence[str], timeout: float) -> dict[str, Any]:
     run["rc"] = rc
     run["output"] = out_lines
     return run
+
+
+def process_ticks(pid: int) -> int:
+    """CPU ticks (user + system) of a process, its ended threads included."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    rest = stat[stat.rindex(")") + 2:].split()
+    return int(rest[11]) + int(rest[12])
 
 
 def check(run: dict[str, Any], what: str) -> dict[str, Any]:
@@ -443,6 +456,8 @@ def main() -> None:
     ap.add_argument("--throttle-iops", type=int, default=2000)
     ap.add_argument("--throttle-mib", type=int, default=64)
     ap.add_argument("--throttle-secs", type=int, default=10)
+    ap.add_argument("--ram", action="store_true", help="the image in /dev/shm")
+    ap.add_argument("--warmup", type=int, default=0)
     a = ap.parse_args()
     workloads = csv(str, a.workloads)
     depths = csv(int, a.depths)
@@ -457,6 +472,9 @@ def main() -> None:
     if not workloads or not depths or not queue_counts or not a.configs:
         ap.error("empty --workloads, --depths, --queues or --configs")
 
+    if a.ram:
+        a.image = f"/dev/shm/vmm-bench-blk-{os.getpid()}.raw"
+        atexit.register(lambda: os.path.exists(a.image) and os.unlink(a.image))
     prepare_image(a.image, a.image_mib)
     caps = detect_vmm(a) if "vmm" in a.configs else {"mq": False, "aio_note": "",
                                                      "throttle_iops": False,
@@ -464,7 +482,8 @@ def main() -> None:
     seq = [w for w in workloads if WORKLOADS[w] in SEQUENTIAL]
     phases = len(seq) + (len(workloads) - len(seq)) * len(depths)
     print(f"probe blk-bench: {a.secs} s per phase, {phases} phases per VM, cache={a.cache}, "
-          f"image {a.image_mib} MiB (allocated), median of {a.rounds} alternating round(s)")
+          f"image {a.image_mib} MiB (allocated) {'in /dev/shm' if a.ram else 'at ' + a.image}, "
+          f"median of {a.rounds} alternating round(s)" + (f" after {a.warmup} warm-up(s)" if a.warmup else ""))
     print("QEMU default: aio=threads; QEMU best: aio=io_uring with an iothread")
     if "vmm" in a.configs:
         print(caps["aio_note"])
@@ -499,7 +518,7 @@ def main() -> None:
             return one
 
         samples = benchlib.collect({c: runner(c, argv) for c, argv in argvs.items()},
-                                   a.rounds, alternate=True)
+                                   a.rounds, alternate=True, warmup=a.warmup)
         all_res[q] = {c: medians(s) for c, s in samples.items()}
         ran = [c for c in a.configs if c in all_res[q]]
         print_matrix(q, all_res[q], rows, ran)

@@ -137,7 +137,10 @@ impl Workload {
 
     /// Whether the workload writes (skipped on read-only disks).
     pub fn writes(self) -> bool {
-        matches!(self, Workload::SeqWrite | Workload::RandWrite | Workload::Mix)
+        matches!(
+            self,
+            Workload::SeqWrite | Workload::RandWrite | Workload::Mix
+        )
     }
 }
 
@@ -213,7 +216,11 @@ impl Params {
     /// else once per depth of `probe.qd`.
     pub fn phases(&self) -> impl Iterator<Item = Phase> + '_ {
         self.workloads().iter().flat_map(move |&work| {
-            let depths: &[u32] = if work.sequential() { &[0] } else { self.depths() };
+            let depths: &[u32] = if work.sequential() {
+                &[0]
+            } else {
+                self.depths()
+            };
             depths.iter().map(move |&d| Phase {
                 work,
                 qd: (!work.sequential()).then_some(d),
@@ -454,8 +461,8 @@ mod tests {
 
     #[test]
     fn phase_plan() {
-        let p = parse(b"probe.test=blk-bench probe.bench=seqw,randr,seqr,mix probe.qd=1,32")
-            .unwrap();
+        let p =
+            parse(b"probe.test=blk-bench probe.bench=seqw,randr,seqr,mix probe.qd=1,32").unwrap();
         let plan: Vec<(Workload, Option<u32>)> = p.phases().map(|ph| (ph.work, ph.qd)).collect();
         assert_eq!(
             plan,
@@ -470,7 +477,8 @@ mod tests {
         );
         // The default plan is the benchmark's historical four phases.
         let p = parse(b"probe.test=blk-bench").unwrap();
-        let names: Vec<(&str, Option<u32>)> = p.phases().map(|ph| (ph.work.name(), ph.qd)).collect();
+        let names: Vec<(&str, Option<u32>)> =
+            p.phases().map(|ph| (ph.work.name(), ph.qd)).collect();
         assert_eq!(
             names,
             vec![
@@ -482,7 +490,10 @@ mod tests {
         );
         for w in Workload::ALL {
             assert_eq!(Workload::from_name(w.key().as_bytes()), Some(w));
-            assert_eq!(w.writes(), w != Workload::SeqRead && w != Workload::RandRead);
+            assert_eq!(
+                w.writes(),
+                w != Workload::SeqRead && w != Workload::RandRead
+            );
         }
     }
 

@@ -207,7 +207,11 @@ impl BlkQueue {
                 (at + STATUS_OFF as u64, 1, true)
             } else {
                 let off = (k - 1) * seg_len;
-                (buf + off as u64, seg_len.min(len - off) as u32, device_writes)
+                (
+                    buf + off as u64,
+                    seg_len.min(len - off) as u32,
+                    device_writes,
+                )
             }
         };
         let head = if self.indirect && n <= INDIRECT_ENTRIES {
@@ -637,8 +641,7 @@ pub mod wake {
             // SAFETY: the used index of a queue set up by `Blk::init`.
             let used = unsafe { core::ptr::read_volatile(addr as *const u16) };
             if used != w as u16
-                && s
-                    .state
+                && s.state
                     .compare_exchange(w, 0, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
             {

@@ -324,7 +324,11 @@ pub fn run(ctx: &mut Ctx) -> u32 {
             }
         };
         if ph.work.writes() && disk.read_only() {
-            out!("PROBE blk-bench dev={} test={} status=skipped-ro", p.dev, name);
+            out!(
+                "PROBE blk-bench dev={} test={} status=skipped-ro",
+                p.dev,
+                name
+            );
             continue;
         }
         if qd < asked {
@@ -359,9 +363,11 @@ pub fn run(ctx: &mut Ctx) -> u32 {
         let q0: *mut BlkQueue = disk.queue_ptr(0);
         let mut results = [None; MAX_QUEUES];
         // SAFETY: queue 0 is never lent; `wait_queue` does not touch it.
-        results[0] = Some(run_phase(unsafe { &mut *q0 }, &cfg(0), &mut |q, deadline| {
-            disk.wait_queue(q, deadline)
-        }));
+        results[0] = Some(run_phase(
+            unsafe { &mut *q0 },
+            &cfg(0),
+            &mut |q, deadline| disk.wait_queue(q, deadline),
+        ));
         // The workers' results; the interrupt is serviced (and their wake-ups
         // forwarded) meanwhile.
         let deadline = now_ns() + secs * 1_000_000_000 + WORKER_GRACE_NS;

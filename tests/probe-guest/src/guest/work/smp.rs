@@ -91,7 +91,10 @@ fn other_cpus(ctx: &Ctx) -> ([u32; probe_guest::acpi::MAX_CPUS], usize) {
     let mut n = 0;
     if let Ok(probe_guest::acpi::AcpiInfo { madt: Some(m), .. }) = &ctx.p.acpi {
         let cpus = (m.cpus as usize).min(probe_guest::acpi::MAX_CPUS);
-        for &id in m.apic_ids[..cpus].iter().filter(|&&id| id != ctx.apic.bsp_id()) {
+        for &id in m.apic_ids[..cpus]
+            .iter()
+            .filter(|&&id| id != ctx.apic.bsp_id())
+        {
             ids[n] = id;
             n += 1;
         }
