@@ -526,8 +526,9 @@ def main() -> None:
             s = setups[q].get(c) or {}
             if s and int(s.get("queues", q)) != q:
                 print(f"  {LABELS[c]} ran {s['queues']} queue(s) (limit={s.get('limit')})")
-        if "vmm-stderr" in setups[q]:
-            print(f"  vmm said: {setups[q]['vmm-stderr']['text'].splitlines()[0]}")
+        said = setups[q].get("vmm-stderr", {}).get("text", "")
+        if said and said not in caps.get("aio_note", ""):
+            print(f"  vmm said: {said.splitlines()[0]}")
     print("\nCPU s/GiB: host CPU seconds per GiB moved; all threads count the vCPUs (the guest's "
           "own work),\nVMM threads leave them out: what the VMM spends on the I/O path. "
           "(qdN): the depth that ran.")
