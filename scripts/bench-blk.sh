@@ -14,6 +14,7 @@
 #   --configs vmm,qemu,qemu-best  --vmm-aio auto|io_uring|threads|off  --no-throttle
 #   --throttle-iops N (2000)  --throttle-mib N (64)  --throttle-secs N (10)
 #   --ram (the image in /dev/shm: no host-disk noise)  --warmup N (0)
+#   --best (each figure's best round instead of the median)
 # The defaults take about 5 minutes on 2 cores; e.g. `--queues 1 --depths 1,32 --secs 1` for a
 # quick look, `--rounds 3 --secs 3` for steadier figures (~15 minutes).
 # VMM=path/to/vmm uses that binary instead of building target/release/vmm.
