@@ -15,8 +15,9 @@
 #   --throttle-iops N (2000)  --throttle-mib N (64)  --throttle-secs N (10)
 #   --ram (the image in /dev/shm: no host-disk noise)  --warmup N (0)
 #   --best (each figure's best round instead of the median)
-# The defaults take about 5 minutes on 2 cores; e.g. `--queues 1 --depths 1,32 --secs 1` for a
-# quick look, `--rounds 3 --secs 3` for steadier figures (~15 minutes).
+# The defaults take 2.5 minutes on 2 cores (about 4 once vmm runs the 4-queue VMs and the
+# throttling row); e.g. `--queues 1 --depths 1,32 --secs 1` for a
+# quick look, `--rounds 3 --best` for steadier figures (7 minutes, about 10 with MQ).
 # VMM=path/to/vmm uses that binary instead of building target/release/vmm.
 source "$(dirname "$0")/lib.sh"
 apt_install qemu-system-x86

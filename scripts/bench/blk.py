@@ -36,7 +36,8 @@ figures then measure the VMMs' I/O paths without the host disk, whose speed vari
 run to the next on shared machines. --warmup N runs each configuration N times first, unreported.
 --best reports each figure's best round (highest throughput, lowest CPU per GiB) instead of the
 median: other work on the host only ever makes a figure worse.
-The defaults (the whole matrix, 2 s phases, one round) take about 5 minutes on 2 cores.
+The defaults (the whole matrix, 2 s phases, one round) take 2.5 minutes on 2 cores (about 4 once
+vmm runs the 4-queue VMs and the throttling row); --rounds 3 about three times that.
 """
 
 from __future__ import annotations
