@@ -20,10 +20,10 @@ use qapi::types::ShutdownCause;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::block_signals;
-use crate::console::{Console, ConsoleAction, RawTerminal};
+use crate::console::{Console, ConsoleAction, PtyConsole, PtyWatch, RawTerminal};
 use crate::device_manager::SerialMode;
 use crate::error::chain;
-use crate::machine::{Exit, Machine, SharedRunState};
+use crate::machine::{Exit, Lifecycle, Machine, SharedRunState};
 use crate::qmp::{version_info, OobServer};
 use crate::qmp_async::{self, Start};
 use crate::signals::{
@@ -57,8 +57,8 @@ pub enum RunError {
 /// Options of a run beyond the VM's configuration.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// Exit instead of resetting.
-    pub no_reboot: bool,
+    /// What guest power-off and reset requests do.
+    pub lifecycle: Lifecycle,
     /// Start with the vCPUs parked (`prelaunch` until `cont`).
     pub paused: bool,
     /// `--name`.
@@ -82,15 +82,21 @@ enum Source {
     Stdin,
     /// A worker finished the waiting part of a command.
     Jobs,
+    /// Input (or a hang-up) on the serial console's pseudo-terminal.
+    Pty,
+    /// Time to look for a reader of the serial console's pseudo-terminal again.
+    PtyTimer,
 }
 
 impl Source {
-    const ALL: [Source; 5] = [
+    const ALL: [Source; 7] = [
         Source::VmEvents,
         Source::Signal,
         Source::Monitor,
         Source::Stdin,
         Source::Jobs,
+        Source::Pty,
+        Source::PtyTimer,
     ];
 
     fn data(self) -> u32 {
@@ -114,6 +120,8 @@ struct MainLoop {
     monitor: Option<MonitorHandle>,
     /// Console input filter, when the serial console is on stdio.
     console: Option<Console>,
+    /// The serial console's pseudo-terminal, when it has one.
+    pty: Option<PtyConsole>,
     paused: bool,
     waiting_for_client: bool,
     /// Set when the loop must end, with what [`run`] returns.
@@ -149,7 +157,7 @@ impl MainLoop {
                             self.outcome = Some(Err(e.into()));
                             return;
                         }
-                        eprintln!("vmm: {}", chain(&e));
+                        crate::report::error(format_args!("{}", chain(&e)));
                     }
                 }
                 VmEvent::IoErrorStop => self.machine.io_error_stop(),
@@ -160,7 +168,7 @@ impl MainLoop {
                         self.outcome = Some(Err(RunError::Guest(msg)));
                         return;
                     }
-                    eprintln!("vmm: {msg}");
+                    crate::report::error(format_args!("{msg}"));
                 }
             }
             if self.machine.exit().is_some() {
@@ -306,6 +314,43 @@ impl MainLoop {
             Some(ConsoleAction::Forward(bytes)) => self.machine.vm.serial_input(&bytes),
         }
     }
+
+    /// Adds or removes the pseudo-terminal's master in the epoll set.
+    fn watch_pty(&mut self, ops: &mut EventOps, watch: PtyWatch) {
+        let Some(pty) = &self.pty else {
+            return;
+        };
+        let events = Events::with_data_raw(pty.pty_fd(), Source::Pty.data(), EventSet::IN);
+        let done = match watch {
+            PtyWatch::Watch => ops.add(events),
+            PtyWatch::Unwatch => ops.remove(events),
+            PtyWatch::Keep => Ok(()),
+        };
+        if let Err(e) = done {
+            // The console loses its input; the guest and its output go on.
+            crate::report::error(format_args!("serial console input stops: {e}"));
+            self.pty = None;
+        }
+    }
+
+    fn on_pty(&mut self, ops: &mut EventOps) {
+        let Some(pty) = &mut self.pty else {
+            return;
+        };
+        let (input, watch) = pty.on_readable();
+        if !input.is_empty() {
+            self.machine.vm.serial_input(&input);
+        }
+        self.watch_pty(ops, watch);
+    }
+
+    fn on_pty_timer(&mut self, ops: &mut EventOps) {
+        let Some(pty) = &mut self.pty else {
+            return;
+        };
+        let watch = pty.on_timer();
+        self.watch_pty(ops, watch);
+    }
 }
 
 impl MutEventSubscriber for MainLoop {
@@ -320,6 +365,16 @@ impl MutEventSubscriber for MainLoop {
                 self.outcome = Some(Err(RunError::EventLoop(e)));
                 return;
             }
+        }
+        if let Some(pty) = &mut self.pty {
+            let timer = pty.timer_fd();
+            let watch = pty.start();
+            let timer = Events::with_data_raw(timer, Source::PtyTimer.data(), EventSet::IN);
+            if let Err(e) = ops.add(timer) {
+                self.outcome = Some(Err(RunError::EventLoop(e)));
+                return;
+            }
+            self.watch_pty(ops, watch);
         }
         if self.console.is_some() {
             // stdin may be a file or /dev/null that epoll refuses; then there is no console
@@ -346,6 +401,8 @@ impl MutEventSubscriber for MainLoop {
             Some(Source::Monitor) => self.on_monitor(),
             Some(Source::Stdin) => self.on_stdin(ops),
             Some(Source::Jobs) => self.on_jobs(),
+            Some(Source::Pty) => self.on_pty(ops),
+            Some(Source::PtyTimer) => self.on_pty_timer(ops),
             None => {}
         }
         if self.outcome.is_none() {
@@ -396,12 +453,16 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
     }
     let machine = Machine::new(
         vm,
-        options.no_reboot,
+        options.lifecycle,
         options.name.clone(),
         state,
         handle.clone(),
     );
-    let _terminal = RawTerminal::enter(&config.serial);
+    let _terminal = RawTerminal::enter(&config.serial.mode);
+    let pty = match machine.vm.devices().serial_pty() {
+        Some(p) => Some(PtyConsole::new(p.clone()).map_err(RunError::EventFd)?),
+        None => None,
+    };
     let waiting_for_client = options.qmp.iter().any(|s| s.wait);
     let (jobs_tx, jobs_rx) = channel();
     let mut main = MainLoop {
@@ -412,7 +473,8 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
         monitor_rx,
         monitor_wake,
         monitor: handle,
-        console: (config.serial == SerialMode::Stdio).then(Console::default),
+        console: (config.serial.mode == SerialMode::Stdio).then(Console::default),
+        pty,
         paused: options.paused,
         waiting_for_client,
         outcome: None,
@@ -451,9 +513,9 @@ fn teardown(manager: EventManager<MainLoop>) {
         });
     // A failed spawn dropped the machine right here.
     if spawned.is_ok() && rx.recv_timeout(TEARDOWN_GRACE).is_err() {
-        eprintln!(
-            "vmm: a disk's I/O is stuck on storage that does not answer; exiting without waiting for it"
-        );
+        crate::report::error(format_args!(
+            "a disk's I/O is stuck on storage that does not answer; exiting without waiting for it"
+        ));
     }
 }
 

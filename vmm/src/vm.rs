@@ -16,7 +16,11 @@ use vm_memory::GuestMemoryMmap;
 use crate::acpi::{write_tables, AcpiError};
 use crate::arch::regs::BootEntry;
 use crate::boot::{BootError, BootImages};
-use crate::device_manager::{DeviceError, DeviceManager, Disk, SerialMode};
+use block::BlockNode;
+use qapi::types::BlockdevOptions;
+
+use crate::blockdev::{self, Plan};
+use crate::device_manager::{DeviceError, DeviceManager, Disk, SerialConfig};
 use crate::disk::DiskSpec;
 use crate::layout::KVM_TSS_ADDRESS;
 use crate::memory::{create_guest_memory, register_slots, MemoryError};
@@ -25,8 +29,10 @@ use crate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
 /// What the VM is built from.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
-    /// Kernel image (bzImage or PVH ELF).
-    pub kernel: PathBuf,
+    /// Kernel image (bzImage or PVH ELF). `None` builds no guest at all: no RAM, vCPUs,
+    /// devices or ACPI tables, only the KVM VM and the monitor (QEMU's `-machine none`, which
+    /// management tools run to probe an emulator's capabilities).
+    pub kernel: Option<PathBuf>,
     /// Optional initial ramdisk.
     pub initrd: Option<PathBuf>,
     /// Kernel command line.
@@ -35,8 +41,10 @@ pub struct VmConfig {
     pub cpus: u8,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
-    /// Serial console destination.
-    pub serial: SerialMode,
+    /// The serial console.
+    pub serial: SerialConfig,
+    /// Block nodes to create before the disks (QEMU's `-blockdev`), in order.
+    pub blockdevs: Vec<BlockdevOptions>,
     /// Disks, in `--disk` order (the guest's vda, vdb, ...).
     pub disks: Vec<DiskSpec>,
     /// Log every write to the debug port (0x80) with its time since vmm started.
@@ -128,7 +136,8 @@ impl PowerOnState {
 pub struct Vm {
     vm_fd: Arc<VmFd>,
     mem: GuestMemoryMmap,
-    images: BootImages,
+    /// The boot images; `None` for a VM without a guest.
+    images: Option<BootImages>,
     devices: DeviceManager,
     cpus: u8,
     ram_size: u64,
@@ -200,10 +209,25 @@ fn add_devices(devices: &mut DeviceManager, config: &VmConfig) -> Result<(), Dev
     devices.add_debug_port(config.started, config.debug_port)?;
     devices.add_acpi_pm()?;
     devices.add_power_button()?;
+    for options in &config.blockdevs {
+        add_blockdev(devices, options)?;
+    }
     for disk in &config.disks {
         devices.add_disk(disk)?;
     }
     Ok(())
+}
+
+/// Creates a `-blockdev` node, as `blockdev-add` does (opening its file right here: the VM
+/// does not run yet).
+fn add_blockdev(devices: &mut DeviceManager, options: &BlockdevOptions) -> Result<(), DeviceError> {
+    let name = options.node_name.clone().unwrap_or_default();
+    let fail = |e: String| DeviceError::Blockdev(name.clone(), e);
+    let node: Arc<dyn BlockNode> = match blockdev::plan(devices, options.clone()).map_err(fail)? {
+        Plan::Open(file) => Arc::new(file.open().map_err(|e| fail(crate::error::chain(&e)))?),
+        Plan::Ready(node) => node,
+    };
+    blockdev::add(devices, node).map_err(fail)
 }
 
 /// Creates and configures every vCPU (not started), the boot processor entering at `entry`.
@@ -251,9 +275,11 @@ impl Vm {
     /// # Errors
     /// Any failure of KVM, memory allocation, image loading or device setup.
     pub fn new(config: &VmConfig, events: &VmEventSink) -> Result<Self, VmError> {
+        let Some(kernel) = &config.kernel else {
+            return Self::without_guest(events);
+        };
         // Check the images before touching KVM, so a typo gets its own clear error.
-        let mut images =
-            BootImages::open(&config.kernel, config.initrd.as_deref(), &config.cmdline)?;
+        let mut images = BootImages::open(kernel, config.initrd.as_deref(), &config.cmdline)?;
         let kvm = open_kvm()?;
         let vm_fd = Arc::new(create_vm(&kvm)?);
         let power_on = PowerOnState::capture(&vm_fd)?;
@@ -268,7 +294,7 @@ impl Vm {
         Ok(Self {
             vm_fd,
             mem,
-            images,
+            images: Some(images),
             devices,
             cpus: config.cpus,
             ram_size,
@@ -277,6 +303,32 @@ impl Vm {
             power_on,
             reset_generation: 0,
         })
+    }
+
+    /// A KVM VM with nothing in it: what `query-kvm` reports is then true, and no guest runs.
+    fn without_guest(events: &VmEventSink) -> Result<Self, VmError> {
+        let kvm = open_kvm()?;
+        let vm_fd = Arc::new(create_vm(&kvm)?);
+        let power_on = PowerOnState::capture(&vm_fd)?;
+        let mem = GuestMemoryMmap::new();
+        let devices = DeviceManager::new(vm_fd.clone(), &mem, events)?;
+        Ok(Self {
+            vm_fd,
+            mem,
+            images: None,
+            devices,
+            cpus: 0,
+            ram_size: 0,
+            pending_vcpus: Vec::new(),
+            vcpus: Vec::new(),
+            power_on,
+            reset_generation: 0,
+        })
+    }
+
+    /// Whether the VM has a guest (it was built with a kernel).
+    pub fn has_guest(&self) -> bool {
+        self.images.is_some()
     }
 
     /// Starts the vCPU threads, parked if `paused`.
@@ -317,8 +369,12 @@ impl Vm {
         self.pause();
         self.power_on.restore(&self.vm_fd)?;
         self.devices.reset();
+        let Some(images) = &mut self.images else {
+            // Nothing else to return to its power-on state.
+            return Ok(());
+        };
         let rsdp = write_tables(&self.mem, self.devices.dsdt(), self.cpus)?;
-        let entry = self.images.load(&self.mem, self.ram_size, rsdp)?;
+        let entry = images.load(&self.mem, self.ram_size, rsdp)?;
         self.reset_generation += 1;
         for (i, v) in self.vcpus.iter().enumerate() {
             let e: Option<BootEntry> = (i == 0).then_some(entry);
