@@ -108,7 +108,8 @@ pub enum CliError {
     QmpTwice(String),
 }
 
-fn host_memory_mib() -> u64 {
+/// The host's RAM in MiB (`u64::MAX` when it cannot be read).
+pub fn host_memory_mib() -> u64 {
     // SAFETY: sysconf has no preconditions; it returns -1 on error, handled below.
     let (pages, page_size) = unsafe {
         (
@@ -138,6 +139,16 @@ impl Cli {
             name: self.name.clone(),
             qmp: self.qmp.clone(),
             qmp_max_clients: usize::from(self.qmp_max_clients),
+            monitor_chardevs: self
+                .qmp
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| qapi::types::ChardevInfo {
+                    label: format!("compat_monitor{i}"),
+                    filename: crate::qmp_socket::describe(&spec.endpoint),
+                    frontend_open: true,
+                })
+                .collect(),
         })
     }
 
@@ -164,6 +175,7 @@ impl Cli {
             disks: self.disk.clone(),
             debug_port: self.debug_port,
             started: std::time::Instant::now(),
+            dump_guest_core: true,
         })
     }
 }

@@ -76,6 +76,11 @@ pub struct Machine {
     lifecycle: Lifecycle,
     /// `--name`.
     pub name: Option<String>,
+    /// What `query-chardev` shows of the monitors' sockets (the serial port's comes from the
+    /// device manager).
+    pub monitor_chardevs: Vec<qapi::types::ChardevInfo>,
+    /// The `events` migration capability (`migrate-set-capabilities`).
+    pub migration_events: bool,
     exit: Option<Exit>,
     /// A vCPU hit an internal error since the last reset (`quit` then exits 1).
     failed: bool,
@@ -108,6 +113,8 @@ impl Machine {
             monitor,
             lifecycle,
             name,
+            monitor_chardevs: Vec::new(),
+            migration_events: false,
             exit: None,
             failed: false,
         }

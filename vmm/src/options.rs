@@ -340,6 +340,16 @@ impl OptionList {
         self.take_str(key)?.map(|v| parse_size(key, &v)).transpose()
     }
 
+    /// The entries no one took, in input order, values `None` for bare keys: for an option
+    /// whose keys a QAPI type describes (`-blockdev`), which `qapi::rt::from_keyval` reads.
+    pub fn into_entries(self) -> Vec<(String, Option<String>)> {
+        self.entries
+            .into_iter()
+            .filter(|e| !e.taken)
+            .map(|e| (e.key, e.value))
+            .collect()
+    }
+
     /// Ends the parse: every key must have been taken.
     ///
     /// # Errors

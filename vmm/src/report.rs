@@ -4,26 +4,29 @@
 //! a QEMU user such as libvirt expects to read in its logs); QEMU's `-msg timestamp=on` puts
 //! the time in front, as QEMU does (`2026-01-02T03:04:05.678901Z qemu-system-x86_64: ...`).
 //!
-//! The settings are made once, while the command line is read, before any thread starts.
+//! The settings are made while the command line is read, before any thread starts.
 
 use std::fmt;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-#[derive(Debug)]
-struct Settings {
-    program: String,
-    timestamp: bool,
+static PROGRAM: OnceLock<String> = OnceLock::new();
+static TIMESTAMP: AtomicBool = AtomicBool::new(false);
+static GUEST_NAME: OnceLock<String> = OnceLock::new();
+
+/// Sets the program name messages start with; only the first call counts.
+pub fn configure(program: &str) {
+    let _ = PROGRAM.set(program.to_owned());
 }
 
-static SETTINGS: OnceLock<Settings> = OnceLock::new();
-
-/// Sets the program name and whether lines carry a timestamp; only the first call counts.
-pub fn configure(program: &str, timestamp: bool) {
-    let _ = SETTINGS.set(Settings {
-        program: program.to_owned(),
-        timestamp,
-    });
+/// Puts the time in front of every message from now on (`-msg timestamp=on`), and the guest's
+/// name when `guest_name` is given (`-msg guest-name=on`).
+pub fn set_format(timestamp: bool, guest_name: Option<&str>) {
+    TIMESTAMP.store(timestamp, Ordering::Relaxed);
+    if let Some(name) = guest_name {
+        let _ = GUEST_NAME.set(name.to_owned());
+    }
 }
 
 /// The current time as QEMU's `-msg timestamp=on` writes it (UTC, microseconds).
@@ -50,15 +53,18 @@ fn timestamp() -> String {
 
 /// The line [`error`] prints, without its newline.
 pub fn line(message: fmt::Arguments<'_>) -> String {
-    let (program, stamp) = match SETTINGS.get() {
-        Some(s) => (s.program.as_str(), s.timestamp),
-        None => ("vmm", false),
-    };
-    if stamp {
-        format!("{} {program}: {message}", timestamp())
-    } else {
-        format!("{program}: {message}")
+    let program = PROGRAM.get().map_or("vmm", String::as_str);
+    let mut line = String::new();
+    if TIMESTAMP.load(Ordering::Relaxed) {
+        line.push_str(&timestamp());
+        line.push(' ');
     }
+    if let Some(name) = GUEST_NAME.get() {
+        line.push_str(name);
+        line.push(' ');
+    }
+    line.push_str(&format!("{program}: {message}"));
+    line
 }
 
 /// Prints one message line on stderr.

@@ -67,6 +67,8 @@ pub struct RunOptions {
     pub qmp: Vec<SocketSpec>,
     /// Most QMP clients at once.
     pub qmp_max_clients: usize,
+    /// What `query-chardev` shows of the monitors' sockets.
+    pub monitor_chardevs: Vec<qapi::types::ChardevInfo>,
 }
 
 /// What woke the main loop: the `data` of each registered event.
@@ -414,11 +416,16 @@ impl MutEventSubscriber for MainLoop {
 }
 
 /// Builds and runs the VM until it powers off or is told to stop; returns the exit code.
+/// `ready` (QEMU's `-daemonize`) is told once the VM is built and the monitors listen.
 ///
 /// # Errors
 /// Fails when the VM cannot be built, or stops on an unrecoverable guest error without a
 /// monitor to report it to.
-pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
+pub fn run(
+    config: &VmConfig,
+    options: &RunOptions,
+    ready: Option<crate::daemon::Ready>,
+) -> Result<i32, RunError> {
     let (events, vm_events, vm_wake) = VmEventSink::new().map_err(RunError::EventFd)?;
     install_kick_handler()?;
     let signal_fd = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
@@ -451,13 +458,19 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
         block_signals::connect(&disk.backend, &disk.qdev, handle.as_ref(), &events)
             .map_err(RunError::EventFd)?;
     }
-    let machine = Machine::new(
+    let mut machine = Machine::new(
         vm,
         options.lifecycle,
         options.name.clone(),
         state,
         handle.clone(),
     );
+    machine.monitor_chardevs = options.monitor_chardevs.clone();
+    if let Some(ready) = ready {
+        // The VM is built and every monitor listens: whoever waits for the daemon may
+        // connect now.
+        ready.notify();
+    }
     let _terminal = RawTerminal::enter(&config.serial.mode);
     let pty = match machine.vm.devices().serial_pty() {
         Some(p) => Some(PtyConsole::new(p.clone()).map_err(RunError::EventFd)?),

@@ -23,7 +23,7 @@ use crate::blockdev::{self, Plan};
 use crate::device_manager::{DeviceError, DeviceManager, Disk, SerialConfig};
 use crate::disk::DiskSpec;
 use crate::layout::KVM_TSS_ADDRESS;
-use crate::memory::{create_guest_memory, register_slots, MemoryError};
+use crate::memory::{create_guest_memory, exclude_from_core_dumps, register_slots, MemoryError};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
 
 /// What the VM is built from.
@@ -51,6 +51,8 @@ pub struct VmConfig {
     pub debug_port: bool,
     /// When vmm started (the debug port's time origin).
     pub started: std::time::Instant,
+    /// Guest RAM is part of core dumps of vmm (QEMU's `dump-guest-core`, on by default).
+    pub dump_guest_core: bool,
 }
 
 /// Errors while building or operating the VM.
@@ -285,6 +287,9 @@ impl Vm {
         let power_on = PowerOnState::capture(&vm_fd)?;
         let ram_size = config.memory_mib << 20;
         let mem = create_guest_memory(ram_size)?;
+        if !config.dump_guest_core {
+            exclude_from_core_dumps(&mem)?;
+        }
         register_slots(&vm_fd, &mem)?;
         let mut devices = DeviceManager::new(vm_fd.clone(), &mem, events)?;
         add_devices(&mut devices, config)?;
@@ -324,11 +329,6 @@ impl Vm {
             power_on,
             reset_generation: 0,
         })
-    }
-
-    /// Whether the VM has a guest (it was built with a kernel).
-    pub fn has_guest(&self) -> bool {
-        self.images.is_some()
     }
 
     /// Starts the vCPU threads, parked if `paused`.
