@@ -316,7 +316,7 @@ mod tests {
             "an inherited socket's path is not ours to remove"
         );
         // Not a socket, a connected socket, a closed descriptor: refused, not taken.
-        let file = std::fs::File::open(&path.parent().unwrap()).unwrap();
+        let file = std::fs::File::open(path.parent().unwrap()).unwrap();
         let (a, _b) = UnixStream::pair().unwrap();
         for fd in [file.as_raw_fd(), a.as_raw_fd(), 1_000_000] {
             let spec = SocketSpec {

@@ -141,10 +141,13 @@ impl PtyConsole {
     }
 
     /// The initial decision: [`PtyWatch::Watch`] the master if a reader is there, else
-    /// [`PtyWatch::Unwatch`] (nothing to remove yet) with the timer armed.
+    /// [`PtyWatch::Keep`] (it is not watched yet) with the timer armed.
     pub fn start(&mut self) -> PtyWatch {
         self.watching = !self.pty.connected();
-        self.recheck()
+        match self.recheck() {
+            PtyWatch::Unwatch => PtyWatch::Keep,
+            other => other,
+        }
     }
 
     fn recheck(&mut self) -> PtyWatch {
@@ -200,7 +203,11 @@ mod tests {
         use std::io::Write;
         let pty = Arc::new(Pty::open().unwrap());
         let mut c = PtyConsole::new(pty.clone()).unwrap();
-        assert_eq!(c.start(), PtyWatch::Unwatch, "nobody there");
+        assert_eq!(
+            c.start(),
+            PtyWatch::Keep,
+            "nobody there, nothing watched yet"
+        );
         assert!(c.timer.is_armed().unwrap());
         let mut slave = std::fs::OpenOptions::new()
             .read(true)

@@ -77,13 +77,11 @@ impl Pty {
                 .into_owned(),
         );
         make_raw(&path).map_err(|e| PtyError::Slave(path.clone(), e))?;
-        // SAFETY: F_SETFL on the owned master; the result is checked.
+        // SAFETY: F_GETFL on the owned master; the result is checked.
         let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) }, "fcntl")?;
-        // SAFETY: as above.
-        check(
-            unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) },
-            "fcntl",
-        )?;
+        // SAFETY: F_SETFL on the owned master; the result is checked.
+        let ret = unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+        check(ret, "fcntl")?;
         Ok(Self { master, path })
     }
 

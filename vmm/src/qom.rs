@@ -402,7 +402,8 @@ mod tests {
 
     #[test]
     fn types_and_their_ancestry() {
-        let concrete = names(&list_types(None, false));
+        let types = list_types(None, false);
+        let concrete = names(&types);
         for t in [
             "virtio-mmio",
             "virtio-blk-device",

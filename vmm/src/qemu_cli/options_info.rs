@@ -7,39 +7,31 @@ use qapi::types::{CommandLineOptionInfo, CommandLineParameterInfo, CommandLinePa
 
 use CommandLineParameterType::{Boolean as B, Number as N, Size as Z, String as S};
 
-/// An option list: QEMU's name for it, the command-line option, and its parameters.
+/// An option list: QEMU's name for it and its parameters.
 pub struct OptionInfo {
-    /// QEMU's name of the option list (`memory` for `-m`).
+    /// QEMU's name of the option list (`memory` for `-m`, `smp-opts` for `-smp`, `boot-opts`
+    /// for `-boot`, the option's own name otherwise).
     pub name: &'static str,
-    /// The command-line option, without the dash.
-    pub option: &'static str,
     /// Parameters and their types.
     pub parameters: &'static [(&'static str, CommandLineParameterType)],
 }
 
 const fn o(
     name: &'static str,
-    option: &'static str,
     parameters: &'static [(&'static str, CommandLineParameterType)],
 ) -> OptionInfo {
-    OptionInfo {
-        name,
-        option,
-        parameters,
-    }
+    OptionInfo { name, parameters }
 }
 
 /// Every `key=value` option vmm reads.
 pub const OPTION_LISTS: &[OptionInfo] = &[
-    o("accel", "accel", &[("accel", S)]),
-    o("add-fd", "add-fd", &[("fd", N), ("set", N), ("opaque", S)]),
+    o("accel", &[("accel", S)]),
+    o("add-fd", &[("fd", N), ("set", N), ("opaque", S)]),
     o(
         "boot-opts",
-        "boot",
         &[("order", S), ("once", S), ("strict", B), ("menu", B)],
     ),
     o(
-        "chardev",
         "chardev",
         &[
             ("backend", S),
@@ -58,10 +50,9 @@ pub const OPTION_LISTS: &[OptionInfo] = &[
             ("mux", B),
         ],
     ),
-    o("device", "device", &[]),
-    o("display", "display", &[("type", S)]),
+    o("device", &[]),
+    o("display", &[("type", S)]),
     o(
-        "machine",
         "machine",
         &[
             ("type", S),
@@ -71,23 +62,17 @@ pub const OPTION_LISTS: &[OptionInfo] = &[
             ("acpi", B),
         ],
     ),
-    o("memory", "m", &[("size", Z)]),
+    o("memory", &[("size", Z)]),
     o(
-        "mon",
         "mon",
         &[("chardev", S), ("mode", S), ("id", S), ("pretty", B)],
     ),
-    o("msg", "msg", &[("timestamp", B), ("guest-name", B)]),
-    o("name", "name", &[("guest", S), ("debug-threads", B)]),
-    o(
-        "overcommit",
-        "overcommit",
-        &[("mem-lock", B), ("cpu-pm", B)],
-    ),
-    o("rtc", "rtc", &[("base", S), ("clock", S), ("driftfix", S)]),
+    o("msg", &[("timestamp", B), ("guest-name", B)]),
+    o("name", &[("guest", S), ("debug-threads", B)]),
+    o("overcommit", &[("mem-lock", B), ("cpu-pm", B)]),
+    o("rtc", &[("base", S), ("clock", S), ("driftfix", S)]),
     o(
         "smp-opts",
-        "smp",
         &[
             ("cpus", N),
             ("sockets", N),
