@@ -2,9 +2,10 @@
 """Fixtures for the libvirt tests: Debian's libvirtd (its QEMU driver, unchanged) runs domains
 whose <emulator> is vmm, through scripts/libvirt.sh, which starts virtlogd and libvirtd for the
 session in a private mount namespace (state under target/libvirt/) and stops them at the end,
-whatever happens. Each test defines its own domain from domain.xml (the README's XML) with the
-probe guest as its kernel, a raw image and the serial console's log in the test's temporary
-directory, and destroys and undefines it on teardown.
+whatever happens. Each test defines its own domain from the domain XML of the README's "Using
+vmm under libvirt" (so that the README shows one that works), with the probe guest as its
+kernel and a raw image and the serial console's log in the test's temporary directory, and
+destroys and undefines it on teardown.
 
 Run: scripts/libvirt.sh install && target/qmp-venv/bin/python -m pytest -q tests/libvirt
 (as root: libvirt's system daemon). The vmm binary is $VMM_BIN when set, else the one
@@ -27,7 +28,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
 KERNEL = ROOT / "target" / "probe-guest" / "bzImage"
 SCRIPT = ROOT / "scripts" / "libvirt.sh"
 EMULATOR = ROOT / "target" / "libvirt" / "bin" / "qemu-system-x86_64"
@@ -129,8 +129,29 @@ def restart_libvirtd():
     script("restart-libvirtd")
 
 
+def readme_domain_xml() -> str:
+    """The domain XML of the README's "Using vmm under libvirt"."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Using vmm under libvirt", 1)[1]
+    return section.split("```xml\n", 1)[1].split("```", 1)[0]
+
+
+def domain_xml(name, kernel, cmdline, image, serial_log) -> str:
+    """The README's XML with this test's name, kernel, command line, image and log."""
+    xml = readme_domain_xml()
+    for old, new in [("<name>vm1</name>", f"<name>{name}</name>"),
+                     ("/var/lib/vmm/bzImage", str(kernel)),
+                     ("<cmdline>console=ttyS0</cmdline>", f"<cmdline>{cmdline}</cmdline>"),
+                     ("/usr/local/lib/vmm/qemu-system-x86_64", str(EMULATOR)),
+                     ("/var/lib/vmm/disk.raw", str(image)),
+                     ("/var/log/vmm/vm1-serial.log", str(serial_log))]:
+        assert xml.count(old) == 1, f"the README's domain XML no longer has {old!r} once"
+        xml = xml.replace(old, new)
+    return xml
+
+
 class Domain:
-    """A domain defined from domain.xml, running the probe guest."""
+    """A domain defined from the README's XML, running the probe guest."""
 
     def __init__(self, virsh: Virsh, tmp: Path, name: str, cmdline: str):
         self.virsh = virsh
@@ -139,13 +160,9 @@ class Domain:
         self.serial_log = tmp / "serial.log"
         with open(self.image, "wb") as f:
             f.truncate(IMAGE_SIZE)
-        xml = (HERE / "domain.xml").read_text()
-        for key, value in {"NAME": name, "KERNEL": str(KERNEL),
-                           "CMDLINE": f"console=ttyS0 {cmdline}", "EMULATOR": str(EMULATOR),
-                           "IMAGE": str(self.image), "SERIAL_LOG": str(self.serial_log)}.items():
-            xml = xml.replace(f"@{key}@", value)
         self.xml = tmp / "domain.xml"
-        self.xml.write_text(xml)
+        self.xml.write_text(domain_xml(name, KERNEL, f"console=ttyS0 {cmdline}", self.image,
+                                       self.serial_log))
         virsh("define", str(self.xml))
 
     def start(self, *flags):

@@ -48,16 +48,18 @@ fn unsupported(s: impl Into<String>) -> Problem {
     Problem::Unsupported(s.into())
 }
 
-/// `-name [guest=]NAME[,debug-threads=on|off]`: the name and the debug-threads toggle.
+/// `-name [guest=]NAME[,debug-threads=on|off]`: the name. `debug-threads` names QEMU's threads
+/// after what they do; vmm's threads always have such names (`vcpuN`, `blk-<id>`,
+/// `qmp-monitor`), so the toggle is checked and either value describes vmm.
 ///
 /// # Errors
 /// Unknown keys, a bad toggle.
-pub fn parse_name(value: &str) -> OptResult<(Option<String>, bool)> {
+pub fn parse_name(value: &str) -> OptResult<Option<String>> {
     let mut l = keyval(value, Some("guest"))?;
     let name = l.take_str("guest")?;
-    let debug_threads = l.take_bool("debug-threads")?.unwrap_or(false);
+    l.take_bool("debug-threads")?;
     l.finish()?;
-    Ok((name, debug_threads))
+    Ok(name)
 }
 
 /// The accelerators in an `accel=a:b` list: vmm runs on KVM, so `kvm` must be among them.

@@ -332,13 +332,7 @@ fn path_arg(o: &Opt) -> OptResult<PathBuf> {
 fn gather(g: &mut Gathered, o: &Opt) -> OptResult<()> {
     match o.name {
         "chardev" => {}
-        "name" => {
-            let (name, debug_threads) = machine::parse_name(o.value())?;
-            // debug-threads names threads in QEMU; vmm's threads always have names (vcpuN,
-            // blk-<id>, qmp-monitor), so either value is what vmm does.
-            let _ = debug_threads;
-            g.name = name;
-        }
+        "name" => g.name = machine::parse_name(o.value())?,
         "S" => g.paused = true,
         "object" => devices::check_object(o.value())?,
         "machine" | "M" => machine::parse_machine(&mut g.machine, o.value())?,
