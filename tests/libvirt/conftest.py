@@ -136,8 +136,9 @@ def readme_domain_xml() -> str:
     return section.split("```xml\n", 1)[1].split("```", 1)[0]
 
 
-def domain_xml(name, kernel, cmdline, image, serial_log) -> str:
-    """The README's XML with this test's name, kernel, command line, image and log."""
+def domain_xml(name, kernel, cmdline, image, serial_log, serial=None) -> str:
+    """The README's XML with this test's name, kernel, command line, image and log, and
+    `serial` (XML) instead of its pty console when given."""
     xml = readme_domain_xml()
     for old, new in [("<name>vm1</name>", f"<name>{name}</name>"),
                      ("/var/lib/vmm/bzImage", str(kernel)),
@@ -147,13 +148,16 @@ def domain_xml(name, kernel, cmdline, image, serial_log) -> str:
                      ("/var/log/vmm/vm1-serial.log", str(serial_log))]:
         assert xml.count(old) == 1, f"the README's domain XML no longer has {old!r} once"
         xml = xml.replace(old, new)
+    if serial is not None:
+        start, end = xml.index("    <serial type='pty'>"), xml.index("<console type='pty'/>")
+        xml = xml[:start] + serial + xml[end + len("<console type='pty'/>"):]
     return xml
 
 
 class Domain:
     """A domain defined from the README's XML, running the probe guest."""
 
-    def __init__(self, virsh: Virsh, tmp: Path, name: str, cmdline: str):
+    def __init__(self, virsh: Virsh, tmp: Path, name: str, cmdline: str, serial=None):
         self.virsh = virsh
         self.name = name
         self.image = tmp / "disk.raw"
@@ -162,7 +166,7 @@ class Domain:
             f.truncate(IMAGE_SIZE)
         self.xml = tmp / "domain.xml"
         self.xml.write_text(domain_xml(name, KERNEL, f"console=ttyS0 {cmdline}", self.image,
-                                       self.serial_log))
+                                       self.serial_log, serial))
         virsh("define", str(self.xml))
 
     def start(self, *flags):
@@ -201,11 +205,12 @@ class Domain:
 
 @pytest.fixture
 def domain(virsh, tmp_path, request):
-    """A factory: domain(cmdline) defines a domain named after the test."""
+    """A factory: domain(cmdline[, serial]) defines a domain named after the test."""
     made = []
 
-    def make(cmdline):
-        d = Domain(virsh, tmp_path, "vmm-" + request.node.name.replace("_", "-")[:40], cmdline)
+    def make(cmdline, serial=None):
+        d = Domain(virsh, tmp_path, "vmm-" + request.node.name.replace("_", "-")[:40], cmdline,
+                   serial)
         made.append(d)
         return d
     yield make

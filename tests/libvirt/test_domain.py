@@ -8,6 +8,7 @@ write error that pauses the domain until it is gone."""
 import os
 import re
 import select
+import socket
 import struct
 import subprocess
 
@@ -89,6 +90,23 @@ def test_console_pty_carries_the_guest(virsh, domain):
         wait_until(line, what=f"an io-loop line on {tty} (got {got!r})")
     finally:
         os.close(fd)
+
+
+def test_console_on_a_unix_socket(virsh, domain, tmp_path):
+    """<serial type='unix'>: libvirt binds the socket and vmm serves the console on it."""
+    path = tmp_path / "console.sock"
+    d = domain("probe.test=io-loop probe.count=8",
+               serial=f"<serial type='unix'><source mode='bind' path='{path}'/></serial>")
+    d.start()
+    wait_until(path.exists, what="the console socket")
+    with socket.socket(socket.AF_UNIX) as c:
+        c.settimeout(HANG)
+        c.connect(str(path))
+        got = b""
+        while b"PROBE io-loop iters=" not in got:
+            chunk = c.recv(4096)
+            assert chunk, f"the console closed (got {got!r})"
+            got += chunk
 
 
 def test_reboot_is_a_power_cycle_through_libvirt(virsh, domain):

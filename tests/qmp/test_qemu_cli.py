@@ -199,6 +199,35 @@ def test_pty_console(qemu, tmp_path, procs):
         q.close()
 
 
+def test_socket_console(qemu, tmp_path, procs):
+    """A serial console on a listening socket: one client at a time; the next one is served
+    once the first leaves."""
+    path = tmp_path / "console.sock"
+    img = tmp_path / "disk.raw"
+    img.write_bytes(bytes(1 << 20))
+    p, q = start_with_monitor(qemu, tmp_path, procs, [
+        "-chardev", f"socket,id=charserial0,path={path},server=on,wait=off",
+        "-device", "isa-serial,chardev=charserial0,id=serial0",
+        "-blockdev", f"driver=file,node-name=f0,filename={img}",
+        "-blockdev", "driver=raw,node-name=fmt0,file=f0",
+        "-device", "virtio-blk-device,drive=fmt0,id=disk0"], "probe.test=io-loop probe.count=8")
+    try:
+        serial = [c for c in q.cmd("query-chardev")["return"] if c["label"] == "charserial0"]
+        assert serial == [{"label": "charserial0", "filename": f"unix:{path},server=on",
+                           "frontend-open": True}]
+        for _ in range(2):
+            with socket.socket(socket.AF_UNIX) as c:
+                c.settimeout(HANG)
+                c.connect(str(path))
+                got = b""
+                while b"PROBE io-loop iters=" not in got:
+                    chunk = c.recv(4096)
+                    assert chunk, f"the console closed (got {got!r})"
+                    got += chunk
+    finally:
+        q.close()
+
+
 @pytest.mark.parametrize("args,message", [
     (["-no-acpi"], "qemu-system-x86_64: -no-acpi: vmm's machine is described by ACPI only and "
                    "cannot run without it; a libvirt domain needs <features><acpi/></features>"),

@@ -26,6 +26,7 @@ use crate::layout::{
     VIRTIO_MMIO_START,
 };
 use crate::pty::{Pty, PtyWriter};
+use crate::socket_console::{SocketConsole, SocketConsoleWriter};
 
 /// Errors while creating or wiring a device.
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +43,8 @@ pub enum DeviceError {
     /// The serial output file cannot be created.
     #[error("Cannot create serial output file '{0}'")]
     SerialFile(PathBuf, #[source] std::io::Error),
-    /// A disk image could not be attached.
-    #[error("--disk {0}")]
+    /// A disk could not be attached: the option that made it (`--disk PATH`, `-device ...`).
+    #[error("{0}")]
     Disk(String, #[source] block::RegistryError),
     /// More disks than virtio-mmio slots.
     #[error("At most {0} disks fit in the virtio-mmio window; {1} were given")]
@@ -54,14 +55,17 @@ pub enum DeviceError {
     /// KVM refused an ioeventfd.
     #[error("Cannot register the queue notification of disk {0}")]
     IoEvent(String, #[source] kvm_ioctls::Error),
-    /// A fault-injection rule of `--disk` does not fit the image.
-    #[error("--disk {0}")]
+    /// A fault-injection rule of `--disk` does not fit the image (`--disk PATH`).
+    #[error("{0}")]
     Inject(String, #[source] block::InjectError),
     /// The serial console's pseudo-terminal.
     #[error(transparent)]
     Pty(#[from] crate::pty::PtyError),
-    /// A `-blockdev` node cannot be created.
-    #[error("-blockdev node-name={0}: {1}")]
+    /// The serial console's socket.
+    #[error("Cannot create the serial console's socket")]
+    SerialSocket(#[source] monitor::listener::ListenError),
+    /// A `-blockdev` node cannot be created: the node (`node-name=NAME`) and why.
+    #[error("-blockdev {0}: {1}")]
     Blockdev(String, String),
 }
 
@@ -76,6 +80,9 @@ pub enum SerialMode {
     Append(PathBuf),
     /// A new pseudo-terminal: output to its master, input from it (see [`crate::pty`]).
     Pty,
+    /// A listening socket: one client at a time is the console (see
+    /// [`crate::socket_console`]).
+    Socket(monitor::SocketSpec),
     /// Discarded.
     None,
 }
@@ -174,6 +181,8 @@ pub struct DeviceManager {
     serial: Option<Arc<Mutex<SerialDevice>>>,
     /// The serial console's pseudo-terminal, whose input the main loop reads.
     serial_pty: Option<Arc<Pty>>,
+    /// The serial console's listening socket, whose clients the main loop accepts and reads.
+    serial_socket: Option<Arc<SocketConsole>>,
     /// What `query-chardev` shows of the serial port's backend.
     serial_chardev: Option<SerialChardev>,
     ged: Option<Ged>,
@@ -213,6 +222,7 @@ impl DeviceManager {
             registry: Registry::new(),
             serial: None,
             serial_pty: None,
+            serial_socket: None,
             serial_chardev: None,
             ged: None,
             disks: Vec::new(),
@@ -266,6 +276,15 @@ impl DeviceManager {
                 let shown = format!("pty:{}", pty.path().display());
                 self.serial_pty = Some(pty.clone());
                 (Box::new(PtyWriter(pty)), shown)
+            }
+            SerialMode::Socket(spec) => {
+                let console =
+                    Arc::new(SocketConsole::bind(spec).map_err(DeviceError::SerialSocket)?);
+                self.serial_socket = Some(console.clone());
+                (
+                    Box::new(SocketConsoleWriter(console)),
+                    crate::qmp_socket::describe(&spec.endpoint),
+                )
             }
             SerialMode::None => (Box::new(std::io::sink()), "null".into()),
         };
@@ -479,6 +498,11 @@ impl DeviceManager {
     /// The serial console's pseudo-terminal, if it has one.
     pub fn serial_pty(&self) -> Option<&Arc<Pty>> {
         self.serial_pty.as_ref()
+    }
+
+    /// The serial console's listening socket, if it has one.
+    pub fn serial_socket(&self) -> Option<&Arc<SocketConsole>> {
+        self.serial_socket.as_ref()
     }
 
     /// The serial port's character device, if the machine has a serial port.

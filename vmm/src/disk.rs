@@ -73,11 +73,12 @@ pub enum DiskSource {
     Node(String),
 }
 
+/// The option that made the disk, for messages: `--disk PATH`, `-device ...,drive=NODE`.
 impl std::fmt::Display for DiskSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            DiskSource::Image(path) => write!(f, "{}", path.display()),
-            DiskSource::Node(name) => write!(f, "drive={name}"),
+            DiskSource::Image(path) => write!(f, "--disk {}", path.display()),
+            DiskSource::Node(name) => write!(f, "-device virtio-blk-device,drive={name}"),
         }
     }
 }

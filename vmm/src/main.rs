@@ -27,6 +27,7 @@ mod qom;
 mod report;
 mod runner;
 mod signals;
+mod socket_console;
 mod vcpu;
 mod vm;
 
@@ -93,7 +94,12 @@ fn qemu_main(args: &[OsString]) -> i32 {
             return 1;
         }
     };
-    report::set_format(run.messages.timestamp, run.messages.guest_name.as_deref());
+    let guest_name = run
+        .options
+        .name
+        .as_deref()
+        .filter(|_| run.messages.guest_name);
+    report::set_format(run.messages.timestamp, guest_name);
     let ready = if run.daemonize {
         match daemon::daemonize() {
             Ok(r) => Some(r),

@@ -29,6 +29,7 @@ use crate::qmp_async::{self, Start};
 use crate::signals::{
     install_kick_handler, install_terminate_handlers, main_loop_takes_over, SignalError,
 };
+use crate::socket_console::{ClientInput, SocketConsole};
 use crate::vm::{Vm, VmConfig, VmError};
 
 /// Errors of the main loop.
@@ -88,10 +89,14 @@ enum Source {
     Pty,
     /// Time to look for a reader of the serial console's pseudo-terminal again.
     PtyTimer,
+    /// A client is waiting on the serial console's socket.
+    ConsoleListener,
+    /// Input (or a hang-up) from the serial console's socket client.
+    ConsoleClient,
 }
 
 impl Source {
-    const ALL: [Source; 7] = [
+    const ALL: [Source; 9] = [
         Source::VmEvents,
         Source::Signal,
         Source::Monitor,
@@ -99,6 +104,8 @@ impl Source {
         Source::Jobs,
         Source::Pty,
         Source::PtyTimer,
+        Source::ConsoleListener,
+        Source::ConsoleClient,
     ];
 
     fn data(self) -> u32 {
@@ -124,6 +131,8 @@ struct MainLoop {
     console: Option<Console>,
     /// The serial console's pseudo-terminal, when it has one.
     pty: Option<PtyConsole>,
+    /// The serial console's socket and its client's descriptor, when it has one.
+    socket_console: Option<(Arc<SocketConsole>, Option<i32>)>,
     paused: bool,
     waiting_for_client: bool,
     /// Set when the loop must end, with what [`run`] returns.
@@ -346,6 +355,72 @@ impl MainLoop {
         self.watch_pty(ops, watch);
     }
 
+    /// Accepts a console client; the listener rests while it is connected.
+    fn on_console_listener(&mut self, ops: &mut EventOps) {
+        let Some((console, client)) = &mut self.socket_console else {
+            return;
+        };
+        let fd = match console.accept() {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return,
+            Err(e) => {
+                crate::report::error(format_args!("serial console: accept failed: {e}"));
+                return;
+            }
+        };
+        let listener = console.listener_fd();
+        let swapped = ops
+            .remove(Events::with_data_raw(
+                listener,
+                Source::ConsoleListener.data(),
+                EventSet::IN,
+            ))
+            .and_then(|()| {
+                ops.add(Events::with_data_raw(
+                    fd,
+                    Source::ConsoleClient.data(),
+                    EventSet::IN,
+                ))
+            });
+        match swapped {
+            Ok(()) => *client = Some(fd),
+            Err(e) => {
+                crate::report::error(format_args!("serial console input stops: {e}"));
+                console.close_client();
+            }
+        }
+    }
+
+    /// Forwards a console client's input; when it leaves, listens for the next one.
+    fn on_console_client(&mut self, ops: &mut EventOps) {
+        let Some((console, client)) = &mut self.socket_console else {
+            return;
+        };
+        match console.read() {
+            ClientInput::Data(bytes) => self.machine.vm.serial_input(&bytes),
+            ClientInput::Nothing => {}
+            ClientInput::Closed => {
+                if let Some(fd) = client.take() {
+                    let _ = ops.remove(Events::with_data_raw(
+                        fd,
+                        Source::ConsoleClient.data(),
+                        EventSet::IN,
+                    ));
+                }
+                console.close_client();
+                let listener = Events::with_data_raw(
+                    console.listener_fd(),
+                    Source::ConsoleListener.data(),
+                    EventSet::IN,
+                );
+                if let Err(e) = ops.add(listener) {
+                    crate::report::error(format_args!("serial console stops listening: {e}"));
+                    self.socket_console = None;
+                }
+            }
+        }
+    }
+
     fn on_pty_timer(&mut self, ops: &mut EventOps) {
         let Some(pty) = &mut self.pty else {
             return;
@@ -378,6 +453,17 @@ impl MutEventSubscriber for MainLoop {
             }
             self.watch_pty(ops, watch);
         }
+        if let Some((console, _)) = &self.socket_console {
+            let listener = Events::with_data_raw(
+                console.listener_fd(),
+                Source::ConsoleListener.data(),
+                EventSet::IN,
+            );
+            if let Err(e) = ops.add(listener) {
+                self.outcome = Some(Err(RunError::EventLoop(e)));
+                return;
+            }
+        }
         if self.console.is_some() {
             // stdin may be a file or /dev/null that epoll refuses; then there is no console
             // input.
@@ -405,6 +491,8 @@ impl MutEventSubscriber for MainLoop {
             Some(Source::Jobs) => self.on_jobs(),
             Some(Source::Pty) => self.on_pty(ops),
             Some(Source::PtyTimer) => self.on_pty_timer(ops),
+            Some(Source::ConsoleListener) => self.on_console_listener(ops),
+            Some(Source::ConsoleClient) => self.on_console_client(ops),
             None => {}
         }
         if self.outcome.is_none() {
@@ -472,6 +560,7 @@ pub fn run(
         ready.notify();
     }
     let _terminal = RawTerminal::enter(&config.serial.mode);
+    let socket_console = machine.vm.devices().serial_socket().cloned();
     let pty = match machine.vm.devices().serial_pty() {
         Some(p) => Some(PtyConsole::new(p.clone()).map_err(RunError::EventFd)?),
         None => None,
@@ -488,6 +577,7 @@ pub fn run(
         monitor: handle,
         console: (config.serial.mode == SerialMode::Stdio).then(Console::default),
         pty,
+        socket_console: socket_console.map(|c| (c, None)),
         paused: options.paused,
         waiting_for_client,
         outcome: None,

@@ -223,7 +223,10 @@ fn add_devices(devices: &mut DeviceManager, config: &VmConfig) -> Result<(), Dev
 /// Creates a `-blockdev` node, as `blockdev-add` does (opening its file right here: the VM
 /// does not run yet).
 fn add_blockdev(devices: &mut DeviceManager, options: &BlockdevOptions) -> Result<(), DeviceError> {
-    let name = options.node_name.clone().unwrap_or_default();
+    let name = match &options.node_name {
+        Some(n) => format!("node-name={n}"),
+        None => "without a node-name".to_owned(),
+    };
     let fail = |e: String| DeviceError::Blockdev(name.clone(), e);
     let node: Arc<dyn BlockNode> = match blockdev::plan(devices, options.clone()).map_err(fail)? {
         Plan::Open(file) => Arc::new(file.open().map_err(|e| fail(crate::error::chain(&e)))?),

@@ -2,7 +2,8 @@
 //! Character devices of QEMU's command line and their frontends: `-chardev`, `-mon`, `-qmp`,
 //! `-serial` and `-device isa-serial`. vmm has one serial port (COM1) and any number of QMP
 //! monitors; a monitor needs a socket chardev (a path, an inherited listening descriptor
-//! `fd=N`, or a TCP address), the serial port a `pty`, `file`, `null` or `stdio` one.
+//! `fd=N`, or a TCP address), the serial port takes a `pty`, `file`, `null`, `stdio` or
+//! listening `socket` one (`wait=off`: the guest does not wait for a console client).
 
 use std::path::PathBuf;
 
@@ -29,11 +30,14 @@ struct Def {
     log: Option<SerialLog>,
 }
 
-/// A monitor: on a chardev (`-mon`), or `-qmp`'s own socket with QEMU's label.
+/// A QMP monitor: its socket and the label `query-chardev` shows (the chardev's id for
+/// `-mon`, QEMU's `compat_monitorN` for `-qmp`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Monitor {
-    Chardev(String),
-    Qmp { label: String, spec: SocketSpec },
+struct Monitor {
+    label: String,
+    spec: SocketSpec,
+    /// The `-chardev` it uses, for `-mon`.
+    chardev: Option<String>,
 }
 
 /// The serial port's backend.
@@ -107,11 +111,6 @@ impl Chardevs {
             path: PathBuf::from(p),
             append: logappend,
         });
-        if log.is_some() && matches!(backend, Backend::Socket(_)) {
-            return Err(unsupported(
-                "logfile is only supported for the serial port's chardev",
-            ));
-        }
         self.defs.push(Def { id, backend, log });
         Ok(())
     }
@@ -128,7 +127,7 @@ impl Chardevs {
         let by_monitor = self
             .monitors
             .iter()
-            .any(|m| matches!(m, Monitor::Chardev(c) if c == id));
+            .any(|m| m.chardev.as_deref() == Some(id));
         let by_serial = matches!(&self.serial, Some(Serial::Chardev { id: c, .. }) if c == id);
         by_monitor || by_serial
     }
@@ -166,12 +165,23 @@ impl Chardevs {
                  QMP's human-monitor-command",
             ));
         }
-        if !matches!(self.claim(&chardev)?.backend, Backend::Socket(_)) {
+        let def = self.claim(&chardev)?;
+        let Backend::Socket(spec) = &def.backend else {
             return Err(unsupported(format!(
                 "the monitor's chardev '{chardev}' must be a socket"
             )));
+        };
+        if def.log.is_some() {
+            return Err(unsupported(
+                "logfile is not supported for a monitor's chardev",
+            ));
         }
-        self.monitors.push(Monitor::Chardev(chardev));
+        let spec = spec.clone();
+        self.monitors.push(Monitor {
+            label: chardev.clone(),
+            spec,
+            chardev: Some(chardev),
+        });
         Ok(())
     }
 
@@ -185,7 +195,11 @@ impl Chardevs {
             crate::qmp_socket::parse_qmp(value).map_err(|e| Problem::Invalid(e.to_string()))?;
         let label = format!("compat_monitor{}", self.qmp_count);
         self.qmp_count += 1;
-        self.monitors.push(Monitor::Qmp { label, spec });
+        self.monitors.push(Monitor {
+            label,
+            spec,
+            chardev: None,
+        });
         Ok(())
     }
 
@@ -229,10 +243,10 @@ impl Chardevs {
     }
 
     fn serial_chardev(&self, id: &str) -> OptResult<()> {
-        if matches!(self.claim(id)?.backend, Backend::Socket(_)) {
+        if matches!(&self.claim(id)?.backend, Backend::Socket(spec) if spec.wait) {
             return Err(unsupported(format!(
-                "chardev '{id}' is a socket: the serial port takes a pty, file, null or stdio \
-                 chardev"
+                "chardev '{id}': a serial console socket needs wait=off (the guest does not \
+                 wait for a console client)"
             )));
         }
         Ok(())
@@ -281,7 +295,8 @@ impl Chardevs {
                     } => SerialMode::File(path.clone()),
                     Backend::File { path, append: true } => SerialMode::Append(path.clone()),
                     Backend::Stdio => SerialMode::Stdio,
-                    Backend::Null | Backend::Socket(_) => SerialMode::None,
+                    Backend::Socket(spec) => SerialMode::Socket(spec.clone()),
+                    Backend::Null => SerialMode::None,
                 };
                 SerialConfig {
                     mode,
@@ -295,38 +310,21 @@ impl Chardevs {
         }
     }
 
-    /// The monitors' sockets and what `query-chardev` shows of them.
-    ///
-    /// # Errors
-    /// None once the options were read (their chardevs were checked then); the location and
-    /// problem otherwise.
-    pub fn monitors(&self) -> Result<(Vec<SocketSpec>, Vec<ChardevInfo>), (String, Problem)> {
-        let mut specs = Vec::new();
-        let mut infos = Vec::new();
-        for m in &self.monitors {
-            let (label, spec) = match m {
-                Monitor::Qmp { label, spec } => (label.clone(), spec.clone()),
-                Monitor::Chardev(id) => {
-                    let def = self.def(id).map_err(|p| ("-mon".to_owned(), p))?;
-                    match &def.backend {
-                        Backend::Socket(spec) => (id.clone(), spec.clone()),
-                        _ => {
-                            return Err((
-                                "-mon".into(),
-                                unsupported(format!("chardev '{id}' is not a socket")),
-                            ))
-                        }
-                    }
-                }
-            };
-            infos.push(ChardevInfo {
-                label,
-                filename: crate::qmp_socket::describe(&spec.endpoint),
+    /// The monitors' sockets, in order, and what `query-chardev` shows of them.
+    pub fn monitors(&self) -> (Vec<SocketSpec>, Vec<ChardevInfo>) {
+        let infos = self
+            .monitors
+            .iter()
+            .map(|m| ChardevInfo {
+                label: m.label.clone(),
+                filename: crate::qmp_socket::describe(&m.spec.endpoint),
                 frontend_open: true,
-            });
-            specs.push(spec);
-        }
-        Ok((specs, infos))
+            })
+            .collect();
+        (
+            self.monitors.iter().map(|m| m.spec.clone()).collect(),
+            infos,
+        )
     }
 }
 

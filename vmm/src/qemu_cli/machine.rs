@@ -324,8 +324,7 @@ pub fn parse_msg(m: &mut MessageFormat, value: &str) -> OptResult<()> {
         m.timestamp = t;
     }
     if let Some(g) = l.take_bool("guest-name")? {
-        // The name itself is filled in once -name is known.
-        m.guest_name = g.then(String::new);
+        m.guest_name = g;
     }
     l.finish()?;
     Ok(())

@@ -218,12 +218,12 @@ pub(crate) fn walk(args: &[OsString]) -> Result<Vec<Opt>, QemuCliError> {
 }
 
 /// How messages look (`-msg`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MessageFormat {
     /// Put the time in front of each message.
     pub timestamp: bool,
-    /// Put the guest's name in front of each message.
-    pub guest_name: Option<String>,
+    /// Put the guest's name (`-name`) in front of each message.
+    pub guest_name: bool,
 }
 
 /// A run from QEMU's command line: vmm's configuration plus the process options.
@@ -420,23 +420,12 @@ fn build(g: Gathered) -> Result<Invocation, QemuCliError> {
             Problem::Unsupported("-nographic cannot be used with -daemonize".into()),
         ));
     }
-    let messages = MessageFormat {
-        guest_name: if g.messages.guest_name.is_some() {
-            g.name.clone()
-        } else {
-            None
-        },
-        ..g.messages
-    };
     let serial: SerialConfig = if guestless {
         SerialConfig::new(crate::device_manager::SerialMode::None)
     } else {
         g.chardevs.serial_config(g.nodefaults, g.nographic)
     };
-    let (qmp, monitor_chardevs) = g.chardevs.monitors().map_err(|(loc, p)| QemuCliError {
-        location: loc,
-        problem: p,
-    })?;
+    let (qmp, monitor_chardevs) = g.chardevs.monitors();
     crate::qmp_socket::check_distinct(&qmp).map_err(|shown| {
         at(
             "mon",
@@ -475,7 +464,7 @@ fn build(g: Gathered) -> Result<Invocation, QemuCliError> {
         options,
         daemonize: g.daemonize,
         pidfile: g.pidfile,
-        messages,
+        messages: g.messages,
     })))
 }
 

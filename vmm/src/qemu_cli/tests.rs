@@ -410,7 +410,8 @@ fn lifecycle_and_misc_options() {
     .unwrap();
     assert!(r.options.lifecycle.no_reboot && !r.options.lifecycle.no_shutdown);
     assert_eq!(r.config.memory_mib, 1024);
-    assert_eq!(r.messages.guest_name.as_deref(), Some("web"));
+    assert!(r.messages.guest_name && r.messages.timestamp);
+    assert_eq!(r.options.name.as_deref(), Some("web"));
     assert_eq!(r.config.memory_mib, 1024);
     assert_eq!(
         run(&["-kernel", "/k"]).unwrap().config.memory_mib,
