@@ -634,3 +634,138 @@ fn vmm_and_qemu_exclude_each_other() {
         let _ = child.wait();
     }
 }
+
+/// QEMU started in the background on an image: `-daemonize` exits only once the devices are
+/// set up (0) or failed (1, QEMU's error on stderr). Killed by its pid when dropped.
+struct QemuDaemon {
+    pid: i32,
+    pidfile: PathBuf,
+}
+
+impl QemuDaemon {
+    /// Starts QEMU on `path` with `drive_extra` appended to its `-drive`; its error if it
+    /// refused the image.
+    fn start(path: &str, read_only: bool, drive_extra: &str) -> Result<Self, String> {
+        let pidfile = std::env::temp_dir().join(format!(
+            "vmm-blk-qemu-{}-{}.pid",
+            std::process::id(),
+            QEMU_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let mut args = qemu_args(path, read_only);
+        let drive = args.iter().position(|a| a == "-drive").unwrap() + 1;
+        args[drive].push_str(drive_extra);
+        let child = std::process::Command::new("qemu-system-x86_64")
+            .args(&args)
+            .args(["-daemonize", "-pidfile", pidfile.to_str().unwrap()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&pidfile);
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let pid = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Ok(Self { pid, pidfile })
+    }
+}
+
+static QEMU_RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Drop for QemuDaemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of the QEMU this test started.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        // Not our child, so not ours to reap: wait until it is gone or a zombie (its files,
+        // and so its locks, are closed by then).
+        let deadline = std::time::Instant::now() + GUARD;
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid));
+            let gone = stat.map_or(true, |s| {
+                s.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('Z'))
+            });
+            if gone {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "QEMU did not die");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(&self.pidfile);
+    }
+}
+
+fn have_qemu() -> bool {
+    let found = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        eprintln!("skipped: qemu-system-x86_64 is not installed (Debian's qemu-system-x86)");
+    }
+    found
+}
+
+/// QEMU's refusal of an image another user holds.
+fn qemu_refused(e: &str, path: &str, shared: bool) -> bool {
+    let shared = if shared { "shared " } else { "" };
+    e.contains(&format!("Failed to get {shared}\"write\" lock"))
+        && e.contains(&format!("Is another process using the image [{path}]?"))
+}
+
+#[test]
+fn read_only_vmm_and_qemu_share_an_image_and_refuse_writers() {
+    if !have_qemu() {
+        return;
+    }
+    let img = Image::new("lock-ro-qemu", 2048);
+    let p = img.path();
+    let ro = format!("path={p},readonly=on");
+    let vm = hold(&ro);
+    // QEMU opens it read-only beside vmm, and is refused read-write.
+    let qemu = QemuDaemon::start(p, true, "").unwrap();
+    let e = QemuDaemon::start(p, false, "").map(|_| ()).unwrap_err();
+    assert!(qemu_refused(&e, p, false), "{e}");
+    // Another vmm, read-only, shares with both; read-write it is refused.
+    one(&probe(&[&ro], "probe.test=boot"), "PROBE boot");
+    assert_eq!(refuse(p), locked(p, false));
+    drop(qemu);
+    stop(vm);
+}
+
+#[test]
+fn locking_off_opens_despite_qemus_locks_and_takes_none() {
+    if !have_qemu() {
+        return;
+    }
+    let img = Image::new("lock-off", 2048);
+    let p = img.path();
+    let off = format!("path={p},locking=off");
+
+    // QEMU holds the image read-write: vmm refuses it with locking on or auto (the
+    // default), and opens it with locking=off.
+    let qemu = QemuDaemon::start(p, false, "").unwrap();
+    assert_eq!(refuse(&format!("path={p},locking=on")), locked(p, false));
+    assert_eq!(refuse(&format!("path={p},locking=auto")), locked(p, false));
+    one(&probe(&[&off], "probe.test=boot"), "PROBE boot");
+    drop(qemu);
+
+    // vmm with locking=off holds no lock: QEMU opens the image read-write beside it.
+    let vm = hold(&off);
+    assert!(!(100..104).chain(200..204).any(|b| ofd_locked(p, b)));
+    drop(QemuDaemon::start(p, false, "").unwrap());
+    stop(vm);
+
+    // vmm holds the image: QEMU's own file.locking=off opens it anyway, its default does not.
+    let vm = hold(p);
+    drop(QemuDaemon::start(p, false, ",file.locking=off").unwrap());
+    let e = QemuDaemon::start(p, false, "").map(|_| ()).unwrap_err();
+    assert!(qemu_refused(&e, p, false), "{e}");
+    stop(vm);
+}

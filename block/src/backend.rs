@@ -13,11 +13,13 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::buf::{gather, scatter, AlignedBuf};
 use crate::file::{FileNode, HostFile, OpenError};
 use crate::inject::{FaultNode, FaultRule, InjectError};
+use crate::lock::Locking;
 use crate::node::{Aio, BlockNode, CacheMode, IoBuf, IoKind};
 use crate::policy::{ErrorAction, ErrorPolicy, IoErrorInfo, IoStatus, IoStatusCell, ReportPolicy};
 use crate::registry::generate_node_name;
 use crate::signal::{IoErrorEvent, IoErrorSlot, IoStatusSlot, SlotId, Slots, StatsSlot};
 use crate::stats::BlockStats;
+use crate::throttle::Throttle;
 use crate::yank::Ticket;
 
 /// How to open a backend on a raw image (what `--disk` describes).
@@ -37,6 +39,8 @@ pub struct BackendConfig {
     pub serial: Option<String>,
     /// The engine of its host I/O.
     pub aio: Aio,
+    /// Image locking (QEMU's `locking`).
+    pub locking: Locking,
 }
 
 impl BackendConfig {
@@ -50,6 +54,7 @@ impl BackendConfig {
             cache: CacheMode::default(),
             serial: None,
             aio: Aio::default(),
+            locking: Locking::default(),
         }
     }
 }
@@ -193,6 +198,8 @@ pub struct Backend {
     flight: Mutex<Flight>,
     /// Notified when the last running request is released or abandoned.
     idle: Condvar,
+    /// The I/O limits its device applies before starting a request.
+    throttle: Throttle,
 }
 
 /// What one of a device's I/O threads (one per queue) waits on for its backend: the retry
@@ -279,7 +286,13 @@ impl Backend {
     /// The checks of [`FileNode::open`].
     pub fn open(config: BackendConfig) -> Result<Self, OpenError> {
         let node_name = config.node_name.unwrap_or_else(generate_node_name);
-        let node = FileNode::open(node_name, &config.path, config.read_only, config.cache)?;
+        let node = FileNode::open_with(
+            node_name,
+            &config.path,
+            config.read_only,
+            config.cache,
+            config.locking,
+        )?;
         let backend = Self::new(config.id, Arc::new(node))
             .map_err(|e| OpenError::Io(config.path.clone(), e))?;
         Ok(backend.with_serial(config.serial).with_aio(config.aio))
@@ -310,7 +323,15 @@ impl Backend {
             watchers: Mutex::new(Vec::new()),
             flight: Mutex::new(Flight::default()),
             idle: Condvar::new(),
+            throttle: Throttle::new(),
         })
+    }
+
+    /// The backend's I/O limits (QEMU's `throttling.*`, `block_set_io_throttle`): each I/O
+    /// thread of its device takes a [`Throttle::queue`] and asks it before it starts a
+    /// request.
+    pub fn throttle(&self) -> &Throttle {
+        &self.throttle
     }
 
     fn flight(&self) -> MutexGuard<'_, Flight> {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::buf::{gather, scatter, AlignedBuf, DIRECT_MEM_ALIGN};
-use crate::lock::{self, LockConflict, LockError, Perms};
+use crate::lock::{self, LockConflict, LockError, Locking, Perms};
 use crate::node::{BlockNode, CacheMode, IoBuf, SECTOR_SIZE};
 
 /// Offset and length alignment of `O_DIRECT` requests (the logical block size of common hosts).
@@ -155,6 +155,21 @@ impl FileNode {
         read_only: bool,
         cache: CacheMode,
     ) -> Result<Self, OpenError> {
+        Self::open_with(node_name, path, read_only, cache, Locking::Auto)
+    }
+
+    /// [`FileNode::open`] with QEMU's `locking` option: `off` takes and checks no locks, so
+    /// the image opens whoever else uses it.
+    ///
+    /// # Errors
+    /// As [`FileNode::open`]; with `locking=off`, never a lock conflict.
+    pub fn open_with(
+        node_name: impl Into<String>,
+        path: impl AsRef<Path>,
+        read_only: bool,
+        cache: CacheMode,
+        locking: Locking,
+    ) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
         let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => OpenError::NotFound(path.clone()),
@@ -188,13 +203,15 @@ impl FileNode {
             meta.len()
         };
         check_size(&path, size)?;
-        lock::lock(&file, Perms::virtio_blk(read_only)).map_err(|e| match e {
-            LockError::Conflict(conflict) => OpenError::Locked {
-                path: path.clone(),
-                conflict,
-            },
-            e @ LockError::Io(..) => OpenError::LockFailed(path.clone(), e),
-        })?;
+        if locking.enabled() {
+            lock::lock(&file, Perms::virtio_blk(read_only)).map_err(|e| match e {
+                LockError::Conflict(conflict) => OpenError::Locked {
+                    path: path.clone(),
+                    conflict,
+                },
+                e @ LockError::Io(..) => OpenError::LockFailed(path.clone(), e),
+            })?;
+        }
         let allocated = Arc::new(AtomicU64::new(allocated_bytes(&file).unwrap_or(0)));
         let file = Arc::new(file);
         Ok(Self {
@@ -661,6 +678,22 @@ mod tests {
         ));
         drop((ro1, ro2));
         FileNode::open("c", p, false, CacheMode::Writeback).unwrap();
+    }
+
+    #[test]
+    fn locking_off_neither_takes_nor_checks_locks() {
+        let f = image(4096, |_| 0);
+        let p = f.as_path();
+        let on = |name| FileNode::open_with(name, p, false, CacheMode::Writeback, Locking::On);
+        let off = |name| FileNode::open_with(name, p, false, CacheMode::Writeback, Locking::Off);
+        let a = on("a").unwrap();
+        assert!(matches!(on("b"), Err(OpenError::Locked { .. })));
+        // Opens despite the writer's locks...
+        let b = off("b").unwrap();
+        drop(a);
+        // ...and holds none: a locking writer opens beside it.
+        let c = on("c").unwrap();
+        drop((b, c));
     }
 
     #[test]

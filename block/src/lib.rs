@@ -21,6 +21,10 @@
 //! (ENOSPC from a full file system, EIO) and injected ones take the same path. A [`Registry`]
 //! holds the graph: backends by id, nodes by node-name.
 //!
+//! Requests can be throttled as QEMU throttles them ([`throttle`]: leaky buckets per limit,
+//! shared by the disks of a named group): each backend carries a [`Throttle`], and each I/O
+//! thread of its device asks its [`ThrottleQueue`] before it starts a request.
+//!
 //! Images are locked in QEMU's scheme ([`lock`]: OFD byte-range locks at offsets 100 and
 //! 200 plus the permission bit), so that vmm processes, and vmm and QEMU, do not write one
 //! image at the same time.
@@ -40,6 +44,7 @@ mod raw;
 mod registry;
 mod signal;
 mod stats;
+pub mod throttle;
 pub mod yank;
 
 pub use backend::{
@@ -47,7 +52,7 @@ pub use backend::{
 };
 pub use file::{FileNode, HostFile, OpenError};
 pub use inject::{errno_name, parse_errno, FaultNode, FaultRule, InjectError};
-pub use lock::{LockConflict, LockError, Perm, Perms};
+pub use lock::{LockConflict, LockError, Locking, ParseLockingError, Perm, Perms};
 pub use node::{
     io_uring_available, Aio, BlockNode, CacheMode, IoBuf, IoKind, ParseAioError,
     ParseCacheModeError, SECTOR_SIZE,
@@ -60,4 +65,8 @@ pub use raw::RawNode;
 pub use registry::{generate_node_name, validate_name, NameError, Registry, RegistryError};
 pub use signal::{IoErrorEvent, IoErrorSlot, IoStatusSlot, SlotId, StatsSlot};
 pub use stats::{BlockStats, BlockStatsSnapshot, OpStatsSnapshot, QmpBlockStats};
+pub use throttle::{
+    Bucket, Limit, Throttle, ThrottleConfig, ThrottleConfigError, ThrottleGroups, ThrottleLimits,
+    ThrottleQueue, Throttled,
+};
 pub use yank::{Ticket, TicketState, YankTable};

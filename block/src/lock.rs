@@ -38,6 +38,65 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
+/// Whether an image is locked (QEMU's `file` driver option `locking`, an `OnOffAuto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Locking {
+    /// Lock where the kernel has OFD locks (QEMU's default).
+    #[default]
+    Auto,
+    /// Always lock; an image whose filesystem refuses the locks is refused.
+    On,
+    /// Never lock: other users are neither excluded nor checked for.
+    Off,
+}
+
+/// Why a `locking` value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("locking takes on, off or auto, not '{0}'")]
+pub struct ParseLockingError(pub String);
+
+impl std::str::FromStr for Locking {
+    type Err = ParseLockingError;
+
+    fn from_str(s: &str) -> Result<Self, ParseLockingError> {
+        match s {
+            "auto" => Ok(Locking::Auto),
+            "on" => Ok(Locking::On),
+            "off" => Ok(Locking::Off),
+            other => Err(ParseLockingError(other.into())),
+        }
+    }
+}
+
+impl Locking {
+    /// Whether an image opened with this setting takes and checks locks: `auto` does when
+    /// the kernel has OFD locks (probed once, as QEMU's `qemu_has_ofd_lock` does on
+    /// `/dev/null`).
+    pub fn enabled(self) -> bool {
+        match self {
+            Locking::On => true,
+            Locking::Off => false,
+            Locking::Auto => has_ofd_locks(),
+        }
+    }
+}
+
+/// Whether the kernel knows `F_OFD_GETLK` (Linux 3.15 and later), asked once.
+fn has_ofd_locks() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        let Ok(null) = File::open("/dev/null") else {
+            // Nothing to probe with: assume a current kernel.
+            return true;
+        };
+        let mut fl = one_byte(libc::F_RDLCK, 0);
+        !matches!(
+            fcntl_lock(&null, libc::F_OFD_GETLK, &mut fl),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL)
+        )
+    })
+}
+
 /// Offset of the bytes locked for the permissions a user holds (QEMU's `RAW_LOCK_PERM_BASE`).
 pub const LOCK_PERM_BASE: i64 = 100;
 /// Offset of the bytes locked for the permissions a user does not share
@@ -256,6 +315,21 @@ mod tests {
         assert!(!(100..104)
             .chain(200..204)
             .any(|b| held_elsewhere(&probe, b).unwrap()));
+    }
+
+    #[test]
+    fn locking_values() {
+        assert_eq!("auto".parse(), Ok(Locking::Auto));
+        assert_eq!("on".parse(), Ok(Locking::On));
+        assert_eq!("off".parse(), Ok(Locking::Off));
+        assert_eq!(
+            "yes".parse::<Locking>().unwrap_err().to_string(),
+            "locking takes on, off or auto, not 'yes'"
+        );
+        assert_eq!(Locking::default(), Locking::Auto);
+        assert!(Locking::On.enabled() && !Locking::Off.enabled());
+        // This project's hosts all have OFD locks.
+        assert!(Locking::Auto.enabled());
     }
 
     #[test]

@@ -133,6 +133,36 @@ fn info_block(m: Server<'_>) -> Result<String, QmpError> {
             (false, false) => "writeback",
         };
         out.push_str(&format!("    Cache mode:       {mode}\n"));
+        if [
+            ins.bps,
+            ins.bps_rd,
+            ins.bps_wr,
+            ins.iops,
+            ins.iops_rd,
+            ins.iops_wr,
+        ] != [0; 6]
+        {
+            let o = |v: Option<i64>| v.unwrap_or(0);
+            out.push_str(&format!(
+                "    I/O throttling:   bps={} bps_rd={} bps_wr={} bps_max={} bps_rd_max={} \
+                 bps_wr_max={} iops={} iops_rd={} iops_wr={} iops_max={} iops_rd_max={} \
+                 iops_wr_max={} iops_size={} group={}\n",
+                ins.bps,
+                ins.bps_rd,
+                ins.bps_wr,
+                o(ins.bps_max),
+                o(ins.bps_rd_max),
+                o(ins.bps_wr_max),
+                ins.iops,
+                ins.iops_rd,
+                ins.iops_wr,
+                o(ins.iops_max),
+                o(ins.iops_rd_max),
+                o(ins.iops_wr_max),
+                o(ins.iops_size),
+                ins.group.unwrap_or_default(),
+            ));
+        }
     }
     Ok(out)
 }
@@ -180,6 +210,8 @@ mod tests {
         status: Option<RunState>,
         calls: Vec<&'static str>,
         fail_cont: bool,
+        /// The disk has I/O limits.
+        throttled: bool,
     }
 
     impl qapi::commands::QmpHandles for Fake {
@@ -205,6 +237,15 @@ mod tests {
                     "cache": {"writeback": true, "direct": true, "no-flush": false}
                 }
             }]);
+            let mut info = info;
+            if self.throttled {
+                let ins = &mut info[0]["inserted"];
+                ins["bps_wr"] = 5.into();
+                ins["iops"] = 100.into();
+                ins["iops_max"] = 200.into();
+                ins["iops_max_length"] = 1.into();
+                ins["group"] = "drive0".into();
+            }
             serde_json::from_value(info).map_err(|e| QmpError::generic(e.to_string()))
         }
 
@@ -308,6 +349,12 @@ mod tests {
             _: Blockdev,
         ) -> Result<Vec<qapi::types::BlockInjectRule>, QmpError> {
             Ok(Vec::new())
+        }
+        fn block_set_io_throttle(
+            &mut self,
+            _: qapi::types::BlockIOThrottle,
+        ) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
         }
         fn query_named_block_nodes(
             &mut self,
@@ -437,6 +484,13 @@ mod tests {
             run(&mut f, "info block"),
             "drive0 (#block100): disk.raw (file), read-only\r\n    Attached to:      /machine/peripheral/drive0/virtio-backend\r\n    Cache mode:       writeback, direct\r\n"
         );
+        // QEMU 7.2's line for a throttled disk.
+        f.throttled = true;
+        assert!(run(&mut f, "info block").ends_with(
+            "    Cache mode:       writeback, direct\r\n    I/O throttling:   bps=0 bps_rd=0 \
+             bps_wr=5 bps_max=0 bps_rd_max=0 bps_wr_max=0 iops=100 iops_rd=0 iops_wr=0 \
+             iops_max=200 iops_rd_max=0 iops_wr_max=0 iops_size=0 group=drive0\r\n"
+        ));
     }
 
     #[test]

@@ -218,6 +218,9 @@ pub struct MonitorConfig {
     pub main_wake: EventFd,
     /// Bounds on clients and their buffers.
     pub limits: Limits,
+    /// Runs first on the monitor thread, before it reads any client (the VMM confines the
+    /// thread there); an error ends the thread with the reason on stderr.
+    pub thread_hook: Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>,
 }
 
 impl Monitor {
@@ -268,11 +271,18 @@ impl Monitor {
         {
             return Err(MonitorError::EventLoop(e));
         }
+        let hook = config.thread_hook;
         let handle = std::thread::Builder::new()
             .name("qmp-monitor".into())
             // Deeply nested requests (up to 1024 levels) are parsed recursively.
             .stack_size(8 << 20)
-            .spawn(move || MonitorThread::run(manager, id))
+            .spawn(move || {
+                if let Err(e) = hook() {
+                    eprintln!("vmm: the QMP monitor cannot start: {e}");
+                    return;
+                }
+                MonitorThread::run(manager, id)
+            })
             .map_err(MonitorError::Spawn)?;
         Ok(Self {
             handle: MonitorHandle { shared },

@@ -201,6 +201,8 @@ class Domain:
     def remove(self):
         self.virsh.run("destroy", self.name)
         self.virsh.run("undefine", self.name)
+        # vmm's own stderr is in the log: a confinement violation would be there.
+        assert "forbidden system call" not in self.log(), self.log()
 
 
 @pytest.fixture

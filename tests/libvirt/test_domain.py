@@ -12,8 +12,6 @@ import socket
 import struct
 import subprocess
 
-import pytest
-
 from conftest import EMULATOR, HANG, IMAGE_SIZE, restart_libvirtd, wait_until
 
 SECTOR = 512
@@ -186,10 +184,6 @@ def test_blkdeviotune(virsh, domain):
     d.wait_serial("PROBE idle")
     tune = virsh("blkdeviotune", d.name, "vda")
     assert "total_bytes_sec: 0" in tune
-    commands = {c["name"] for c in virsh.qmp(d.name, "query-commands")}
-    if "block_set_io_throttle" not in commands:
-        pytest.skip("setting limits needs block_set_io_throttle, which vmm does not have yet "
-                    "(issue 14, branch s14-throttle)")
     virsh("blkdeviotune", d.name, "vda", "--total-bytes-sec", "10485760",
           "--write-iops-sec", "200", "--live")
     tune = virsh("blkdeviotune", d.name, "vda")

@@ -195,6 +195,8 @@ def test_pty_console(qemu, tmp_path, procs):
                       for e in q.cmd("qom-list", {"path": "/machine/peripheral"})["return"]}
         assert peripheral == {"type": "string", "disk0": "child<virtio-blk-device>",
                               "serial0": "child<isa-serial>"}
+        p.proc.terminate()
+        assert p.wait() == 0, p.stderr()
     finally:
         q.close()
 
@@ -224,6 +226,10 @@ def test_socket_console(qemu, tmp_path, procs):
                     chunk = c.recv(4096)
                     assert chunk, f"the console closed (got {got!r})"
                     got += chunk
+        # Exit is clean (the socket file is removed by the thread that drops the machine).
+        p.proc.terminate()
+        assert p.wait() == 0, p.stderr()
+        assert not path.exists()
     finally:
         q.close()
 

@@ -10,8 +10,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use block::{BlockNode, CacheMode, FileNode, OpenError, RawNode};
-use qapi::types::{BlockdevOptions, BlockdevOptionsBranch};
+use block::{BlockNode, CacheMode, FileNode, Locking, OpenError, RawNode};
+use qapi::types::{BlockdevOptions, BlockdevOptionsBranch, OnOffAuto};
 
 use crate::device_manager::DeviceManager;
 
@@ -28,23 +28,28 @@ pub struct OpenFile {
     pub auto_read_only: bool,
     /// Host cache mode.
     pub cache: CacheMode,
+    /// Image locking.
+    pub locking: Locking,
 }
 
 impl OpenFile {
     /// Opens the file (this may block on storage that does not answer).
     ///
     /// # Errors
-    /// Those of [`FileNode::open`].
+    /// Those of [`FileNode::open_with`].
     pub fn open(self) -> Result<FileNode, OpenError> {
-        let opened = FileNode::open(
-            self.node_name.clone(),
-            &self.path,
-            self.read_only,
-            self.cache,
-        );
-        match opened {
+        let open = |read_only| {
+            FileNode::open_with(
+                self.node_name.clone(),
+                &self.path,
+                read_only,
+                self.cache,
+                self.locking,
+            )
+        };
+        match open(self.read_only) {
             Err(OpenError::ReadOnlyFile(..)) if self.auto_read_only && !self.read_only => {
-                FileNode::open(self.node_name, &self.path, true, self.cache)
+                open(true)
             }
             other => other,
         }
@@ -92,6 +97,11 @@ pub fn plan(devices: &DeviceManager, options: BlockdevOptions) -> Result<Plan, S
                     (_, Some(true)) => CacheMode::Unsafe,
                     (Some(true), _) => CacheMode::None,
                     _ => CacheMode::Writeback,
+                },
+                locking: match file.locking {
+                    None | Some(OnOffAuto::Auto) => Locking::Auto,
+                    Some(OnOffAuto::On) => Locking::On,
+                    Some(OnOffAuto::Off) => Locking::Off,
                 },
             }))
         }

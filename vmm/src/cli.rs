@@ -69,6 +69,10 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub qmp_max_clients: u16,
+    /// seccomp filters on every thread: on (a forbidden system call ends vmm with a one-line
+    /// error), log (the kernel logs it and lets it run), off.
+    #[arg(long, value_name = "MODE", default_value = "on")]
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 fn parse_disk(s: &str) -> Result<DiskSpec, String> {

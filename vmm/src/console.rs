@@ -152,6 +152,7 @@ impl PtyConsole {
 
     fn recheck(&mut self) -> PtyWatch {
         let connected = self.pty.connected();
+        self.pty.set_reader(connected);
         if connected == self.watching {
             return PtyWatch::Keep;
         }

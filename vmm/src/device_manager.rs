@@ -9,9 +9,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use block::{Aio, Backend, BackendConfig, BlockNode, Registry, RegistryError, YankTable};
+use block::{
+    Aio, Backend, BackendConfig, BlockNode, Registry, RegistryError, ThrottleConfigError,
+    ThrottleGroups, YankTable,
+};
 use devices::acpi::{pm, AcpiPm, Ged, GedError};
 use devices::legacy::{DebugPort, SerialDevice, I8042};
+use devices::virtio::block::ThreadHooks;
 use devices::virtio::{MmioTransport, VirtioBlock};
 use devices::{Bus, BusDevice, BusError, VmEventSink};
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -26,6 +30,7 @@ use crate::layout::{
     VIRTIO_MMIO_START,
 };
 use crate::pty::{Pty, PtyWriter};
+use crate::seccomp::{self, ThreadKind};
 use crate::socket_console::{SocketConsole, SocketConsoleWriter};
 
 /// Errors while creating or wiring a device.
@@ -67,6 +72,9 @@ pub enum DeviceError {
     /// A `-blockdev` node cannot be created: the node (`node-name=NAME`) and why.
     #[error("-blockdev {0}: {1}")]
     Blockdev(String, String),
+    /// The I/O limits of a disk are refused: the option that made it and why.
+    #[error("{0}: {1}")]
+    Throttle(String, ThrottleConfigError),
 }
 
 /// Where the guest's serial output goes.
@@ -191,6 +199,8 @@ pub struct DeviceManager {
     monitor_nodes: BTreeSet<String>,
     /// The graph's yank instances, published after every change for the monitor thread.
     yank: Arc<YankTable>,
+    /// The disks' throttle groups, by name.
+    throttle_groups: ThrottleGroups,
 }
 
 impl std::fmt::Debug for DeviceManager {
@@ -228,6 +238,7 @@ impl DeviceManager {
             disks: Vec::new(),
             monitor_nodes: BTreeSet::new(),
             yank: Arc::new(YankTable::default()),
+            throttle_groups: ThrottleGroups::new(),
         })
     }
 
@@ -389,6 +400,7 @@ impl DeviceManager {
                 cache: spec.cache,
                 serial: spec.serial.clone(),
                 aio,
+                locking: spec.locking,
                 ..BackendConfig::new(id.clone(), path.clone())
             }),
             DiskSource::Node(node) => self.registry.attach(&id, node, |b| {
@@ -402,11 +414,28 @@ impl DeviceManager {
                 .inject(rule.clone())
                 .map_err(|e| DeviceError::Inject(spec.source.to_string(), e))?;
         }
+        // As QEMU's -drive: the group is the drive id unless named.
+        backend
+            .throttle()
+            .set_limits(
+                &self.throttle_groups,
+                spec.throttle,
+                spec.throttle_group.as_deref(),
+                &id,
+            )
+            .map_err(|e| DeviceError::Throttle(spec.source.to_string(), e))?;
         let slot = slot as u32;
         let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_FIRST_GSI + slot;
         let transport = MmioTransport::new(
-            Box::new(VirtioBlock::with_queues(backend.clone(), spec.num_queues)),
+            Box::new(VirtioBlock::build(
+                backend.clone(),
+                spec.num_queues,
+                ThreadHooks {
+                    io: seccomp::hook(ThreadKind::BlockIo),
+                    request: seccomp::hook(ThreadKind::BlockRequest),
+                },
+            )),
             self.mem.clone(),
             self.irqfd(gsi)?,
             base,
@@ -528,6 +557,11 @@ impl DeviceManager {
     /// The block graph.
     pub fn block_graph(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The disks' throttle groups (QMP's `block_set_io_throttle` moves disks between them).
+    pub fn throttle_groups(&self) -> &ThrottleGroups {
+        &self.throttle_groups
     }
 
     /// The block graph's yank instances, as last published (shared with the monitor thread).

@@ -1,8 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The `--disk` option: `PATH`, or `path=PATH[,id=ID][,node-name=NAME][,readonly=on|off]
 //! [,cache=writeback|none|unsafe][,aio=io_uring|threads][,num-queues=N][,serial=STR]
-//! [,werror=ACTION][,rerror=ACTION][,inject.N.KEY=VALUE...]`. As in QEMU's option syntax, a comma inside a value is written as
-//! `,,`. Parsed by [`OptionList`].
+//! [,werror=ACTION][,rerror=ACTION][,locking=on|off|auto][,throttling.KEY=VALUE...]
+//! [,inject.N.KEY=VALUE...]`. As in QEMU's option syntax, a comma inside a value is
+//! written as `,,`. Parsed by [`OptionList`].
+//!
+//! `locking` is QEMU's `file` driver option (default `auto`: lock where the kernel has OFD
+//! locks; `off` opens an image whoever else uses it). The `throttling.*` keys are QEMU's
+//! `-drive` I/O limits: `throttling.bps-total`, `-read`, `-write` (bytes per second),
+//! `throttling.iops-total`, `-read`, `-write` (operations per second), each with a burst rate
+//! `...-max` and its length in seconds `...-max-length`, `throttling.iops-size` (bytes counted
+//! as one operation) and `throttling.group` (disks of one group share their limits; default:
+//! the drive id). QEMU's legacy aliases (`bps`, `bps_rd`, ..., `iops_wr_max`, `iops_size`,
+//! `group`) are accepted too, and the limits are checked with QEMU's rules and texts.
 //!
 //! `werror`/`rerror` are QEMU's error policies (`report`, `ignore`, `enospc` — writes only —,
 //! `stop`; defaults `enospc` and `report`). `aio` is QEMU's engine key (`native` is taken as
@@ -18,7 +28,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use block::{
-    parse_errno, Aio, CacheMode, DevicePolicy, FaultRule, IoKind, OnError, ParseOnErrorError,
+    parse_errno, Aio, Bucket, CacheMode, DevicePolicy, FaultRule, IoKind, Locking, OnError,
+    ParseLockingError, ParseOnErrorError, ThrottleConfig, ThrottleConfigError,
 };
 
 use devices::virtio::block::MAX_QUEUES;
@@ -29,7 +40,7 @@ use crate::options::{self, OptionError, OptionList};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DiskSpecError {
     /// An option we do not know.
-    #[error("Unknown --disk option '{0}' (known: path, id, node-name, readonly, cache, aio, num-queues, serial, werror, rerror, inject.N.*)")]
+    #[error("Unknown --disk option '{0}' (known: path, id, node-name, readonly, cache, aio, num-queues, serial, werror, rerror, locking, throttling.*, inject.N.*)")]
     UnknownKey(String),
     /// No path given.
     #[error("--disk needs a path, as in --disk img.raw or --disk path=img.raw,id=data0")]
@@ -61,6 +72,15 @@ pub enum DiskSpecError {
     /// A bad `inject.N.*` rule.
     #[error("--disk inject.{0}: {1}")]
     Inject(u64, String),
+    /// A bad `locking` value.
+    #[error("--disk {0}")]
+    Locking(ParseLockingError),
+    /// A `throttling.*` key and its legacy alias together (QEMU's words).
+    #[error("--disk '{0}' and its alias '{1}' can't be used at the same time")]
+    Alias(String, String),
+    /// I/O limits QEMU refuses (its words).
+    #[error("--disk {0}")]
+    Throttle(ThrottleConfigError),
 }
 
 /// What a disk reads and writes.
@@ -106,6 +126,12 @@ pub struct DiskSpec {
     pub policy: DevicePolicy,
     /// Fault-injection rules, in `inject.N` order.
     pub inject: Vec<FaultRule>,
+    /// Image locking (images only).
+    pub locking: Locking,
+    /// I/O limits (none by default).
+    pub throttle: ThrottleConfig,
+    /// The throttle group; the drive id when absent.
+    pub throttle_group: Option<String>,
 }
 
 impl From<OptionError> for DiskSpecError {
@@ -175,6 +201,11 @@ impl std::str::FromStr for DiskSpec {
         if let Some(v) = take_value(&mut opts, "rerror")? {
             policy.read = OnError::parse_read(&v).map_err(DiskSpecError::Policy)?;
         }
+        let locking = match take_value(&mut opts, "locking")? {
+            Some(v) => v.parse().map_err(DiskSpecError::Locking)?,
+            None => Locking::default(),
+        };
+        let (throttle, throttle_group) = take_throttling(&mut opts)?;
         let inject = take_rules(&mut opts)?;
         opts.finish()?;
         Ok(DiskSpec {
@@ -188,8 +219,65 @@ impl std::str::FromStr for DiskSpec {
             serial,
             policy,
             inject,
+            locking,
+            throttle,
+            throttle_group,
         })
     }
+}
+
+/// Takes `throttling.KEY` or its legacy alias (not both, as QEMU).
+fn take_aliased(
+    opts: &mut OptionList,
+    key: &str,
+    alias: Option<&str>,
+) -> Result<Option<String>, DiskSpecError> {
+    let value = opts.take_str(key)?;
+    let Some(alias) = alias else {
+        return Ok(value);
+    };
+    match (value, opts.take_str(alias)?) {
+        (Some(_), Some(_)) => Err(DiskSpecError::Alias(key.into(), alias.into())),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// Takes a number `throttling.KEY` (or its alias).
+fn take_limit(
+    opts: &mut OptionList,
+    key: &str,
+    alias: Option<&str>,
+) -> Result<Option<u64>, DiskSpecError> {
+    match take_aliased(opts, key, alias)? {
+        Some(v) => Ok(Some(options::parse_u64(key, &v)?)),
+        None => Ok(None),
+    }
+}
+
+/// Takes the `throttling.*` keys (and QEMU's aliases) and checks the limits as QEMU does.
+fn take_throttling(
+    opts: &mut OptionList,
+) -> Result<(ThrottleConfig, Option<String>), DiskSpecError> {
+    let mut config = ThrottleConfig::default();
+    for b in Bucket::ALL {
+        let (key, qmp) = (format!("throttling.{}", b.option_name()), b.qmp_name());
+        let limit = config.limit_mut(b);
+        if let Some(v) = take_limit(opts, &key, Some(qmp))? {
+            limit.avg = v;
+        }
+        if let Some(v) = take_limit(opts, &format!("{key}-max"), Some(&format!("{qmp}_max")))? {
+            limit.max = v;
+        }
+        if let Some(v) = take_limit(opts, &format!("{key}-max-length"), None)? {
+            limit.max_length = v;
+        }
+    }
+    if let Some(v) = take_limit(opts, "throttling.iops-size", Some("iops_size"))? {
+        config.iops_size = v;
+    }
+    let group = take_aliased(opts, "throttling.group", Some("group"))?;
+    config.validate().map_err(DiskSpecError::Throttle)?;
+    Ok((config, group))
 }
 
 /// The members an `inject.N.` rule may have.
@@ -379,7 +467,7 @@ mod tests {
         let m = |s: &str| p(s).unwrap_err().to_string();
         assert_eq!(
             m("img,format=raw"),
-            "Unknown --disk option 'format' (known: path, id, node-name, readonly, cache, aio, num-queues, serial, werror, rerror, inject.N.*)"
+            "Unknown --disk option 'format' (known: path, id, node-name, readonly, cache, aio, num-queues, serial, werror, rerror, locking, throttling.*, inject.N.*)"
         );
         assert_eq!(m("img,id=a,id=b"), "--disk option 'id' is given twice");
         assert_eq!(m("img,id="), "--disk option 'id' needs a value");
@@ -459,5 +547,132 @@ mod tests {
             m("img,inject.0.operation=read,inject.0.sector=many"),
             "--disk option 'inject.0.sector' takes a number, not 'many'"
         );
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use block::Limit;
+
+    use super::*;
+
+    fn p(s: &str) -> Result<DiskSpec, DiskSpecError> {
+        s.parse()
+    }
+
+    fn m(s: &str) -> String {
+        p(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn locking() {
+        assert_eq!(p("img").unwrap().locking, Locking::Auto);
+        for (v, l) in [
+            ("on", Locking::On),
+            ("off", Locking::Off),
+            ("auto", Locking::Auto),
+        ] {
+            assert_eq!(p(&format!("img,locking={v}")).unwrap().locking, l);
+        }
+        assert_eq!(
+            m("img,locking=yes"),
+            "--disk locking takes on, off or auto, not 'yes'"
+        );
+        assert_eq!(m("img,locking="), "--disk option 'locking' needs a value");
+    }
+
+    #[test]
+    fn throttling_keys_and_aliases() {
+        let d = p("img").unwrap();
+        assert_eq!(
+            (d.throttle, d.throttle_group),
+            (ThrottleConfig::default(), None)
+        );
+        let d = p("img,throttling.iops-total=10,throttling.iops-total-max=20,\
+                   throttling.iops-total-max-length=3,throttling.bps-read=0x1000,\
+                   throttling.bps-write=2048,throttling.bps-write-max=4096,\
+                   throttling.iops-size=512,throttling.group=g1")
+        .unwrap();
+        let c = d.throttle;
+        assert_eq!(
+            c.limit(Bucket::IopsTotal),
+            Limit {
+                avg: 10,
+                max: 20,
+                max_length: 3
+            }
+        );
+        assert_eq!(c.limit(Bucket::BpsRead).avg, 4096);
+        assert_eq!(
+            c.limit(Bucket::BpsWrite),
+            Limit {
+                avg: 2048,
+                max: 4096,
+                max_length: 1
+            }
+        );
+        assert_eq!(c.limit(Bucket::BpsTotal), Limit::default());
+        assert_eq!(c.iops_size, 512);
+        assert_eq!(d.throttle_group.as_deref(), Some("g1"));
+        // Every bucket's three keys reach it.
+        for b in Bucket::ALL {
+            let k = format!("throttling.{}", b.option_name());
+            let d = p(&format!("img,{k}=5,{k}-max=6,{k}-max-length=7")).unwrap();
+            assert_eq!(
+                d.throttle.limit(b),
+                Limit {
+                    avg: 5,
+                    max: 6,
+                    max_length: 7
+                },
+                "{k}"
+            );
+        }
+        // QEMU's legacy -drive spellings.
+        let d =
+            p("img,iops_rd=5,iops_rd_max=9,bps=100,bps_max=200,iops_size=4096,group=old").unwrap();
+        assert_eq!(d.throttle.limit(Bucket::IopsRead).max, 9);
+        assert_eq!(d.throttle.limit(Bucket::BpsTotal).max, 200);
+        assert_eq!(d.throttle.iops_size, 4096);
+        assert_eq!(d.throttle_group.as_deref(), Some("old"));
+    }
+
+    #[test]
+    fn throttling_errors_are_qemus() {
+        assert_eq!(
+            m("img,iops=10,throttling.iops-total=5"),
+            "--disk 'throttling.iops-total' and its alias 'iops' can't be used at the same time"
+        );
+        assert_eq!(
+            m("img,throttling.bps-total=abc"),
+            "--disk option 'throttling.bps-total' takes a number, not 'abc'"
+        );
+        assert_eq!(
+            m("img,throttling.bps-total=100,throttling.bps-read=5"),
+            "--disk bps/iops/max total values and read/write values cannot be used at the same time"
+        );
+        assert_eq!(
+            m("img,throttling.bps-total-max=100"),
+            "--disk bps_max/iops_max require corresponding bps/iops values"
+        );
+        assert_eq!(
+            m("img,throttling.iops-total=10,throttling.iops-total-max=20,\
+               throttling.iops-total-max-length=0"),
+            "--disk the burst length cannot be 0"
+        );
+        assert_eq!(
+            m("img,throttling.iops-total-max-length=99"),
+            "--disk burst length set without burst rate"
+        );
+        assert_eq!(
+            m("img,throttling.bps-write=18446744073709551615"),
+            "--disk bps/iops/max values must be within [0, 1000000000000000]"
+        );
+        assert_eq!(
+            m("img,throttling.iops-size=512"),
+            "--disk iops size requires an iops value to be set"
+        );
+        assert!(m("img,throttling.bps-everything=1")
+            .starts_with("Unknown --disk option 'throttling.bps-everything'"));
     }
 }

@@ -26,6 +26,7 @@ mod qmp_socket;
 mod qom;
 mod report;
 mod runner;
+mod seccomp;
 mod signals;
 mod socket_console;
 mod vcpu;
@@ -68,6 +69,10 @@ fn vmm_main() -> i32 {
             return 1;
         }
     };
+    if let Err(e) = seccomp::set_mode(cli.seccomp) {
+        report::error(format_args!("{}", error::chain(&e)));
+        return 1;
+    }
     finish(runner::run(&config, &options, None))
 }
 
@@ -124,6 +129,11 @@ fn qemu_main(args: &[OsString]) -> i32 {
             return 1;
         }
     };
+    // vmm's default, as QEMU's command line has no -sandbox here.
+    if let Err(e) = seccomp::set_mode(seccomp::SeccompMode::On) {
+        report::error(format_args!("{}", error::chain(&e)));
+        return 1;
+    }
     finish(runner::run(&run.config, &run.options, ready))
 }
 

@@ -7,13 +7,16 @@
 //! CR/LF translation: the guest's output must not come back as its input) and closed again.
 //! While nobody has the slave open, the master reports a hang-up: guest output is then
 //! dropped instead of piling up for a later reader, and the main loop stops watching the
-//! master for input until a reader appears ([`Pty::connected`]). Output never blocks the
-//! vCPU that writes it: bytes the terminal has no room for are dropped, as on a jammed line.
+//! master for input until a reader appears. The main loop finds out ([`Pty::connected`], a
+//! `poll`) and publishes it ([`Pty::set_reader`]) for the vCPU that writes, which makes no
+//! other call than `write`. Output never blocks that vCPU: bytes the terminal has no room for
+//! are dropped, as on a jammed line.
 
 use std::ffi::CStr;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Errors creating the pseudo-terminal.
@@ -32,6 +35,8 @@ pub enum PtyError {
 pub struct Pty {
     master: OwnedFd,
     path: PathBuf,
+    /// Someone has the slave open, as the main loop last found.
+    reader: AtomicBool,
 }
 
 /// Turns a libc return value into an error naming the failed step.
@@ -82,7 +87,11 @@ impl Pty {
         // SAFETY: F_SETFL on the owned master; the result is checked.
         let ret = unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
         check(ret, "fcntl")?;
-        Ok(Self { master, path })
+        Ok(Self {
+            master,
+            path,
+            reader: AtomicBool::new(false),
+        })
     }
 
     /// The slave's path (`/dev/pts/N`).
@@ -90,7 +99,12 @@ impl Pty {
         &self.path
     }
 
-    /// Whether someone has the slave open (the master reports no hang-up).
+    /// Publishes whether someone has the slave open, for [`PtyWriter`].
+    pub fn set_reader(&self, present: bool) {
+        self.reader.store(present, Ordering::Release);
+    }
+
+    /// Whether someone has the slave open (the master reports no hang-up), asked now.
     pub fn connected(&self) -> bool {
         let mut pfd = libc::pollfd {
             fd: self.master.as_raw_fd(),
@@ -158,7 +172,7 @@ pub struct PtyWriter(pub Arc<Pty>);
 
 impl Write for PtyWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if !self.0.connected() {
+        if !self.0.reader.load(Ordering::Acquire) {
             return Ok(buf.len());
         }
         // SAFETY: writing from a live buffer of the given length to the owned master.
@@ -199,6 +213,7 @@ mod tests {
             .open(pty.path())
             .unwrap();
         assert!(pty.connected());
+        pty.set_reader(true);
         w.write_all(b"hello\n").unwrap();
         let mut buf = [0u8; 6];
         slave.read_exact(&mut buf).unwrap();

@@ -5,16 +5,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use block::{Backend, FaultRule, IoKind, YankTable};
+use block::{Backend, Bucket, FaultRule, IoKind, Limit, ThrottleConfig, YankTable};
 use qapi::commands::{QmpCommands, QmpHandles, QmpOobCommands};
 use qapi::rt::{ErrorClass, QmpError};
 use qapi::types::{
-    BlockDeviceInfo, BlockInfo, BlockInjectErrno, BlockInjectOperation, BlockInjectRule,
-    BlockInjectRuleId, BlockStats, Blockdev, ChardevInfo, CommandInfo, CommandLineOptionInfo,
-    CpuInfoFast, CpuInfoFastBranch, CpuInstanceProperties, JobInfo, KvmInfo, MachineInfo,
-    MigrationCapability, MigrationCapabilityStatus, NameInfo, ObjectPropertyInfo, ObjectTypeInfo,
-    RunState, SchemaInfo, ShutdownCause, StatusInfo, SysEmuTarget, TargetInfo, VersionInfo,
-    VersionTriple, YankInstance, YankInstanceBlockNode, YankInstanceBranch,
+    BlockDeviceInfo, BlockIOThrottle, BlockInfo, BlockInjectErrno, BlockInjectOperation,
+    BlockInjectRule, BlockInjectRuleId, BlockStats, Blockdev, ChardevInfo, CommandInfo,
+    CommandLineOptionInfo, CpuInfoFast, CpuInfoFastBranch, CpuInstanceProperties, JobInfo, KvmInfo,
+    MachineInfo, MigrationCapability, MigrationCapabilityStatus, NameInfo, ObjectPropertyInfo,
+    ObjectTypeInfo, RunState, SchemaInfo, ShutdownCause, StatusInfo, SysEmuTarget, TargetInfo,
+    VersionInfo, VersionTriple, YankInstance, YankInstanceBlockNode, YankInstanceBranch,
 };
 
 use crate::device_manager::Disk;
@@ -62,6 +62,73 @@ fn find_disk<'a>(vm: &'a Vm, handle: &Blockdev) -> Result<&'a Disk, QmpError> {
         .iter()
         .find(|d| d.backend.id() == handle.0 || d.backend.root().node_name() == handle.0)
         .ok_or_else(|| QmpError::device_not_found(&handle.0))
+}
+
+/// The disk `block_set_io_throttle` names: by `device`, the backend's name; by `id`, the
+/// device's id (the drive id: vmm's disks have one) or its QOM path, as QEMU's
+/// `qmp_get_blk` does. Returns the name it was found by (the group a disk without limits
+/// joins by default).
+fn throttle_target<'a, 'n>(
+    vm: &'a Vm,
+    device: Option<&'n str>,
+    id: Option<&'n str>,
+) -> Result<(&'a Disk, &'n str), QmpError> {
+    let (name, found) = match (device, id) {
+        (Some(name), None) => (name, vm.disks().iter().find(|d| d.backend.id() == name)),
+        (None, Some(name)) => {
+            let device_path = |d: &Disk| format!("/machine/peripheral/{}", d.backend.id());
+            (
+                name,
+                vm.disks()
+                    .iter()
+                    .find(|d| d.backend.id() == name || d.qdev == name || device_path(d) == name),
+            )
+        }
+        _ => return Err(QmpError::generic("Need exactly one of 'device' and 'id'")),
+    };
+    found
+        .map(|d| (d, name))
+        .ok_or_else(|| QmpError::device_not_found(name))
+}
+
+/// The limits of a `block_set_io_throttle`, as QEMU reads them: QMP's integers taken as
+/// unsigned (so a negative value is out of range), burst members left out 0, their lengths
+/// 1.
+fn throttle_config(a: &BlockIOThrottle) -> ThrottleConfig {
+    let u = |v: i64| v as u64;
+    let limit = |avg: i64, max: Option<i64>, len: Option<i64>| Limit {
+        avg: u(avg),
+        max: max.map_or(0, u),
+        max_length: len.map_or(1, u),
+    };
+    let mut c = ThrottleConfig::default();
+    for (b, l) in [
+        (Bucket::BpsTotal, limit(a.bps, a.bps_max, a.bps_max_length)),
+        (
+            Bucket::BpsRead,
+            limit(a.bps_rd, a.bps_rd_max, a.bps_rd_max_length),
+        ),
+        (
+            Bucket::BpsWrite,
+            limit(a.bps_wr, a.bps_wr_max, a.bps_wr_max_length),
+        ),
+        (
+            Bucket::IopsTotal,
+            limit(a.iops, a.iops_max, a.iops_max_length),
+        ),
+        (
+            Bucket::IopsRead,
+            limit(a.iops_rd, a.iops_rd_max, a.iops_rd_max_length),
+        ),
+        (
+            Bucket::IopsWrite,
+            limit(a.iops_wr, a.iops_wr_max, a.iops_wr_max_length),
+        ),
+    ] {
+        *c.limit_mut(b) = l;
+    }
+    c.iops_size = a.iops_size.map_or(0, u);
+    c
 }
 
 /// Rule ids count from 1 and never reach i64::MAX.
@@ -385,6 +452,19 @@ impl QmpCommands for Machine {
                 held: i64::try_from(disk.backend.fault_node().held_by(id)).unwrap_or(i64::MAX),
             })
             .collect())
+    }
+
+    fn block_set_io_throttle(&mut self, arg: BlockIOThrottle) -> Result<(), QmpError> {
+        let (disk, name) = throttle_target(&self.vm, arg.device.as_deref(), arg.id.as_deref())?;
+        disk.backend
+            .throttle()
+            .set_limits(
+                self.vm.devices().throttle_groups(),
+                throttle_config(&arg),
+                arg.group.as_deref(),
+                name,
+            )
+            .map_err(|e| QmpError::generic(e.to_string()))
     }
 
     fn query_named_block_nodes(

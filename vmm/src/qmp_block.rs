@@ -2,7 +2,7 @@
 //! `query-block` and `query-blockstats` from the block layer's backends and nodes, in
 //! QEMU 7.2's shapes.
 
-use block::{Backend, BlockNode, IoStatus, QmpBlockStats};
+use block::{Backend, BlockNode, Bucket, IoStatus, QmpBlockStats};
 use qapi::types::{
     BlockDeviceInfo, BlockDeviceIoStatus, BlockDeviceStats, BlockInfo, BlockStats,
     BlockdevCacheInfo, BlockdevDetectZeroesOptions, ImageInfo,
@@ -15,9 +15,47 @@ fn i(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The `inserted` entry of a backend: its image node's.
+/// The `inserted` entry of a backend: its image node's, with the backend's I/O limits (those
+/// of its throttle group) as QEMU reports them: the six rates always, a burst and its length
+/// only when the burst is set, `iops_size` only when set, and the group whenever there are
+/// limits. Values are QEMU's unsigned ones in QMP's signed integers, bit for bit (a QMP
+/// `iops_size` of -1 reads back as -1).
 pub fn device_info(b: &Backend) -> BlockDeviceInfo {
-    node_info(b.root().as_ref())
+    let mut info = node_info(b.root().as_ref());
+    let Some(limits) = b.throttle().limits() else {
+        return info;
+    };
+    let c = limits.config;
+    let avg = |bucket| c.limit(bucket).avg as i64;
+    let max = |bucket| {
+        Some(c.limit(bucket).max)
+            .filter(|&m| m != 0)
+            .map(|m| m as i64)
+    };
+    let len = |bucket| max(bucket).map(|_| c.limit(bucket).max_length as i64);
+    let (bt, br, bw) = (Bucket::BpsTotal, Bucket::BpsRead, Bucket::BpsWrite);
+    let (it, ir, iw) = (Bucket::IopsTotal, Bucket::IopsRead, Bucket::IopsWrite);
+    info.bps = avg(bt);
+    info.bps_rd = avg(br);
+    info.bps_wr = avg(bw);
+    info.iops = avg(it);
+    info.iops_rd = avg(ir);
+    info.iops_wr = avg(iw);
+    info.bps_max = max(bt);
+    info.bps_rd_max = max(br);
+    info.bps_wr_max = max(bw);
+    info.iops_max = max(it);
+    info.iops_rd_max = max(ir);
+    info.iops_wr_max = max(iw);
+    info.bps_max_length = len(bt);
+    info.bps_rd_max_length = len(br);
+    info.bps_wr_max_length = len(bw);
+    info.iops_max_length = len(it);
+    info.iops_rd_max_length = len(ir);
+    info.iops_wr_max_length = len(iw);
+    info.iops_size = Some(c.iops_size).filter(|&s| s != 0).map(|s| s as i64);
+    info.group = Some(limits.group);
+    info
 }
 
 /// The `query-named-block-nodes` entry of a node (and `inserted` of a backend's root); `file`

@@ -26,6 +26,7 @@ use crate::error::chain;
 use crate::machine::{Exit, Lifecycle, Machine, SharedRunState};
 use crate::qmp::{version_info, OobServer};
 use crate::qmp_async::{self, Start};
+use crate::seccomp::{self, ThreadKind};
 use crate::signals::{
     install_kick_handler, install_terminate_handlers, main_loop_takes_over, SignalError,
 };
@@ -53,6 +54,9 @@ pub enum RunError {
     /// The guest or a vCPU hit an unrecoverable error.
     #[error("{0}")]
     Guest(String),
+    /// A seccomp filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// Options of a run beyond the VM's configuration.
@@ -269,6 +273,11 @@ impl MainLoop {
         let spawned = std::thread::Builder::new()
             .name("qmp-job".into())
             .spawn(move || {
+                // Narrower than the main loop's filter, which it inherits and keeps if this
+                // fails (the command still gets its answer).
+                if let Err(e) = seccomp::confine(ThreadKind::QmpJob) {
+                    eprintln!("vmm: {}", chain(&e));
+                }
                 let outcome = job.run();
                 if tx.send(JobDone { outcome, ..done }).is_ok() {
                     let _ = wake.write(1);
@@ -536,6 +545,7 @@ pub fn run(
                 max_clients: options.qmp_max_clients,
                 ..Limits::default()
             },
+            thread_hook: seccomp::hook(ThreadKind::Monitor),
         })?)
     };
     // Nothing from here to the main loop waits on a user's file or peer: the loop will see a
@@ -591,6 +601,9 @@ pub fn run(
         main.machine.launch();
     }
     let mut manager = EventManager::new().map_err(RunError::EventLoop)?;
+    // Every narrower thread (vCPUs, monitor, block I/O) exists: the main thread confines
+    // itself before its loop serves any client or guest request.
+    seccomp::confine(ThreadKind::Main)?;
     let result = run_main_loop(&mut manager, main);
     // The loop owns the machine: dropping it stops and joins the vCPU and block I/O threads
     // before the monitor sends its last messages.
@@ -611,6 +624,9 @@ fn teardown(manager: EventManager<MainLoop>) {
     let spawned = std::thread::Builder::new()
         .name("vm-teardown".into())
         .spawn(move || {
+            if let Err(e) = seccomp::confine(ThreadKind::Teardown) {
+                eprintln!("vmm: {}", chain(&e));
+            }
             drop(manager);
             let _ = tx.send(());
         });

@@ -204,6 +204,11 @@ impl Vcpu {
     fn run(mut self, control: &Control) {
         let ptr: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
         set_kick_target(ptr);
+        // Confined before the guest runs a single instruction here.
+        if let Err(e) = crate::seccomp::confine(crate::seccomp::ThreadKind::Vcpu) {
+            self.ctx.events.send(VmEvent::Fatal(chain(&e)));
+            return;
+        }
         {
             let mut st = control.lock();
             // SAFETY: gettid has no preconditions.

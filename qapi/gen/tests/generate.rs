@@ -54,6 +54,7 @@ fn main_schema_has_the_required_interface() {
             "query-target",
             "query-machines",
             "query-block",
+            "block_set_io_throttle",
             "query-blockstats",
             "blockdev-inject-error",
             "blockdev-inject-error-remove",
@@ -88,6 +89,21 @@ fn main_schema_has_the_required_interface() {
         (owner.handle.as_str(), owner.data.as_str()),
         ("Machine", "/machine")
     );
+    // A member's feature, documented in its struct's Features section as QEMU does.
+    let throttle = schema.get("BlockIOThrottle").expect("BlockIOThrottle");
+    let DefKind::Struct { members, .. } = &throttle.kind else {
+        panic!("BlockIOThrottle is not a struct");
+    };
+    let features: Vec<(&str, Vec<&str>)> = members
+        .iter()
+        .filter(|m| !m.features.is_empty())
+        .map(|m| {
+            let f = m.features.iter().map(|f| f.name.as_str()).collect();
+            (m.name.as_str(), f)
+        })
+        .collect();
+    assert_eq!(features, [("device", vec!["deprecated"])]);
+    assert!(throttle.features.is_empty());
 }
 
 #[test]

@@ -206,6 +206,14 @@ impl QmpCommands for FakeVm {
         Ok(Vec::new())
     }
 
+    fn block_set_io_throttle(&mut self, arg: BlockIOThrottle) -> Result<(), QmpError> {
+        match (arg.device, arg.id) {
+            (Some(d), None) | (None, Some(d)) if self.drives.contains(&d) => Ok(()),
+            (Some(d), None) | (None, Some(d)) => Err(QmpError::device_not_found(&d)),
+            _ => Err(QmpError::generic("Need exactly one of 'device' and 'id'")),
+        }
+    }
+
     fn query_named_block_nodes(
         &mut self,
         _flat: Option<bool>,

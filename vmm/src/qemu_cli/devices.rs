@@ -147,6 +147,11 @@ fn virtio_blk(l: &mut OptionList) -> OptResult<Device> {
         serial,
         policy,
         inject: Vec::new(),
+        // The node's own `locking` applies (a -blockdev file option).
+        locking: block::Locking::default(),
+        // QEMU's -device has no limits: block_set_io_throttle sets them.
+        throttle: block::ThrottleConfig::default(),
+        throttle_group: None,
     })))
 }
 

@@ -2,8 +2,10 @@
 //! virtio-blk (virtio 1.2, 5.2) on the block layer.
 //!
 //! Requests run on a block I/O thread per queue, named `blk-<id>` (queue 0) and
-//! `blk-<id>-q<N>`, started when the driver sets `DRIVER_OK` and stopped (and joined) on reset
-//! or drop. With more than one queue (`num-queues`, QEMU's property) the device offers
+//! `blk-<id>-q<N>`. The threads are created with the device (so that whatever the VMM confines
+//! threads with is in place before the guest runs, and so that activation never creates a
+//! thread on a vCPU's thread) and run the queue's data path from `DRIVER_OK` to reset; they
+//! end (and are joined) when the device is dropped. With more than one queue (`num-queues`, QEMU's property) the device offers
 //! `VIRTIO_BLK_F_MQ`: each queue is its own I/O context (its thread, its io_uring or request
 //! threads) on the shared backend. See [`request`] for what is accepted and how malformed
 //! requests complete.
@@ -12,7 +14,9 @@ pub mod request;
 mod uring;
 mod worker;
 
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -59,12 +63,52 @@ pub struct BlockConfig(pub virtio_blk_config);
 // it has no padding and every bit pattern is a valid value.
 unsafe impl ByteValued for BlockConfig {}
 
-/// The I/O thread of one queue.
-struct Running {
-    kill: EventFd,
-    thread: JoinHandle<()>,
-    /// Its queue (cleared on reset).
+/// Runs at the start of a device thread, before it serves anything: the VMM confines the
+/// thread there (seccomp). An error ends the thread (the device then fails activation).
+pub type ThreadHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
+
+/// The hooks of a device's threads: its queue I/O threads and their request threads.
+#[derive(Clone)]
+pub struct ThreadHooks {
+    /// Runs first on each queue's I/O thread.
+    pub io: ThreadHook,
+    /// Runs first on each request thread (`aio=threads`, or requests an acting filter sees).
+    pub request: ThreadHook,
+}
+
+impl Default for ThreadHooks {
+    fn default() -> Self {
+        let none: ThreadHook = Arc::new(|| Ok(()));
+        Self {
+            io: none.clone(),
+            request: none,
+        }
+    }
+}
+
+/// What a queue's thread needs to run its data path after `DRIVER_OK`.
+struct Activation {
+    mem: GuestMemoryMmap,
     queue: Arc<Mutex<Vec<Queue>>>,
+    event: EventFd,
+    interrupt: Arc<VirtioInterrupt>,
+    config: RequestConfig,
+    stopping: Arc<AtomicBool>,
+    /// Answered once the data path is set up (or could not be).
+    ready: std::sync::mpsc::Sender<io::Result<()>>,
+}
+
+/// The I/O thread of one queue, alive as long as the device.
+struct QueueThread {
+    /// Sends activations; dropping it ends the thread.
+    start: Option<std::sync::mpsc::Sender<Activation>>,
+    /// Ends the running data path (reset).
+    kill: EventFd,
+    /// Set while a data path runs.
+    busy: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// The running data path's queue (cleared on reset).
+    queue: Option<Arc<Mutex<Vec<Queue>>>>,
 }
 
 /// A virtio-blk device on a block [`Backend`].
@@ -72,8 +116,11 @@ pub struct VirtioBlock {
     backend: Arc<Backend>,
     features: u64,
     queue_sizes: Vec<u16>,
-    running: Vec<Running>,
-    /// Set before the I/O threads are killed: start nothing more.
+    /// One per queue; empty when they could not be created (activation then fails).
+    threads: Vec<QueueThread>,
+    /// Why the threads could not be created.
+    spawn_error: Option<io::Error>,
+    /// Set before the data paths are killed: start nothing more.
     stopping: Arc<AtomicBool>,
 }
 
@@ -83,7 +130,7 @@ impl std::fmt::Debug for VirtioBlock {
             .field("backend", &self.backend.id())
             .field("features", &format_args!("{:#x}", self.features))
             .field("queues", &self.queue_sizes.len())
-            .field("running", &!self.running.is_empty())
+            .field("running", &self.is_running())
             .finish()
     }
 }
@@ -95,9 +142,15 @@ impl VirtioBlock {
         Self::with_queues(backend, 1)
     }
 
-    /// A device with `num_queues` queues (1 to [`MAX_QUEUES`], clamped), offering
-    /// `VIRTIO_BLK_F_MQ` when there are several.
+    /// [`VirtioBlock::build`] without thread hooks.
     pub fn with_queues(backend: Arc<Backend>, num_queues: u16) -> Self {
+        Self::build(backend, num_queues, ThreadHooks::default())
+    }
+
+    /// A device with `num_queues` queues (1 to [`MAX_QUEUES`], clamped), offering
+    /// `VIRTIO_BLK_F_MQ` when there are several, and its queue threads (each runs
+    /// `hooks.io` first; their request threads run `hooks.request`).
+    pub fn build(backend: Arc<Backend>, num_queues: u16, hooks: ThreadHooks) -> Self {
         let num_queues = num_queues.clamp(1, MAX_QUEUES);
         let mut features = (1u64 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
@@ -115,11 +168,33 @@ impl VirtioBlock {
         if num_queues > 1 {
             features |= 1 << VIRTIO_BLK_F_MQ;
         }
+        let base = format!("blk-{}", backend.id().replace('\0', ""));
+        let mut threads = Vec::new();
+        let mut spawn_error = None;
+        for i in 0..num_queues {
+            let name = if i == 0 {
+                base.clone()
+            } else {
+                format!("{base}-q{i}")
+            };
+            match QueueThread::spawn(name, backend.clone(), hooks.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    spawn_error = Some(e);
+                    break;
+                }
+            }
+        }
+        if spawn_error.is_some() {
+            // Without all of its threads the device cannot run: end the others.
+            threads.clear();
+        }
         Self {
             backend,
             features,
             queue_sizes: vec![QUEUE_SIZE; usize::from(num_queues)],
-            running: Vec::new(),
+            threads,
+            spawn_error,
             stopping: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -129,9 +204,9 @@ impl VirtioBlock {
         &self.backend
     }
 
-    /// Whether the I/O threads run.
+    /// Whether the data path runs (between `DRIVER_OK` and reset).
     pub fn is_running(&self) -> bool {
-        !self.running.is_empty()
+        self.threads.iter().any(|t| t.queue.is_some())
     }
 
     /// The number of queues.
@@ -172,66 +247,116 @@ impl VirtioBlock {
         c
     }
 
-    /// Starts the I/O thread `name` of one queue.
-    fn start_queue(
-        &mut self,
-        name: String,
-        queue: Queue,
-        event: EventFd,
-        mem: &GuestMemoryMmap,
-        interrupt: &Arc<VirtioInterrupt>,
-        config: RequestConfig,
-    ) -> Result<(), ActivateError> {
-        let queue = Arc::new(Mutex::new(vec![queue]));
-        let kill = EventFd::new(EFD_NONBLOCK).map_err(ActivateError::Io)?;
-        let worker = Worker::new(
-            mem.clone(),
-            queue.clone(),
-            vec![event],
-            kill.try_clone().map_err(ActivateError::Io)?,
-            interrupt.clone(),
-            self.backend.clone(),
-            config,
-            name.clone(),
-            self.stopping.clone(),
-        )
-        .map_err(ActivateError::Io)?;
-        let body = worker.prepare().map_err(ActivateError::Io)?;
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(body)
-            .map_err(ActivateError::Io)?;
-        self.running.push(Running {
-            kill,
-            thread,
-            queue,
-        });
-        Ok(())
-    }
-
+    /// Stops every queue's data path (its thread stays for the next activation).
     fn stop(&mut self) {
-        if self.running.is_empty() {
+        if !self.is_running() {
             return;
         }
         self.stopping.store(true, Ordering::Release);
-        // A thread whose kill cannot be written cannot be told to stop; joining it would hang,
-        // so it is left detached (it holds only its own references).
-        let told: Vec<Running> = self
-            .running
-            .drain(..)
-            .filter(|r| r.kill.write(1).is_ok())
-            .collect();
+        for t in &self.threads {
+            if t.queue.is_some() {
+                // A failed write means the counter is saturated: the thread is woken anyway.
+                let _ = t.kill.write(1);
+            }
+        }
         // A request an injected delay holds would hold the reset: release delays until every
-        // thread (each joins its request threads) is gone.
-        while told.iter().any(|r| !r.thread.is_finished()) {
+        // data path (each joins its request threads) has ended.
+        while self.threads.iter().any(|t| t.busy.load(Ordering::Acquire)) {
             self.backend.release_delays();
             std::thread::sleep(Duration::from_millis(1));
         }
-        for r in told {
-            let _ = r.thread.join();
-            r.queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for t in &mut self.threads {
+            if let Some(q) = t.queue.take() {
+                q.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            }
         }
     }
+}
+
+impl QueueThread {
+    /// Creates the thread `name`: it runs `hooks.io`, then one data path per activation.
+    fn spawn(name: String, backend: Arc<Backend>, hooks: ThreadHooks) -> io::Result<Self> {
+        let kill = EventFd::new(EFD_NONBLOCK)?;
+        let thread_kill = kill.try_clone()?;
+        let busy = Arc::new(AtomicBool::new(false));
+        let thread_busy = busy.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<Activation>();
+        let thread_name = name.clone();
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let hooked = (hooks.io)();
+            for act in rx {
+                let ran = hooked.as_ref().map_err(io_error).and_then(|()| {
+                    // Leftover kills of an earlier reset must not end this run.
+                    let _ = thread_kill.read();
+                    let worker = Worker::new(
+                        act.mem,
+                        act.queue,
+                        vec![act.event],
+                        thread_kill.try_clone()?,
+                        act.interrupt,
+                        backend.clone(),
+                        act.config,
+                        thread_name.clone(),
+                        act.stopping,
+                        hooks.request.clone(),
+                    )?;
+                    worker.prepare()
+                });
+                match ran {
+                    Ok(body) => {
+                        let _ = act.ready.send(Ok(()));
+                        body();
+                    }
+                    Err(e) => {
+                        let _ = act.ready.send(Err(e));
+                    }
+                }
+                thread_busy.store(false, Ordering::Release);
+            }
+        })?;
+        Ok(Self {
+            start: Some(tx),
+            kill,
+            busy,
+            thread: Some(thread),
+            queue: None,
+        })
+    }
+
+    /// Hands the thread an activation and waits until its data path is set up.
+    fn activate(&mut self, act: Activation, ready: Receiver<io::Result<()>>) -> io::Result<()> {
+        let queue = act.queue.clone();
+        self.busy.store(true, Ordering::Release);
+        let sent = self.start.as_ref().map(|tx| tx.send(act));
+        if !matches!(sent, Some(Ok(()))) {
+            self.busy.store(false, Ordering::Release);
+            return Err(io::Error::other("the queue's I/O thread has ended"));
+        }
+        match ready.recv() {
+            Ok(Ok(())) => {
+                self.queue = Some(queue);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::other("the queue's I/O thread has ended")),
+        }
+    }
+}
+
+impl Drop for QueueThread {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread once its data path (killed by the device's
+        // stop) is over.
+        self.start = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The hook's error, for the activation's reply.
+fn io_error(e: &io::Error) -> io::Error {
+    io::Error::new(e.kind(), e.to_string())
 }
 
 impl VirtioDevice for VirtioBlock {
@@ -270,6 +395,9 @@ impl VirtioDevice for VirtioBlock {
                 got: ctx.queues.len(),
             });
         }
+        if let Some(e) = &self.spawn_error {
+            return Err(ActivateError::Io(io_error(e)));
+        }
         self.stop();
         self.stopping = Arc::new(AtomicBool::new(false));
         let acked = ctx.acked_features;
@@ -277,22 +405,29 @@ impl VirtioDevice for VirtioBlock {
             discard: acked & self.features & (1 << VIRTIO_BLK_F_DISCARD) != 0,
             write_zeroes: acked & self.features & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
         };
-        let base = format!("blk-{}", self.backend.id().replace('\0', ""));
         for (i, (queue, event)) in ctx.queues.into_iter().zip(ctx.queue_events).enumerate() {
-            // A driver without MQ sets up queue 0 only: the others get no thread.
+            // A driver without MQ sets up queue 0 only: the others stay idle.
             if !queue.ready() {
                 continue;
             }
-            let name = if i == 0 {
-                base.clone()
-            } else {
-                format!("{base}-q{i}")
+            let (ready, wait) = channel();
+            let act = Activation {
+                mem: ctx.mem.clone(),
+                queue: Arc::new(Mutex::new(vec![queue])),
+                event,
+                interrupt: ctx.interrupt.clone(),
+                config,
+                stopping: self.stopping.clone(),
+                ready,
             };
-            let started = self.start_queue(name, queue, event, &ctx.mem, &ctx.interrupt, config);
+            let started = match self.threads.get_mut(i) {
+                Some(t) => t.activate(act, wait),
+                None => Err(io::Error::other("the device has no thread for this queue")),
+            };
             if let Err(e) = started {
                 // The queues started before this one stop again.
                 self.stop();
-                return Err(e);
+                return Err(ActivateError::Io(e));
             }
         }
         Ok(())

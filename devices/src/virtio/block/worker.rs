@@ -22,7 +22,9 @@
 //!   time; one that stops again is parked again (with another `BLOCK_IO_ERROR`) and holds the
 //!   rest;
 //! - a request over bytes that a yanked, still unreturned write covers waits for that write
-//!   to return, so that the late write cannot land after it.
+//!   to return, so that the late write cannot land after it;
+//! - a request over the backend's I/O limits (`block::throttle`) waits first in line, and
+//!   so holds the ones behind it, until the throttle's timer fires.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
@@ -30,9 +32,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use block::{Admission, Admitted, Aio, Backend, Ticket, Watcher};
+use block::{Admission, Admitted, Aio, Backend, ThrottleQueue, Ticket, Watcher};
 use event_manager::{
     EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberId, SubscriberOps,
 };
@@ -44,6 +46,7 @@ use super::request::{
     complete, parse, run, status_of, ChainError, Op, Outcome, Parsed, RequestConfig,
 };
 use super::uring::{Finished, Ring};
+use super::ThreadHook;
 use crate::virtio::VirtioInterrupt;
 
 /// Most request threads per device doing work.
@@ -110,10 +113,12 @@ struct Pool {
     idle: Arc<AtomicUsize>,
     threads: Vec<PoolThread>,
     name: String,
+    /// Runs first on every request thread.
+    hook: ThreadHook,
 }
 
 impl Pool {
-    fn new(done_tx: Sender<Done>, done_wake: EventFd, name: String) -> Self {
+    fn new(done_tx: Sender<Done>, done_wake: EventFd, name: String, hook: ThreadHook) -> Self {
         let (tx, rx) = channel();
         Self {
             jobs: Some(tx),
@@ -123,6 +128,7 @@ impl Pool {
             idle: Arc::new(AtomicUsize::new(0)),
             threads: Vec::new(),
             name,
+            hook,
         }
     }
 
@@ -150,25 +156,34 @@ impl Pool {
         let current = Arc::new(Mutex::new(None));
         let mine = current.clone();
         let name = format!("{}-r{}", self.name, self.threads.len());
-        let handle = std::thread::Builder::new().name(name).spawn(move || loop {
-            idle.fetch_add(1, Ordering::AcqRel);
-            let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-            idle.fetch_sub(1, Ordering::AcqRel);
-            let Ok(job) = job else { return };
-            // The device is being reset: leave the rest alone (dropping the job releases it).
-            if ctx.stopping.load(Ordering::Acquire) {
+        let hook = self.hook.clone();
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            // Without its confinement the thread serves nothing: its jobs stay queued for the
+            // others (or are dropped, releasing their tickets, when the pool stops).
+            if hook().is_err() {
                 return;
             }
-            *mine.lock().unwrap_or_else(|e| e.into_inner()) = Some(job.admitted.ticket().clone());
-            let result = run(&job.parsed, job.admitted.ticket(), &ctx.mem, &ctx.backend);
-            drop(job.admitted);
-            *mine.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            if done.send(Done { id: job.id, result }).is_err() {
-                return;
+            loop {
+                idle.fetch_add(1, Ordering::AcqRel);
+                let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                idle.fetch_sub(1, Ordering::AcqRel);
+                let Ok(job) = job else { return };
+                // The device is being reset: leave the rest alone (dropping the job releases it).
+                if ctx.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                *mine.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(job.admitted.ticket().clone());
+                let result = run(&job.parsed, job.admitted.ticket(), &ctx.mem, &ctx.backend);
+                drop(job.admitted);
+                *mine.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                if done.send(Done { id: job.id, result }).is_err() {
+                    return;
+                }
+                // A failed wake only happens when the counter saturates: the I/O thread is due
+                // to wake anyway.
+                let _ = wake.write(1);
             }
-            // A failed wake only happens when the counter saturates: the I/O thread is due
-            // to wake anyway.
-            let _ = wake.write(1);
         })?;
         self.threads.push(PoolThread { handle, current });
         Ok(())
@@ -221,6 +236,8 @@ pub(super) struct Worker {
     ring: Option<Ring>,
     /// This thread's wake-ups from the backend (resume, yank).
     watcher: Arc<Watcher>,
+    /// This thread's place in the backend's throttle group (its timer wakes it).
+    throttle: ThrottleQueue,
     done_rx: Receiver<Done>,
     done_wake: EventFd,
     /// Requests with the pool, by job id.
@@ -247,7 +264,8 @@ impl Worker {
     /// Sets up the I/O thread's state for a device named `name` (thread names derive from it).
     ///
     /// # Errors
-    /// Fails when the completion eventfd cannot be created.
+    /// Fails when the completion eventfd, the backend watcher or the throttle timer cannot
+    /// be created.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         mem: GuestMemoryMmap,
@@ -259,11 +277,13 @@ impl Worker {
         config: RequestConfig,
         name: String,
         stopping: Arc<AtomicBool>,
+        request_hook: ThreadHook,
     ) -> io::Result<Self> {
         let done_wake = EventFd::new(EFD_NONBLOCK)?;
         let (done_tx, done_rx) = channel();
-        let pool = Pool::new(done_tx, done_wake.try_clone()?, name);
+        let pool = Pool::new(done_tx, done_wake.try_clone()?, name, request_hook);
         let watcher = backend.watch()?;
+        let throttle = backend.throttle().queue()?;
         // The VMM said at start-up when the host refuses io_uring; the thread engine serves.
         let ring = match backend.aio() {
             Aio::IoUring => Ring::new(u32::from(super::QUEUE_SIZE)).ok(),
@@ -283,6 +303,7 @@ impl Worker {
             pool,
             ring,
             watcher,
+            throttle,
             done_rx,
             done_wake,
             in_flight: BTreeMap::new(),
@@ -305,6 +326,8 @@ impl Worker {
 
     fn set_broken(&mut self) {
         self.broken = true;
+        // The line is dropped: a request the throttle holds gives up its group turn.
+        self.throttle.cancel();
         let _ = self.interrupt.set_needs_reset();
     }
 
@@ -387,7 +410,18 @@ impl Worker {
                 self.complete(vec![(req, result)]);
                 continue;
             };
-            let admitted = match self.ctx.backend.admit(kind, front.parsed.op.ranges()) {
+            let ranges = front.parsed.op.ranges();
+            let bytes = ranges.iter().map(|&(_, len)| len).sum();
+            // Over its I/O limits, the request stays first in line until the throttle's timer
+            // fires (`Source::Throttle`).
+            if self
+                .throttle
+                .try_start(kind, bytes, Instant::now())
+                .is_err()
+            {
+                return;
+            }
+            let admitted = match self.ctx.backend.admit(kind, ranges) {
                 Admission::Run(a) => a,
                 // Fenced by a yank: failed at once, through the error policy.
                 Admission::Done(c) => {
@@ -692,6 +726,8 @@ enum Source {
     Yank,
     /// The io_uring engine posted completions.
     Ring,
+    /// The throttle's timer: the request first in line may start.
+    Throttle,
     /// The driver notified queue N.
     Queue(usize),
 }
@@ -702,7 +738,8 @@ impl Source {
     const DONE: u32 = 2;
     const YANK: u32 = 3;
     const RING: u32 = 4;
-    const FIRST_QUEUE: u32 = 5;
+    const THROTTLE: u32 = 5;
+    const FIRST_QUEUE: u32 = 6;
 
     fn data(self) -> u32 {
         match self {
@@ -711,6 +748,7 @@ impl Source {
             Source::Done => Self::DONE,
             Source::Yank => Self::YANK,
             Source::Ring => Self::RING,
+            Source::Throttle => Self::THROTTLE,
             // A device has a handful of queues.
             Source::Queue(i) => Self::FIRST_QUEUE + i as u32,
         }
@@ -723,6 +761,7 @@ impl Source {
             Self::DONE => Source::Done,
             Self::YANK => Source::Yank,
             Self::RING => Source::Ring,
+            Self::THROTTLE => Source::Throttle,
             n => Source::Queue((n - Self::FIRST_QUEUE) as usize),
         }
     }
@@ -739,6 +778,7 @@ impl MutEventSubscriber for Worker {
             ),
             Events::with_data(&self.done_wake, Source::Done.data(), EventSet::IN),
             Events::with_data(self.watcher.yank_event(), Source::Yank.data(), EventSet::IN),
+            Events::with_data(self.throttle.timer(), Source::Throttle.data(), EventSet::IN),
         ];
         if let Some(ring) = &self.ring {
             sources.push(Events::with_data(
@@ -778,6 +818,10 @@ impl MutEventSubscriber for Worker {
             }
             Source::Yank => self.on_yank(),
             Source::Ring => self.collect_ring(),
+            Source::Throttle => {
+                self.throttle.timer().clear();
+                self.dispatch();
+            }
             Source::Queue(idx) => {
                 if let Some(e) = self.queue_events.get(idx) {
                     let _ = e.read();

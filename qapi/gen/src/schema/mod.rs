@@ -335,8 +335,19 @@ impl Schema {
                     ));
                 }
             }
+            // As in QEMU, the features of a struct's own members are documented with the
+            // struct's.
+            let member_features: Vec<&str> = match &def.kind {
+                DefKind::Struct { members, .. } => members
+                    .iter()
+                    .flat_map(|m| m.features.iter().map(|f| f.name.as_str()))
+                    .collect(),
+                _ => Vec::new(),
+            };
             for (name, _) in &doc.features {
-                if !def.features.iter().any(|f| &f.name == name) {
+                if !def.features.iter().any(|f| &f.name == name)
+                    && !member_features.contains(&name.as_str())
+                {
                     return Err(SemError::new(
                         &doc.info,
                         format!("documented feature '{name}' does not exist"),
