@@ -321,8 +321,12 @@ def test_machine_description(vm):
         assert opts == [{"option": "rtc", "parameters": [
             {"name": "base", "type": "string"}, {"name": "clock", "type": "string"},
             {"name": "driftfix", "type": "string"}]}]
-        assert q.cmd("query-command-line-options", {"option": "sandbox"})["error"]["desc"] == \
-            "invalid option name: sandbox"
+        # -sandbox is listed (it maps onto vmm's seccomp filters); an unknown option is not.
+        opts = q.cmd("query-command-line-options", {"option": "sandbox"})["return"]
+        assert [p["name"] for p in opts[0]["parameters"]] == \
+            ["enable", "obsolete", "elevateprivileges", "spawn", "resourcecontrol"], opts
+        assert q.cmd("query-command-line-options", {"option": "spice"})["error"]["desc"] == \
+            "invalid option name: spice"
 
 
 def test_migration_capabilities(vm):

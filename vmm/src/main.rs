@@ -129,8 +129,7 @@ fn qemu_main(args: &[OsString]) -> i32 {
             return 1;
         }
     };
-    // vmm's default, as QEMU's command line has no -sandbox here.
-    if let Err(e) = seccomp::set_mode(seccomp::SeccompMode::On) {
+    if let Err(e) = seccomp::set_mode(run.seccomp) {
         report::error(format_args!("{}", error::chain(&e)));
         return 1;
     }

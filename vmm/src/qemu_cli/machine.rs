@@ -329,3 +329,32 @@ pub fn parse_msg(m: &mut MessageFormat, value: &str) -> OptResult<()> {
     l.finish()?;
     Ok(())
 }
+
+/// `-sandbox on|off[,obsolete=deny][,elevateprivileges=deny|children][,spawn=deny]
+/// [,resourcecontrol=deny]`: vmm's seccomp filters (`--seccomp`). They always deny what
+/// QEMU's sub-options can deny (obsolete calls, privilege changes, new programs, scheduler and
+/// CPU-affinity changes), so only `deny` is accepted for them; `off` runs without filters.
+///
+/// # Errors
+/// A value other than on/off, or a sub-option asking to allow what vmm's filters deny.
+pub fn parse_sandbox(value: &str) -> OptResult<crate::seccomp::SeccompMode> {
+    let mut l = keyval(value, Some("enable"))?;
+    let on = l.take_bool("enable")?.unwrap_or(false);
+    for key in ["obsolete", "elevateprivileges", "spawn", "resourcecontrol"] {
+        match l.take_str(key)?.as_deref() {
+            None | Some("deny") => {}
+            Some("children") if key == "elevateprivileges" => {}
+            Some(other) => {
+                return Err(unsupported(format!(
+                    "{key}={other}: vmm's seccomp filters always deny this"
+                )))
+            }
+        }
+    }
+    l.finish()?;
+    Ok(if on {
+        crate::seccomp::SeccompMode::On
+    } else {
+        crate::seccomp::SeccompMode::Off
+    })
+}

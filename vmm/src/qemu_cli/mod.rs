@@ -154,6 +154,7 @@ const OPTIONS: &[(&str, bool)] = &[
     ("qmp", true),
     ("rtc", true),
     ("S", false),
+    ("sandbox", true),
     ("serial", true),
     ("smp", true),
     ("uuid", true),
@@ -239,6 +240,8 @@ pub struct QemuRun {
     pub pidfile: Option<PathBuf>,
     /// `-msg`.
     pub messages: MessageFormat,
+    /// `-sandbox`: vmm's seccomp filters (on unless `-sandbox off`).
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// What QEMU's command line asks for.
@@ -296,6 +299,7 @@ struct Gathered {
     daemonize: bool,
     pidfile: Option<PathBuf>,
     messages: MessageFormat,
+    seccomp: Option<crate::seccomp::SeccompMode>,
 }
 
 /// Reads QEMU's command line (`args` without the program name).
@@ -351,6 +355,7 @@ fn gather(g: &mut Gathered, o: &Opt) -> OptResult<()> {
         "qmp" => g.chardevs.qmp(o.value())?,
         "serial" => g.chardevs.serial_option(o.value())?,
         "rtc" => machine::parse_rtc(o.value())?,
+        "sandbox" => g.seccomp = Some(machine::parse_sandbox(o.value())?),
         "no-shutdown" => g.lifecycle.no_shutdown = true,
         "no-reboot" => g.lifecycle.no_reboot = true,
         "no-acpi" => {
@@ -465,6 +470,7 @@ fn build(g: Gathered) -> Result<Invocation, QemuCliError> {
         daemonize: g.daemonize,
         pidfile: g.pidfile,
         messages: g.messages,
+        seccomp: g.seccomp.unwrap_or_default(),
     })))
 }
 

@@ -72,6 +72,16 @@ pub const OPTION_LISTS: &[OptionInfo] = &[
     o("overcommit", &[("mem-lock", B), ("cpu-pm", B)]),
     o("rtc", &[("base", S), ("clock", S), ("driftfix", S)]),
     o(
+        "sandbox",
+        &[
+            ("enable", B),
+            ("obsolete", S),
+            ("elevateprivileges", S),
+            ("spawn", S),
+            ("resourcecontrol", S),
+        ],
+    ),
+    o(
         "smp-opts",
         &[
             ("cpus", N),

@@ -453,7 +453,9 @@ fn listed_parameters_are_accepted() {
             }
         }
     }
-    assert!(options_info::query(Some("sandbox")).is_err());
+    // Listed, so libvirt sends -sandbox (which maps onto the seccomp filters).
+    assert_eq!(options_info::query(Some("sandbox")).unwrap().len(), 1);
+    assert!(options_info::query(Some("spice")).is_err());
     assert_eq!(options_info::query(Some("memory")).unwrap().len(), 1);
 }
 
@@ -490,4 +492,39 @@ fn listed_device_properties_are_accepted() {
             }
         }
     }
+}
+
+/// `-sandbox` maps onto vmm's seccomp filters: on (also what libvirt sends once the option is
+/// listed), off, and the default on without it; allowing what the filters deny is refused.
+#[test]
+fn sandbox_maps_onto_the_seccomp_filters() {
+    use crate::seccomp::SeccompMode;
+    let base = [
+        "-machine",
+        "none",
+        "-qmp",
+        "unix:/run/x/q,server=on,wait=off",
+    ];
+    let with = |extra: &[&str]| {
+        let mut a = base.to_vec();
+        a.extend_from_slice(extra);
+        run(&a)
+    };
+    assert_eq!(with(&[]).unwrap().seccomp, SeccompMode::On);
+    let libvirt = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+    assert_eq!(
+        with(&["-sandbox", libvirt]).unwrap().seccomp,
+        SeccompMode::On
+    );
+    assert_eq!(
+        with(&["-sandbox", "off"]).unwrap().seccomp,
+        SeccompMode::Off
+    );
+    let e = with(&["-sandbox", "on,spawn=allow"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("spawn=allow") && e.contains("always deny"),
+        "{e}"
+    );
 }
