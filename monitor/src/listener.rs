@@ -187,6 +187,7 @@ mod tests {
         SocketSpec {
             endpoint: Endpoint::Unix(path.to_owned()),
             wait: false,
+            max_clients: None,
         }
     }
 
@@ -226,6 +227,7 @@ mod tests {
         let spec = SocketSpec {
             endpoint: Endpoint::Tcp("127.0.0.1".into(), 0),
             wait: false,
+            max_clients: None,
         };
         let l = Listener::bind(&spec).unwrap();
         let port = l.local_port().unwrap();

@@ -10,6 +10,7 @@ mod console;
 mod device_manager;
 mod disk;
 mod error;
+mod host;
 mod layout;
 mod machine;
 mod memory;

@@ -12,8 +12,8 @@ use devices::{VmEvent, VmEventSink};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use monitor::dispatch::response;
 use monitor::{
-    Inband, Limits, Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, SocketSpec,
-    ToMain,
+    FdBudget, Inband, Limits, Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId,
+    SocketSpec, ToMain,
 };
 use qapi::rt::QmpError;
 use qapi::types::ShutdownCause;
@@ -23,6 +23,7 @@ use crate::block_signals;
 use crate::console::{Console, ConsoleAction, RawTerminal};
 use crate::device_manager::SerialMode;
 use crate::error::chain;
+use crate::host;
 use crate::machine::{Exit, Machine, SharedRunState};
 use crate::qmp::{version_info, OobServer};
 use crate::qmp_async::{self, Start};
@@ -56,6 +57,9 @@ pub enum RunError {
     /// A seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// The open-file limit could not be read.
+    #[error("Cannot read the open-file limit (RLIMIT_NOFILE)")]
+    OpenFiles(#[source] std::io::Error),
 }
 
 /// Options of a run beyond the VM's configuration.
@@ -371,6 +375,8 @@ impl MutEventSubscriber for MainLoop {
 /// Fails when the VM cannot be built, or stops on an unrecoverable guest error without a
 /// monitor to report it to.
 pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
+    // Before anything opens files: what the host allows, less a reserve, is the clients'.
+    let open_files = host::raise_open_files().map_err(RunError::OpenFiles)?;
     let (events, vm_events, vm_wake) = VmEventSink::new().map_err(RunError::EventFd)?;
     install_kick_handler()?;
     let signal_fd = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
@@ -391,6 +397,12 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
             main_wake: monitor_wake.try_clone().map_err(RunError::EventFd)?,
             limits: Limits {
                 max_clients: options.qmp_max_clients,
+                descriptors: Some(FdBudget {
+                    limit: open_files,
+                    reserve: host::fd_reserve(
+                        config.disks.iter().map(|d| u64::from(d.num_queues)).sum(),
+                    ),
+                }),
                 ..Limits::default()
             },
             thread_hook: seccomp::hook(ThreadKind::Monitor),
