@@ -6,8 +6,9 @@
 #   4. the workspace's unit and integration tests, which boot the probe guest and Debian's
 #      stock kernel on KVM
 #   5. the QMP suite with real clients (PyPI's qemu.qmp: QMPClient, the legacy client,
-#      qmp-shell) against vmm running the probe guest, and Debian's libvirt 9.0 running
-#      probe-guest domains with vmm as their emulator (tests/libvirt)
+#      qmp-shell) against vmm running the probe guest, Debian's libvirt 9.0 running
+#      probe-guest domains with vmm as their emulator (tests/libvirt), then a 3-minute soak
+#      (scripts/soak.sh)
 #   6. Linux to userspace with the project-built kernel (tests/pvm-kernel/), on every host
 #   7. full Linux boots of Debian's stock kernel, only where the host has hardware virtualization
 source "$(dirname "$0")/lib.sh"
@@ -46,6 +47,9 @@ trap 'bash scripts/libvirt.sh stop >/dev/null 2>&1 || true' EXIT
 target/qmp-venv/bin/python -B -m pytest -q -rs tests/libvirt
 bash scripts/libvirt.sh stop
 trap - EXIT
+
+log "soak: 3 minutes of guest I/O, 8 random QMP clients and reconnect churn (scripts/soak.sh)"
+bash scripts/soak.sh 3
 
 log "Linux to userspace on any KVM host: the project-built kernel (scripts/pvm-kernel.sh)"
 if cargo nextest --version >/dev/null 2>&1; then

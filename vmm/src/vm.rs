@@ -70,6 +70,16 @@ pub enum VmError {
     /// The host KVM's API version is not 12.
     #[error("KVM API version {0} is not supported (need 12)")]
     KvmApi(i32),
+    /// More vCPUs than the host's KVM creates in one VM (`KVM_CAP_MAX_VCPUS`); QEMU's words.
+    #[error(
+        "Number of SMP cpus requested ({asked}) exceeds the maximum cpus supported by KVM ({max})"
+    )]
+    TooManyVcpus {
+        /// `--cpus`.
+        asked: u8,
+        /// The host's `KVM_CAP_MAX_VCPUS`.
+        max: usize,
+    },
     /// The host KVM lacks a capability we need.
     #[error("The host's KVM lacks the {0} capability")]
     KvmCap(&'static str),
@@ -182,6 +192,17 @@ fn open_kvm() -> Result<Kvm, VmError> {
     Ok(kvm)
 }
 
+/// Checks the vCPU count against the host's KVM limit `max` (`KVM_CAP_MAX_VCPUS`, or the
+/// recommended `KVM_CAP_NR_VCPUS` where the kernel lacks it). Above the recommended limit
+/// (the host's CPU count) QEMU only warns; vmm says nothing, as more vCPUs than host CPUs is
+/// ordinary overcommit.
+fn check_vcpus(asked: u8, max: usize) -> Result<(), VmError> {
+    if usize::from(asked) > max {
+        return Err(VmError::TooManyVcpus { asked, max });
+    }
+    Ok(())
+}
+
 /// Creates the KVM VM with the in-kernel irqchip and PIT this machine relies on.
 fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     let vm_fd = kvm
@@ -286,6 +307,7 @@ impl Vm {
         // Check the images before touching KVM, so a typo gets its own clear error.
         let mut images = BootImages::open(kernel, config.initrd.as_deref(), &config.cmdline)?;
         let kvm = open_kvm()?;
+        check_vcpus(config.cpus, kvm.get_max_vcpus())?;
         let vm_fd = Arc::new(create_vm(&kvm)?);
         let power_on = PowerOnState::capture(&vm_fd)?;
         let ram_size = config.memory_mib << 20;
@@ -435,5 +457,30 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpus_against_kvm_limit() {
+        assert!(check_vcpus(64, 64).is_ok());
+        assert!(check_vcpus(1, 1).is_ok());
+        let e = check_vcpus(64, 8).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Number of SMP cpus requested (64) exceeds the maximum cpus supported by KVM (8)"
+        );
+    }
+
+    #[test]
+    fn this_hosts_kvm_takes_the_largest_count() {
+        // Every KVM since Linux 4.x creates at least 64 vCPUs per VM (KVM_MAX_VCPUS >= 255 on
+        // x86); where /dev/kvm is missing there is nothing to check.
+        if let Ok(kvm) = Kvm::new() {
+            assert!(check_vcpus(crate::cli::MAX_CPUS, kvm.get_max_vcpus()).is_ok());
+        }
     }
 }
