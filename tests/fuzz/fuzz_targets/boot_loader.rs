@@ -74,7 +74,10 @@ fn check_map(map: &[(u64, u64, u32)], mem: &GuestMemoryMmap, ram_size: u64) {
         end = addr + size;
         match kind {
             1 => {
-                assert!(mem.check_range(GuestAddress(addr), size as usize), "RAM {addr:#x}+{size:#x} not in guest memory");
+                assert!(
+                    mem.check_range(GuestAddress(addr), size as usize),
+                    "RAM {addr:#x}+{size:#x} not in guest memory"
+                );
                 ram += size;
             }
             2 => {}
@@ -93,11 +96,14 @@ fn check_map(map: &[(u64, u64, u32)], mem: &GuestMemoryMmap, ram_size: u64) {
 /// The boot structures as bytes (for comparing two loads).
 fn structures(mem: &GuestMemoryMmap) -> Vec<u8> {
     let mut zero = vec![0u8; 4096];
-    mem.read_slice(&mut zero, GuestAddress(ZERO_PAGE_START)).expect("zero page");
+    mem.read_slice(&mut zero, GuestAddress(ZERO_PAGE_START))
+        .expect("zero page");
     let mut pvh = vec![0u8; 0x1000];
-    mem.read_slice(&mut pvh, GuestAddress(PVH_INFO_START)).expect("start info");
+    mem.read_slice(&mut pvh, GuestAddress(PVH_INFO_START))
+        .expect("start info");
     let mut cmdline = vec![0u8; 4096];
-    mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_START)).expect("cmdline");
+    mem.read_slice(&mut cmdline, GuestAddress(CMDLINE_START))
+        .expect("cmdline");
     [zero, pvh, cmdline].concat()
 }
 
@@ -105,9 +111,13 @@ fn check_initrd(mem: &GuestMemoryMmap, addr: u64, size: u64, initrd: &[u8], limi
     assert_eq!(size, initrd.len() as u64, "initrd size");
     assert_eq!(addr % 4096, 0, "initrd not page-aligned");
     assert!(addr >= HIGH_MEMORY_START, "initrd over the low area");
-    assert!(addr + size <= limit, "initrd {addr:#x}+{size:#x} above {limit:#x}");
+    assert!(
+        addr + size <= limit,
+        "initrd {addr:#x}+{size:#x} above {limit:#x}"
+    );
     let mut got = vec![0u8; initrd.len()];
-    mem.read_slice(&mut got, GuestAddress(addr)).expect("initrd in RAM");
+    mem.read_slice(&mut got, GuestAddress(addr))
+        .expect("initrd in RAM");
     assert!(got == initrd, "initrd bytes differ");
 }
 
@@ -132,8 +142,11 @@ fuzz_target!(|data: &[u8]| {
     if let Some(i) = &initrd {
         std::fs::write(initrd_path, i).expect("write initrd");
     }
-    let Ok(mut images) = BootImages::open(kernel_path, initrd.as_ref().map(|_| initrd_path.as_path()), cmdline)
-    else {
+    let Ok(mut images) = BootImages::open(
+        kernel_path,
+        initrd.as_ref().map(|_| initrd_path.as_path()),
+        cmdline,
+    ) else {
         return;
     };
     let mem = memory::create_guest_memory(ram_size).expect("guest memory");
@@ -143,14 +156,18 @@ fuzz_target!(|data: &[u8]| {
     };
 
     let mut line = vec![0u8; cmdline.len() + 1];
-    mem.read_slice(&mut line, GuestAddress(CMDLINE_START)).expect("cmdline");
+    mem.read_slice(&mut line, GuestAddress(CMDLINE_START))
+        .expect("cmdline");
     assert_eq!(&line[..cmdline.len()], cmdline.as_bytes(), "command line");
     assert_eq!(line[cmdline.len()], 0, "command line not NUL-terminated");
 
     match entry {
         BootEntry::Linux64 { entry, zero_page } => {
             assert_eq!(zero_page.0, ZERO_PAGE_START);
-            assert!(entry.0 >= HIGH_MEMORY_START && entry.0 < low_ram_end, "entry {entry:?}");
+            assert!(
+                entry.0 >= HIGH_MEMORY_START && entry.0 < low_ram_end,
+                "entry {entry:?}"
+            );
             let p: boot_params = mem.read_obj(zero_page).expect("zero page");
             let h = p.hdr;
             assert_eq!({ h.boot_flag }, 0xaa55);
@@ -159,6 +176,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(u64::from(h.cmd_line_ptr), CMDLINE_START);
             assert_eq!({ h.cmdline_size } as usize, cmdline.len());
             assert_eq!({ p.acpi_rsdp_addr }, RSDP_START);
+            assert_eq!({ h.setup_data }, 0, "a setup_data list from nowhere");
             let count = usize::from(p.e820_entries);
             assert!(count <= p.e820_table.len());
             let table = { p.e820_table };
@@ -211,7 +229,12 @@ fuzz_target!(|data: &[u8]| {
 
     // A reset loads the same kernel the same way.
     let before = structures(&mem);
-    let again = images.load(&mem, ram_size, rsdp).expect("a kernel that loaded loads again");
+    let again = images
+        .load(&mem, ram_size, rsdp)
+        .expect("a kernel that loaded loads again");
     assert_eq!(again, entry, "another entry on reload");
-    assert!(structures(&mem) == before, "other boot structures on reload");
+    assert!(
+        structures(&mem) == before,
+        "other boot structures on reload"
+    );
 });
