@@ -596,7 +596,11 @@ mod tests {
     /// Python) printed it must read as the same number, as QEMU's `strtod` reads it.
     #[test]
     fn floats_read_exactly() {
-        for text in ["1.1111111111111111e21", "1111111111111111111112", "2.2250738585072014e-308"] {
+        for text in [
+            "1.1111111111111111e21",
+            "1111111111111111111112",
+            "2.2250738585072014e-308",
+        ] {
             let exact: f64 = text.parse().unwrap();
             let mut s = JsonStream::new();
             let items = s.feed(format!("[{text}]").as_bytes());

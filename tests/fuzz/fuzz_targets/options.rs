@@ -11,7 +11,7 @@
 //! - a parsed list printed back (`key=value` items, commas doubled, bare keys bare) parses to
 //!   the same list, and printing is then stable; likewise for a list with a positional head;
 //! - the JSON form flattens to values only (no bare keys), and printed as text parses to the
-//!   same list (unless a key holds `=`, which the text form cannot carry);
+//!   same list (unless a key holds `=` or `,`, which a text key cannot always carry);
 //!   `parse_any` is `parse_json` for input starting with `{` and `parse` otherwise;
 //! - a parsed `--disk` printed back with every field explicit parses to the same `DiskSpec`;
 //! - a parsed `--qmp` printed back parses to the same `SocketSpec`.
@@ -100,8 +100,13 @@ fn check_json(s: &str) {
     }
     let Ok(list) = json else { return };
     let items = items(&list);
-    assert!(items.iter().all(|(_, v)| v.is_some()), "bare key from JSON: {items:?}");
-    if items.iter().any(|(k, _)| k.contains('=')) {
+    assert!(
+        items.iter().all(|(_, v)| v.is_some()),
+        "bare key from JSON: {items:?}"
+    );
+    // A JSON key may hold what a text key cannot: `=`, or a `,` at its start (`1,,,k` reads
+    // as the value `1,` and the key `k`). QEMU's keyval keys hold neither.
+    if items.iter().any(|(k, _)| k.contains(['=', ','])) {
         return;
     }
     let text = print(&items);
@@ -122,7 +127,11 @@ fn print_disk(d: &DiskSpec) -> String {
     let mut items: Vec<(String, Option<String>)> = Vec::new();
     let mut put = |k: &str, v: String| items.push((k.to_owned(), Some(v)));
     put("path", d.path.to_str().expect("UTF-8 path").to_owned());
-    for (k, v) in [("id", &d.id), ("node-name", &d.node_name), ("serial", &d.serial)] {
+    for (k, v) in [
+        ("id", &d.id),
+        ("node-name", &d.node_name),
+        ("serial", &d.serial),
+    ] {
         if let Some(v) = v {
             put(k, v.clone());
         }

@@ -12,8 +12,9 @@
 //!   exists in it;
 //! - the parser's expressions, printed back in the schema dialect, parse to the same
 //!   expressions;
-//! - on an accepted schema, the introspection is a JSON array of objects each with a `name`
-//!   and a `meta-type`, and the Rust generator either succeeds or names the clashing names.
+//! - on an accepted schema, the introspection is a JSON array of entries with distinct names
+//!   and a `meta-type`, every type an entry names is an entry, and a union's tag is one of
+//!   its members; the Rust generator either succeeds or names two clashing names.
 
 #![no_main]
 
@@ -97,7 +98,9 @@ fn check_location(err: &Error, files: &[(String, usize)]) {
                 return false;
             };
             let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse::<usize>().is_ok_and(|n| n >= 1 && n <= lines + 1)
+            digits
+                .parse::<usize>()
+                .is_ok_and(|n| n >= 1 && n <= lines + 1)
         })
     });
     assert!(named, "error without file:line: {text}");
@@ -120,6 +123,47 @@ fn files(root: &Path, text: &str) -> Vec<(String, usize)> {
     let mut v = vec![(root.display().to_string(), text.lines().count())];
     v.extend(resources.iter().cloned());
     v
+}
+
+/// Checks the `query-qmp-schema` value: entries with distinct names and a meta-type, and
+/// every type an entry refers to is an entry; a union's tag is one of its members.
+fn check_introspection(text: &str) {
+    use serde_json::Value as J;
+    let intro: J = serde_json::from_str(text).expect("introspection is JSON");
+    let entries = intro.as_array().expect("introspection is an array");
+    let mut names = std::collections::BTreeSet::new();
+    for e in entries {
+        let name = e["name"].as_str().unwrap_or_else(|| panic!("no name: {e}"));
+        assert!(e["meta-type"].is_string(), "no meta-type: {e}");
+        assert!(names.insert(name), "two entries named {name}");
+    }
+    let known = |t: &J, e: &J| {
+        let t = t
+            .as_str()
+            .unwrap_or_else(|| panic!("a type that is not a name in {e}"));
+        assert!(names.contains(t), "{t} is not an entry (in {e})");
+    };
+    for e in entries {
+        for key in ["arg-type", "ret-type", "element-type"] {
+            if let Some(t) = e.get(key) {
+                known(t, e);
+            }
+        }
+        for list in ["members", "variants"] {
+            for m in e.get(list).and_then(J::as_array).into_iter().flatten() {
+                if let Some(t) = m.get("type") {
+                    known(t, e);
+                }
+            }
+        }
+        if let Some(tag) = e.get("tag") {
+            let members = e["members"].as_array().expect("members");
+            assert!(
+                members.iter().any(|m| m["name"] == *tag),
+                "tag {tag} not a member of {e}"
+            );
+        }
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -152,7 +196,11 @@ fuzz_target!(|data: &[u8]| {
     let values = |p: &qapi_gen::parser::Parsed| -> Vec<Vec<(String, Value)>> {
         p.exprs.iter().map(|e| e.value.clone()).collect()
     };
-    assert_eq!(values(&again), values(&parsed), "printing changed the expressions");
+    assert_eq!(
+        values(&again),
+        values(&parsed),
+        "printing changed the expressions"
+    );
 
     // Conditions are all off, or (for inputs of odd length) all on.
     let all_on = data.len() % 2 == 1;
@@ -163,12 +211,7 @@ fuzz_target!(|data: &[u8]| {
             return;
         }
     };
-    let intro: serde_json::Value =
-        serde_json::from_str(&introspect::generate(&schema)).expect("introspection is JSON");
-    for entry in intro.as_array().expect("introspection is an array") {
-        assert!(entry["name"].is_string(), "{entry}");
-        assert!(entry["meta-type"].is_string(), "{entry}");
-    }
+    check_introspection(&introspect::generate(&schema));
     let _ = markdown::generate(&schema);
     if let Err(e) = rust::generate(&schema) {
         assert!(e.first != e.second, "a name clashes with itself: {e}");

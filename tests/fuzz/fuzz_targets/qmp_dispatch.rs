@@ -100,7 +100,10 @@ fn check_return(command: &str, ret: &Value) {
         Some(json!({ "return": ret })),
         &|_, _| Ok(()),
     );
-    assert!(r.is_ok(), "{command} returned {ret}, against its type: {r:?}");
+    assert!(
+        r.is_ok(),
+        "{command} returned {ret}, against its type: {r:?}"
+    );
 }
 
 fn run(vm: &mut vm::FakeVm, req: Request, explicit_handles: bool) {

@@ -208,7 +208,11 @@ fn check_request(v: &Value) {
             }
             Err(e) => {
                 assert_eq!(e.id.as_ref(), v.get("id"), "id not echoed for {v}");
-                assert!(e.desc.starts_with("QMP input "), "unexpected text {}", e.desc);
+                assert!(
+                    e.desc.starts_with("QMP input "),
+                    "unexpected text {}",
+                    e.desc
+                );
             }
         }
     }
@@ -229,7 +233,11 @@ fuzz_target!(|data: &[u8]| {
         text.push(b'\n');
         let (again, pending) = feed_whole(&text);
         assert!(!pending, "a serialized value left bytes pending: {v}");
-        assert_eq!(again, [Item::Value((*v).clone())], "{v} changed by its round trip");
+        assert_eq!(
+            again,
+            [Item::Value((*v).clone())],
+            "{v} changed by its round trip"
+        );
         all.extend_from_slice(&text);
     }
     let (again, _) = feed_whole(&all);

@@ -5,7 +5,7 @@
 //!
 //! Input: `[config] [heads] [n] n × head (u16 LE)`, then the descriptor table (16 bytes per
 //! entry, `size` entries), then the bytes of guest memory from [`DATA`] on (headers, data,
-//! indirect tables, discard segments). `config` picks the queue size (1 to 16), the offered
+//! indirect tables, discard segments). `config` picks the queue size (bits 0-2: 1 to 16), the offered
 //! DISCARD/WRITE_ZEROES features and a read-only image. Guest memory is two regions with a
 //! hole between them, so descriptors may straddle a hole or run past the end.
 //!
@@ -123,7 +123,7 @@ fuzz_target!(|data: &[u8]| {
     let [config, heads, rest @ ..] = data else {
         return;
     };
-    let size = 1u16 << (config % 5);
+    let size = 1u16 << ((config & 7) % 5);
     let cfg = RequestConfig {
         discard: config & 0x08 != 0,
         write_zeroes: config & 0x10 != 0,
@@ -141,7 +141,8 @@ fuzz_target!(|data: &[u8]| {
     .expect("guest memory");
     mem.write_slice(table, GuestAddress(DESC)).expect("table");
     let low = rest.len().min((LOW_END - DATA) as usize);
-    mem.write_slice(&rest[..low], GuestAddress(DATA)).expect("data");
+    mem.write_slice(&rest[..low], GuestAddress(DATA))
+        .expect("data");
     let high = (rest.len() - low).min((HIGH_END - HIGH_START) as usize);
     mem.write_slice(&rest[low..low + high], GuestAddress(HIGH_START))
         .expect("data");
@@ -191,9 +192,15 @@ fuzz_target!(|data: &[u8]| {
             Ok(p) => p,
             Err(e) => {
                 // Refused for its shape, or for a header or status outside guest memory.
-                let outside = matches!(e, devices::virtio::block::request::ChainError::Memory
-                    | devices::virtio::block::request::ChainError::TooLong);
-                assert!(!well_formed || outside, "well-formed chain refused: {e} {segs:?}");
+                let outside = matches!(
+                    e,
+                    devices::virtio::block::request::ChainError::Memory
+                        | devices::virtio::block::request::ChainError::TooLong
+                );
+                assert!(
+                    !well_formed || outside,
+                    "well-formed chain refused: {e} {segs:?}"
+                );
                 continue;
             }
         };
@@ -203,7 +210,10 @@ fuzz_target!(|data: &[u8]| {
         let data_segs = sub_range(&segs, 16, total - 17);
         let data_len = total - 17;
 
-        let modifies = matches!(parsed.op, Op::Write { .. } | Op::WriteZeroes(_) | Op::Discard(_));
+        let modifies = matches!(
+            parsed.op,
+            Op::Write { .. } | Op::WriteZeroes(_) | Op::Discard(_)
+        );
         if let Op::Read { len, offset, .. } | Op::Write { len, offset, .. } = &parsed.op {
             assert_eq!(*len, data_len, "the data part is the request");
             assert_eq!(len % 512, 0, "whole sectors");
@@ -218,8 +228,9 @@ fuzz_target!(|data: &[u8]| {
                 complete(&parsed, &mem, Ok(status), written)
             }
             Some(kind) => match backend.admit(kind, parsed.op.ranges()) {
-                Admission::Run(admitted) => run(&parsed, admitted.ticket(), &mem, backend)
-                    .expect("nothing yanks here"),
+                Admission::Run(admitted) => {
+                    run(&parsed, admitted.ticket(), &mem, backend).expect("nothing yanks here")
+                }
                 Admission::Done(_) | Admission::Wait => panic!("no yank, no fence"),
             },
         };
@@ -228,7 +239,10 @@ fuzz_target!(|data: &[u8]| {
             Ok(Outcome::Park(_)) => panic!("the report policy never parks"),
             Err(e) => panic!("status byte checked while parsing, yet: {e}"),
         };
-        assert!(u64::from(used) <= writable, "used {used} of {writable} writable bytes");
+        assert!(
+            u64::from(used) <= writable,
+            "used {used} of {writable} writable bytes"
+        );
         let s: u8 = mem.read_obj(GuestAddress(status_addr)).expect("status");
         assert!(s <= 2, "status {s}");
         let after = image_bytes(img);
@@ -248,7 +262,8 @@ fuzz_target!(|data: &[u8]| {
                 let guest = gather(&mem, &data_segs).expect("buffers in guest memory");
                 let mut disk = vec![0u8; *len as usize];
                 let file = std::fs::File::open(&img.path).expect("image");
-                file.read_exact_at(&mut disk, *offset).expect("in the image");
+                file.read_exact_at(&mut disk, *offset)
+                    .expect("in the image");
                 assert!(guest == disk, "data differ after {:?}", parsed.op);
             }
         }
