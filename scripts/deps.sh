@@ -6,3 +6,6 @@ source "$(dirname "$0")/lib.sh"
 # the hung-storage comparison (tests/qmp/test_hangfs.py); fuse3: fusermount3 and libfuse3-3 (the
 # library mfusepy loads) for tests/qmp/hangfs.py, the FUSE filesystem whose calls can hang.
 apt_install lz4 util-linux qemu-system-x86 fuse3
+# libvirt-daemon-system, libvirt-clients, libvirt-daemon-driver-qemu: tests/libvirt (Debian's
+# libvirt 9.0 with vmm as a domain's emulator); the list lives in scripts/libvirt.sh.
+bash "$ROOT/scripts/libvirt.sh" install

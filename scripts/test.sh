@@ -6,7 +6,8 @@
 #   4. the workspace's unit and integration tests, which boot the probe guest and Debian's
 #      stock kernel on KVM
 #   5. the QMP suite with real clients (PyPI's qemu.qmp: QMPClient, the legacy client,
-#      qmp-shell) against vmm running the probe guest
+#      qmp-shell) against vmm running the probe guest, and Debian's libvirt 9.0 running
+#      probe-guest domains with vmm as their emulator (tests/libvirt)
 #   6. Linux to userspace with the project-built kernel (tests/pvm-kernel/), on every host
 #   7. full Linux boots of Debian's stock kernel, only where the host has hardware virtualization
 #   8. the fuzz targets (tests/fuzz/), built and run for CI's budget: 5 minutes in all
@@ -39,6 +40,13 @@ fi
 log "QMP client tests (qemu.qmp, qmp-shell)"
 cargo build -q -p vmm
 target/qmp-venv/bin/python -B -m pytest -q tests/qmp
+
+log "libvirt tests (Debian's libvirt 9.0 running vmm as qemu-system-x86_64)"
+# The daemons are stopped by the tests' session fixture; this covers a killed pytest.
+trap 'bash scripts/libvirt.sh stop >/dev/null 2>&1 || true' EXIT
+target/qmp-venv/bin/python -B -m pytest -q -rs tests/libvirt
+bash scripts/libvirt.sh stop
+trap - EXIT
 
 log "Linux to userspace on any KVM host: the project-built kernel (scripts/pvm-kernel.sh)"
 if cargo nextest --version >/dev/null 2>&1; then

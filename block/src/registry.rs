@@ -89,6 +89,12 @@ pub enum RegistryError {
     /// Another node is built on this one.
     #[error("Block device {0} is in use")]
     NodeIsChild(String),
+    /// A device asked for a node that another device already uses (QEMU's words).
+    #[error("Drive '{0}' is already in use by another device")]
+    NodeTaken(String),
+    /// A device asked for a node that does not exist (QEMU's words).
+    #[error("Cannot find device='' nor node-name='{0}'")]
+    NoSuchDrive(String),
 }
 
 /// The block graph of a VM.
@@ -157,6 +163,41 @@ impl Registry {
         self.check_node_name(&node_name)?;
         config.node_name = Some(node_name);
         self.add_backend(Backend::open(config)?)
+    }
+
+    /// Opens a backend `id` for a device on the existing node `node_name` (QEMU's `-device
+    /// ...,drive=NODE` over `-blockdev` nodes), and adds it to the graph. `configure` sets the
+    /// backend's device-side settings (serial, engine) before it is shared.
+    ///
+    /// # Errors
+    /// A malformed or taken id, no such node, a node another backend uses, or an eventfd that
+    /// cannot be created.
+    pub fn attach(
+        &mut self,
+        id: &str,
+        node_name: &str,
+        configure: impl FnOnce(Backend) -> Backend,
+    ) -> Result<Arc<Backend>, RegistryError> {
+        validate_name("id", id)?;
+        let node = self
+            .node(node_name)
+            .ok_or_else(|| RegistryError::NoSuchDrive(node_name.to_string()))?;
+        let taken = self.backends.values().any(|b| {
+            let mut n = Some(b.root());
+            while let Some(cur) = n {
+                if Arc::ptr_eq(&cur, &node) {
+                    return true;
+                }
+                n = cur.child();
+            }
+            false
+        });
+        if taken {
+            return Err(RegistryError::NodeTaken(node_name.to_string()));
+        }
+        let backend = Backend::new(id, node)
+            .map_err(|e| RegistryError::Open(OpenError::Io(node_name.into(), e)))?;
+        self.add_backend(configure(backend))
     }
 
     /// Adds a backend built by the caller, with every node of its chain not yet in the graph.
@@ -404,6 +445,51 @@ mod tests {
         // Removing drive0 closed its image and released the lock.
         drop(b0);
         r.open(BackendConfig::new("drive2", f.as_path())).unwrap();
+    }
+
+    #[test]
+    fn attach_puts_a_backend_on_an_existing_node() {
+        let f = image();
+        let mut r = Registry::new();
+        let file: Arc<dyn BlockNode> = Arc::new(
+            crate::FileNode::open("f0", f.as_path(), false, crate::CacheMode::Writeback).unwrap(),
+        );
+        r.add_node(file.clone()).unwrap();
+        r.add_node(Arc::new(crate::RawNode::new("fmt0", file)))
+            .unwrap();
+        let b = r
+            .attach("disk0", "fmt0", |b| b.with_serial(Some("SN".into())))
+            .unwrap();
+        assert_eq!((b.id(), b.serial()), ("disk0", "SN"));
+        assert_eq!(b.root().node_name(), "fmt0");
+        assert_eq!(b.size(), 4096);
+        let msg = |e: RegistryError| e.to_string();
+        assert_eq!(
+            msg(r.attach("disk1", "fmt0", |b| b).unwrap_err()),
+            "Drive 'fmt0' is already in use by another device"
+        );
+        // The node below is part of disk0's chain too.
+        assert_eq!(
+            msg(r.attach("disk1", "f0", |b| b).unwrap_err()),
+            "Drive 'f0' is already in use by another device"
+        );
+        assert_eq!(
+            msg(r.attach("disk1", "nope", |b| b).unwrap_err()),
+            "Cannot find device='' nor node-name='nope'"
+        );
+        assert_eq!(
+            msg(r.attach("disk0", "f0", |b| b).unwrap_err()),
+            "Drive 'f0' is already in use by another device"
+        );
+        assert!(matches!(
+            r.attach("0bad", "f0", |b| b),
+            Err(RegistryError::Name(_))
+        ));
+        // The graph's nodes cannot be removed while the device uses them.
+        assert!(matches!(
+            r.remove_node("fmt0"),
+            Err(RegistryError::NodeInUse(_))
+        ));
     }
 
     #[test]

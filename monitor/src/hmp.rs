@@ -372,6 +372,60 @@ mod tests {
         ) -> Result<String, QmpError> {
             Ok(run(self, &command_line))
         }
+        fn query_target(&mut self) -> Result<qapi::types::TargetInfo, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn query_machines(&mut self) -> Result<Vec<qapi::types::MachineInfo>, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn query_chardev(&mut self) -> Result<Vec<qapi::types::ChardevInfo>, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn qom_list(
+            &mut self,
+            _: String,
+        ) -> Result<Vec<qapi::types::ObjectPropertyInfo>, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn qom_list_types(
+            &mut self,
+            _: Option<String>,
+            _: Option<bool>,
+        ) -> Result<Vec<qapi::types::ObjectTypeInfo>, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn device_list_properties(
+            &mut self,
+            _: String,
+        ) -> Result<Vec<qapi::types::ObjectPropertyInfo>, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn qom_list_properties(
+            &mut self,
+            _: String,
+        ) -> Result<Vec<qapi::types::ObjectPropertyInfo>, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn query_migrate_capabilities(
+            &mut self,
+        ) -> Result<Vec<qapi::types::MigrationCapabilityStatus>, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn migrate_set_capabilities(
+            &mut self,
+            _: Vec<qapi::types::MigrationCapabilityStatus>,
+        ) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn query_jobs(&mut self) -> Result<Vec<qapi::types::JobInfo>, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn query_command_line_options(
+            &mut self,
+            _: Option<String>,
+        ) -> Result<Vec<qapi::types::CommandLineOptionInfo>, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum ListenError {
     /// bind/listen/chmod failed.
     #[error("Cannot listen on QMP socket '{0}'")]
     Bind(String, #[source] io::Error),
+    /// An inherited file descriptor that is not a listening Unix socket (or not open).
+    #[error("File descriptor {0} is not a listening Unix socket")]
+    NotListening(RawFd),
 }
 
 /// A listening socket.
@@ -29,6 +32,9 @@ pub enum ListenError {
 pub enum Listener {
     /// Unix socket and its path (removed on drop).
     Unix(UnixListener, PathBuf),
+    /// A listening Unix socket inherited as a file descriptor: its path (if any) belongs to
+    /// whoever bound it and is left alone.
+    Inherited(UnixListener),
     /// TCP socket.
     Tcp(TcpListener),
 }
@@ -75,6 +81,12 @@ impl Listener {
                 l.set_nonblocking(true).map_err(err)?;
                 Ok(Listener::Unix(l, path.clone()))
             }
+            Endpoint::UnixFd(fd) => {
+                let l = inherited_listener(*fd)?;
+                l.set_nonblocking(true)
+                    .map_err(|e| ListenError::Bind(format!("fd={fd}"), e))?;
+                Ok(Listener::Inherited(l))
+            }
             Endpoint::Tcp(host, port) => {
                 let host = if host.is_empty() { "0.0.0.0" } else { host };
                 let addr = if host.contains(':') {
@@ -96,7 +108,9 @@ impl Listener {
     /// Fails on accept errors other than "would block".
     pub fn accept(&self) -> io::Result<Option<Stream>> {
         let r = match self {
-            Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+            Listener::Unix(l, _) | Listener::Inherited(l) => {
+                l.accept().map(|(s, _)| Stream::Unix(s))
+            }
             Listener::Tcp(l) => l.accept().map(|(s, _)| {
                 // Replies are small and latency matters more than packet count.
                 let _ = s.set_nodelay(true);
@@ -117,7 +131,7 @@ impl Listener {
     pub fn local_port(&self) -> Option<u16> {
         match self {
             Listener::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
-            Listener::Unix(..) => None,
+            Listener::Unix(..) | Listener::Inherited(_) => None,
         }
     }
 }
@@ -133,10 +147,70 @@ impl Drop for Listener {
 impl AsRawFd for Listener {
     fn as_raw_fd(&self) -> RawFd {
         match self {
-            Listener::Unix(l, _) => l.as_raw_fd(),
+            Listener::Unix(l, _) | Listener::Inherited(l) => l.as_raw_fd(),
             Listener::Tcp(l) => l.as_raw_fd(),
         }
     }
+}
+
+/// Reads an integer socket option of `fd`.
+fn socket_option(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into the live local `value`; a bad fd is
+    // an error return, not undefined behaviour.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// Takes ownership of the inherited descriptor `fd` once it is known to be a listening Unix
+/// stream socket (so that a wrong number cannot make the monitor close some other file).
+fn inherited_listener(fd: RawFd) -> Result<UnixListener, ListenError> {
+    let check = |name| socket_option(fd, libc::SOL_SOCKET, name);
+    let listening = matches!(check(libc::SO_DOMAIN), Ok(libc::AF_UNIX))
+        && matches!(check(libc::SO_TYPE), Ok(libc::SOCK_STREAM))
+        && matches!(check(libc::SO_ACCEPTCONN), Ok(1));
+    if !listening {
+        return Err(ListenError::NotListening(fd));
+    }
+    // SAFETY: fd is an open listening Unix socket (checked above) that this process
+    // inherited for the monitor; nothing else in the process owns it, and the command line
+    // refuses the same descriptor twice.
+    Ok(unsafe { <UnixListener as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// The path a listening Unix socket is bound to, as `getsockname` reports it (`None` for an
+/// unnamed or abstract socket).
+pub fn unix_socket_path(fd: RawFd) -> Option<PathBuf> {
+    // SAFETY: a zeroed sockaddr_un is a valid value; getsockname writes at most `len` bytes.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: addr and len are live locals of the sizes given.
+    let ret =
+        unsafe { libc::getsockname(fd, (&mut addr as *mut libc::sockaddr_un).cast(), &mut len) };
+    let header = std::mem::size_of::<libc::sa_family_t>();
+    if ret != 0 || (len as usize) <= header || addr.sun_path[0] == 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = addr.sun_path[..(len as usize - header).min(addr.sun_path.len())]
+        .iter()
+        .map(|&c| c as u8)
+        .take_while(|&c| c != 0)
+        .collect();
+    Some(PathBuf::from(
+        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes),
+    ))
 }
 
 impl Stream {
@@ -218,6 +292,39 @@ mod tests {
             Listener::bind(&unix_spec(&path)),
             Err(ListenError::NotASocket(_))
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn inherited_listening_fd() {
+        use std::os::fd::IntoRawFd;
+        let dir = std::env::temp_dir().join(format!("qmp-inherit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("q.sock");
+        let fd = UnixListener::bind(&path).unwrap().into_raw_fd();
+        assert_eq!(unix_socket_path(fd).as_deref(), Some(path.as_path()));
+        let spec = SocketSpec {
+            endpoint: Endpoint::UnixFd(fd),
+            wait: false,
+        };
+        let l = Listener::bind(&spec).unwrap();
+        let _c = UnixStream::connect(&path).unwrap();
+        assert!(l.accept().unwrap().is_some());
+        drop(l);
+        assert!(
+            path.exists(),
+            "an inherited socket's path is not ours to remove"
+        );
+        // Not a socket, a connected socket, a closed descriptor: refused, not taken.
+        let file = std::fs::File::open(path.parent().unwrap()).unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        for fd in [file.as_raw_fd(), a.as_raw_fd(), 1_000_000] {
+            let spec = SocketSpec {
+                endpoint: Endpoint::UnixFd(fd),
+                wait: false,
+            };
+            assert!(matches!(Listener::bind(&spec), Err(ListenError::NotListening(n)) if n == fd));
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

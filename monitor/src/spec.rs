@@ -11,9 +11,13 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// A TCP host and port (host may be empty for all addresses).
     Tcp(String, u16),
+    /// A listening Unix socket the process inherited as this file descriptor (QEMU's
+    /// `-chardev socket,fd=N,server=on`, how libvirt hands over a monitor socket it bound
+    /// itself). The monitor accepts on it and never unlinks or re-binds its path.
+    UnixFd(std::os::fd::RawFd),
 }
 
-/// A parsed `--qmp` value.
+/// A parsed `--qmp` value (or QEMU's `-qmp`, `-chardev socket` + `-mon`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SocketSpec {
     /// Where to listen.

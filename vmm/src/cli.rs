@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use monitor::{Endpoint, SocketSpec, DEFAULT_MAX_CLIENTS};
+use monitor::{SocketSpec, DEFAULT_MAX_CLIENTS};
 
-use crate::device_manager::SerialMode;
+use crate::device_manager::{SerialConfig, SerialMode};
 use crate::disk::DiskSpec;
+use crate::machine::Lifecycle;
 use crate::runner::RunOptions;
 use crate::vm::VmConfig;
 
@@ -111,7 +112,8 @@ pub enum CliError {
     QmpTwice(String),
 }
 
-fn host_memory_mib() -> u64 {
+/// The host's RAM in MiB (`u64::MAX` when it cannot be read).
+pub fn host_memory_mib() -> u64 {
     // SAFETY: sysconf has no preconditions; it returns -1 on error, handled below.
     let (pages, page_size) = unsafe {
         (
@@ -131,32 +133,26 @@ impl Cli {
     /// # Errors
     /// Fails when a QMP socket is given twice.
     pub fn run_options(&self) -> Result<RunOptions, CliError> {
-        for (i, spec) in self.qmp.iter().enumerate() {
-            let again =
-                self.qmp[..i]
-                    .iter()
-                    .any(|earlier| match (&earlier.endpoint, &spec.endpoint) {
-                        (Endpoint::Unix(a), Endpoint::Unix(b)) => a == b,
-                        // Port 0 asks for any free port: two of them are two sockets.
-                        (Endpoint::Tcp(h1, p1), Endpoint::Tcp(h2, p2)) => {
-                            *p1 != 0 && h1 == h2 && p1 == p2
-                        }
-                        _ => false,
-                    });
-            if again {
-                let shown = match &spec.endpoint {
-                    Endpoint::Unix(p) => format!("unix:{}", p.display()),
-                    Endpoint::Tcp(h, p) => format!("tcp:{h}:{p}"),
-                };
-                return Err(CliError::QmpTwice(shown));
-            }
-        }
+        crate::qmp_socket::check_distinct(&self.qmp).map_err(CliError::QmpTwice)?;
         Ok(RunOptions {
-            no_reboot: self.no_reboot,
+            lifecycle: Lifecycle {
+                no_reboot: self.no_reboot,
+                no_shutdown: false,
+            },
             paused: self.paused,
             name: self.name.clone(),
             qmp: self.qmp.clone(),
             qmp_max_clients: usize::from(self.qmp_max_clients),
+            monitor_chardevs: self
+                .qmp
+                .iter()
+                .enumerate()
+                .map(|(i, spec)| qapi::types::ChardevInfo {
+                    label: format!("compat_monitor{i}"),
+                    filename: crate::qmp_socket::describe(&spec.endpoint),
+                    frontend_open: true,
+                })
+                .collect(),
         })
     }
 
@@ -173,15 +169,17 @@ impl Cli {
             });
         }
         Ok(VmConfig {
-            kernel: self.kernel.clone(),
+            kernel: Some(self.kernel.clone()),
             initrd: self.initrd.clone(),
             cmdline: self.cmdline.clone(),
             cpus: self.cpus,
             memory_mib: self.memory,
-            serial: self.serial.clone(),
+            serial: SerialConfig::new(self.serial.clone()),
+            blockdevs: Vec::new(),
             disks: self.disk.clone(),
             debug_port: self.debug_port,
             started: std::time::Instant::now(),
+            dump_guest_core: true,
         })
     }
 }

@@ -23,13 +23,15 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi::DsdtBuilder;
-use crate::disk::DiskSpec;
+use crate::disk::{DiskSource, DiskSpec};
 use crate::layout::{
     ACPI_PM_PORT, COM1_GSI, COM1_PORT, COM1_PORT_LEN, DEBUG_PORT, DEBUG_PORT_LEN, GED_GSI,
     I8042_PORT, I8042_PORT_LEN, LAST_DEVICE_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
     VIRTIO_MMIO_START,
 };
+use crate::pty::{Pty, PtyWriter};
 use crate::seccomp::{self, ThreadKind};
+use crate::socket_console::{SocketConsole, SocketConsoleWriter};
 
 /// Errors while creating or wiring a device.
 #[derive(Debug, thiserror::Error)]
@@ -46,8 +48,8 @@ pub enum DeviceError {
     /// The serial output file cannot be created.
     #[error("Cannot create serial output file '{0}'")]
     SerialFile(PathBuf, #[source] std::io::Error),
-    /// A disk image could not be attached.
-    #[error("--disk {0}")]
+    /// A disk could not be attached: the option that made it (`--disk PATH`, `-device ...`).
+    #[error("{0}")]
     Disk(String, #[source] block::RegistryError),
     /// More disks than virtio-mmio slots.
     #[error("At most {0} disks fit in the virtio-mmio window; {1} were given")]
@@ -58,11 +60,20 @@ pub enum DeviceError {
     /// KVM refused an ioeventfd.
     #[error("Cannot register the queue notification of disk {0}")]
     IoEvent(String, #[source] kvm_ioctls::Error),
-    /// A fault-injection rule of `--disk` does not fit the image.
-    #[error("--disk {0}")]
+    /// A fault-injection rule of `--disk` does not fit the image (`--disk PATH`).
+    #[error("{0}")]
     Inject(String, #[source] block::InjectError),
-    /// The I/O limits of `--disk` are refused.
-    #[error("--disk {0}: {1}")]
+    /// The serial console's pseudo-terminal.
+    #[error(transparent)]
+    Pty(#[from] crate::pty::PtyError),
+    /// The serial console's socket.
+    #[error("Cannot create the serial console's socket")]
+    SerialSocket(#[source] monitor::listener::ListenError),
+    /// A `-blockdev` node cannot be created: the node (`node-name=NAME`) and why.
+    #[error("-blockdev {0}: {1}")]
+    Blockdev(String, String),
+    /// The I/O limits of a disk are refused: the option that made it and why.
+    #[error("{0}: {1}")]
     Throttle(String, ThrottleConfigError),
 }
 
@@ -71,10 +82,84 @@ pub enum DeviceError {
 pub enum SerialMode {
     /// The VMM's stdout (and stdin as input).
     Stdio,
-    /// A file, created or truncated.
+    /// A file, created or truncated (`/dev/fdset/N`: a descriptor of an `-add-fd` set).
     File(PathBuf),
+    /// A file, created or appended to (or a descriptor set, as for `File`).
+    Append(PathBuf),
+    /// A new pseudo-terminal: output to its master, input from it (see [`crate::pty`]).
+    Pty,
+    /// A listening socket: one client at a time is the console (see
+    /// [`crate::socket_console`]).
+    Socket(monitor::SocketSpec),
     /// Discarded.
     None,
+}
+
+/// A file that also gets everything the guest writes to its serial port (QEMU's chardev
+/// `logfile`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SerialLog {
+    /// The file (or `/dev/fdset/N`).
+    pub path: PathBuf,
+    /// Append to it rather than truncate it (`logappend`).
+    pub append: bool,
+}
+
+/// The guest's COM1 and the character device behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SerialConfig {
+    /// Where output goes and input comes from.
+    pub mode: SerialMode,
+    /// A copy of the output.
+    pub log: Option<SerialLog>,
+    /// The character device's label in `query-chardev` (`serial0` for `--serial`, the
+    /// `-chardev` id otherwise).
+    pub label: String,
+    /// The device's id when `-device isa-serial,id=...` gave one (`qom-list` lists it under
+    /// `/machine/peripheral`).
+    pub device_id: Option<String>,
+}
+
+impl SerialConfig {
+    /// COM1 on `mode`, with QEMU's label for `-serial`'s chardev and no log.
+    pub fn new(mode: SerialMode) -> Self {
+        Self {
+            mode,
+            log: None,
+            label: "serial0".into(),
+            device_id: None,
+        }
+    }
+}
+
+/// What `query-chardev` shows of the serial port's character device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SerialChardev {
+    /// The label.
+    pub label: String,
+    /// QEMU's description of the backend (`pty:/dev/pts/3`, `stdio`, `file:PATH`, `null`).
+    pub filename: String,
+    /// The `-device isa-serial` id, if any.
+    pub device_id: Option<String>,
+}
+
+/// Writes the guest's output to its destination and to the log. A failing log write does not
+/// hold the console back (the bytes are lost to the log only).
+struct Tee {
+    out: Box<dyn Write + Send>,
+    log: std::fs::File,
+}
+
+impl Write for Tee {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        let _ = self.log.write_all(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// A disk: its block backend and the virtio-blk device (behind its MMIO transport).
@@ -102,6 +187,12 @@ pub struct DeviceManager {
     dsdt: DsdtBuilder,
     registry: Registry,
     serial: Option<Arc<Mutex<SerialDevice>>>,
+    /// The serial console's pseudo-terminal, whose input the main loop reads.
+    serial_pty: Option<Arc<Pty>>,
+    /// The serial console's listening socket, whose clients the main loop accepts and reads.
+    serial_socket: Option<Arc<SocketConsole>>,
+    /// What `query-chardev` shows of the serial port's backend.
+    serial_chardev: Option<SerialChardev>,
     ged: Option<Ged>,
     disks: Vec<Disk>,
     /// Nodes created by QMP's `blockdev-add` (only those may be deleted by `blockdev-del`).
@@ -140,6 +231,9 @@ impl DeviceManager {
             dsdt: DsdtBuilder::new(),
             registry: Registry::new(),
             serial: None,
+            serial_pty: None,
+            serial_socket: None,
+            serial_chardev: None,
             ged: None,
             disks: Vec::new(),
             monitor_nodes: BTreeSet::new(),
@@ -171,19 +265,52 @@ impl DeviceManager {
         Ok(device)
     }
 
-    /// COM1 (16550A) on its ISA ports and IRQ 4, writing to `mode`.
+    /// COM1 (16550A) on its ISA ports and IRQ 4, writing to `config.mode` (and its log).
     ///
     /// # Errors
-    /// Fails when the output file cannot be created or KVM refuses the interrupt.
-    pub fn add_serial(&mut self, mode: &SerialMode) -> Result<(), DeviceError> {
-        let output: Box<dyn Write + Send> = match mode {
-            SerialMode::Stdio => Box::new(std::io::stdout()),
-            SerialMode::File(path) => Box::new(
-                std::fs::File::create(path)
-                    .map_err(|e| DeviceError::SerialFile(path.clone(), e))?,
-            ),
-            SerialMode::None => Box::new(std::io::sink()),
+    /// Fails when the output file or the pseudo-terminal cannot be created or KVM refuses
+    /// the interrupt.
+    pub fn add_serial(&mut self, config: &SerialConfig) -> Result<(), DeviceError> {
+        let file = |path: &PathBuf, append| {
+            crate::fdset::open_output(path, append)
+                .map_err(|e| DeviceError::SerialFile(path.clone(), e))
         };
+        let (mut output, filename): (Box<dyn Write + Send>, String) = match &config.mode {
+            SerialMode::Stdio => (Box::new(std::io::stdout()), "stdio".into()),
+            SerialMode::File(path) | SerialMode::Append(path) => {
+                let append = matches!(config.mode, SerialMode::Append(_));
+                let shown = format!("file:{}", path.display());
+                (Box::new(file(path, append)?), shown)
+            }
+            SerialMode::Pty => {
+                let pty = Arc::new(Pty::open()?);
+                let shown = format!("pty:{}", pty.path().display());
+                self.serial_pty = Some(pty.clone());
+                (Box::new(PtyWriter(pty)), shown)
+            }
+            SerialMode::Socket(spec) => {
+                let console =
+                    Arc::new(SocketConsole::bind(spec).map_err(DeviceError::SerialSocket)?);
+                self.serial_socket = Some(console.clone());
+                (
+                    Box::new(SocketConsoleWriter(console)),
+                    crate::qmp_socket::describe(&spec.endpoint),
+                )
+            }
+            SerialMode::None => (Box::new(std::io::sink()), "null".into()),
+        };
+        if let Some(log) = &config.log {
+            output = Box::new(Tee {
+                out: output,
+                log: file(&log.path, log.append)?,
+            });
+        }
+        // A discarded console has no character device (QEMU's `-serial none`).
+        self.serial_chardev = (config.mode != SerialMode::None).then(|| SerialChardev {
+            label: config.label.clone(),
+            filename,
+            device_id: config.device_id.clone(),
+        });
         let serial = SerialDevice::new(self.irqfd(COM1_GSI)?, output, COM1_PORT, COM1_GSI);
         self.dsdt.add(&serial);
         self.serial = Some(self.add_pio(serial, COM1_PORT, COM1_PORT_LEN)?);
@@ -257,31 +384,35 @@ impl DeviceManager {
                     Err(e) => {
                         // A notice, not an error: the thread engine serves the same requests.
                         if asked.is_some() {
-                            eprintln!("vmm: io_uring is not available here ({e}): disk {id} uses aio=threads");
+                            crate::report::error(format_args!(
+                                "io_uring is not available here ({e}): disk {id} uses aio=threads"
+                            ));
                         }
                         Aio::Threads
                     }
                 }
             }
         };
-        let config = BackendConfig {
-            node_name: spec.node_name.clone(),
-            read_only: spec.read_only,
-            cache: spec.cache,
-            serial: spec.serial.clone(),
-            aio,
-            locking: spec.locking,
-            ..BackendConfig::new(id.clone(), spec.path.clone())
-        };
-        let backend = self
-            .registry
-            .open(config)
-            .map_err(|e| DeviceError::Disk(spec.path.display().to_string(), e))?;
+        let backend = match &spec.source {
+            DiskSource::Image(path) => self.registry.open(BackendConfig {
+                node_name: spec.node_name.clone(),
+                read_only: spec.read_only,
+                cache: spec.cache,
+                serial: spec.serial.clone(),
+                aio,
+                locking: spec.locking,
+                ..BackendConfig::new(id.clone(), path.clone())
+            }),
+            DiskSource::Node(node) => self.registry.attach(&id, node, |b| {
+                b.with_serial(spec.serial.clone()).with_aio(aio)
+            }),
+        }
+        .map_err(|e| DeviceError::Disk(spec.source.to_string(), e))?;
         backend.set_error_policy(Arc::new(spec.policy));
         for rule in &spec.inject {
             backend
                 .inject(rule.clone())
-                .map_err(|e| DeviceError::Inject(spec.path.display().to_string(), e))?;
+                .map_err(|e| DeviceError::Inject(spec.source.to_string(), e))?;
         }
         // As QEMU's -drive: the group is the drive id unless named.
         backend
@@ -292,7 +423,7 @@ impl DeviceManager {
                 spec.throttle_group.as_deref(),
                 &id,
             )
-            .map_err(|e| DeviceError::Throttle(spec.path.display().to_string(), e))?;
+            .map_err(|e| DeviceError::Throttle(spec.source.to_string(), e))?;
         let slot = slot as u32;
         let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_FIRST_GSI + slot;
@@ -391,6 +522,21 @@ impl DeviceManager {
             Some(ged) => ged.press_power_button(),
             None => Ok(()),
         }
+    }
+
+    /// The serial console's pseudo-terminal, if it has one.
+    pub fn serial_pty(&self) -> Option<&Arc<Pty>> {
+        self.serial_pty.as_ref()
+    }
+
+    /// The serial console's listening socket, if it has one.
+    pub fn serial_socket(&self) -> Option<&Arc<SocketConsole>> {
+        self.serial_socket.as_ref()
+    }
+
+    /// The serial port's character device, if the machine has a serial port.
+    pub fn serial_chardev(&self) -> Option<&SerialChardev> {
+        self.serial_chardev.as_ref()
     }
 
     /// Feeds console input to COM1 (dropped when there is no serial port).

@@ -83,18 +83,38 @@ pub enum DiskSpecError {
     Throttle(ThrottleConfigError),
 }
 
-/// One parsed `--disk`.
+/// What a disk reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskSource {
+    /// A raw image, opened as a new `file` node (`--disk`).
+    Image(PathBuf),
+    /// A node already in the block graph (QEMU's `-device virtio-blk-device,drive=NODE` over
+    /// `-blockdev` nodes); the node's own read-only and cache settings apply.
+    Node(String),
+}
+
+/// The option that made the disk, for messages: `--disk PATH`, `-device ...,drive=NODE`.
+impl std::fmt::Display for DiskSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskSource::Image(path) => write!(f, "--disk {}", path.display()),
+            DiskSource::Node(name) => write!(f, "-device virtio-blk-device,drive={name}"),
+        }
+    }
+}
+
+/// One disk: a parsed `--disk`, or a `-device virtio-blk-device` of QEMU's command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskSpec {
-    /// The raw image.
-    pub path: PathBuf,
+    /// The image or node.
+    pub source: DiskSource,
     /// The drive id (backend name); `driveN` when absent.
     pub id: Option<String>,
-    /// The node-name; generated when absent.
+    /// The image's node-name; generated when absent (images only).
     pub node_name: Option<String>,
-    /// Refuse guest writes.
+    /// Refuse guest writes (images only).
     pub read_only: bool,
-    /// Host cache mode.
+    /// Host cache mode (images only).
     pub cache: CacheMode,
     /// The I/O engine asked for; the fastest the host allows when absent.
     pub aio: Option<Aio>,
@@ -106,7 +126,7 @@ pub struct DiskSpec {
     pub policy: DevicePolicy,
     /// Fault-injection rules, in `inject.N` order.
     pub inject: Vec<FaultRule>,
-    /// Image locking.
+    /// Image locking (images only).
     pub locking: Locking,
     /// I/O limits (none by default).
     pub throttle: ThrottleConfig,
@@ -189,7 +209,7 @@ impl std::str::FromStr for DiskSpec {
         let inject = take_rules(&mut opts)?;
         opts.finish()?;
         Ok(DiskSpec {
-            path: path.map(PathBuf::from).ok_or(DiskSpecError::NoPath)?,
+            source: DiskSource::Image(path.map(PathBuf::from).ok_or(DiskSpecError::NoPath)?),
             id,
             node_name,
             read_only,
@@ -323,6 +343,13 @@ mod tests {
         s.parse()
     }
 
+    fn image(d: &DiskSpec) -> PathBuf {
+        match &d.source {
+            DiskSource::Image(p) => p.clone(),
+            DiskSource::Node(n) => panic!("not an image: {n}"),
+        }
+    }
+
     #[test]
     fn num_queues_is_bounded() {
         let p = |s: &str| s.parse::<DiskSpec>();
@@ -360,20 +387,20 @@ mod tests {
     #[test]
     fn plain_path_and_full_form() {
         let d = p("img.raw").unwrap();
-        assert_eq!(d.path, PathBuf::from("img.raw"));
+        assert_eq!(image(&d), PathBuf::from("img.raw"));
         assert_eq!(
             (d.id, d.read_only, d.cache),
             (None, false, CacheMode::Writeback)
         );
         let d = p("path=data.raw,id=data0,node-name=n0,readonly=on,cache=none,serial=SN1").unwrap();
-        assert_eq!(d.path, PathBuf::from("data.raw"));
+        assert_eq!(image(&d), PathBuf::from("data.raw"));
         assert_eq!(d.id.as_deref(), Some("data0"));
         assert_eq!(d.node_name.as_deref(), Some("n0"));
         assert!(d.read_only);
         assert_eq!(d.cache, CacheMode::None);
         assert_eq!(d.serial.as_deref(), Some("SN1"));
         assert_eq!(
-            p("a,,b.raw,cache=unsafe").unwrap().path,
+            image(&p("a,,b.raw,cache=unsafe").unwrap()),
             PathBuf::from("a,b.raw")
         );
     }
@@ -416,7 +443,7 @@ mod tests {
         assert!(!p("img,readonly=on,read-only=off").unwrap().read_only);
         assert!(p("img,read-only=off,readonly=on").unwrap().read_only);
         let d = p("path=a,,b,serial=S,,N,id=x,,y").unwrap();
-        assert_eq!(d.path, PathBuf::from("a,b"));
+        assert_eq!(image(&d), PathBuf::from("a,b"));
         assert_eq!(d.serial.as_deref(), Some("S,N"));
         assert_eq!(d.id.as_deref(), Some("x,y"));
     }

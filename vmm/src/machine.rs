@@ -52,6 +52,19 @@ pub enum Exit {
     Code(i32),
 }
 
+/// What the guest's own power-off and reset requests do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// A guest reset ends the VM (`SHUTDOWN` with reason `guest-reset`) instead of rebooting it
+    /// (`--no-reboot`, QEMU's `-no-reboot`).
+    pub no_reboot: bool,
+    /// A guest power-off (and, with `no_reboot`, a guest reset) leaves the VM paused in
+    /// `shutdown` after `SHUTDOWN` and `STOP`, instead of ending vmm: until `quit` or a
+    /// termination signal ends it, or `system_reset` and `cont` boot it again (QEMU's
+    /// `-no-shutdown`, which libvirt uses for its reboots).
+    pub no_shutdown: bool,
+}
+
 /// The VM plus its run state and the settings that decide how lifecycle requests end.
 pub struct Machine {
     /// The virtual machine.
@@ -60,9 +73,14 @@ pub struct Machine {
     shared: Arc<SharedRunState>,
     /// Where events go, with the state changes they announce: see [`Machine::announce`].
     monitor: Option<MonitorHandle>,
-    no_reboot: bool,
+    lifecycle: Lifecycle,
     /// `--name`.
     pub name: Option<String>,
+    /// What `query-chardev` shows of the monitors' sockets (the serial port's comes from the
+    /// device manager).
+    pub monitor_chardevs: Vec<qapi::types::ChardevInfo>,
+    /// The `events` migration capability (`migrate-set-capabilities`).
+    pub migration_events: bool,
     exit: Option<Exit>,
     /// A vCPU hit an internal error since the last reset (`quit` then exits 1).
     failed: bool,
@@ -82,7 +100,7 @@ impl Machine {
     /// [`launch`](Self::launch).
     pub fn new(
         vm: Vm,
-        no_reboot: bool,
+        lifecycle: Lifecycle,
         name: Option<String>,
         shared: Arc<SharedRunState>,
         monitor: Option<MonitorHandle>,
@@ -93,8 +111,10 @@ impl Machine {
             state: RunState::Prelaunch,
             shared,
             monitor,
-            no_reboot,
+            lifecycle,
             name,
+            monitor_chardevs: Vec::new(),
+            migration_events: false,
             exit: None,
             failed: false,
         }
@@ -191,18 +211,33 @@ impl Machine {
                 }
                 Ok(())
             }
-            RunState::InternalError => Err(QmpError::generic(
-                "Resetting the Virtual Machine is required",
-            )),
+            // QEMU's text for both: only a reset leaves these states.
             _ => Err(QmpError::generic(
-                "The VM has shut down; it cannot be continued",
+                "Resetting the Virtual Machine is required",
             )),
         }
     }
 
-    /// Ends the VM with `SHUTDOWN {guest, reason}` and the exit code.
+    /// Ends the VM with `SHUTDOWN {guest, reason}` and the exit code. A request of the guest
+    /// (`guest`) under [`Lifecycle::no_shutdown`] only stops it: `SHUTDOWN`, then `STOP`, in
+    /// `shutdown` state, as QEMU's `-no-shutdown`; a host request (`quit`, a signal, the
+    /// console's quit key) always ends it.
     pub fn shutdown(&mut self, guest: bool, reason: ShutdownCause, code: i32) {
         if self.exit.is_some() {
+            return;
+        }
+        if guest && self.lifecycle.no_shutdown {
+            if self.state() == RunState::Shutdown {
+                return;
+            }
+            self.vm.pause();
+            self.announce(Event::Shutdown(ShutdownArg { guest, reason }), None);
+            // STOP only when the guest was running, as QEMU's vm_stop.
+            if self.state() == RunState::Running {
+                self.announce(Event::Stop, Some(RunState::Shutdown));
+            } else {
+                self.set_state(RunState::Shutdown);
+            }
             return;
         }
         self.vm.pause();
@@ -214,14 +249,15 @@ impl Machine {
     }
 
     /// A reset requested by the guest (`guest`) or the host: `RESET`, then an in-place reset,
-    /// or `SHUTDOWN` and exit with `--no-reboot`. The run state is kept (a paused VM stays
-    /// paused).
+    /// or with `--no-reboot` a shutdown with the same reason (see [`Machine::shutdown`]). The run
+    /// state is kept (a paused VM stays paused), except that a VM stopped in `shutdown` (by
+    /// `-no-shutdown`) waits in `prelaunch` for `cont`, as QEMU's.
     ///
     /// # Errors
     /// Fails when KVM refuses the power-on state; the VM is then in `internal-error` (or,
     /// without a monitor, about to exit 1).
     pub fn reset(&mut self, guest: bool, reason: ShutdownCause) -> Result<(), VmError> {
-        if self.no_reboot {
+        if self.lifecycle.no_reboot {
             self.shutdown(guest, reason, 0);
             return Ok(());
         }
@@ -240,6 +276,7 @@ impl Machine {
                 self.failed = false;
                 self.set_state(RunState::Paused);
             }
+            RunState::Shutdown => self.set_state(RunState::Prelaunch),
             _ => {}
         }
         Ok(())

@@ -19,6 +19,9 @@ pub enum MemoryError {
     /// A host address could not be found for a region (should not happen after allocation).
     #[error("Guest memory region at {0:#x} has no host mapping")]
     HostAddress(u64),
+    /// The host refused to leave guest RAM out of core dumps.
+    #[error("Cannot leave guest memory out of core dumps")]
+    DontDump(#[source] std::io::Error),
 }
 
 /// The guest-physical RAM ranges for `size` bytes of RAM: one range below the MMIO hole and,
@@ -71,6 +74,27 @@ pub fn register_slots(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryErro
     Ok(())
 }
 
+/// Leaves guest RAM out of core dumps of the VMM (QEMU's `dump-guest-core=off`): a crash
+/// dump then holds the VMM's own state, not the guest's data.
+///
+/// # Errors
+/// `madvise` refused a region.
+pub fn exclude_from_core_dumps(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    for region in mem.iter() {
+        let start = region.start_addr();
+        let host = mem
+            .get_host_address(start)
+            .map_err(|_| MemoryError::HostAddress(start.raw_value()))?;
+        // SAFETY: [host, host + len) is a live anonymous mapping owned by `mem`; MADV_DONTDUMP
+        // only changes what a core dump includes.
+        let ret = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_DONTDUMP) };
+        if ret != 0 {
+            return Err(MemoryError::DontDump(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,6 +111,33 @@ mod tests {
             ram_ranges(5 << 30),
             vec![(GuestAddress(0), 3 << 30), (GuestAddress(4 << 30), 2 << 30)]
         );
+    }
+
+    #[test]
+    fn guest_ram_can_leave_core_dumps() {
+        let mem = create_guest_memory(2 << 20).unwrap();
+        exclude_from_core_dumps(&mem).unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut in_region = false;
+        let mut flags = None;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((a, _)) = range.split_once('-') {
+                    if let Ok(a) = usize::from_str_radix(a, 16) {
+                        in_region = a == host;
+                        continue;
+                    }
+                }
+            }
+            if in_region {
+                if let Some(f) = line.strip_prefix("VmFlags:") {
+                    flags = Some(f.to_owned());
+                }
+            }
+        }
+        let flags = flags.expect("the region is in smaps");
+        assert!(flags.split_whitespace().any(|f| f == "dd"), "{flags}");
     }
 
     #[test]

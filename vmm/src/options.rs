@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-//! One parser for every QEMU-style option value (`--disk`, `--qmp`, and the coming `-blockdev`,
-//! `-device`, `-chardev`, `-machine`).
+//! One parser for every QEMU-style option value: vmm's `--disk` and `--qmp`, and every option of
+//! QEMU's command line ([`crate::qemu_cli`]: `-blockdev`, `-device`, `-chardev`, `-machine`, ...).
 //!
 //! The text form is QEMU's QemuOpts/keyval list: `key=value` items separated by commas, where
 //! a comma inside a value is doubled (`path=a,,b` is the path `a,b`). The first item may be a
@@ -15,10 +15,6 @@
 //! An option's type then takes each key it knows with a typed getter and calls
 //! [`OptionList::finish`], which refuses whatever nobody took, so each option checks its keys in
 //! one place. Keys may appear once.
-
-// The JSON form and the number and size getters are for the coming QEMU-compatible command
-// line (-blockdev, -device, -chardev, -machine); today's options use the rest.
-#![cfg_attr(not(test), allow(dead_code))]
 
 use std::fmt;
 
@@ -332,12 +328,14 @@ impl OptionList {
         self.take_str(key)?.map(|v| parse_u64(key, &v)).transpose()
     }
 
-    /// Takes a size in bytes (see [`parse_size`]).
-    ///
-    /// # Errors
-    /// [`OptionError::NoValue`] for a bare key, [`OptionError::BadSize`] for others.
-    pub fn take_size(&mut self, key: &str) -> Result<Option<u64>, OptionError> {
-        self.take_str(key)?.map(|v| parse_size(key, &v)).transpose()
+    /// The entries no one took, in input order, values `None` for bare keys: for an option
+    /// whose keys a QAPI type describes (`-blockdev`), which `qapi::rt::from_keyval` reads.
+    pub fn into_entries(self) -> Vec<(String, Option<String>)> {
+        self.entries
+            .into_iter()
+            .filter(|e| !e.taken)
+            .map(|e| (e.key, e.value))
+            .collect()
     }
 
     /// Ends the parse: every key must have been taken.
@@ -606,7 +604,7 @@ mod tests {
     #[test]
     fn typed_getters_and_finish() {
         let mut l = OptionList::parse(
-            "name=vm,on=on,y=yes,t=true,off=off,n=no,f=false,bare,num=0x10,size=2M",
+            "name=vm,on=on,y=yes,t=true,off=off,n=no,f=false,bare,num=0x10",
             None,
         )
         .unwrap();
@@ -619,7 +617,6 @@ mod tests {
         }
         assert_eq!(l.take_flag("bare"), Ok(Some(true)));
         assert_eq!(l.take_u64("num"), Ok(Some(16)));
-        assert_eq!(l.take_size("size"), Ok(Some(2 << 20)));
         // Absent keys, and keys already taken, are None.
         assert_eq!(l.take_str("absent"), Ok(None));
         assert_eq!(l.take_str("name"), Ok(None));

@@ -10,14 +10,16 @@ use qapi::commands::{QmpCommands, QmpHandles, QmpOobCommands};
 use qapi::rt::{ErrorClass, QmpError};
 use qapi::types::{
     BlockDeviceInfo, BlockIOThrottle, BlockInfo, BlockInjectErrno, BlockInjectOperation,
-    BlockInjectRule, BlockInjectRuleId, BlockStats, Blockdev, CommandInfo, CpuInfoFast,
-    CpuInfoFastBranch, CpuInstanceProperties, KvmInfo, NameInfo, RunState, SchemaInfo,
-    ShutdownCause, StatusInfo, VersionInfo, VersionTriple, YankInstance, YankInstanceBlockNode,
-    YankInstanceBranch,
+    BlockInjectRule, BlockInjectRuleId, BlockStats, Blockdev, ChardevInfo, CommandInfo,
+    CommandLineOptionInfo, CpuInfoFast, CpuInfoFastBranch, CpuInstanceProperties, JobInfo, KvmInfo,
+    MachineInfo, MigrationCapability, MigrationCapabilityStatus, NameInfo, ObjectPropertyInfo,
+    ObjectTypeInfo, RunState, SchemaInfo, ShutdownCause, StatusInfo, SysEmuTarget, TargetInfo,
+    VersionInfo, VersionTriple, YankInstance, YankInstanceBlockNode, YankInstanceBranch,
 };
 
 use crate::device_manager::Disk;
 use crate::machine::{Machine, SharedRunState};
+use crate::qom::{self, PeripheralDevice};
 use crate::vm::Vm;
 
 /// The QEMU version we report: management tools gate features on it, and our QMP follows
@@ -486,6 +488,120 @@ impl QmpCommands for Machine {
     ) -> Result<String, QmpError> {
         check_cpu_index(&self.vm, cpu_index)?;
         Ok(monitor::hmp::run(self, &command_line))
+    }
+
+    fn query_target(&mut self) -> Result<TargetInfo, QmpError> {
+        Ok(TargetInfo {
+            arch: SysEmuTarget::X8664,
+        })
+    }
+
+    fn query_machines(&mut self) -> Result<Vec<MachineInfo>, QmpError> {
+        Ok(vec![MachineInfo {
+            name: "microvm".into(),
+            alias: None,
+            is_default: Some(true),
+            cpu_max: i64::from(crate::cli::MAX_CPUS),
+            hotpluggable_cpus: false,
+            numa_mem_supported: false,
+            deprecated: false,
+            default_cpu_type: None,
+            default_ram_id: None,
+        }])
+    }
+
+    fn query_chardev(&mut self) -> Result<Vec<ChardevInfo>, QmpError> {
+        let mut list = self.monitor_chardevs.clone();
+        if let Some(serial) = self.vm.devices().serial_chardev() {
+            list.push(ChardevInfo {
+                label: serial.label.clone(),
+                filename: serial.filename.clone(),
+                frontend_open: true,
+            });
+        }
+        Ok(list)
+    }
+
+    fn qom_list(&mut self, path: String) -> Result<Vec<ObjectPropertyInfo>, QmpError> {
+        let mut devices: Vec<PeripheralDevice> = self
+            .vm
+            .disks()
+            .iter()
+            .map(|d| PeripheralDevice {
+                id: d.backend.id().to_owned(),
+                type_name: "virtio-blk-device",
+            })
+            .collect();
+        if let Some(id) = self
+            .vm
+            .devices()
+            .serial_chardev()
+            .and_then(|c| c.device_id.clone())
+        {
+            devices.push(PeripheralDevice {
+                id,
+                type_name: "isa-serial",
+            });
+        }
+        qom::list(&path, &devices)
+    }
+
+    fn qom_list_types(
+        &mut self,
+        implements: Option<String>,
+        include_abstract: Option<bool>,
+    ) -> Result<Vec<ObjectTypeInfo>, QmpError> {
+        Ok(qom::list_types(
+            implements.as_deref(),
+            include_abstract.unwrap_or(false),
+        ))
+    }
+
+    fn device_list_properties(
+        &mut self,
+        typename: String,
+    ) -> Result<Vec<ObjectPropertyInfo>, QmpError> {
+        qom::device_properties(&typename)
+    }
+
+    fn qom_list_properties(
+        &mut self,
+        typename: String,
+    ) -> Result<Vec<ObjectPropertyInfo>, QmpError> {
+        Ok(qom::type_properties(&typename))
+    }
+
+    fn query_migrate_capabilities(&mut self) -> Result<Vec<MigrationCapabilityStatus>, QmpError> {
+        Ok(vec![MigrationCapabilityStatus {
+            capability: MigrationCapability::Events,
+            state: self.migration_events,
+        }])
+    }
+
+    fn migrate_set_capabilities(
+        &mut self,
+        capabilities: Vec<MigrationCapabilityStatus>,
+    ) -> Result<(), QmpError> {
+        // Every value of the enum is a capability vmm keeps; unknown ones were refused by the
+        // argument check with QEMU's text.
+        for c in capabilities {
+            match c.capability {
+                MigrationCapability::Events => self.migration_events = c.state,
+            }
+        }
+        Ok(())
+    }
+
+    fn query_jobs(&mut self) -> Result<Vec<JobInfo>, QmpError> {
+        // vmm has no jobs: see the schema's job section.
+        Ok(Vec::new())
+    }
+
+    fn query_command_line_options(
+        &mut self,
+        option: Option<String>,
+    ) -> Result<Vec<CommandLineOptionInfo>, QmpError> {
+        crate::qemu_cli::options_info::query(option.as_deref()).map_err(QmpError::generic)
     }
 }
 

@@ -17,14 +17,14 @@
 //! `stop` (and HMP's `stop`) is generated; the main loop routes it here so that its reply waits
 //! for the drain.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use block::{Backend, BlockNode, CacheMode, FileNode, Locking, OpenError, RawNode};
+use block::{Backend, BlockNode, FileNode, OpenError};
 use qapi::rt::{check_arguments, decode_arguments, QmpError};
-use qapi::types::{BlockdevDelArg, BlockdevOptions, BlockdevOptionsBranch, OnOffAuto};
+use qapi::types::{BlockdevDelArg, BlockdevOptions};
 use serde_json::{json, Value};
 
+use crate::blockdev::{self, OpenFile, Plan};
 use crate::error::chain;
 use crate::machine::Machine;
 
@@ -41,20 +41,7 @@ pub enum Start {
 #[derive(Debug)]
 pub enum Job {
     /// Open a `file` node.
-    Open {
-        /// The new node's name.
-        node_name: String,
-        /// The file.
-        path: PathBuf,
-        /// Open read-only.
-        read_only: bool,
-        /// Fall back to read-only when read-write is refused.
-        auto_read_only: bool,
-        /// Host cache mode.
-        cache: CacheMode,
-        /// Image locking.
-        locking: Locking,
-    },
+    Open(OpenFile),
     /// Close a deleted node (drop its last reference).
     Close(Arc<dyn BlockNode>),
     /// Wait until no request of these backends is running, then answer with the value.
@@ -77,23 +64,7 @@ impl Job {
     /// with the big lock: the caller is a worker thread.
     pub fn run(self) -> Outcome {
         match self {
-            Job::Open {
-                node_name,
-                path,
-                read_only,
-                auto_read_only,
-                cache,
-                locking,
-            } => {
-                let opened =
-                    FileNode::open_with(node_name.clone(), &path, read_only, cache, locking);
-                match opened {
-                    Err(OpenError::ReadOnlyFile(..)) if auto_read_only && !read_only => {
-                        Outcome::Opened(FileNode::open_with(node_name, &path, true, cache, locking))
-                    }
-                    other => Outcome::Opened(other),
-                }
-            }
+            Job::Open(file) => Outcome::Opened(file.open()),
             Job::Close(node) => {
                 drop(node);
                 Outcome::Closed
@@ -125,66 +96,14 @@ fn start_add(machine: &mut Machine, arguments: Option<Value>) -> Start {
         Ok(o) => o,
         Err(e) => return Start::Done(Err(e)),
     };
-    if options.force_share == Some(true) {
-        return Start::Done(Err(QmpError::generic(
-            "force-share=on is not supported: images are locked as QEMU locks them",
-        )));
-    }
-    let devices = machine.vm.devices();
-    let node_name = options
-        .node_name
-        .clone()
-        .unwrap_or_else(block::generate_node_name);
-    if let Err(e) = devices.block_graph().check_node_name(&node_name) {
-        return Start::Done(Err(QmpError::generic(e.to_string())));
-    }
-    let read_only = options.read_only.unwrap_or(false);
-    match options.branch {
-        BlockdevOptionsBranch::File(file) => {
-            let (direct, no_flush) = options
-                .cache
-                .map_or((None, None), |c| (c.direct, c.no_flush));
-            Start::Wait(Job::Open {
-                node_name,
-                path: PathBuf::from(file.filename),
-                read_only,
-                auto_read_only: options.auto_read_only.unwrap_or(false),
-                cache: match (direct, no_flush) {
-                    (_, Some(true)) => CacheMode::Unsafe,
-                    (Some(true), _) => CacheMode::None,
-                    _ => CacheMode::Writeback,
-                },
-                locking: match file.locking {
-                    None | Some(OnOffAuto::Auto) => Locking::Auto,
-                    Some(OnOffAuto::On) => Locking::On,
-                    Some(OnOffAuto::Off) => Locking::Off,
-                },
-            })
-        }
-        BlockdevOptionsBranch::Raw(raw) => {
-            // A format node over an existing one: nothing to wait for.
-            let Some(child) = devices.block_graph().node(&raw.file) else {
-                return Start::Done(Err(QmpError::generic(format!(
-                    "Cannot find device='' nor node-name='{}'",
-                    raw.file
-                ))));
-            };
-            if !read_only && child.read_only() {
-                return Start::Done(Err(QmpError::generic(format!(
-                    "Block node is read-only: '{}' was opened read-only",
-                    raw.file
-                ))));
-            }
-            let node = Arc::new(RawNode::new(node_name, child));
-            Start::Done(
-                machine
-                    .vm
-                    .devices_mut()
-                    .add_monitor_node(node)
-                    .map(|()| json!({}))
-                    .map_err(|e| QmpError::generic(e.to_string())),
-            )
-        }
+    match blockdev::plan(machine.vm.devices(), options) {
+        Err(e) => Start::Done(Err(QmpError::generic(e))),
+        Ok(Plan::Open(file)) => Start::Wait(Job::Open(file)),
+        Ok(Plan::Ready(node)) => Start::Done(
+            blockdev::add(machine.vm.devices_mut(), node)
+                .map(|()| json!({}))
+                .map_err(QmpError::generic),
+        ),
     }
 }
 
@@ -248,12 +167,9 @@ fn start_hmp(machine: &mut Machine, arguments: Option<Value>) -> Option<Start> {
 /// Applies a job's outcome on the main loop and gives the command's result.
 pub fn finish(machine: &mut Machine, outcome: Outcome) -> Result<Value, QmpError> {
     match outcome {
-        Outcome::Opened(Ok(node)) => machine
-            .vm
-            .devices_mut()
-            .add_monitor_node(Arc::new(node))
+        Outcome::Opened(Ok(node)) => blockdev::add(machine.vm.devices_mut(), Arc::new(node))
             .map(|()| json!({}))
-            .map_err(|e| QmpError::generic(e.to_string())),
+            .map_err(QmpError::generic),
         Outcome::Opened(Err(e)) => Err(QmpError::generic(chain(&e))),
         Outcome::Closed => Ok(json!({})),
         Outcome::Drained(reply) => Ok(reply),

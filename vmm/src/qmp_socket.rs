@@ -46,6 +46,44 @@ impl From<OptionError> for QmpSpecError {
     }
 }
 
+/// How `query-chardev` and error messages show a monitor socket: `unix:PATH,server=on`,
+/// `tcp:HOST:PORT,server=on`; an inherited descriptor shows the path it is bound to, as QEMU.
+pub fn describe(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Unix(p) => format!("unix:{},server=on", p.display()),
+        Endpoint::Tcp(h, p) => format!("tcp:{h}:{p},server=on"),
+        Endpoint::UnixFd(fd) => match monitor::listener::unix_socket_path(*fd) {
+            Some(p) => format!("unix:{},server=on", p.display()),
+            None => format!("fd:{fd},server=on"),
+        },
+    }
+}
+
+/// Checks that no socket is given twice (port 0, any free port, is a new socket each time).
+///
+/// # Errors
+/// The second of two equal sockets, as [`describe`] shows it.
+pub fn check_distinct(specs: &[SocketSpec]) -> Result<(), String> {
+    for (i, spec) in specs.iter().enumerate() {
+        let again = specs[..i]
+            .iter()
+            .any(|earlier| match (&earlier.endpoint, &spec.endpoint) {
+                (Endpoint::Unix(a), Endpoint::Unix(b)) => a == b,
+                (Endpoint::UnixFd(a), Endpoint::UnixFd(b)) => a == b,
+                (Endpoint::Tcp(h1, p1), Endpoint::Tcp(h2, p2)) => *p1 != 0 && h1 == h2 && p1 == p2,
+                _ => false,
+            });
+        if again {
+            return Err(match &spec.endpoint {
+                Endpoint::Unix(p) => format!("unix:{}", p.display()),
+                Endpoint::Tcp(h, p) => format!("tcp:{h}:{p}"),
+                Endpoint::UnixFd(fd) => format!("fd={fd}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Parses one `--qmp` value.
 ///
 /// # Errors

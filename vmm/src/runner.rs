@@ -20,16 +20,17 @@ use qapi::types::ShutdownCause;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::block_signals;
-use crate::console::{Console, ConsoleAction, RawTerminal};
+use crate::console::{Console, ConsoleAction, PtyConsole, PtyWatch, RawTerminal};
 use crate::device_manager::SerialMode;
 use crate::error::chain;
-use crate::machine::{Exit, Machine, SharedRunState};
+use crate::machine::{Exit, Lifecycle, Machine, SharedRunState};
 use crate::qmp::{version_info, OobServer};
 use crate::qmp_async::{self, Start};
 use crate::seccomp::{self, ThreadKind};
 use crate::signals::{
     install_kick_handler, install_terminate_handlers, main_loop_takes_over, SignalError,
 };
+use crate::socket_console::{ClientInput, SocketConsole};
 use crate::vm::{Vm, VmConfig, VmError};
 
 /// Errors of the main loop.
@@ -61,8 +62,8 @@ pub enum RunError {
 /// Options of a run beyond the VM's configuration.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// Exit instead of resetting.
-    pub no_reboot: bool,
+    /// What guest power-off and reset requests do.
+    pub lifecycle: Lifecycle,
     /// Start with the vCPUs parked (`prelaunch` until `cont`).
     pub paused: bool,
     /// `--name`.
@@ -71,6 +72,8 @@ pub struct RunOptions {
     pub qmp: Vec<SocketSpec>,
     /// Most QMP clients at once.
     pub qmp_max_clients: usize,
+    /// What `query-chardev` shows of the monitors' sockets.
+    pub monitor_chardevs: Vec<qapi::types::ChardevInfo>,
 }
 
 /// What woke the main loop: the `data` of each registered event.
@@ -86,15 +89,27 @@ enum Source {
     Stdin,
     /// A worker finished the waiting part of a command.
     Jobs,
+    /// Input (or a hang-up) on the serial console's pseudo-terminal.
+    Pty,
+    /// Time to look for a reader of the serial console's pseudo-terminal again.
+    PtyTimer,
+    /// A client is waiting on the serial console's socket.
+    ConsoleListener,
+    /// Input (or a hang-up) from the serial console's socket client.
+    ConsoleClient,
 }
 
 impl Source {
-    const ALL: [Source; 5] = [
+    const ALL: [Source; 9] = [
         Source::VmEvents,
         Source::Signal,
         Source::Monitor,
         Source::Stdin,
         Source::Jobs,
+        Source::Pty,
+        Source::PtyTimer,
+        Source::ConsoleListener,
+        Source::ConsoleClient,
     ];
 
     fn data(self) -> u32 {
@@ -118,6 +133,10 @@ struct MainLoop {
     monitor: Option<MonitorHandle>,
     /// Console input filter, when the serial console is on stdio.
     console: Option<Console>,
+    /// The serial console's pseudo-terminal, when it has one.
+    pty: Option<PtyConsole>,
+    /// The serial console's socket and its client's descriptor, when it has one.
+    socket_console: Option<(Arc<SocketConsole>, Option<i32>)>,
     paused: bool,
     waiting_for_client: bool,
     /// Set when the loop must end, with what [`run`] returns.
@@ -153,7 +172,7 @@ impl MainLoop {
                             self.outcome = Some(Err(e.into()));
                             return;
                         }
-                        eprintln!("vmm: {}", chain(&e));
+                        crate::report::error(format_args!("{}", chain(&e)));
                     }
                 }
                 VmEvent::IoErrorStop => self.machine.io_error_stop(),
@@ -164,7 +183,7 @@ impl MainLoop {
                         self.outcome = Some(Err(RunError::Guest(msg)));
                         return;
                     }
-                    eprintln!("vmm: {msg}");
+                    crate::report::error(format_args!("{msg}"));
                 }
             }
             if self.machine.exit().is_some() {
@@ -315,6 +334,109 @@ impl MainLoop {
             Some(ConsoleAction::Forward(bytes)) => self.machine.vm.serial_input(&bytes),
         }
     }
+
+    /// Adds or removes the pseudo-terminal's master in the epoll set.
+    fn watch_pty(&mut self, ops: &mut EventOps, watch: PtyWatch) {
+        let Some(pty) = &self.pty else {
+            return;
+        };
+        let events = Events::with_data_raw(pty.pty_fd(), Source::Pty.data(), EventSet::IN);
+        let done = match watch {
+            PtyWatch::Watch => ops.add(events),
+            PtyWatch::Unwatch => ops.remove(events),
+            PtyWatch::Keep => Ok(()),
+        };
+        if let Err(e) = done {
+            // The console loses its input; the guest and its output go on.
+            crate::report::error(format_args!("serial console input stops: {e}"));
+            self.pty = None;
+        }
+    }
+
+    fn on_pty(&mut self, ops: &mut EventOps) {
+        let Some(pty) = &mut self.pty else {
+            return;
+        };
+        let (input, watch) = pty.on_readable();
+        if !input.is_empty() {
+            self.machine.vm.serial_input(&input);
+        }
+        self.watch_pty(ops, watch);
+    }
+
+    /// Accepts a console client; the listener rests while it is connected.
+    fn on_console_listener(&mut self, ops: &mut EventOps) {
+        let Some((console, client)) = &mut self.socket_console else {
+            return;
+        };
+        let fd = match console.accept() {
+            Ok(Some(fd)) => fd,
+            Ok(None) => return,
+            Err(e) => {
+                crate::report::error(format_args!("serial console: accept failed: {e}"));
+                return;
+            }
+        };
+        let listener = console.listener_fd();
+        let swapped = ops
+            .remove(Events::with_data_raw(
+                listener,
+                Source::ConsoleListener.data(),
+                EventSet::IN,
+            ))
+            .and_then(|()| {
+                ops.add(Events::with_data_raw(
+                    fd,
+                    Source::ConsoleClient.data(),
+                    EventSet::IN,
+                ))
+            });
+        match swapped {
+            Ok(()) => *client = Some(fd),
+            Err(e) => {
+                crate::report::error(format_args!("serial console input stops: {e}"));
+                console.close_client();
+            }
+        }
+    }
+
+    /// Forwards a console client's input; when it leaves, listens for the next one.
+    fn on_console_client(&mut self, ops: &mut EventOps) {
+        let Some((console, client)) = &mut self.socket_console else {
+            return;
+        };
+        match console.read() {
+            ClientInput::Data(bytes) => self.machine.vm.serial_input(&bytes),
+            ClientInput::Nothing => {}
+            ClientInput::Closed => {
+                if let Some(fd) = client.take() {
+                    let _ = ops.remove(Events::with_data_raw(
+                        fd,
+                        Source::ConsoleClient.data(),
+                        EventSet::IN,
+                    ));
+                }
+                console.close_client();
+                let listener = Events::with_data_raw(
+                    console.listener_fd(),
+                    Source::ConsoleListener.data(),
+                    EventSet::IN,
+                );
+                if let Err(e) = ops.add(listener) {
+                    crate::report::error(format_args!("serial console stops listening: {e}"));
+                    self.socket_console = None;
+                }
+            }
+        }
+    }
+
+    fn on_pty_timer(&mut self, ops: &mut EventOps) {
+        let Some(pty) = &mut self.pty else {
+            return;
+        };
+        let watch = pty.on_timer();
+        self.watch_pty(ops, watch);
+    }
 }
 
 impl MutEventSubscriber for MainLoop {
@@ -326,6 +448,27 @@ impl MutEventSubscriber for MainLoop {
             (&self.jobs_wake, Source::Jobs),
         ] {
             if let Err(e) = ops.add(Events::with_data(fd, source.data(), EventSet::IN)) {
+                self.outcome = Some(Err(RunError::EventLoop(e)));
+                return;
+            }
+        }
+        if let Some(pty) = &mut self.pty {
+            let timer = pty.timer_fd();
+            let watch = pty.start();
+            let timer = Events::with_data_raw(timer, Source::PtyTimer.data(), EventSet::IN);
+            if let Err(e) = ops.add(timer) {
+                self.outcome = Some(Err(RunError::EventLoop(e)));
+                return;
+            }
+            self.watch_pty(ops, watch);
+        }
+        if let Some((console, _)) = &self.socket_console {
+            let listener = Events::with_data_raw(
+                console.listener_fd(),
+                Source::ConsoleListener.data(),
+                EventSet::IN,
+            );
+            if let Err(e) = ops.add(listener) {
                 self.outcome = Some(Err(RunError::EventLoop(e)));
                 return;
             }
@@ -355,6 +498,10 @@ impl MutEventSubscriber for MainLoop {
             Some(Source::Monitor) => self.on_monitor(),
             Some(Source::Stdin) => self.on_stdin(ops),
             Some(Source::Jobs) => self.on_jobs(),
+            Some(Source::Pty) => self.on_pty(ops),
+            Some(Source::PtyTimer) => self.on_pty_timer(ops),
+            Some(Source::ConsoleListener) => self.on_console_listener(ops),
+            Some(Source::ConsoleClient) => self.on_console_client(ops),
             None => {}
         }
         if self.outcome.is_none() {
@@ -366,11 +513,16 @@ impl MutEventSubscriber for MainLoop {
 }
 
 /// Builds and runs the VM until it powers off or is told to stop; returns the exit code.
+/// `ready` (QEMU's `-daemonize`) is told once the VM is built and the monitors listen.
 ///
 /// # Errors
 /// Fails when the VM cannot be built, or stops on an unrecoverable guest error without a
 /// monitor to report it to.
-pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
+pub fn run(
+    config: &VmConfig,
+    options: &RunOptions,
+    ready: Option<crate::daemon::Ready>,
+) -> Result<i32, RunError> {
     let (events, vm_events, vm_wake) = VmEventSink::new().map_err(RunError::EventFd)?;
     install_kick_handler()?;
     let signal_fd = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
@@ -404,14 +556,25 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
         block_signals::connect(&disk.backend, &disk.qdev, handle.as_ref(), &events)
             .map_err(RunError::EventFd)?;
     }
-    let machine = Machine::new(
+    let mut machine = Machine::new(
         vm,
-        options.no_reboot,
+        options.lifecycle,
         options.name.clone(),
         state,
         handle.clone(),
     );
-    let _terminal = RawTerminal::enter(&config.serial);
+    machine.monitor_chardevs = options.monitor_chardevs.clone();
+    if let Some(ready) = ready {
+        // The VM is built and every monitor listens: whoever waits for the daemon may
+        // connect now.
+        ready.notify();
+    }
+    let _terminal = RawTerminal::enter(&config.serial.mode);
+    let socket_console = machine.vm.devices().serial_socket().cloned();
+    let pty = match machine.vm.devices().serial_pty() {
+        Some(p) => Some(PtyConsole::new(p.clone()).map_err(RunError::EventFd)?),
+        None => None,
+    };
     let waiting_for_client = options.qmp.iter().any(|s| s.wait);
     let (jobs_tx, jobs_rx) = channel();
     let mut main = MainLoop {
@@ -422,7 +585,9 @@ pub fn run(config: &VmConfig, options: &RunOptions) -> Result<i32, RunError> {
         monitor_rx,
         monitor_wake,
         monitor: handle,
-        console: (config.serial == SerialMode::Stdio).then(Console::default),
+        console: (config.serial.mode == SerialMode::Stdio).then(Console::default),
+        pty,
+        socket_console: socket_console.map(|c| (c, None)),
         paused: options.paused,
         waiting_for_client,
         outcome: None,
@@ -467,9 +632,9 @@ fn teardown(manager: EventManager<MainLoop>) {
         });
     // A failed spawn dropped the machine right here.
     if spawned.is_ok() && rx.recv_timeout(TEARDOWN_GRACE).is_err() {
-        eprintln!(
-            "vmm: a disk's I/O is stuck on storage that does not answer; exiting without waiting for it"
-        );
+        crate::report::error(format_args!(
+            "a disk's I/O is stuck on storage that does not answer; exiting without waiting for it"
+        ));
     }
 }
 

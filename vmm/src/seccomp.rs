@@ -189,6 +189,10 @@ const MAIN: &[i64] = &[
     libc::SYS_unlink,
     libc::SYS_timerfd_create,
     libc::SYS_timerfd_settime,
+    // The serial console: is anyone reading its pty (a zero-timeout poll), a client on its
+    // socket.
+    libc::SYS_poll,
+    libc::SYS_accept4,
 ];
 
 /// A `qmp-job` thread: the open, `stat` and close of a user's file (`blockdev-add`/`-del`).
@@ -209,6 +213,8 @@ const TEARDOWN: &[i64] = &[
     libc::SYS_ioctl,
     libc::SYS_epoll_ctl,
     libc::SYS_io_uring_enter,
+    // Removing the serial console's socket file.
+    libc::SYS_unlink,
 ];
 
 const MONITOR: &[i64] = &[

@@ -16,17 +16,23 @@ use vm_memory::GuestMemoryMmap;
 use crate::acpi::{write_tables, AcpiError};
 use crate::arch::regs::BootEntry;
 use crate::boot::{BootError, BootImages};
-use crate::device_manager::{DeviceError, DeviceManager, Disk, SerialMode};
+use block::BlockNode;
+use qapi::types::BlockdevOptions;
+
+use crate::blockdev::{self, Plan};
+use crate::device_manager::{DeviceError, DeviceManager, Disk, SerialConfig};
 use crate::disk::DiskSpec;
 use crate::layout::KVM_TSS_ADDRESS;
-use crate::memory::{create_guest_memory, register_slots, MemoryError};
+use crate::memory::{create_guest_memory, exclude_from_core_dumps, register_slots, MemoryError};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
 
 /// What the VM is built from.
 #[derive(Clone, Debug)]
 pub struct VmConfig {
-    /// Kernel image (bzImage or PVH ELF).
-    pub kernel: PathBuf,
+    /// Kernel image (bzImage or PVH ELF). `None` builds no guest at all: no RAM, vCPUs,
+    /// devices or ACPI tables, only the KVM VM and the monitor (QEMU's `-machine none`, which
+    /// management tools run to probe an emulator's capabilities).
+    pub kernel: Option<PathBuf>,
     /// Optional initial ramdisk.
     pub initrd: Option<PathBuf>,
     /// Kernel command line.
@@ -35,14 +41,18 @@ pub struct VmConfig {
     pub cpus: u8,
     /// Guest RAM in MiB.
     pub memory_mib: u64,
-    /// Serial console destination.
-    pub serial: SerialMode,
+    /// The serial console.
+    pub serial: SerialConfig,
+    /// Block nodes to create before the disks (QEMU's `-blockdev`), in order.
+    pub blockdevs: Vec<BlockdevOptions>,
     /// Disks, in `--disk` order (the guest's vda, vdb, ...).
     pub disks: Vec<DiskSpec>,
     /// Log every write to the debug port (0x80) with its time since vmm started.
     pub debug_port: bool,
     /// When vmm started (the debug port's time origin).
     pub started: std::time::Instant,
+    /// Guest RAM is part of core dumps of vmm (QEMU's `dump-guest-core`, on by default).
+    pub dump_guest_core: bool,
 }
 
 /// Errors while building or operating the VM.
@@ -128,7 +138,8 @@ impl PowerOnState {
 pub struct Vm {
     vm_fd: Arc<VmFd>,
     mem: GuestMemoryMmap,
-    images: BootImages,
+    /// The boot images; `None` for a VM without a guest.
+    images: Option<BootImages>,
     devices: DeviceManager,
     cpus: u8,
     ram_size: u64,
@@ -200,10 +211,28 @@ fn add_devices(devices: &mut DeviceManager, config: &VmConfig) -> Result<(), Dev
     devices.add_debug_port(config.started, config.debug_port)?;
     devices.add_acpi_pm()?;
     devices.add_power_button()?;
+    for options in &config.blockdevs {
+        add_blockdev(devices, options)?;
+    }
     for disk in &config.disks {
         devices.add_disk(disk)?;
     }
     Ok(())
+}
+
+/// Creates a `-blockdev` node, as `blockdev-add` does (opening its file right here: the VM
+/// does not run yet).
+fn add_blockdev(devices: &mut DeviceManager, options: &BlockdevOptions) -> Result<(), DeviceError> {
+    let name = match &options.node_name {
+        Some(n) => format!("node-name={n}"),
+        None => "without a node-name".to_owned(),
+    };
+    let fail = |e: String| DeviceError::Blockdev(name.clone(), e);
+    let node: Arc<dyn BlockNode> = match blockdev::plan(devices, options.clone()).map_err(fail)? {
+        Plan::Open(file) => Arc::new(file.open().map_err(|e| fail(crate::error::chain(&e)))?),
+        Plan::Ready(node) => node,
+    };
+    blockdev::add(devices, node).map_err(fail)
 }
 
 /// Creates and configures every vCPU (not started), the boot processor entering at `entry`.
@@ -251,14 +280,19 @@ impl Vm {
     /// # Errors
     /// Any failure of KVM, memory allocation, image loading or device setup.
     pub fn new(config: &VmConfig, events: &VmEventSink) -> Result<Self, VmError> {
+        let Some(kernel) = &config.kernel else {
+            return Self::without_guest(events);
+        };
         // Check the images before touching KVM, so a typo gets its own clear error.
-        let mut images =
-            BootImages::open(&config.kernel, config.initrd.as_deref(), &config.cmdline)?;
+        let mut images = BootImages::open(kernel, config.initrd.as_deref(), &config.cmdline)?;
         let kvm = open_kvm()?;
         let vm_fd = Arc::new(create_vm(&kvm)?);
         let power_on = PowerOnState::capture(&vm_fd)?;
         let ram_size = config.memory_mib << 20;
         let mem = create_guest_memory(ram_size)?;
+        if !config.dump_guest_core {
+            exclude_from_core_dumps(&mem)?;
+        }
         register_slots(&vm_fd, &mem)?;
         let mut devices = DeviceManager::new(vm_fd.clone(), &mem, events)?;
         add_devices(&mut devices, config)?;
@@ -268,11 +302,32 @@ impl Vm {
         Ok(Self {
             vm_fd,
             mem,
-            images,
+            images: Some(images),
             devices,
             cpus: config.cpus,
             ram_size,
             pending_vcpus,
+            vcpus: Vec::new(),
+            power_on,
+            reset_generation: 0,
+        })
+    }
+
+    /// A KVM VM with nothing in it: what `query-kvm` reports is then true, and no guest runs.
+    fn without_guest(events: &VmEventSink) -> Result<Self, VmError> {
+        let kvm = open_kvm()?;
+        let vm_fd = Arc::new(create_vm(&kvm)?);
+        let power_on = PowerOnState::capture(&vm_fd)?;
+        let mem = GuestMemoryMmap::new();
+        let devices = DeviceManager::new(vm_fd.clone(), &mem, events)?;
+        Ok(Self {
+            vm_fd,
+            mem,
+            images: None,
+            devices,
+            cpus: 0,
+            ram_size: 0,
+            pending_vcpus: Vec::new(),
             vcpus: Vec::new(),
             power_on,
             reset_generation: 0,
@@ -317,8 +372,12 @@ impl Vm {
         self.pause();
         self.power_on.restore(&self.vm_fd)?;
         self.devices.reset();
+        let Some(images) = &mut self.images else {
+            // Nothing else to return to its power-on state.
+            return Ok(());
+        };
         let rsdp = write_tables(&self.mem, self.devices.dsdt(), self.cpus)?;
-        let entry = self.images.load(&self.mem, self.ram_size, rsdp)?;
+        let entry = images.load(&self.mem, self.ram_size, rsdp)?;
         self.reset_generation += 1;
         for (i, v) in self.vcpus.iter().enumerate() {
             let e: Option<BootEntry> = (i == 0).then_some(entry);

@@ -51,6 +51,8 @@ fn main_schema_has_the_required_interface() {
             "query-kvm",
             "query-name",
             "query-cpus-fast",
+            "query-target",
+            "query-machines",
             "query-block",
             "block_set_io_throttle",
             "query-blockstats",
@@ -62,7 +64,16 @@ fn main_schema_has_the_required_interface() {
             "blockdev-del",
             "yank",
             "query-yank",
+            "query-chardev",
+            "qom-list",
+            "qom-list-types",
+            "device-list-properties",
+            "qom-list-properties",
+            "query-migrate-capabilities",
+            "migrate-set-capabilities",
+            "query-jobs",
             "human-monitor-command",
+            "query-command-line-options",
         ]
     );
     let events = names(|k| matches!(k, DefKind::Event { .. }));

@@ -6,6 +6,7 @@
 mod error;
 mod event;
 mod handles;
+mod keyval;
 mod validate;
 
 pub use error::{ErrorClass, QmpError};
@@ -13,6 +14,7 @@ pub use event::{event_json, signal_json, Timestamp};
 pub use handles::{
     canonical_handle, canonicalize_handles, deserialize_handle, parse_canonical_handle, HANDLE_KEY,
 };
+pub use keyval::from_keyval;
 pub use validate::{
     check_arguments, decode_arguments, encode_return, MemberDesc, TypeDesc, Variants,
 };

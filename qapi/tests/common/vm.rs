@@ -277,6 +277,74 @@ impl QmpCommands for FakeVm {
             ))),
         }
     }
+
+    fn query_target(&mut self) -> Result<TargetInfo, QmpError> {
+        Ok(TargetInfo {
+            arch: SysEmuTarget::X8664,
+        })
+    }
+
+    fn query_machines(&mut self) -> Result<Vec<MachineInfo>, QmpError> {
+        Ok(Vec::new())
+    }
+
+    fn query_chardev(&mut self) -> Result<Vec<ChardevInfo>, QmpError> {
+        Ok(Vec::new())
+    }
+
+    fn qom_list(&mut self, path: String) -> Result<Vec<ObjectPropertyInfo>, QmpError> {
+        Err(QmpError::new(
+            ErrorClass::DeviceNotFound,
+            format!("Device '{path}' not found"),
+        ))
+    }
+
+    fn qom_list_types(
+        &mut self,
+        _implements: Option<String>,
+        _abstract: Option<bool>,
+    ) -> Result<Vec<ObjectTypeInfo>, QmpError> {
+        Ok(Vec::new())
+    }
+
+    fn device_list_properties(
+        &mut self,
+        typename: String,
+    ) -> Result<Vec<ObjectPropertyInfo>, QmpError> {
+        Err(QmpError::new(
+            ErrorClass::DeviceNotFound,
+            format!("Device '{typename}' not found"),
+        ))
+    }
+
+    fn qom_list_properties(
+        &mut self,
+        _typename: String,
+    ) -> Result<Vec<ObjectPropertyInfo>, QmpError> {
+        Ok(Vec::new())
+    }
+
+    fn query_migrate_capabilities(&mut self) -> Result<Vec<MigrationCapabilityStatus>, QmpError> {
+        Ok(Vec::new())
+    }
+
+    fn migrate_set_capabilities(
+        &mut self,
+        _capabilities: Vec<MigrationCapabilityStatus>,
+    ) -> Result<(), QmpError> {
+        Ok(())
+    }
+
+    fn query_jobs(&mut self) -> Result<Vec<JobInfo>, QmpError> {
+        Ok(Vec::new())
+    }
+
+    fn query_command_line_options(
+        &mut self,
+        _option: Option<String>,
+    ) -> Result<Vec<CommandLineOptionInfo>, QmpError> {
+        Ok(Vec::new())
+    }
 }
 
 pub fn sample_block_info() -> Value {

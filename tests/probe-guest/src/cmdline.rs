@@ -72,6 +72,87 @@ impl Test {
 /// Most tests in one `probe.test=` list.
 pub const MAX_TESTS: usize = 16;
 
+/// One blk-bench workload (`probe.bench=`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// `seqw`: sequential writes of 1 MiB.
+    SeqWrite,
+    /// `seqr`: sequential reads of 1 MiB.
+    SeqRead,
+    /// `randr`: 4 KiB random reads.
+    RandRead,
+    /// `randw`: 4 KiB random writes.
+    RandWrite,
+    /// `mix`: 4 KiB random requests, 70% reads and 30% writes.
+    Mix,
+}
+
+impl Workload {
+    /// Every workload, in the order of the default plan.
+    pub const ALL: [Workload; 5] = [
+        Workload::SeqWrite,
+        Workload::SeqRead,
+        Workload::RandRead,
+        Workload::RandWrite,
+        Workload::Mix,
+    ];
+
+    fn from_name(n: &[u8]) -> Option<Workload> {
+        Some(match n {
+            b"seqw" => Workload::SeqWrite,
+            b"seqr" => Workload::SeqRead,
+            b"randr" => Workload::RandRead,
+            b"randw" => Workload::RandWrite,
+            b"mix" => Workload::Mix,
+            _ => return None,
+        })
+    }
+
+    /// The name in `probe.bench=`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Workload::SeqWrite => "seqw",
+            Workload::SeqRead => "seqr",
+            Workload::RandRead => "randr",
+            Workload::RandWrite => "randw",
+            Workload::Mix => "mix",
+        }
+    }
+
+    /// The name printed in `test=` of the phase lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::SeqWrite => "seq-write",
+            Workload::SeqRead => "seq-read",
+            Workload::RandRead => "rand-read",
+            Workload::RandWrite => "rand-write",
+            Workload::Mix => "rand-mix",
+        }
+    }
+
+    /// Sequential workloads run once at a fixed depth; the random ones once per `probe.qd`.
+    pub fn sequential(self) -> bool {
+        matches!(self, Workload::SeqWrite | Workload::SeqRead)
+    }
+
+    /// Whether the workload writes (skipped on read-only disks).
+    pub fn writes(self) -> bool {
+        matches!(
+            self,
+            Workload::SeqWrite | Workload::RandWrite | Workload::Mix
+        )
+    }
+}
+
+/// Most entries in `probe.bench=`.
+pub const MAX_WORKLOADS: usize = 8;
+/// Most depths in `probe.qd=`.
+pub const MAX_DEPTHS: usize = 8;
+/// Deepest queue depth `probe.qd=` accepts (a virtqueue has at most 256 descriptors here).
+pub const MAX_QD: u32 = 256;
+/// Most queues `probe.queues=` accepts.
+pub const MAX_QUEUES: u32 = 8;
+
 /// Parsed `probe.*` parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Params {
@@ -93,6 +174,26 @@ pub struct Params {
     pub secs: u64,
     /// `probe.loops`: io-loop iterations, 0 = until stopped. Default 0.
     pub loops: u64,
+    /// `probe.bench`: blk-bench workloads in order, `bench_count` valid.
+    /// Default `seqw,seqr,randr`.
+    pub bench: [Workload; MAX_WORKLOADS],
+    /// Number of valid entries in `bench`.
+    pub bench_count: usize,
+    /// `probe.qd`: depths of the random workloads, `qd_count` valid. Default `1,32`.
+    pub qd: [u32; MAX_DEPTHS],
+    /// Number of valid entries in `qd`.
+    pub qd_count: usize,
+    /// `probe.queues`: virtqueues (and vCPUs) blk-bench drives at once. Default 1.
+    pub queues: u32,
+}
+
+/// One blk-bench phase: a workload at a queue depth (`None`: the sequential depth).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Phase {
+    /// What the phase does.
+    pub work: Workload,
+    /// Requests in flight per queue; `None` for the sequential workloads' fixed depth.
+    pub qd: Option<u32>,
 }
 
 impl Params {
@@ -100,6 +201,37 @@ impl Params {
     pub fn tests(&self) -> &[Test] {
         &self.tests[..self.test_count]
     }
+
+    /// The blk-bench workloads.
+    pub fn workloads(&self) -> &[Workload] {
+        &self.bench[..self.bench_count]
+    }
+
+    /// The queue depths of the random workloads.
+    pub fn depths(&self) -> &[u32] {
+        &self.qd[..self.qd_count]
+    }
+
+    /// blk-bench's phases in order: each workload of `probe.bench` once if sequential,
+    /// else once per depth of `probe.qd`.
+    pub fn phases(&self) -> impl Iterator<Item = Phase> + '_ {
+        self.workloads().iter().flat_map(move |&work| {
+            let depths: &[u32] = if work.sequential() {
+                &[0]
+            } else {
+                self.depths()
+            };
+            depths.iter().map(move |&d| Phase {
+                work,
+                qd: (!work.sequential()).then_some(d),
+            })
+        })
+    }
+}
+
+/// Splits a comma-separated list, skipping empty items.
+fn items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&c| c == b',').filter(|n| !n.is_empty())
 }
 
 /// What is wrong with the command line.
@@ -144,7 +276,16 @@ pub fn parse(cmdline: &[u8]) -> Result<Params, CmdlineError<'_>> {
         irq: true,
         secs: 2,
         loops: 0,
+        bench: [Workload::SeqWrite; MAX_WORKLOADS],
+        bench_count: 3,
+        qd: [0; MAX_DEPTHS],
+        qd_count: 2,
+        queues: 1,
     };
+    p.bench[1] = Workload::SeqRead;
+    p.bench[2] = Workload::RandRead;
+    p.qd[0] = 1;
+    p.qd[1] = 32;
     let mut saw_test = false;
     for word in cmdline
         .split(|c| c.is_ascii_whitespace())
@@ -162,7 +303,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Params, CmdlineError<'_>> {
         match key {
             b"test" => {
                 saw_test = true;
-                for name in value.split(|&c| c == b',').filter(|n| !n.is_empty()) {
+                for name in items(value) {
                     let t = Test::from_name(name).ok_or(CmdlineError::UnknownTest(name))?;
                     if p.test_count == MAX_TESTS {
                         return Err(CmdlineError::TooManyTests);
@@ -177,6 +318,43 @@ pub fn parse(cmdline: &[u8]) -> Result<Params, CmdlineError<'_>> {
             b"seed" => p.seed = num()?,
             b"secs" => p.secs = num()?,
             b"loops" => p.loops = num()?,
+            b"bench" => {
+                p.bench_count = 0;
+                for name in items(value) {
+                    let w = Workload::from_name(name).ok_or(CmdlineError::BadValue(word))?;
+                    if p.bench_count == MAX_WORKLOADS {
+                        return Err(CmdlineError::BadValue(word));
+                    }
+                    p.bench[p.bench_count] = w;
+                    p.bench_count += 1;
+                }
+                if p.bench_count == 0 {
+                    return Err(CmdlineError::BadValue(word));
+                }
+            }
+            b"qd" => {
+                p.qd_count = 0;
+                for n in items(value) {
+                    let d = parse_u64(n)
+                        .filter(|d| (1..=u64::from(MAX_QD)).contains(d))
+                        .ok_or(CmdlineError::BadValue(word))?;
+                    if p.qd_count == MAX_DEPTHS {
+                        return Err(CmdlineError::BadValue(word));
+                    }
+                    p.qd[p.qd_count] = d as u32;
+                    p.qd_count += 1;
+                }
+                if p.qd_count == 0 {
+                    return Err(CmdlineError::BadValue(word));
+                }
+            }
+            b"queues" => {
+                p.queues = num()?
+                    .try_into()
+                    .ok()
+                    .filter(|q| (1..=MAX_QUEUES).contains(q))
+                    .ok_or(CmdlineError::BadValue(word))?
+            }
             b"irq" => {
                 p.irq = match value {
                     b"on" | b"1" => true,
@@ -232,6 +410,91 @@ mod tests {
             parse(b"probe.verbose"),
             Err(CmdlineError::UnknownParam(b"probe.verbose"))
         );
+    }
+
+    #[test]
+    fn bench_parameters() {
+        let p = parse(b"probe.test=blk-bench").unwrap();
+        assert_eq!(
+            p.workloads(),
+            &[Workload::SeqWrite, Workload::SeqRead, Workload::RandRead]
+        );
+        assert_eq!((p.depths(), p.queues), (&[1, 32][..], 1));
+        let p = parse(
+            b"probe.test=blk-bench probe.bench=mix,seqr,randw,randr probe.qd=128,0x8 probe.queues=4",
+        )
+        .unwrap();
+        assert_eq!(
+            p.workloads(),
+            &[
+                Workload::Mix,
+                Workload::SeqRead,
+                Workload::RandWrite,
+                Workload::RandRead
+            ]
+        );
+        assert_eq!((p.depths(), p.queues), (&[128, 8][..], 4));
+        for bad in [
+            &b"probe.bench=seqw,fly"[..],
+            b"probe.bench=",
+            b"probe.bench=,",
+            b"probe.qd=0",
+            b"probe.qd=257",
+            b"probe.qd=1,,x",
+            b"probe.qd=",
+            b"probe.qd=1,2,3,4,5,6,7,8,9",
+            b"probe.queues=0",
+            b"probe.queues=9",
+            b"probe.queues=4294967297",
+        ] {
+            let mut line = b"probe.test=blk-bench ".to_vec();
+            line.extend_from_slice(bad);
+            assert_eq!(
+                parse(&line),
+                Err(CmdlineError::BadValue(bad)),
+                "{}",
+                core::str::from_utf8(bad).unwrap()
+            );
+        }
+        assert!(parse(b"probe.test=blk-bench probe.qd=256 probe.queues=8").is_ok());
+    }
+
+    #[test]
+    fn phase_plan() {
+        let p =
+            parse(b"probe.test=blk-bench probe.bench=seqw,randr,seqr,mix probe.qd=1,32").unwrap();
+        let plan: Vec<(Workload, Option<u32>)> = p.phases().map(|ph| (ph.work, ph.qd)).collect();
+        assert_eq!(
+            plan,
+            vec![
+                (Workload::SeqWrite, None),
+                (Workload::RandRead, Some(1)),
+                (Workload::RandRead, Some(32)),
+                (Workload::SeqRead, None),
+                (Workload::Mix, Some(1)),
+                (Workload::Mix, Some(32)),
+            ]
+        );
+        // The default plan is the benchmark's historical four phases.
+        let p = parse(b"probe.test=blk-bench").unwrap();
+        let names: Vec<(&str, Option<u32>)> =
+            p.phases().map(|ph| (ph.work.name(), ph.qd)).collect();
+        assert_eq!(
+            names,
+            vec![
+                ("seq-write", None),
+                ("seq-read", None),
+                ("rand-read", Some(1)),
+                ("rand-read", Some(32)),
+            ]
+        );
+        for w in Workload::ALL {
+            assert_eq!(Workload::from_name(w.key().as_bytes()), Some(w));
+            assert_eq!(
+                w.writes(),
+                w != Workload::SeqRead && w != Workload::RandRead
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Local APIC and I/O APIC programming (xAPIC MMIO, from ring 3).
 //!
-//! Vectors: 0x30 + GSI for I/O APIC pins (GSI 0-77), 0x7e LAPIC timer
-//! tick, 0x7f spurious.
+//! Vectors: 0x30 + GSI for I/O APIC pins (GSI 0-76), 0x7d the wake-up IPI
+//! of blk-bench's worker CPUs, 0x7e LAPIC timer tick, 0x7f spurious.
 
-use super::arch::{self, mmio_read32, mmio_write32, IRQ_BASE, SPURIOUS_VECTOR, TIMER_VECTOR};
+use super::arch::{
+    self, mmio_read32, mmio_write32, IRQ_BASE, SPURIOUS_VECTOR, TIMER_VECTOR, WAKE_VECTOR,
+};
 use probe_guest::acpi::{IoApic, Madt, MAX_IOAPICS};
 use probe_guest::resource::Irq;
 
@@ -44,14 +46,7 @@ impl Apic {
             ),
         };
         arch::set_lapic_eoi(lapic + LAPIC_EOI);
-        mmio_write32(lapic + LAPIC_LVT_LINT0, LVT_MASKED);
-        mmio_write32(lapic + LAPIC_LVT_LINT1, LVT_MASKED);
-        mmio_write32(
-            lapic + LAPIC_LVT_TIMER,
-            LVT_MASKED | u32::from(TIMER_VECTOR),
-        );
-        mmio_write32(lapic + LAPIC_TPR, 0);
-        mmio_write32(lapic + LAPIC_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
+        Self::setup_local(lapic);
         let bsp_id = mmio_read32(lapic + LAPIC_ID) >> 24;
         Self {
             lapic,
@@ -84,7 +79,7 @@ impl Apic {
     /// when the GSI has no vector or no I/O APIC serves it.
     pub fn route(&self, irq: Irq) -> Option<u8> {
         let vector = IRQ_BASE.checked_add(u8::try_from(irq.gsi).ok()?)?;
-        if vector >= TIMER_VECTOR {
+        if vector >= WAKE_VECTOR {
             return None;
         }
         let (base, pin) = self.ioapic_for(irq.gsi)?;
@@ -148,13 +143,52 @@ impl Apic {
 
     /// Sends an IPI (ICR low/high) and waits for the delivery status to clear.
     pub fn send_ipi(&self, dest: u32, low: u32) {
-        mmio_write32(self.lapic + 0x310, dest << 24);
-        mmio_write32(self.lapic + 0x300, low);
+        Self::ipi(self.lapic, dest, low)
+    }
+
+    /// `send_ipi` through the LAPIC registers at `lapic` (every CPU sees its
+    /// own LAPIC there).
+    pub fn ipi(lapic: u64, dest: u32, low: u32) {
+        mmio_write32(lapic + 0x310, dest << 24);
+        mmio_write32(lapic + 0x300, low);
         for _ in 0..100_000 {
-            if mmio_read32(self.lapic + 0x300) & (1 << 12) == 0 {
+            if mmio_read32(lapic + 0x300) & (1 << 12) == 0 {
                 break;
             }
             arch::pause();
         }
+    }
+
+    /// LAPIC register base.
+    pub fn base(&self) -> u64 {
+        self.lapic
+    }
+
+    /// Sets up the calling CPU's local APIC as `init` does for the boot CPU
+    /// (enabled, LINT0/LINT1 and timer masked, TPR 0) and returns a handle
+    /// for it without I/O APICs (a worker CPU routes no pins).
+    pub fn init_local(lapic: u64) -> Self {
+        Self::setup_local(lapic);
+        Self {
+            lapic,
+            ioapics: [IoApic {
+                id: 0,
+                address: 0,
+                gsi_base: 0,
+            }; MAX_IOAPICS],
+            ioapic_count: 0,
+            bsp_id: mmio_read32(lapic + LAPIC_ID) >> 24,
+        }
+    }
+
+    fn setup_local(lapic: u64) {
+        mmio_write32(lapic + LAPIC_LVT_LINT0, LVT_MASKED);
+        mmio_write32(lapic + LAPIC_LVT_LINT1, LVT_MASKED);
+        mmio_write32(
+            lapic + LAPIC_LVT_TIMER,
+            LVT_MASKED | u32::from(TIMER_VECTOR),
+        );
+        mmio_write32(lapic + LAPIC_TPR, 0);
+        mmio_write32(lapic + LAPIC_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
     }
 }

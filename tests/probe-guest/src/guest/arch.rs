@@ -15,9 +15,14 @@ pub const TIMER_VECTOR: u8 = 0x7e;
 pub const SPURIOUS_VECTOR: u8 = 0x7f;
 /// First vector used for IOAPIC pins (vector = IRQ_BASE + GSI).
 pub const IRQ_BASE: u8 = 0x30;
+/// Vector of the IPI that wakes a blk-bench worker CPU.
+pub const WAKE_VECTOR: u8 = 0x7d;
+/// Bench worker APs entry.S provides stacks, TSSs and per-CPU areas for (CPUs 1..=7).
+pub const MAX_APS: usize = 7;
+/// Words per per-CPU area (64 bytes, entry.S `PERCPU_SIZE`).
+const PERCPU_WORDS: usize = 8;
 
 extern "C" {
-    static probe_irq_total: u64;
     static probe_irq_counts: [u64; NVEC];
     static mut probe_irq_level: [u8; NVEC];
     static mut probe_irq_ioapic: [u64; NVEC];
@@ -33,6 +38,8 @@ extern "C" {
     pub static probe_fault_cs: u64;
     /// Recorded by the ring-0 fault stub.
     pub static probe_fault_cr2: u64;
+    static probe_percpu: [u64; PERCPU_WORDS * (MAX_APS + 1)];
+    static mut probe_ap_index: u64;
 }
 
 const GATE_WAIT: u64 = 1;
@@ -46,10 +53,52 @@ pub fn fault_word(w: &'static u64) -> u64 {
     unsafe { core::ptr::read_volatile(w) }
 }
 
-/// Total interrupts taken so far.
+/// Interrupts this CPU took so far: the count in its per-CPU area, which the
+/// wait gate compares with.
 pub fn irq_total() -> u64 {
-    // SAFETY: an aligned u64 in the image, written only by the ring-0 stub.
-    unsafe { core::ptr::read_volatile(addr_of!(probe_irq_total)) }
+    let v: u64;
+    // SAFETY: GS base is this CPU's per-CPU area (entry.S sets it before ring 3
+    // runs); word 0 is its interrupt count, written only by this CPU's stubs.
+    unsafe {
+        asm!("mov {}, qword ptr gs:[0]", out(reg) v, options(nostack, readonly, preserves_flags))
+    };
+    v
+}
+
+/// A fault that stopped bench worker CPU k (recorded by entry.S's `ap_fault`).
+#[derive(Clone, Copy, Debug)]
+pub struct CpuFault {
+    /// Exception vector.
+    pub vector: u64,
+    /// Error code (0 if the exception has none).
+    pub err: u64,
+    /// Faulting instruction.
+    pub rip: u64,
+    /// CR2 at the time (page faults).
+    pub cr2: u64,
+}
+
+/// The fault that stopped worker CPU `k` (1..=MAX_APS), if any.
+pub fn cpu_fault(k: usize) -> Option<CpuFault> {
+    let k = k.min(MAX_APS);
+    let word = |i: usize| {
+        // SAFETY: in-bounds word of per-CPU area k, written by that CPU's fault stub.
+        unsafe { core::ptr::read_volatile(addr_of!(probe_percpu[PERCPU_WORDS * k + i])) }
+    };
+    let v = word(3);
+    (v != 0).then(|| CpuFault {
+        vector: v - 1,
+        err: word(4),
+        rip: word(5),
+        cr2: word(6),
+    })
+}
+
+/// The index the next AP started with INIT-SIPI-SIPI takes: 0 halts it after
+/// it checked in (`probe.test=smp`), k in 1..=MAX_APS makes it bench worker k.
+pub fn set_ap_index(k: u64) {
+    // SAFETY: an aligned u64 in the image, read by the AP being started.
+    unsafe { core::ptr::write_volatile(addr_of_mut!(probe_ap_index), k) }
 }
 
 /// Interrupts taken so far on `vector`.
@@ -145,6 +194,12 @@ pub fn mmio_read32(addr: u64) -> u32 {
     // SAFETY: callers pass device register addresses from ACPI, which the
     // page tables map (uncached in the 3-4 GiB hole, identity elsewhere).
     unsafe { core::ptr::read_volatile(addr as *const u32) }
+}
+
+/// 16-bit MMIO read.
+pub fn mmio_read16(addr: u64) -> u16 {
+    // SAFETY: as for `mmio_read32`.
+    unsafe { core::ptr::read_volatile(addr as *const u16) }
 }
 
 /// 32-bit MMIO write.

@@ -11,6 +11,11 @@
  *   image + 0x200  startup_64   64-bit long mode,      RSI = boot_params
  *   pvh_start (PVH ELF note)    32-bit protected mode, EBX = hvm_start_info
  *
+ * Every CPU's GS base points at its per-CPU area (probe_percpu + 64 * index;
+ * the GS selector is null, so the base survives the switches to ring 3):
+ * the interrupt stubs count its interrupts there, the wait gate compares
+ * with that count, and a fault on a bench worker AP is recorded there.
+ *
  * Braces are avoided in this file: it is included through global_asm!.
  */
     .set CODE32_CS, 0x08
@@ -31,6 +36,27 @@
     .set GATE_IOAPIC_WRITE, 4
     .set GATE_IOAPIC_READ, 5
     .set SPURIOUS_VECTOR, 0x7f
+    .set MSR_GS_BASE, 0xc0000101
+    /* Per-CPU area (probe_percpu, 64 bytes per CPU: 0 the BSP, k bench worker k). */
+    .set PERCPU_SIZE, 64
+    .set PC_IRQS, 0                     /* interrupts this CPU took */
+    .set PC_MAGIC, 8                    /* AP_MAGIC on a worker AP */
+    .set PC_INDEX, 16
+    .set PC_FAULT, 24                   /* vector + 1 once a fault stopped this AP */
+    .set PC_FAULT_ERR, 32
+    .set PC_FAULT_RIP, 40
+    .set PC_FAULT_CR2, 48
+    .set AP_MAGIC, 0x41504150
+    /* Bench worker APs 1..MAX_APS: TSS k-1 at .ring0 + AP_TSS_OFF + 0x80 * (k-1),
+     * selector AP_TSS_SEL + 16 * (k-1), sharing the BSP TSS's I/O bitmap (an I/O
+     * map base is an offset from its TSS, so these TSSs sit below the bitmap). */
+    .set MAX_APS, 7
+    .set AP_TSS_SEL, 0x40
+    .set AP_TSS_OFF, 0xc80
+    .set AP_TSS_STRIDE, 0x80
+    .set IOMAP_OFF, 0x1000 + 104
+    .set AP_KSTACK, 8192
+    .set AP_USTACK, 65536
 
 /* ------------------------------------------------------------------ */
     .pushsection .text.entry, "ax"
@@ -108,6 +134,8 @@ long_common:
     mov %eax, %fs
     mov %eax, %gs
     mov $stack0_top, %esp
+    xor %eax, %eax                      /* per-CPU area 0: the BSP */
+    call set_gs_base
     mov %cr4, %rax
     or $0x620, %rax                     /* OSFXSR, OSXMMEXCPT: SSE for ring 3 */
     mov %rax, %cr4
@@ -130,12 +158,15 @@ long_common:
     iretq
 
 /* ------------------------------------------------------------------ */
-/* Application processors (probe.test=smp).  Ring 3 copies the 16-bit
- * trampoline to a free page below 1 MiB and sends INIT-SIPI-SIPI with that
+/* Application processors.  Ring 3 copies the 16-bit trampoline to a free
+ * page below 1 MiB, sets probe_ap_index and sends INIT-SIPI-SIPI with that
  * page as the vector; the AP enters long mode with the BSP's GDT and page
- * tables, prints "PROBE ap apic_id=0xNN" itself, counts itself in
- * probe_ap_count and halts with interrupts off.  APs start one at a time
- * (the BSP waits for each), so they share one stack and message buffer. */
+ * tables and prints "PROBE ap apic_id=0xNN" itself.  With probe_ap_index 0
+ * (probe.test=smp) it counts itself in probe_ap_count and halts with
+ * interrupts off.  With index k >= 1 (a blk-bench worker) it takes per-CPU
+ * area k, TSS k-1 and its own stacks, loads the IDT, counts itself and
+ * enters ring 3 at probe_ap_main(k) with interrupts on.  APs start one at a
+ * time (the BSP waits for each), so they share the message buffer. */
     .code16
     .globl ap_trampoline, ap_trampoline_end
 ap_trampoline:
@@ -176,8 +207,14 @@ ap_start32:
 
     .code64
 ap_long:
+    mov probe_ap_index, %ebx
     mov $ap_stack_top, %esp
-    mov probe_lapic_eoi, %rax           /* LAPIC base + 0xb0 */
+    test %ebx, %ebx
+    jz 1f
+    mov %ebx, %eax
+    shl $13, %eax                       /* AP_KSTACK */
+    lea ap_kstacks(%rax), %rsp
+1:  mov probe_lapic_eoi, %rax           /* LAPIC base + 0xb0 */
     mov -0x90(%rax), %eax               /* LAPIC ID register (base + 0x20) */
     shr $24, %eax
     mov %eax, %ecx
@@ -191,10 +228,50 @@ ap_long:
     movb %al, ap_msg_hex + 1
     mov $ap_msg, %esi
     call serial_puts
-    incq probe_ap_count
+    test %ebx, %ebx
+    jnz ap_worker
+    lock incq probe_ap_count
     cli
 1:  hlt
     jmp 1b
+
+ap_worker:
+    mov %ebx, %eax
+    call set_gs_base
+    movq $AP_MAGIC, %gs:PC_MAGIC
+    mov %rbx, %gs:PC_INDEX
+    movq $0, %gs:PC_FAULT
+    mov %cr0, %rax                      /* caches on, FPU usable, as on the BSP */
+    and $~0x6000000c, %rax
+    or $0x2, %rax
+    mov %rax, %cr0
+    lea -1(%rbx), %eax                  /* TSS k-1, not busy from an earlier start */
+    shl $4, %eax
+    add $AP_TSS_SEL, %eax
+    andb $~0x02, gdt + 5(%rax)
+    ltr %ax
+    lidt idt_ptr
+    lock incq probe_ap_count
+    mov %ebx, %eax
+    shl $16, %eax                       /* AP_USTACK */
+    lea ap_ustacks(%rax), %rax
+    pushq $USER_DS
+    push %rax
+    pushq $0x202                        /* IF=1 */
+    pushq $USER_CS
+    pushq $ap_user_entry
+    mov %ebx, %edi
+    iretq
+
+/* GS base = per-CPU area EAX (0: the BSP), with a null GS selector. */
+set_gs_base:
+    shl $6, %eax                        /* PERCPU_SIZE */
+    add $probe_percpu, %eax
+    xor %edx, %edx
+    mov %edx, %gs
+    mov $MSR_GS_BASE, %ecx
+    wrmsr
+    ret
 
 /* Polled COM1 output of the NUL-terminated string at RSI. */
 serial_puts:
@@ -260,7 +337,7 @@ gate_return:
     iretq
 gate_wait:
     /* Sleep unless an interrupt came in since ring 3 read probe_irq_total. */
-    cmp probe_irq_total, %rdx
+    cmp %gs:PC_IRQS, %rdx
     jne 1f
     sti
     hlt
@@ -294,8 +371,9 @@ irq_entry:
     push %rax
     push %rcx
     mov 16(%rsp), %rax
-    incq probe_irq_counts(,%rax,8)
-    incq probe_irq_total
+    lock incq probe_irq_counts(,%rax,8)
+    lock incq probe_irq_total
+    incq %gs:PC_IRQS
     cmp $SPURIOUS_VECTOR, %rax
     je 2f
     movzbl probe_irq_level(%rax), %ecx
@@ -315,8 +393,12 @@ irq_entry:
     add $16, %rsp
     iretq
 
-/* An unexpected exception: record it and "return" into the ring-3 reporter. */
+/* An unexpected exception: record it and "return" into the ring-3 reporter.
+ * On a bench worker AP: record it in the per-CPU area (the BSP reports it)
+ * and stop that CPU. */
 fault_entry:
+    cmpq $AP_MAGIC, %gs:PC_MAGIC
+    je ap_fault
     cmpq $0, probe_fault_active
     jne triple_fault
     movq $1, probe_fault_active
@@ -339,6 +421,35 @@ fault_entry:
     movq $fault_stack_top, 24(%rsp)
     movq $USER_DS, 32(%rsp)
     iretq
+
+ap_fault:
+    push %rax
+    mov 16(%rsp), %rax
+    mov %rax, %gs:PC_FAULT_ERR
+    mov 24(%rsp), %rax
+    mov %rax, %gs:PC_FAULT_RIP
+    mov %cr2, %rax
+    mov %rax, %gs:PC_FAULT_CR2
+    mov 8(%rsp), %rax
+    inc %rax
+    mov %rax, %gs:PC_FAULT
+1:  cli
+    hlt
+    jmp 1b
+
+    /* The worker APs' 64-bit TSSs: RSP0 and the BSP TSS's I/O bitmap. */
+    .org AP_TSS_OFF
+ap_tss:
+    .set i, 0
+    .rept MAX_APS
+    .long 0
+    .quad ap_kstacks + (i + 1) * AP_KSTACK  /* RSP0 */
+    .fill 88, 1, 0                      /* RSP1, RSP2, IST1-7, reserved */
+    .word 0
+    .word IOMAP_OFF - (AP_TSS_OFF + AP_TSS_STRIDE * i)
+    .fill AP_TSS_STRIDE - 104, 1, 0
+    .set i, i + 1
+    .endr
 
     /* 64-bit TSS at TSS_ADDR: RSP0 and an I/O bitmap allowing every port. */
     .org 0x1000
@@ -372,6 +483,20 @@ gdt:
     .byte (TSS_ADDR >> 24) & 0xff
     .long 0
     .long 0
+    .set i, 0                           /* 0x40 + 16 * i: worker AP i+1's TSS */
+    .rept MAX_APS
+    .set ap_tss_addr, RING0_BASE + AP_TSS_OFF + AP_TSS_STRIDE * i
+    .set ap_tss_limit, IOMAP_OFF - (AP_TSS_OFF + AP_TSS_STRIDE * i) + 8192
+    .word ap_tss_limit & 0xffff
+    .word ap_tss_addr & 0xffff
+    .byte (ap_tss_addr >> 16) & 0xff
+    .byte 0x89
+    .byte (ap_tss_limit >> 16) & 0x0f
+    .byte (ap_tss_addr >> 24) & 0xff
+    .long 0
+    .long 0
+    .set i, i + 1
+    .endr
 gdt_end:
     .balign 8
 gdt_ptr:
@@ -416,8 +541,11 @@ probe_fault_error:  .quad 0
 probe_fault_rip:    .quad 0
 probe_fault_cs:     .quad 0
 probe_fault_cr2:    .quad 0
-    .globl probe_ap_count
+    .globl probe_ap_count, probe_ap_index, probe_percpu
 probe_ap_count:     .quad 0
+probe_ap_index:     .quad 0                 /* set by the BSP before each SIPI */
+    .balign 64
+probe_percpu:       .fill (MAX_APS + 1) * PERCPU_SIZE, 1, 0
 hex_digits:         .ascii "0123456789abcdef"
 ap_msg:             .ascii "PROBE ap apic_id=0x"
 ap_msg_hex:         .asciz "??\n"
@@ -471,6 +599,11 @@ fault_stack_top:
 user_stack_top:
     .skip 4096
 ap_stack_top:
+    .balign 4096
+ap_kstacks:                             /* worker k: ring 0 below ap_kstacks + k * AP_KSTACK */
+    .skip MAX_APS * AP_KSTACK
+ap_ustacks:                             /* worker k: ring 3 below ap_ustacks + k * AP_USTACK */
+    .skip MAX_APS * AP_USTACK
     .popsection
 
 /* ------------------------------------------------------------------ */
@@ -485,6 +618,13 @@ user_entry:
     ud2
 fault_trampoline:
     call probe_fault_report
+    ud2
+/* First ring-3 code of a bench worker AP: RDI = its index. */
+ap_user_entry:
+    fninit
+    ldmxcsr mxcsr_default
+    and $-16, %rsp
+    call probe_ap_main
     ud2
     .balign 4
 mxcsr_default:

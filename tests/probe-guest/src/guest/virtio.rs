@@ -1,6 +1,6 @@
 //! virtio-mmio (version 2, "modern") transport and split virtqueues.
 
-use super::arch::{mmio_read32, mmio_write32};
+use super::arch::{mmio_read16, mmio_read32, mmio_write32};
 use super::mem::{Allocator, DmaBuf};
 use core::sync::atomic::{fence, Ordering};
 
@@ -74,6 +74,8 @@ pub mod status {
 
 /// VIRTIO_F_VERSION_1.
 pub const F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_F_INDIRECT_DESC (a descriptor may point at a table of descriptors).
+pub const F_INDIRECT_DESC: u64 = 1 << 28;
 const MAGIC_VALUE: u32 = 0x7472_6976;
 
 /// Why a device could not be brought up.
@@ -179,6 +181,11 @@ impl Mmio {
         self.read(reg::CONFIG + off)
     }
 
+    /// Reads a 16-bit config field at `off` (16-bit access, as the spec asks).
+    pub fn config16(&self, off: u64) -> u16 {
+        mmio_read16(self.base + reg::CONFIG + off)
+    }
+
     /// Reads a 64-bit config field consistently (config generation check).
     pub fn config64(&self, off: u64) -> u64 {
         loop {
@@ -205,6 +212,8 @@ impl Mmio {
 pub const DESC_NEXT: u16 = 1;
 /// Descriptor flag: device writes this buffer.
 pub const DESC_WRITE: u16 = 2;
+/// Descriptor flag: the buffer is a table of descriptors (VIRTIO_F_INDIRECT_DESC).
+pub const DESC_INDIRECT: u16 = 4;
 
 /// A split virtqueue in guest memory.
 pub struct Queue {
@@ -298,33 +307,50 @@ impl Queue {
         Self::w16(d + 14, next);
     }
 
-    /// Publishes a descriptor chain (without notifying). Returns the head
-    /// index, or `None` when there are not enough free descriptors.
-    pub fn push(&mut self, chain: &[Segment]) -> Option<u16> {
-        if chain.is_empty() || chain.len() > self.free_count {
+    /// Publishes a chain of `n` descriptors, the k-th being `seg(k)`, without
+    /// notifying. Returns the head index, or `None` when fewer than `n`
+    /// descriptors are free.
+    pub fn push(&mut self, n: usize, seg: impl Fn(usize) -> Segment) -> Option<u16> {
+        if n == 0 || n > self.free_count {
             return None;
         }
-        let ids_start = self.free_count - chain.len();
-        let ids: [u16; 256] = self.free;
-        self.free_count = ids_start;
-        for (k, &(addr, len, write)) in chain.iter().enumerate() {
-            let id = ids[ids_start + k];
-            let last = k + 1 == chain.len();
-            let next = if last { 0 } else { ids[ids_start + k + 1] };
+        let start = self.free_count - n;
+        for k in 0..n {
+            let id = self.free[start + k];
+            let (addr, len, write) = seg(k);
+            let last = k + 1 == n;
+            let next = if last { 0 } else { self.free[start + k + 1] };
             let mut flags = if last { 0 } else { DESC_NEXT };
             if write {
                 flags |= DESC_WRITE;
             }
             self.write_desc(id, addr, len, flags, next);
         }
-        let head = ids[ids_start];
+        let head = self.free[start];
+        self.free_count = start;
+        self.publish(head);
+        Some(head)
+    }
+
+    /// Publishes one descriptor pointing at an indirect table of `entries`
+    /// descriptors at `table` (VIRTIO_F_INDIRECT_DESC must be negotiated).
+    pub fn push_indirect(&mut self, table: u64, entries: u32) -> Option<u16> {
+        if self.free_count == 0 {
+            return None;
+        }
+        self.free_count -= 1;
+        let id = self.free[self.free_count];
+        self.write_desc(id, table, 16 * entries, DESC_INDIRECT, 0);
+        self.publish(id);
+        Some(id)
+    }
+
+    fn publish(&mut self, head: u16) {
         let slot = u64::from(self.avail_idx % self.size);
         Self::w16(self.avail + 4 + 2 * slot, head);
         fence(Ordering::SeqCst);
         self.avail_idx = self.avail_idx.wrapping_add(1);
         Self::w16(self.avail + 2, self.avail_idx);
-        fence(Ordering::SeqCst);
-        Some(head)
     }
 
     /// Tells the device about new buffers (unless it asked not to be told).
@@ -368,5 +394,16 @@ impl Queue {
     /// Whether the device has completed chains not yet popped.
     pub fn has_used(&self) -> bool {
         Self::r16(self.used + 2) != self.last_used
+    }
+
+    /// Address of the used ring's index (another CPU may read it to see
+    /// whether this queue has completions).
+    pub fn used_idx_addr(&self) -> u64 {
+        self.used + 2
+    }
+
+    /// The used index up to which chains were popped.
+    pub fn last_used(&self) -> u16 {
+        self.last_used
     }
 }

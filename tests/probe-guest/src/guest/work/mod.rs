@@ -6,6 +6,7 @@ mod boot;
 mod chaos;
 mod power;
 mod smp;
+mod workers;
 
 use super::apic::Apic;
 use super::blk::Blk;
@@ -30,6 +31,8 @@ pub struct Ctx {
     /// Where the loader's boot information was (boot_params or start_info).
     pub boot_info_ptr: u64,
     disks: [Option<Blk>; MAX_DISKS],
+    /// Queues asked for when each disk was brought up.
+    asked: [usize; MAX_DISKS],
     scratch: Option<DmaBuf>,
 }
 
@@ -58,6 +61,7 @@ impl Ctx {
             apic,
             boot_info_ptr,
             disks: [const { None }; MAX_DISKS],
+            asked: [0; MAX_DISKS],
             scratch: None,
         }
     }
@@ -73,11 +77,20 @@ impl Ctx {
             .map(|(i, _)| i)
     }
 
-    /// Block device `n`, brought up on first use.
+    /// Block device `n`, brought up on first use (with one queue).
     pub fn disk(&mut self, n: u32) -> Result<&mut Blk, DiskError> {
+        self.disk_queues(n, 1)
+    }
+
+    /// Block device `n` with up to `queues` request queues: brought up (again,
+    /// after a device reset) if it was up with fewer asked for.
+    pub fn disk_queues(&mut self, n: u32, queues: usize) -> Result<&mut Blk, DiskError> {
         let idx = n as usize;
         if idx >= MAX_DISKS {
             return Err(DiskError::NoSuchDisk);
+        }
+        if self.disks[idx].is_some() && self.asked[idx] < queues {
+            self.disks[idx] = None;
         }
         if self.disks[idx].is_none() {
             let slot = self.disk_slot(n).ok_or(DiskError::NoSuchDisk)?;
@@ -86,12 +99,14 @@ impl Ctx {
                 &mut self.alloc,
                 &self.apic,
                 self.params.irq,
+                queues,
             )
             .map_err(DiskError::Init)?;
             if blk.irq_mode() {
                 self.apic.start_tick();
             }
             self.disks[idx] = Some(blk);
+            self.asked[idx] = queues;
         }
         Ok(self.disks[idx].as_mut().expect("just initialised"))
     }

@@ -1,0 +1,146 @@
+//! blk-bench's worker CPUs. An application processor started as worker k
+//! (`smp::start_workers`, entry.S `ap_worker`) runs `probe_ap_main(k)` in
+//! ring 3 with interrupts on: it sets up its local APIC, says it is ready
+//! and then runs every job the boot CPU posts in its mailbox (one benchmark
+//! phase on the queue lent to it), sleeping in between. The boot CPU posts a
+//! job and sends the wake IPI; the worker writes its result and the job's
+//! number back. A worker never prints (the boot CPU reports for it); a fault
+//! stops it in ring 0 and is recorded in its per-CPU area (`arch::cpu_fault`).
+
+use super::bench::{self, PhaseCfg, PhaseResult};
+use crate::guest::apic::Apic;
+use crate::guest::arch::{self, MAX_APS, WAKE_VECTOR};
+use crate::guest::blk::{wake, BlkQueue};
+use crate::guest::timer::now_ns;
+use core::cell::UnsafeCell;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// A job: one phase on a queue the boot CPU lends for its duration.
+#[derive(Clone, Copy)]
+pub struct Job {
+    /// The queue (the worker is its only user until the result is back).
+    pub queue: *mut BlkQueue,
+    /// The phase.
+    pub cfg: PhaseCfg,
+}
+
+struct Mailbox {
+    /// Set by the worker once its loop runs.
+    ready: AtomicBool,
+    /// Number of the last job posted.
+    posted: AtomicU32,
+    /// Number of the last job finished.
+    done: AtomicU32,
+    /// LAPIC registers, and interrupt-driven waits or polling: set before the start.
+    lapic: AtomicU64,
+    irq: AtomicBool,
+    /// Written by the boot CPU before `posted` is raised.
+    job: UnsafeCell<Job>,
+    /// Written by the worker before `done` is raised.
+    result: UnsafeCell<PhaseResult>,
+}
+
+// SAFETY: `job` is written only by the boot CPU while the worker is idle (the
+// previous job done), and read by the worker after it saw `posted` (acquire);
+// `result` is written by the worker before `done` (release) and read by the
+// boot CPU after it saw `done` (acquire).
+unsafe impl Sync for Mailbox {}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: Mailbox = Mailbox {
+    ready: AtomicBool::new(false),
+    posted: AtomicU32::new(0),
+    done: AtomicU32::new(0),
+    lapic: AtomicU64::new(0),
+    irq: AtomicBool::new(false),
+    job: UnsafeCell::new(Job {
+        queue: core::ptr::null_mut(),
+        cfg: PhaseCfg::EMPTY,
+    }),
+    result: UnsafeCell::new(PhaseResult::ZERO),
+};
+
+static MAILBOXES: [Mailbox; MAX_APS + 1] = [EMPTY; MAX_APS + 1];
+
+/// Boot CPU, before starting worker `k`: a fresh mailbox.
+pub fn prepare(k: usize, lapic: u64, irq: bool) {
+    let m = &MAILBOXES[k];
+    m.ready.store(false, Ordering::SeqCst);
+    m.posted.store(0, Ordering::SeqCst);
+    m.done.store(0, Ordering::SeqCst);
+    m.lapic.store(lapic, Ordering::SeqCst);
+    m.irq.store(irq, Ordering::SeqCst);
+}
+
+/// Boot CPU: waits up to `ns` for worker `k` to be ready.
+pub fn wait_ready(k: usize, ns: u64) -> bool {
+    let deadline = now_ns() + ns;
+    while !MAILBOXES[k].ready.load(Ordering::Acquire) {
+        if now_ns() >= deadline || arch::cpu_fault(k).is_some() {
+            return false;
+        }
+        arch::pause();
+    }
+    true
+}
+
+/// Boot CPU: gives worker `k` (APIC id `apic_id`) its next job and wakes it.
+pub fn post(k: usize, apic_id: u32, job: Job) {
+    let m = &MAILBOXES[k];
+    // SAFETY: the worker is idle (its previous job is done), see `Mailbox`.
+    unsafe { *m.job.get() = job };
+    m.posted.fetch_add(1, Ordering::Release);
+    Apic::ipi(
+        m.lapic.load(Ordering::Relaxed),
+        apic_id,
+        0x4000 | u32::from(WAKE_VECTOR),
+    );
+}
+
+/// Boot CPU: the result of worker `k`'s job, once it is done.
+pub fn finished(k: usize) -> Option<PhaseResult> {
+    let m = &MAILBOXES[k];
+    let done = m.done.load(Ordering::Acquire);
+    // SAFETY: written by the worker before `done` was raised, see `Mailbox`.
+    (done == m.posted.load(Ordering::Relaxed)).then(|| unsafe { *m.result.get() })
+}
+
+/// Ring-3 entry of worker CPU `k` (entry.S `ap_user_entry`).
+#[no_mangle]
+pub extern "C" fn probe_ap_main(k: u64) -> ! {
+    let k = (k as usize).min(MAX_APS);
+    let m = &MAILBOXES[k];
+    let irq = m.irq.load(Ordering::Acquire);
+    let apic = Apic::init_local(m.lapic.load(Ordering::Acquire));
+    if irq {
+        // Wakes the waits below now and then, so that their deadlines are
+        // noticed even if the wake IPI never comes.
+        apic.start_tick();
+    }
+    let mut seen_job = m.posted.load(Ordering::Acquire);
+    m.ready.store(true, Ordering::Release);
+    loop {
+        let seen = arch::irq_total();
+        let posted = m.posted.load(Ordering::Acquire);
+        if posted != seen_job {
+            seen_job = posted;
+            // SAFETY: see `Mailbox`.
+            let job = unsafe { *m.job.get() };
+            // SAFETY: the boot CPU lends the queue for the job's duration and
+            // does not touch it meanwhile.
+            let q = unsafe { &mut *job.queue };
+            let r = bench::run_phase(q, &job.cfg, &mut |q, deadline| {
+                wake::wait(k, q, deadline, irq)
+            });
+            // SAFETY: see `Mailbox`.
+            unsafe { *m.result.get() = r };
+            m.done.store(posted, Ordering::Release);
+            continue;
+        }
+        if irq {
+            arch::wait_for_interrupt(seen);
+        } else {
+            arch::pause();
+        }
+    }
+}
