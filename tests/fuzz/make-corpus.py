@@ -94,6 +94,13 @@ OPTIONS = [
     "driver=qcow2,file.driver=file,file.filename=a.img,server",
     "64M",
     "0x1000",
+    # libvirt's -blockdev, -device and -chardev (tests/qmp/test_qemu_cli.py).
+    "driver=file,node-name=f0,filename=/var/lib/libvirt/images/d.raw,cache.direct=on,aio=native",
+    '{"driver":"raw","node-name":"fmt0","file":"f0"}',
+    '{"driver":"file","filename":"/i.raw","node-name":"libvirt-1-storage","auto-read-only":true,"discard":"unmap","cache":{"direct":true,"no-flush":false}}',
+    '{"node-name":"libvirt-1-format","read-only":false,"driver":"raw","file":"libvirt-1-storage"}',
+    "virtio-blk-device,drive=libvirt-1-format,id=virtio-disk0,bootindex=1,write-cache=on,werror=stop,rerror=report",
+    "pty,id=charserial0,logfile=/dev/fdset/3,logappend=on",
 ]
 for i, s in enumerate(OPTIONS):
     put("options", f"readme-{i:02}", s)

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The QEMU-style option parser of the vmm binary (`vmm/src/options.rs`: `key=value` lists
-//! with `,,`, implied keys, positional heads, and the JSON form of `-blockdev`/`-device`) and
-//! the two options built on it, `--disk` (`vmm/src/disk.rs`) and `--qmp`
-//! (`vmm/src/qmp_socket.rs`), on arbitrary option text. Every parser runs on every input.
+//! with `,,`, implied keys, positional heads, and the JSON form of `-blockdev`/`-device`), the
+//! two options built on it, `--disk` (`vmm/src/disk.rs`) and `--qmp` (`vmm/src/qmp_socket.rs`),
+//! and `-blockdev` of QEMU's command line, on arbitrary option text. Every parser runs on
+//! every input.
 //!
 //! vmm is a binary crate, so these sources are compiled into this target as they are (`#[path]`
 //! modules under the names they use for each other).
@@ -14,7 +15,11 @@
 //!   same list (unless a key holds `=` or `,`, which a text key cannot always carry);
 //!   `parse_any` is `parse_json` for input starting with `{` and `parse` otherwise;
 //! - a parsed `--disk` printed back with every field explicit parses to the same `DiskSpec`;
-//! - a parsed `--qmp` printed back parses to the same `SocketSpec`.
+//! - a parsed `--qmp` printed back parses to the same `SocketSpec`;
+//! - a `-blockdev` (text or JSON, through qapi's keyval visitor and `blockdev-add`'s checks)
+//!   that the checks accept decodes into `BlockdevOptions` ("Invalid arguments" would mean the
+//!   checker and the generated type disagree), and printed as JSON or as text reads back the
+//!   same.
 
 #![no_main]
 #![allow(dead_code, clippy::all)]
@@ -27,10 +32,13 @@ mod options;
 mod qmp_socket;
 
 use block::{errno_name, Bucket, IoKind, Locking};
-use disk::DiskSpec;
+use disk::{DiskSource, DiskSpec};
 use libfuzzer_sys::fuzz_target;
 use monitor::{Endpoint, SocketSpec};
 use options::{OptionError, OptionList};
+use qapi::descriptors::D_BlockdevOptions;
+use qapi::rt::{check_arguments, decode_arguments, from_keyval, QmpError};
+use qapi::types::BlockdevOptions;
 
 /// The items of a list, in order: `None` for a bare key.
 fn items(list: &OptionList) -> Vec<(String, Option<String>)> {
@@ -126,7 +134,10 @@ fn on_off(b: bool) -> &'static str {
 fn print_disk(d: &DiskSpec) -> String {
     let mut items: Vec<(String, Option<String>)> = Vec::new();
     let mut put = |k: &str, v: String| items.push((k.to_owned(), Some(v)));
-    put("path", d.path.to_str().expect("UTF-8 path").to_owned());
+    let DiskSource::Image(path) = &d.source else {
+        panic!("--disk made a disk of a node: {:?}", d.source);
+    };
+    put("path", path.to_str().expect("UTF-8 path").to_owned());
     for (k, v) in [
         ("id", &d.id),
         ("node-name", &d.node_name),
@@ -201,6 +212,7 @@ fn print_qmp(q: &SocketSpec) -> String {
         Endpoint::Unix(p) => format!("unix:{}", p.to_str().expect("UTF-8 path")),
         Endpoint::Tcp(h, port) if h.contains(':') => format!("tcp:[{h}]:{port}"),
         Endpoint::Tcp(h, port) => format!("tcp:{h}:{port}"),
+        Endpoint::UnixFd(fd) => panic!("--qmp made an inherited socket {fd}"),
     };
     format!("{},server=on,wait={}", escape(&head), on_off(q.wait))
 }
@@ -214,6 +226,49 @@ fn check_qmp(s: &str) {
     assert_eq!(again, spec, "{s:?} printed as {text:?}");
 }
 
+/// `-blockdev` of QEMU's command line, as `qemu_cli::devices::parse_blockdev` reads it (that
+/// module needs the whole binary, so its four steps are repeated here with the same library
+/// calls): the option list, its pairs through the keyval visitor (`from_keyval`), the
+/// `blockdev-add` checks (`check_arguments`), then the generated type.
+fn parse_blockdev(s: &str) -> Option<Result<BlockdevOptions, QmpError>> {
+    let list = OptionList::parse_any(s, None).ok()?;
+    let mut pairs = Vec::new();
+    for (k, v) in list.into_entries() {
+        pairs.push((k, v?));
+    }
+    let run = || {
+        let value = from_keyval(&D_BlockdevOptions, pairs)?;
+        let value = check_arguments(&D_BlockdevOptions, Some(value), &|_, _| Ok(()))?;
+        decode_arguments(value)
+    };
+    Some(run())
+}
+
+fn check_blockdev(s: &str) {
+    let Some(Ok(opts)) = parse_blockdev(s).map(|r| {
+        r.map_err(|e| {
+            // The checker accepted what the generated type refused.
+            assert!(
+                !e.desc.starts_with("Invalid arguments"),
+                "{s:?}: {}",
+                e.desc
+            );
+        })
+    }) else {
+        return;
+    };
+    // The options printed as JSON, and as key=value text, read back the same.
+    let json = serde_json::to_string(&opts).expect("serializable");
+    let again = parse_blockdev(&json).expect("JSON parses");
+    assert_eq!(again.as_ref(), Ok(&opts), "{s:?} printed as {json}");
+    let list = OptionList::parse_json(&json).expect("JSON flattens");
+    let text = print(&items(&list));
+    if !items(&list).iter().any(|(k, _)| k.contains(['=', ','])) {
+        let again = parse_blockdev(&text).expect("text parses");
+        assert_eq!(again.as_ref(), Ok(&opts), "{s:?} printed as {text}");
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
@@ -224,6 +279,7 @@ fuzz_target!(|data: &[u8]| {
     check_json(s);
     check_disk(s);
     check_qmp(s);
+    check_blockdev(s);
     // Numbers and sizes read back from their decimal form.
     if let Ok(n) = options::parse_size("size", s) {
         assert_eq!(options::parse_size("size", &n.to_string()), Ok(n), "{s:?}");
