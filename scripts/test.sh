@@ -11,6 +11,7 @@
 #      (scripts/soak.sh)
 #   6. Linux to userspace with the project-built kernel (tests/pvm-kernel/), on every host
 #   7. full Linux boots of Debian's stock kernel, only where the host has hardware virtualization
+#   8. the fuzz targets (tests/fuzz/), built and run for CI's budget: 5 minutes in all
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
@@ -68,3 +69,6 @@ if [[ -e /sys/module/kvm_intel || -e /sys/module/kvm_amd ]]; then
 else
   log "SKIPPED: tests/linux_boot.rs (full Linux boots to userspace) needs hardware virtualization (kvm_intel/kvm_amd); this host's KVM (PVM) cannot run an unmodified kernel to userspace (README, \"PVM hosts\")"
 fi
+
+log "fuzz targets (scripts/fuzz.sh: build and every target within 5 minutes)"
+bash scripts/fuzz.sh

@@ -592,6 +592,22 @@ mod tests {
         assert_eq!(items[2], Item::Value(json!({"a": 1, "b": 1})));
     }
 
+    /// Found by the `qmp_stream` fuzz target: a float a client sends back as serde_json (or
+    /// Python) printed it must read as the same number, as QEMU's `strtod` reads it.
+    #[test]
+    fn floats_read_exactly() {
+        for text in [
+            "1.1111111111111111e21",
+            "1111111111111111111112",
+            "2.2250738585072014e-308",
+        ] {
+            let exact: f64 = text.parse().unwrap();
+            let mut s = JsonStream::new();
+            let items = s.feed(format!("[{text}]").as_bytes());
+            assert_eq!(values(&items), vec![json!([exact])], "{text}");
+        }
+    }
+
     #[test]
     fn unicode_in_strings() {
         let mut s = JsonStream::new();

@@ -28,11 +28,16 @@ pub(super) fn zero_page(
     hdr.header = HDR_MAGIC;
     hdr.cmd_line_ptr = CMDLINE_START as u32;
     hdr.cmdline_size = cmdline_len as u32;
-    if let Some((addr, size)) = initrd {
+    // The boot loader owns these fields: whatever the image's header holds there is not ours
+    // to pass on (no initrd is 0, and vmm hands over no setup_data list).
+    let (ramdisk_image, ramdisk_size) = match initrd {
         // The initrd is placed below initrd_addr_max, which is below 4 GiB.
-        hdr.ramdisk_image = addr.raw_value() as u32;
-        hdr.ramdisk_size = size as u32;
-    }
+        Some((addr, size)) => (addr.raw_value() as u32, size as u32),
+        None => (0, 0),
+    };
+    hdr.ramdisk_image = ramdisk_image;
+    hdr.ramdisk_size = ramdisk_size;
+    hdr.setup_data = 0;
     let mut params = boot_params {
         hdr,
         acpi_rsdp_addr: rsdp.raw_value(),
@@ -99,5 +104,25 @@ mod tests {
             ({ last.addr }, { last.size }, { last.r#type }),
             (0x10_0000, (255 << 20), 1)
         );
+    }
+
+    /// Found by the `boot_loader` fuzz target: a bzImage whose setup header carries an initrd
+    /// (or a setup_data list) made vmm hand the kernel that bogus initrd when none was given.
+    #[test]
+    fn the_image_header_does_not_choose_the_initrd() {
+        let hdr = setup_header {
+            version: 0x020f,
+            ramdisk_image: 0xf9_0000,
+            ramdisk_size: 0x1000,
+            setup_data: 0x5000,
+            ..Default::default()
+        };
+        let h = zero_page(hdr, 256 << 20, None, GuestAddress(0xe_0000), 0).hdr;
+        assert_eq!(({ h.ramdisk_image }, { h.ramdisk_size }), (0, 0));
+        assert_eq!({ h.setup_data }, 0);
+        let initrd = Some((GuestAddress(0x20_0000), 7));
+        let h = zero_page(hdr, 256 << 20, initrd, GuestAddress(0), 0).hdr;
+        assert_eq!(({ h.ramdisk_image }, { h.ramdisk_size }), (0x20_0000, 7));
+        assert_eq!({ h.setup_data }, 0);
     }
 }
