@@ -7,17 +7,18 @@
 #      stock kernel on KVM
 #   5. the QMP suite with real clients (PyPI's qemu.qmp: QMPClient, the legacy client,
 #      qmp-shell) against vmm running the probe guest
-#   6. Linux to userspace with the project-built kernel (tests/pvm-kernel/), on every host
-#   7. full Linux boots of Debian's stock kernel, only where the host has hardware virtualization
+#   6. real Linux guests to userspace (tests/linux_boot.rs), on every KVM host: Debian's stock
+#      kernel with hardware virtualization, the project-built kernel (tests/pvm-kernel/) on PVM
+#      hosts; scripts/linux-guest.sh decides
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 bash scripts/deps.sh
 bash scripts/probe-guest.sh >/dev/null
 bash scripts/guest-kernel.sh >/dev/null
-bash scripts/guest-initramfs.sh >/dev/null
-bash scripts/pvm-kernel.sh >/dev/null    # cached outside the clone: about 3 min once per machine
-bash scripts/guest-initramfs.sh pvm >/dev/null
+# This host's real Linux guest (on PVM hosts the project-built kernel, cached outside the
+# clone: 3-7 minutes once per machine on 2 cores).
+bash scripts/linux-guest.sh >/dev/null
 bash scripts/qmp-venv.sh >/dev/null
 
 log "cargo fmt --check"
@@ -39,20 +40,9 @@ log "QMP client tests (qemu.qmp, qmp-shell)"
 cargo build -q -p vmm
 target/qmp-venv/bin/python -B -m pytest -q tests/qmp
 
-log "Linux to userspace on any KVM host: the project-built kernel (scripts/pvm-kernel.sh)"
+log "real Linux guests to userspace (tests/linux_boot.rs)"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run -p vmm --test linux_pvm --run-ignored only --no-fail-fast
+  cargo nextest run -p vmm --test linux_boot --run-ignored only --no-fail-fast
 else
-  cargo test -p vmm --test linux_pvm -- --ignored
-fi
-
-log "full Linux boot tests (Debian's cloud kernel to userspace)"
-if [[ -e /sys/module/kvm_intel || -e /sys/module/kvm_amd ]]; then
-  if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run -p vmm --test linux_boot --run-ignored only --no-fail-fast
-  else
-    cargo test -p vmm --test linux_boot -- --ignored
-  fi
-else
-  log "SKIPPED: tests/linux_boot.rs (full Linux boots to userspace) needs hardware virtualization (kvm_intel/kvm_amd); this host's KVM (PVM) cannot run an unmodified kernel to userspace (README, \"PVM hosts\")"
+  cargo test -p vmm --test linux_boot -- --ignored
 fi
