@@ -103,6 +103,28 @@ pub enum VmError {
     Device(#[from] DeviceError),
 }
 
+/// Sets a PIC's state to what firmware hands an operating system that routes interrupts
+/// through the IOAPIC: initialised (vectors 0x08 and 0x70, as a PC BIOS programs them) with
+/// every input masked and nothing pending. KVM's power-on PIC has every input unmasked; device
+/// interrupts on GSIs below 16 also reach it, and through the boot vCPU's LINT0 (ExtINT, as
+/// in a PC's virtual-wire mode) they arrive as vectors 0..15 once the guest enables
+/// interrupts, before it has set up anything. Linux on a hardware-reduced ACPI machine never
+/// programs the PIC, and its next boot after a reset died on one (vector 7 taken as #NM).
+/// A guest that uses the PIC initialises it itself, which unmasks what it wants.
+fn mask_pic(chip: &mut kvm_irqchip) {
+    // SAFETY: `chip` is a PIC (master or slave), so `pic` is the member KVM filled in.
+    let mut pic = unsafe { chip.chip.pic };
+    let master = chip.chip_id == KVM_IRQCHIP_PIC_MASTER;
+    pic.irq_base = if master { 0x08 } else { 0x70 };
+    pic.imr = 0xff;
+    pic.irr = 0;
+    pic.isr = 0;
+    pic.last_irr = 0;
+    pic.init_state = 0;
+    pic.init4 = 1;
+    chip.chip.pic = pic;
+}
+
 /// The in-kernel interrupt controllers' and PIT's power-on state, restored on reset.
 struct PowerOnState {
     irqchips: Vec<kvm_irqchip>,
@@ -124,6 +146,12 @@ impl PowerOnState {
             vm_fd
                 .get_irqchip(&mut chip)
                 .map_err(|e| VmError::Kvm("read the irqchip state", e))?;
+            if chip_id != KVM_IRQCHIP_IOAPIC {
+                mask_pic(&mut chip);
+                vm_fd
+                    .set_irqchip(&chip)
+                    .map_err(|e| VmError::Kvm("initialise the PIC", e))?;
+            }
             irqchips.push(chip);
         }
         let pit = vm_fd
@@ -392,8 +420,10 @@ impl Vm {
     /// Fails when KVM refuses the state or the images can no longer be loaded.
     pub fn reset(&mut self) -> Result<(), VmError> {
         self.pause();
+        // Devices first: an interrupt a stopping device raises belongs to the old boot and
+        // must not land in the freshly reset interrupt controllers.
+        self.devices.reset()?;
         self.power_on.restore(&self.vm_fd)?;
-        self.devices.reset();
         let Some(images) = &mut self.images else {
             // Nothing else to return to its power-on state.
             return Ok(());
