@@ -101,7 +101,10 @@ def test_descriptor_reserve_outlasts_a_flood(vmm_factory, tmp_path):
             refusals.append(m)
     desc = (f"Too many QMP clients for vmm's open-file limit: the last {reserve} of its 256 "
             f"descriptors are kept for vmm's own use")
-    assert len(clients) == 256 - reserve - base, (len(clients), base)
+    # Every descriptor below the reserve went to a client, but for the few vmm itself opened
+    # since `base` was counted (its threads finish setting up while the flood starts).
+    room = 256 - reserve - base
+    assert room - 8 <= len(clients) <= room, (len(clients), base)
     assert refusals == [error(desc)] * (300 - len(clients))
     assert fd_count(vm.pid) == 256 - reserve
     ctl = clients[0].negotiate()
