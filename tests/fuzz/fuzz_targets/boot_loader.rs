@@ -22,7 +22,7 @@
 //! - loading again (a VM reset) gives the same entry and the same boot structures.
 
 #![no_main]
-#![allow(dead_code, unused_imports, clippy::all)]
+#![allow(dead_code)]
 
 #[path = "../../../vmm/src/arch/mod.rs"]
 mod arch;

@@ -22,7 +22,7 @@
 //!   same.
 
 #![no_main]
-#![allow(dead_code, clippy::all)]
+#![allow(dead_code)]
 
 #[path = "../../../vmm/src/disk.rs"]
 mod disk;
