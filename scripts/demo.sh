@@ -111,14 +111,20 @@ p = subprocess.Popen([vmm, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
 console = bytearray()
 lock = threading.Condition()
 
+# busybox's line editor asks the terminal for the cursor position (ESC [6n); there is no
+# terminal here to answer, so the question is not shown (a read may end inside it).
+ASK = b"\x1b[6n"
+
 def pump():
+    held = b""
     while True:
         chunk = os.read(p.stdout.fileno(), 4096)
         if not chunk:
             break
-        # busybox's line editor asks the terminal for the cursor position (ESC [6n); there is
-        # no terminal here to answer, so do not show the question.
-        sys.stdout.buffer.write(chunk.replace(b"\x1b[6n", b""))
+        data = (held + chunk).replace(ASK, b"")
+        keep = next((k for k in range(len(ASK) - 1, 0, -1) if data.endswith(ASK[:k])), 0)
+        held = data[len(data) - keep:]
+        sys.stdout.buffer.write(data[:len(data) - keep])
         sys.stdout.flush()
         with lock:
             console.extend(chunk)

@@ -242,6 +242,24 @@ impl Drop for TempFile {
     }
 }
 
+/// The path of vmm's QMP socket, removed on drop if vmm did not remove it (a test that failed
+/// and killed vmm).
+struct SocketPath(PathBuf);
+
+impl SocketPath {
+    fn new(tag: &str) -> Self {
+        SocketPath(
+            std::env::temp_dir().join(format!("vmm-linux-{tag}-{}.sock", std::process::id())),
+        )
+    }
+}
+
+impl Drop for SocketPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Deterministic bytes that look random (xorshift64*), so that no two sectors are alike.
 fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     let mut v = Vec::with_capacity(len + 8);
@@ -341,7 +359,8 @@ fn pvh_four_cpus_ext4_raw_and_read_only_disks_reboot_and_power_button() {
     let vdb = TempFile::new("vdb.raw", &vdb_data);
     let vdc_data = noise(MIB, 0x5eed_1234_abcd_0002);
     let vdc = TempFile::new("vdc.raw", &vdc_data);
-    let sock = std::env::temp_dir().join(format!("vmm-linux-pvh-{}.sock", std::process::id()));
+    let sock_guard = SocketPath::new("pvh");
+    let sock = sock_guard.0.clone();
     let disks = [
         format!("path={},serial=vmm-ext4", ext4.path()),
         format!("path={},serial=vmm-raw-vdb", vdb.path()),
@@ -497,7 +516,8 @@ fn bzimage_two_cpus_write_errors_report_eio_and_stop_until_cont() {
         format!("path={},werror=report,{inject}", vda.path()),
         format!("path={},werror=stop,{inject}", vdb.path()),
     ];
-    let sock = std::env::temp_dir().join(format!("vmm-linux-bz-{}.sock", std::process::id()));
+    let sock_guard = SocketPath::new("bz");
+    let sock = sock_guard.0.clone();
     let args = g.args(
         &g.bzimage,
         "errors",
@@ -620,6 +640,7 @@ fn bzimage_two_cpus_write_errors_report_eio_and_stop_until_cont() {
     let out = vm.finish(GUARD);
     eprintln!("vmm exited after {:.1} s", started.elapsed().as_secs_f64());
     assert_powered_off(&out);
+    assert!(!sock.exists(), "socket file left behind");
 
     // vdb holds the guest's bytes where it wrote them; vda never took a write.
     let image = vdb.read();

@@ -43,8 +43,9 @@ thread_local! {
 /// device write: one that has just asked for a reset through a device register (the ACPI reset
 /// register, the i8042 reset line, the sleep control register) must not run guest code until
 /// the main loop has acted on it, as a CPU does not run past the reset it triggered. Linux
-/// otherwise goes on to its next reset method (the i8042 after the ACPI register), and the
-/// main loop would reset twice and announce two `RESET`s.
+/// would otherwise go on, 15 ms later, to its next reset method (the i8042 after the ACPI
+/// register), and a main loop slower than that (a loaded host) would reset twice and announce
+/// two `RESET`s.
 pub fn take_lifecycle_request() -> bool {
     LIFECYCLE_REQUESTED.with(|f| f.replace(false))
 }

@@ -420,8 +420,8 @@ impl Vm {
     /// Fails when KVM refuses the state or the images can no longer be loaded.
     pub fn reset(&mut self) -> Result<(), VmError> {
         self.pause();
-        // Devices first: an interrupt a stopping device raises belongs to the old boot and
-        // must not land in the freshly reset interrupt controllers.
+        // Devices first, so that what a stopping device signals reaches the old controller
+        // state, which the restore then discards (a late edge still finds its input masked).
         self.devices.reset()?;
         self.power_on.restore(&self.vm_fd)?;
         let Some(images) = &mut self.images else {
