@@ -353,6 +353,12 @@ def check_image(image, iteration):
                               f"seed {seed:#x}")
 
 
+def how_it_ended(code):
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit {code}"
+
+
 def fmt_us(s):
     return f"{s * 1e6:.0f} us" if s < 0.01 else f"{s * 1e3:.1f} ms"
 
@@ -417,10 +423,10 @@ def main():
         deadline = t0 + args.minutes * 60 - 15  # the rest is the clean tail and the checks
         while time.monotonic() < deadline:
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            if vmm.poll() is not None:
-                raise SoakFailure(f"vmm exited {vmm.returncode} during the soak")
             if any(t.failure for t in threads):
                 break
+            if vmm.poll() is not None:
+                raise SoakFailure(f"vmm ended during the soak ({how_it_ended(vmm.returncode)})")
             u = Usage(vmm.pid)
             peak = [max(peak[0], u.fds), max(peak[1], u.threads), max(peak[2], u.rss_kib)]
             samples.append(u.rss_kib)
@@ -432,6 +438,8 @@ def main():
             if t.failure:
                 failures.append(f"{t.name}: {t.failure!r}")
         soak_secs = time.monotonic() - t0
+        if vmm.poll() is not None:
+            raise SoakFailure(f"vmm ended during the soak ({how_it_ended(vmm.returncode)})")
         # The clean tail: no rule, no stop, no scratch node left; the loop must run clean.
         # (A session idle all along would have been disconnected for leaving 16 MiB of events
         # unread.)
@@ -483,7 +491,7 @@ def main():
         except subprocess.TimeoutExpired:
             raise SoakFailure("vmm did not exit after system_powerdown") from None
         if code != 0:
-            failures.append(f"vmm exited {code}")
+            failures.append(f"vmm ended: {how_it_ended(code)}")
         lines = serial_lines(serial)
         if "PROBE power-button" not in lines:
             failures.append("the guest did not see the power button")

@@ -15,7 +15,7 @@ def fd_targets(pid) -> dict:
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             out[int(fd)] = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):
             pass  # closed meanwhile
     return out
 
@@ -30,8 +30,8 @@ def thread_names(pid) -> list:
         try:
             with open(f"/proc/{pid}/task/{tid}/comm") as f:
                 names.append(f.read().strip())
-        except FileNotFoundError:
-            pass  # the thread ended meanwhile
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # the thread ended meanwhile (ENOENT, or ESRCH while it is being reaped)
     return sorted(names)
 
 
