@@ -27,10 +27,11 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "qmp"))
-from procstat import Usage, thread_names  # noqa: E402
+from procstat import Usage, fd_targets, thread_names  # noqa: E402
 
 HANG = 30.0  # seconds any single wait may take before the soak fails as hung
 SECTORS = 64  # the io-loop's sectors (32 KiB), from LBA 0
@@ -161,7 +162,9 @@ def percentile(values, p):
 
 KINDS = ["status", "status-oob", "block", "blockstats", "kvm", "cpus", "misc", "yank-query",
          "stop-cont", "fault", "yank", "blockdev", "signal"]
-WEIGHTS = [10, 5, 3, 3, 2, 2, 2, 2, 2, 2, 1, 1, 2]
+# Faults are held 0-20 ms and drawn once in ~40 commands, so that with 8 clients some rule is
+# active a minority of the time and most of the guest's iterations are verified.
+WEIGHTS = [10, 5, 3, 3, 2, 2, 2, 2, 2, 1, 1, 1, 2]
 
 
 class Worker(threading.Thread):
@@ -230,7 +233,7 @@ class Worker(threading.Thread):
             c.execute("query-yank", oob=c.oob)
         elif choice == "stop-cont":
             c.execute("stop")
-            time.sleep(rng.uniform(0, 0.1))
+            time.sleep(rng.uniform(0, 0.02))
             c.execute("cont")
             s.add("stops")
         elif choice == "fault":
@@ -242,7 +245,7 @@ class Worker(threading.Thread):
             r = c.execute("blockdev-inject-error", args)
             if r is not None:
                 s.add("faults")
-                time.sleep(rng.uniform(0, 0.2))
+                time.sleep(rng.uniform(0, 0.02))
                 # A once rule that fired is gone already.
                 c.execute("blockdev-inject-error-remove", {"device": DISK, "id": r["id"]},
                           expect_error="No injection rule" if once else None)
@@ -350,6 +353,12 @@ def check_image(image, iteration):
                               f"seed {seed:#x}")
 
 
+def how_it_ended(code):
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit {code}"
+
+
 def fmt_us(s):
     return f"{s * 1e6:.0f} us" if s < 0.01 else f"{s * 1e3:.1f} ms"
 
@@ -387,7 +396,6 @@ def main():
         if vmm.poll() is not None:
             raise SoakFailure(f"vmm exited {vmm.returncode}: {stderr.read_text()}")
         wait_until(lambda: len(reports(serial_lines(serial))) >= 2, "the guest's io-loop")
-        ctl = Client(str(sock), Stats(), oob=True)
         # Warm up: each kind of command once, so that what vmm keeps for good (allocator
         # arenas, the request pool an injection rule brings in) is in the baseline.
         warm = Worker(CLIENTS, str(sock), work / "scratch0.raw", Stats(), stop,
@@ -402,7 +410,9 @@ def main():
             raise SoakFailure(f"warm-up: {warm.stats.errors}")
         time.sleep(1.0)
         base, base_pool = Usage(vmm.pid), pool_threads(vmm.pid)
+        base_fds = fd_targets(vmm.pid)
         peak = [base.fds, base.threads, base.rss_kib]
+        samples = [base.rss_kib]
         rngs = random.Random(args.seed)
         for i in range(CLIENTS):
             threads.append(Worker(i, str(sock), work / f"scratch{i}.raw", stats, stop,
@@ -413,12 +423,13 @@ def main():
         deadline = t0 + args.minutes * 60 - 15  # the rest is the clean tail and the checks
         while time.monotonic() < deadline:
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            if vmm.poll() is not None:
-                raise SoakFailure(f"vmm exited {vmm.returncode} during the soak")
             if any(t.failure for t in threads):
                 break
+            if vmm.poll() is not None:
+                raise SoakFailure(f"vmm ended during the soak ({how_it_ended(vmm.returncode)})")
             u = Usage(vmm.pid)
             peak = [max(peak[0], u.fds), max(peak[1], u.threads), max(peak[2], u.rss_kib)]
+            samples.append(u.rss_kib)
         stop.set()
         for t in threads:
             t.join(HANG)
@@ -427,7 +438,12 @@ def main():
             if t.failure:
                 failures.append(f"{t.name}: {t.failure!r}")
         soak_secs = time.monotonic() - t0
+        if vmm.poll() is not None:
+            raise SoakFailure(f"vmm ended during the soak ({how_it_ended(vmm.returncode)})")
         # The clean tail: no rule, no stop, no scratch node left; the loop must run clean.
+        # (A session idle all along would have been disconnected for leaving 16 MiB of events
+        # unread.)
+        ctl = Client(str(sock), stats, oob=True)
         ctl.execute("blockdev-inject-error-remove", {"device": DISK})
         ctl.execute("cont")
         left = ctl.execute("query-blockdev-inject-errors", {"device": DISK})
@@ -451,15 +467,21 @@ def main():
 
         def settled():
             end[0], pool[0] = Usage(vmm.pid), pool_threads(vmm.pid)
-            return (end[0].fds <= base.fds and pool[0] <= MAX_POOL_THREADS
+            # Each request thread holds a copy of the pool's eventfd.
+            extra = max(0, pool[0] - base_pool)
+            return (end[0].fds <= base.fds + extra and pool[0] <= MAX_POOL_THREADS
                     and end[0].threads - pool[0] <= base.threads - base_pool
                     and end[0].rss_kib <= base.rss_kib + RSS_SLACK_KIB)
         try:
             wait_until(settled, "vmm's usage back within bounds")
         except SoakFailure:
+            now = fd_targets(vmm.pid)
+            fds = {n: t for n, t in now.items() if base_fds.get(n) != t}
+            gone = {n: t for n, t in base_fds.items() if now.get(n) != t}
             failures.append(f"usage at the end {end[0]} ({pool[0]} request threads) not within "
                             f"bounds of the baseline {base} ({base_pool} request threads): "
-                            f"{thread_names(vmm.pid)}")
+                            f"threads {thread_names(vmm.pid)}, descriptors new {fds}, "
+                            f"gone {gone}")
         # Power off: the guest finishes its iteration, reports and powers off; vmm exits 0.
         off = Client(str(sock), Stats())
         off.execute("system_powerdown")
@@ -469,7 +491,7 @@ def main():
         except subprocess.TimeoutExpired:
             raise SoakFailure("vmm did not exit after system_powerdown") from None
         if code != 0:
-            failures.append(f"vmm exited {code}")
+            failures.append(f"vmm ended: {how_it_ended(code)}")
         lines = serial_lines(serial)
         if "PROBE power-button" not in lines:
             failures.append("the guest did not see the power button")
@@ -529,8 +551,13 @@ def main():
         print(f"  vmm             start {base} ({base_pool} request threads); peak "
               f"fds={peak[0]} threads={peak[1]} rss={peak[2] / 1024:.1f} MiB; end {end[0]} "
               f"({pool[0]} request threads); exit {code}")
+        tenths = [samples[min(len(samples) - 1, len(samples) * i // 10)] for i in range(11)]
+        print("  vmm RSS MiB     " + " ".join(f"{k / 1024:.1f}" for k in tenths)
+              + " (start, each tenth of the load, end of the load)")
     except SoakFailure as e:
         failures.append(str(e))
+    except Exception as e:  # a bug or a broken connection: still a failed soak, reported
+        failures.append(f"{e!r}\n{traceback.format_exc()}")
     finally:
         stop.set()
         if vmm.poll() is None:

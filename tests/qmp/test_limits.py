@@ -11,7 +11,7 @@ from procstat import fd_count, open_files_limit
 
 # vmm/src/host.rs: FD_RESERVE_BASE + FD_PER_QUEUE per disk queue.
 FD_RESERVE_BASE = 64
-FD_PER_QUEUE = 12
+FD_PER_QUEUE = 32
 
 
 def error(desc):
@@ -79,7 +79,7 @@ def test_bad_max_clients(tmp_path):
 
 def test_descriptor_reserve_outlasts_a_flood(vmm_factory, tmp_path):
     """vmm started with 128 of 256 open files raises its limit to 256. A flood of clients
-    takes every descriptor below the reserve (64 + 12 for the disk's one queue) and the rest
+    takes every descriptor below the reserve (64 + 32 for the disk's one queue) and the rest
     are refused with an error line; with the flood connected, the guest's driver still readies
     its queue (eventfds, io_uring) and runs its I/O loop, blockdev-add opens a file and
     blockdev-del closes it. When the flood leaves, vmm is back to its descriptors."""

@@ -8,11 +8,12 @@ use std::io;
 /// Descriptors kept for vmm's own needs beyond its disks' queues: `blockdev-add` opens (with
 /// the lock probe's transient `/dev/null`), `qmp-job` completions, and slack.
 pub const FD_RESERVE_BASE: u64 = 64;
-/// Descriptors kept per disk queue, which opens about ten when the guest's driver makes it
-/// ready (its I/O thread's epoll and kill eventfd, the request pool's eventfd, the backend
-/// watcher's retry and yank eventfds, the throttle timerfd, the io_uring and its eventfd:
-/// 10 measured with `aio=io_uring`), with slack.
-pub const FD_PER_QUEUE: u64 = 12;
+/// Descriptors kept per disk queue: about ten opened when the guest's driver makes it ready
+/// (its I/O thread's epoll and kill eventfd, the request pool's eventfd, the backend
+/// watcher's retry and yank eventfds, the throttle timerfd, the io_uring and its eventfd: 10
+/// measured with `aio=io_uring`), then one per request thread started on demand (its copy of
+/// the pool's eventfd; up to 4 working and 16 left in syscalls a yank abandoned), with slack.
+pub const FD_PER_QUEUE: u64 = 32;
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (or, when that is unlimited, to the
 /// kernel's `fs.nr_open`), as a VMM with many clients and disks needs, and returns the soft
@@ -89,6 +90,6 @@ mod tests {
         assert_eq!(fd_reserve(0), FD_RESERVE_BASE);
         assert_eq!(fd_reserve(1), FD_RESERVE_BASE + FD_PER_QUEUE);
         // The largest machine: 18 disks of 16 queues.
-        assert_eq!(fd_reserve(18 * 16), 64 + 12 * 288);
+        assert_eq!(fd_reserve(18 * 16), 64 + 32 * 288);
     }
 }
