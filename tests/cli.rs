@@ -97,7 +97,12 @@ fn cpus_out_of_range() {
 fn memory_too_small_or_too_large() {
     assert!(refuse(&["--kernel", "x", "--memory", "8"]).contains("--memory"));
     let l = refuse(&["--kernel", "x", "--memory", "100000000"]);
-    assert!(l.contains("more than this host's"), "{l}");
+    // One line naming both: what was asked and what the host has (RAM, not swap).
+    assert!(
+        l.contains("--memory 100000000 MiB is more than this host's "),
+        "{l}"
+    );
+    assert!(l.ends_with(" MiB of RAM"), "{l}");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Requests from devices and vCPUs to the VMM's main loop.
 
+use std::cell::Cell;
 use std::sync::mpsc::{channel, Receiver, Sender};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -31,6 +32,23 @@ pub enum VmEvent {
     IoErrorStop,
 }
 
+thread_local! {
+    /// Set on a thread when it queues a reset or power-off request; see
+    /// [`take_lifecycle_request`].
+    static LIFECYCLE_REQUESTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether this thread queued a reset or power-off request ([`VmEvent::Reset`],
+/// [`VmEvent::PowerOff`]) since the last call, which clears it. A vCPU thread asks after each
+/// device write: one that has just asked for a reset through a device register (the ACPI reset
+/// register, the i8042 reset line, the sleep control register) must not run guest code until
+/// the main loop has acted on it, as a CPU does not run past the reset it triggered. Linux
+/// otherwise goes on to its next reset method (the i8042 after the ACPI register), and the
+/// main loop would reset twice and announce two `RESET`s.
+pub fn take_lifecycle_request() -> bool {
+    LIFECYCLE_REQUESTED.with(|f| f.replace(false))
+}
+
 /// The sending side of the main loop's event queue: a channel plus an eventfd that wakes the
 /// main loop's epoll. Cheap to clone; one per device or vCPU thread.
 #[derive(Debug)]
@@ -55,6 +73,9 @@ impl VmEventSink {
     /// Queues `event` and wakes the main loop. Never blocks; if the main loop is gone the event
     /// is dropped, since nobody is left to act on it.
     pub fn send(&self, event: VmEvent) {
+        if matches!(event, VmEvent::Reset(_) | VmEvent::PowerOff) {
+            LIFECYCLE_REQUESTED.with(|f| f.set(true));
+        }
         if self.tx.send(event).is_ok() {
             // The eventfd counter cannot overflow in practice (2^64 - 2 wakes); a failed write
             // would only mean the main loop already exited.
@@ -87,5 +108,25 @@ mod tests {
         assert_eq!(wake.read().unwrap(), 2);
         assert_eq!(rx.try_recv().unwrap(), VmEvent::PowerOff);
         assert_eq!(rx.try_recv().unwrap(), VmEvent::Reset(ResetCause::I8042));
+    }
+
+    #[test]
+    fn lifecycle_requests_are_flagged_on_the_sending_thread_only() {
+        let (sink, _rx, _wake) = VmEventSink::new().unwrap();
+        assert!(!take_lifecycle_request());
+        sink.send(VmEvent::IoErrorStop);
+        sink.send(VmEvent::Fatal("x".into()));
+        assert!(!take_lifecycle_request(), "not a reset or power-off");
+        sink.send(VmEvent::Reset(ResetCause::AcpiResetRegister));
+        let other = sink.try_clone().unwrap();
+        std::thread::spawn(move || {
+            assert!(!take_lifecycle_request(), "another thread's request");
+            other.send(VmEvent::PowerOff);
+            assert!(take_lifecycle_request());
+        })
+        .join()
+        .unwrap();
+        assert!(take_lifecycle_request());
+        assert!(!take_lifecycle_request(), "taken once");
     }
 }

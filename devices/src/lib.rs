@@ -16,4 +16,4 @@ mod test_utils;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
-pub use event::{ResetCause, VmEvent, VmEventSink};
+pub use event::{take_lifecycle_request, ResetCause, VmEvent, VmEventSink};

@@ -17,7 +17,7 @@ pub mod wire;
 
 pub use dispatch::{reply, Inband};
 pub use server::{
-    Limits, Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, ToMain,
+    FdBudget, Limits, Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, ToMain,
     DEFAULT_MAX_CLIENTS,
 };
 pub use spec::{Endpoint, SocketSpec};

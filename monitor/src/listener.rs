@@ -261,6 +261,7 @@ mod tests {
         SocketSpec {
             endpoint: Endpoint::Unix(path.to_owned()),
             wait: false,
+            max_clients: None,
         }
     }
 
@@ -306,6 +307,7 @@ mod tests {
         let spec = SocketSpec {
             endpoint: Endpoint::UnixFd(fd),
             wait: false,
+            max_clients: None,
         };
         let l = Listener::bind(&spec).unwrap();
         let _c = UnixStream::connect(&path).unwrap();
@@ -322,6 +324,7 @@ mod tests {
             let spec = SocketSpec {
                 endpoint: Endpoint::UnixFd(fd),
                 wait: false,
+                max_clients: None,
             };
             assert!(matches!(Listener::bind(&spec), Err(ListenError::NotListening(n)) if n == fd));
         }
@@ -333,6 +336,7 @@ mod tests {
         let spec = SocketSpec {
             endpoint: Endpoint::Tcp("127.0.0.1".into(), 0),
             wait: false,
+            max_clients: None,
         };
         let l = Listener::bind(&spec).unwrap();
         let port = l.local_port().unwrap();

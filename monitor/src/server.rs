@@ -66,6 +66,9 @@ pub struct Limits {
     /// client whose large message or unread output passes it is disconnected (with an error
     /// message), so a few clients cannot exhaust the VMM's memory with 64 MiB messages.
     pub max_buffered: usize,
+    /// The process's descriptors the clients may not use (`None`: no such check; accept
+    /// still rests when descriptors run out).
+    pub descriptors: Option<FdBudget>,
 }
 
 impl Default for Limits {
@@ -73,7 +76,32 @@ impl Default for Limits {
         Self {
             max_clients: usize::from(DEFAULT_MAX_CLIENTS),
             max_buffered: 256 << 20,
+            descriptors: None,
         }
+    }
+}
+
+/// The process's open-file limit and the descriptors under it that the VMM keeps for its own
+/// needs (opening images, a device's eventfds and io_uring, ...), so that no number of clients
+/// can make those fail.
+///
+/// The kernel gives every new descriptor the lowest free number, so a client accepted on
+/// descriptor `n` means that `0..n` are all in use. A client is refused when its descriptor
+/// is one of the top `reserve` under `limit`: clients then never hold one of those, and the
+/// VMM always finds at least `reserve` descriptors that no client took (minus one refused
+/// client's for the moment its error line is written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBudget {
+    /// The soft `RLIMIT_NOFILE`: descriptors are numbered below it.
+    pub limit: u64,
+    /// How many of the highest-numbered descriptors clients may not take.
+    pub reserve: u64,
+}
+
+impl FdBudget {
+    /// Whether a client accepted on descriptor `fd` may stay.
+    pub fn admits(&self, fd: RawFd) -> bool {
+        u64::try_from(fd).is_ok_and(|fd| fd < self.limit.saturating_sub(self.reserve))
     }
 }
 
@@ -231,9 +259,14 @@ impl Monitor {
     pub fn start(config: MonitorConfig) -> Result<Self, MonitorError> {
         let mut listeners = Vec::new();
         for spec in &config.sockets {
-            listeners.push((Listener::bind(spec)?, spec.wait));
+            listeners.push(Socket {
+                listener: Listener::bind(spec)?,
+                wait: spec.wait,
+                max_clients: spec.max_clients,
+                clients: 0,
+            });
         }
-        let tcp_ports = listeners.iter().map(|(l, _)| l.local_port()).collect();
+        let tcp_ports = listeners.iter().map(|s| s.listener.local_port()).collect();
         let wake = EventFd::new(EFD_NONBLOCK).map_err(MonitorError::EventFd)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Vec::new()),
@@ -369,8 +402,19 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The window of the broadcast rate limit of `BLOCK_IO_ERROR` (newer QEMU's, per qom-path).
 const IO_ERROR_RATE_WINDOW: Duration = Duration::from_secs(1);
 
+/// A listening socket and its clients.
+struct Socket {
+    listener: Listener,
+    /// Declared with `wait=on`: the main loop hears of each client.
+    wait: bool,
+    /// The socket's own client limit.
+    max_clients: Option<usize>,
+    /// Sessions of this socket, closed ones not yet counted out included.
+    clients: usize,
+}
+
 struct MonitorThread {
-    listeners: Vec<(Listener, bool)>,
+    listeners: Vec<Socket>,
     sessions: HashMap<SessionId, Session>,
     by_fd: HashMap<RawFd, SessionId>,
     next_session: SessionId,
@@ -414,9 +458,9 @@ impl MutEventSubscriber for MonitorThread {
             Events::with_data(&self.timer, Token::Timer.data(), EventSet::IN),
             Events::with_data(&self.rate_timer, Token::RateTimer.data(), EventSet::IN),
         ];
-        for (i, (l, _)) in self.listeners.iter().enumerate() {
+        for (i, socket) in self.listeners.iter().enumerate() {
             fixed.push(Events::with_data(
-                l,
+                &socket.listener,
                 Token::Listener(i).data(),
                 EventSet::IN,
             ));
@@ -606,11 +650,11 @@ impl MonitorThread {
 
     fn accept(&mut self, index: usize) {
         loop {
-            let Some((listener, waited)) = self.listeners.get(index) else {
+            let Some(socket) = self.listeners.get(index) else {
                 return;
             };
-            let waited = *waited;
-            let stream = match listener.accept() {
+            let waited = socket.wait;
+            let stream = match socket.listener.accept() {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
                 Err(e) => {
@@ -625,8 +669,8 @@ impl MonitorThread {
                     return;
                 }
             };
-            if self.sessions.len() >= self.limits.max_clients {
-                refuse(stream, self.limits.max_clients);
+            if let Some(reason) = self.refusal(index, stream.as_raw_fd()) {
+                refuse(stream, reason);
                 continue;
             }
             let id = self.next_session;
@@ -635,7 +679,10 @@ impl MonitorThread {
             self.changes
                 .push(Change::Add(fd, Token::Session, EventSet::IN));
             self.by_fd.insert(fd, id);
-            self.sessions.insert(id, Session::new(stream));
+            self.sessions.insert(id, Session::new(stream, index));
+            if let Some(socket) = self.listeners.get_mut(index) {
+                socket.clients += 1;
+            }
             let greeting = self.greeting.clone();
             self.queue_output(id, &greeting);
             self.reap(id);
@@ -645,14 +692,38 @@ impl MonitorThread {
         }
     }
 
+    /// Why a client just accepted on socket `index` (on descriptor `fd`) may not stay, if it
+    /// may not: the descriptors kept for the VMM, the total client limit, the socket's own.
+    fn refusal(&self, index: usize, fd: RawFd) -> Option<String> {
+        if let Some(budget) = self.limits.descriptors.filter(|b| !b.admits(fd)) {
+            return Some(format!(
+                "Too many QMP clients for vmm's open-file limit: the last {} of its {} descriptors are kept for vmm's own use",
+                budget.reserve, budget.limit
+            ));
+        }
+        if self.sessions.len() >= self.limits.max_clients {
+            return Some(format!(
+                "Too many QMP clients: at most {} may be connected",
+                self.limits.max_clients
+            ));
+        }
+        let socket = self.listeners.get(index)?;
+        match socket.max_clients {
+            Some(max) if socket.clients >= max => Some(format!(
+                "Too many QMP clients on this socket: at most {max} may be connected to it"
+            )),
+            _ => None,
+        }
+    }
+
     fn pause_accepting(&mut self) {
         if self.accept_paused || self.timer.reset(ACCEPT_BACKOFF, None).is_err() {
             return;
         }
         self.accept_paused = true;
-        for (i, (l, _)) in self.listeners.iter().enumerate() {
+        for (i, socket) in self.listeners.iter().enumerate() {
             self.changes.push(Change::Modify(
-                l.as_raw_fd(),
+                socket.listener.as_raw_fd(),
                 Token::Listener(i),
                 EventSet::empty(),
             ));
@@ -664,9 +735,9 @@ impl MonitorThread {
             return;
         }
         self.accept_paused = false;
-        for (i, (l, _)) in self.listeners.iter().enumerate() {
+        for (i, socket) in self.listeners.iter().enumerate() {
             self.changes.push(Change::Modify(
-                l.as_raw_fd(),
+                socket.listener.as_raw_fd(),
                 Token::Listener(i),
                 EventSet::IN,
             ));
@@ -1036,6 +1107,9 @@ impl MonitorThread {
 
     fn close(&mut self, id: SessionId) {
         if let Some(s) = self.sessions.remove(&id) {
+            if let Some(socket) = self.listeners.get_mut(s.socket) {
+                socket.clients = socket.clients.saturating_sub(1);
+            }
             let fd = s.stream.as_raw_fd();
             self.by_fd.remove(&fd);
             if s.registered {
@@ -1063,9 +1137,32 @@ fn no_arguments(req: &Request) -> Result<(), QmpError> {
     }
 }
 
-/// Turns away a client beyond the session limit with a one-line error (best effort: the
-/// socket is new and its buffer empty) instead of the greeting.
-fn refuse(mut stream: Stream, max_clients: usize) {
-    let desc = format!("Too many QMP clients: at most {max_clients} may be connected");
+/// Turns away a client beyond a limit with a one-line error (best effort: the socket is new
+/// and its buffer empty) instead of the greeting, and closes it.
+fn refuse(mut stream: Stream, desc: String) {
     let _ = stream.write(&encode(&error_reply(ErrorClass::GenericError, desc, None)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_budget_keeps_the_top_descriptors() {
+        let b = FdBudget {
+            limit: 256,
+            reserve: 76,
+        };
+        assert!(b.admits(0));
+        assert!(b.admits(179));
+        assert!(!b.admits(180));
+        assert!(!b.admits(255));
+        assert!(!b.admits(-1));
+        // A reserve as large as the limit admits nobody.
+        let none = FdBudget {
+            limit: 64,
+            reserve: 100,
+        };
+        assert!(!none.admits(0));
+    }
 }

@@ -86,6 +86,8 @@ pub enum ReadOutcome {
 pub struct Session {
     /// The socket.
     pub stream: Stream,
+    /// The index of the listening socket it came from.
+    pub socket: usize,
     /// The input splitter.
     pub reader: JsonStream,
     /// Items read but not yet handled (flow control holds them).
@@ -116,10 +118,12 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new session on an accepted socket, registered for input.
-    pub fn new(stream: Stream) -> Self {
+    /// A new session on a socket accepted from listening socket `socket`, registered for
+    /// input.
+    pub fn new(stream: Stream, socket: usize) -> Self {
         Self {
             stream,
+            socket,
             reader: JsonStream::new(),
             backlog: VecDeque::new(),
             inflight: 0,

@@ -24,4 +24,7 @@ pub struct SocketSpec {
     pub endpoint: Endpoint,
     /// Hold the guest until the first client connects.
     pub wait: bool,
+    /// Most clients connected to this socket at once (`None`: only the monitor's total
+    /// limit applies); one more is refused with an error message instead of the greeting.
+    pub max_clients: Option<usize>,
 }

@@ -27,6 +27,16 @@ pub fn script(name: &str) -> String {
 
 /// Runs a project script with arguments and returns its last stdout line.
 pub fn script_with(name: &str, args: &[&str]) -> String {
+    script_output(name, args)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Runs a project script with arguments and returns everything it printed on stdout; panics
+/// when it fails (its stderr goes to the test's).
+pub fn script_output(name: &str, args: &[&str]) -> String {
     let out = Command::new("bash")
         .arg(root().join("scripts").join(name))
         .args(args)
@@ -34,11 +44,7 @@ pub fn script_with(name: &str, args: &[&str]) -> String {
         .output()
         .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
     assert!(out.status.success(), "scripts/{name} failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_owned()
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Builds the probe guest if needed (scripts/probe-guest.sh) and returns its directory.
@@ -155,6 +161,46 @@ impl Running {
                 ),
             }
         }
+    }
+
+    /// Like [`Running::wait_line`], but panics at once, with the output so far, when a line
+    /// starting with one of `fatal` arrives first (a guest reporting a failure, a kernel
+    /// panic), instead of waiting out `timeout`.
+    pub fn wait_line_unless(&mut self, prefix: &str, fatal: &[&str], timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.starts_with(prefix) {
+                        return line;
+                    }
+                    if let Some(f) = fatal.iter().find(|f| line.starts_with(*f)) {
+                        panic!(
+                            "a serial line starting with {f:?} came while waiting for \
+                             {prefix:?}\n--- serial ---\n{}",
+                            self.seen.join("\n")
+                        );
+                    }
+                }
+                Err(_) => panic!(
+                    "no serial line starting with {prefix:?} within {timeout:?} (or vmm's \
+                     output ended)\n--- serial ---\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// The serial lines received so far that no wait has consumed yet, without waiting.
+    pub fn pending_lines(&mut self) -> Vec<String> {
+        let mut v = Vec::new();
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line.clone());
+            v.push(line);
+        }
+        v
     }
 
     /// vmm's process id.

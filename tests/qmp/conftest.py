@@ -114,10 +114,12 @@ def listening(addr) -> bool:
 
 
 class Vmm:
-    """One vmm process. `qmp` is a list of --qmp values; `sock` the first Unix socket path."""
+    """One vmm process. `qmp` is a list of --qmp values; `sock` the first Unix socket path;
+    `nofile` (soft, hard) the open-file limit vmm starts with."""
 
     def __init__(self, tmp: Path, *, qmp=None, cpus=1, cmdline="probe.test=idle", name=None,
-                 paused=False, no_reboot=False, extra=(), wait_socket=True, kernel=None):
+                 paused=False, no_reboot=False, extra=(), wait_socket=True, kernel=None,
+                 nofile=None):
         self.tmp = tmp
         self.serial_path = tmp / f"serial-{id(self)}.txt"
         self.stderr_path = tmp / f"stderr-{id(self)}.txt"
@@ -136,9 +138,15 @@ class Vmm:
         for q in self.qmp:
             self.argv += ["--qmp", q]
         self.argv += list(extra)
+        limit = None
+        if nofile is not None:
+            import resource
+
+            def limit():
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL,
-                                     stderr=open(self.stderr_path, "wb"))
+                                     stderr=open(self.stderr_path, "wb"), preexec_fn=limit)
         self.pid = self.proc.pid
         if wait_socket:
             for q in self.qmp:

@@ -60,8 +60,9 @@ pub struct Cli {
     #[arg(long, value_name = "DISK", value_parser = parse_disk)]
     pub disk: Vec<DiskSpec>,
     /// QMP monitor socket (repeatable): unix:PATH or tcp:HOST:PORT, with ,server=on|off and
-    /// ,wait=on|off as in QEMU (server=on alone waits for the first client before starting);
-    /// a comma in the path is written ,,.
+    /// ,wait=on|off as in QEMU (server=on alone waits for the first client before starting)
+    /// and ,max-clients=N (most clients on this socket at once); a comma in the path is
+    /// written ,,.
     #[arg(long, value_name = "SOCKET", value_parser = parse_qmp)]
     pub qmp: Vec<SocketSpec>,
     /// Most QMP clients connected at once, over all --qmp sockets; one more is refused with an

@@ -45,6 +45,9 @@ pub enum DeviceError {
     /// KVM refused an irqfd.
     #[error("Cannot register an irqfd for GSI {0}")]
     Irqfd(u32, #[source] kvm_ioctls::Error),
+    /// COM1 could not be reset.
+    #[error("Cannot reset COM1")]
+    SerialReset(#[source] std::io::Error),
     /// The serial output file cannot be created.
     #[error("Cannot create serial output file '{0}'")]
     SerialFile(PathBuf, #[source] std::io::Error),
@@ -502,14 +505,26 @@ impl DeviceManager {
 
     /// Returns every device to its power-on state (for a system reset): virtio devices stop
     /// their I/O threads and forget their queues, as after a driver reset (the device releases
-    /// requests that an injection rule is delaying, so that its I/O thread can stop).
-    pub fn reset(&self) {
+    /// requests that an injection rule is delaying, so that its I/O thread can stop); COM1
+    /// forgets the previous driver's settings.
+    ///
+    /// # Errors
+    /// Fails when COM1 cannot be reset (no file descriptor left for its interrupt).
+    pub fn reset(&self) -> Result<(), DeviceError> {
+        if let Some(serial) = &self.serial {
+            serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .reset()
+                .map_err(DeviceError::SerialReset)?;
+        }
         for disk in &self.disks {
             disk.transport
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .reset();
         }
+        Ok(())
     }
 
     /// Presses the ACPI power button; a machine built without one ignores the press, as a

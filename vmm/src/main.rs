@@ -13,6 +13,7 @@ mod device_manager;
 mod disk;
 mod error;
 mod fdset;
+mod host;
 mod layout;
 mod machine;
 mod memory;

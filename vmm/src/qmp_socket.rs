@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The `--qmp` option, QEMU's chardev syntax for the cases a monitor needs:
 //! `unix:PATH[,server=on|off][,wait=on|off]` and `tcp:HOST:PORT[,server=on|off][,wait=on|off]`,
-//! parsed by [`OptionList`] (so a comma in the path is written `,,`, and the toggles are QEMU's
-//! on/off, yes/no, true/false) into the monitor's [`SocketSpec`].
+//! plus our `max-clients=N` (the socket's own client limit), parsed by [`OptionList`] (so a
+//! comma in the path is written `,,`, and the toggles are QEMU's on/off, yes/no, true/false)
+//! into the monitor's [`SocketSpec`].
 
 use std::path::PathBuf;
 
@@ -23,11 +24,14 @@ pub enum QmpSpecError {
     #[error("'{0}' is not HOST:PORT with a port number")]
     BadAddress(String),
     /// An option we do not know.
-    #[error("Unknown option '{0}' (known: server, wait)")]
+    #[error("Unknown option '{0}' (known: server, wait, max-clients)")]
     UnknownOption(String),
     /// An option value other than a toggle.
     #[error("Option '{0}' takes on or off, not '{1}'")]
     BadValue(String, String),
+    /// A client limit out of range.
+    #[error("Option 'max-clients' takes 1 to {MAX_SOCKET_CLIENTS} clients, not {0}")]
+    MaxClients(u64),
     /// Client mode.
     #[error("server=off (connecting out to a client) is not supported; the monitor listens")]
     ClientMode,
@@ -84,11 +88,14 @@ pub fn check_distinct(specs: &[SocketSpec]) -> Result<(), String> {
     Ok(())
 }
 
+/// The largest `max-clients` (the same bound as `--qmp-max-clients`).
+pub const MAX_SOCKET_CLIENTS: u64 = u16::MAX as u64;
+
 /// Parses one `--qmp` value.
 ///
 /// # Errors
 /// A target other than `unix:PATH` or `tcp:HOST:PORT`, unknown or repeated options, values that
-/// are not toggles, and `server=off`.
+/// are not toggles or (`max-clients`) numbers from 1, and `server=off`.
 pub fn parse_qmp(s: &str) -> Result<SocketSpec, QmpSpecError> {
     let (target, mut opts) = OptionList::parse_with_head(s)?;
     let endpoint = if let Some(path) = target.strip_prefix("unix:") {
@@ -108,6 +115,11 @@ pub fn parse_qmp(s: &str) -> Result<SocketSpec, QmpSpecError> {
     // A bare `server` is server=on; QEMU's deprecated `noserver`/`nowait` are not taken.
     let server = opts.take_flag("server")?;
     let wait = opts.take_flag("wait")?;
+    let max_clients = match opts.take_u64("max-clients")? {
+        Some(n) if (1..=MAX_SOCKET_CLIENTS).contains(&n) => Some(n as usize),
+        Some(n) => return Err(QmpSpecError::MaxClients(n)),
+        None => None,
+    };
     opts.finish()?;
     if server == Some(false) {
         return Err(QmpSpecError::ClientMode);
@@ -115,7 +127,11 @@ pub fn parse_qmp(s: &str) -> Result<SocketSpec, QmpSpecError> {
     // As in QEMU, an explicit server waits for its first client unless told not to; with
     // no server option (our default is to listen) it does not wait.
     let wait = wait.unwrap_or(server == Some(true));
-    Ok(SocketSpec { endpoint, wait })
+    Ok(SocketSpec {
+        endpoint,
+        wait,
+        max_clients,
+    })
 }
 
 #[cfg(test)]
@@ -132,7 +148,8 @@ mod tests {
             p("unix:/tmp/q").unwrap(),
             SocketSpec {
                 endpoint: Endpoint::Unix("/tmp/q".into()),
-                wait: false
+                wait: false,
+                max_clients: None,
             }
         );
         assert!(p("unix:/tmp/q,server=on").unwrap().wait);
@@ -144,7 +161,8 @@ mod tests {
             p("unix:/tmp/a=b,,c.sock,server=on,wait=off").unwrap(),
             SocketSpec {
                 endpoint: Endpoint::Unix("/tmp/a=b,c.sock".into()),
-                wait: false
+                wait: false,
+                max_clients: None,
             }
         );
     }
@@ -165,6 +183,30 @@ mod tests {
         assert!(!p("unix:/q,server=true,wait=no").unwrap().wait);
         assert!(p("unix:/q,wait").unwrap().wait);
         assert_eq!(p("unix:/q,server=no"), Err(QmpSpecError::ClientMode));
+    }
+
+    #[test]
+    fn max_clients() {
+        assert_eq!(p("unix:/q").unwrap().max_clients, None);
+        assert_eq!(p("unix:/q,max-clients=3").unwrap().max_clients, Some(3));
+        assert_eq!(
+            p("tcp::4444,server=on,wait=off,max-clients=0x10")
+                .unwrap()
+                .max_clients,
+            Some(16)
+        );
+        assert_eq!(p("unix:/q,max-clients=0"), Err(QmpSpecError::MaxClients(0)));
+        assert_eq!(
+            p("unix:/q,max-clients=65536"),
+            Err(QmpSpecError::MaxClients(65536))
+        );
+        assert_eq!(
+            p("unix:/q,max-clients=two"),
+            Err(QmpSpecError::Syntax(OptionError::BadNumber {
+                key: "max-clients".into(),
+                value: "two".into()
+            }))
+        );
     }
 
     #[test]
@@ -224,7 +266,15 @@ mod tests {
         );
         assert_eq!(
             m("unix:/q,nowait"),
-            "Unknown option 'nowait' (known: server, wait)"
+            "Unknown option 'nowait' (known: server, wait, max-clients)"
+        );
+        assert_eq!(
+            m("unix:/q,max-clients=0"),
+            "Option 'max-clients' takes 1 to 65535 clients, not 0"
+        );
+        assert_eq!(
+            m("unix:/q,max-clients=x"),
+            "--qmp option 'max-clients' takes a number, not 'x'"
         );
         assert_eq!(
             m("unix:/q,wait=maybe"),

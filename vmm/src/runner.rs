@@ -12,8 +12,8 @@ use devices::{VmEvent, VmEventSink};
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use monitor::dispatch::response;
 use monitor::{
-    Inband, Limits, Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId, SocketSpec,
-    ToMain,
+    FdBudget, Inband, Limits, Monitor, MonitorConfig, MonitorError, MonitorHandle, SessionId,
+    SocketSpec, ToMain,
 };
 use qapi::rt::QmpError;
 use qapi::types::ShutdownCause;
@@ -23,6 +23,7 @@ use crate::block_signals;
 use crate::console::{Console, ConsoleAction, PtyConsole, PtyWatch, RawTerminal};
 use crate::device_manager::SerialMode;
 use crate::error::chain;
+use crate::host;
 use crate::machine::{Exit, Lifecycle, Machine, SharedRunState};
 use crate::qmp::{version_info, OobServer};
 use crate::qmp_async::{self, Start};
@@ -57,6 +58,9 @@ pub enum RunError {
     /// A seccomp filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    /// The open-file limit could not be read.
+    #[error("Cannot read the open-file limit (RLIMIT_NOFILE)")]
+    OpenFiles(#[source] std::io::Error),
 }
 
 /// Options of a run beyond the VM's configuration.
@@ -523,6 +527,8 @@ pub fn run(
     options: &RunOptions,
     ready: Option<crate::daemon::Ready>,
 ) -> Result<i32, RunError> {
+    // Before anything opens files: what the host allows, less a reserve, is the clients'.
+    let open_files = host::raise_open_files().map_err(RunError::OpenFiles)?;
     let (events, vm_events, vm_wake) = VmEventSink::new().map_err(RunError::EventFd)?;
     install_kick_handler()?;
     let signal_fd = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
@@ -543,6 +549,12 @@ pub fn run(
             main_wake: monitor_wake.try_clone().map_err(RunError::EventFd)?,
             limits: Limits {
                 max_clients: options.qmp_max_clients,
+                descriptors: Some(FdBudget {
+                    limit: open_files,
+                    reserve: host::fd_reserve(
+                        config.disks.iter().map(|d| u64::from(d.num_queues)).sum(),
+                    ),
+                }),
                 ..Limits::default()
             },
             thread_hook: seccomp::hook(ThreadKind::Monitor),

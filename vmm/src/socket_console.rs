@@ -136,6 +136,7 @@ mod tests {
             SocketConsole::bind(&SocketSpec {
                 endpoint: Endpoint::Unix(path.clone()),
                 wait: false,
+                max_clients: None,
             })
             .unwrap(),
         );

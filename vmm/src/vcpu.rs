@@ -10,7 +10,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use devices::{Bus, ResetCause, VmEvent, VmEventSink};
+use devices::{take_lifecycle_request, Bus, ResetCause, VmEvent, VmEventSink};
 use kvm_bindings::{
     kvm_lapic_state, kvm_mp_state, kvm_sregs, kvm_vcpu_events, CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED,
@@ -233,6 +233,7 @@ impl Vcpu {
                 }
                 Request::Pause => {
                     if let Some((generation, entry)) = st.reset.take() {
+                        self.complete_pending_exit();
                         if let Err(e) = self.reset_state(entry.as_ref()) {
                             self.ctx
                                 .events
@@ -250,6 +251,18 @@ impl Vcpu {
         }
     }
 
+    /// Lets KVM finish the operation of the last exit (the port or MMIO access this thread
+    /// handled) without running guest code. KVM completes it only at the next `KVM_RUN`
+    /// (KVM's API documentation of `KVM_RUN` and `immediate_exit`), so a reset that set new
+    /// registers first would have the previous boot's instruction completed on top of them
+    /// (for an emulated instruction, its register results written back).
+    fn complete_pending_exit(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        // With immediate_exit set, KVM_RUN completes what is pending and returns EINTR.
+        let _ = self.fd.run();
+        self.fd.set_kvm_immediate_exit(0);
+    }
+
     fn run_once(&mut self, control: &Control) {
         let outcome = match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -260,6 +273,9 @@ impl Vcpu {
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 self.ctx.pio.write(u64::from(port), data);
+                if take_lifecycle_request() {
+                    self.park_for_main_loop(control);
+                }
                 return;
             }
             Ok(VcpuExit::MmioRead(addr, data)) => {
@@ -270,6 +286,9 @@ impl Vcpu {
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 self.ctx.mmio.write(addr, data);
+                if take_lifecycle_request() {
+                    self.park_for_main_loop(control);
+                }
                 return;
             }
             Ok(VcpuExit::Hlt) => return,
@@ -286,13 +305,21 @@ impl Vcpu {
         let event = self.describe(outcome);
         // Park until the main loop decides (reset or exit): running on would repeat the
         // failure or race the reset.
-        {
-            let mut st = control.lock();
-            if st.request == Request::Run {
-                st.request = Request::Pause;
-            }
-        }
+        self.park_for_main_loop(control);
         self.ctx.events.send(event);
+        // Parked already: the flag that send() may have set (a reset) must not park this
+        // vCPU again at its first device write after the reset.
+        take_lifecycle_request();
+    }
+
+    /// Stops this vCPU from entering the guest again until the main loop, which has a request
+    /// from it (a reset, a power-off, a fatal error), resumes or ends it. A pause of the whole
+    /// VM requested meanwhile is kept.
+    fn park_for_main_loop(&self, control: &Control) {
+        let mut st = control.lock();
+        if st.request == Request::Run {
+            st.request = Request::Pause;
+        }
     }
 
     /// Turns a stop reason into the event for the main loop, with the guest RIP for errors.

@@ -70,6 +70,16 @@ pub enum VmError {
     /// The host KVM's API version is not 12.
     #[error("KVM API version {0} is not supported (need 12)")]
     KvmApi(i32),
+    /// More vCPUs than the host's KVM creates in one VM (`KVM_CAP_MAX_VCPUS`); QEMU's words.
+    #[error(
+        "Number of SMP cpus requested ({asked}) exceeds the maximum cpus supported by KVM ({max})"
+    )]
+    TooManyVcpus {
+        /// `--cpus`.
+        asked: u8,
+        /// The host's `KVM_CAP_MAX_VCPUS`.
+        max: usize,
+    },
     /// The host KVM lacks a capability we need.
     #[error("The host's KVM lacks the {0} capability")]
     KvmCap(&'static str),
@@ -93,6 +103,28 @@ pub enum VmError {
     Device(#[from] DeviceError),
 }
 
+/// Sets a PIC's state to what firmware hands an operating system that routes interrupts
+/// through the IOAPIC: initialised (vectors 0x08 and 0x70, as a PC BIOS programs them) with
+/// every input masked and nothing pending. KVM's power-on PIC has every input unmasked; device
+/// interrupts on GSIs below 16 also reach it, and through the boot vCPU's LINT0 (ExtINT, as
+/// in a PC's virtual-wire mode) they arrive as vectors 0..15 once the guest enables
+/// interrupts, before it has set up anything. Linux on a hardware-reduced ACPI machine never
+/// programs the PIC, and its next boot after a reset died on one (vector 7 taken as #NM).
+/// A guest that uses the PIC initialises it itself, which unmasks what it wants.
+fn mask_pic(chip: &mut kvm_irqchip) {
+    // SAFETY: `chip` is a PIC (master or slave), so `pic` is the member KVM filled in.
+    let mut pic = unsafe { chip.chip.pic };
+    let master = chip.chip_id == KVM_IRQCHIP_PIC_MASTER;
+    pic.irq_base = if master { 0x08 } else { 0x70 };
+    pic.imr = 0xff;
+    pic.irr = 0;
+    pic.isr = 0;
+    pic.last_irr = 0;
+    pic.init_state = 0;
+    pic.init4 = 1;
+    chip.chip.pic = pic;
+}
+
 /// The in-kernel interrupt controllers' and PIT's power-on state, restored on reset.
 struct PowerOnState {
     irqchips: Vec<kvm_irqchip>,
@@ -114,6 +146,12 @@ impl PowerOnState {
             vm_fd
                 .get_irqchip(&mut chip)
                 .map_err(|e| VmError::Kvm("read the irqchip state", e))?;
+            if chip_id != KVM_IRQCHIP_IOAPIC {
+                mask_pic(&mut chip);
+                vm_fd
+                    .set_irqchip(&chip)
+                    .map_err(|e| VmError::Kvm("initialise the PIC", e))?;
+            }
             irqchips.push(chip);
         }
         let pit = vm_fd
@@ -180,6 +218,17 @@ fn open_kvm() -> Result<Kvm, VmError> {
         }
     }
     Ok(kvm)
+}
+
+/// Checks the vCPU count against the host's KVM limit `max` (`KVM_CAP_MAX_VCPUS`, or the
+/// recommended `KVM_CAP_NR_VCPUS` where the kernel lacks it). Above the recommended limit
+/// (the host's CPU count) QEMU only warns; vmm says nothing, as more vCPUs than host CPUs is
+/// ordinary overcommit.
+fn check_vcpus(asked: u8, max: usize) -> Result<(), VmError> {
+    if usize::from(asked) > max {
+        return Err(VmError::TooManyVcpus { asked, max });
+    }
+    Ok(())
 }
 
 /// Creates the KVM VM with the in-kernel irqchip and PIT this machine relies on.
@@ -286,6 +335,7 @@ impl Vm {
         // Check the images before touching KVM, so a typo gets its own clear error.
         let mut images = BootImages::open(kernel, config.initrd.as_deref(), &config.cmdline)?;
         let kvm = open_kvm()?;
+        check_vcpus(config.cpus, kvm.get_max_vcpus())?;
         let vm_fd = Arc::new(create_vm(&kvm)?);
         let power_on = PowerOnState::capture(&vm_fd)?;
         let ram_size = config.memory_mib << 20;
@@ -370,8 +420,10 @@ impl Vm {
     /// Fails when KVM refuses the state or the images can no longer be loaded.
     pub fn reset(&mut self) -> Result<(), VmError> {
         self.pause();
+        // Devices first: an interrupt a stopping device raises belongs to the old boot and
+        // must not land in the freshly reset interrupt controllers.
+        self.devices.reset()?;
         self.power_on.restore(&self.vm_fd)?;
-        self.devices.reset();
         let Some(images) = &mut self.images else {
             // Nothing else to return to its power-on state.
             return Ok(());
@@ -435,5 +487,30 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vcpus_against_kvm_limit() {
+        assert!(check_vcpus(64, 64).is_ok());
+        assert!(check_vcpus(1, 1).is_ok());
+        let e = check_vcpus(64, 8).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Number of SMP cpus requested (64) exceeds the maximum cpus supported by KVM (8)"
+        );
+    }
+
+    #[test]
+    fn this_hosts_kvm_takes_the_largest_count() {
+        // Every KVM since Linux 4.x creates at least 64 vCPUs per VM (KVM_MAX_VCPUS >= 255 on
+        // x86); where /dev/kvm is missing there is nothing to check.
+        if let Ok(kvm) = Kvm::new() {
+            assert!(check_vcpus(crate::cli::MAX_CPUS, kvm.get_max_vcpus()).is_ok());
+        }
     }
 }

@@ -24,9 +24,27 @@ const MISC_ENABLE_FAST_STRING: u64 = 1;
 /// MTRR default type: MTRRs enabled (bit 11), default type write-back (6).
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 const MTRR_ENABLE_WRITEBACK: u64 = (1 << 11) | 6;
+/// The page attribute table, and its power-on value (WB, WT, UC-, UC, twice).
+const MSR_IA32_CR_PAT: u32 = 0x277;
+const PAT_POWER_ON: u64 = 0x0007_0406_0007_0406;
+/// The TSC-deadline timer's deadline (0: disarmed).
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+/// KVM's paravirtual MSRs that hold guest-physical addresses KVM keeps writing to (the
+/// kvmclock page, steal time, the async page fault and PV EOI areas) once a guest enabled
+/// them. 0 turns each off; KVM's poll control is 1 at power-on. (The wall clock MSRs are
+/// left alone: a write makes KVM store the wall clock at the address written.)
+const MSR_KVM_SYSTEM_TIME: u32 = 0x12;
+const MSR_KVM_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+const MSR_KVM_ASYNC_PF_EN: u32 = 0x4b56_4d02;
+const MSR_KVM_STEAL_TIME: u32 = 0x4b56_4d03;
+const MSR_KVM_PV_EOI_EN: u32 = 0x4b56_4d04;
+const MSR_KVM_POLL_CONTROL: u32 = 0x4b56_4d05;
+const MSR_KVM_ASYNC_PF_INT: u32 = 0x4b56_4d06;
 
-/// The boot values, before filtering.
-const BOOT_MSRS: [(u32, u64); 11] = [
+/// The boot values, before filtering. They are also the values a reset restores: after a
+/// guest reset KVM must not go on updating memory the previous boot pointed it at (the new
+/// boot's kernel may live there), nor fire the previous boot's TSC deadline.
+const BOOT_MSRS: [(u32, u64); 20] = [
     (MSR_IA32_SYSENTER_CS, 0),
     (MSR_IA32_SYSENTER_ESP, 0),
     (MSR_IA32_SYSENTER_EIP, 0),
@@ -38,6 +56,15 @@ const BOOT_MSRS: [(u32, u64); 11] = [
     (MSR_IA32_TSC, 0),
     (MSR_IA32_MISC_ENABLE, MISC_ENABLE_FAST_STRING),
     (MSR_MTRR_DEF_TYPE, MTRR_ENABLE_WRITEBACK),
+    (MSR_IA32_CR_PAT, PAT_POWER_ON),
+    (MSR_IA32_TSC_DEADLINE, 0),
+    (MSR_KVM_SYSTEM_TIME, 0),
+    (MSR_KVM_SYSTEM_TIME_NEW, 0),
+    (MSR_KVM_ASYNC_PF_EN, 0),
+    (MSR_KVM_ASYNC_PF_INT, 0),
+    (MSR_KVM_STEAL_TIME, 0),
+    (MSR_KVM_PV_EOI_EN, 0),
+    (MSR_KVM_POLL_CONTROL, 1),
 ];
 
 /// The boot MSRs that appear in `supported` (KVM's MSR index list).
@@ -51,7 +78,7 @@ pub fn boot_msrs(supported: &[u32]) -> Msrs {
             ..Default::default()
         })
         .collect();
-    // At most 11 entries: far below the FAM wrapper's limit, so creation cannot fail; an
+    // At most 20 entries: far below the FAM wrapper's limit, so creation cannot fail; an
     // empty list is the safe fallback all the same.
     Msrs::from_entries(&entries)
         .or_else(|_| Msrs::new(0))

@@ -372,5 +372,7 @@ fn socket(l: &mut crate::options::OptionList) -> OptResult<SocketSpec> {
         endpoint,
         // As QEMU: a server waits for its first client unless told not to.
         wait: wait.unwrap_or(true),
+        // QEMU has no per-socket limit: the monitor's total applies.
+        max_clients: None,
     })
 }

@@ -186,16 +186,20 @@ impl Mmio {
         mmio_read16(self.base + reg::CONFIG + off)
     }
 
-    /// Reads a 64-bit config field consistently (config generation check).
+    /// Reads a 64-bit config field consistently (config generation check;
+    /// after 1000 changing generations, a device that never settles, the last read).
     pub fn config64(&self, off: u64) -> u64 {
-        loop {
+        let mut value = 0;
+        for _ in 0..1000 {
             let gen = self.read(reg::CONFIG_GENERATION);
             let lo = self.config32(off);
             let hi = self.config32(off + 4);
+            value = (u64::from(hi) << 32) | u64::from(lo);
             if self.read(reg::CONFIG_GENERATION) == gen {
-                return (u64::from(hi) << 32) | u64::from(lo);
+                break;
             }
         }
+        value
     }
 
     /// Acknowledges all pending interrupt causes; returns them.
