@@ -94,9 +94,13 @@ for t in "${SELECTED[@]}"; do
   touch "$stamp"
   dict=()
   [[ -f $FUZZ_DIR/dict/$t.dict ]] && dict=(-dict="$FUZZ_DIR/dict/$t.dict")
+  # The targets' scratch files (images, kernels, schema directories) go to a directory of
+  # their own, removed after the run.
+  scratch="$OUT/tmp/$t"
+  rm -rf "$scratch" && mkdir -p "$scratch"
   # -timeout: an input that runs for 10 s is a hang; -rss_limit_mb: 2 GiB is an OOM.
-  if "$BIN/$t" -max_total_time="$share" -timeout=10 -rss_limit_mb=2048 "${dict[@]}" \
-      -print_final_stats=1 -artifact_prefix="$artifacts/" \
+  if TMPDIR="$scratch" "$BIN/$t" -max_total_time="$share" -timeout=10 -rss_limit_mb=2048 \
+      "${dict[@]}" -print_final_stats=1 -artifact_prefix="$artifacts/" \
       "$corpus" "$FUZZ_DIR/corpus/$t" >"$logfile" 2>&1; then
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logfile")
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$logfile")
@@ -110,6 +114,7 @@ for t in "${SELECTED[@]}"; do
       log "  reproduce: ${BIN#"$ROOT"/}/$t ${a#"$ROOT"/}"
     done
   fi
+  rm -rf "$scratch"
 done
 
 log "done in $((SECONDS - START))s"
