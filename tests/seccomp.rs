@@ -93,7 +93,14 @@ fn busy_vm(mode: &str, tag: &str) -> (common::Running, Client, [PathBuf; 2]) {
 fn every_thread_is_confined_by_default() {
     let (vm, c, imgs) = busy_vm("on", "on");
     let modes = seccomp_modes(vm.pid());
-    for name in ["vmm", "vcpu0", "vcpu1", "qmp-monitor", "blk-drive0", "blk-drive1"] {
+    for name in [
+        "vmm",
+        "vcpu0",
+        "vcpu1",
+        "qmp-monitor",
+        "blk-drive0",
+        "blk-drive1",
+    ] {
         assert!(modes.contains_key(name), "no thread {name}: {modes:?}");
     }
     assert!(
