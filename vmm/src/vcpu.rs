@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 
 use devices::{take_lifecycle_request, Bus, ResetCause, VmEvent, VmEventSink};
 use kvm_bindings::{
-    kvm_lapic_state, kvm_mp_state, kvm_sregs, kvm_vcpu_events, CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
+    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
     KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -46,6 +47,42 @@ pub enum VcpuError {
     /// The thread could not be started.
     #[error("Cannot start the thread of vCPU {0}")]
     Spawn(u8, #[source] std::io::Error),
+    /// The vCPU's thread ended before it did what was asked.
+    #[error("The vCPU's thread has ended")]
+    Gone,
+    /// A saved state has MSRs KVM does not take back.
+    #[error("KVM took {set} of {wanted} saved MSRs for vCPU {id}")]
+    RestoreMsrs {
+        /// vCPU index.
+        id: u8,
+        /// MSRs taken.
+        set: usize,
+        /// MSRs in the state.
+        wanted: usize,
+    },
+}
+
+/// Everything KVM holds for one vCPU, as a migration or snapshot carries it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct VcpuState {
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers.
+    pub sregs: kvm_sregs,
+    /// FPU, SSE and extended state.
+    pub xsave: kvm_xsave,
+    /// Extended control registers.
+    pub xcrs: kvm_xcrs,
+    /// The local APIC's registers.
+    pub lapic: kvm_lapic_state,
+    /// Every MSR KVM lists that it could read, as (index, value).
+    pub msrs: Vec<(u32, u64)>,
+    /// Run state (running, halted, waiting for SIPI).
+    pub mp_state: kvm_mp_state,
+    /// Pending exceptions, interrupts, NMIs and SMIs.
+    pub events: kvm_vcpu_events,
+    /// Debug registers.
+    pub debugregs: kvm_debugregs,
 }
 
 /// What the main loop wants a vCPU thread to do.
@@ -56,10 +93,22 @@ enum Request {
     Exit,
 }
 
+/// Work a parked vCPU thread does for the main loop on its own fd.
+#[derive(Debug)]
+enum Job {
+    /// Read the vCPU's complete state.
+    Save,
+    /// Load a complete state.
+    Restore(Box<VcpuState>),
+}
+
 #[derive(Debug)]
 struct ControlState {
     request: Request,
     parked: bool,
+    /// A job for the parked thread, and its result.
+    job: Option<Job>,
+    job_done: Option<Result<Option<Box<VcpuState>>, VcpuError>>,
     /// A boot entry to apply while parked (a reset), with the generation it belongs to.
     reset: Option<(u64, Option<BootEntry>)>,
     reset_done: u64,
@@ -100,6 +149,8 @@ pub struct Vcpu {
     initial_sregs: kvm_sregs,
     initial_lapic: kvm_lapic_state,
     msrs: Msrs,
+    /// The MSRs KVM lists (saved with the state).
+    msr_list: Vec<u32>,
 }
 
 impl Vcpu {
@@ -135,6 +186,7 @@ impl Vcpu {
             initial_sregs,
             initial_lapic,
             msrs,
+            msr_list: msr_index_list.to_vec(),
         };
         vcpu.reset_state(Some(entry).filter(|_| id == 0))?;
         Ok(vcpu)
@@ -177,6 +229,97 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Reads the complete state (the thread is parked: nothing runs on this fd meanwhile).
+    fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        let id = self.ctx.id;
+        let kvm = |what: &'static str| move |e| VcpuError::Kvm(what, id, e);
+        Ok(VcpuState {
+            regs: self.fd.get_regs().map_err(kvm("read registers"))?,
+            sregs: self.fd.get_sregs().map_err(kvm("read special registers"))?,
+            xsave: self.fd.get_xsave().map_err(kvm("read the extended state"))?,
+            xcrs: self.fd.get_xcrs().map_err(kvm("read the XCRs"))?,
+            lapic: self.fd.get_lapic().map_err(kvm("read the local APIC"))?,
+            msrs: self.read_msrs()?,
+            mp_state: self.fd.get_mp_state().map_err(kvm("read the run state"))?,
+            events: self.fd.get_vcpu_events().map_err(kvm("read pending events"))?,
+            debugregs: self.fd.get_debug_regs().map_err(kvm("read debug registers"))?,
+        })
+    }
+
+    /// Every listed MSR KVM can read: `KVM_GET_MSRS` stops at the first it cannot, so the
+    /// rest is asked again past that one.
+    fn read_msrs(&self) -> Result<Vec<(u32, u64)>, VcpuError> {
+        let id = self.ctx.id;
+        let mut out = Vec::new();
+        let mut rest: &[u32] = &self.msr_list;
+        while !rest.is_empty() {
+            let entries: Vec<kvm_msr_entry> = rest
+                .iter()
+                .take(256)
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&entries)
+                .map_err(|_| VcpuError::Msrs { id, set: 0, wanted: entries.len() })?;
+            let n = self
+                .fd
+                .get_msrs(&mut msrs)
+                .map_err(|e| VcpuError::Kvm("read MSRs", id, e))?;
+            out.extend(msrs.as_slice()[..n].iter().map(|e| (e.index, e.data)));
+            // Skip the one KVM could not read (if any) and go on.
+            rest = &rest[(n + usize::from(n < entries.len())).min(rest.len())..];
+        }
+        Ok(out)
+    }
+
+    /// Loads a complete state, in the order KVM needs (MSRs and special registers before the
+    /// extended state and the APIC; the run state and general registers last).
+    fn restore_state(&self, s: &VcpuState) -> Result<(), VcpuError> {
+        let id = self.ctx.id;
+        let kvm = |what: &'static str| move |e| VcpuError::Kvm(what, id, e);
+        let entries: Vec<kvm_msr_entry> = s
+            .msrs
+            .iter()
+            .map(|&(index, data)| kvm_msr_entry {
+                index,
+                data,
+                ..Default::default()
+            })
+            .collect();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::RestoreMsrs {
+            id,
+            set: 0,
+            wanted: entries.len(),
+        })?;
+        let set = self.fd.set_msrs(&msrs).map_err(kvm("set MSRs"))?;
+        if set != entries.len() {
+            return Err(VcpuError::RestoreMsrs {
+                id,
+                set,
+                wanted: entries.len(),
+            });
+        }
+        self.fd.set_sregs(&s.sregs).map_err(kvm("set special registers"))?;
+        // SAFETY: the state was read from a vCPU of a VM with the same CPUID (checked when the
+        // snapshot was opened); KVM validates the buffer's contents.
+        unsafe { self.fd.set_xsave(&s.xsave) }.map_err(kvm("set the extended state"))?;
+        self.fd.set_xcrs(&s.xcrs).map_err(kvm("set the XCRs"))?;
+        self.fd
+            .set_debug_regs(&s.debugregs)
+            .map_err(kvm("set debug registers"))?;
+        self.fd.set_lapic(&s.lapic).map_err(kvm("set the local APIC"))?;
+        self.fd
+            .set_mp_state(s.mp_state)
+            .map_err(kvm("set the run state"))?;
+        self.fd.set_regs(&s.regs).map_err(kvm("set registers"))?;
+        self.fd
+            .set_vcpu_events(&s.events)
+            .map_err(kvm("set pending events"))?;
+        Ok(())
+    }
+
     /// Starts the vCPU's thread, parked if `paused`.
     ///
     /// # Errors
@@ -187,6 +330,8 @@ impl Vcpu {
             state: Mutex::new(ControlState {
                 request: if paused { Request::Pause } else { Request::Run },
                 parked: false,
+                job: None,
+                job_done: None,
                 reset: None,
                 reset_done: 0,
                 tid: None,
@@ -232,6 +377,13 @@ impl Vcpu {
                     return true;
                 }
                 Request::Pause => {
+                    if let Some(job) = st.job.take() {
+                        st.job_done = Some(match job {
+                            Job::Save => self.save_state().map(|s| Some(Box::new(s))),
+                            Job::Restore(state) => self.restore_state(&state).map(|()| None),
+                        });
+                        control.changed.notify_all();
+                    }
                     if let Some((generation, entry)) = st.reset.take() {
                         self.complete_pending_exit();
                         if let Err(e) = self.reset_state(entry.as_ref()) {
@@ -433,6 +585,47 @@ impl VcpuHandle {
                 .wait(st)
                 .unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// Runs `job` on the parked vCPU's thread and waits for its result.
+    fn run_job(&self, job: Job) -> Result<Option<Box<VcpuState>>, VcpuError> {
+        let mut st = self.control.lock();
+        st.job = Some(job);
+        st.job_done = None;
+        self.control.changed.notify_all();
+        loop {
+            if let Some(done) = st.job_done.take() {
+                return done;
+            }
+            if self.thread.is_finished() {
+                return Err(VcpuError::Gone);
+            }
+            st = self
+                .control
+                .changed
+                .wait_timeout(st, std::time::Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The complete state of a parked vCPU.
+    ///
+    /// # Errors
+    /// KVM refused to report part of it, or the thread is gone.
+    pub fn save(&self) -> Result<VcpuState, VcpuError> {
+        match self.run_job(Job::Save)? {
+            Some(state) => Ok(*state),
+            None => Err(VcpuError::Gone),
+        }
+    }
+
+    /// Loads `state` into a parked vCPU.
+    ///
+    /// # Errors
+    /// KVM refused part of it, or the thread is gone.
+    pub fn restore(&self, state: VcpuState) -> Result<(), VcpuError> {
+        self.run_job(Job::Restore(Box::new(state))).map(drop)
     }
 
     /// Lets a parked vCPU run.
