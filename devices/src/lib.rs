@@ -17,3 +17,9 @@ pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use event::{take_lifecycle_request, ResetCause, VmEvent, VmEventSink};
+
+/// Guest RAM as the VMM and every device see it: vm-memory's mmap backend with a dirty bitmap
+/// per region that records every write made through it (the devices' DMA: request data,
+/// status bytes, used rings), which KVM's dirty log does not see. Migration reads and clears
+/// both.
+pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>;

@@ -12,7 +12,8 @@ use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use devices::acpi::pm;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use devices::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress};
 
 use crate::layout::{ACPI_PM_PORT, APIC_START, IOAPIC_START, RSDP_START, SYSTEM_MEM_START};
 

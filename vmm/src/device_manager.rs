@@ -17,9 +17,9 @@ use devices::acpi::{pm, AcpiPm, Ged, GedError};
 use devices::legacy::{DebugPort, SerialDevice, I8042};
 use devices::virtio::block::ThreadHooks;
 use devices::virtio::{MmioTransport, VirtioBlock};
+use devices::GuestMemoryMmap;
 use devices::{Bus, BusDevice, BusError, VmEventSink};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi::DsdtBuilder;

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Guest RAM: its layout around the 32-bit MMIO hole, its allocation and its KVM memory slots.
 
+use devices::GuestMemoryMmap;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 

@@ -10,6 +10,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use devices::GuestMemoryMmap;
 use devices::{take_lifecycle_request, Bus, ResetCause, VmEvent, VmEventSink};
 use kvm_bindings::{
     kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
@@ -17,7 +18,6 @@ use kvm_bindings::{
     KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::signal::Killable;
 
 use crate::arch::regs::{setup_boot_registers, BootEntry, RegsError};
@@ -236,13 +236,22 @@ impl Vcpu {
         Ok(VcpuState {
             regs: self.fd.get_regs().map_err(kvm("read registers"))?,
             sregs: self.fd.get_sregs().map_err(kvm("read special registers"))?,
-            xsave: self.fd.get_xsave().map_err(kvm("read the extended state"))?,
+            xsave: self
+                .fd
+                .get_xsave()
+                .map_err(kvm("read the extended state"))?,
             xcrs: self.fd.get_xcrs().map_err(kvm("read the XCRs"))?,
             lapic: self.fd.get_lapic().map_err(kvm("read the local APIC"))?,
             msrs: self.read_msrs()?,
             mp_state: self.fd.get_mp_state().map_err(kvm("read the run state"))?,
-            events: self.fd.get_vcpu_events().map_err(kvm("read pending events"))?,
-            debugregs: self.fd.get_debug_regs().map_err(kvm("read debug registers"))?,
+            events: self
+                .fd
+                .get_vcpu_events()
+                .map_err(kvm("read pending events"))?,
+            debugregs: self
+                .fd
+                .get_debug_regs()
+                .map_err(kvm("read debug registers"))?,
         })
     }
 
@@ -261,8 +270,11 @@ impl Vcpu {
                     ..Default::default()
                 })
                 .collect();
-            let mut msrs = Msrs::from_entries(&entries)
-                .map_err(|_| VcpuError::Msrs { id, set: 0, wanted: entries.len() })?;
+            let mut msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Msrs {
+                id,
+                set: 0,
+                wanted: entries.len(),
+            })?;
             let n = self
                 .fd
                 .get_msrs(&mut msrs)
@@ -301,7 +313,9 @@ impl Vcpu {
                 wanted: entries.len(),
             });
         }
-        self.fd.set_sregs(&s.sregs).map_err(kvm("set special registers"))?;
+        self.fd
+            .set_sregs(&s.sregs)
+            .map_err(kvm("set special registers"))?;
         // SAFETY: the state was read from a vCPU of a VM with the same CPUID (checked when the
         // snapshot was opened); KVM validates the buffer's contents.
         unsafe { self.fd.set_xsave(&s.xsave) }.map_err(kvm("set the extended state"))?;
@@ -309,7 +323,9 @@ impl Vcpu {
         self.fd
             .set_debug_regs(&s.debugregs)
             .map_err(kvm("set debug registers"))?;
-        self.fd.set_lapic(&s.lapic).map_err(kvm("set the local APIC"))?;
+        self.fd
+            .set_lapic(&s.lapic)
+            .map_err(kvm("set the local APIC"))?;
         self.fd
             .set_mp_state(s.mp_state)
             .map_err(kvm("set the run state"))?;

@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use devices::GuestMemoryMmap;
 use devices::VmEventSink;
 use kvm_bindings::{
     kvm_irqchip, kvm_pit_config, kvm_pit_state2, CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::GuestMemoryMmap;
 
 use crate::acpi::{write_tables, AcpiError};
 use crate::arch::regs::BootEntry;

@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use crate::GuestMemoryMmap;
 use acpi_tables::{aml, Aml, AmlSink};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE as ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER as DRIVER,
@@ -35,7 +36,6 @@ use virtio_bindings::virtio_mmio::{
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{ActivateContext, VirtioDevice, VirtioInterrupt};

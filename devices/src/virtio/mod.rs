@@ -19,9 +19,9 @@ pub mod mmio;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
+use crate::GuestMemoryMmap;
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 pub use block::VirtioBlock;

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Test helpers: guest memory and a driver-side view of a split virtqueue, built by hand.
 
+use crate::GuestMemoryMmap;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 
 /// Guest memory of `size` bytes at address 0.
 pub(crate) fn guest_memory(size: usize) -> GuestMemoryMmap {

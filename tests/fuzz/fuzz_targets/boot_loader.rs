@@ -47,7 +47,8 @@ use linux_loader::bootparam::boot_params;
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use devices::GuestMemoryMmap;
 
 const RAM_SIZES: [u64; 4] = [8 << 20, 32 << 20, 256 << 20, (3 << 30) + (64 << 20)];
 

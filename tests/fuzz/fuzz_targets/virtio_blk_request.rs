@@ -30,7 +30,8 @@ use block::{Admission, Aio, Backend, BackendConfig, Locking};
 use devices::virtio::block::request::{complete, parse, run, Op, Outcome, RequestConfig};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
+use devices::GuestMemoryMmap;
 
 /// Guest memory: `[0, LOW_END)`, a hole, then `[HIGH_START, HIGH_END)`.
 const LOW_END: u64 = 0x4000;

@@ -2,9 +2,10 @@
 //! Initial vCPU registers for the two boot protocols: the Linux 64-bit entry (long mode, paging
 //! on, identity-mapped) and the PVH entry (32-bit protected mode, paging off).
 
+use devices::GuestMemoryMmap;
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs};
 use kvm_ioctls::VcpuFd;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::gdt::{
     gdt_entry, segment_from_entry, CODE32_FLAGS, CODE64_FLAGS, DATA_FLAGS, TSS_FLAGS,

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The Linux zero page (struct boot_params) for a bzImage's 64-bit entry.
 
+use devices::GuestMemoryMmap;
 use linux_loader::bootparam::{boot_e820_entry, boot_params, setup_header};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::e820::memory_map;
 use super::BootError;

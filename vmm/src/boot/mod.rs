@@ -13,12 +13,13 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use devices::GuestMemoryMmap;
 use linux_loader::bootparam::setup_header;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::arch::regs::BootEntry;
 use crate::layout::{

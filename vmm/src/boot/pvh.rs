@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The PVH boot protocol's start info: command line, memory map, RSDP and the initrd module.
 
+use devices::GuestMemoryMmap;
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress};
 
 use super::e820::memory_map;
 use super::BootError;

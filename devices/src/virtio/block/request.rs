@@ -9,6 +9,7 @@
 
 use std::ops::Deref;
 
+use crate::GuestMemoryMmap;
 use block::{Backend, Completion, IoBuf, IoKind, Request, Ticket, SECTOR_SIZE};
 use virtio_bindings::virtio_blk::{
     virtio_blk_discard_write_zeroes, virtio_blk_outhdr, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR,
@@ -17,7 +18,8 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::DescriptorChain;
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
 
 // The bindings declare every value as `u32`; the status is a byte and the ID length a length.
 /// The status byte of a successful request.
@@ -177,7 +179,11 @@ pub(super) fn io_bufs<'m>(mem: &'m GuestMemoryMmap, segs: &[Segment]) -> Option<
         let len = usize::try_from(s.len).ok()?;
         s.addr.checked_add(s.len)?;
         for slice in GuestMemoryBackend::get_slices(mem, s.addr, len) {
-            bufs.push(slice.ok()?);
+            let slice = slice.ok()?;
+            // SAFETY: the slice lies in a mapping of `mem`, which outlives `'m`; only the
+            // dirty bitmap is left behind (the block layer's buffers carry none): what a read
+            // writes there is marked by `complete`, once it is in guest memory.
+            bufs.push(unsafe { IoBuf::new(slice.ptr_guard_mut().as_ptr(), slice.len()) });
         }
     }
     Some(bufs)
@@ -394,11 +400,27 @@ pub fn complete(
         Ok(s) => s,
         Err(epoch) => return Ok(Outcome::Park(epoch)),
     };
+    if let (Op::Read { data, .. }, true) = (&parsed.op, written > 0) {
+        mark_dirty(mem, data);
+    }
     mem.write_obj(status, parsed.status_addr)
         .map_err(|_| ChainError::Memory)?;
     Ok(Outcome::Done(
         u32::try_from(written + 1).unwrap_or(u32::MAX),
     ))
+}
+
+/// Marks `segs` written in guest memory's dirty bitmap: a read's data reaches the guest
+/// through the block layer's buffers, which do not track writes themselves.
+fn mark_dirty(mem: &GuestMemoryMmap, segs: &[Segment]) {
+    for s in segs {
+        let Ok(len) = usize::try_from(s.len) else {
+            continue;
+        };
+        for slice in GuestMemoryBackend::get_slices(mem, s.addr, len).flatten() {
+            slice.bitmap().mark_dirty(0, slice.len());
+        }
+    }
 }
 
 /// A status byte, or `Err(epoch)`: park the request (see [`Outcome::Park`]).

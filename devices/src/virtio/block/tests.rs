@@ -5,6 +5,7 @@ use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::GuestMemoryMmap;
 use block::{
     Aio, BackendConfig, BlockNode, Bucket, DevicePolicy, ErrorAction, FaultRule, IoBuf,
     IoErrorEvent, IoErrorSlot, IoKind, IoStatus, OnError, ThrottleConfig, ThrottleGroups,
@@ -28,7 +29,7 @@ use virtio_bindings::virtio_mmio::{
     VIRTIO_MMIO_QUEUE_USED_HIGH, VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_STATUS,
     VIRTIO_MMIO_VERSION,
 };
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 use vmm_sys_util::tempfile::TempFile;
 

@@ -28,10 +28,10 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::GuestMemoryMmap;
 use block::buf::{gather, scatter, AlignedBuf};
 use block::{Admitted, Backend, HostFile, IoKind};
 use io_uring::{opcode, types, IoUring};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::request::{complete, io_bufs, status_of, ChainError, Op, Outcome, Parsed, S_OK};
