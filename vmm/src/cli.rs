@@ -70,6 +70,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CLIENTS,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub qmp_max_clients: u16,
+    /// Wait for an incoming migration instead of booting: unix:PATH, tcp:HOST:PORT, fd:N,
+    /// exec:COMMAND, file:PATH (a snapshot to restore), or defer (the URI comes with QMP's
+    /// migrate-incoming). The guest runs once it has arrived (paused with -S).
+    #[arg(long, value_name = "URI", value_parser = parse_incoming)]
+    pub incoming: Option<crate::migration::control::IncomingSpec>,
     /// seccomp filters on every thread: on (a forbidden system call ends vmm with a one-line
     /// error), log (the kernel logs it and lets it run), off.
     #[arg(long, value_name = "MODE", default_value = "on")]
@@ -79,6 +84,11 @@ pub struct Cli {
 fn parse_disk(s: &str) -> Result<DiskSpec, String> {
     s.parse()
         .map_err(|e: crate::disk::DiskSpecError| e.to_string())
+}
+
+fn parse_incoming(s: &str) -> Result<crate::migration::control::IncomingSpec, String> {
+    s.parse()
+        .map_err(|e: crate::migration::uri::UriError| e.to_string())
 }
 
 fn parse_qmp(s: &str) -> Result<SocketSpec, String> {
@@ -154,6 +164,7 @@ impl Cli {
                     frontend_open: true,
                 })
                 .collect(),
+            incoming: self.incoming.clone(),
         })
     }
 

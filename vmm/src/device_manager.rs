@@ -214,7 +214,36 @@ impl std::fmt::Debug for DeviceManager {
     }
 }
 
+/// WIP (s17-mig only, replaced by the device-state branch): the emulated devices' state.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DevicesState {}
+
 impl DeviceManager {
+    /// WIP: the devices' state.
+    pub fn save_state(&self) -> DevicesState {
+        DevicesState {}
+    }
+
+    /// WIP: loads the devices' state.
+    pub fn restore_state(&mut self, _state: &DevicesState) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    /// WIP: quiesces the disks.
+    pub fn quiesce(&mut self, _timeout: std::time::Duration) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    /// WIP: hands the images over.
+    pub fn inactivate_images(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
+    /// WIP: takes the images.
+    pub fn activate_images(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
+
     /// A device manager with empty buses for the VM `vm_fd` with guest memory `mem`; devices
     /// that raise VM events (poweroff, reset) get clones of `events`.
     ///

@@ -12,21 +12,29 @@ use monitor::MonitorHandle;
 use qapi::events::Event;
 use qapi::rt::QmpError;
 use qapi::rt::Timestamp;
-use qapi::types::{ResetArg, RunState, ShutdownArg, ShutdownCause};
+use qapi::types::{
+    MigrationArg, MigrationPassArg, MigrationStatus, ResetArg, RunState, ShutdownArg,
+    ShutdownCause,
+};
 
+use crate::migration::state::VmState;
+use crate::migration::{Migrations, Request};
 use crate::vm::{Vm, VmError};
 
 /// The run state, readable without the big lock (by out-of-band commands).
 #[derive(Debug, Default)]
 pub struct SharedRunState(AtomicU8);
 
-const STATES: [RunState; 6] = [
+const STATES: [RunState; 9] = [
     RunState::Prelaunch,
     RunState::Running,
     RunState::Paused,
     RunState::Shutdown,
     RunState::InternalError,
     RunState::IoError,
+    RunState::Inmigrate,
+    RunState::FinishMigrate,
+    RunState::Postmigrate,
 ];
 
 impl SharedRunState {
@@ -81,6 +89,11 @@ pub struct Machine {
     pub monitor_chardevs: Vec<qapi::types::ChardevInfo>,
     /// The `events` migration capability (`migrate-set-capabilities`).
     pub migration_events: bool,
+    /// Migrations: the parameters, the last one's counters, the thread of a running one.
+    pub migration: Migrations,
+    /// An incoming migration starts the guest when it completes (no `-S`, or `cont` while
+    /// it was received).
+    autostart: bool,
     exit: Option<Exit>,
     /// A vCPU hit an internal error since the last reset (`quit` then exits 1).
     failed: bool,
@@ -104,6 +117,7 @@ impl Machine {
         name: Option<String>,
         shared: Arc<SharedRunState>,
         monitor: Option<MonitorHandle>,
+        migration: Migrations,
     ) -> Self {
         shared.set(RunState::Prelaunch);
         Self {
@@ -115,6 +129,8 @@ impl Machine {
             name,
             monitor_chardevs: Vec::new(),
             migration_events: false,
+            migration,
+            autostart: false,
             exit: None,
             failed: false,
         }
@@ -203,7 +219,18 @@ impl Machine {
     pub fn cont(&mut self) -> Result<(), QmpError> {
         match self.state() {
             RunState::Running => Ok(()),
-            RunState::Paused | RunState::Prelaunch | RunState::IoError => {
+            // As QEMU: the guest starts once the incoming migration completes.
+            RunState::Inmigrate => {
+                self.autostart = true;
+                Ok(())
+            }
+            RunState::FinishMigrate => Err(QmpError::generic(
+                "Migration is not finalized yet",
+            )),
+            RunState::Paused
+            | RunState::Prelaunch
+            | RunState::IoError
+            | RunState::Postmigrate => {
                 self.announce(Event::Resume, Some(RunState::Running));
                 self.vm.resume();
                 for disk in self.vm.disks() {
@@ -311,5 +338,135 @@ impl Machine {
     /// The exit code `quit` uses: 1 after an internal error, else 0.
     pub fn quit_code(&self) -> i32 {
         i32::from(self.failed)
+    }
+
+    /// Waits for an incoming migration (`-incoming`): the vCPUs stay parked in `inmigrate`;
+    /// the guest starts when it completes if `autostart` (no `-S`).
+    pub fn await_incoming(&mut self, autostart: bool) {
+        self.autostart = autostart;
+        self.migration.incoming = true;
+        self.set_state(RunState::Inmigrate);
+    }
+
+    /// Emits MIGRATION for `status` when the `events` capability is on and it changed.
+    pub fn migration_status(&mut self, status: MigrationStatus) {
+        if self.migration.set_status(status) && self.migration_events {
+            self.announce(Event::Migration(MigrationArg { status }), None);
+        }
+    }
+
+    /// Serves one request of the migration thread (see [`Request`]).
+    pub fn on_migration(&mut self, request: Request) {
+        match request {
+            Request::Status(s) => self.migration_status(s),
+            Request::Pass(n) => {
+                if self.migration_events {
+                    let pass = i64::try_from(n).unwrap_or(i64::MAX);
+                    self.announce(Event::MigrationPass(MigrationPassArg { pass }), None);
+                }
+            }
+            Request::Pause(done) => {
+                self.migration.was_running = self.state() == RunState::Running;
+                self.vm.pause();
+                if self.migration.was_running {
+                    self.announce(Event::Stop, Some(RunState::FinishMigrate));
+                }
+                let _ = done.send(());
+            }
+            Request::SaveState(done) => {
+                let _ = done.send(self.save_for_migration());
+            }
+            Request::Finished(result) => self.outgoing_finished(result),
+            Request::Restore(json, done) => {
+                let _ = done.send(self.restore_from_migration(&json));
+            }
+            Request::IncomingFinished(result) => self.incoming_finished(result),
+        }
+    }
+
+    /// The switch on the source: devices quiesced, the state saved, the images handed over.
+    fn save_for_migration(&mut self) -> Result<Vec<u8>, String> {
+        let devices = self.vm.devices_mut();
+        devices
+            .quiesce(crate::migration::QUIESCE_TIMEOUT)
+            .map_err(|e| crate::error::chain(&e))?;
+        let state = self.vm.save_state().map_err(|e| crate::error::chain(&e))?;
+        let json = serde_json::to_vec(&state).map_err(|e| e.to_string())?;
+        self.vm
+            .devices_mut()
+            .inactivate_images()
+            .map_err(|e| crate::error::chain(&e))?;
+        Ok(json)
+    }
+
+    /// The outgoing migration ended: `postmigrate`, or the guest back as it was.
+    fn outgoing_finished(&mut self, result: Result<(), Option<String>>) {
+        let failed = result.is_err();
+        let (status, error) = match result {
+            Ok(()) => (MigrationStatus::Completed, None),
+            Err(None) => (MigrationStatus::Cancelled, None),
+            Err(Some(e)) => (MigrationStatus::Failed, Some(e)),
+        };
+        self.migration.end(status, error);
+        if failed {
+            // The images may have been handed over already: take them back.
+            if let Err(e) = self.vm.devices_mut().activate_images() {
+                crate::report::error(format_args!("{}", crate::error::chain(&e)));
+            }
+            if self.state() == RunState::FinishMigrate {
+                self.announce(Event::Resume, Some(RunState::Running));
+                self.vm.resume();
+            }
+        } else {
+            self.set_state(RunState::Postmigrate);
+        }
+        self.migration.was_running = false;
+        if self.migration_events {
+            self.announce(Event::Migration(MigrationArg { status }), None);
+        }
+    }
+
+    /// Loads a migrated state into this (parked) VM and takes the images.
+    fn restore_from_migration(&mut self, json: &[u8]) -> Result<(), String> {
+        let state: VmState = serde_json::from_slice(json)
+            .map_err(|e| format!("Corrupt migration stream: its state does not decode: {e}"))?;
+        self.vm
+            .restore_state(state)
+            .map_err(|e| crate::error::chain(&e))?;
+        self.vm
+            .devices_mut()
+            .activate_images()
+            .map_err(|e| crate::error::chain(&e))
+    }
+
+    /// The incoming migration ended: the guest runs (or waits paused with `-S`); a failed
+    /// one ends vmm with exit code 1, as QEMU's "load of migration failed".
+    fn incoming_finished(&mut self, result: Result<(), String>) {
+        self.migration.incoming = false;
+        match result {
+            Ok(()) => {
+                self.migration.end(MigrationStatus::Completed, None);
+                if self.migration_events {
+                    let status = MigrationStatus::Completed;
+                    self.announce(Event::Migration(MigrationArg { status }), None);
+                }
+                if self.autostart {
+                    self.announce(Event::Resume, Some(RunState::Running));
+                    self.vm.resume();
+                } else {
+                    self.set_state(RunState::Paused);
+                }
+            }
+            Err(e) => {
+                self.migration
+                    .end(MigrationStatus::Failed, Some(e.clone()));
+                if self.migration_events {
+                    let status = MigrationStatus::Failed;
+                    self.announce(Event::Migration(MigrationArg { status }), None);
+                }
+                crate::report::error(format_args!("load of migration failed: {e}"));
+                self.exit = Some(Exit::Code(1));
+            }
+        }
     }
 }

@@ -17,6 +17,7 @@ mod host;
 mod layout;
 mod machine;
 mod memory;
+mod migration;
 mod options;
 mod pty;
 mod qemu_cli;

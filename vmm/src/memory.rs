@@ -1,19 +1,33 @@
 // SPDX-License-Identifier: Apache-2.0
-//! Guest RAM: its layout around the 32-bit MMIO hole, its allocation and its KVM memory slots.
+//! The memory manager: guest RAM's layout around the 32-bit MMIO hole, its allocation (one
+//! memfd, mapped shared: the VMM, KVM and later a postcopy server all see the same pages), its
+//! KVM memory slots, and dirty-page tracking for migration (KVM's dirty log for what vCPUs
+//! write, the mapping's own bitmap for what devices write).
+
+use std::fs::File;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
 
 use devices::GuestMemoryMmap;
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::layout::{MMIO_HOLE_END, MMIO_HOLE_START};
 
 /// Errors while creating guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    /// The host refused the anonymous mapping (usually too little memory or address space).
+    /// The host refused the mapping (usually too little memory or address space).
     #[error("Cannot allocate {0} MiB of guest memory")]
     Allocate(u64, #[source] vm_memory::mmap::FromRangesError),
+    /// The memory file could not be created or sized.
+    #[error("Cannot create the {0} MiB guest memory file")]
+    MemFd(u64, #[source] std::io::Error),
+    /// KVM refused to report or change dirty-page logging.
+    #[error("Cannot {0} the dirty log of guest memory slot {1}")]
+    DirtyLog(&'static str, u32, #[source] kvm_ioctls::Error),
     /// KVM refused a memory slot.
     #[error("Cannot register guest memory slot {0} with KVM")]
     Slot(u32, #[source] kvm_ioctls::Error),
@@ -38,16 +52,43 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
     }
 }
 
-/// Allocates `size` bytes of guest RAM (anonymous, populated lazily by the host).
+/// Allocates `size` bytes of guest RAM: one memfd (sealed against shrinking), populated
+/// lazily by the host, mapped shared, each region at its own offset in the file (regions are
+/// laid out in the file in guest-physical order, without the hole).
 ///
 /// # Errors
-/// Fails when the host cannot provide the mapping.
+/// Fails when the host cannot provide the file or the mapping.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    let ranges: Vec<(GuestAddress, usize)> = ram_ranges(size)
+    let mib = size >> 20;
+    // SAFETY: the name is a NUL-terminated string; the flags are valid; the result is checked.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"vmm-guest-ram".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(MemoryError::MemFd(mib, std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)
+        .map_err(|e| MemoryError::MemFd(mib, e))?;
+    // SAFETY: `fd` is the memfd owned by `file`; F_ADD_SEALS takes an integer.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) } != 0 {
+        return Err(MemoryError::MemFd(mib, std::io::Error::last_os_error()));
+    }
+    let file = Arc::new(file);
+    let mut offset = 0u64;
+    let ranges: Vec<(GuestAddress, usize, Option<FileOffset>)> = ram_ranges(size)
         .into_iter()
-        .map(|(a, s)| (a, s as usize))
+        .map(|(a, s)| {
+            let r = (a, s as usize, Some(FileOffset::from_arc(file.clone(), offset)));
+            offset += s;
+            r
+        })
         .collect();
-    GuestMemoryMmap::from_ranges(&ranges).map_err(|e| MemoryError::Allocate(size >> 20, e))
+    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| MemoryError::Allocate(mib, e))
 }
 
 /// Registers every region of `mem` as a KVM memory slot, numbered from 0.
@@ -55,6 +96,11 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
 /// # Errors
 /// Fails when KVM rejects a slot.
 pub fn register_slots(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    set_slots(vm, mem, 0)
+}
+
+/// (Re-)registers every region of `mem` as KVM memory slot 0, 1, ... with `flags`.
+fn set_slots(vm: &VmFd, mem: &GuestMemoryMmap, flags: u32) -> Result<(), MemoryError> {
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;
         let start = region.start_addr();
@@ -66,13 +112,104 @@ pub fn register_slots(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryErro
             guest_phys_addr: start.raw_value(),
             memory_size: region.len(),
             userspace_addr: host as u64,
-            flags: 0,
+            flags,
         };
         // SAFETY: the host range [userspace_addr, +memory_size) is a live mapping owned by `mem`,
         // which the VM keeps alive for as long as the VM fd exists.
         unsafe { vm.set_user_memory_region(region) }.map_err(|e| MemoryError::Slot(slot, e))?;
     }
     Ok(())
+}
+
+/// The pages written since the last look, per region of guest memory, one bit per 4 KiB
+/// page (bit `i % 64` of word `i / 64` is the region's page `i`).
+#[derive(Debug, Default)]
+pub struct DirtyPages {
+    /// (region start, region length, bitmap).
+    pub regions: Vec<(GuestAddress, u64, Vec<u64>)>,
+}
+
+impl DirtyPages {
+    /// How many pages are marked.
+    pub fn count(&self) -> u64 {
+        self.regions
+            .iter()
+            .flat_map(|(_, _, b)| b.iter())
+            .map(|w| u64::from(w.count_ones()))
+            .sum()
+    }
+
+    /// The guest-physical address of every marked page, in ascending order.
+    pub fn pages(&self) -> impl Iterator<Item = GuestAddress> + '_ {
+        self.regions.iter().flat_map(|(start, _, bits)| {
+            bits.iter().enumerate().flat_map(move |(w, &word)| {
+                (0..64)
+                    .filter(move |b| word & (1 << b) != 0)
+                    .map(move |b| start.unchecked_add((w as u64 * 64 + b) * PAGE_SIZE))
+            })
+        })
+    }
+}
+
+/// The page size of dirty tracking and of the migration stream.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Dirty-page tracking of guest RAM while a migration runs: KVM logs what vCPUs write (the
+/// slots are re-registered with `KVM_MEM_LOG_DIRTY_PAGES`), the mapping's bitmap what the
+/// VMM's devices write. Usable from any thread (the migration thread): KVM's slot ioctls
+/// and `KVM_GET_DIRTY_LOG` are VM-wide.
+#[derive(Debug)]
+pub struct DirtyLog {
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
+}
+
+impl DirtyLog {
+    /// Starts tracking: from now on every write is logged. The devices' bitmap is cleared
+    /// (the first pass sends everything anyway).
+    ///
+    /// # Errors
+    /// KVM refused to log a slot.
+    pub fn start(vm: Arc<VmFd>, mem: GuestMemoryMmap) -> Result<Self, MemoryError> {
+        for r in mem.iter() {
+            region_bitmap(r).reset();
+        }
+        set_slots(&vm, &mem, KVM_MEM_LOG_DIRTY_PAGES)?;
+        Ok(Self { vm, mem })
+    }
+
+    /// The pages written since [`start`](Self::start) or the last call, and clears the logs.
+    ///
+    /// # Errors
+    /// KVM refused to report a slot's log.
+    pub fn sync(&self) -> Result<DirtyPages, MemoryError> {
+        let mut regions = Vec::new();
+        for (slot, r) in self.mem.iter().enumerate() {
+            let slot = slot as u32;
+            let mut bits = self
+                .vm
+                .get_dirty_log(slot, r.len() as usize)
+                .map_err(|e| MemoryError::DirtyLog("read", slot, e))?;
+            let devices: Vec<u64> = region_bitmap(r).get_and_reset();
+            for (w, d) in bits.iter_mut().zip(devices) {
+                *w |= d;
+            }
+            regions.push((r.start_addr(), r.len(), bits));
+        }
+        Ok(DirtyPages { regions })
+    }
+}
+
+impl Drop for DirtyLog {
+    /// Stops tracking (KVM stops logging; the slots keep their memory).
+    fn drop(&mut self) {
+        let _ = set_slots(&self.vm, &self.mem, 0);
+    }
+}
+
+/// The devices' dirty bitmap of a region (the mapping's, not the trait's slice of it).
+fn region_bitmap(r: &vm_memory::GuestRegionMmap<AtomicBitmap>) -> &AtomicBitmap {
+    vm_memory::mmap::MmapRegion::bitmap(r)
 }
 
 /// Leaves guest RAM out of core dumps of the VMM (QEMU's `dump-guest-core=off`): a crash

@@ -12,7 +12,8 @@ use qapi::types::{
     BlockDeviceInfo, BlockIOThrottle, BlockInfo, BlockInjectErrno, BlockInjectOperation,
     BlockInjectRule, BlockInjectRuleId, BlockStats, Blockdev, ChardevInfo, CommandInfo,
     CommandLineOptionInfo, CpuInfoFast, CpuInfoFastBranch, CpuInstanceProperties, JobInfo, KvmInfo,
-    MachineInfo, MigrationCapability, MigrationCapabilityStatus, NameInfo, ObjectPropertyInfo,
+    MachineInfo, MigrateSetParameters, MigrationCapability, MigrationCapabilityStatus,
+    MigrationInfo, MigrationParameters, MigrationStatus, NameInfo, ObjectPropertyInfo,
     ObjectTypeInfo, RunState, SchemaInfo, ShutdownCause, StatusInfo, SysEmuTarget, TargetInfo,
     VersionInfo, VersionTriple, YankInstance, YankInstanceBlockNode, YankInstanceBranch,
 };
@@ -588,6 +589,55 @@ impl QmpCommands for Machine {
             match c.capability {
                 MigrationCapability::Events => self.migration_events = c.state,
             }
+        }
+        Ok(())
+    }
+
+    fn query_migrate(&mut self) -> Result<MigrationInfo, QmpError> {
+        Ok(self.migration.info())
+    }
+
+    fn migrate_set_parameters(&mut self, arg: MigrateSetParameters) -> Result<(), QmpError> {
+        let mut p = self.migration.params();
+        if let Some(limit) = arg.downtime_limit {
+            if limit > crate::migration::MAX_DOWNTIME_LIMIT {
+                // QEMU's text.
+                return Err(QmpError::generic(format!(
+                    "Parameter 'downtime_limit' expects an integer in the range of 0 to {} milliseconds",
+                    crate::migration::MAX_DOWNTIME_LIMIT
+                )));
+            }
+            p.downtime_limit = limit;
+        }
+        if let Some(bw) = arg.max_bandwidth {
+            p.max_bandwidth = bw;
+        }
+        self.migration.set_params(p);
+        Ok(())
+    }
+
+    fn query_migrate_parameters(&mut self) -> Result<MigrationParameters, QmpError> {
+        Ok(crate::migration::parameters(self.migration.params()))
+    }
+
+    fn migrate(
+        &mut self,
+        uri: String,
+        blk: Option<bool>,
+        inc: Option<bool>,
+        _detach: Option<bool>,
+        resume: Option<bool>,
+    ) -> Result<(), QmpError> {
+        crate::migration::control::start_outgoing(self, &uri, blk, inc, resume)
+    }
+
+    fn migrate_incoming(&mut self, uri: String) -> Result<(), QmpError> {
+        crate::migration::control::start_incoming(self, &uri)
+    }
+
+    fn migrate_cancel(&mut self) -> Result<(), QmpError> {
+        if self.migration.cancel() {
+            self.migration_status(MigrationStatus::Cancelling);
         }
         Ok(())
     }

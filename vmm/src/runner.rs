@@ -25,6 +25,8 @@ use crate::device_manager::SerialMode;
 use crate::error::chain;
 use crate::host;
 use crate::machine::{Exit, Lifecycle, Machine, SharedRunState};
+use crate::migration::control::IncomingSpec;
+use crate::migration::Migrations;
 use crate::qmp::{version_info, OobServer};
 use crate::qmp_async::{self, Start};
 use crate::seccomp::{self, ThreadKind};
@@ -61,6 +63,9 @@ pub enum RunError {
     /// The open-file limit could not be read.
     #[error("Cannot read the open-file limit (RLIMIT_NOFILE)")]
     OpenFiles(#[source] std::io::Error),
+    /// The incoming migration could not be set up.
+    #[error(transparent)]
+    Incoming(crate::migration::MigrationError),
 }
 
 /// Options of a run beyond the VM's configuration.
@@ -78,6 +83,8 @@ pub struct RunOptions {
     pub qmp_max_clients: usize,
     /// What `query-chardev` shows of the monitors' sockets.
     pub monitor_chardevs: Vec<qapi::types::ChardevInfo>,
+    /// Wait for an incoming migration (`--incoming`, QEMU's `-incoming`).
+    pub incoming: Option<IncomingSpec>,
 }
 
 /// What woke the main loop: the `data` of each registered event.
@@ -101,10 +108,12 @@ enum Source {
     ConsoleListener,
     /// Input (or a hang-up) from the serial console's socket client.
     ConsoleClient,
+    /// A migration thread asks for something.
+    Migration,
 }
 
 impl Source {
-    const ALL: [Source; 9] = [
+    const ALL: [Source; 10] = [
         Source::VmEvents,
         Source::Signal,
         Source::Monitor,
@@ -114,6 +123,7 @@ impl Source {
         Source::PtyTimer,
         Source::ConsoleListener,
         Source::ConsoleClient,
+        Source::Migration,
     ];
 
     fn data(self) -> u32 {
@@ -450,6 +460,7 @@ impl MutEventSubscriber for MainLoop {
             (&self.signal_fd, Source::Signal),
             (&self.monitor_wake, Source::Monitor),
             (&self.jobs_wake, Source::Jobs),
+            (self.machine.migration.wake(), Source::Migration),
         ] {
             if let Err(e) = ops.add(Events::with_data(fd, source.data(), EventSet::IN)) {
                 self.outcome = Some(Err(RunError::EventLoop(e)));
@@ -506,6 +517,14 @@ impl MutEventSubscriber for MainLoop {
             Some(Source::PtyTimer) => self.on_pty_timer(ops),
             Some(Source::ConsoleListener) => self.on_console_listener(ops),
             Some(Source::ConsoleClient) => self.on_console_client(ops),
+            Some(Source::Migration) => {
+                while let Some(request) = self.machine.migration.next_request() {
+                    self.machine.on_migration(request);
+                    if self.machine.exit().is_some() {
+                        break;
+                    }
+                }
+            }
             None => {}
         }
         if self.outcome.is_none() {
@@ -574,7 +593,19 @@ pub fn run(
         options.name.clone(),
         state,
         handle.clone(),
+        Migrations::new().map_err(RunError::EventFd)?,
     );
+    match &options.incoming {
+        None => {}
+        Some(spec) => {
+            machine.await_incoming(!options.paused);
+            if let IncomingSpec::Uri(uri) = spec {
+                // Listening before the monitors answer, so a source started next finds it.
+                crate::migration::control::listen(&mut machine, uri)
+                    .map_err(RunError::Incoming)?;
+            }
+        }
+    }
     machine.monitor_chardevs = options.monitor_chardevs.clone();
     if let Some(ready) = ready {
         // The VM is built and every monitor listens: whoever waits for the daemon may
@@ -609,7 +640,7 @@ pub fn run(
         jobs_wake: EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?,
     };
     main.machine.vm.start(true)?;
-    if !options.paused && !waiting_for_client {
+    if !options.paused && !waiting_for_client && options.incoming.is_none() {
         main.machine.launch();
     }
     let mut manager = EventManager::new().map_err(RunError::EventLoop)?;

@@ -53,12 +53,14 @@ pub enum ThreadKind {
     QmpJob,
     /// The `vm-teardown` thread: drops the machine at exit.
     Teardown,
+    /// A `migration` thread: the stream's socket or file, guest RAM and the dirty log.
+    Migration,
 }
 
 impl ThreadKind {
     /// Every kind.
     #[cfg(test)]
-    pub const ALL: [ThreadKind; 7] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Monitor,
@@ -66,6 +68,7 @@ impl ThreadKind {
         ThreadKind::BlockRequest,
         ThreadKind::QmpJob,
         ThreadKind::Teardown,
+        ThreadKind::Migration,
     ];
 
     /// The name in messages.
@@ -78,13 +81,14 @@ impl ThreadKind {
             ThreadKind::BlockRequest => "block request",
             ThreadKind::QmpJob => "qmp-job",
             ThreadKind::Teardown => "vm-teardown",
+            ThreadKind::Migration => "migration",
         }
     }
 
     /// The calls refused with `EACCES` rather than trapped (see the module's doc).
     pub fn refused(self) -> &'static [i64] {
         match self {
-            ThreadKind::Main | ThreadKind::QmpJob => &[],
+            ThreadKind::Main | ThreadKind::QmpJob | ThreadKind::Migration => &[],
             _ => &[libc::SYS_openat],
         }
     }
@@ -100,6 +104,7 @@ impl ThreadKind {
             ThreadKind::BlockRequest => BLOCK_REQUEST,
             ThreadKind::QmpJob => QMP_JOB,
             ThreadKind::Teardown => TEARDOWN,
+            ThreadKind::Migration => MIGRATION,
         });
         if matches!(self, ThreadKind::Main | ThreadKind::BlockIo) {
             // They create threads, which inherit their filter and then add their own.
@@ -108,6 +113,7 @@ impl ThreadKind {
         if self == ThreadKind::Main {
             calls.extend_from_slice(QMP_JOB);
             calls.extend_from_slice(BLOCK_REQUEST);
+            calls.extend_from_slice(MIGRATION);
         }
         if self == ThreadKind::BlockIo {
             calls.extend_from_slice(BLOCK_REQUEST);
@@ -215,6 +221,8 @@ const TEARDOWN: &[i64] = &[
     libc::SYS_io_uring_enter,
     // Removing the serial console's socket file.
     libc::SYS_unlink,
+    // Waking a migration thread blocked on its socket.
+    libc::SYS_shutdown,
 ];
 
 const MONITOR: &[i64] = &[
@@ -245,6 +253,37 @@ const BLOCK_IO: &[i64] = &[
     libc::SYS_io_uring_register,
     libc::SYS_timerfd_create,
     libc::SYS_timerfd_settime,
+];
+
+/// A `migration` thread: its socket (connect or listen and accept) or snapshot file, the
+/// dirty log (`KVM_GET_DIRTY_LOG`, slot flags), the memory file's data ranges and holes.
+const MIGRATION: &[i64] = &[
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_accept4,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_sendmsg,
+    libc::SYS_recvmsg,
+    libc::SYS_shutdown,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_ioctl,
+    libc::SYS_openat,
+    libc::SYS_unlink,
+    libc::SYS_lseek,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_ftruncate,
+    libc::SYS_fallocate,
+    libc::SYS_fdatasync,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_poll,
 ];
 
 const BLOCK_REQUEST: &[i64] = &[

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use devices::GuestMemoryMmap;
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use devices::VmEventSink;
 use kvm_bindings::{
-    kvm_irqchip, kvm_pit_config, kvm_pit_state2, CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
     KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
@@ -23,6 +24,7 @@ use crate::blockdev::{self, Plan};
 use crate::device_manager::{DeviceError, DeviceManager, Disk, SerialConfig};
 use crate::disk::DiskSpec;
 use crate::layout::KVM_TSS_ADDRESS;
+use crate::migration::state::{cpu_features, CpuFeatureWord, DiskSummary, Setup, VmState};
 use crate::memory::{create_guest_memory, exclude_from_core_dumps, register_slots, MemoryError};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
 
@@ -101,6 +103,9 @@ pub enum VmError {
     /// A device could not be created or wired.
     #[error(transparent)]
     Device(#[from] DeviceError),
+    /// A migrated state does not fit this VM.
+    #[error("The migrated state does not fit this VM: {0}")]
+    State(String),
 }
 
 /// Sets a PIC's state to what firmware hands an operating system that routes interrupts
@@ -185,6 +190,8 @@ pub struct Vm {
     vcpus: Vec<VcpuHandle>,
     power_on: PowerOnState,
     reset_generation: u64,
+    /// The CPU features the guest is given (what a migration's destination must offer).
+    cpu_features: Vec<CpuFeatureWord>,
 }
 
 impl std::fmt::Debug for Vm {
@@ -292,10 +299,13 @@ fn create_vcpus(
     devices: &DeviceManager,
     cpus: u8,
     entry: &BootEntry,
-) -> Result<Vec<Vcpu>, VmError> {
+) -> Result<(Vec<Vcpu>, Vec<CpuFeatureWord>), VmError> {
     let cpuid: CpuId = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| VmError::Kvm("read the supported CPUID", e))?;
+    let mut boot_cpuid = cpuid.clone();
+    crate::arch::cpuid::patch_cpuid(&mut boot_cpuid, 0, cpus);
+    let features = cpu_features(&boot_cpuid);
     let msr_list = kvm
         .get_msr_index_list()
         .map_err(|e| VmError::Kvm("read the MSR index list", e))?;
@@ -320,7 +330,7 @@ fn create_vcpus(
             entry,
         )?);
     }
-    Ok(vcpus)
+    Ok((vcpus, features))
 }
 
 impl Vm {
@@ -348,7 +358,8 @@ impl Vm {
         add_devices(&mut devices, config)?;
         let rsdp = write_tables(&mem, devices.dsdt(), config.cpus)?;
         let entry = images.load(&mem, ram_size, rsdp)?;
-        let pending_vcpus = create_vcpus(&kvm, &vm_fd, &mem, &devices, config.cpus, &entry)?;
+        let (pending_vcpus, cpu_features) =
+            create_vcpus(&kvm, &vm_fd, &mem, &devices, config.cpus, &entry)?;
         Ok(Self {
             vm_fd,
             mem,
@@ -360,6 +371,7 @@ impl Vm {
             vcpus: Vec::new(),
             power_on,
             reset_generation: 0,
+            cpu_features,
         })
     }
 
@@ -381,6 +393,7 @@ impl Vm {
             vcpus: Vec::new(),
             power_on,
             reset_generation: 0,
+            cpu_features: Vec::new(),
         })
     }
 
@@ -474,6 +487,122 @@ impl Vm {
     /// Number of vCPUs.
     pub fn vcpu_count(&self) -> usize {
         self.vcpus.len() + self.pending_vcpus.len()
+    }
+
+    /// Guest RAM.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The KVM VM.
+    pub fn vm_fd(&self) -> &Arc<VmFd> {
+        &self.vm_fd
+    }
+
+    /// What a migration's destination must match: RAM, vCPUs, CPU features, disks.
+    pub fn setup(&self) -> Setup {
+        Setup {
+            ram: self
+                .mem
+                .iter()
+                .map(|r| (r.start_addr().raw_value(), r.len()))
+                .collect(),
+            cpus: self.cpus,
+            cpu_features: self.cpu_features.clone(),
+            disks: self
+                .disks()
+                .iter()
+                .map(|d| DiskSummary {
+                    id: d.qdev.clone(),
+                    size: d.backend.size(),
+                    read_only: d.backend.read_only(),
+                    queues: d
+                        .transport
+                        .lock()
+                        .map(|t| t.device().queue_max_sizes().len() as u16)
+                        .unwrap_or(0),
+                })
+                .collect(),
+        }
+    }
+
+    /// The complete state but RAM. Every vCPU must be parked and the devices quiesced.
+    ///
+    /// # Errors
+    /// KVM refused to report part of it.
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for v in &self.vcpus {
+            vcpus.push(v.save()?);
+        }
+        let mut irqchips = Vec::new();
+        for chip_id in [
+            KVM_IRQCHIP_PIC_MASTER,
+            KVM_IRQCHIP_PIC_SLAVE,
+            KVM_IRQCHIP_IOAPIC,
+        ] {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.vm_fd
+                .get_irqchip(&mut chip)
+                .map_err(|e| VmError::Kvm("read the irqchip state", e))?;
+            irqchips.push(chip);
+        }
+        let pit = self
+            .vm_fd
+            .get_pit2()
+            .map_err(|e| VmError::Kvm("read the PIT state", e))?;
+        let clock = self
+            .vm_fd
+            .get_clock()
+            .map_err(|e| VmError::Kvm("read the KVM clock", e))?;
+        Ok(VmState {
+            vcpus,
+            irqchips,
+            pit,
+            clock,
+            devices: self.devices.save_state(),
+        })
+    }
+
+    /// Loads `state` (of a VM with the same [`setup`](Self::setup)) into this VM, whose
+    /// vCPUs are parked and whose RAM already holds the source's pages.
+    ///
+    /// # Errors
+    /// The state does not fit this VM, or KVM refused part of it.
+    pub fn restore_state(&mut self, state: VmState) -> Result<(), VmError> {
+        if state.vcpus.len() != self.vcpus.len() || state.irqchips.len() != 3 {
+            return Err(VmError::State(format!(
+                "{} vCPUs and {} interrupt controllers in the state, {} and 3 here",
+                state.vcpus.len(),
+                state.irqchips.len(),
+                self.vcpus.len()
+            )));
+        }
+        // Devices first: a device that refuses its state leaves KVM's untouched.
+        self.devices.restore_state(&state.devices)?;
+        for chip in &state.irqchips {
+            self.vm_fd
+                .set_irqchip(chip)
+                .map_err(|e| VmError::Kvm("load the irqchip state", e))?;
+        }
+        self.vm_fd
+            .set_pit2(&state.pit)
+            .map_err(|e| VmError::Kvm("load the PIT state", e))?;
+        // Only the time goes over: the flags say which of the other fields KVM filled in.
+        let clock = kvm_clock_data {
+            clock: state.clock.clock,
+            ..Default::default()
+        };
+        self.vm_fd
+            .set_clock(&clock)
+            .map_err(|e| VmError::Kvm("load the KVM clock", e))?;
+        for (v, s) in self.vcpus.iter().zip(state.vcpus) {
+            v.restore(s)?;
+        }
+        Ok(())
     }
 
     /// Stops and joins every vCPU thread.

@@ -134,6 +134,7 @@ const OPTIONS: &[(&str, bool)] = &[
     ("enable-kvm", false),
     ("h", false),
     ("help", false),
+    ("incoming", true),
     ("initrd", true),
     ("kernel", true),
     ("m", true),
@@ -300,6 +301,7 @@ struct Gathered {
     pidfile: Option<PathBuf>,
     messages: MessageFormat,
     seccomp: Option<crate::seccomp::SeccompMode>,
+    incoming: Option<crate::migration::control::IncomingSpec>,
 }
 
 /// Reads QEMU's command line (`args` without the program name).
@@ -379,6 +381,13 @@ fn gather(g: &mut Gathered, o: &Opt) -> OptResult<()> {
         "add-fd" => devices::add_fd(o.value())?,
         "pidfile" => g.pidfile = Some(path_arg(o)?),
         "daemonize" => g.daemonize = true,
+        "incoming" => {
+            g.incoming = Some(
+                o.value()
+                    .parse()
+                    .map_err(|e: crate::migration::uri::UriError| Problem::Invalid(e.to_string()))?,
+            )
+        }
         // Handled before the others.
         "version" | "help" | "h" => {}
         _ => return Err(Problem::InvalidOption),
@@ -463,6 +472,7 @@ fn build(g: Gathered) -> Result<Invocation, QemuCliError> {
         qmp,
         qmp_max_clients: usize::from(monitor::DEFAULT_MAX_CLIENTS),
         monitor_chardevs,
+        incoming: g.incoming,
     };
     Ok(Invocation::Run(Box::new(QemuRun {
         config,

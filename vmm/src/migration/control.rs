@@ -1,0 +1,138 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Starting migrations on the main loop: the checks of `migrate` and `migrate-incoming`
+//! (QEMU's texts), and what each thread is given.
+
+use qapi::rt::QmpError;
+use qapi::types::{MigrationStatus, RunState};
+
+use super::incoming::Incoming;
+use super::outgoing::Outgoing;
+use super::uri::{self, MigrationUri};
+use crate::machine::Machine;
+
+/// How a destination waits: for `migrate-incoming` (`defer`) or on a URI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IncomingSpec {
+    /// `-incoming defer`: the URI comes with `migrate-incoming`.
+    Defer,
+    /// `-incoming URI`.
+    Uri(MigrationUri),
+}
+
+impl std::str::FromStr for IncomingSpec {
+    type Err = uri::UriError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "defer" {
+            return Ok(Self::Defer);
+        }
+        MigrationUri::parse(s).map(Self::Uri)
+    }
+}
+
+/// `migrate`: checks, then starts the `migration` thread; the command returns at once.
+///
+/// # Errors
+/// A migration runs, the VM waits for one, an option vmm does not take, a bad URI.
+pub fn start_outgoing(
+    machine: &mut Machine,
+    uri: &str,
+    blk: Option<bool>,
+    inc: Option<bool>,
+    resume: Option<bool>,
+) -> Result<(), QmpError> {
+    if resume == Some(true) {
+        return Err(QmpError::generic(
+            "Cannot resume if there is no paused migration",
+        ));
+    }
+    if machine.migration.active() {
+        return Err(QmpError::generic("There's a migration process in progress"));
+    }
+    if machine.migration.incoming || machine.state() == RunState::Inmigrate {
+        return Err(QmpError::generic(
+            "Guest is waiting for an incoming migration",
+        ));
+    }
+    if blk == Some(true) || inc == Some(true) {
+        return Err(QmpError::generic(
+            "vmm does not copy disks: its images are shared with the destination (blk and inc must be false)",
+        ));
+    }
+    if matches!(
+        machine.state(),
+        RunState::Shutdown | RunState::InternalError
+    ) {
+        return Err(QmpError::generic(format!(
+            "The VM cannot migrate in state '{}'",
+            machine.state().as_str()
+        )));
+    }
+    let uri = MigrationUri::parse(uri).map_err(|e| QmpError::generic(e.to_string()))?;
+    // A descriptor is taken now, so that a later `closefd` cannot race the thread.
+    let channel = match &uri {
+        MigrationUri::Fd(_) => {
+            Some(uri::connect(&uri, &|_| None).map_err(|e| QmpError::generic(e.to_string()))?)
+        }
+        _ => None,
+    };
+    let setup = serde_json::to_vec(&machine.vm.setup())
+        .map_err(|e| QmpError::generic(e.to_string()))?;
+    let (shared, link) = machine.migration.begin();
+    let job = Outgoing {
+        uri,
+        channel,
+        setup,
+        vm: machine.vm.vm_fd().clone(),
+        mem: machine.vm.memory().clone(),
+        backends: machine.vm.disks().iter().map(|d| d.backend.clone()).collect(),
+        shared,
+        link,
+        child: None,
+    };
+    machine
+        .migration
+        .spawn(move || job.run())
+        .map_err(|e| QmpError::generic(format!("Cannot start the migration thread: {e}")))?;
+    machine.migration_status(MigrationStatus::Setup);
+    Ok(())
+}
+
+/// `migrate-incoming`: only on a destination started with `-incoming defer`, once.
+///
+/// # Errors
+/// Not such a destination, already started, a bad URI.
+pub fn start_incoming(machine: &mut Machine, uri: &str) -> Result<(), QmpError> {
+    if machine.state() != RunState::Inmigrate || !machine.migration.incoming {
+        return Err(QmpError::generic("For use with '-incoming defer'"));
+    }
+    if machine.migration.active() || machine.migration.status() != MigrationStatus::None {
+        return Err(QmpError::generic(
+            "The incoming migration has already been started",
+        ));
+    }
+    let uri = MigrationUri::parse(uri).map_err(|e| QmpError::generic(e.to_string()))?;
+    listen(machine, &uri).map_err(|e| QmpError::generic(crate::error::chain(&e)))
+}
+
+/// Sets up the destination's side of `uri` and starts its `migration` thread.
+///
+/// # Errors
+/// The URI cannot be listened on or opened, or the thread cannot start.
+pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::MigrationError> {
+    let endpoint = uri::Incoming::listen(uri, &|_| None)?;
+    let (shared, link) = machine.migration.begin();
+    let job = Incoming {
+        endpoint,
+        setup: machine.vm.setup(),
+        mem: machine.vm.memory().clone(),
+        shared,
+        link,
+    };
+    machine
+        .migration
+        .spawn(move || job.run())
+        .map_err(|e| super::MigrationError::Io("start the migration thread for", String::new(), e))?;
+    machine.migration_status(MigrationStatus::Setup);
+    Ok(())
+}

@@ -1,0 +1,496 @@
+// SPDX-License-Identifier: Apache-2.0
+//! Live migration and snapshots, driven by QEMU's QMP (`migrate`, `migrate-incoming`,
+//! `query-migrate`, `migrate_cancel`, the parameters and the `events` capability).
+//!
+//! A migration runs on a `migration` thread of its own (the source's [`outgoing`], the
+//! destination's [`incoming`]); it reads or writes guest RAM and the dirty log without the
+//! big lock, and asks the main loop (through [`Link`]) for what needs the machine: stopping
+//! the guest, its state, loading a state. The main loop's side is [`Migrations`], owned by
+//! the machine. The byte format is in [`stream`]; what is checked and carried besides RAM in
+//! [`state`].
+
+pub mod control;
+pub mod incoming;
+pub mod outgoing;
+pub mod state;
+pub mod stream;
+pub mod uri;
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use qapi::types::{MigrationInfo, MigrationParameters, MigrationStats, MigrationStatus};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use self::stream::{StreamError, PAGE};
+use self::uri::UriError;
+
+/// QEMU's default `max-bandwidth`: 32 MiB/s.
+pub const DEFAULT_MAX_BANDWIDTH: u64 = 32 << 20;
+/// QEMU's default `downtime-limit`: 300 ms.
+pub const DEFAULT_DOWNTIME_LIMIT: u64 = 300;
+/// QEMU's largest `downtime-limit`.
+pub const MAX_DOWNTIME_LIMIT: u64 = 2_000_000;
+/// How long the switch waits for the disks' last requests to complete.
+pub const QUIESCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Errors of a migration (reported in `query-migrate`'s `error-desc`, or by a destination
+/// on exit).
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    /// The URI could not be opened.
+    #[error(transparent)]
+    Uri(#[from] UriError),
+    /// A file could not be created or sized.
+    #[error("Cannot {0} '{1}'")]
+    Io(&'static str, String, #[source] std::io::Error),
+    /// Writing the stream failed (the destination went away, the disk is full).
+    #[error("Cannot send the migration stream")]
+    Send(#[source] std::io::Error),
+    /// Reading the stream failed.
+    #[error("Cannot receive the migration stream")]
+    Receive(#[source] std::io::Error),
+    /// The destination did not answer.
+    #[error("The destination did not confirm the migration")]
+    Reply(#[source] std::io::Error),
+    /// The destination refused.
+    #[error("The destination refused the migration: {0}")]
+    Refused(String),
+    /// The stream is corrupt or truncated.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// The source's VM differs from this one.
+    #[error("The source's VM does not match this one: {0}")]
+    Mismatch(String),
+    /// A JSON record does not decode.
+    #[error("Corrupt migration stream: its {0} does not decode: {1}")]
+    Decode(&'static str, String),
+    /// A page outside guest RAM.
+    #[error("Corrupt migration stream: a page at {0:#x} is outside guest RAM")]
+    Memory(u64),
+    /// The dirty log failed.
+    #[error(transparent)]
+    DirtyLog(#[from] crate::memory::MemoryError),
+    /// Saving or loading the state failed.
+    #[error("{0}")]
+    State(String),
+    /// `migrate_cancel`.
+    #[error("The migration was cancelled")]
+    Cancelled,
+    /// The main loop went away (vmm is exiting).
+    #[error("vmm is exiting")]
+    MainLoop,
+}
+
+/// The parameters (`migrate-set-parameters`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// Bytes per second.
+    pub max_bandwidth: u64,
+    /// Milliseconds.
+    pub downtime_limit: u64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self {
+            max_bandwidth: DEFAULT_MAX_BANDWIDTH,
+            downtime_limit: DEFAULT_DOWNTIME_LIMIT,
+        }
+    }
+}
+
+/// The counters `query-migrate` reports.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Status.
+    pub status: MigrationStatus,
+    /// When `migrate` (or the incoming migration) started.
+    pub started: Instant,
+    /// Milliseconds of setup.
+    pub setup_ms: Option<i64>,
+    /// Milliseconds from start to end, once ended.
+    pub total_ms: Option<i64>,
+    /// Milliseconds the guest was stopped.
+    pub downtime_ms: Option<i64>,
+    /// The estimate of the switch.
+    pub expected_downtime_ms: i64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Bytes sent or received.
+    pub transferred: u64,
+    /// Bytes still to send.
+    pub remaining: u64,
+    /// Bytes of RAM.
+    pub total: u64,
+    /// Zero pages.
+    pub duplicate: u64,
+    /// Pages sent with their bytes.
+    pub normal: u64,
+    /// Pages written per second in the last pass.
+    pub dirty_pages_rate: i64,
+    /// Megabits per second of the last pass.
+    pub mbps: f64,
+    /// Bytes per second of the last pass.
+    pub bandwidth: f64,
+    /// Dirty-log reads.
+    pub dirty_syncs: i64,
+    /// Pages per second of the last pass.
+    pub pages_per_second: u64,
+    /// Bytes sent while the guest ran.
+    pub precopy_bytes: u64,
+    /// Bytes sent while it was stopped.
+    pub downtime_bytes: u64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            status: MigrationStatus::Setup,
+            started: Instant::now(),
+            setup_ms: None,
+            total_ms: None,
+            downtime_ms: None,
+            expected_downtime_ms: 0,
+            error: None,
+            transferred: 0,
+            remaining: 0,
+            total: 0,
+            duplicate: 0,
+            normal: 0,
+            dirty_pages_rate: 0,
+            mbps: 0.0,
+            bandwidth: 0.0,
+            dirty_syncs: 0,
+            pages_per_second: 0,
+            precopy_bytes: 0,
+            downtime_bytes: 0,
+        }
+    }
+
+    /// `query-migrate`'s answer.
+    pub fn info(&self) -> MigrationInfo {
+        let ended = matches!(
+            self.status,
+            MigrationStatus::Completed | MigrationStatus::Failed | MigrationStatus::Cancelled
+        );
+        let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        MigrationInfo {
+            status: Some(self.status),
+            ram: Some(MigrationStats {
+                transferred: i(self.transferred),
+                remaining: i(self.remaining),
+                total: i(self.total),
+                duplicate: i(self.duplicate),
+                skipped: 0,
+                normal: i(self.normal),
+                normal_bytes: i(self.normal * PAGE as u64),
+                dirty_pages_rate: self.dirty_pages_rate,
+                mbps: self.mbps,
+                dirty_sync_count: self.dirty_syncs,
+                postcopy_requests: 0,
+                page_size: PAGE as i64,
+                multifd_bytes: 0,
+                pages_per_second: self.pages_per_second,
+                precopy_bytes: self.precopy_bytes,
+                downtime_bytes: self.downtime_bytes,
+                postcopy_bytes: 0,
+                dirty_sync_missed_zero_copy: 0,
+            }),
+            total_time: Some(
+                self.total_ms
+                    .unwrap_or_else(|| self.started.elapsed().as_millis() as i64),
+            ),
+            expected_downtime: (self.status == MigrationStatus::Active)
+                .then_some(self.expected_downtime_ms),
+            downtime: self.downtime_ms.filter(|_| ended),
+            setup_time: self.setup_ms,
+            error_desc: self.error.clone(),
+        }
+    }
+}
+
+/// What a migration thread and the main loop share.
+#[derive(Debug)]
+pub struct Shared {
+    progress: Mutex<Progress>,
+    params: Mutex<Params>,
+    /// Set by `migrate_cancel`.
+    pub cancel: AtomicBool,
+    /// A duplicate of the channel's socket, shut down to cancel a blocked read or write
+    /// (a duplicate, so that its number is never one the thread closed and the process
+    /// reused); dropped when the migration ends.
+    socket: Mutex<Option<OwnedFd>>,
+}
+
+impl Shared {
+    fn new(params: Params) -> Self {
+        Self {
+            progress: Mutex::new(Progress::new()),
+            params: Mutex::new(params),
+            cancel: AtomicBool::new(false),
+            socket: Mutex::new(None),
+        }
+    }
+
+    /// Changes the counters.
+    pub fn update(&self, f: impl FnOnce(&mut Progress)) {
+        f(&mut self.progress.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Reads the counters.
+    pub fn get<T>(&self, f: impl FnOnce(&Progress) -> T) -> T {
+        f(&self.progress.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// The parameters now.
+    pub fn params(&self) -> Params {
+        *self.params.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes the channel's descriptor: a socket is kept (duplicated) for
+    /// [`interrupt`](Self::interrupt); a pipe or file has nothing to shut down (its thread
+    /// sees the flag at its next chunk).
+    pub fn set_fd(&self, fd: RawFd) {
+        // SAFETY: the caller's descriptor is open for the duration of this call.
+        let dup = uri::socket_dup(unsafe { BorrowedFd::borrow_raw(fd) });
+        *self.socket.lock().unwrap_or_else(|e| e.into_inner()) = dup;
+    }
+
+    /// Wakes a thread blocked on the channel's socket: shuts it down.
+    fn interrupt(&self) {
+        if let Some(s) = self.socket.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            // SAFETY: shutdown on our own duplicate of the socket.
+            unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+    }
+
+    /// Lets the socket's duplicate go (the migration ended).
+    fn release(&self) {
+        self.socket.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// What a migration thread asks of the main loop.
+pub enum Request {
+    /// The status changed (a MIGRATION event).
+    Status(MigrationStatus),
+    /// A pass started (a MIGRATION_PASS event).
+    Pass(u64),
+    /// Stop the guest for the switch; answer when every vCPU is parked.
+    Pause(Sender<()>),
+    /// The disks are drained: quiesce the devices, give the state (JSON) and let go of the
+    /// images (flushed, unlocked).
+    SaveState(Sender<Result<Vec<u8>, String>>),
+    /// The outgoing migration ended: done, failed (why), or cancelled (`Err(None)`).
+    Finished(Result<(), Option<String>>),
+    /// Load this state (JSON) and take the images; answer with the verdict.
+    Restore(Vec<u8>, Sender<Result<(), String>>),
+    /// The incoming migration ended.
+    IncomingFinished(Result<(), String>),
+}
+
+/// A migration thread's way to the main loop: a channel and the eventfd that wakes it.
+#[derive(Clone)]
+pub struct Link {
+    tx: Sender<Request>,
+    wake: Arc<EventFd>,
+}
+
+impl Link {
+    /// Sends `r` and wakes the main loop.
+    pub fn send(&self, r: Request) {
+        if self.tx.send(r).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+}
+
+/// The main loop's side of migrations: the parameters, the last migration's counters, and
+/// the thread running one.
+pub struct Migrations {
+    params: Params,
+    shared: Option<Arc<Shared>>,
+    rx: Mutex<Receiver<Request>>,
+    link: Link,
+    thread: Option<std::thread::JoinHandle<()>>,
+    /// The guest ran when the switch stopped it (it runs again if the migration fails).
+    pub was_running: bool,
+    /// An incoming migration runs or waits (`-incoming`).
+    pub incoming: bool,
+}
+
+impl std::fmt::Debug for Migrations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migrations")
+            .field("params", &self.params)
+            .field("running", &self.thread.is_some())
+            .finish()
+    }
+}
+
+impl Migrations {
+    /// No migration yet.
+    ///
+    /// # Errors
+    /// The eventfd could not be created.
+    pub fn new() -> std::io::Result<Self> {
+        let (tx, rx) = channel();
+        Ok(Self {
+            params: Params::default(),
+            shared: None,
+            rx: Mutex::new(rx),
+            link: Link {
+                tx,
+                wake: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+            },
+            thread: None,
+            was_running: false,
+            incoming: false,
+        })
+    }
+
+    /// The eventfd the main loop watches.
+    pub fn wake(&self) -> &EventFd {
+        &self.link.wake
+    }
+
+    /// The next request of the thread, if any (the eventfd is cleared first).
+    pub fn next_request(&mut self) -> Option<Request> {
+        let _ = self.link.wake.read();
+        self.rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_recv()
+            .ok()
+    }
+
+    /// Whether a migration runs.
+    pub fn active(&self) -> bool {
+        self.thread.is_some()
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> Params {
+        self.params
+    }
+
+    /// Changes the parameters (a running migration takes them at once).
+    pub fn set_params(&mut self, p: Params) {
+        self.params = p;
+        if let Some(s) = &self.shared {
+            *s.params.lock().unwrap_or_else(|e| e.into_inner()) = p;
+        }
+    }
+
+    /// `query-migrate`.
+    pub fn info(&self) -> MigrationInfo {
+        match &self.shared {
+            Some(s) => s.get(Progress::info),
+            None => MigrationInfo {
+                status: None,
+                ram: None,
+                total_time: None,
+                expected_downtime: None,
+                downtime: None,
+                setup_time: None,
+                error_desc: None,
+            },
+        }
+    }
+
+    /// The counters of the migration that starts now, and the link for its thread.
+    pub fn begin(&mut self) -> (Arc<Shared>, Link) {
+        let shared = Arc::new(Shared::new(self.params));
+        self.shared = Some(shared.clone());
+        (shared, self.link.clone())
+    }
+
+    /// Runs `body` on the `migration` thread.
+    ///
+    /// # Errors
+    /// The thread could not be created.
+    pub fn spawn(&mut self, body: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+        let t = std::thread::Builder::new()
+            .name("migration".into())
+            .spawn(move || {
+                if let Err(e) = crate::seccomp::confine(crate::seccomp::ThreadKind::Migration) {
+                    eprintln!("vmm: {}", crate::error::chain(&e));
+                }
+                body();
+            })?;
+        self.thread = Some(t);
+        Ok(())
+    }
+
+    /// Records the new status; `true` when it changed.
+    pub fn set_status(&mut self, status: MigrationStatus) -> bool {
+        let Some(s) = &self.shared else {
+            return false;
+        };
+        let mut changed = false;
+        s.update(|p| {
+            changed = p.status != status;
+            p.status = status;
+        });
+        changed
+    }
+
+    /// The migration ended: the thread is joined, the counters frozen.
+    pub fn end(&mut self, status: MigrationStatus, error: Option<String>) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if let Some(s) = &self.shared {
+            s.release();
+            s.update(|p| {
+                p.status = status;
+                p.total_ms = Some(p.started.elapsed().as_millis() as i64);
+                p.error = error;
+            });
+        }
+    }
+
+    /// `migrate_cancel`: the thread stops at its next chunk or blocked call; `false` when no
+    /// migration runs.
+    pub fn cancel(&mut self) -> bool {
+        match (&self.shared, self.thread.is_some()) {
+            (Some(s), true) => {
+                s.cancel.store(true, Ordering::Release);
+                s.update(|p| p.status = MigrationStatus::Cancelling);
+                s.interrupt();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The current status (`none` before any migration).
+    pub fn status(&self) -> MigrationStatus {
+        self.shared
+            .as_ref()
+            .map_or(MigrationStatus::None, |s| s.get(|p| p.status))
+    }
+}
+
+impl Drop for Migrations {
+    fn drop(&mut self) {
+        // A migration thread blocked on its channel ends with the process; one that runs is
+        // told to stop.
+        if let Some(s) = &self.shared {
+            s.cancel.store(true, Ordering::Release);
+            s.interrupt();
+        }
+    }
+}
+
+/// The parameters as `query-migrate-parameters` reports them.
+pub fn parameters(p: Params) -> MigrationParameters {
+    MigrationParameters {
+        max_bandwidth: Some(p.max_bandwidth),
+        downtime_limit: Some(p.downtime_limit),
+    }
+}

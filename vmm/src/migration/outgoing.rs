@@ -1,0 +1,517 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The source's `migration` thread: passes over guest RAM while the guest runs, then the
+//! switch (the main loop stops the guest and hands over the state), to a stream or a
+//! snapshot file.
+
+use std::fs::File;
+use std::io::{self, BufRead};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::channel;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use block::Backend;
+use devices::GuestMemoryMmap;
+use kvm_ioctls::VmFd;
+use qapi::types::MigrationStatus;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
+
+use super::stream::{FileLayout, StreamWriter, FILE_HEADER, MAX_RUN, PAGE};
+use super::uri::{Channel, MigrationUri};
+use super::{Link, MigrationError, Request, Shared};
+use crate::memory::{DirtyLog, DirtyPages};
+
+/// Most passes before the guest is stopped whatever the estimate says: past this the guest
+/// dirties memory faster than it can be sent, and each further pass only adds traffic.
+/// (QEMU would go on until the estimate fits; a manager there raises the downtime limit.)
+const MAX_PASSES: u64 = 30;
+
+/// What the thread needs, gathered on the main loop.
+pub struct Outgoing {
+    /// Where to.
+    pub uri: MigrationUri,
+    /// The channel, when the main loop opened it (`fd:` descriptors are taken there).
+    pub channel: Option<Channel>,
+    /// The source's setup record (JSON).
+    pub setup: Vec<u8>,
+    /// The KVM VM, for the dirty log.
+    pub vm: Arc<VmFd>,
+    /// Guest RAM.
+    pub mem: GuestMemoryMmap,
+    /// The disks' backends, drained once the guest stops.
+    pub backends: Vec<Arc<Backend>>,
+    /// Shared with the main loop.
+    pub shared: Arc<Shared>,
+    /// To the main loop.
+    pub link: Link,
+    /// The `exec:` command, waited for at the end.
+    pub child: Option<std::process::Child>,
+}
+
+/// Where pages go: a stream's records or a snapshot's fixed offsets.
+enum Sink {
+    Stream(StreamWriter<Box<dyn super::uri::ReadWrite>>, bool),
+    File(File, FileLayout),
+}
+
+impl Sink {
+    fn bytes(&self, file_written: u64) -> u64 {
+        match self {
+            Sink::Stream(w, _) => w.bytes,
+            Sink::File(..) => file_written,
+        }
+    }
+}
+
+/// The counters of one pass.
+#[derive(Default)]
+struct PassCount {
+    normal: u64,
+    zero: u64,
+    bytes: u64,
+}
+
+struct Sender<'a> {
+    job: &'a Outgoing,
+    sink: Sink,
+    /// Bytes written to a file sink.
+    file_bytes: u64,
+    /// Pages of each region at their offset in the memory file, for a file sink and for
+    /// skipping the holes of the first pass: (region start, length, offset in the memfd).
+    regions: Vec<(GuestAddress, u64, u64)>,
+    /// Rate limit: the current 100 ms window and what it has sent.
+    window: Instant,
+    window_bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl Outgoing {
+    /// Runs the migration to its end and reports it to the main loop.
+    pub fn run(mut self) {
+        let link = self.link.clone();
+        let mut result = self.migrate();
+        if let Some(mut child) = self.child.take() {
+            // Its pipe is closed (the stream is gone): the command ends once it has read all.
+            match child.wait() {
+                Ok(status) if status.success() => {}
+                Ok(status) if result.is_ok() => {
+                    result = Err(MigrationError::State(format!(
+                        "The migration command failed ({status})"
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) => result = Err(MigrationError::Send(e)),
+            }
+        }
+        let cancelled = self.shared.cancel.load(Ordering::Acquire);
+        link.send(Request::Finished(match result {
+            Ok(()) => Ok(()),
+            Err(_) if cancelled => Err(None),
+            Err(e) => Err(Some(crate::error::chain(&e))),
+        }));
+    }
+
+    fn migrate(&mut self) -> Result<(), MigrationError> {
+        let sink = match &self.uri {
+            MigrationUri::File(path) => {
+                let f = File::options()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(path)
+                    .map_err(|e| MigrationError::Io("create", path.display().to_string(), e))?;
+                let ram: u64 = self.mem.iter().map(|r| r.len()).sum();
+                let layout = FileLayout::new(self.setup.len(), ram);
+                f.set_len(layout.state_offset)
+                    .map_err(|e| MigrationError::Io("size", path.display().to_string(), e))?;
+                f.write_all_at(&self.setup, FILE_HEADER as u64)
+                    .map_err(MigrationError::Send)?;
+                self.shared.set_fd(f.as_raw_fd());
+                Sink::File(f, layout)
+            }
+            _ => {
+                let mut channel = match self.channel.take() {
+                    Some(c) => c,
+                    None => super::uri::connect(&self.uri, &|_| None)?,
+                };
+                self.child = channel.child.take();
+                self.shared.set_fd(channel.raw);
+                let duplex = channel.duplex;
+                let mut w = StreamWriter::new(channel.stream).map_err(MigrationError::Send)?;
+                w.setup(&self.setup).map_err(MigrationError::Send)?;
+                Sink::Stream(w, duplex)
+            }
+        };
+        let regions = self
+            .mem
+            .iter()
+            .map(|r| {
+                let off = r.file_offset().map_or(0, |f| f.start());
+                (r.start_addr(), r.len(), off)
+            })
+            .collect();
+        let mut s = Sender {
+            job: self,
+            sink,
+            file_bytes: 0,
+            regions,
+            window: Instant::now(),
+            window_bytes: 0,
+            buf: Vec::with_capacity(MAX_RUN * PAGE),
+        };
+        s.run()
+    }
+}
+
+impl Sender<'_> {
+    fn cancelled(&self) -> Result<(), MigrationError> {
+        if self.job.shared.cancel.load(Ordering::Acquire) {
+            Err(MigrationError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn run(&mut self) -> Result<(), MigrationError> {
+        let shared = self.job.shared.clone();
+        let log = DirtyLog::start(self.job.vm.clone(), self.job.mem.clone())?;
+        shared.update(|p| {
+            p.setup_ms = Some(p.started.elapsed().as_millis() as i64);
+            p.total = self.job.mem.iter().map(|r| r.len()).sum();
+            p.remaining = p.total;
+        });
+        self.job.link.send(Request::Status(MigrationStatus::Active));
+        // Pass 1: every page that holds data (the memory file's holes are zeros).
+        let mut pass = 1;
+        self.job.link.send(Request::Pass(pass));
+        let started = Instant::now();
+        let count = self.send_all()?;
+        self.account(&count, started.elapsed(), true);
+        loop {
+            self.cancelled()?;
+            let dirty = log.sync()?;
+            shared.update(|p| p.dirty_syncs += 1);
+            let pages = dirty.count();
+            let remaining = pages * PAGE as u64;
+            let rate = shared.get(|p| p.bandwidth.max(1.0));
+            let expected_ms = (remaining as f64 / rate * 1000.0) as u64;
+            shared.update(|p| {
+                p.remaining = remaining;
+                p.expected_downtime_ms = expected_ms as i64;
+            });
+            let limit = shared.params().downtime_limit;
+            if expected_ms <= limit || pass >= MAX_PASSES {
+                return self.switch(&log, dirty);
+            }
+            pass += 1;
+            self.job.link.send(Request::Pass(pass));
+            let started = Instant::now();
+            let count = self.send_pages(&dirty, false)?;
+            self.account(&count, started.elapsed(), true);
+        }
+    }
+
+    /// The switch: the guest stops, its disks drain, the main loop saves the state and
+    /// lets go of the images; the last dirty pages and the state go; the destination says
+    /// whether it took them.
+    fn switch(&mut self, log: &DirtyLog, before: DirtyPages) -> Result<(), MigrationError> {
+        let down = Instant::now();
+        let (tx, rx) = channel();
+        self.job.link.send(Request::Pause(tx));
+        rx.recv().map_err(|_| MigrationError::MainLoop)?;
+        self.job.link.send(Request::Status(MigrationStatus::Device));
+        for b in &self.job.backends {
+            b.drain();
+        }
+        self.cancelled()?;
+        let (tx, rx) = channel();
+        self.job.link.send(Request::SaveState(tx));
+        let state = rx
+            .recv()
+            .map_err(|_| MigrationError::MainLoop)?
+            .map_err(MigrationError::State)?;
+        // Everything written after the last sync, the devices' last completions included.
+        let mut last = log.sync()?;
+        merge(&mut last, &before);
+        self.job.shared.update(|p| p.dirty_syncs += 1);
+        let started = Instant::now();
+        let count = self.send_pages(&last, false)?;
+        self.account(&count, started.elapsed(), false);
+        match &mut self.sink {
+            Sink::Stream(w, duplex) => {
+                w.state(&state).map_err(MigrationError::Send)?;
+                w.end().map_err(MigrationError::Send)?;
+                self.job.shared.update(|p| p.transferred = w.bytes);
+                if *duplex {
+                    let reply = read_line(w.get_mut()).map_err(MigrationError::Reply)?;
+                    if let Some(reason) = reply.strip_prefix("ERR ") {
+                        return Err(MigrationError::Refused(reason.to_owned()));
+                    }
+                    if reply != "OK" {
+                        return Err(MigrationError::Refused(format!("unexpected answer '{reply}'")));
+                    }
+                }
+            }
+            Sink::File(f, layout) => {
+                layout.state_len = state.len() as u64;
+                f.write_all_at(&state, layout.state_offset)
+                    .map_err(MigrationError::Send)?;
+                f.sync_data().map_err(MigrationError::Send)?;
+                // The header last: only a complete snapshot has the magic.
+                f.write_all_at(&layout.header(), 0)
+                    .map_err(MigrationError::Send)?;
+                f.sync_data().map_err(MigrationError::Send)?;
+                self.file_bytes += (FILE_HEADER + state.len()) as u64;
+                let b = self.file_bytes;
+                self.job.shared.update(|p| p.transferred = b);
+            }
+        }
+        let downtime = down.elapsed().as_millis() as i64;
+        self.job.shared.update(|p| {
+            p.downtime_ms = Some(downtime);
+            p.remaining = 0;
+        });
+        Ok(())
+    }
+
+    /// Updates the counters after a pass that took `took`.
+    fn account(&mut self, c: &PassCount, took: Duration, precopy: bool) {
+        let total = self.sink.bytes(self.file_bytes);
+        let secs = took.as_secs_f64().max(1e-6);
+        self.job.shared.update(|p| {
+            p.transferred = total;
+            p.normal += c.normal;
+            p.duplicate += c.zero;
+            if precopy {
+                p.precopy_bytes += c.bytes;
+            } else {
+                p.downtime_bytes += c.bytes;
+            }
+            if c.bytes > 0 {
+                // What the channel took per second in this pass: the estimate of the switch.
+                p.bandwidth = c.bytes as f64 / secs;
+                p.mbps = p.bandwidth * 8.0 / 1e6;
+                p.pages_per_second = (c.normal as f64 / secs) as u64;
+            }
+            p.dirty_pages_rate = ((c.normal + c.zero) as f64 / secs) as i64;
+        });
+    }
+
+    /// The first pass: every page in the data ranges of the memory file; pages in its holes
+    /// were never written and are zeros on the destination too.
+    fn send_all(&mut self) -> Result<PassCount, MigrationError> {
+        let mut count = PassCount::default();
+        let fd = self
+            .job
+            .mem
+            .iter()
+            .next()
+            .and_then(|r| r.file_offset().map(|f| f.file().as_raw_fd()));
+        let regions = self.regions.clone();
+        for (start, len, off) in regions {
+            let mut pos = 0u64;
+            while pos < len {
+                self.cancelled()?;
+                let (data, hole) = match fd {
+                    Some(fd) => data_range(fd, off + pos, off + len),
+                    None => (off + pos, off + len),
+                };
+                let (data, hole) = (data - off, hole - off);
+                count.zero += (data - pos) / PAGE as u64;
+                let mut addr = data;
+                while addr < hole {
+                    let n = ((hole - addr) / PAGE as u64).min(MAX_RUN as u64);
+                    self.send_run(start.unchecked_add(addr), n, true, &mut count)?;
+                    addr += n * PAGE as u64;
+                }
+                pos = hole;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Sends the marked pages (a later pass, or the last one).
+    fn send_pages(&mut self, dirty: &DirtyPages, first: bool) -> Result<PassCount, MigrationError> {
+        let mut count = PassCount::default();
+        let mut run: Option<(GuestAddress, u64)> = None;
+        for page in dirty.pages() {
+            match run {
+                Some((start, n))
+                    if start.unchecked_add(n * PAGE as u64) == page && n < MAX_RUN as u64 =>
+                {
+                    run = Some((start, n + 1));
+                }
+                _ => {
+                    if let Some((start, n)) = run.take() {
+                        self.cancelled()?;
+                        self.send_run(start, n, first, &mut count)?;
+                    }
+                    run = Some((page, 1));
+                }
+            }
+        }
+        if let Some((start, n)) = run {
+            self.send_run(start, n, first, &mut count)?;
+        }
+        Ok(count)
+    }
+
+    /// Sends `n` consecutive pages from `start`: the non-zero ones with their bytes, the zero
+    /// ones (unless `first`: the destination has zeros there) as markers.
+    fn send_run(
+        &mut self,
+        start: GuestAddress,
+        n: u64,
+        first: bool,
+        count: &mut PassCount,
+    ) -> Result<(), MigrationError> {
+        let len = (n as usize) * PAGE;
+        self.buf.resize(len, 0);
+        self.job
+            .mem
+            .read_slice(&mut self.buf, start)
+            .map_err(|_| MigrationError::Memory(start.0))?;
+        let mut i = 0usize;
+        while i < n as usize {
+            let zero = is_zero(&self.buf[i * PAGE..(i + 1) * PAGE]);
+            let mut j = i + 1;
+            while j < n as usize && is_zero(&self.buf[j * PAGE..(j + 1) * PAGE]) == zero {
+                j += 1;
+            }
+            let gpa = start.0 + (i * PAGE) as u64;
+            if zero {
+                count.zero += (j - i) as u64;
+                if !first {
+                    self.write_zeros(gpa, (j - i) as u32)?;
+                }
+            } else {
+                count.normal += (j - i) as u64;
+                count.bytes += ((j - i) * PAGE) as u64;
+                let data = std::mem::take(&mut self.buf);
+                let r = self.write_pages(gpa, &data[i * PAGE..j * PAGE]);
+                self.buf = data;
+                r?;
+            }
+            i = j;
+        }
+        self.throttle(len as u64);
+        Ok(())
+    }
+
+    /// The memory file offset of `gpa`.
+    fn file_offset(&self, gpa: u64) -> Option<u64> {
+        self.regions
+            .iter()
+            .find(|(s, l, _)| gpa >= s.0 && gpa < s.0 + l)
+            .map(|(s, _, off)| off + (gpa - s.0))
+    }
+
+    fn write_pages(&mut self, gpa: u64, data: &[u8]) -> Result<(), MigrationError> {
+        let at = self.file_offset(gpa);
+        match &mut self.sink {
+            Sink::Stream(w, _) => w.pages(gpa, data).map_err(MigrationError::Send),
+            Sink::File(f, layout) => {
+                let at = at.ok_or(MigrationError::Memory(gpa))?;
+                f.write_all_at(data, layout.ram_offset + at)
+                    .map_err(MigrationError::Send)?;
+                self.file_bytes += data.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    fn write_zeros(&mut self, gpa: u64, n: u32) -> Result<(), MigrationError> {
+        let at = self.file_offset(gpa);
+        match &mut self.sink {
+            Sink::Stream(w, _) => w.zeros(gpa, n).map_err(MigrationError::Send),
+            Sink::File(f, layout) => {
+                let at = at.ok_or(MigrationError::Memory(gpa))?;
+                punch_hole(f, layout.ram_offset + at, u64::from(n) * PAGE as u64)
+                    .map_err(MigrationError::Send)
+            }
+        }
+    }
+
+    /// Holds the pace to `max-bandwidth`, in 100 ms windows.
+    fn throttle(&mut self, bytes: u64) {
+        self.window_bytes += bytes;
+        let per_window = (self.job.shared.params().max_bandwidth / 10).max(PAGE as u64);
+        if self.window_bytes < per_window {
+            return;
+        }
+        let elapsed = self.window.elapsed();
+        if let Some(rest) = Duration::from_millis(100).checked_sub(elapsed) {
+            std::thread::sleep(rest);
+        }
+        self.window = Instant::now();
+        self.window_bytes = 0;
+    }
+}
+
+/// Adds the pages of `other` to `into` (same regions).
+fn merge(into: &mut DirtyPages, other: &DirtyPages) {
+    for ((_, _, a), (_, _, b)) in into.regions.iter_mut().zip(&other.regions) {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x |= y;
+        }
+    }
+}
+
+/// Whether a page is all zeros.
+fn is_zero(page: &[u8]) -> bool {
+    let (pre, words, post) = {
+        // SAFETY: u64 has no invalid bit patterns; align_to splits off what is unaligned.
+        unsafe { page.align_to::<u64>() }
+    };
+    pre.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && post.iter().all(|&b| b == 0)
+}
+
+/// The next data range of the memory file at or after `from` (below `end`), as
+/// (start, end): `SEEK_DATA` and `SEEK_HOLE`; past the last data, (end, end).
+fn data_range(fd: i32, from: u64, end: u64) -> (u64, u64) {
+    // SAFETY: lseek on the memfd only moves its offset (which nothing else uses).
+    let data = unsafe { libc::lseek(fd, from as i64, libc::SEEK_DATA) };
+    if data < 0 || data as u64 >= end {
+        return (end, end);
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+    let hole = if hole < 0 { end } else { (hole as u64).min(end) };
+    let data = (data as u64) & !(PAGE as u64 - 1);
+    (data, hole.next_multiple_of(PAGE as u64).min(end))
+}
+
+/// Makes `len` bytes at `offset` of `f` zeros again (a hole).
+fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on our own file; the range is checked by the kernel.
+    let r = unsafe {
+        libc::fallocate(
+            f.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as i64,
+            len as i64,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    // A filesystem without holes: write the zeros.
+    f.write_all_at(&vec![0u8; len as usize], offset)
+}
+
+/// One line of the destination's answer.
+fn read_line(stream: &mut Box<dyn super::uri::ReadWrite>) -> io::Result<String> {
+    let mut r = io::BufReader::new(stream);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    if line.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the destination closed the stream",
+        ));
+    }
+    Ok(line.trim_end().to_owned())
+}

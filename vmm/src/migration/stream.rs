@@ -1,0 +1,502 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The migration stream and the snapshot file: their byte layout, writers and readers.
+//!
+//! **Stream** (every URI but `file:`), all integers little endian:
+//!
+//! ```text
+//! magic "VMMMIGR\0" (8 bytes), format version (u32)
+//! records, each a tag byte and its body:
+//!   1 SETUP  u32 length, JSON `Setup`: what the destination must match
+//!   2 PAGES  u64 guest-physical address, u32 count, count × 4096 bytes
+//!   3 ZEROS  u64 guest-physical address, u32 count: pages that are now all zeros
+//!   4 STATE  u32 length, JSON `VmState`: vCPUs, interrupt controllers, clock, devices
+//!   5 END
+//! ```
+//!
+//! Pages may come several times (one per pass); the last copy wins. A page never sent is
+//! all zeros. After END, on a socket, the destination answers one line: `OK` once it has
+//! loaded the state and taken the images, or `ERR <reason>`; the source finishes only on
+//! `OK`, so a refused or failed load leaves the guest running on the source.
+//!
+//! **Snapshot file** (`file:`): guest RAM stays page-addressable, so a restore (or a later
+//! postcopy server) can read any page where it is.
+//!
+//! ```text
+//! 0      header (64 bytes): magic "VMMSNAP\0", format version (u32), 0 (u32),
+//!        RAM offset (u64), RAM length (u64), state offset (u64), state length (u64),
+//!        setup length (u32), 12 zero bytes
+//! 64     JSON `Setup`
+//! RAM offset (4 KiB aligned): guest RAM, its regions back to back in guest-physical
+//!        order (the hole left out), zero pages left as holes
+//! state offset: JSON `VmState`
+//! ```
+//!
+//! The header is written last: a snapshot cut short has no magic and is refused.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+
+/// The stream's magic.
+pub const STREAM_MAGIC: &[u8; 8] = b"VMMMIGR\0";
+/// The snapshot file's magic.
+pub const FILE_MAGIC: &[u8; 8] = b"VMMSNAP\0";
+/// The format version of both; a different one is refused.
+pub const FORMAT_VERSION: u32 = 1;
+/// Page size of the stream.
+pub const PAGE: usize = 4096;
+/// Most pages in one PAGES record.
+pub const MAX_RUN: usize = 256;
+/// Largest JSON record accepted (the state of 255 vCPUs fits many times).
+pub const MAX_JSON: u32 = 64 << 20;
+/// Size of the snapshot header.
+pub const FILE_HEADER: usize = 64;
+
+const SETUP: u8 = 1;
+const PAGES: u8 = 2;
+const ZEROS: u8 = 3;
+const STATE: u8 = 4;
+const END: u8 = 5;
+
+/// Errors of reading a stream or a snapshot.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The channel failed or ended early.
+    #[error("The migration stream ended or failed")]
+    Io(#[from] io::Error),
+    /// Not a vmm stream.
+    #[error("Not a vmm migration stream (bad magic)")]
+    Magic,
+    /// Not a complete vmm snapshot.
+    #[error("Not a complete vmm snapshot (bad magic: not one, or cut short)")]
+    FileMagic,
+    /// Another format version.
+    #[error("Migration format version {0} is not supported (this vmm reads version {FORMAT_VERSION})")]
+    Version(u32),
+    /// An unknown record.
+    #[error("Corrupt migration stream: unknown record type {0}")]
+    Record(u8),
+    /// A record out of order.
+    #[error("Corrupt migration stream: {0}")]
+    Order(&'static str),
+    /// A JSON record too large.
+    #[error("Corrupt migration stream: a {0}-byte JSON record")]
+    TooLarge(u32),
+    /// A PAGES record of 0 or too many pages.
+    #[error("Corrupt migration stream: a run of {0} pages")]
+    Run(u32),
+    /// A snapshot's offsets do not fit the file.
+    #[error("Corrupt snapshot: {0}")]
+    Layout(&'static str),
+}
+
+/// One record as read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Record {
+    /// What the destination must match (JSON).
+    Setup(Vec<u8>),
+    /// `count` pages at `gpa`, their bytes in the reader's buffer.
+    Pages {
+        /// First page's guest-physical address.
+        gpa: u64,
+        /// Number of pages.
+        count: u32,
+    },
+    /// Pages that are zeros now.
+    Zeros {
+        /// First page's guest-physical address.
+        gpa: u64,
+        /// Number of pages.
+        count: u32,
+    },
+    /// The VM's state (JSON).
+    State(Vec<u8>),
+    /// The end.
+    End,
+}
+
+/// Writes the stream, counting bytes.
+pub struct StreamWriter<W: Write> {
+    out: io::BufWriter<W>,
+    /// Bytes written so far.
+    pub bytes: u64,
+}
+
+impl<W: Write> StreamWriter<W> {
+    /// Starts a stream on `out` (writes the magic and version).
+    ///
+    /// # Errors
+    /// The channel failed.
+    pub fn new(out: W) -> io::Result<Self> {
+        let mut w = Self {
+            out: io::BufWriter::with_capacity(1 << 20, out),
+            bytes: 0,
+        };
+        w.put(STREAM_MAGIC)?;
+        w.put(&FORMAT_VERSION.to_le_bytes())?;
+        Ok(w)
+    }
+
+    fn put(&mut self, b: &[u8]) -> io::Result<()> {
+        self.out.write_all(b)?;
+        self.bytes += b.len() as u64;
+        Ok(())
+    }
+
+    fn json(&mut self, tag: u8, body: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(body.len()).map_err(|_| io::Error::other("record too large"))?;
+        self.put(&[tag])?;
+        self.put(&len.to_le_bytes())?;
+        self.put(body)
+    }
+
+    /// A SETUP record.
+    ///
+    /// # Errors
+    /// The channel failed.
+    pub fn setup(&mut self, json: &[u8]) -> io::Result<()> {
+        self.json(SETUP, json)
+    }
+
+    /// A PAGES record: `data` holds whole pages starting at `gpa`.
+    ///
+    /// # Errors
+    /// The channel failed.
+    pub fn pages(&mut self, gpa: u64, data: &[u8]) -> io::Result<()> {
+        let count = (data.len() / PAGE) as u32;
+        self.put(&[PAGES])?;
+        self.put(&gpa.to_le_bytes())?;
+        self.put(&count.to_le_bytes())?;
+        self.put(data)
+    }
+
+    /// A ZEROS record.
+    ///
+    /// # Errors
+    /// The channel failed.
+    pub fn zeros(&mut self, gpa: u64, count: u32) -> io::Result<()> {
+        self.put(&[ZEROS])?;
+        self.put(&gpa.to_le_bytes())?;
+        self.put(&count.to_le_bytes())
+    }
+
+    /// A STATE record.
+    ///
+    /// # Errors
+    /// The channel failed.
+    pub fn state(&mut self, json: &[u8]) -> io::Result<()> {
+        self.json(STATE, json)
+    }
+
+    /// The END record, then everything is flushed.
+    ///
+    /// # Errors
+    /// The channel failed.
+    pub fn end(&mut self) -> io::Result<()> {
+        self.put(&[END])?;
+        self.out.flush()
+    }
+
+    /// Sends what is buffered.
+    ///
+    /// # Errors
+    /// The channel failed.
+    #[cfg(test)]
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    /// The channel, for the destination's answer.
+    pub fn get_mut(&mut self) -> &mut W {
+        self.out.get_mut()
+    }
+}
+
+/// Reads the stream.
+pub struct StreamReader<R: Read> {
+    input: io::BufReader<R>,
+    /// The bytes of the last PAGES record.
+    pub data: Vec<u8>,
+    seen_setup: bool,
+}
+
+impl<R: Read> StreamReader<R> {
+    /// Checks the magic and version at the start of `input`.
+    ///
+    /// # Errors
+    /// Not a stream, another version, or the channel failed.
+    pub fn new(input: R) -> Result<Self, StreamError> {
+        let mut input = io::BufReader::with_capacity(1 << 20, input);
+        let mut magic = [0u8; 8];
+        input.read_exact(&mut magic)?;
+        if &magic != STREAM_MAGIC {
+            return Err(StreamError::Magic);
+        }
+        let version = read_u32(&mut input)?;
+        if version != FORMAT_VERSION {
+            return Err(StreamError::Version(version));
+        }
+        Ok(Self {
+            input,
+            data: Vec::new(),
+            seen_setup: false,
+        })
+    }
+
+    /// The next record. SETUP must come first; pages and state only after it.
+    ///
+    /// # Errors
+    /// A corrupt or truncated stream, or the channel failed.
+    pub fn next(&mut self) -> Result<Record, StreamError> {
+        let mut tag = [0u8; 1];
+        self.input.read_exact(&mut tag)?;
+        if tag[0] != SETUP && !self.seen_setup {
+            return Err(StreamError::Order("no setup record first"));
+        }
+        match tag[0] {
+            SETUP => {
+                if self.seen_setup {
+                    return Err(StreamError::Order("a second setup record"));
+                }
+                self.seen_setup = true;
+                Ok(Record::Setup(self.json()?))
+            }
+            PAGES => {
+                let gpa = read_u64(&mut self.input)?;
+                let count = read_u32(&mut self.input)?;
+                if count == 0 || count as usize > MAX_RUN {
+                    return Err(StreamError::Run(count));
+                }
+                self.data.resize(count as usize * PAGE, 0);
+                self.input.read_exact(&mut self.data)?;
+                Ok(Record::Pages { gpa, count })
+            }
+            ZEROS => {
+                let gpa = read_u64(&mut self.input)?;
+                let count = read_u32(&mut self.input)?;
+                Ok(Record::Zeros { gpa, count })
+            }
+            STATE => Ok(Record::State(self.json()?)),
+            END => Ok(Record::End),
+            t => Err(StreamError::Record(t)),
+        }
+    }
+
+    fn json(&mut self) -> Result<Vec<u8>, StreamError> {
+        let len = read_u32(&mut self.input)?;
+        if len > MAX_JSON {
+            return Err(StreamError::TooLarge(len));
+        }
+        let mut body = vec![0u8; len as usize];
+        self.input.read_exact(&mut body)?;
+        Ok(body)
+    }
+
+    /// The channel, to answer the source.
+    pub fn get_mut(&mut self) -> &mut R {
+        self.input.get_mut()
+    }
+}
+
+fn read_u32(r: &mut impl Read) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+fn read_u64(r: &mut impl Read) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// Where things are in a snapshot file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileLayout {
+    /// Offset of guest RAM.
+    pub ram_offset: u64,
+    /// Bytes of guest RAM.
+    pub ram_len: u64,
+    /// Offset of the state.
+    pub state_offset: u64,
+    /// Bytes of state.
+    pub state_len: u64,
+    /// Bytes of setup (at offset [`FILE_HEADER`]).
+    pub setup_len: u32,
+}
+
+impl FileLayout {
+    /// Where RAM goes for a setup record of `setup_len` bytes and `ram_len` bytes of RAM.
+    pub fn new(setup_len: usize, ram_len: u64) -> Self {
+        let ram_offset = (FILE_HEADER + setup_len).next_multiple_of(PAGE) as u64;
+        Self {
+            ram_offset,
+            ram_len,
+            state_offset: ram_offset + ram_len,
+            state_len: 0,
+            setup_len: setup_len as u32,
+        }
+    }
+
+    /// The header's bytes.
+    pub fn header(&self) -> [u8; FILE_HEADER] {
+        let mut h = [0u8; FILE_HEADER];
+        h[0..8].copy_from_slice(FILE_MAGIC);
+        h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h[16..24].copy_from_slice(&self.ram_offset.to_le_bytes());
+        h[24..32].copy_from_slice(&self.ram_len.to_le_bytes());
+        h[32..40].copy_from_slice(&self.state_offset.to_le_bytes());
+        h[40..48].copy_from_slice(&self.state_len.to_le_bytes());
+        h[48..52].copy_from_slice(&self.setup_len.to_le_bytes());
+        h
+    }
+
+    /// Reads and checks the header of `file`.
+    ///
+    /// # Errors
+    /// Not a complete snapshot, another version, offsets beyond the file.
+    pub fn read(file: &File) -> Result<Self, StreamError> {
+        let mut h = [0u8; FILE_HEADER];
+        file.read_exact_at(&mut h, 0)?;
+        if &h[0..8] != FILE_MAGIC {
+            return Err(StreamError::FileMagic);
+        }
+        let u32_at = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().unwrap_or_default());
+        let u64_at = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap_or_default());
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(StreamError::Version(version));
+        }
+        let l = Self {
+            ram_offset: u64_at(16),
+            ram_len: u64_at(24),
+            state_offset: u64_at(32),
+            state_len: u64_at(40),
+            setup_len: u32_at(48),
+        };
+        let size = file.metadata()?.len();
+        if l.setup_len > MAX_JSON || l.state_len > u64::from(MAX_JSON) {
+            return Err(StreamError::Layout("a JSON section is too large"));
+        }
+        if (FILE_HEADER as u64 + u64::from(l.setup_len)) > l.ram_offset
+            || l.ram_offset % PAGE as u64 != 0
+        {
+            return Err(StreamError::Layout("RAM overlaps the setup"));
+        }
+        let ram_end = l.ram_offset.checked_add(l.ram_len);
+        let state_end = l.state_offset.checked_add(l.state_len);
+        match (ram_end, state_end) {
+            (Some(r), Some(s)) if r <= l.state_offset && s <= size => Ok(l),
+            _ => Err(StreamError::Layout("sections beyond the end of the file")),
+        }
+    }
+
+    /// The setup section of `file`.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn setup(&self, file: &File) -> io::Result<Vec<u8>> {
+        let mut b = vec![0u8; self.setup_len as usize];
+        file.read_exact_at(&mut b, FILE_HEADER as u64)?;
+        Ok(b)
+    }
+
+    /// The state section of `file`.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn state(&self, file: &File) -> io::Result<Vec<u8>> {
+        let mut b = vec![0u8; self.state_len as usize];
+        file.read_exact_at(&mut b, self.state_offset)?;
+        Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_reads_back() {
+        let mut w = StreamWriter::new(Vec::new()).unwrap();
+        w.setup(b"{}").unwrap();
+        let page = vec![7u8; PAGE * 2];
+        w.pages(0x1000, &page).unwrap();
+        w.zeros(0x5000, 3).unwrap();
+        w.state(b"{\"a\":1}").unwrap();
+        w.end().unwrap();
+        let n = w.bytes;
+        let bytes = w.get_mut().clone();
+        assert_eq!(n as usize, bytes.len());
+        let mut r = StreamReader::new(&bytes[..]).unwrap();
+        assert_eq!(r.next().unwrap(), Record::Setup(b"{}".to_vec()));
+        assert_eq!(r.next().unwrap(), Record::Pages { gpa: 0x1000, count: 2 });
+        assert_eq!(r.data, page);
+        assert_eq!(r.next().unwrap(), Record::Zeros { gpa: 0x5000, count: 3 });
+        assert_eq!(r.next().unwrap(), Record::State(b"{\"a\":1}".to_vec()));
+        assert_eq!(r.next().unwrap(), Record::End);
+        assert!(matches!(r.next(), Err(StreamError::Io(_))));
+    }
+
+    #[test]
+    fn corrupt_streams_are_refused() {
+        let ok = {
+            let mut w = StreamWriter::new(Vec::new()).unwrap();
+            w.setup(b"{}").unwrap();
+            w.flush().unwrap();
+            w.get_mut().clone()
+        };
+        let mut bad = ok.clone();
+        bad[0] = b'X';
+        assert_eq!(
+            StreamReader::new(&bad[..]).err().unwrap().to_string(),
+            "Not a vmm migration stream (bad magic)"
+        );
+        let mut v2 = ok.clone();
+        v2[8] = 2;
+        assert!(matches!(StreamReader::new(&v2[..]), Err(StreamError::Version(2))));
+        // Pages before the setup.
+        let mut early = ok[..12].to_vec();
+        early.extend([PAGES]);
+        assert!(matches!(
+            StreamReader::new(&early[..]).unwrap().next(),
+            Err(StreamError::Order(_))
+        ));
+        // A run too long, an unknown tag, a huge JSON length, a truncated page.
+        for tail in [
+            [&[PAGES][..], &0u64.to_le_bytes(), &1000u32.to_le_bytes()].concat(),
+            vec![9],
+            [&[STATE][..], &u32::MAX.to_le_bytes()].concat(),
+            [&[PAGES][..], &0u64.to_le_bytes(), &1u32.to_le_bytes(), &[0; 10]].concat(),
+        ] {
+            let s = [ok.clone(), tail].concat();
+            let mut r = StreamReader::new(&s[..]).unwrap();
+            assert!(matches!(r.next().unwrap(), Record::Setup(_)));
+            assert!(r.next().is_err());
+        }
+    }
+
+    #[test]
+    fn snapshot_layout_round_trip() {
+        let path = std::env::temp_dir().join(format!("vmm-snaplayout-{}", std::process::id()));
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let mut l = FileLayout::new(100, 1 << 20);
+        assert_eq!(l.ram_offset, 4096);
+        l.state_len = 5;
+        f.set_len(l.state_offset + 5).unwrap();
+        // No header yet: refused.
+        assert!(matches!(FileLayout::read(&f), Err(StreamError::FileMagic)));
+        f.write_all_at(&l.header(), 0).unwrap();
+        assert_eq!(FileLayout::read(&f).unwrap(), l);
+        // State beyond the end.
+        f.set_len(l.state_offset + 2).unwrap();
+        assert!(matches!(FileLayout::read(&f), Err(StreamError::Layout(_))));
+        std::fs::remove_file(&path).unwrap();
+    }
+}
