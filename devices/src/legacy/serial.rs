@@ -4,10 +4,43 @@
 use std::io::Write;
 
 use acpi_tables::{aml, Aml, AmlSink};
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::state::StateError;
+
+/// The receive FIFO's size (vm-superio's, a 16550A's).
+const FIFO_SIZE: usize = 64;
+
+/// COM1's guest-visible state: every register of the 16550A and the bytes of host input the
+/// guest has not read yet. The output side is host-side (where the bytes go) and not saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialDeviceState {
+    /// Divisor latch, low byte (DLL, offset 0 with LCR.DLAB set).
+    pub divisor_low: u8,
+    /// Divisor latch, high byte (DLM, offset 1 with LCR.DLAB set).
+    pub divisor_high: u8,
+    /// Interrupt enable register (IER, offset 1).
+    pub interrupt_enable: u8,
+    /// Interrupt identification (IIR, offset 2, without the FIFO bits): the pending
+    /// interrupts (bit 0 set means none is pending).
+    pub interrupt_identification: u8,
+    /// Line control register (LCR, offset 3; bit 7 is DLAB).
+    pub line_control: u8,
+    /// Line status register (LSR, offset 5; bit 0 is "data ready").
+    pub line_status: u8,
+    /// Modem control register (MCR, offset 4; bit 4 is loopback).
+    pub modem_control: u8,
+    /// Modem status register (MSR, offset 6).
+    pub modem_status: u8,
+    /// Scratch register (SCR, offset 7).
+    pub scratch: u8,
+    /// Received bytes not yet read by the guest, oldest first (at most 64).
+    pub rx_fifo: Vec<u8>,
+}
 
 /// Raises a guest interrupt by writing an eventfd registered with KVM as an irqfd.
 #[derive(Debug)]
@@ -63,6 +96,71 @@ impl SerialDevice {
             Serial::new(IrqTrigger(spare), Box::new(std::io::sink())),
         );
         self.uart = Serial::new(IrqTrigger(irq), old.into_writer());
+        Ok(())
+    }
+
+    /// The UART's registers and unread input, for a migration.
+    pub fn save_state(&self) -> SerialDeviceState {
+        let s = self.uart.state();
+        SerialDeviceState {
+            divisor_low: s.baud_divisor_low,
+            divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            rx_fifo: s.in_buffer,
+        }
+    }
+
+    /// Takes the registers and unread input of `state`; output keeps going where it went. An
+    /// interrupt that is pending and enabled in `state` is raised again (an edge the source
+    /// raised may not have reached the interrupt controller before it was saved; a spurious
+    /// one is harmless: the driver finds IIR says nothing is pending).
+    ///
+    /// # Errors
+    /// A receive FIFO longer than the UART's (nothing changes), or the interrupt could not be
+    /// raised (the registers are restored).
+    pub fn restore_state(&mut self, state: &SerialDeviceState) -> Result<(), StateError> {
+        if state.rx_fifo.len() > FIFO_SIZE {
+            return Err(StateError::SerialFifo(state.rx_fifo.len()));
+        }
+        let irq = self
+            .uart
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(StateError::SerialInterrupt)?;
+        let saved = SerialState {
+            baud_divisor_low: state.divisor_low,
+            baud_divisor_high: state.divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.rx_fifo.clone(),
+        };
+        // Built with a throw-away writer: if raising the interrupt fails, the UART in use is
+        // left as it was.
+        let mut uart = Serial::from_state(
+            &saved,
+            IrqTrigger(irq),
+            vm_superio::serial::NoEvents,
+            Box::new(std::io::sink()) as Box<dyn Write + Send>,
+        )
+        .map_err(|e| match e {
+            vm_superio::serial::Error::Trigger(e) => StateError::SerialInterrupt(e),
+            vm_superio::serial::Error::IOError(e) => StateError::SerialInterrupt(e),
+            vm_superio::serial::Error::FullFifo => StateError::SerialFifo(state.rx_fifo.len()),
+        })?;
+        std::mem::swap(uart.writer_mut(), self.uart.writer_mut());
+        self.uart = uart;
         Ok(())
     }
 
