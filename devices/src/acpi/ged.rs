@@ -48,7 +48,7 @@ impl Ged {
     ///
     /// # Errors
     /// None (the `Result` keeps the devices' restores alike).
-    pub fn restore_state(&mut self, _state: &GedState) -> Result<(), StateError> {
+    pub fn restore_state(&self, _state: &GedState) -> Result<(), StateError> {
         Ok(())
     }
 

@@ -116,6 +116,17 @@ impl SerialDevice {
         }
     }
 
+    /// The checks of [`SerialDevice::restore_state`], changing nothing.
+    ///
+    /// # Errors
+    /// A receive FIFO longer than the UART's.
+    pub fn check_state(state: &SerialDeviceState) -> Result<(), StateError> {
+        if state.rx_fifo.len() > FIFO_SIZE {
+            return Err(StateError::SerialFifo(state.rx_fifo.len()));
+        }
+        Ok(())
+    }
+
     /// Takes the registers and unread input of `state`; output keeps going where it went. An
     /// interrupt that is pending and enabled in `state` is raised again (an edge the source
     /// raised may not have reached the interrupt controller before it was saved; a spurious
@@ -125,9 +136,7 @@ impl SerialDevice {
     /// A receive FIFO longer than the UART's (nothing changes), or the interrupt could not be
     /// raised (the registers are restored).
     pub fn restore_state(&mut self, state: &SerialDeviceState) -> Result<(), StateError> {
-        if state.rx_fifo.len() > FIFO_SIZE {
-            return Err(StateError::SerialFifo(state.rx_fifo.len()));
-        }
+        Self::check_state(state)?;
         let irq = self
             .uart
             .interrupt_evt()

@@ -409,19 +409,16 @@ impl MmioTransport {
         }
     }
 
-    /// Takes a saved state: checks first that it was saved from the same kind of device (ID,
-    /// offered features, queue count and sizes) with valid queues, and changes nothing when
-    /// not. A device running here is reset first. When the saved status has `DRIVER_OK` and
-    /// the device did not need a reset, the data path starts on the saved queues (its
-    /// indices, `EVENT_IDX` as the driver accepted it) and serves at once what the guest made
-    /// available; a pending interrupt status is raised again (a spurious interrupt is
-    /// harmless, a lost one would stall the driver).
+    /// The checks of [`MmioTransport::restore_state`], changing nothing: that `state` was
+    /// saved from the same kind of device with valid queues.
     ///
     /// # Errors
-    /// A different device or queue layout, an invalid saved queue (nothing changed), or a data
-    /// path that cannot start or an interrupt that cannot be raised (the registers are
-    /// restored; the VM should not run).
-    pub fn restore_state(&mut self, state: &MmioState) -> Result<(), StateError> {
+    /// As [`MmioTransport::restore_state`]'s refusals.
+    pub fn check_state(&self, state: &MmioState) -> Result<(), StateError> {
+        self.checked_queues(state).map(drop)
+    }
+
+    fn checked_queues(&self, state: &MmioState) -> Result<Vec<Queue>, StateError> {
         let name = self.name();
         if state.device_type != self.device.device_type() {
             return Err(StateError::mismatch(
@@ -465,6 +462,24 @@ impl MmioTransport {
                 }
             })?);
         }
+        Ok(queues)
+    }
+
+    /// Takes a saved state: checks first that it was saved from the same kind of device (ID,
+    /// offered features, queue count and sizes) with valid queues, and changes nothing when
+    /// not. A device running here is reset first. When the saved status has `DRIVER_OK` and
+    /// the device did not need a reset, the data path starts on the saved queues (its
+    /// indices, `EVENT_IDX` as the driver accepted it) and serves at once what the guest made
+    /// available; a pending interrupt status is raised again (a spurious interrupt is
+    /// harmless, a lost one would stall the driver).
+    ///
+    /// # Errors
+    /// A different device or queue layout, an invalid saved queue (nothing changed), or a data
+    /// path that cannot start or an interrupt that cannot be raised (the registers are
+    /// restored; the VM should not run).
+    pub fn restore_state(&mut self, state: &MmioState) -> Result<(), StateError> {
+        let name = self.name();
+        let queues = self.checked_queues(state)?;
         if self.activated {
             self.reset();
         }
