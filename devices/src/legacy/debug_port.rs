@@ -114,6 +114,22 @@ mod tests {
     }
 
     #[test]
+    fn the_latest_code_survives_save_and_restore() {
+        let mut src = DebugPort::new(Instant::now(), None);
+        assert_eq!(src.save_state(), DebugPortState { last_code: None });
+        src.write(0x80, 0, &[0x41]);
+        let state = src.save_state();
+        assert_eq!(state.last_code, Some(0x41));
+        let mut dst = DebugPort::new(Instant::now(), None);
+        dst.restore_state(&state).unwrap();
+        let mut data = [0u8; 1];
+        dst.read(0x80, 0, &mut data);
+        assert_eq!(data, [0x41]);
+        dst.restore_state(&DebugPortState::default()).unwrap();
+        assert_eq!(dst.last(), None);
+    }
+
+    #[test]
     fn silent_without_a_log() {
         let mut port = DebugPort::new(Instant::now(), None);
         port.write(0x80, 0, &[7]);

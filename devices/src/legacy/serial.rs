@@ -277,6 +277,95 @@ mod tests {
         assert_eq!(&*out.bytes(), b"!");
     }
 
+    /// Every register the guest can read, with DLAB off then on (restoring LCR).
+    fn registers(dev: &mut SerialDevice) -> Vec<u8> {
+        let mut reg = |off: u64| {
+            let mut b = [0u8; 1];
+            dev.read(0x3f8, off, &mut b);
+            b[0]
+        };
+        // IIR is read first: reading it clears a pending THR-empty indication.
+        let mut v: Vec<u8> = [2, 1, 3, 4, 5, 6, 7].iter().map(|&o| reg(o)).collect();
+        let lcr = v[2];
+        dev.write(0x3f8, 3, &[lcr | 0x80]);
+        let mut reg = |off: u64| {
+            let mut b = [0u8; 1];
+            dev.read(0x3f8, off, &mut b);
+            b[0]
+        };
+        v.push(reg(0));
+        v.push(reg(1));
+        dev.write(0x3f8, 3, &[lcr]);
+        v
+    }
+
+    #[test]
+    fn state_survives_save_and_restore_with_the_unread_input() {
+        let out = SharedBuf::default();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut src = SerialDevice::new(irq.try_clone().unwrap(), Box::new(out.clone()), 0x3f8, 4);
+        // A driver's settings: divisor 3 (38400 baud), 7E1, RTS/DTR/OUT2, the RX interrupt,
+        // a scratch byte; then input it has not read.
+        src.write(0x3f8, 3, &[0x80]);
+        src.write(0x3f8, 0, &[0x03]);
+        src.write(0x3f8, 1, &[0x00]);
+        src.write(0x3f8, 3, &[0x1a]);
+        src.write(0x3f8, 4, &[0x0b]);
+        src.write(0x3f8, 1, &[0x01]);
+        src.write(0x3f8, 7, &[0x5a]);
+        assert_eq!(src.enqueue_input(b"hello"), 5);
+        let state = src.save_state();
+        assert_eq!(state.rx_fifo, b"hello");
+        assert_eq!((state.divisor_low, state.divisor_high), (3, 0));
+        // The state is plain data: it goes through JSON unchanged.
+        let json = serde_json::to_string(&state).unwrap();
+        let state: SerialDeviceState = serde_json::from_str(&json).unwrap();
+
+        let dst_out = SharedBuf::default();
+        let dst_irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut dst = SerialDevice::new(
+            dst_irq.try_clone().unwrap(),
+            Box::new(dst_out.clone()),
+            0x3f8,
+            4,
+        );
+        dst.restore_state(&state).unwrap();
+        // The pending, enabled RX interrupt is raised again on the destination.
+        assert_eq!(dst_irq.read().unwrap(), 1);
+        assert_eq!(registers(&mut dst), registers(&mut src));
+        // The guest reads the same bytes on either side.
+        let mut byte = [0u8; 1];
+        let mut read_all = |dev: &mut SerialDevice| {
+            let mut got = Vec::new();
+            loop {
+                let mut lsr = [0u8; 1];
+                dev.read(0x3f8, 5, &mut lsr);
+                if lsr[0] & 1 == 0 {
+                    return got;
+                }
+                dev.read(0x3f8, 0, &mut byte);
+                got.push(byte[0]);
+            }
+        };
+        assert_eq!(read_all(&mut dst), b"hello");
+        assert_eq!(read_all(&mut src), b"hello");
+        // Output goes to the destination's own writer.
+        dst.write(0x3f8, 0, b"!");
+        assert_eq!(&*dst_out.bytes(), b"!");
+        assert!(out.bytes().is_empty());
+
+        // An oversized FIFO is refused and changes nothing.
+        let mut bad = dst.save_state();
+        bad.rx_fifo = vec![0; 65];
+        bad.scratch = 0x11;
+        let e = dst.restore_state(&bad).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "COM1: the saved receive FIFO holds 65 bytes, more than the UART's 64"
+        );
+        assert_eq!(dst.save_state().scratch, 0x5a);
+    }
+
     #[test]
     fn aml_names_com1_with_its_port_and_irq() {
         let dev = SerialDevice::new(

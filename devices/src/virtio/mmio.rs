@@ -431,7 +431,7 @@ impl MmioTransport {
         if state.device_features != self.device.device_features() {
             return Err(StateError::mismatch(
                 name,
-                "offered features",
+                "offered feature set",
                 format_args!("{:#x}", state.device_features),
                 format_args!("{:#x}", self.device.device_features()),
             ));
@@ -1112,6 +1112,119 @@ mod tests {
             )
         );
         assert!(!f.t.queues[0].event_idx_enabled());
+    }
+
+    #[test]
+    fn state_round_trip_restores_registers_and_activates() {
+        let mut f = fixture();
+        let feats = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX);
+        negotiate(&mut f.t, feats);
+        setup_queue(&mut f.t, 0, 16, 0x10000);
+        w32(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        w32(&mut f.t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        f.t.interrupt().signal_config_change().unwrap();
+        f.irq.read().unwrap();
+        let state = f.t.save_state();
+        assert_eq!(state.queues[0].size, 16);
+        assert!(state.queues[0].event_idx_enabled && state.activated);
+        let json = serde_json::to_string(&state).unwrap();
+        let state: MmioState = serde_json::from_str(&json).unwrap();
+
+        let mut g = fixture();
+        g.t.restore_state(&state).unwrap();
+        assert_eq!(g.t.save_state(), state);
+        assert!(g.t.is_activated());
+        let regs = |t: &mut MmioTransport| {
+            [
+                VIRTIO_MMIO_STATUS,
+                VIRTIO_MMIO_QUEUE_READY,
+                VIRTIO_MMIO_QUEUE_NUM_MAX,
+                VIRTIO_MMIO_DEVICE_FEATURES,
+                VIRTIO_MMIO_INTERRUPT_STATUS,
+                VIRTIO_MMIO_CONFIG_GENERATION,
+            ]
+            .map(|r| r32(t, r))
+        };
+        assert_eq!(regs(&mut g.t), regs(&mut f.t));
+        assert_eq!(r32(&mut g.t, VIRTIO_MMIO_CONFIG_GENERATION), 1);
+        // The device started on the saved queues, and the pending status was raised again.
+        assert_eq!(
+            g.log.lock().unwrap().activations,
+            vec![(feats, vec![(true, 16, 0x10000), (false, 8, 0)])]
+        );
+        assert_eq!(g.irq.read().unwrap(), 1);
+        // As after DRIVER_OK, queue setup is over.
+        w32(&mut g.t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        w32(&mut g.t, VIRTIO_MMIO_QUEUE_NUM, 8);
+        assert_eq!(g.t.queues[0].size(), 16);
+        // A device that needed a reset comes back needing one, without a data path.
+        let mut broken = state.clone();
+        broken.needs_reset = true;
+        let mut h = fixture();
+        h.t.restore_state(&broken).unwrap();
+        assert!(!h.t.is_activated());
+        assert_ne!(r32(&mut h.t, VIRTIO_MMIO_STATUS) & DEVICE_NEEDS_RESET, 0);
+        assert!(h.log.lock().unwrap().activations.is_empty());
+    }
+
+    #[test]
+    fn restore_refuses_another_device_and_changes_nothing() {
+        let mut f = fixture();
+        negotiate(&mut f.t, FAKE_FEATURES);
+        setup_queue(&mut f.t, 0, 16, 0x10000);
+        let state = f.t.save_state();
+        let one_queue = || {
+            MmioTransport::new(
+                Box::new(FakeDevice {
+                    log: Arc::default(),
+                    sizes: vec![16],
+                    fail: false,
+                }),
+                guest_memory(0x10_0000),
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+                0xd000_0000,
+                6,
+                0,
+            )
+            .unwrap()
+        };
+        let e = one_queue().restore_state(&state).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "virtio-mmio device at 0xd0000000: queue count differs (source 2, here 1)"
+        );
+        let mut g = fixture();
+        let mut other = state.clone();
+        other.device_features |= 2;
+        let e = g.t.restore_state(&other).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "virtio-mmio device at 0xd0000000: offered feature set differs (source {:#x}, \
+                 here {FAKE_FEATURES:#x})",
+                FAKE_FEATURES | 2
+            )
+        );
+        let mut other = state.clone();
+        other.device_type = 2;
+        assert!(g.t.restore_state(&other).is_err());
+        let mut other = state.clone();
+        other.queues[1].max_size = 16;
+        assert!(g.t.restore_state(&other).is_err());
+        let mut other = state.clone();
+        other.queues[0].size = 3;
+        let e = g.t.restore_state(&other).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "virtio-mmio device at 0xd0000000: saved queue 0 is invalid"
+        );
+        assert_eq!(g.t.status(), 0, "a refused state changed the transport");
+        assert!(g.t.check_state(&state).is_ok());
     }
 
     #[test]

@@ -286,7 +286,7 @@ impl VirtioBlock {
         if state.features != here.features {
             return Err(StateError::mismatch(
                 self.name(),
-                "offered features",
+                "offered feature set",
                 format_args!("{:#x}", state.features),
                 format_args!("{:#x}", here.features),
             ));
