@@ -957,3 +957,158 @@ impl DeviceManager {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use kvm_ioctls::Kvm;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::tempfile::TempFile;
+
+    use super::*;
+
+    /// An image of `sectors` sectors.
+    fn image(sectors: usize) -> TempFile {
+        let f = TempFile::new().unwrap();
+        std::fs::write(f.as_path(), vec![0u8; sectors * 512]).unwrap();
+        f
+    }
+
+    /// A machine's devices (COM1, i8042, debug port, ACPI PM, power button) and `disks`
+    /// (`--disk` values), images opened inactive if asked; `None` without KVM.
+    fn machine(disks: &[String], inactive: bool) -> Option<DeviceManager> {
+        let kvm = Kvm::new().ok()?;
+        let vm = kvm.create_vm().unwrap();
+        vm.create_irq_chip().unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (events, _rx, _wake) = VmEventSink::new().unwrap();
+        let mut dm = DeviceManager::new(Arc::new(vm), &mem, &events).unwrap();
+        dm.set_images_inactive(inactive);
+        dm.add_serial(&SerialConfig::new(SerialMode::None)).unwrap();
+        dm.add_i8042().unwrap();
+        dm.add_debug_port(Instant::now(), false).unwrap();
+        dm.add_acpi_pm().unwrap();
+        dm.add_power_button().unwrap();
+        for d in disks {
+            dm.add_disk(&d.parse().unwrap()).unwrap();
+        }
+        Some(dm)
+    }
+
+    fn disk(f: &TempFile, opts: &str) -> String {
+        format!("{},id=d0,node-name=n0{opts}", f.as_path().display())
+    }
+
+    fn err(r: Result<(), DeviceError>) -> String {
+        crate::error::chain(&r.unwrap_err())
+    }
+
+    #[test]
+    fn state_round_trip_and_one_line_refusals() {
+        let img = image(128);
+        let Some(src) = machine(&[disk(&img, "")], false) else {
+            return;
+        };
+        src.serial_input(b"abc");
+        let state = src.save_state();
+        assert_eq!(state.version, DEVICES_STATE_VERSION);
+        assert_eq!(state.serial.as_ref().unwrap().rx_fifo, b"abc");
+        let info = &state.disks[0].info;
+        assert_eq!(
+            (info.id.as_str(), info.node_name.as_str(), info.size),
+            ("d0", "n0", 65536)
+        );
+        assert_eq!(
+            (info.read_only, info.num_queues, info.serial.as_str()),
+            (false, 1, "d0")
+        );
+        let json = serde_json::to_string(&state).unwrap();
+        let state: DevicesState = serde_json::from_str(&json).unwrap();
+
+        // The destination opens the same image inactive (the source holds its locks).
+        let dst = machine(&[disk(&img, "")], true).unwrap();
+        dst.restore_state(&state).unwrap();
+        assert_eq!(dst.save_state(), state);
+
+        // Refusals, each one line naming what differs, changing nothing.
+        let fresh = machine(&[disk(&img, "")], true).unwrap();
+        let before = fresh.save_state();
+        let mut other = state.clone();
+        other.version = 2;
+        assert_eq!(
+            err(fresh.restore_state(&other)),
+            "Device state version 2 is not supported (this vmm reads version 1)"
+        );
+        let mut other = state.clone();
+        other.disks[0].info.serial = "other".into();
+        assert_eq!(
+            err(fresh.restore_state(&other)),
+            "disk d0: serial differs (source other, here d0)"
+        );
+        let mut other = state.clone();
+        other.ged = None;
+        assert_eq!(
+            err(fresh.restore_state(&other)),
+            "This VM has a power button and the source had none"
+        );
+        let mut other = state.clone();
+        other.disks[0].transport.queues[0].size = 3;
+        // A check deep in the last device still comes before any change.
+        other.serial.as_mut().unwrap().scratch = 0x42;
+        assert_eq!(
+            err(fresh.restore_state(&other)),
+            "virtio-mmio device at 0xd0000000: saved queue 0 is invalid: invalid queue size"
+        );
+        assert_eq!(fresh.save_state(), before);
+
+        let bigger = image(256);
+        let dst = machine(&[disk(&bigger, "")], false).unwrap();
+        assert_eq!(
+            err(dst.restore_state(&state)),
+            "disk d0: size differs (source 65536 bytes, here 131072 bytes)"
+        );
+        let none = machine(&[], false).unwrap();
+        assert_eq!(
+            err(none.restore_state(&state)),
+            "The source has 1 disks, this VM has 0"
+        );
+        drop(dst);
+        let mq = machine(&[disk(&bigger, ",num-queues=2")], false).unwrap();
+        let mut other = state.clone();
+        other.disks[0].info.size = 131072;
+        assert_eq!(
+            err(mq.restore_state(&other)),
+            "disk d0: num-queues differs (source 1, here 2)"
+        );
+        // Idle disks quiesce at once.
+        src.quiesce(Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn images_are_handed_over_between_two_machines() {
+        let img = image(128);
+        let Some(mut src) = machine(&[disk(&img, "")], false) else {
+            return;
+        };
+        let mut dst = machine(&[disk(&img, "")], true).unwrap();
+        assert!(dst.images_inactive());
+        let path = img.as_path().display();
+        assert_eq!(
+            err(dst.activate_images()),
+            format!(
+                "Cannot take over block node 'n0': Failed to get \"write\" lock: is another \
+                 process using the image [{path}]?"
+            )
+        );
+        src.quiesce(Duration::from_secs(1)).unwrap();
+        src.inactivate_images().unwrap();
+        dst.activate_images().unwrap();
+        assert!(!dst.images_inactive());
+        assert!(src.activate_images().is_err());
+        // The destination failed after all: the source takes its images back.
+        dst.inactivate_images().unwrap();
+        src.activate_images().unwrap();
+        assert!(src.block_graph().all_active());
+    }
+}
