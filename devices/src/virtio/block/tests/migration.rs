@@ -247,3 +247,96 @@ fn a_different_disk_refuses_the_state() {
     let e = t.restore_state(&h.t.save_state()).unwrap_err();
     assert!(e.to_string().contains("differs"), "{e}");
 }
+
+#[test]
+fn every_queue_of_a_multi_queue_disk_is_quiesced_and_restored() {
+    let image = TempFile::new().unwrap();
+    std::fs::write(image.as_path(), vec![0u8; (SECTORS * 512) as usize]).unwrap();
+    let backend = Arc::new(Backend::open(BackendConfig::new("migmq", image.as_path())).unwrap());
+    let mem = guest_memory(MEM_SIZE);
+    let transport = |mem: &GuestMemoryMmap| {
+        MmioTransport::new(
+            Box::new(VirtioBlock::with_queues(backend.clone(), 2)),
+            mem.clone(),
+            EventFd::new(EFD_NONBLOCK).unwrap(),
+            BASE,
+            6,
+            0,
+        )
+        .unwrap()
+    };
+    let mut t = transport(&mem);
+    w32(&mut t, VIRTIO_MMIO_STATUS, ACKNOWLEDGE | DRIVER);
+    for sel in 0..2 {
+        w32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, sel);
+        let f = r32(&mut t, VIRTIO_MMIO_DEVICE_FEATURES);
+        w32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, sel);
+        w32(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, f);
+    }
+    w32(
+        &mut t,
+        VIRTIO_MMIO_STATUS,
+        ACKNOWLEDGE | DRIVER | FEATURES_OK,
+    );
+    let mut queues: Vec<DriverQueue> = Vec::new();
+    for q in 0..2u32 {
+        let dq = DriverQueue::new(&mem, QUEUE_AT + u64::from(q) * 0x4000, QUEUE_SIZE);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_SEL, q);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_NUM, u32::from(QUEUE_SIZE));
+        w32(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, dq.desc.0 as u32);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_AVAIL_LOW, dq.avail.0 as u32);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_USED_LOW, dq.used.0 as u32);
+        w32(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        queues.push(dq);
+    }
+    w32(
+        &mut t,
+        VIRTIO_MMIO_STATUS,
+        ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+    );
+    // A read on queue `q` in slot `slot`; made available, not kicked.
+    let submit = |queues: &mut Vec<DriverQueue>, q: usize, slot: u16| {
+        let hdr = HDR_AT + (q as u64 * 64 + u64::from(slot)) * 16;
+        mem.write_obj(VIRTIO_BLK_T_IN, GuestAddress(hdr)).unwrap();
+        mem.write_obj(0u32, GuestAddress(hdr + 4)).unwrap();
+        mem.write_obj(u64::from(slot), GuestAddress(hdr + 8))
+            .unwrap();
+        let status = STATUS_AT + q as u64 * 64 + u64::from(slot);
+        let head = slot * 3;
+        let data = DATA_AT + (q as u64 * 64 + u64::from(slot)) * 512;
+        let dq = &mut queues[q];
+        dq.set_desc(head, hdr, 16, F_NEXT, head + 1);
+        dq.set_desc(head + 1, data, 512, F_NEXT | F_WRITE, head + 2);
+        dq.set_desc(head + 2, status, 1, F_WRITE, 0);
+        dq.push(head);
+    };
+    for slot in 0..3 {
+        submit(&mut queues, 0, slot);
+    }
+    submit(&mut queues, 1, 0);
+    block(&t).quiesce(WAIT).unwrap();
+    assert_eq!((queues[0].used_idx(), queues[1].used_idx()), (3, 1));
+    let state = t.save_state();
+    let saved: Vec<_> = state
+        .queues
+        .iter()
+        .map(|q| (q.next_avail, q.next_used))
+        .collect();
+    assert_eq!(saved, vec![(3, 3), (1, 1)]);
+    let disk = block(&t).save_state();
+    assert_eq!(disk.num_queues, 2);
+    drop(t);
+
+    let mut t = transport(&mem);
+    block_mut(&mut t).restore_state(&disk).unwrap();
+    t.restore_state(&state).unwrap();
+    submit(&mut queues, 1, 1);
+    t.queue_events()[1].write(1).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while queues[1].used_idx() < 2 {
+        assert!(Instant::now() < deadline, "queue 1 did not go on");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(queues[1].used_elem(1), (3, 513));
+    assert_eq!(queues[0].used_idx(), 3);
+}
