@@ -881,7 +881,9 @@ impl DeviceManager {
     /// Restores every device from `state` (an incoming migration, before the vCPUs run):
     /// [`DeviceManager::check_state`] first, so a mismatch changes nothing; then each device
     /// takes its state, and a disk whose driver had it running starts its data path on the
-    /// saved queues.
+    /// saved queues. That data path serves at once what the guest made available (nothing,
+    /// when the source quiesced), and an inactive image refuses writes: call
+    /// [`DeviceManager::activate_images`] first, or at least before the vCPUs run.
     ///
     /// # Errors
     /// A mismatch (nothing changed), or a device that could not take its state (a data path
