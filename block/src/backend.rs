@@ -41,6 +41,9 @@ pub struct BackendConfig {
     pub aio: Aio,
     /// Image locking (QEMU's `locking`).
     pub locking: Locking,
+    /// Open the image inactive, for an incoming migration ([`FileNode::open_inactive`]): no
+    /// locks and no writes until the node is activated.
+    pub inactive: bool,
 }
 
 impl BackendConfig {
@@ -55,6 +58,7 @@ impl BackendConfig {
             serial: None,
             aio: Aio::default(),
             locking: Locking::default(),
+            inactive: false,
         }
     }
 }
@@ -286,7 +290,12 @@ impl Backend {
     /// The checks of [`FileNode::open`].
     pub fn open(config: BackendConfig) -> Result<Self, OpenError> {
         let node_name = config.node_name.unwrap_or_else(generate_node_name);
-        let node = FileNode::open_with(
+        let open = if config.inactive {
+            FileNode::open_inactive
+        } else {
+            FileNode::open_with
+        };
+        let node = open(
             node_name,
             &config.path,
             config.read_only,

@@ -12,7 +12,7 @@ use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::buf::{gather, scatter, AlignedBuf, DIRECT_MEM_ALIGN};
@@ -78,6 +78,22 @@ pub enum OpenError {
     Io(PathBuf, #[source] io::Error),
 }
 
+/// Why an image could not be handed over ([`crate::BlockNode::inactivate`],
+/// [`crate::BlockNode::activate`]).
+#[derive(Debug, thiserror::Error)]
+pub enum HandOverError {
+    /// The flush before inactivation failed: the image stays active.
+    #[error("Cannot flush '{0}' before handing it over")]
+    Flush(PathBuf, #[source] io::Error),
+    /// Releasing the image's locks failed: the image stays active.
+    #[error("Cannot release the locks of '{0}'")]
+    Unlock(PathBuf, #[source] LockError),
+    /// Taking the image's locks failed (another user still holds them): the image stays
+    /// inactive. [`OpenError::Locked`] or [`OpenError::LockFailed`], as at open.
+    #[error(transparent)]
+    Lock(OpenError),
+}
+
 /// Refuses what is neither a regular file nor a block device, naming what it is.
 fn check_file_type(path: &Path, ft: std::fs::FileType) -> Result<(), OpenError> {
     let kind = if ft.is_file() || ft.is_block_device() {
@@ -98,6 +114,17 @@ fn check_file_type(path: &Path, ft: std::fs::FileType) -> Result<(), OpenError> 
     Err(OpenError::NotAnImage {
         path: path.to_path_buf(),
         kind,
+    })
+}
+
+/// Takes the locks of `perms` on `file`, as at open.
+fn take_locks(file: &File, path: &Path, perms: Perms) -> Result<(), OpenError> {
+    lock::lock(file, perms).map_err(|e| match e {
+        LockError::Conflict(conflict) => OpenError::Locked {
+            path: path.to_path_buf(),
+            conflict,
+        },
+        e @ LockError::Io(..) => OpenError::LockFailed(path.to_path_buf(), e),
     })
 }
 
@@ -128,6 +155,12 @@ pub struct FileNode {
     /// the thread that ran it: queries read it without a syscall, so they never block on the
     /// storage (and may run out of band).
     allocated: Arc<AtomicU64>,
+    /// The locks this node takes while active (`None` with `locking=off`).
+    locks: Option<Perms>,
+    /// Active: the node holds its locks and may write. An inactive node (QEMU's
+    /// `BDRV_O_INACTIVE`: an incoming migration's image, or the source's after the hand-over)
+    /// holds no locks and refuses writes.
+    active: Arc<AtomicBool>,
 }
 
 /// Host bytes allocated to `file`, if `fstat` answers.
@@ -158,6 +191,23 @@ impl FileNode {
         Self::open_with(node_name, path, read_only, cache, Locking::Auto)
     }
 
+    /// [`FileNode::open_with`] for an incoming migration: the image is opened (and checked)
+    /// but *inactive*, as QEMU opens images with `-incoming` (`BDRV_O_INACTIVE`): it takes no
+    /// locks, so the source, which holds them, keeps running, and it refuses writes until
+    /// [`BlockNode::activate`] takes the locks at the switchover.
+    ///
+    /// # Errors
+    /// As [`FileNode::open_with`], but never a lock conflict.
+    pub fn open_inactive(
+        node_name: impl Into<String>,
+        path: impl AsRef<Path>,
+        read_only: bool,
+        cache: CacheMode,
+        locking: Locking,
+    ) -> Result<Self, OpenError> {
+        Self::open_opts(node_name, path, read_only, cache, locking, false)
+    }
+
     /// [`FileNode::open`] with QEMU's `locking` option: `off` takes and checks no locks, so
     /// the image opens whoever else uses it.
     ///
@@ -169,6 +219,17 @@ impl FileNode {
         read_only: bool,
         cache: CacheMode,
         locking: Locking,
+    ) -> Result<Self, OpenError> {
+        Self::open_opts(node_name, path, read_only, cache, locking, true)
+    }
+
+    fn open_opts(
+        node_name: impl Into<String>,
+        path: impl AsRef<Path>,
+        read_only: bool,
+        cache: CacheMode,
+        locking: Locking,
+        active: bool,
     ) -> Result<Self, OpenError> {
         let path = path.as_ref().to_path_buf();
         let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
@@ -203,14 +264,9 @@ impl FileNode {
             meta.len()
         };
         check_size(&path, size)?;
-        if locking.enabled() {
-            lock::lock(&file, Perms::virtio_blk(read_only)).map_err(|e| match e {
-                LockError::Conflict(conflict) => OpenError::Locked {
-                    path: path.clone(),
-                    conflict,
-                },
-                e @ LockError::Io(..) => OpenError::LockFailed(path.clone(), e),
-            })?;
+        let locks = locking.enabled().then(|| Perms::virtio_blk(read_only));
+        if let (Some(perms), true) = (locks, active) {
+            take_locks(&file, &path, perms)?;
         }
         let allocated = Arc::new(AtomicU64::new(allocated_bytes(&file).unwrap_or(0)));
         let file = Arc::new(file);
@@ -222,7 +278,25 @@ impl FileNode {
             read_only,
             cache,
             allocated,
+            locks,
+            active: Arc::new(AtomicBool::new(active)),
         })
+    }
+
+    fn is_active_now(&self) -> bool {
+        self.active.load(Ordering::SeqCst)
+    }
+
+    /// Writes are refused while the node is inactive (QEMU's `EPERM` for writes to an
+    /// inactive image).
+    fn check_writable(&self) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        if !self.is_active_now() {
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+        Ok(())
     }
 
     /// Measures the allocation again (on the I/O thread, after a request that changes it).
@@ -442,7 +516,56 @@ impl BlockNode for FileNode {
         Some(self.allocated.load(Ordering::Relaxed))
     }
 
+    fn is_active(&self) -> bool {
+        self.is_active_now()
+    }
+
+    /// Flushes (`fdatasync`, whatever the cache mode: the other side reads the file next) a
+    /// writable image, then releases its locks; the file stays open. Already inactive:
+    /// nothing to do.
+    fn inactivate(&self) -> Result<(), HandOverError> {
+        if !self.is_active_now() {
+            return Ok(());
+        }
+        if !self.read_only {
+            self.file
+                .sync_data()
+                .map_err(|e| HandOverError::Flush(self.path.clone(), e))?;
+            self.remeasure();
+        }
+        // Writes are refused from here on: the locks that kept others out go next.
+        self.active.store(false, Ordering::SeqCst);
+        if self.locks.is_some() {
+            if let Err(e) = lock::unlock(&self.file) {
+                self.active.store(true, Ordering::SeqCst);
+                return Err(HandOverError::Unlock(self.path.clone(), e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the image's locks again, checking for conflicts as at open, and accepts writes.
+    /// Already active: nothing to do.
+    fn activate(&self) -> Result<(), HandOverError> {
+        if self.is_active_now() {
+            return Ok(());
+        }
+        if let Some(perms) = self.locks {
+            if let Err(e) = take_locks(&self.file, &self.path, perms) {
+                // What was taken before the conflict goes again: inactive means no locks.
+                let _ = lock::unlock(&self.file);
+                return Err(HandOverError::Lock(e));
+            }
+        }
+        self.active.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
     fn host_file(&self) -> Option<HostFile> {
+        // An inactive image's requests go through the node, which refuses writes.
+        if !self.is_active_now() {
+            return None;
+        }
         Some(HostFile {
             file: self.file.clone(),
             cache: self.cache,
@@ -460,9 +583,7 @@ impl BlockNode for FileNode {
     }
 
     fn write_vectored(&self, offset: u64, bufs: &[IoBuf<'_>]) -> io::Result<()> {
-        if self.read_only {
-            return Err(io::Error::from_raw_os_error(libc::EROFS));
-        }
+        self.check_writable()?;
         if self.needs_bounce(offset, bufs) {
             self.bounce(offset, bufs, true)
         } else {
@@ -471,7 +592,8 @@ impl BlockNode for FileNode {
     }
 
     fn flush(&self) -> io::Result<()> {
-        if self.cache.no_flush() || self.read_only {
+        // Nothing was written since an inactivation flushed.
+        if self.cache.no_flush() || self.read_only || !self.is_active_now() {
             return Ok(());
         }
         self.file.sync_data()?;
@@ -480,9 +602,7 @@ impl BlockNode for FileNode {
     }
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        if self.read_only {
-            return Err(io::Error::from_raw_os_error(libc::EROFS));
-        }
+        self.check_writable()?;
         let result = match self.fallocate(
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             offset,
@@ -496,9 +616,7 @@ impl BlockNode for FileNode {
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_unmap: bool) -> io::Result<()> {
-        if self.read_only {
-            return Err(io::Error::from_raw_os_error(libc::EROFS));
-        }
+        self.check_writable()?;
         if may_unmap {
             let punched = self.fallocate(
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
@@ -841,5 +959,108 @@ mod tests {
             .unwrap();
         assert!(read(&node, 512, big.len()).iter().all(|&x| x == 0x11));
         node.flush().unwrap();
+    }
+
+    fn write(node: &FileNode, offset: u64, byte: u8) -> io::Result<()> {
+        let mut v = vec![byte; 512];
+        node.write_vectored(offset, &[IoBuf::from(v.as_mut_slice())])
+    }
+
+    /// The hand-over of a migration, two opens of one image in one process (OFD locks
+    /// conflict within a process as between two).
+    #[test]
+    fn inactive_open_and_the_hand_over() {
+        let f = image(4096, |_| 0);
+        let open = |read_only| FileNode::open("src", f.as_path(), read_only, CacheMode::Writeback);
+        let inactive = || {
+            FileNode::open_inactive(
+                "dst",
+                f.as_path(),
+                false,
+                CacheMode::Writeback,
+                Locking::Auto,
+            )
+        };
+        let src = open(false).unwrap();
+        assert!(src.is_active());
+        // With the source active, a second active open fails; an inactive one succeeds.
+        let e = open(false).unwrap_err();
+        assert!(matches!(e, OpenError::Locked { .. }), "{e}");
+        let dst = inactive().unwrap();
+        assert!(!dst.is_active());
+        assert!(dst.host_file().is_none());
+        // The incoming side reads, refuses writes, and cannot take the image yet.
+        assert_eq!(read(&dst, 0, 512), vec![0; 512]);
+        assert_eq!(
+            write(&dst, 0, 1).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+        assert_eq!(
+            dst.discard(0, 512).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+        let e = dst.activate().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "Failed to get \"write\" lock: is another process using the image [{}]?",
+                f.as_path().display()
+            )
+        );
+        assert!(
+            !dst.is_active(),
+            "a failed activation leaves the node inactive"
+        );
+        // The source writes, then hands the image over: flushed, unlocked, writes refused.
+        write(&src, 512, 0xab).unwrap();
+        src.inactivate().unwrap();
+        assert!(!src.is_active());
+        assert_eq!(
+            write(&src, 0, 1).unwrap_err().raw_os_error(),
+            Some(libc::EPERM)
+        );
+        src.inactivate().unwrap();
+        // The destination takes it over and sees the source's data.
+        dst.activate().unwrap();
+        assert!(dst.is_active() && dst.host_file().is_some());
+        assert_eq!(read(&dst, 512, 512), vec![0xab; 512]);
+        write(&dst, 1024, 0xcd).unwrap();
+        // Now the source cannot take it back, nor can a third user open it.
+        assert!(matches!(
+            src.activate(),
+            Err(HandOverError::Lock(OpenError::Locked { .. }))
+        ));
+        assert!(open(false).is_err());
+        drop((src, dst));
+
+        // A migration that fails after the hand-over: the source takes its image back.
+        let src = open(false).unwrap();
+        let dst = inactive().unwrap();
+        src.inactivate().unwrap();
+        src.activate().unwrap();
+        write(&src, 0, 7).unwrap();
+        assert!(matches!(dst.activate(), Err(HandOverError::Lock(_))));
+        assert!(open(false).is_err(), "the source's locks are back");
+        drop(dst);
+
+        // Read-only images and locking=off hand over too.
+        drop(src);
+        let ro = open(true).unwrap();
+        let ro2 = open(true).unwrap();
+        ro.inactivate().unwrap();
+        ro.activate().unwrap();
+        drop((ro, ro2));
+        let off = FileNode::open_inactive(
+            "off",
+            f.as_path(),
+            false,
+            CacheMode::Writeback,
+            Locking::Off,
+        )
+        .unwrap();
+        let src = open(false).unwrap();
+        off.activate().unwrap();
+        assert!(off.is_active());
+        drop(src);
     }
 }

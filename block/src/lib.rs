@@ -50,7 +50,7 @@ pub mod yank;
 pub use backend::{
     Admission, Admitted, Backend, BackendConfig, Completion, InvalidRequest, Request, Watcher,
 };
-pub use file::{FileNode, HostFile, OpenError};
+pub use file::{FileNode, HandOverError, HostFile, OpenError};
 pub use inject::{errno_name, parse_errno, FaultNode, FaultRule, InjectError};
 pub use lock::{LockConflict, LockError, Locking, ParseLockingError, Perm, Perms};
 pub use node::{

@@ -279,6 +279,21 @@ pub fn lock(file: &File, perms: Perms) -> Result<(), LockError> {
     Ok(())
 }
 
+/// Releases every lock [`lock`] may have taken on `file` (bytes 100 to 103 and 200 to 203),
+/// keeping the file open: QEMU's state of an inactive image (`raw_apply_lock_bytes` with no
+/// permissions held and all shared), which other users then may lock.
+///
+/// # Errors
+/// The filesystem refused to release a lock.
+pub fn unlock(file: &File) -> Result<(), LockError> {
+    for base in [LOCK_PERM_BASE, LOCK_SHARED_BASE] {
+        let mut fl = one_byte(libc::F_UNLCK, base);
+        fl.l_len = Perm::ALL.len() as i64;
+        fcntl_lock(file, libc::F_OFD_SETLK, &mut fl).map_err(|e| LockError::Io(base, e))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use vmm_sys_util::tempfile::TempFile;
@@ -315,6 +330,30 @@ mod tests {
         assert!(!(100..104)
             .chain(200..204)
             .any(|b| held_elsewhere(&probe, b).unwrap()));
+    }
+
+    #[test]
+    fn unlock_releases_everything_and_keeps_the_file() {
+        let f = TempFile::new().unwrap();
+        let a = open(&f);
+        lock(&a, Perms::virtio_blk(false)).unwrap();
+        let b = open(&f);
+        assert!(lock(&b, Perms::virtio_blk(false)).is_err());
+        // A failed lock leaves what it took (the caller drops the file, or unlocks).
+        unlock(&b).unwrap();
+        unlock(&a).unwrap();
+        let probe = open(&f);
+        assert!(!(100..104)
+            .chain(200..204)
+            .any(|byte| held_elsewhere(&probe, byte).unwrap()));
+        lock(&b, Perms::virtio_blk(false)).unwrap();
+        // The first user takes its locks back only once the second is gone.
+        assert!(lock(&a, Perms::virtio_blk(false)).is_err());
+        unlock(&a).unwrap();
+        drop(b);
+        lock(&a, Perms::virtio_blk(false)).unwrap();
+        unlock(&a).unwrap();
+        unlock(&a).unwrap();
     }
 
     #[test]

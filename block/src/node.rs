@@ -244,6 +244,33 @@ pub trait BlockNode: Send + Sync + fmt::Debug {
         None
     }
 
+    /// Whether the node is active: it holds its image's locks and writes (QEMU's nodes
+    /// without `BDRV_O_INACTIVE`). Filters answer for their child; a node without an image
+    /// is always active.
+    fn is_active(&self) -> bool {
+        self.child().is_none_or(|c| c.is_active())
+    }
+
+    /// Hands the image over to another process (the end of an outgoing migration): flushes
+    /// what was written and releases the image's locks, keeping it open; writes are refused
+    /// until [`BlockNode::activate`]. Filters forward to their child.
+    ///
+    /// # Errors
+    /// The flush or the unlock failed; the node stays active.
+    fn inactivate(&self) -> Result<(), crate::file::HandOverError> {
+        self.child().map_or(Ok(()), |c| c.inactivate())
+    }
+
+    /// Takes the image over (an incoming migration's switchover, or the source's when a
+    /// migration fails): takes its locks, checking that nobody else holds them, and accepts
+    /// writes again. Filters forward to their child.
+    ///
+    /// # Errors
+    /// Another user holds a lock in the way; the node stays inactive.
+    fn activate(&self) -> Result<(), crate::file::HandOverError> {
+        self.child().map_or(Ok(()), |c| c.activate())
+    }
+
     /// Reads `offset..offset + total length of bufs` into `bufs`, in order.
     ///
     /// # Errors

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::backend::{Backend, BackendConfig};
-use crate::file::OpenError;
+use crate::file::{HandOverError, OpenError};
 use crate::node::BlockNode;
 
 /// Longest node-name QEMU accepts (its buffer holds 32 bytes with the NUL).
@@ -300,6 +300,57 @@ impl Registry {
         Ok(node)
     }
 
+    /// The graph's image nodes (those without a child: `file` nodes), by node-name.
+    fn image_nodes(&self) -> impl Iterator<Item = &Arc<dyn BlockNode>> {
+        self.nodes.values().filter(|n| n.child().is_none())
+    }
+
+    /// Hands every image over (the source's switchover): flushes each writable image and
+    /// releases its locks ([`BlockNode::inactivate`]). If one fails, the images already
+    /// handed over are taken back, so the graph is as it was.
+    ///
+    /// # Errors
+    /// The node-name of the image that failed, and why.
+    pub fn inactivate_all(&self) -> Result<(), (String, HandOverError)> {
+        let mut done: Vec<&Arc<dyn BlockNode>> = Vec::new();
+        for node in self.image_nodes() {
+            if !node.is_active() {
+                continue;
+            }
+            if let Err(e) = node.inactivate() {
+                for n in done {
+                    // Best effort: nobody else can have taken the locks meanwhile, as the
+                    // other side activates only once the hand-over succeeded.
+                    let _ = n.activate();
+                }
+                return Err((node.node_name().to_owned(), e));
+            }
+            done.push(node);
+        }
+        Ok(())
+    }
+
+    /// Takes every image over ([`BlockNode::activate`]): the destination's switchover, or the
+    /// source's when a migration failed after [`Registry::inactivate_all`]. Every image is
+    /// tried; the first failure is returned and the images that failed stay inactive.
+    ///
+    /// # Errors
+    /// The node-name of the first image that failed, and why (another user holds its locks).
+    pub fn activate_all(&self) -> Result<(), (String, HandOverError)> {
+        let mut first = None;
+        for node in self.image_nodes() {
+            if let Err(e) = node.activate() {
+                first.get_or_insert((node.node_name().to_owned(), e));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Whether every image is active.
+    pub fn all_active(&self) -> bool {
+        self.image_nodes().all(|n| n.is_active())
+    }
+
     /// Removes a backend and the nodes of its chain that no other backend uses.
     pub fn remove_backend(&mut self, id: &str) -> Option<Arc<Backend>> {
         let backend = self.backends.remove(id)?;
@@ -528,5 +579,35 @@ mod tests {
         assert_eq!(r.remove_node("f1").unwrap().node_name(), "f1");
         assert!(r.node("f1").is_none());
         drop(b);
+    }
+
+    #[test]
+    fn the_graph_hands_its_images_over() {
+        let a = image();
+        let b = image();
+        let mut src = Registry::new();
+        let mut dst = Registry::new();
+        for (reg, inactive) in [(&mut src, false), (&mut dst, true)] {
+            for (id, f) in [("d0", &a), ("d1", &b)] {
+                reg.open(BackendConfig {
+                    node_name: Some(format!("{id}-file")),
+                    inactive,
+                    ..BackendConfig::new(id, f.as_path())
+                })
+                .unwrap();
+            }
+        }
+        assert!(src.all_active() && !dst.all_active());
+        let (node, e) = dst.activate_all().unwrap_err();
+        assert_eq!(node, "d0-file");
+        assert!(matches!(e, HandOverError::Lock(_)), "{e}");
+        src.inactivate_all().unwrap();
+        assert!(!src.all_active());
+        dst.activate_all().unwrap();
+        assert!(dst.all_active());
+        assert!(src.activate_all().is_err());
+        dst.inactivate_all().unwrap();
+        src.activate_all().unwrap();
+        assert!(src.all_active());
     }
 }

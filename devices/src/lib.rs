@@ -11,12 +11,14 @@ pub mod acpi;
 pub mod bus;
 pub mod event;
 pub mod legacy;
+pub mod state;
 #[cfg(test)]
 mod test_utils;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use event::{take_lifecycle_request, ResetCause, VmEvent, VmEventSink};
+pub use state::StateError;
 
 /// Guest RAM as the VMM and every device see it: vm-memory's mmap backend with a dirty bitmap
 /// per region that records every write made through it (the devices' DMA: request data,

@@ -30,6 +30,8 @@ pub struct OpenFile {
     pub cache: CacheMode,
     /// Image locking.
     pub locking: Locking,
+    /// Open the image inactive (an incoming migration: [`FileNode::open_inactive`]).
+    pub inactive: bool,
 }
 
 impl OpenFile {
@@ -39,7 +41,12 @@ impl OpenFile {
     /// Those of [`FileNode::open_with`].
     pub fn open(self) -> Result<FileNode, OpenError> {
         let open = |read_only| {
-            FileNode::open_with(
+            let open = if self.inactive {
+                FileNode::open_inactive
+            } else {
+                FileNode::open_with
+            };
+            open(
                 self.node_name.clone(),
                 &self.path,
                 read_only,
@@ -103,6 +110,7 @@ pub fn plan(devices: &DeviceManager, options: BlockdevOptions) -> Result<Plan, S
                     Some(OnOffAuto::On) => Locking::On,
                     Some(OnOffAuto::Off) => Locking::Off,
                 },
+                inactive: devices.images_inactive(),
             }))
         }
         BlockdevOptionsBranch::Raw(raw) => {

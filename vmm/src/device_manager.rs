@@ -7,19 +7,23 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use block::{
-    Aio, Backend, BackendConfig, BlockNode, Registry, RegistryError, ThrottleConfigError,
-    ThrottleGroups, YankTable,
+    Aio, Backend, BackendConfig, BlockNode, HandOverError, Registry, RegistryError,
+    ThrottleConfigError, ThrottleGroups, YankTable,
 };
-use devices::acpi::{pm, AcpiPm, Ged, GedError};
-use devices::legacy::{DebugPort, SerialDevice, I8042};
+use devices::acpi::{pm, AcpiPm, AcpiPmState, Ged, GedError, GedState};
+use devices::legacy::{
+    DebugPort, DebugPortState, I8042State, SerialDevice, SerialDeviceState, I8042,
+};
 use devices::virtio::block::ThreadHooks;
-use devices::virtio::{MmioTransport, VirtioBlock};
+use devices::virtio::{BlockState, MmioState, MmioTransport, QuiesceError, VirtioBlock};
 use devices::GuestMemoryMmap;
-use devices::{Bus, BusDevice, BusError, VmEventSink};
+use devices::{Bus, BusDevice, BusError, StateError, VmEventSink};
 use kvm_ioctls::{IoEventAddress, VmFd};
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi::DsdtBuilder;
@@ -78,6 +82,123 @@ pub enum DeviceError {
     /// The I/O limits of a disk are refused: the option that made it and why.
     #[error("{0}: {1}")]
     Throttle(String, ThrottleConfigError),
+    /// A saved device state of another format version.
+    #[error("Device state version {saved} is not supported (this vmm reads version {here})")]
+    StateVersion {
+        /// The version in the state.
+        saved: u32,
+        /// [`DEVICES_STATE_VERSION`].
+        here: u32,
+    },
+    /// A device the source had is missing here, or the other way round.
+    #[error("{0}")]
+    StateDevices(String),
+    /// A device refused its saved state (a mismatch, an invalid value).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A disk could not be quiesced for the migration.
+    #[error(transparent)]
+    Quiesce(#[from] QuiesceError),
+    /// A disk's transport carries something other than virtio-blk (a VMM bug).
+    #[error("Disk {0} is not a virtio-blk device")]
+    NotBlock(String),
+    /// An image could not be handed over to the destination.
+    #[error("Cannot hand over block node '{0}'")]
+    Inactivate(String, #[source] HandOverError),
+    /// An image could not be taken over (another process holds its locks).
+    #[error("Cannot take over block node '{0}'")]
+    Activate(String, #[source] HandOverError),
+}
+
+/// The version of [`DevicesState`], the device section of a migration stream. Bump it when a
+/// field changes meaning or is added without a default; a destination refuses other
+/// versions. See `docs/architecture.md`, "Migration state".
+pub const DEVICES_STATE_VERSION: u32 = 1;
+
+/// What identifies a disk to its guest and to the block graph: a destination whose disk
+/// differs in any of these refuses the state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// The drive id (`drive0`, `-device ...,id=`).
+    pub id: String,
+    /// The node-name of the disk's root node (below the implicit fault filter).
+    pub node_name: String,
+    /// The image's size in bytes.
+    pub size: u64,
+    /// The disk is read-only.
+    pub read_only: bool,
+    /// The device's queue count (`num-queues`).
+    pub num_queues: u16,
+    /// The serial number the guest reads (GET_ID): the configured one, else the id.
+    pub serial: String,
+}
+
+/// One disk's saved state: what it is, its transport and its virtio-blk device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskState {
+    /// The disk, checked against the destination's.
+    pub info: DiskInfo,
+    /// The virtio-mmio registers and the queues (with the data path's indices).
+    pub transport: MmioState,
+    /// What the driver was told (features, queue count, capacity).
+    pub block: BlockState,
+}
+
+/// The device section of a migration: every emulated device's guest-visible state. Devices
+/// the machine does not have are `None` (a destination must have the same set).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicesState {
+    /// [`DEVICES_STATE_VERSION`] of the source.
+    pub version: u32,
+    /// COM1.
+    pub serial: Option<SerialDeviceState>,
+    /// The i8042 (no fields: it keeps no state).
+    pub i8042: Option<I8042State>,
+    /// The debug port (the latest code).
+    pub debug_port: Option<DebugPortState>,
+    /// The ACPI sleep and reset registers (no fields: they keep no state).
+    pub acpi_pm: Option<AcpiPmState>,
+    /// The power button's GED (no fields: it keeps no state).
+    pub ged: Option<GedState>,
+    /// The disks, in slot (`--disk`) order.
+    pub disks: Vec<DiskState>,
+}
+
+/// A device's mutex, even if a thread panicked while holding it.
+fn locked<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The virtio-blk device behind a disk's transport.
+fn block_of<'a>(t: &'a MmioTransport, id: &str) -> Result<&'a VirtioBlock, DeviceError> {
+    t.device()
+        .as_any()
+        .downcast_ref::<VirtioBlock>()
+        .ok_or_else(|| DeviceError::NotBlock(id.to_owned()))
+}
+
+/// The virtio-blk device behind a disk's transport, mutably.
+fn block_of_mut<'a>(
+    t: &'a mut MmioTransport,
+    id: &str,
+) -> Result<&'a mut VirtioBlock, DeviceError> {
+    t.device_mut()
+        .as_any_mut()
+        .downcast_mut::<VirtioBlock>()
+        .ok_or_else(|| DeviceError::NotBlock(id.to_owned()))
+}
+
+/// Refuses when the source had `what` and this VM has not, or the other way round.
+fn same_presence<A, B>(what: &str, saved: &Option<A>, here: &Option<B>) -> Result<(), DeviceError> {
+    match (saved.is_some(), here.is_some()) {
+        (true, false) => Err(DeviceError::StateDevices(format!(
+            "The source has {what} and this VM has none"
+        ))),
+        (false, true) => Err(DeviceError::StateDevices(format!(
+            "This VM has {what} and the source had none"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Where the guest's serial output goes.
@@ -173,6 +294,8 @@ pub struct Disk {
     pub transport: Arc<Mutex<MmioTransport>>,
     /// The QOM-style path QMP reports as `qdev` (and `qom-path` in `BLOCK_IO_ERROR`).
     pub qdev: String,
+    /// What the virtio-blk device told the driver (fixed for the device's life).
+    pub block: BlockState,
 }
 
 /// The number of virtio-mmio slots: one GSI each, from [`VIRTIO_FIRST_GSI`] to the IOAPIC's
@@ -196,6 +319,9 @@ pub struct DeviceManager {
     serial_socket: Option<Arc<SocketConsole>>,
     /// What `query-chardev` shows of the serial port's backend.
     serial_chardev: Option<SerialChardev>,
+    i8042: Option<Arc<Mutex<I8042>>>,
+    debug_port: Option<Arc<Mutex<DebugPort>>>,
+    acpi_pm: Option<Arc<Mutex<AcpiPm>>>,
     ged: Option<Ged>,
     disks: Vec<Disk>,
     /// Nodes created by QMP's `blockdev-add` (only those may be deleted by `blockdev-del`).
@@ -204,6 +330,9 @@ pub struct DeviceManager {
     yank: Arc<YankTable>,
     /// The disks' throttle groups, by name.
     throttle_groups: ThrottleGroups,
+    /// Images are opened inactive (an incoming migration) until [`DeviceManager::
+    /// activate_images`].
+    images_inactive: bool,
 }
 
 impl std::fmt::Debug for DeviceManager {
@@ -266,12 +395,29 @@ impl DeviceManager {
             serial_pty: None,
             serial_socket: None,
             serial_chardev: None,
+            i8042: None,
+            debug_port: None,
+            acpi_pm: None,
             ged: None,
             disks: Vec::new(),
             monitor_nodes: BTreeSet::new(),
             yank: Arc::new(YankTable::default()),
             throttle_groups: ThrottleGroups::new(),
+            images_inactive: false,
         })
+    }
+
+    /// Opens the images of the disks and block nodes added from now on inactive (`true`: the
+    /// VM is an incoming migration's destination, QEMU's `-incoming`): without their locks,
+    /// while the source still runs on them, and refusing writes until
+    /// [`DeviceManager::activate_images`] at the switchover.
+    pub fn set_images_inactive(&mut self, inactive: bool) {
+        self.images_inactive = inactive;
+    }
+
+    /// Whether new images are opened inactive (see [`DeviceManager::set_images_inactive`]).
+    pub fn images_inactive(&self) -> bool {
+        self.images_inactive
     }
 
     fn irqfd(&self, gsi: u32) -> Result<EventFd, DeviceError> {
@@ -355,7 +501,7 @@ impl DeviceManager {
     /// Fails when the event sink cannot be duplicated.
     pub fn add_i8042(&mut self) -> Result<(), DeviceError> {
         let i8042 = I8042::new(self.sink()?);
-        self.add_pio(i8042, I8042_PORT, I8042_PORT_LEN)?;
+        self.i8042 = Some(self.add_pio(i8042, I8042_PORT, I8042_PORT_LEN)?);
         Ok(())
     }
 
@@ -369,7 +515,8 @@ impl DeviceManager {
         log: bool,
     ) -> Result<(), DeviceError> {
         let out: Option<Box<dyn Write + Send>> = log.then(|| Box::new(std::io::stderr()) as _);
-        self.add_pio(DebugPort::new(started, out), DEBUG_PORT, DEBUG_PORT_LEN)?;
+        self.debug_port =
+            Some(self.add_pio(DebugPort::new(started, out), DEBUG_PORT, DEBUG_PORT_LEN)?);
         Ok(())
     }
 
@@ -380,7 +527,7 @@ impl DeviceManager {
     pub fn add_acpi_pm(&mut self) -> Result<(), DeviceError> {
         let acpi_pm = AcpiPm::new(self.sink()?);
         self.dsdt.add(&acpi_pm);
-        self.add_pio(acpi_pm, ACPI_PM_PORT, pm::BLOCK_LEN)?;
+        self.acpi_pm = Some(self.add_pio(acpi_pm, ACPI_PM_PORT, pm::BLOCK_LEN)?);
         Ok(())
     }
 
@@ -433,6 +580,7 @@ impl DeviceManager {
                 serial: spec.serial.clone(),
                 aio,
                 locking: spec.locking,
+                inactive: self.images_inactive,
                 ..BackendConfig::new(id.clone(), path.clone())
             }),
             DiskSource::Node(node) => self.registry.attach(&id, node, |b| {
@@ -459,15 +607,17 @@ impl DeviceManager {
         let slot = slot as u32;
         let base = VIRTIO_MMIO_START + u64::from(slot) * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_FIRST_GSI + slot;
+        let device = VirtioBlock::build(
+            backend.clone(),
+            spec.num_queues,
+            ThreadHooks {
+                io: seccomp::hook(ThreadKind::BlockIo),
+                request: seccomp::hook(ThreadKind::BlockRequest),
+            },
+        );
+        let block = device.save_state();
         let transport = MmioTransport::new(
-            Box::new(VirtioBlock::build(
-                backend.clone(),
-                spec.num_queues,
-                ThreadHooks {
-                    io: seccomp::hook(ThreadKind::BlockIo),
-                    request: seccomp::hook(ThreadKind::BlockRequest),
-                },
-            )),
+            Box::new(device),
             self.mem.clone(),
             self.irqfd(gsi)?,
             base,
@@ -492,6 +642,7 @@ impl DeviceManager {
             backend,
             transport,
             qdev: format!("/machine/peripheral/{id}/virtio-backend"),
+            block,
         });
         self.yank.publish(&self.registry);
         Ok(())
@@ -641,5 +792,354 @@ impl DeviceManager {
         self.monitor_nodes.remove(name);
         self.yank.publish(&self.registry);
         Ok(node)
+    }
+}
+
+// The migration's side of the devices. Called by the migration (branch s17-mig), which is
+// merged with this branch; until then only the tests call it.
+#[cfg_attr(not(test), allow(dead_code))]
+impl DeviceManager {
+    /// What identifies disk `disk` (see [`DiskInfo`]).
+    fn disk_info(disk: &Disk) -> DiskInfo {
+        DiskInfo {
+            id: disk.backend.id().to_owned(),
+            node_name: disk.backend.root().node_name().to_owned(),
+            size: disk.backend.size(),
+            read_only: disk.backend.read_only(),
+            num_queues: disk.block.num_queues,
+            serial: disk.backend.serial().to_owned(),
+        }
+    }
+
+    /// Every device's state, for a migration or snapshot: call it with every vCPU parked and
+    /// after [`DeviceManager::quiesce`] (else the disks' queue indices may be behind the
+    /// requests their I/O threads popped).
+    pub fn save_state(&self) -> DevicesState {
+        let disks = self
+            .disks
+            .iter()
+            .map(|disk| DiskState {
+                info: Self::disk_info(disk),
+                transport: locked(&disk.transport).save_state(),
+                block: disk.block,
+            })
+            .collect();
+        DevicesState {
+            version: DEVICES_STATE_VERSION,
+            serial: self.serial.as_ref().map(|d| locked(d).save_state()),
+            i8042: self.i8042.as_ref().map(|d| locked(d).save_state()),
+            debug_port: self.debug_port.as_ref().map(|d| locked(d).save_state()),
+            acpi_pm: self.acpi_pm.as_ref().map(|d| locked(d).save_state()),
+            ged: self.ged.as_ref().map(Ged::save_state),
+            disks,
+        }
+    }
+
+    /// Checks `state` against this VM's devices, changing nothing: the version, the same
+    /// devices, the same disks (id, node-name, size, read-only, queues, serial), each
+    /// device's checks.
+    ///
+    /// # Errors
+    /// The first difference, in one line naming what differs.
+    pub fn check_state(&self, state: &DevicesState) -> Result<(), DeviceError> {
+        if state.version != DEVICES_STATE_VERSION {
+            return Err(DeviceError::StateVersion {
+                saved: state.version,
+                here: DEVICES_STATE_VERSION,
+            });
+        }
+        same_presence("COM1", &state.serial, &self.serial)?;
+        same_presence("an i8042", &state.i8042, &self.i8042)?;
+        same_presence("a debug port", &state.debug_port, &self.debug_port)?;
+        same_presence("ACPI PM registers", &state.acpi_pm, &self.acpi_pm)?;
+        same_presence("a power button", &state.ged, &self.ged)?;
+        if let Some(serial) = &state.serial {
+            SerialDevice::check_state(serial)?;
+        }
+        if state.disks.len() != self.disks.len() {
+            return Err(DeviceError::StateDevices(format!(
+                "The source has {} disks, this VM has {}",
+                state.disks.len(),
+                self.disks.len()
+            )));
+        }
+        for (saved, disk) in state.disks.iter().zip(&self.disks) {
+            let here = Self::disk_info(disk);
+            let s = &saved.info;
+            if s.id != here.id {
+                return Err(StateError::mismatch(
+                    format!("disk {}", here.id),
+                    "drive id",
+                    &s.id,
+                    &here.id,
+                )
+                .into());
+            }
+            let name = format!("disk {}", here.id);
+            let differs = |what, a: &dyn std::fmt::Display, b: &dyn std::fmt::Display| {
+                DeviceError::from(StateError::mismatch(name.clone(), what, a, b))
+            };
+            if s.node_name != here.node_name {
+                return Err(differs("node-name", &s.node_name, &here.node_name));
+            }
+            if s.size != here.size {
+                return Err(differs(
+                    "size",
+                    &format_args!("{} bytes", s.size),
+                    &format_args!("{} bytes", here.size),
+                ));
+            }
+            if s.read_only != here.read_only {
+                return Err(differs("read-only", &s.read_only, &here.read_only));
+            }
+            if s.num_queues != here.num_queues {
+                return Err(differs("num-queues", &s.num_queues, &here.num_queues));
+            }
+            if s.serial != here.serial {
+                return Err(differs("serial", &s.serial, &here.serial));
+            }
+            let mut t = locked(&disk.transport);
+            // The virtio-blk check changes nothing either (it takes the device mutably as
+            // restores do).
+            block_of_mut(&mut t, disk.backend.id())?.restore_state(&saved.block)?;
+            t.check_state(&saved.transport)?;
+        }
+        Ok(())
+    }
+
+    /// Restores every device from `state` (an incoming migration, before the vCPUs run):
+    /// [`DeviceManager::check_state`] first, so a mismatch changes nothing; then each device
+    /// takes its state, and a disk whose driver had it running starts its data path on the
+    /// saved queues. That data path serves at once what the guest made available (nothing,
+    /// when the source quiesced), and an inactive image refuses writes: call
+    /// [`DeviceManager::activate_images`] first, or at least before the vCPUs run.
+    ///
+    /// # Errors
+    /// A mismatch (nothing changed), or a device that could not take its state (a data path
+    /// that cannot start, an interrupt that cannot be raised: the VM must not run).
+    pub fn restore_state(&self, state: &DevicesState) -> Result<(), DeviceError> {
+        self.check_state(state)?;
+        if let (Some(saved), Some(d)) = (&state.serial, &self.serial) {
+            locked(d).restore_state(saved)?;
+        }
+        if let (Some(saved), Some(d)) = (&state.i8042, &self.i8042) {
+            locked(d).restore_state(saved)?;
+        }
+        if let (Some(saved), Some(d)) = (&state.debug_port, &self.debug_port) {
+            locked(d).restore_state(saved)?;
+        }
+        if let (Some(saved), Some(d)) = (&state.acpi_pm, &self.acpi_pm) {
+            locked(d).restore_state(saved)?;
+        }
+        if let (Some(saved), Some(d)) = (&state.ged, &self.ged) {
+            d.restore_state(saved)?;
+        }
+        for (saved, disk) in state.disks.iter().zip(&self.disks) {
+            locked(&disk.transport).restore_state(&saved.transport)?;
+        }
+        Ok(())
+    }
+
+    /// Quiesces every disk ([`VirtioBlock::quiesce`]) within `timeout` overall: called on the
+    /// main thread with every vCPU parked (and the backends drained), before
+    /// [`DeviceManager::save_state`]. The disks keep running: a cancelled migration just
+    /// resumes the vCPUs.
+    ///
+    /// # Errors
+    /// A disk with requests stopped by an I/O error, or requests still in flight when the
+    /// time is up.
+    pub fn quiesce(&self, timeout: Duration) -> Result<(), DeviceError> {
+        let deadline = Instant::now() + timeout;
+        for disk in &self.disks {
+            let t = locked(&disk.transport);
+            let left = deadline.saturating_duration_since(Instant::now());
+            block_of(&t, disk.backend.id())?.quiesce(left)?;
+        }
+        Ok(())
+    }
+
+    /// Hands every image over to the destination (the source's switchover, after
+    /// [`DeviceManager::quiesce`]): each writable image is flushed (`fdatasync`) and every
+    /// image's locks are released, the files staying open; writes are refused until
+    /// [`DeviceManager::activate_images`] (a failed migration). On failure the images are
+    /// as they were.
+    ///
+    /// # Errors
+    /// The node whose flush or unlock failed.
+    pub fn inactivate_images(&mut self) -> Result<(), DeviceError> {
+        self.registry
+            .inactivate_all()
+            .map_err(|(node, e)| DeviceError::Inactivate(node, e))?;
+        self.images_inactive = true;
+        Ok(())
+    }
+
+    /// Takes every image over: the destination at the switchover (its images were opened
+    /// inactive), or the source when the migration failed after
+    /// [`DeviceManager::inactivate_images`]. Images opened from now on are active.
+    ///
+    /// # Errors
+    /// An image whose locks another process holds (the images that could be activated are).
+    pub fn activate_images(&mut self) -> Result<(), DeviceError> {
+        self.registry
+            .activate_all()
+            .map_err(|(node, e)| DeviceError::Activate(node, e))?;
+        self.images_inactive = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use kvm_ioctls::Kvm;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::tempfile::TempFile;
+
+    use super::*;
+
+    /// An image of `sectors` sectors.
+    fn image(sectors: usize) -> TempFile {
+        let f = TempFile::new().unwrap();
+        std::fs::write(f.as_path(), vec![0u8; sectors * 512]).unwrap();
+        f
+    }
+
+    /// A machine's devices (COM1, i8042, debug port, ACPI PM, power button) and `disks`
+    /// (`--disk` values), images opened inactive if asked; `None` without KVM.
+    fn machine(disks: &[String], inactive: bool) -> Option<DeviceManager> {
+        let kvm = Kvm::new().ok()?;
+        let vm = kvm.create_vm().unwrap();
+        vm.create_irq_chip().unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let (events, _rx, _wake) = VmEventSink::new().unwrap();
+        let mut dm = DeviceManager::new(Arc::new(vm), &mem, &events).unwrap();
+        dm.set_images_inactive(inactive);
+        dm.add_serial(&SerialConfig::new(SerialMode::None)).unwrap();
+        dm.add_i8042().unwrap();
+        dm.add_debug_port(Instant::now(), false).unwrap();
+        dm.add_acpi_pm().unwrap();
+        dm.add_power_button().unwrap();
+        for d in disks {
+            dm.add_disk(&d.parse().unwrap()).unwrap();
+        }
+        Some(dm)
+    }
+
+    fn disk(f: &TempFile, opts: &str) -> String {
+        format!("{},id=d0,node-name=n0{opts}", f.as_path().display())
+    }
+
+    fn err(r: Result<(), DeviceError>) -> String {
+        crate::error::chain(&r.unwrap_err())
+    }
+
+    #[test]
+    fn state_round_trip_and_one_line_refusals() {
+        let img = image(128);
+        let Some(src) = machine(&[disk(&img, "")], false) else {
+            return;
+        };
+        src.serial_input(b"abc");
+        let state = src.save_state();
+        assert_eq!(state.version, DEVICES_STATE_VERSION);
+        assert_eq!(state.serial.as_ref().unwrap().rx_fifo, b"abc");
+        let info = &state.disks[0].info;
+        assert_eq!(
+            (info.id.as_str(), info.node_name.as_str(), info.size),
+            ("d0", "n0", 65536)
+        );
+        assert_eq!(
+            (info.read_only, info.num_queues, info.serial.as_str()),
+            (false, 1, "d0")
+        );
+        let json = serde_json::to_string(&state).unwrap();
+        let state: DevicesState = serde_json::from_str(&json).unwrap();
+
+        // The destination opens the same image inactive (the source holds its locks).
+        let dst = machine(&[disk(&img, "")], true).unwrap();
+        dst.restore_state(&state).unwrap();
+        assert_eq!(dst.save_state(), state);
+
+        // Refusals, each one line naming what differs, changing nothing.
+        let fresh = machine(&[disk(&img, "")], true).unwrap();
+        let before = fresh.save_state();
+        let mut other = state.clone();
+        other.version = 2;
+        assert_eq!(
+            err(fresh.restore_state(&other)),
+            "Device state version 2 is not supported (this vmm reads version 1)"
+        );
+        let mut other = state.clone();
+        other.disks[0].info.serial = "other".into();
+        assert_eq!(
+            err(fresh.restore_state(&other)),
+            "disk d0: serial differs (source other, here d0)"
+        );
+        let mut other = state.clone();
+        other.ged = None;
+        assert_eq!(
+            err(fresh.restore_state(&other)),
+            "This VM has a power button and the source had none"
+        );
+        let mut other = state.clone();
+        other.disks[0].transport.queues[0].size = 3;
+        // A check deep in the last device still comes before any change.
+        other.serial.as_mut().unwrap().scratch = 0x42;
+        assert_eq!(
+            err(fresh.restore_state(&other)),
+            "virtio-mmio device at 0xd0000000: saved queue 0 is invalid: invalid queue size"
+        );
+        assert_eq!(fresh.save_state(), before);
+
+        let bigger = image(256);
+        let dst = machine(&[disk(&bigger, "")], false).unwrap();
+        assert_eq!(
+            err(dst.restore_state(&state)),
+            "disk d0: size differs (source 65536 bytes, here 131072 bytes)"
+        );
+        let none = machine(&[], false).unwrap();
+        assert_eq!(
+            err(none.restore_state(&state)),
+            "The source has 1 disks, this VM has 0"
+        );
+        drop(dst);
+        let mq = machine(&[disk(&bigger, ",num-queues=2")], false).unwrap();
+        let mut other = state.clone();
+        other.disks[0].info.size = 131072;
+        assert_eq!(
+            err(mq.restore_state(&other)),
+            "disk d0: num-queues differs (source 1, here 2)"
+        );
+        // Idle disks quiesce at once.
+        src.quiesce(Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn images_are_handed_over_between_two_machines() {
+        let img = image(128);
+        let Some(mut src) = machine(&[disk(&img, "")], false) else {
+            return;
+        };
+        let mut dst = machine(&[disk(&img, "")], true).unwrap();
+        assert!(dst.images_inactive());
+        let path = img.as_path().display();
+        assert_eq!(
+            err(dst.activate_images()),
+            format!(
+                "Cannot take over block node 'n0': Failed to get \"write\" lock: is another \
+                 process using the image [{path}]?"
+            )
+        );
+        src.quiesce(Duration::from_secs(1)).unwrap();
+        src.inactivate_images().unwrap();
+        dst.activate_images().unwrap();
+        assert!(!dst.images_inactive());
+        assert!(src.activate_images().is_err());
+        // The destination failed after all: the source takes its images back.
+        dst.inactivate_images().unwrap();
+        src.activate_images().unwrap();
+        assert!(src.block_graph().all_active());
     }
 }

@@ -55,6 +55,9 @@ pub struct VmConfig {
     pub started: std::time::Instant,
     /// Guest RAM is part of core dumps of vmm (QEMU's `dump-guest-core`, on by default).
     pub dump_guest_core: bool,
+    /// Open every image inactive (the destination of an incoming migration): no image locks
+    /// and no writes until `DeviceManager::activate_images` at the switchover.
+    pub inactive_images: bool,
 }
 
 /// Errors while building or operating the VM.
@@ -262,6 +265,7 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
 /// device per disk.
 fn add_devices(devices: &mut DeviceManager, config: &VmConfig) -> Result<(), DeviceError> {
     DeviceManager::check_disk_count(config.disks.len())?;
+    devices.set_images_inactive(config.inactive_images);
     devices.add_serial(&config.serial)?;
     devices.add_i8042()?;
     devices.add_debug_port(config.started, config.debug_port)?;

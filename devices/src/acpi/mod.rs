@@ -4,5 +4,5 @@
 pub mod ged;
 pub mod pm;
 
-pub use ged::{Ged, GedError};
-pub use pm::AcpiPm;
+pub use ged::{Ged, GedError, GedState};
+pub use pm::{AcpiPm, AcpiPmState};

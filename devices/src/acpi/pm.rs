@@ -7,8 +7,18 @@
 
 use acpi_tables::{aml, Aml, AmlSink};
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::BusDevice;
 use crate::event::{ResetCause, VmEvent, VmEventSink};
+use crate::state::StateError;
+
+/// The register block's guest-visible state: none. This is hardware-reduced ACPI: there are
+/// no PM1 status, enable or control registers (no fixed events, no SCI), the sleep control and
+/// reset registers are write-only and act at once, and sleep status always reads "not woken".
+/// The struct has no fields; it is saved so that the format names the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AcpiPmState {}
 
 /// Offset of the sleep control register in the block.
 pub const SLEEP_CONTROL_OFFSET: u64 = 0;
@@ -39,6 +49,21 @@ impl AcpiPm {
     /// Creates the block; poweroff and reset requests go to `events`.
     pub fn new(events: VmEventSink) -> Self {
         Self { events }
+    }
+}
+
+impl AcpiPm {
+    /// The block's state (it has none; see [`AcpiPmState`]).
+    pub fn save_state(&self) -> AcpiPmState {
+        AcpiPmState {}
+    }
+
+    /// Restores [`AcpiPmState`]: nothing to take.
+    ///
+    /// # Errors
+    /// None (the `Result` keeps the devices' restores alike).
+    pub fn restore_state(&mut self, _state: &AcpiPmState) -> Result<(), StateError> {
+        Ok(())
     }
 }
 

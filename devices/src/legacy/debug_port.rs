@@ -8,7 +8,18 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::BusDevice;
+use crate::state::StateError;
+
+/// The debug port's guest-visible state: the code reads return. When it was written is
+/// host-side (a boot timer of this process) and not saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DebugPortState {
+    /// The latest code written, if any (reads return it, or 0 without one).
+    pub last_code: Option<u8>,
+}
 
 /// The debug port device.
 pub struct DebugPort {
@@ -34,6 +45,23 @@ impl DebugPort {
             log,
             last: None,
         }
+    }
+
+    /// The code reads return, for a migration.
+    pub fn save_state(&self) -> DebugPortState {
+        DebugPortState {
+            last_code: self.last.map(|(code, _)| code),
+        }
+    }
+
+    /// Takes the latest code of `state`, timed at the restore (the source's time origin means
+    /// nothing here). Nothing is logged.
+    ///
+    /// # Errors
+    /// None: every saved value is valid (the `Result` keeps the devices' restores alike).
+    pub fn restore_state(&mut self, state: &DebugPortState) -> Result<(), StateError> {
+        self.last = state.last_code.map(|code| (code, self.start.elapsed()));
+        Ok(())
     }
 
     /// The latest code and when it was written.
@@ -83,6 +111,22 @@ mod tests {
         assert!(text.starts_with("vmm: debug port: code 0x41 at "), "{text}");
         port.write(0x80, 0, &[]);
         assert_eq!(port.last().unwrap().0, 0x41);
+    }
+
+    #[test]
+    fn the_latest_code_survives_save_and_restore() {
+        let mut src = DebugPort::new(Instant::now(), None);
+        assert_eq!(src.save_state(), DebugPortState { last_code: None });
+        src.write(0x80, 0, &[0x41]);
+        let state = src.save_state();
+        assert_eq!(state.last_code, Some(0x41));
+        let mut dst = DebugPort::new(Instant::now(), None);
+        dst.restore_state(&state).unwrap();
+        let mut data = [0u8; 1];
+        dst.read(0x80, 0, &mut data);
+        assert_eq!(data, [0x41]);
+        dst.restore_state(&DebugPortState::default()).unwrap();
+        assert_eq!(dst.last(), None);
     }
 
     #[test]

@@ -5,8 +5,18 @@
 //! the command port. The controller reports no data and no keyboard, so drivers probing it find
 //! an empty controller and move on.
 
+use serde::{Deserialize, Serialize};
+
 use crate::bus::BusDevice;
 use crate::event::{ResetCause, VmEvent, VmEventSink};
+use crate::state::StateError;
+
+/// The i8042's guest-visible state: none. The controller model keeps no registers (status and
+/// data read 0, the only command acted on is the reset pulse, which is not latched), so the
+/// struct has no fields; it is saved so that the format names the device, and a later
+/// version that models more of the controller adds its fields here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct I8042State {}
 
 /// Offset of the command/status port (0x64) from the data port (0x60).
 const COMMAND_OFFSET: u64 = 4;
@@ -23,6 +33,21 @@ impl I8042 {
     /// Creates the controller; reset requests go to `events`.
     pub fn new(events: VmEventSink) -> Self {
         Self { events }
+    }
+}
+
+impl I8042 {
+    /// The controller's state (it has none; see [`I8042State`]).
+    pub fn save_state(&self) -> I8042State {
+        I8042State {}
+    }
+
+    /// Restores [`I8042State`]: nothing to take.
+    ///
+    /// # Errors
+    /// None (the `Result` keeps the devices' restores alike).
+    pub fn restore_state(&mut self, _state: &I8042State) -> Result<(), StateError> {
+        Ok(())
     }
 }
 

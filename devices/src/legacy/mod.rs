@@ -5,6 +5,6 @@ pub mod debug_port;
 pub mod i8042;
 pub mod serial;
 
-pub use debug_port::DebugPort;
-pub use i8042::I8042;
-pub use serial::{IrqTrigger, SerialDevice};
+pub use debug_port::{DebugPort, DebugPortState};
+pub use i8042::{I8042State, I8042};
+pub use serial::{IrqTrigger, SerialDevice, SerialDeviceState};

@@ -4,10 +4,43 @@
 use std::io::Write;
 
 use acpi_tables::{aml, Aml, AmlSink};
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::SerialState;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::state::StateError;
+
+/// The receive FIFO's size (vm-superio's, a 16550A's).
+const FIFO_SIZE: usize = 64;
+
+/// COM1's guest-visible state: every register of the 16550A and the bytes of host input the
+/// guest has not read yet. The output side is host-side (where the bytes go) and not saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SerialDeviceState {
+    /// Divisor latch, low byte (DLL, offset 0 with LCR.DLAB set).
+    pub divisor_low: u8,
+    /// Divisor latch, high byte (DLM, offset 1 with LCR.DLAB set).
+    pub divisor_high: u8,
+    /// Interrupt enable register (IER, offset 1).
+    pub interrupt_enable: u8,
+    /// Interrupt identification (IIR, offset 2, without the FIFO bits): the pending
+    /// interrupts (bit 0 set means none is pending).
+    pub interrupt_identification: u8,
+    /// Line control register (LCR, offset 3; bit 7 is DLAB).
+    pub line_control: u8,
+    /// Line status register (LSR, offset 5; bit 0 is "data ready").
+    pub line_status: u8,
+    /// Modem control register (MCR, offset 4; bit 4 is loopback).
+    pub modem_control: u8,
+    /// Modem status register (MSR, offset 6).
+    pub modem_status: u8,
+    /// Scratch register (SCR, offset 7).
+    pub scratch: u8,
+    /// Received bytes not yet read by the guest, oldest first (at most 64).
+    pub rx_fifo: Vec<u8>,
+}
 
 /// Raises a guest interrupt by writing an eventfd registered with KVM as an irqfd.
 #[derive(Debug)]
@@ -63,6 +96,80 @@ impl SerialDevice {
             Serial::new(IrqTrigger(spare), Box::new(std::io::sink())),
         );
         self.uart = Serial::new(IrqTrigger(irq), old.into_writer());
+        Ok(())
+    }
+
+    /// The UART's registers and unread input, for a migration.
+    pub fn save_state(&self) -> SerialDeviceState {
+        let s = self.uart.state();
+        SerialDeviceState {
+            divisor_low: s.baud_divisor_low,
+            divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            rx_fifo: s.in_buffer,
+        }
+    }
+
+    /// The checks of [`SerialDevice::restore_state`], changing nothing.
+    ///
+    /// # Errors
+    /// A receive FIFO longer than the UART's.
+    pub fn check_state(state: &SerialDeviceState) -> Result<(), StateError> {
+        if state.rx_fifo.len() > FIFO_SIZE {
+            return Err(StateError::SerialFifo(state.rx_fifo.len()));
+        }
+        Ok(())
+    }
+
+    /// Takes the registers and unread input of `state`; output keeps going where it went. An
+    /// interrupt that is pending and enabled in `state` is raised again (an edge the source
+    /// raised may not have reached the interrupt controller before it was saved; a spurious
+    /// one is harmless: the driver finds IIR says nothing is pending).
+    ///
+    /// # Errors
+    /// A receive FIFO longer than the UART's (nothing changes), or the interrupt could not be
+    /// raised (the registers are restored).
+    pub fn restore_state(&mut self, state: &SerialDeviceState) -> Result<(), StateError> {
+        Self::check_state(state)?;
+        let irq = self
+            .uart
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(StateError::SerialInterrupt)?;
+        let saved = SerialState {
+            baud_divisor_low: state.divisor_low,
+            baud_divisor_high: state.divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.rx_fifo.clone(),
+        };
+        // Built with a throw-away writer: if raising the interrupt fails, the UART in use is
+        // left as it was.
+        let mut uart = Serial::from_state(
+            &saved,
+            IrqTrigger(irq),
+            vm_superio::serial::NoEvents,
+            Box::new(std::io::sink()) as Box<dyn Write + Send>,
+        )
+        .map_err(|e| match e {
+            vm_superio::serial::Error::Trigger(e) => StateError::SerialInterrupt(e),
+            vm_superio::serial::Error::IOError(e) => StateError::SerialInterrupt(e),
+            vm_superio::serial::Error::FullFifo => StateError::SerialFifo(state.rx_fifo.len()),
+        })?;
+        std::mem::swap(uart.writer_mut(), self.uart.writer_mut());
+        self.uart = uart;
         Ok(())
     }
 
@@ -168,6 +275,95 @@ mod tests {
         assert!(irq.read().is_err(), "an interrupt after reset");
         dev.write(0x3f8, 0, b"!");
         assert_eq!(&*out.bytes(), b"!");
+    }
+
+    /// Every register the guest can read, with DLAB off then on (restoring LCR).
+    fn registers(dev: &mut SerialDevice) -> Vec<u8> {
+        let mut reg = |off: u64| {
+            let mut b = [0u8; 1];
+            dev.read(0x3f8, off, &mut b);
+            b[0]
+        };
+        // IIR is read first: reading it clears a pending THR-empty indication.
+        let mut v: Vec<u8> = [2, 1, 3, 4, 5, 6, 7].iter().map(|&o| reg(o)).collect();
+        let lcr = v[2];
+        dev.write(0x3f8, 3, &[lcr | 0x80]);
+        let mut reg = |off: u64| {
+            let mut b = [0u8; 1];
+            dev.read(0x3f8, off, &mut b);
+            b[0]
+        };
+        v.push(reg(0));
+        v.push(reg(1));
+        dev.write(0x3f8, 3, &[lcr]);
+        v
+    }
+
+    #[test]
+    fn state_survives_save_and_restore_with_the_unread_input() {
+        let out = SharedBuf::default();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut src = SerialDevice::new(irq.try_clone().unwrap(), Box::new(out.clone()), 0x3f8, 4);
+        // A driver's settings: divisor 3 (38400 baud), 7E1, RTS/DTR/OUT2, the RX interrupt,
+        // a scratch byte; then input it has not read.
+        src.write(0x3f8, 3, &[0x80]);
+        src.write(0x3f8, 0, &[0x03]);
+        src.write(0x3f8, 1, &[0x00]);
+        src.write(0x3f8, 3, &[0x1a]);
+        src.write(0x3f8, 4, &[0x0b]);
+        src.write(0x3f8, 1, &[0x01]);
+        src.write(0x3f8, 7, &[0x5a]);
+        assert_eq!(src.enqueue_input(b"hello"), 5);
+        let state = src.save_state();
+        assert_eq!(state.rx_fifo, b"hello");
+        assert_eq!((state.divisor_low, state.divisor_high), (3, 0));
+        // The state is plain data: it goes through JSON unchanged.
+        let json = serde_json::to_string(&state).unwrap();
+        let state: SerialDeviceState = serde_json::from_str(&json).unwrap();
+
+        let dst_out = SharedBuf::default();
+        let dst_irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut dst = SerialDevice::new(
+            dst_irq.try_clone().unwrap(),
+            Box::new(dst_out.clone()),
+            0x3f8,
+            4,
+        );
+        dst.restore_state(&state).unwrap();
+        // The pending, enabled RX interrupt is raised again on the destination.
+        assert_eq!(dst_irq.read().unwrap(), 1);
+        assert_eq!(registers(&mut dst), registers(&mut src));
+        // The guest reads the same bytes on either side.
+        let mut byte = [0u8; 1];
+        let mut read_all = |dev: &mut SerialDevice| {
+            let mut got = Vec::new();
+            loop {
+                let mut lsr = [0u8; 1];
+                dev.read(0x3f8, 5, &mut lsr);
+                if lsr[0] & 1 == 0 {
+                    return got;
+                }
+                dev.read(0x3f8, 0, &mut byte);
+                got.push(byte[0]);
+            }
+        };
+        assert_eq!(read_all(&mut dst), b"hello");
+        assert_eq!(read_all(&mut src), b"hello");
+        // Output goes to the destination's own writer.
+        dst.write(0x3f8, 0, b"!");
+        assert_eq!(&*dst_out.bytes(), b"!");
+        assert!(out.bytes().is_empty());
+
+        // An oversized FIFO is refused and changes nothing.
+        let mut bad = dst.save_state();
+        bad.rx_fifo = vec![0; 65];
+        bad.scratch = 0x11;
+        let e = dst.restore_state(&bad).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "COM1: the saved receive FIFO holds 65 bytes, more than the UART's 64"
+        );
+        assert_eq!(dst.save_state().scratch, 0x5a);
     }
 
     #[test]

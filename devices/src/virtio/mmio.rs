@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use crate::GuestMemoryMmap;
 use acpi_tables::{aml, Aml, AmlSink};
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE as ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER as DRIVER,
     VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK, VIRTIO_CONFIG_S_FAILED as FAILED,
@@ -35,11 +36,98 @@ use virtio_bindings::virtio_mmio::{
     VIRTIO_MMIO_VENDOR_ID, VIRTIO_MMIO_VERSION,
 };
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{ActivateContext, VirtioDevice, VirtioInterrupt};
+use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
 use crate::bus::BusDevice;
+use crate::state::StateError;
+
+/// One virtqueue as the driver configured it and the device has served it: a serde mirror of
+/// [`virtio_queue::QueueState`] (which has no serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VirtqueueState {
+    /// The largest size the device offers (`QueueNumMax`); must match on restore.
+    pub max_size: u16,
+    /// The next available-ring entry the device will take (its "last avail idx").
+    pub next_avail: u16,
+    /// The next used-ring entry the device will fill (the used ring's `idx` as published).
+    pub next_used: u16,
+    /// `VIRTIO_F_RING_EVENT_IDX` is in use on this queue.
+    pub event_idx_enabled: bool,
+    /// The size the driver chose (`QueueNum`).
+    pub size: u16,
+    /// The driver enabled the queue (`QueueReady`).
+    pub ready: bool,
+    /// Guest physical address of the descriptor table (`QueueDesc`).
+    pub desc_table: u64,
+    /// Guest physical address of the available (driver) ring (`QueueDriver`).
+    pub avail_ring: u64,
+    /// Guest physical address of the used (device) ring (`QueueDevice`).
+    pub used_ring: u64,
+}
+
+impl From<QueueState> for VirtqueueState {
+    fn from(q: QueueState) -> Self {
+        Self {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+impl From<VirtqueueState> for QueueState {
+    fn from(q: VirtqueueState) -> Self {
+        Self {
+            max_size: q.max_size,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+            event_idx_enabled: q.event_idx_enabled,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+        }
+    }
+}
+
+/// The transport's guest-visible state (its registers) and its queues.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioState {
+    /// The device's virtio ID (`DeviceID`); must match on restore.
+    pub device_type: u32,
+    /// The features the device offers (`DeviceFeatures`, both pages); must match on restore.
+    pub device_features: u64,
+    /// The status the driver wrote (`Status`, without `DEVICE_NEEDS_RESET`, which is
+    /// `needs_reset`).
+    pub status: u32,
+    /// `DeviceFeaturesSel`.
+    pub device_features_sel: u32,
+    /// `DriverFeaturesSel`.
+    pub driver_features_sel: u32,
+    /// The features the driver accepted (`DriverFeatures`, both pages).
+    pub driver_features: u64,
+    /// `QueueSel`.
+    pub queue_sel: u32,
+    /// Every queue, by index; a running queue's indices are the data path's.
+    pub queues: Vec<VirtqueueState>,
+    /// `InterruptStatus`: bit 0 used buffers, bit 1 configuration change, not yet acknowledged.
+    pub interrupt_status: u32,
+    /// `ConfigGeneration`.
+    pub config_generation: u32,
+    /// The device set `DEVICE_NEEDS_RESET` (the driver must reset it).
+    pub needs_reset: bool,
+    /// The data path ran (the driver set `DRIVER_OK` and activation succeeded).
+    pub activated: bool,
+}
 
 // Linux's UAPI headers declare the register offsets but not the values below (the magic is in
 // drivers/virtio/virtio_mmio.c): they stay here.
@@ -255,31 +343,26 @@ impl MmioTransport {
             && self.driver_features & (1 << VIRTIO_F_VERSION_1) != 0
     }
 
-    fn activate(&mut self) -> bool {
-        let valid = self
+    fn activate(&mut self) -> Result<(), ActivateError> {
+        if let Some(i) = self
             .queues
             .iter()
-            .all(|q| !q.ready() || q.is_valid(&self.mem));
-        if !valid {
-            return false;
+            .position(|q| q.ready() && !q.is_valid(&self.mem))
+        {
+            return Err(ActivateError::InvalidQueue(i));
         }
         let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
-        for q in &mut self.queues {
+        for (i, q) in self.queues.iter_mut().enumerate() {
             q.set_event_idx(event_idx);
-            match Queue::try_from(q.state()) {
-                Ok(q) => queues.push(q),
-                Err(_) => return false,
-            }
+            queues.push(Queue::try_from(q.state()).map_err(|_| ActivateError::InvalidQueue(i))?);
         }
-        let Ok(queue_events) = self
+        let queue_events = self
             .queue_events
             .iter()
             .map(EventFd::try_clone)
             .collect::<Result<Vec<_>, _>>()
-        else {
-            return false;
-        };
+            .map_err(ActivateError::Io)?;
         let ctx = ActivateContext {
             mem: self.mem.clone(),
             queues,
@@ -287,7 +370,149 @@ impl MmioTransport {
             interrupt: self.interrupt.clone(),
             acked_features: self.driver_features,
         };
-        self.device.activate(ctx).is_ok()
+        self.device.activate(ctx)
+    }
+
+    /// How errors name this device: `virtio-mmio device at 0xd0000000`.
+    fn name(&self) -> String {
+        format!("virtio-mmio device at {:#x}", self.base)
+    }
+
+    /// The transport's registers and queues, for a migration. A queue the device's data path
+    /// runs is saved as the data path has it (its indices), so the device must be quiesced
+    /// (nothing popped and not completed) for the state to be exact.
+    pub fn save_state(&self) -> MmioState {
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                self.device
+                    .running_queue_state(i)
+                    .unwrap_or_else(|| q.state())
+                    .into()
+            })
+            .collect();
+        MmioState {
+            device_type: self.device.device_type(),
+            device_features: self.device.device_features(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            queues,
+            interrupt_status: self.interrupt.status(),
+            config_generation: self.interrupt.config_generation(),
+            needs_reset: self.interrupt.needs_reset(),
+            activated: self.activated,
+        }
+    }
+
+    /// The checks of [`MmioTransport::restore_state`], changing nothing: that `state` was
+    /// saved from the same kind of device with valid queues.
+    ///
+    /// # Errors
+    /// As [`MmioTransport::restore_state`]'s refusals.
+    pub fn check_state(&self, state: &MmioState) -> Result<(), StateError> {
+        self.checked_queues(state).map(drop)
+    }
+
+    fn checked_queues(&self, state: &MmioState) -> Result<Vec<Queue>, StateError> {
+        let name = self.name();
+        if state.device_type != self.device.device_type() {
+            return Err(StateError::mismatch(
+                name,
+                "device type",
+                state.device_type,
+                self.device.device_type(),
+            ));
+        }
+        if state.device_features != self.device.device_features() {
+            return Err(StateError::mismatch(
+                name,
+                "offered feature set",
+                format_args!("{:#x}", state.device_features),
+                format_args!("{:#x}", self.device.device_features()),
+            ));
+        }
+        if state.queues.len() != self.queues.len() {
+            return Err(StateError::mismatch(
+                name,
+                "queue count",
+                state.queues.len(),
+                self.queues.len(),
+            ));
+        }
+        let mut queues = Vec::with_capacity(state.queues.len());
+        for (index, (saved, here)) in state.queues.iter().zip(&self.queues).enumerate() {
+            if saved.max_size != here.max_size() {
+                return Err(StateError::mismatch(
+                    name,
+                    "maximum queue size",
+                    saved.max_size,
+                    here.max_size(),
+                ));
+            }
+            queues.push(Queue::try_from(QueueState::from(*saved)).map_err(|source| {
+                StateError::Queue {
+                    device: name.clone(),
+                    index,
+                    source,
+                }
+            })?);
+        }
+        Ok(queues)
+    }
+
+    /// Takes a saved state: checks first that it was saved from the same kind of device (ID,
+    /// offered features, queue count and sizes) with valid queues, and changes nothing when
+    /// not. A device running here is reset first. When the saved status has `DRIVER_OK` and
+    /// the device did not need a reset, the data path starts on the saved queues (its
+    /// indices, `EVENT_IDX` as the driver accepted it) and serves at once what the guest made
+    /// available; a pending interrupt status is raised again (a spurious interrupt is
+    /// harmless, a lost one would stall the driver).
+    ///
+    /// # Errors
+    /// A different device or queue layout, an invalid saved queue (nothing changed), or a data
+    /// path that cannot start or an interrupt that cannot be raised (the registers are
+    /// restored; the VM should not run).
+    pub fn restore_state(&mut self, state: &MmioState) -> Result<(), StateError> {
+        let name = self.name();
+        let queues = self.checked_queues(state)?;
+        if self.activated {
+            self.reset();
+        }
+        for e in &self.queue_events {
+            let _ = e.read();
+        }
+        self.queues = queues;
+        self.status = state.status & !DEVICE_NEEDS_RESET;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.queue_sel = state.queue_sel;
+        self.interrupt.restore(
+            state.interrupt_status,
+            state.config_generation,
+            state.needs_reset,
+        );
+        if self.has(DRIVER_OK) && !state.needs_reset {
+            self.activate().map_err(|source| StateError::Activate {
+                device: name.clone(),
+                source,
+            })?;
+            self.activated = true;
+        }
+        if state.interrupt_status != 0 {
+            self.interrupt
+                .raise_again()
+                .map_err(|source| StateError::Interrupt {
+                    device: name,
+                    source,
+                })?;
+        }
+        Ok(())
     }
 
     fn set_status(&mut self, value: u32) {
@@ -328,7 +553,7 @@ impl MmioTransport {
                         return;
                     }
                     self.status |= DRIVER_OK;
-                    if self.activate() {
+                    if self.activate().is_ok() {
                         self.activated = true;
                     } else {
                         let _ = self.interrupt.set_needs_reset();
@@ -580,6 +805,15 @@ mod tests {
         }
         fn reset(&mut self) {
             self.log.lock().unwrap().resets += 1;
+        }
+        fn running_queue_state(&self, _index: usize) -> Option<QueueState> {
+            None
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+        fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+            self
         }
     }
 
@@ -878,6 +1112,119 @@ mod tests {
             )
         );
         assert!(!f.t.queues[0].event_idx_enabled());
+    }
+
+    #[test]
+    fn state_round_trip_restores_registers_and_activates() {
+        let mut f = fixture();
+        let feats = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_EVENT_IDX);
+        negotiate(&mut f.t, feats);
+        setup_queue(&mut f.t, 0, 16, 0x10000);
+        w32(
+            &mut f.t,
+            VIRTIO_MMIO_STATUS,
+            ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
+        );
+        w32(&mut f.t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        w32(&mut f.t, VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        f.t.interrupt().signal_config_change().unwrap();
+        f.irq.read().unwrap();
+        let state = f.t.save_state();
+        assert_eq!(state.queues[0].size, 16);
+        assert!(state.queues[0].event_idx_enabled && state.activated);
+        let json = serde_json::to_string(&state).unwrap();
+        let state: MmioState = serde_json::from_str(&json).unwrap();
+
+        let mut g = fixture();
+        g.t.restore_state(&state).unwrap();
+        assert_eq!(g.t.save_state(), state);
+        assert!(g.t.is_activated());
+        let regs = |t: &mut MmioTransport| {
+            [
+                VIRTIO_MMIO_STATUS,
+                VIRTIO_MMIO_QUEUE_READY,
+                VIRTIO_MMIO_QUEUE_NUM_MAX,
+                VIRTIO_MMIO_DEVICE_FEATURES,
+                VIRTIO_MMIO_INTERRUPT_STATUS,
+                VIRTIO_MMIO_CONFIG_GENERATION,
+            ]
+            .map(|r| r32(t, r))
+        };
+        assert_eq!(regs(&mut g.t), regs(&mut f.t));
+        assert_eq!(r32(&mut g.t, VIRTIO_MMIO_CONFIG_GENERATION), 1);
+        // The device started on the saved queues, and the pending status was raised again.
+        assert_eq!(
+            g.log.lock().unwrap().activations,
+            vec![(feats, vec![(true, 16, 0x10000), (false, 8, 0)])]
+        );
+        assert_eq!(g.irq.read().unwrap(), 1);
+        // As after DRIVER_OK, queue setup is over.
+        w32(&mut g.t, VIRTIO_MMIO_QUEUE_SEL, 0);
+        w32(&mut g.t, VIRTIO_MMIO_QUEUE_NUM, 8);
+        assert_eq!(g.t.queues[0].size(), 16);
+        // A device that needed a reset comes back needing one, without a data path.
+        let mut broken = state.clone();
+        broken.needs_reset = true;
+        let mut h = fixture();
+        h.t.restore_state(&broken).unwrap();
+        assert!(!h.t.is_activated());
+        assert_ne!(r32(&mut h.t, VIRTIO_MMIO_STATUS) & DEVICE_NEEDS_RESET, 0);
+        assert!(h.log.lock().unwrap().activations.is_empty());
+    }
+
+    #[test]
+    fn restore_refuses_another_device_and_changes_nothing() {
+        let mut f = fixture();
+        negotiate(&mut f.t, FAKE_FEATURES);
+        setup_queue(&mut f.t, 0, 16, 0x10000);
+        let state = f.t.save_state();
+        let one_queue = || {
+            MmioTransport::new(
+                Box::new(FakeDevice {
+                    log: Arc::default(),
+                    sizes: vec![16],
+                    fail: false,
+                }),
+                guest_memory(0x10_0000),
+                EventFd::new(EFD_NONBLOCK).unwrap(),
+                0xd000_0000,
+                6,
+                0,
+            )
+            .unwrap()
+        };
+        let e = one_queue().restore_state(&state).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "virtio-mmio device at 0xd0000000: queue count differs (source 2, here 1)"
+        );
+        let mut g = fixture();
+        let mut other = state.clone();
+        other.device_features |= 2;
+        let e = g.t.restore_state(&other).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "virtio-mmio device at 0xd0000000: offered feature set differs (source {:#x}, \
+                 here {FAKE_FEATURES:#x})",
+                FAKE_FEATURES | 2
+            )
+        );
+        let mut other = state.clone();
+        other.device_type = 2;
+        assert!(g.t.restore_state(&other).is_err());
+        let mut other = state.clone();
+        other.queues[1].max_size = 16;
+        assert!(g.t.restore_state(&other).is_err());
+        let mut other = state.clone();
+        other.queues[0].size = 3;
+        let e = g.t.restore_state(&other).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "virtio-mmio device at 0xd0000000: saved queue 0 is invalid"
+        );
+        assert_eq!(g.t.status(), 0, "a refused state changed the transport");
+        assert!(g.t.check_state(&state).is_ok());
     }
 
     #[test]

@@ -16,16 +16,17 @@
 pub mod block;
 pub mod mmio;
 
+use std::any::Any;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use crate::GuestMemoryMmap;
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueState};
 use vmm_sys_util::eventfd::EventFd;
 
-pub use block::VirtioBlock;
-pub use mmio::{MmioError, MmioTransport};
+pub use block::{BlockState, QuiesceError, VirtioBlock};
+pub use mmio::{MmioError, MmioState, MmioTransport, VirtqueueState};
 
 /// The interrupt line of a device and what the guest reads about it.
 ///
@@ -105,6 +106,21 @@ impl VirtioInterrupt {
         self.status.store(0, Ordering::SeqCst);
         self.needs_reset.store(false, Ordering::SeqCst);
     }
+
+    /// Takes saved `InterruptStatus`, `ConfigGeneration` and `DEVICE_NEEDS_RESET` (a
+    /// restore); raises nothing.
+    fn restore(&self, status: u32, config_generation: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.config_generation
+            .store(config_generation, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
+    /// Writes the irqfd without changing `InterruptStatus` (a restore raising what the saved
+    /// status says is pending).
+    fn raise_again(&self) -> io::Result<()> {
+        self.irq.write(1)
+    }
 }
 
 /// What a device gets when the driver sets `DRIVER_OK`.
@@ -137,6 +153,9 @@ pub enum ActivateError {
     /// The data path could not be set up (thread, epoll, eventfd).
     #[error("Cannot start the device's I/O thread")]
     Io(#[source] io::Error),
+    /// A ready queue's rings lie outside guest memory or its configuration is invalid.
+    #[error("Queue {0} is not valid in guest memory")]
+    InvalidQueue(usize),
 }
 
 /// A virtio device model, independent of the transport.
@@ -164,6 +183,18 @@ pub trait VirtioDevice: Send {
 
     /// Stops the data path (waiting for requests in flight) and forgets the queues.
     fn reset(&mut self);
+
+    /// The state of queue `index` as the running data path has it (its indices move on as
+    /// requests are served; the transport's copy is the one of activation time), or `None`
+    /// when the data path does not run that queue. A migration saves this one.
+    fn running_queue_state(&self, index: usize) -> Option<QueueState>;
+
+    /// The device as [`Any`], so that the VMM reaches the concrete device (its migration
+    /// state, a disk's quiesce) through the transport.
+    fn as_any(&self) -> &dyn Any;
+
+    /// The device as [`Any`], mutably.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
 #[cfg(test)]

@@ -260,6 +260,18 @@ impl VirtioDevice for FakeDevice {
         log.active = false;
         log.resets += 1;
     }
+
+    fn running_queue_state(&self, _index: usize) -> Option<virtio_queue::QueueState> {
+        None
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
 }
 
 const WIDTHS: [usize; 8] = [1, 2, 3, 4, 8, 0, 16, 4];

@@ -464,6 +464,7 @@ fn build(g: Gathered) -> Result<Invocation, QemuCliError> {
         debug_port: false,
         started: std::time::Instant::now(),
         dump_guest_core: g.machine.dump_guest_core,
+        inactive_images: false,
     };
     let options = RunOptions {
         lifecycle: g.lifecycle,

@@ -19,10 +19,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::GuestMemoryMmap;
 use block::{Backend, SECTOR_SIZE};
+use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_blk::{
     virtio_blk_config, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH,
     VIRTIO_BLK_F_MQ, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_F_SIZE_MAX,
@@ -31,13 +32,45 @@ use virtio_bindings::virtio_blk::{
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::ByteValued;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::request::{RequestConfig, MAX_DISCARD_SECTORS, MAX_DISCARD_SEGMENTS};
-use self::worker::Worker;
+use self::worker::{QueueCounts, Worker};
 use super::{ActivateContext, ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::state::StateError;
+
+/// What virtio-blk saves of itself for a migration (its queues and registers are the
+/// transport's): what the guest's driver was told about the disk, so that a destination
+/// with another disk behind the device refuses the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockState {
+    /// The features offered (`VIRTIO_BLK_F_*` and the transport's), e.g. RO, MQ, DISCARD.
+    pub features: u64,
+    /// The number of queues (`num_queues` in the config space).
+    pub num_queues: u16,
+    /// The disk's size in 512-byte sectors (`capacity` in the config space).
+    pub capacity: u64,
+}
+
+/// Why [`VirtioBlock::quiesce`] refused.
+#[derive(Debug, thiserror::Error)]
+pub enum QuiesceError {
+    /// Requests are parked by the `werror`/`rerror=stop` policy; they would be lost.
+    #[error("disk {0} has requests stopped by an I/O error: resume or fix them first")]
+    Stopped(String),
+    /// Requests were still outstanding when the time ran out.
+    #[error("disk {disk} still has {outstanding} requests in flight after {} ms", .timeout.as_millis())]
+    Timeout {
+        /// The disk's id.
+        disk: String,
+        /// Requests popped and not completed, over all queues.
+        outstanding: usize,
+        /// How long the quiesce waited.
+        timeout: Duration,
+    },
+}
 
 /// Size of each queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -95,6 +128,8 @@ struct Activation {
     interrupt: Arc<VirtioInterrupt>,
     config: RequestConfig,
     stopping: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+    counts: Arc<QueueCounts>,
     /// Answered once the data path is set up (or could not be).
     ready: std::sync::mpsc::Sender<io::Result<()>>,
 }
@@ -110,6 +145,10 @@ struct QueueThread {
     thread: Option<JoinHandle<()>>,
     /// The running data path's queue (cleared on reset).
     queue: Option<Arc<Mutex<Vec<Queue>>>>,
+    /// What the running data path publishes for [`VirtioBlock::quiesce`].
+    counts: Option<Arc<QueueCounts>>,
+    /// A clone of the running queue's notification eventfd: a quiesce kicks the thread.
+    wake: Option<EventFd>,
 }
 
 /// A virtio-blk device on a block [`Backend`].
@@ -123,6 +162,10 @@ pub struct VirtioBlock {
     spawn_error: Option<io::Error>,
     /// Set before the data paths are killed: start nothing more.
     stopping: Arc<AtomicBool>,
+    /// Set while [`VirtioBlock::quiesce`] runs: throttled requests start at once.
+    draining: Arc<AtomicBool>,
+    /// The running data path's guest memory and interrupt (set on activation).
+    running: Option<(GuestMemoryMmap, Arc<VirtioInterrupt>)>,
 }
 
 impl std::fmt::Debug for VirtioBlock {
@@ -197,7 +240,128 @@ impl VirtioBlock {
             threads,
             spawn_error,
             stopping: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
+            running: None,
         }
+    }
+
+    /// How errors name the device: `disk <id>`.
+    fn name(&self) -> String {
+        format!("disk {}", self.backend.id())
+    }
+
+    /// What the driver was told about the disk, for a migration.
+    pub fn save_state(&self) -> BlockState {
+        BlockState {
+            features: self.features,
+            num_queues: self.num_queues(),
+            capacity: self.backend.size() / SECTOR_SIZE,
+        }
+    }
+
+    /// Checks a saved [`BlockState`] against this device: the disk must have the size, the
+    /// queue count and the features the source's driver was told of (the device's running
+    /// state is its transport's). Nothing is changed.
+    ///
+    /// # Errors
+    /// [`StateError::Mismatch`] naming the disk and what differs.
+    pub fn restore_state(&mut self, state: &BlockState) -> Result<(), StateError> {
+        let here = self.save_state();
+        if state.capacity != here.capacity {
+            return Err(StateError::mismatch(
+                self.name(),
+                "size",
+                format_args!("{} sectors", state.capacity),
+                format_args!("{} sectors", here.capacity),
+            ));
+        }
+        if state.num_queues != here.num_queues {
+            return Err(StateError::mismatch(
+                self.name(),
+                "num-queues",
+                state.num_queues,
+                here.num_queues,
+            ));
+        }
+        if state.features != here.features {
+            return Err(StateError::mismatch(
+                self.name(),
+                "offered feature set",
+                format_args!("{:#x}", state.features),
+                format_args!("{:#x}", here.features),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits until no queue has a request popped and not yet completed, so that the queues'
+    /// saved indices are exact: called by the VMM with every vCPU parked (the guest makes
+    /// nothing new available), on the main thread. Each running queue's thread is kicked, so
+    /// that what the guest made available before its vCPUs stopped is served too; a request
+    /// the throttle holds starts at once, without waiting for its limits (as QEMU's drain
+    /// lifts them: a quiesce bounded by the migration's downtime cannot wait out a limit of
+    /// a few operations a second), and is not accounted. It ends when every queue's used
+    /// ring holds every completion (and the interrupt was sent) and nothing more is
+    /// available. A queue the driver broke (`DEVICE_NEEDS_RESET`) counts once its host
+    /// operations returned. The device then keeps running as before.
+    ///
+    /// # Errors
+    /// [`QuiesceError::Stopped`] at once when requests are parked by the error policy
+    /// (`werror`/`rerror=stop`); [`QuiesceError::Timeout`] when requests are still
+    /// outstanding after `timeout`. The device runs on in either case.
+    pub fn quiesce(&self, timeout: Duration) -> Result<(), QuiesceError> {
+        let Some((mem, interrupt)) = self.running.as_ref().filter(|_| self.is_running()) else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + timeout;
+        self.draining.store(true, Ordering::Release);
+        for t in &self.threads {
+            if let Some(wake) = &t.wake {
+                // A failed write means the counter is saturated: the thread is woken anyway.
+                let _ = wake.write(1);
+            }
+        }
+        let result = loop {
+            let mut outstanding = 0;
+            let mut settled = true;
+            let mut stopped = false;
+            for t in &self.threads {
+                let (Some(queue), Some(counts)) = (&t.queue, &t.counts) else {
+                    continue;
+                };
+                // The thread changes the counts under this mutex as it pops and completes.
+                let queues = queue.lock().unwrap_or_else(|e| e.into_inner());
+                let n = counts.outstanding.load(Ordering::Acquire);
+                stopped |= counts.parked.load(Ordering::Acquire) > 0;
+                outstanding += n;
+                if n > 0 {
+                    settled = false;
+                } else if !interrupt.needs_reset() {
+                    // Available and not popped yet: the kick has not been served.
+                    let pending = queues.first().filter(|q| q.ready()).is_some_and(|q| {
+                        q.avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                            .is_ok_and(|idx| idx.0 != q.next_avail())
+                    });
+                    settled &= !pending;
+                }
+            }
+            if stopped {
+                break Err(QuiesceError::Stopped(self.backend.id().to_owned()));
+            }
+            if settled {
+                break Ok(());
+            }
+            if Instant::now() >= deadline {
+                break Err(QuiesceError::Timeout {
+                    disk: self.backend.id().to_owned(),
+                    outstanding,
+                    timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        self.draining.store(false, Ordering::Release);
+        result
     }
 
     /// The backend.
@@ -270,7 +434,10 @@ impl VirtioBlock {
             if let Some(q) = t.queue.take() {
                 q.lock().unwrap_or_else(|e| e.into_inner()).clear();
             }
+            t.counts = None;
+            t.wake = None;
         }
+        self.running = None;
     }
 }
 
@@ -299,6 +466,8 @@ impl QueueThread {
                         act.config,
                         thread_name.clone(),
                         act.stopping,
+                        act.draining,
+                        act.counts,
                         hooks.request.clone(),
                     )?;
                     worker.prepare()
@@ -321,12 +490,16 @@ impl QueueThread {
             busy,
             thread: Some(thread),
             queue: None,
+            counts: None,
+            wake: None,
         })
     }
 
     /// Hands the thread an activation and waits until its data path is set up.
     fn activate(&mut self, act: Activation, ready: Receiver<io::Result<()>>) -> io::Result<()> {
         let queue = act.queue.clone();
+        let counts = act.counts.clone();
+        let wake = act.event.try_clone()?;
         self.busy.store(true, Ordering::Release);
         let sent = self.start.as_ref().map(|tx| tx.send(act));
         if !matches!(sent, Some(Ok(()))) {
@@ -336,6 +509,8 @@ impl QueueThread {
         match ready.recv() {
             Ok(Ok(())) => {
                 self.queue = Some(queue);
+                self.counts = Some(counts);
+                self.wake = Some(wake);
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
@@ -401,6 +576,7 @@ impl VirtioDevice for VirtioBlock {
         }
         self.stop();
         self.stopping = Arc::new(AtomicBool::new(false));
+        self.running = Some((ctx.mem.clone(), ctx.interrupt.clone()));
         let acked = ctx.acked_features;
         let config = RequestConfig {
             discard: acked & self.features & (1 << VIRTIO_BLK_F_DISCARD) != 0,
@@ -419,6 +595,8 @@ impl VirtioDevice for VirtioBlock {
                 interrupt: ctx.interrupt.clone(),
                 config,
                 stopping: self.stopping.clone(),
+                draining: self.draining.clone(),
+                counts: Arc::new(QueueCounts::default()),
                 ready,
             };
             let started = match self.threads.get_mut(i) {
@@ -436,6 +614,20 @@ impl VirtioDevice for VirtioBlock {
 
     fn reset(&mut self) {
         self.stop();
+    }
+
+    fn running_queue_state(&self, index: usize) -> Option<QueueState> {
+        let queue = self.threads.get(index)?.queue.as_ref()?;
+        let queues = queue.lock().unwrap_or_else(|e| e.into_inner());
+        queues.first().map(|q| q.state())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 

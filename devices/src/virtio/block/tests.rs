@@ -1869,3 +1869,5 @@ fn throttled_queues_of_one_disk_all_complete() {
     assert_eq!(backend.stats().snapshot().qmp().rd_operations, 12);
     w32(&mut t, VIRTIO_MMIO_STATUS, 0);
 }
+
+mod migration;

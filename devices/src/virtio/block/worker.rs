@@ -55,6 +55,27 @@ pub const MAX_REQUEST_THREADS: usize = 4;
 /// beyond that, new requests wait for a thread.
 pub const MAX_STUCK_THREADS: usize = 16;
 
+/// What a queue's I/O thread publishes for the device's quiesce (see
+/// [`super::VirtioBlock::quiesce`]): plain counters, changed under the queue's mutex where
+/// requests are popped and put in the used ring, so that a reader holding that mutex sees
+/// them agree with the queue's indices.
+#[derive(Debug, Default)]
+pub(super) struct QueueCounts {
+    /// Requests popped and not yet in the used ring (in line, throttled, in flight, parked),
+    /// or dropped because the driver broke the device.
+    pub outstanding: AtomicUsize,
+    /// Of those, the requests the error policy stopped (`werror`/`rerror=stop`).
+    pub parked: AtomicUsize,
+}
+
+impl QueueCounts {
+    fn retire(&self, n: usize) {
+        if n > 0 {
+            self.outstanding.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+}
+
 /// A descriptor chain that owns its handle on guest memory, so it can cross threads.
 type Chain = DescriptorChain<Arc<GuestMemoryMmap>>;
 
@@ -222,6 +243,9 @@ struct RequestContext {
     config: RequestConfig,
     /// Set by the device before it kills the thread: start nothing more.
     stopping: Arc<AtomicBool>,
+    /// Set by the device while it quiesces: requests the throttle holds start without waiting
+    /// (QEMU lifts the limits during a drain).
+    draining: Arc<AtomicBool>,
 }
 
 /// Everything the I/O thread owns or shares.
@@ -258,6 +282,8 @@ pub(super) struct Worker {
     killed: bool,
     /// The registration error of [`init`](MutEventSubscriber::init), for `prepare` to report.
     setup_error: Option<event_manager::Error>,
+    /// What the device's quiesce reads.
+    counts: Arc<QueueCounts>,
 }
 
 impl Worker {
@@ -277,6 +303,8 @@ impl Worker {
         config: RequestConfig,
         name: String,
         stopping: Arc<AtomicBool>,
+        draining: Arc<AtomicBool>,
+        counts: Arc<QueueCounts>,
         request_hook: ThreadHook,
     ) -> io::Result<Self> {
         let done_wake = EventFd::new(EFD_NONBLOCK)?;
@@ -295,6 +323,7 @@ impl Worker {
                 backend,
                 config,
                 stopping,
+                draining,
             }),
             queues,
             queue_events,
@@ -315,6 +344,7 @@ impl Worker {
             broken: false,
             killed: false,
             setup_error: None,
+            counts,
         })
     }
 
@@ -328,7 +358,18 @@ impl Worker {
         self.broken = true;
         // The line is dropped: a request the throttle holds gives up its group turn.
         self.throttle.cancel();
+        self.forget_dead();
         let _ = self.interrupt.set_needs_reset();
+    }
+
+    /// The driver broke the device: the requests in line and parked will never run (only a
+    /// reset brings the queue back), so they stop counting as outstanding.
+    fn forget_dead(&mut self) {
+        let dead = self.held.len() + self.parked.len();
+        self.held.clear();
+        self.parked.clear();
+        self.counts.parked.store(0, Ordering::Release);
+        self.counts.retire(dead);
     }
 
     /// Requests with the pool that are not yet completed.
@@ -354,12 +395,18 @@ impl Worker {
             Ok(c) => c,
             Err(()) => return self.set_broken(),
         };
+        let mut left = chains.len();
         for chain in chains {
             let head = chain.head_index();
             let parsed = match parse(chain, &self.ctx.mem, &self.ctx.backend, self.ctx.config) {
                 Ok(p) => p,
-                Err(_) => return self.set_broken(),
+                Err(_) => {
+                    // This chain and the rest are dropped with the device.
+                    self.counts.retire(left);
+                    return self.set_broken();
+                }
             };
+            left -= 1;
             self.held.push_back(Pending {
                 seq: self.next_seq,
                 queue: idx,
@@ -385,6 +432,11 @@ impl Worker {
     /// Starts what may start: on the ring when the backend's chain allows it, else on the
     /// pool (never on this thread, which must stay free to complete what a yank abandons).
     fn dispatch_round(&mut self) {
+        let draining = self.ctx.draining.load(Ordering::Acquire);
+        if draining {
+            // A request the throttle held starts now: its turn in the group passes on.
+            self.throttle.cancel();
+        }
         loop {
             if self.broken
                 || self.serial_in_flight
@@ -413,11 +465,12 @@ impl Worker {
             let ranges = front.parsed.op.ranges();
             let bytes = ranges.iter().map(|&(_, len)| len).sum();
             // Over its I/O limits, the request stays first in line until the throttle's timer
-            // fires (`Source::Throttle`).
-            if self
-                .throttle
-                .try_start(kind, bytes, Instant::now())
-                .is_err()
+            // fires (`Source::Throttle`); while the device quiesces, it goes at once.
+            if !draining
+                && self
+                    .throttle
+                    .try_start(kind, bytes, Instant::now())
+                    .is_err()
             {
                 return;
             }
@@ -515,7 +568,14 @@ impl Worker {
             chains.extend(iter);
             match queue.enable_notification(&**mem) {
                 Ok(true) => continue,
-                Ok(false) => return Ok(chains),
+                Ok(false) => {
+                    // Counted before the queue's mutex is released: a quiesce holding it sees
+                    // the popped requests with the advanced index.
+                    self.counts
+                        .outstanding
+                        .fetch_add(chains.len(), Ordering::AcqRel);
+                    return Ok(chains);
+                }
                 Err(_) => return Err(()),
             }
         }
@@ -600,14 +660,18 @@ impl Worker {
     /// Puts completed requests in their used rings (parks the stopped ones) and notifies.
     fn complete(&mut self, done: Vec<(Pending, Result<Outcome, ChainError>)>) {
         let mut notify = vec![false; self.queue_events.len()];
+        // Requests that leave the device: in the used ring, or dropped with a broken device.
+        let mut retired = 0;
         {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
             for (req, result) in done {
                 let Some(queue) = queues.get_mut(req.queue) else {
+                    retired += 1;
                     continue;
                 };
                 match result {
                     Ok(Outcome::Done(len)) => {
+                        retired += 1;
                         if self.broken {
                             continue;
                         }
@@ -617,8 +681,16 @@ impl Worker {
                         }
                         notify[req.queue] = true;
                     }
-                    Ok(Outcome::Park(epoch)) => self.parked.push(Pending { epoch, ..req }),
-                    Err(_) => self.broken = true,
+                    Ok(Outcome::Park(epoch)) => {
+                        self.parked.push(Pending { epoch, ..req });
+                        self.counts
+                            .parked
+                            .store(self.parked.len(), Ordering::Release);
+                    }
+                    Err(_) => {
+                        retired += 1;
+                        self.broken = true;
+                    }
                 }
             }
             for (idx, yes) in notify.iter().enumerate() {
@@ -636,8 +708,11 @@ impl Worker {
                     }
                 }
             }
+            // After the used ring and the interrupt, still under the queue's mutex.
+            self.counts.retire(retired);
         }
         if self.broken {
+            self.forget_dead();
             let _ = self.interrupt.set_needs_reset();
         }
         // A resume may have come before the I/O thread saw the request stop.
@@ -653,6 +728,7 @@ impl Worker {
             return;
         }
         let mut parked = std::mem::take(&mut self.parked);
+        self.counts.parked.store(0, Ordering::Release);
         parked.sort_by_key(|p| p.seq);
         for mut p in parked.into_iter().rev() {
             p.serial = true;
