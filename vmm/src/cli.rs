@@ -192,7 +192,7 @@ impl Cli {
             debug_port: self.debug_port,
             started: std::time::Instant::now(),
             dump_guest_core: true,
-            inactive_images: false,
+            inactive_images: self.incoming.is_some(),
         })
     }
 }

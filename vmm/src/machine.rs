@@ -13,8 +13,7 @@ use qapi::events::Event;
 use qapi::rt::QmpError;
 use qapi::rt::Timestamp;
 use qapi::types::{
-    MigrationArg, MigrationPassArg, MigrationStatus, ResetArg, RunState, ShutdownArg,
-    ShutdownCause,
+    MigrationArg, MigrationPassArg, MigrationStatus, ResetArg, RunState, ShutdownArg, ShutdownCause,
 };
 
 use crate::migration::state::VmState;
@@ -224,13 +223,8 @@ impl Machine {
                 self.autostart = true;
                 Ok(())
             }
-            RunState::FinishMigrate => Err(QmpError::generic(
-                "Migration is not finalized yet",
-            )),
-            RunState::Paused
-            | RunState::Prelaunch
-            | RunState::IoError
-            | RunState::Postmigrate => {
+            RunState::FinishMigrate => Err(QmpError::generic("Migration is not finalized yet")),
+            RunState::Paused | RunState::Prelaunch | RunState::IoError | RunState::Postmigrate => {
                 self.announce(Event::Resume, Some(RunState::Running));
                 self.vm.resume();
                 for disk in self.vm.disks() {
@@ -431,12 +425,20 @@ impl Machine {
         let state: VmState = serde_json::from_slice(json)
             .map_err(|e| format!("Corrupt migration stream: its state does not decode: {e}"))?;
         self.vm
-            .restore_state(state)
+            .devices()
+            .check_state(&state.devices)
             .map_err(|e| crate::error::chain(&e))?;
+        // The images first: a restored disk serves its queues at once.
         self.vm
             .devices_mut()
             .activate_images()
-            .map_err(|e| crate::error::chain(&e))
+            .map_err(|e| crate::error::chain(&e))?;
+        if let Err(e) = self.vm.restore_state(state) {
+            // The source keeps running: this side must not hold its images.
+            let _ = self.vm.devices_mut().inactivate_images();
+            return Err(crate::error::chain(&e));
+        }
+        Ok(())
     }
 
     /// The incoming migration ended: the guest runs (or waits paused with `-S`); a failed
@@ -458,8 +460,7 @@ impl Machine {
                 }
             }
             Err(e) => {
-                self.migration
-                    .end(MigrationStatus::Failed, Some(e.clone()));
+                self.migration.end(MigrationStatus::Failed, Some(e.clone()));
                 if self.migration_events {
                     let status = MigrationStatus::Failed;
                     self.announce(Event::Migration(MigrationArg { status }), None);

@@ -72,10 +72,16 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     }
     // SAFETY: `fd` was just created and nothing else owns it.
     let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(size)
-        .map_err(|e| MemoryError::MemFd(mib, e))?;
+    file.set_len(size).map_err(|e| MemoryError::MemFd(mib, e))?;
     // SAFETY: `fd` is the memfd owned by `file`; F_ADD_SEALS takes an integer.
-    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW) } != 0 {
+    if unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+        )
+    } != 0
+    {
         return Err(MemoryError::MemFd(mib, std::io::Error::last_os_error()));
     }
     let file = Arc::new(file);
@@ -83,7 +89,11 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let ranges: Vec<(GuestAddress, usize, Option<FileOffset>)> = ram_ranges(size)
         .into_iter()
         .map(|(a, s)| {
-            let r = (a, s as usize, Some(FileOffset::from_arc(file.clone(), offset)));
+            let r = (
+                a,
+                s as usize,
+                Some(FileOffset::from_arc(file.clone(), offset)),
+            );
             offset += s;
             r
         })

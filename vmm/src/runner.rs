@@ -601,8 +601,7 @@ pub fn run(
             machine.await_incoming(!options.paused);
             if let IncomingSpec::Uri(uri) = spec {
                 // Listening before the monitors answer, so a source started next finds it.
-                crate::migration::control::listen(&mut machine, uri)
-                    .map_err(RunError::Incoming)?;
+                crate::migration::control::listen(&mut machine, uri).map_err(RunError::Incoming)?;
             }
         }
     }

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use devices::GuestMemoryMmap;
-use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use devices::VmEventSink;
 use kvm_bindings::{
-    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, CpuId, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, CpuId, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::acpi::{write_tables, AcpiError};
 use crate::arch::regs::BootEntry;
@@ -24,8 +24,8 @@ use crate::blockdev::{self, Plan};
 use crate::device_manager::{DeviceError, DeviceManager, Disk, SerialConfig};
 use crate::disk::DiskSpec;
 use crate::layout::KVM_TSS_ADDRESS;
-use crate::migration::state::{cpu_features, CpuFeatureWord, DiskSummary, Setup, VmState};
 use crate::memory::{create_guest_memory, exclude_from_core_dumps, register_slots, MemoryError};
+use crate::migration::state::{cpu_features, CpuFeatureWord, DiskSummary, Setup, VmState};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
 
 /// What the VM is built from.

@@ -76,8 +76,8 @@ pub fn start_outgoing(
         }
         _ => None,
     };
-    let setup = serde_json::to_vec(&machine.vm.setup())
-        .map_err(|e| QmpError::generic(e.to_string()))?;
+    let setup =
+        serde_json::to_vec(&machine.vm.setup()).map_err(|e| QmpError::generic(e.to_string()))?;
     let (shared, link) = machine.migration.begin();
     let job = Outgoing {
         uri,
@@ -85,7 +85,12 @@ pub fn start_outgoing(
         setup,
         vm: machine.vm.vm_fd().clone(),
         mem: machine.vm.memory().clone(),
-        backends: machine.vm.disks().iter().map(|d| d.backend.clone()).collect(),
+        backends: machine
+            .vm
+            .disks()
+            .iter()
+            .map(|d| d.backend.clone())
+            .collect(),
         shared,
         link,
         child: None,
@@ -129,10 +134,9 @@ pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::Mi
         shared,
         link,
     };
-    machine
-        .migration
-        .spawn(move || job.run())
-        .map_err(|e| super::MigrationError::Io("start the migration thread for", String::new(), e))?;
+    machine.migration.spawn(move || job.run()).map_err(|e| {
+        super::MigrationError::Io("start the migration thread for", String::new(), e)
+    })?;
     machine.migration_status(MigrationStatus::Setup);
     Ok(())
 }

@@ -131,8 +131,8 @@ impl Incoming {
 
 /// Refuses a source whose setup this VM cannot take.
 fn check_setup(here: &Setup, json: &[u8]) -> Result<(), MigrationError> {
-    let source: Setup = serde_json::from_slice(json)
-        .map_err(|e| MigrationError::Decode("setup", e.to_string()))?;
+    let source: Setup =
+        serde_json::from_slice(json).map_err(|e| MigrationError::Decode("setup", e.to_string()))?;
     here.accept(&source).map_err(MigrationError::Mismatch)
 }
 
@@ -224,7 +224,11 @@ fn data_range(f: &File, from: u64, end: u64) -> (u64, u64) {
     }
     // SAFETY: as above.
     let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-    let hole = if hole < 0 { end } else { (hole as u64).min(end) };
+    let hole = if hole < 0 {
+        end
+    } else {
+        (hole as u64).min(end)
+    };
     let page = PAGE as u64;
     let data = from.max(data as u64 - (data as u64 - from) % page);
     (data, (hole.next_multiple_of(page)).min(end))

@@ -262,7 +262,12 @@ impl Shared {
 
     /// Wakes a thread blocked on the channel's socket: shuts it down.
     fn interrupt(&self) {
-        if let Some(s) = self.socket.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(s) = self
+            .socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             // SAFETY: shutdown on our own duplicate of the socket.
             unsafe { libc::shutdown(s.as_raw_fd(), libc::SHUT_RDWR) };
         }

@@ -251,7 +251,9 @@ impl Sender<'_> {
                         return Err(MigrationError::Refused(reason.to_owned()));
                     }
                     if reply != "OK" {
-                        return Err(MigrationError::Refused(format!("unexpected answer '{reply}'")));
+                        return Err(MigrationError::Refused(format!(
+                            "unexpected answer '{reply}'"
+                        )));
                     }
                 }
             }
@@ -479,7 +481,11 @@ fn data_range(fd: i32, from: u64, end: u64) -> (u64, u64) {
     }
     // SAFETY: as above.
     let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-    let hole = if hole < 0 { end } else { (hole as u64).min(end) };
+    let hole = if hole < 0 {
+        end
+    } else {
+        (hole as u64).min(end)
+    };
     let data = (data as u64) & !(PAGE as u64 - 1);
     (data, hole.next_multiple_of(PAGE as u64).min(end))
 }

@@ -232,6 +232,9 @@ mod tests {
         );
         let mut here = setup();
         here.disks[0].size = 2 << 20;
-        assert!(here.accept(&setup()).unwrap_err().starts_with("disk 0 differs"));
+        assert!(here
+            .accept(&setup())
+            .unwrap_err()
+            .starts_with("disk 0 differs"));
     }
 }

@@ -71,7 +71,9 @@ pub enum StreamError {
     #[error("Not a complete vmm snapshot (bad magic: not one, or cut short)")]
     FileMagic,
     /// Another format version.
-    #[error("Migration format version {0} is not supported (this vmm reads version {FORMAT_VERSION})")]
+    #[error(
+        "Migration format version {0} is not supported (this vmm reads version {FORMAT_VERSION})"
+    )]
     Version(u32),
     /// An unknown record.
     #[error("Corrupt migration stream: unknown record type {0}")]
@@ -430,9 +432,21 @@ mod tests {
         assert_eq!(n as usize, bytes.len());
         let mut r = StreamReader::new(&bytes[..]).unwrap();
         assert_eq!(r.next().unwrap(), Record::Setup(b"{}".to_vec()));
-        assert_eq!(r.next().unwrap(), Record::Pages { gpa: 0x1000, count: 2 });
+        assert_eq!(
+            r.next().unwrap(),
+            Record::Pages {
+                gpa: 0x1000,
+                count: 2
+            }
+        );
         assert_eq!(r.data, page);
-        assert_eq!(r.next().unwrap(), Record::Zeros { gpa: 0x5000, count: 3 });
+        assert_eq!(
+            r.next().unwrap(),
+            Record::Zeros {
+                gpa: 0x5000,
+                count: 3
+            }
+        );
         assert_eq!(r.next().unwrap(), Record::State(b"{\"a\":1}".to_vec()));
         assert_eq!(r.next().unwrap(), Record::End);
         assert!(matches!(r.next(), Err(StreamError::Io(_))));
@@ -454,7 +468,10 @@ mod tests {
         );
         let mut v2 = ok.clone();
         v2[8] = 2;
-        assert!(matches!(StreamReader::new(&v2[..]), Err(StreamError::Version(2))));
+        assert!(matches!(
+            StreamReader::new(&v2[..]),
+            Err(StreamError::Version(2))
+        ));
         // Pages before the setup.
         let mut early = ok[..12].to_vec();
         early.extend([PAGES]);
@@ -467,7 +484,13 @@ mod tests {
             [&[PAGES][..], &0u64.to_le_bytes(), &1000u32.to_le_bytes()].concat(),
             vec![9],
             [&[STATE][..], &u32::MAX.to_le_bytes()].concat(),
-            [&[PAGES][..], &0u64.to_le_bytes(), &1u32.to_le_bytes(), &[0; 10]].concat(),
+            [
+                &[PAGES][..],
+                &0u64.to_le_bytes(),
+                &1u32.to_le_bytes(),
+                &[0; 10],
+            ]
+            .concat(),
         ] {
             let s = [ok.clone(), tail].concat();
             let mut r = StreamReader::new(&s[..]).unwrap();

@@ -399,11 +399,20 @@ mod tests {
     #[test]
     fn bad_uris_say_why() {
         for (uri, text) in [
-            ("rdma:1.2.3.4:5", "unknown migration protocol: rdma:1.2.3.4:5"),
+            (
+                "rdma:1.2.3.4:5",
+                "unknown migration protocol: rdma:1.2.3.4:5",
+            ),
             ("nonsense", "unknown migration protocol: nonsense"),
             ("unix:", "Migration URI 'unix:' lacks its path"),
-            ("tcp:localhost", "Migration URI 'tcp:localhost': expected tcp:HOST:PORT"),
-            ("tcp:localhost:http", "Migration URI 'tcp:localhost:http': expected tcp:HOST:PORT"),
+            (
+                "tcp:localhost",
+                "Migration URI 'tcp:localhost': expected tcp:HOST:PORT",
+            ),
+            (
+                "tcp:localhost:http",
+                "Migration URI 'tcp:localhost:http': expected tcp:HOST:PORT",
+            ),
         ] {
             assert_eq!(MigrationUri::parse(uri).unwrap_err().to_string(), text);
         }
@@ -413,7 +422,10 @@ mod tests {
     fn unknown_descriptor_names_are_refused() {
         let none = |_: &str| None;
         let e = connect(&MigrationUri::Fd("nosuch".into()), &none).unwrap_err();
-        assert_eq!(e.to_string(), "File descriptor named 'nosuch' has not been found");
+        assert_eq!(
+            e.to_string(),
+            "File descriptor named 'nosuch' has not been found"
+        );
     }
 
     #[test]
@@ -436,7 +448,10 @@ mod tests {
         c.stream.read_exact(&mut r).unwrap();
         assert_eq!(&r, b"ok");
         assert_eq!(&t.join().unwrap(), b"hello");
-        assert!(!dir.exists(), "the listener's path is removed once accepted");
+        assert!(
+            !dir.exists(),
+            "the listener's path is removed once accepted"
+        );
     }
 
     #[test]
@@ -451,8 +466,8 @@ mod tests {
         drop(c);
         assert!(child.wait().unwrap().success());
         assert_eq!(std::fs::read(&out).unwrap(), b"stream bytes");
-        let back = Incoming::listen(&MigrationUri::Exec(format!("cat {}", out.display())), &none)
-            .unwrap();
+        let back =
+            Incoming::listen(&MigrationUri::Exec(format!("cat {}", out.display())), &none).unwrap();
         let mut c = back.accept().unwrap();
         let mut s = String::new();
         c.stream.read_to_string(&mut s).unwrap();

@@ -385,7 +385,9 @@ fn gather(g: &mut Gathered, o: &Opt) -> OptResult<()> {
             g.incoming = Some(
                 o.value()
                     .parse()
-                    .map_err(|e: crate::migration::uri::UriError| Problem::Invalid(e.to_string()))?,
+                    .map_err(|e: crate::migration::uri::UriError| {
+                        Problem::Invalid(e.to_string())
+                    })?,
             )
         }
         // Handled before the others.
@@ -464,7 +466,7 @@ fn build(g: Gathered) -> Result<Invocation, QemuCliError> {
         debug_port: false,
         started: std::time::Instant::now(),
         dump_guest_core: g.machine.dump_guest_core,
-        inactive_images: false,
+        inactive_images: g.incoming.is_some(),
     };
     let options = RunOptions {
         lifecycle: g.lifecycle,
