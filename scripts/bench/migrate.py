@@ -20,8 +20,8 @@ the bytes it sent, and the wall time from the `migrate` command to the destinati
 first serial line (a progress line comes every INTERVAL ms, so that line marks the guest
 running on the destination within that much). After each run the destination gets
 `system_powerdown`, the guest verifies every page and the run fails unless it says `bad=0`;
-its longest stall (`max_stall_ms`, the guest's own view of the downtime where the VMM lets the
-TSC run on; QEMU restores the TSC it saved, so there the guest sees almost none) is shown too.
+its longest stall (`max_stall_ms`: the guest's own view of the downtime, as its TSC shows it;
+under QEMU 7.2 it matches the reported downtime within a few ms) is shown too.
 A migration that has not completed after `--timeout` seconds is cancelled and counted as not
 converged. Medians of RUNS runs per VMM, alternating, and the vmm/QEMU ratios.
 
