@@ -116,8 +116,9 @@ fn every_page_verifies_after_the_power_button() {
 fn a_two_second_pause_is_the_longest_stall() {
     let (mut vm, c) = start("stall", "probe.test=mem-walk probe.mib=16", 256);
     let before = vm.wait_line_unless("PROBE mem-walk progress", FATAL, GUARD);
-    // Without a pause the guest's clock never stops for long.
-    assert!(field(&before, "max_stall_ms") < 500, "{before}");
+    // Without a pause the guest's clock does not stop for long (the host's scheduler can
+    // take the vCPU away for a few hundred ms on a busy machine, not for the pause's 2 s).
+    assert!(field(&before, "max_stall_ms") < 1500, "{before}");
     c.stop().expect("stop");
     assert!(matches!(next_event(&c), Event::Stop));
     let paused = Instant::now();
