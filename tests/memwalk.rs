@@ -126,8 +126,14 @@ fn a_two_second_pause_is_the_longest_stall() {
     c.cont().expect("cont");
     let held = paused.elapsed().as_millis() as u64;
     assert!(matches!(next_event(&c), Event::Resume));
-    let stall = vm.wait_line_unless("PROBE mem-walk stall", FATAL, GUARD);
-    let ms = field(&stall, "ms");
+    // Shorter stalls (the host's scheduler, 100 ms and more) may be reported first.
+    let (stall, ms) = loop {
+        let stall = vm.wait_line_unless("PROBE mem-walk stall", FATAL, GUARD);
+        let ms = field(&stall, "ms");
+        if ms >= 1000 {
+            break (stall, ms);
+        }
+    };
     assert!(
         (1900..=held + 500).contains(&ms),
         "paused for {held} ms, the guest saw a stall of {ms} ms: {stall}"
