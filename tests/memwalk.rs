@@ -2,7 +2,7 @@
 //! The probe guest's `mem-walk` workload under vmm: the guest rewrites its pages with
 //! generation counters and checksums, QMP's `system_powerdown` makes it verify every page, and
 //! a `stop`/`cont` pause shows up as its longest stall (so that the stall detector the
-//! migration tests rely on measures something).
+//! migration tests rely on measures something); with two vCPUs each walks its own share.
 
 mod common;
 
@@ -27,13 +27,17 @@ fn socket_path(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("vmm-memwalk-{tag}-{}.sock", std::process::id()))
 }
 
-/// vmm running `cmdline` with `mem_mib` MiB of RAM and a negotiated QMP client.
-fn start(tag: &str, cmdline: &str, mem_mib: u32) -> (Running, Client) {
+/// vmm running `cmdline` with `mem_mib` MiB of RAM and `cpus` vCPUs, and a negotiated QMP
+/// client.
+fn start(tag: &str, cmdline: &str, mem_mib: u32, cpus: u32) -> (Running, Client) {
     let sock = socket_path(tag);
     let qmp = format!("unix:{}", sock.display());
     let kernel = probe_bzimage();
     let mem = mem_mib.to_string();
+    let cpus = cpus.to_string();
     let vm = spawn(&[
+        "--cpus",
+        &cpus,
         "--kernel",
         kernel.to_str().unwrap(),
         "--cmdline",
@@ -90,7 +94,7 @@ fn power_down(mut vm: Running, c: &Client) -> String {
 
 #[test]
 fn every_page_verifies_after_the_power_button() {
-    let (mut vm, c) = start("verify", "probe.test=mem-walk probe.mib=64", 256);
+    let (mut vm, c) = start("verify", "probe.test=mem-walk probe.mib=64", 256, 1);
     let start = vm.wait_line_unless("PROBE mem-walk start", FATAL, GUARD);
     assert_eq!(field(&start, "pages"), 16384, "{start}");
     let first = vm.wait_line_unless("PROBE mem-walk progress", FATAL, GUARD);
@@ -114,7 +118,7 @@ fn every_page_verifies_after_the_power_button() {
 
 #[test]
 fn a_two_second_pause_is_the_longest_stall() {
-    let (mut vm, c) = start("stall", "probe.test=mem-walk probe.mib=16", 256);
+    let (mut vm, c) = start("stall", "probe.test=mem-walk probe.mib=16", 256, 1);
     let before = vm.wait_line_unless("PROBE mem-walk progress", FATAL, GUARD);
     // Without a pause the guest's clock does not stop for long (the host's scheduler can
     // take the vCPU away for a few hundred ms on a busy machine, not for the pause's 2 s).
@@ -146,8 +150,28 @@ fn a_two_second_pause_is_the_longest_stall() {
 }
 
 #[test]
+fn two_vcpus_walk_their_own_shares() {
+    let (mut vm, c) = start(
+        "smp",
+        "probe.test=mem-walk probe.mib=32 probe.cpus=2 probe.interval=200",
+        256,
+        2,
+    );
+    let start = vm.wait_line_unless("PROBE mem-walk start", FATAL, GUARD);
+    assert_eq!(field(&start, "cpus"), 2, "{start}");
+    vm.wait_line_unless("PROBE mem-walk progress", FATAL, GUARD);
+    vm.wait_line_unless("PROBE mem-walk progress", FATAL, GUARD);
+    let verdict = power_down(vm, &c);
+    assert_eq!(field(&verdict, "pages"), 8192, "{verdict}");
+    assert_eq!(field(&verdict, "bad"), 0, "{verdict}");
+    assert_eq!(field(&verdict, "cpus"), 2, "{verdict}");
+    // generations counts the sweeps of the slower walker: both of them went round.
+    assert!(field(&verdict, "generations") >= 1, "{verdict}");
+}
+
+#[test]
 fn more_pages_than_ram_is_one_clear_line() {
-    let (mut vm, _c) = start("nomem", "probe.test=mem-walk probe.mib=512", 256);
+    let (mut vm, _c) = start("nomem", "probe.test=mem-walk probe.mib=512", 256, 1);
     let line = vm.wait_line_unless("PROBE mem-walk status=no-memory", &["PROBE-DONE"], GUARD);
     assert_eq!(field(&line, "mib"), 512, "{line}");
     assert!(field(&line, "avail_mib") < 256, "{line}");

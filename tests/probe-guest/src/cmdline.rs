@@ -200,6 +200,8 @@ pub struct Params {
     pub rate: Option<u64>,
     /// `probe.interval`: milliseconds between mem-walk's progress lines. Default 1000.
     pub interval_ms: u64,
+    /// `probe.cpus`: CPUs that walk mem-walk's pages, each its own share. Default 1.
+    pub cpus: u32,
 }
 
 /// One blk-bench phase: a workload at a queue depth (`None`: the sequential depth).
@@ -299,6 +301,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Params, CmdlineError<'_>> {
         mib: 64,
         rate: None,
         interval_ms: 1000,
+        cpus: 1,
     };
     p.bench[1] = Workload::SeqRead;
     p.bench[2] = Workload::RandRead;
@@ -383,6 +386,13 @@ pub fn parse(cmdline: &[u8]) -> Result<Params, CmdlineError<'_>> {
                     b"max" => None,
                     _ => Some(num()?),
                 }
+            }
+            b"cpus" => {
+                p.cpus = num()?
+                    .try_into()
+                    .ok()
+                    .filter(|q| (1..=MAX_QUEUES).contains(q))
+                    .ok_or(CmdlineError::BadValue(word))?
             }
             b"interval" => {
                 p.interval_ms = Some(num()?)
@@ -535,7 +545,8 @@ mod tests {
     fn mem_walk_parameters() {
         let p = parse(b"probe.test=mem-walk").unwrap();
         assert_eq!(p.tests(), &[Test::MemWalk]);
-        assert_eq!((p.mib, p.rate, p.interval_ms), (64, None, 1000));
+        assert_eq!((p.mib, p.rate, p.interval_ms, p.cpus), (64, None, 1000, 1));
+        assert_eq!(parse(b"probe.test=mem-walk probe.cpus=8").unwrap().cpus, 8);
         let p =
             parse(b"probe.test=mem-walk probe.mib=2048 probe.rate=0 probe.interval=50").unwrap();
         assert_eq!((p.mib, p.rate, p.interval_ms), (2048, Some(0), 50));
@@ -556,6 +567,8 @@ mod tests {
             b"probe.rate=fast",
             b"probe.interval=9",
             b"probe.interval=x",
+            b"probe.cpus=0",
+            b"probe.cpus=9",
         ] {
             let mut line = b"probe.test=mem-walk ".to_vec();
             line.extend_from_slice(bad);
