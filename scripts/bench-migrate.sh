@@ -15,7 +15,8 @@
 # Both VMMs get max-bandwidth 10 GiB/s (QEMU 7.2's default of 32 MiB/s would turn the
 # comparison into one of throttles) and downtime-limit 300 ms. Medians and vmm/QEMU ratios.
 # The program is scripts/bench/migrate.py (its --help lists the knobs: --sizes, --rate,
-# --max-bandwidth, --downtime-limit, --timeout, --only vmm|qemu, --no-snapshot).
+# --max-bandwidth, --downtime-limit, --timeout, --settle, --cpus N (all vCPUs walk: probe.cpus),
+# --only vmm|qemu, --no-snapshot).
 # Usage: scripts/bench-migrate.sh [RUNS [migrate.py options]]   (default 3 runs)
 #   VMM=path/to/vmm skips the release build (e.g. with --only qemu).
 source "$(dirname "$0")/lib.sh"

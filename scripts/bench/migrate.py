@@ -44,7 +44,8 @@ Until vmm implements migration, the vmm half ends the benchmark with one line,
 "vmm does not support migrate yet: <QMP error>"; `--only qemu` measures QEMU alone.
 
 Usage: migrate.py VMM KERNEL RUNS [--sizes 256,2048] [--rate MIB_S|max] [--max-bandwidth B]
-                  [--downtime-limit MS] [--timeout S] [--only vmm|qemu] [--no-snapshot]
+                  [--downtime-limit MS] [--timeout S] [--settle S] [--cpus N]
+                  [--only vmm|qemu] [--no-snapshot]
 """
 
 from __future__ import annotations
@@ -227,15 +228,15 @@ class Vm:
 ArgvFn = Callable[[str, int, str, "str | None"], list[str]]
 
 
-def commands(vmm: str, kernel: str) -> dict[str, ArgvFn]:
+def commands(vmm: str, kernel: str, cpus: int) -> dict[str, ArgvFn]:
     def vmm_argv(cmdline: str, mem: int, qmp: str, incoming: str | None) -> list[str]:
-        extra = ["--qmp", f"unix:{qmp}"]
+        extra = ["--cpus", str(cpus), "--qmp", f"unix:{qmp}"]
         if incoming:
             extra += ["--incoming", incoming]
         return benchlib.vmm_argv(vmm, kernel, cmdline, mem, extra)
 
     def qemu_argv(cmdline: str, mem: int, qmp: str, incoming: str | None) -> list[str]:
-        extra = ["-global", "virtio-mmio.force-legacy=false",
+        extra = ["-smp", str(cpus), "-global", "virtio-mmio.force-legacy=false",
                  "-qmp", f"unix:{qmp},server=on,wait=off"]
         if incoming:
             extra += ["-incoming", incoming]
@@ -248,11 +249,12 @@ def commands(vmm: str, kernel: str) -> dict[str, ArgvFn]:
     return {"vmm": vmm_argv, "qemu": qemu_argv}
 
 
-def cmdline(case: str, mem: int, rate: str) -> str:
+def cmdline(case: str, mem: int, rate: str, cpus: int = 1) -> str:
     if case == "idle":
         return f"probe.test=mem-walk probe.mib={IDLE_MIB} probe.rate=0 probe.interval={INTERVAL_MS}"
+    walkers = f" probe.cpus={cpus}" if cpus > 1 else ""
     return (f"probe.test=mem-walk probe.mib={mem - HEADROOM_MIB} probe.rate={rate} "
-            f"probe.interval={INTERVAL_MS}")
+            f"probe.interval={INTERVAL_MS}{walkers}")
 
 
 def field(line: str, key: str) -> int:
@@ -329,7 +331,7 @@ def power_down(vm: Vm, after: float) -> str:
 
 def migrate_once(argv: ArgvFn, tmp: str, name: str, case: str, mem: int,
                  a: argparse.Namespace) -> dict[str, float]:
-    line = cmdline(case, mem, a.rate)
+    line = cmdline(case, mem, a.rate, a.cpus)
     src_qmp = os.path.join(tmp, f"{name}-src.qmp")
     dst_qmp = os.path.join(tmp, f"{name}-dst.qmp")
     mig = os.path.join(tmp, f"{name}-mig.sock")
@@ -384,7 +386,7 @@ def migrate_once(argv: ArgvFn, tmp: str, name: str, case: str, mem: int,
 
 def snapshot_once(argv: ArgvFn, tmp: str, name: str, mem: int,
                   a: argparse.Namespace) -> dict[str, float]:
-    line = cmdline("mem-walk", mem, a.rate)
+    line = cmdline("mem-walk", mem, a.rate, a.cpus)
     src_qmp = os.path.join(tmp, f"{name}-src.qmp")
     dst_qmp = os.path.join(tmp, f"{name}-dst.qmp")
     path = os.path.join(tmp, f"{name}-snapshot")
@@ -485,13 +487,15 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=60, help="s before a migration is cancelled")
     ap.add_argument("--settle", type=float, default=1.0,
                     help="s of guest run time before each migration")
+    ap.add_argument("--cpus", type=int, default=1,
+                    help="vCPUs; the mem-walk guest walks on all of them (probe.cpus)")
     ap.add_argument("--only", choices=("vmm", "qemu"))
     ap.add_argument("--no-snapshot", action="store_true")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     tmp = tempfile.mkdtemp(prefix="bench-migrate-")
     try:
-        argvs = commands(a.vmm, a.kernel)
+        argvs = commands(a.vmm, a.kernel, a.cpus)
         names = [a.only] if a.only else ["vmm", "qemu"]
         if "vmm" in names:
             try:
@@ -499,8 +503,8 @@ def main() -> None:
             except Unsupported as e:
                 raise SystemExit(f"vmm does not support migrate yet: {e}") from None
         print(f"max-bandwidth {a.max_bandwidth} B/s and downtime-limit {a.downtime_limit} ms on "
-              f"both VMMs; mem-walk at {a.rate} MiB/s; progress lines every {INTERVAL_MS} ms; "
-              f"medians of {a.runs} runs")
+              f"both VMMs; {a.cpus} vCPU(s); mem-walk at {a.rate} MiB/s; progress lines every "
+              f"{INTERVAL_MS} ms; medians of {a.runs} runs (each figure's own median)")
         print()
         for mem in sizes:
             for case in ("idle", "mem-walk"):
@@ -519,7 +523,7 @@ def main() -> None:
                         print(f"{n}: {len(samples[n]) - len(done)} of {len(samples[n])} runs did "
                               f"not converge within {a.timeout} s")
                     results[n] = benchlib.medians(done)
-                show(f"{case}, {mem} MiB (guest: {cmdline(case, mem, a.rate)})", results,
+                show(f"{case}, {mem} MiB (guest: {cmdline(case, mem, a.rate, a.cpus)})", results,
                      MIGRATION_ROWS, names)
         if not a.no_snapshot:
             for mem in sizes:
