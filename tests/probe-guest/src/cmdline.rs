@@ -29,6 +29,8 @@ pub enum Test {
     MmioChaos,
     /// Start the application processors (INIT-SIPI-SIPI).
     Smp,
+    /// Rewrite `probe.mib` MiB of pages with checksummed patterns until the power button.
+    MemWalk,
 }
 
 impl Test {
@@ -46,6 +48,7 @@ impl Test {
             b"kbd-reset" => Test::KbdReset,
             b"mmio-chaos" => Test::MmioChaos,
             b"smp" => Test::Smp,
+            b"mem-walk" => Test::MemWalk,
             _ => return None,
         })
     }
@@ -65,6 +68,7 @@ impl Test {
             Test::KbdReset => "kbd-reset",
             Test::MmioChaos => "mmio-chaos",
             Test::Smp => "smp",
+            Test::MemWalk => "mem-walk",
         }
     }
 }
@@ -152,6 +156,10 @@ pub const MAX_DEPTHS: usize = 8;
 pub const MAX_QD: u32 = 256;
 /// Most queues `probe.queues=` accepts.
 pub const MAX_QUEUES: u32 = 8;
+/// Most MiB `probe.mib=` accepts (the probe maps 4 GiB and uses RAM below 3 GiB).
+pub const MAX_MIB: u64 = 3072;
+/// Shortest mem-walk progress interval, in milliseconds.
+pub const MIN_INTERVAL_MS: u64 = 10;
 
 /// Parsed `probe.*` parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -185,6 +193,15 @@ pub struct Params {
     pub qd_count: usize,
     /// `probe.queues`: virtqueues (and vCPUs) blk-bench drives at once. Default 1.
     pub queues: u32,
+    /// `probe.mib`: MiB of pages mem-walk rewrites. Default 64.
+    pub mib: u64,
+    /// `probe.rate`: mem-walk's rewrites in MiB/s; `None` (`max`, the default) as fast as
+    /// the CPU goes, 0 none after the first fill.
+    pub rate: Option<u64>,
+    /// `probe.interval`: milliseconds between mem-walk's progress lines. Default 1000.
+    pub interval_ms: u64,
+    /// `probe.cpus`: CPUs that walk mem-walk's pages, each its own share. Default 1.
+    pub cpus: u32,
 }
 
 /// One blk-bench phase: a workload at a queue depth (`None`: the sequential depth).
@@ -281,6 +298,10 @@ pub fn parse(cmdline: &[u8]) -> Result<Params, CmdlineError<'_>> {
         qd: [0; MAX_DEPTHS],
         qd_count: 2,
         queues: 1,
+        mib: 64,
+        rate: None,
+        interval_ms: 1000,
+        cpus: 1,
     };
     p.bench[1] = Workload::SeqRead;
     p.bench[2] = Workload::RandRead;
@@ -353,6 +374,29 @@ pub fn parse(cmdline: &[u8]) -> Result<Params, CmdlineError<'_>> {
                     .try_into()
                     .ok()
                     .filter(|q| (1..=MAX_QUEUES).contains(q))
+                    .ok_or(CmdlineError::BadValue(word))?
+            }
+            b"mib" => {
+                p.mib = Some(num()?)
+                    .filter(|m| (1..=MAX_MIB).contains(m))
+                    .ok_or(CmdlineError::BadValue(word))?
+            }
+            b"rate" => {
+                p.rate = match value {
+                    b"max" => None,
+                    _ => Some(num()?),
+                }
+            }
+            b"cpus" => {
+                p.cpus = num()?
+                    .try_into()
+                    .ok()
+                    .filter(|q| (1..=MAX_QUEUES).contains(q))
+                    .ok_or(CmdlineError::BadValue(word))?
+            }
+            b"interval" => {
+                p.interval_ms = Some(num()?)
+                    .filter(|&ms| ms >= MIN_INTERVAL_MS)
                     .ok_or(CmdlineError::BadValue(word))?
             }
             b"irq" => {
@@ -493,6 +537,46 @@ mod tests {
             assert_eq!(
                 w.writes(),
                 w != Workload::SeqRead && w != Workload::RandRead
+            );
+        }
+    }
+
+    #[test]
+    fn mem_walk_parameters() {
+        let p = parse(b"probe.test=mem-walk").unwrap();
+        assert_eq!(p.tests(), &[Test::MemWalk]);
+        assert_eq!((p.mib, p.rate, p.interval_ms, p.cpus), (64, None, 1000, 1));
+        assert_eq!(parse(b"probe.test=mem-walk probe.cpus=8").unwrap().cpus, 8);
+        let p =
+            parse(b"probe.test=mem-walk probe.mib=2048 probe.rate=0 probe.interval=50").unwrap();
+        assert_eq!((p.mib, p.rate, p.interval_ms), (2048, Some(0), 50));
+        let p = parse(b"probe.test=mem-walk probe.rate=300").unwrap();
+        assert_eq!(p.rate, Some(300));
+        assert_eq!(
+            parse(b"probe.test=mem-walk probe.rate=max").unwrap().rate,
+            None
+        );
+        assert_eq!(
+            Test::from_name(Test::MemWalk.name().as_bytes()),
+            Some(Test::MemWalk)
+        );
+        for bad in [
+            &b"probe.mib=0"[..],
+            b"probe.mib=3073",
+            b"probe.mib=",
+            b"probe.rate=fast",
+            b"probe.interval=9",
+            b"probe.interval=x",
+            b"probe.cpus=0",
+            b"probe.cpus=9",
+        ] {
+            let mut line = b"probe.test=mem-walk ".to_vec();
+            line.extend_from_slice(bad);
+            assert_eq!(
+                parse(&line),
+                Err(CmdlineError::BadValue(bad)),
+                "{}",
+                core::str::from_utf8(bad).unwrap()
             );
         }
     }

@@ -73,14 +73,25 @@ impl Allocator {
 
     /// A zeroed buffer of `len` bytes aligned to 4 KiB, if RAM allows.
     pub fn alloc(&mut self, len: usize) -> Option<DmaBuf> {
+        let mut b = self.alloc_uninit(len)?;
+        b.bytes().fill(0);
+        Some(b)
+    }
+
+    /// A buffer of `len` bytes aligned to 4 KiB holding whatever RAM held (for
+    /// callers that write all of it first, such as mem-walk's pages).
+    pub fn alloc_uninit(&mut self, len: usize) -> Option<DmaBuf> {
         let addr = self.next;
         let end = addr.checked_add(len as u64)?;
         if end > self.end {
             return None;
         }
         self.next = (end + 0xfff) & !0xfff;
-        let mut b = DmaBuf { addr, len };
-        b.bytes().fill(0);
-        Some(b)
+        Some(DmaBuf { addr, len })
+    }
+
+    /// Bytes still free.
+    pub fn available(&self) -> u64 {
+        self.end.saturating_sub(self.next)
     }
 }

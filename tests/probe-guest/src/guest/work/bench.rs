@@ -257,7 +257,7 @@ pub fn run(ctx: &mut Ctx) -> u32 {
     }
     let mut worker_ids = [0u32; MAX_APS];
     if nq > 1 {
-        let (ids, started) = smp::start_workers(ctx, nq - 1, irq);
+        let (ids, started) = smp::start_workers(ctx, nq - 1, irq, "blk-bench-worker");
         worker_ids = ids;
         if started < nq - 1 {
             nq = started + 1;
@@ -354,7 +354,7 @@ pub fn run(ctx: &mut Ctx) -> u32 {
             workers::post(
                 k + 1,
                 id,
-                workers::Job {
+                workers::Job::Phase {
                     queue: disk.queue_ptr(k + 1),
                     cfg: cfg(k + 1),
                 },

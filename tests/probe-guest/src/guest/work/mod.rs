@@ -4,6 +4,7 @@ mod bench;
 mod blkio;
 mod boot;
 mod chaos;
+mod memwalk;
 mod power;
 mod smp;
 mod workers;
@@ -165,6 +166,7 @@ pub fn run_all(ctx: &mut Ctx) -> u32 {
             Test::KbdReset => power::kbd_reset(),
             Test::MmioChaos => chaos::run(ctx),
             Test::Smp => smp::run(ctx),
+            Test::MemWalk => memwalk::run(ctx),
         };
         rc = rc.max(r);
     }

@@ -2,7 +2,7 @@
 //! with INIT-SIPI-SIPI. Each AP enters long mode through the trampoline in
 //! entry.S and prints `PROBE ap apic_id=0xNN` itself (from ring 0); the BSP
 //! then prints `PROBE smp cpus=N started=M`. The same start, with an AP
-//! index, gives blk-bench its worker CPUs (`start_workers`).
+//! index, gives blk-bench and mem-walk their worker CPUs (`start_workers`).
 
 use super::{workers, Ctx};
 use crate::guest::arch::{self, MAX_APS};
@@ -102,15 +102,16 @@ fn other_cpus(ctx: &Ctx) -> ([u32; probe_guest::acpi::MAX_CPUS], usize) {
     (ids, n)
 }
 
-/// Starts up to `n` bench worker CPUs (indices 1..=n) for blk-bench, with
-/// their wake-up interrupts on (`irq`) or off. Returns the APIC ids of the
+/// Starts up to `n` worker CPUs (indices 1..=n) for blk-bench or mem-walk, with
+/// their wake-up interrupts (and timer tick) on (`irq`) or off. Returns the APIC ids of the
 /// workers that run, index k at position k-1, and their number; prints a
-/// `PROBE blk-bench-worker` line for each one that did not start.
-pub fn start_workers(ctx: &Ctx, n: usize, irq: bool) -> ([u32; MAX_APS], usize) {
+/// `PROBE <what>` line (`blk-bench-worker`, `mem-walk-worker`) for each one that did not
+/// start.
+pub fn start_workers(ctx: &Ctx, n: usize, irq: bool, what: &str) -> ([u32; MAX_APS], usize) {
     let mut started = [0; MAX_APS];
     let (ids, count) = other_cpus(ctx);
     let Some(page) = install_trampoline(ctx) else {
-        out!("PROBE blk-bench-worker status=no-trampoline-page");
+        out!("PROBE {} status=no-trampoline-page", what);
         return (started, 0);
     };
     let mut k = 0;
@@ -122,7 +123,8 @@ pub fn start_workers(ctx: &Ctx, n: usize, irq: bool) -> ([u32; MAX_APS], usize) 
         workers::prepare(index, ctx.apic.base(), irq);
         if !start_ap(ctx, id, page, index as u64) {
             out!(
-                "PROBE blk-bench-worker index={} apic_id={:#04x} status=timeout",
+                "PROBE {} index={} apic_id={:#04x} status=timeout",
+                what,
                 index,
                 id
             );
@@ -130,7 +132,8 @@ pub fn start_workers(ctx: &Ctx, n: usize, irq: bool) -> ([u32; MAX_APS], usize) 
         }
         if !workers::wait_ready(index, 2_000_000_000) {
             out!(
-                "PROBE blk-bench-worker index={} apic_id={:#04x} status=not-ready",
+                "PROBE {} index={} apic_id={:#04x} status=not-ready",
+                what,
                 index,
                 id
             );

@@ -1,13 +1,15 @@
-//! blk-bench's worker CPUs. An application processor started as worker k
+//! The worker CPUs of blk-bench and mem-walk. An application processor started as worker k
 //! (`smp::start_workers`, entry.S `ap_worker`) runs `probe_ap_main(k)` in
 //! ring 3 with interrupts on: it sets up its local APIC, says it is ready
 //! and then runs every job the boot CPU posts in its mailbox (one benchmark
-//! phase on the queue lent to it), sleeping in between. The boot CPU posts a
+//! phase on the queue lent to it, or a mem-walk share of pages walked until
+//! the boot CPU says stop), sleeping in between. The boot CPU posts a
 //! job and sends the wake IPI; the worker writes its result and the job's
 //! number back. A worker never prints (the boot CPU reports for it); a fault
 //! stops it in ring 0 and is recorded in its per-CPU area (`arch::cpu_fault`).
 
 use super::bench::{self, PhaseCfg, PhaseResult};
+use super::memwalk;
 use crate::guest::apic::Apic;
 use crate::guest::arch::{self, MAX_APS, WAKE_VECTOR};
 use crate::guest::blk::{wake, BlkQueue};
@@ -15,13 +17,18 @@ use crate::guest::timer::now_ns;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-/// A job: one phase on a queue the boot CPU lends for its duration.
+/// A job.
 #[derive(Clone, Copy)]
-pub struct Job {
-    /// The queue (the worker is its only user until the result is back).
-    pub queue: *mut BlkQueue,
-    /// The phase.
-    pub cfg: PhaseCfg,
+pub enum Job {
+    /// blk-bench: one phase on a queue the boot CPU lends for its duration.
+    Phase {
+        /// The queue (the worker is its only user until the result is back).
+        queue: *mut BlkQueue,
+        /// The phase.
+        cfg: PhaseCfg,
+    },
+    /// mem-walk: rewrite a share of the pages until the boot CPU says stop.
+    Walk(memwalk::Part),
 }
 
 struct Mailbox {
@@ -53,7 +60,7 @@ const EMPTY: Mailbox = Mailbox {
     done: AtomicU32::new(0),
     lapic: AtomicU64::new(0),
     irq: AtomicBool::new(false),
-    job: UnsafeCell::new(Job {
+    job: UnsafeCell::new(Job::Phase {
         queue: core::ptr::null_mut(),
         cfg: PhaseCfg::EMPTY,
     }),
@@ -97,7 +104,8 @@ pub fn post(k: usize, apic_id: u32, job: Job) {
     );
 }
 
-/// Boot CPU: the result of worker `k`'s job, once it is done.
+/// Boot CPU: the result of worker `k`'s job, once it is done (for a walk job, only that it
+/// is done: its figures are in `memwalk`'s per-walker statistics).
 pub fn finished(k: usize) -> Option<PhaseResult> {
     let m = &MAILBOXES[k];
     let done = m.done.load(Ordering::Acquire);
@@ -126,14 +134,19 @@ pub extern "C" fn probe_ap_main(k: u64) -> ! {
             seen_job = posted;
             // SAFETY: see `Mailbox`.
             let job = unsafe { *m.job.get() };
-            // SAFETY: the boot CPU lends the queue for the job's duration and
-            // does not touch it meanwhile.
-            let q = unsafe { &mut *job.queue };
-            let r = bench::run_phase(q, &job.cfg, &mut |q, deadline| {
-                wake::wait(k, q, deadline, irq)
-            });
-            // SAFETY: see `Mailbox`.
-            unsafe { *m.result.get() = r };
+            match job {
+                Job::Phase { queue, cfg } => {
+                    // SAFETY: the boot CPU lends the queue for the job's duration and
+                    // does not touch it meanwhile.
+                    let q = unsafe { &mut *queue };
+                    let r = bench::run_phase(q, &cfg, &mut |q, deadline| {
+                        wake::wait(k, q, deadline, irq)
+                    });
+                    // SAFETY: see `Mailbox`.
+                    unsafe { *m.result.get() = r };
+                }
+                Job::Walk(part) => memwalk::run_part(k, &part),
+            }
             m.done.store(posted, Ordering::Release);
             continue;
         }
