@@ -417,6 +417,36 @@ mod tests {
         ) -> Result<(), QmpError> {
             Err(QmpError::generic("not used by HMP"))
         }
+        fn query_migrate(&mut self) -> Result<qapi::types::MigrationInfo, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn migrate_set_parameters(
+            &mut self,
+            _: qapi::types::MigrateSetParameters,
+        ) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn query_migrate_parameters(
+            &mut self,
+        ) -> Result<qapi::types::MigrationParameters, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn migrate(
+            &mut self,
+            _: String,
+            _: Option<bool>,
+            _: Option<bool>,
+            _: Option<bool>,
+            _: Option<bool>,
+        ) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn migrate_incoming(&mut self, _: String) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn migrate_cancel(&mut self) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
         fn query_jobs(&mut self) -> Result<Vec<qapi::types::JobInfo>, QmpError> {
             Err(QmpError::generic("not used by HMP"))
         }

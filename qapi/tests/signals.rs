@@ -42,7 +42,9 @@ fn signals_table_names_every_event_with_its_owner() {
             "RESET",
             "STOP",
             "RESUME",
-            "BLOCK_IO_ERROR"
+            "BLOCK_IO_ERROR",
+            "MIGRATION",
+            "MIGRATION_PASS"
         ]
     );
     for s in SIGNALS {

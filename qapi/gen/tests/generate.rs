@@ -71,13 +71,30 @@ fn main_schema_has_the_required_interface() {
             "qom-list-properties",
             "query-migrate-capabilities",
             "migrate-set-capabilities",
+            "query-migrate",
+            "migrate-set-parameters",
+            "query-migrate-parameters",
+            "migrate",
+            "migrate-incoming",
+            "migrate_cancel",
             "query-jobs",
             "human-monitor-command",
             "query-command-line-options",
         ]
     );
     let events = names(|k| matches!(k, DefKind::Event { .. }));
-    assert_eq!(events, ["SHUTDOWN", "POWERDOWN", "RESET", "STOP", "RESUME"]);
+    assert_eq!(
+        events,
+        [
+            "SHUTDOWN",
+            "POWERDOWN",
+            "RESET",
+            "STOP",
+            "RESUME",
+            "MIGRATION",
+            "MIGRATION_PASS"
+        ]
+    );
     let signals = names(|k| matches!(k, DefKind::Signal { .. }));
     assert_eq!(signals, ["BLOCK_IO_ERROR"]);
     let sig = schema.get("BLOCK_IO_ERROR").expect("signal");

@@ -24,6 +24,10 @@ pub struct FakeVm {
     pub sink: Arc<dyn EventSink>,
     pub drives: Vec<String>,
     pub name: Option<String>,
+    /// The URI of the last `migrate`.
+    pub migrated: Option<String>,
+    /// `downtime-limit`.
+    pub downtime_limit: u64,
 }
 
 impl FakeVm {
@@ -38,6 +42,8 @@ impl FakeVm {
             sink,
             drives: vec!["drive0".into()],
             name: None,
+            migrated: None,
+            downtime_limit: 300,
         }
     }
 }
@@ -332,6 +338,52 @@ impl QmpCommands for FakeVm {
         &mut self,
         _capabilities: Vec<MigrationCapabilityStatus>,
     ) -> Result<(), QmpError> {
+        Ok(())
+    }
+
+    fn query_migrate(&mut self) -> Result<MigrationInfo, QmpError> {
+        Ok(MigrationInfo {
+            status: self.migrated.as_ref().map(|_| MigrationStatus::Completed),
+            ram: None,
+            total_time: None,
+            expected_downtime: None,
+            downtime: None,
+            setup_time: None,
+            error_desc: None,
+        })
+    }
+
+    fn migrate_set_parameters(&mut self, arg: MigrateSetParameters) -> Result<(), QmpError> {
+        if let Some(d) = arg.downtime_limit {
+            self.downtime_limit = d;
+        }
+        Ok(())
+    }
+
+    fn query_migrate_parameters(&mut self) -> Result<MigrationParameters, QmpError> {
+        Ok(MigrationParameters {
+            max_bandwidth: None,
+            downtime_limit: Some(self.downtime_limit),
+        })
+    }
+
+    fn migrate(
+        &mut self,
+        uri: String,
+        _blk: Option<bool>,
+        _inc: Option<bool>,
+        _detach: Option<bool>,
+        _resume: Option<bool>,
+    ) -> Result<(), QmpError> {
+        self.migrated = Some(uri);
+        Ok(())
+    }
+
+    fn migrate_incoming(&mut self, _uri: String) -> Result<(), QmpError> {
+        Err(QmpError::generic("For use with '-incoming defer'"))
+    }
+
+    fn migrate_cancel(&mut self) -> Result<(), QmpError> {
         Ok(())
     }
 

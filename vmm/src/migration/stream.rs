@@ -381,7 +381,7 @@ impl FileLayout {
             return Err(StreamError::Layout("a JSON section is too large"));
         }
         if (FILE_HEADER as u64 + u64::from(l.setup_len)) > l.ram_offset
-            || l.ram_offset % PAGE as u64 != 0
+            || !l.ram_offset.is_multiple_of(PAGE as u64)
         {
             return Err(StreamError::Layout("RAM overlaps the setup"));
         }
