@@ -46,13 +46,13 @@ pub fn start_outgoing(
             "Cannot resume if there is no paused migration",
         ));
     }
-    if machine.migration.active() {
-        return Err(QmpError::generic("There's a migration process in progress"));
-    }
     if machine.migration.incoming || machine.state() == RunState::Inmigrate {
         return Err(QmpError::generic(
             "Guest is waiting for an incoming migration",
         ));
+    }
+    if machine.migration.active() {
+        return Err(QmpError::generic("There's a migration process in progress"));
     }
     if blk == Some(true) || inc == Some(true) {
         return Err(QmpError::generic(

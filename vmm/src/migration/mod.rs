@@ -149,7 +149,8 @@ pub struct Progress {
 impl Progress {
     fn new() -> Self {
         Self {
-            status: MigrationStatus::Setup,
+            // `begin`'s caller announces `setup` right away.
+            status: MigrationStatus::None,
             started: Instant::now(),
             setup_ms: None,
             total_ms: None,
