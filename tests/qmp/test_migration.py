@@ -50,6 +50,22 @@ async def wait_status(q, wanted, timeout=HANG * 2):
         await asyncio.sleep(0.02)
 
 
+def seccomp_of_thread(pid, name):
+    """The `Seccomp:` mode of the thread called `name` (2: filtered)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != name:
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("Seccomp:"):
+                        return line.split()[1]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    raise AssertionError(f"no thread {name}")
+
+
 def progress_lines(v):
     return v.serial().count("PROBE mem-walk progress")
 
@@ -194,6 +210,8 @@ def test_cancel_then_retry(vmm_factory, tmp_path):
         await s.execute("migrate-set-parameters", {"max-bandwidth": 1 << 20})
         await s.execute("migrate", {"uri": uri})
         await wait_status(s, ("active",))
+        # The migration thread runs confined, as every thread of vmm.
+        assert seccomp_of_thread(src.pid, "migration") == "2"
         with pytest.raises(ExecuteError, match="There's a migration process in progress"):
             await s.execute("migrate", {"uri": uri})
         await s.execute("migrate_cancel")
