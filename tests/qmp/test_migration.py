@@ -190,12 +190,30 @@ def test_tcp_migration_with_disk_io_running(vmm_factory, tmp_path):
         assert stats[0]["stats"]["wr_operations"] > 0, "the destination writes to the image"
         await d.execute("system_powerdown")
         await close(d)
+    async def source_cont():
+        s = await connect(src.sock, events=False)
+        # The destination holds the image: the source cannot take it back.
+        with pytest.raises(ExecuteError, match='Failed to get "write" lock'):
+            await s.execute("cont")
+        assert (await s.execute("query-status"))["status"] == "postmigrate"
+        await close(s)
+    arun(source_cont())
     arun(stop())
     assert dst.wait_exit() == 0, dst.stderr()
     counts = re.findall(r"PROBE io-loop iters=(\d+) errors=(\d+)", dst.serial())
     assert counts and all(e == "0" for _, e in counts), dst.serial()
     assert int(counts[-1][0]) > int(re.findall(r"iters=(\d+)", src.serial())[-1])
     assert "PROBE io-error" not in dst.serial() + src.serial()
+
+    async def source_again():
+        # With the destination gone, the source may run again (QEMU's cont after migrate).
+        s = await connect(src.sock, events=False)
+        await s.execute("cont")
+        assert (await s.execute("query-status"))["status"] == "running"
+        await close(s)
+    arun(source_again())
+    n = src.serial().count("PROBE io-loop iters=")
+    wait_until(lambda: src.serial().count("PROBE io-loop iters=") > n, what="the source runs")
 
 
 def test_cancel_then_retry(vmm_factory, tmp_path):
