@@ -395,3 +395,32 @@ def test_parameters_and_errors(vm):
         assert (await q.execute("query-migrate"))["status"] == "failed"
         await close(q)
     arun(body())
+
+
+def test_a_destination_that_does_not_fit_refuses_and_the_source_runs_on(vmm_factory,
+                                                                          tmp_path):
+    uri = f"unix:{tmp_path / 'mig.sock'}"
+    src = vmm_factory(qmp=[f"unix:{tmp_path / 'src.sock'}"], cmdline=WALK)
+    dst = vmm_factory(qmp=[f"unix:{tmp_path / 'dst.sock'}"], cmdline=WALK, memory=128,
+                      extra=["--incoming", uri])
+    wait_incoming(uri)
+    src.wait_serial("PROBE mem-walk progress")
+
+    async def body():
+        s = await connect(src.sock)
+        await s.execute("migrate-set-parameters", {"max-bandwidth": FAST})
+        await s.execute("migrate", {"uri": uri})
+        info = await wait_status(s, ("completed", "failed"))
+        assert info["status"] == "failed", info
+        assert info["error-desc"] == (
+            "The destination refused the migration: The source's VM does not match this "
+            "one: the source has 64 MiB of RAM, this VM 128 MiB"), info
+        assert (await s.execute("query-status"))["status"] == "running"
+        await close(s)
+    arun(body())
+    assert dst.wait_exit() == 1
+    assert dst.stderr().strip() == (
+        "vmm: load of migration failed: The source's VM does not match this one: the source "
+        "has 64 MiB of RAM, this VM 128 MiB"), dst.stderr()
+    n = progress_lines(src)
+    wait_until(lambda: progress_lines(src) > n + 2, what="the source's guest goes on")
