@@ -500,19 +500,44 @@ impl Worker {
         }
     }
 
+    /// Chains of queue `idx` popped and not yet in its used ring: in line, with the pool or
+    /// the ring, or parked.
+    fn outstanding(&self, idx: usize) -> usize {
+        self.held.iter().filter(|p| p.queue == idx).count()
+            + self
+                .in_flight
+                .values()
+                .filter(|s| !s.answered && s.req.queue == idx)
+                .count()
+            + self.parked.iter().filter(|p| p.queue == idx).count()
+    }
+
     /// Takes every available chain off queue `idx`, leaving notifications enabled.
+    ///
+    /// # Errors
+    /// The rings cannot be read, the available index runs more than a queue size ahead, or
+    /// the driver made more chains available than the queue has descriptors for while the
+    /// device still holds earlier ones: it reused descriptors the device owns (virtio 1.2,
+    /// 2.7.13: a driver may not make more buffers available than the queue size). Without
+    /// that check a driver that keeps moving the available index makes the device take
+    /// more and more requests (and memory) for the same descriptors.
     fn pop_all(&mut self, idx: usize) -> Result<Vec<Chain>, ()> {
+        let outstanding = self.outstanding(idx);
         let mem = &self.ctx.mem;
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let Some(queue) = queues.get_mut(idx).filter(|q| q.ready()) else {
             return Ok(Vec::new());
         };
+        let room = usize::from(queue.size()).saturating_sub(outstanding);
         let mut chains = Vec::new();
         loop {
             queue.disable_notification(&**mem).map_err(|_| ())?;
             // An available index more than a queue size ahead is an error here.
             let iter = queue.iter(Arc::clone(mem)).map_err(|_| ())?;
             chains.extend(iter);
+            if chains.len() > room {
+                return Err(());
+            }
             match queue.enable_notification(&**mem) {
                 Ok(true) => continue,
                 Ok(false) => return Ok(chains),
@@ -599,6 +624,7 @@ impl Worker {
 
     /// Puts completed requests in their used rings (parks the stopped ones) and notifies.
     fn complete(&mut self, done: Vec<(Pending, Result<Outcome, ChainError>)>) {
+        let was_broken = self.broken;
         let mut notify = vec![false; self.queue_events.len()];
         {
             let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
@@ -637,8 +663,9 @@ impl Worker {
                 }
             }
         }
-        if self.broken {
-            let _ = self.interrupt.set_needs_reset();
+        // Once: every later completion of a broken device would interrupt again.
+        if self.broken && !was_broken {
+            self.set_broken();
         }
         // A resume may have come before the I/O thread saw the request stop.
         self.retry_parked();
