@@ -357,6 +357,7 @@ pub fn run(ctx: &mut Ctx) -> u32 {
                 workers::Job {
                     queue: disk.queue_ptr(k + 1),
                     cfg: cfg(k + 1),
+                    scribble: None,
                 },
             );
         }

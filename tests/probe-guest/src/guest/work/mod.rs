@@ -4,8 +4,10 @@ mod bench;
 mod blkio;
 mod boot;
 mod chaos;
+mod pio_chaos;
 mod power;
 mod smp;
+mod virtq_chaos;
 mod workers;
 
 use super::apic::Apic;
@@ -164,6 +166,8 @@ pub fn run_all(ctx: &mut Ctx) -> u32 {
             Test::TripleFault => power::triple_fault(),
             Test::KbdReset => power::kbd_reset(),
             Test::MmioChaos => chaos::run(ctx),
+            Test::PioChaos => pio_chaos::run(ctx),
+            Test::VirtqChaos => virtq_chaos::run(ctx),
             Test::Smp => smp::run(ctx),
         };
         rc = rc.max(r);

@@ -15,13 +15,71 @@ use crate::guest::timer::now_ns;
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-/// A job: one phase on a queue the boot CPU lends for its duration.
+/// A job: one phase on a queue the boot CPU lends for its duration, or (with
+/// `scribble`) hostile writes to a virtqueue's rings for virtq-chaos.
 #[derive(Clone, Copy)]
 pub struct Job {
     /// The queue (the worker is its only user until the result is back).
     pub queue: *mut BlkQueue,
     /// The phase.
     pub cfg: PhaseCfg,
+    /// Instead of the phase: scribble on memory until a deadline.
+    pub scribble: Option<Scribble>,
+}
+
+/// Random 2-, 4- and 8-byte stores into `regions` (address, length) until
+/// `until_ns`; the result's `ios` counts them.
+#[derive(Clone, Copy)]
+pub struct Scribble {
+    /// Where to write (a length of 0 leaves a region out).
+    pub regions: [(u64, u64); 2],
+    /// When to stop (`timer::now_ns`).
+    pub until_ns: u64,
+    /// Random seed (non-zero).
+    pub seed: u64,
+}
+
+impl Scribble {
+    fn run(&self) -> PhaseResult {
+        let mut x = self.seed | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut stores = 0u64;
+        let regions = self.regions.iter().filter(|r| r.1 >= 8).count() as u64;
+        while regions > 0 && now_ns() < self.until_ns {
+            for _ in 0..64 {
+                let r = next();
+                let (base, len) = self
+                    .regions
+                    .iter()
+                    .filter(|r| r.1 >= 8)
+                    .nth((r % regions) as usize)
+                    .copied()
+                    .unwrap_or((0, 0));
+                let width = 2u64 << ((r >> 8) % 3);
+                let at = base + (((r >> 16) % (len - width + 1)) & !(width - 1));
+                let v = next();
+                // SAFETY: `at..at + width` lies in a region the boot CPU gave
+                // this job (rings it owns and lets be scribbled on).
+                unsafe {
+                    match width {
+                        2 => core::ptr::write_volatile(at as *mut u16, v as u16),
+                        4 => core::ptr::write_volatile(at as *mut u32, v as u32),
+                        _ => core::ptr::write_volatile(at as *mut u64, v),
+                    }
+                }
+                stores += 1;
+            }
+        }
+        PhaseResult {
+            ios: stores,
+            ..PhaseResult::ZERO
+        }
+    }
 }
 
 struct Mailbox {
@@ -56,6 +114,7 @@ const EMPTY: Mailbox = Mailbox {
     job: UnsafeCell::new(Job {
         queue: core::ptr::null_mut(),
         cfg: PhaseCfg::EMPTY,
+        scribble: None,
     }),
     result: UnsafeCell::new(PhaseResult::ZERO),
 };
@@ -126,12 +185,16 @@ pub extern "C" fn probe_ap_main(k: u64) -> ! {
             seen_job = posted;
             // SAFETY: see `Mailbox`.
             let job = unsafe { *m.job.get() };
-            // SAFETY: the boot CPU lends the queue for the job's duration and
-            // does not touch it meanwhile.
-            let q = unsafe { &mut *job.queue };
-            let r = bench::run_phase(q, &job.cfg, &mut |q, deadline| {
-                wake::wait(k, q, deadline, irq)
-            });
+            let r = if let Some(s) = job.scribble {
+                s.run()
+            } else {
+                // SAFETY: the boot CPU lends the queue for the job's duration
+                // and does not touch it meanwhile.
+                let q = unsafe { &mut *job.queue };
+                bench::run_phase(q, &job.cfg, &mut |q, deadline| {
+                    wake::wait(k, q, deadline, irq)
+                })
+            };
             // SAFETY: see `Mailbox`.
             unsafe { *m.result.get() = r };
             m.done.store(posted, Ordering::Release);
