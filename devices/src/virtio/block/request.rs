@@ -277,13 +277,11 @@ where
     M: Deref<Target = GuestMemoryMmap>,
 {
     let mut segs = Vec::new();
-    let mut descriptors = 0usize;
     let mut last_desc = None;
-    for d in chain {
-        if descriptors == MAX_CHAIN_DESCRIPTORS {
+    for (i, d) in chain.enumerate() {
+        if i == MAX_CHAIN_DESCRIPTORS {
             return Err(ChainError::TooLong);
         }
-        descriptors += 1;
         last_desc = Some(d);
         if d.len() > 0 {
             segs.push(Segment {
