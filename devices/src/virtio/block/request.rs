@@ -547,11 +547,16 @@ fn classify(
                 let Some(offset) = start.checked_mul(SECTOR_SIZE) else {
                     return ioerr(kind);
                 };
-                ranges.push((
-                    offset,
-                    u64::from(num) * SECTOR_SIZE,
-                    flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
-                ));
+                // Every range inside the disk, before the first one runs: the backend checks
+                // each range as it comes, which would leave the ones before a bad one done.
+                let len = u64::from(num) * SECTOR_SIZE;
+                if offset
+                    .checked_add(len)
+                    .is_none_or(|end| end > backend.size())
+                {
+                    return ioerr(kind);
+                }
+                ranges.push((offset, len, flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0));
             }
             if discard {
                 Op::Discard(ranges.into_iter().map(|(o, l, _)| (o, l)).collect())

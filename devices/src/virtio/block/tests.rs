@@ -465,13 +465,25 @@ fn get_id_flush_discard_write_zeroes_on(aio: Aio) {
     assert_eq!(h.run(VIRTIO_BLK_T_DISCARD, 0, DATA_AT, 16, false).1, 1);
     seg(DATA_AT, 0, MAX_DISCARD_SECTORS + 1, 0);
     assert_eq!(h.run(VIRTIO_BLK_T_DISCARD, 0, DATA_AT, 16, false).1, 1);
+    // A valid range then one beyond the disk: IOERR, and the valid one is not done either
+    // (it used to be: each range was checked only as it ran).
+    for op in [VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES] {
+        seg(DATA_AT, 48, 8, 0);
+        seg(DATA_AT + 16, SECTORS - 4, 8, 0);
+        assert_eq!(h.run(op, 0, DATA_AT, 32, false).1, 1);
+        let file = h.file();
+        assert!(
+            (48 * 512..56 * 512).all(|i| file[i] == pattern(i)),
+            "request {op}: the range before the bad one was done"
+        );
+    }
     // Not a whole number of segments, too many segments: UNSUPP.
     assert_eq!(h.run(VIRTIO_BLK_T_DISCARD, 0, DATA_AT, 20, false).1, 2);
     let many = (MAX_DISCARD_SEGMENTS + 1) * 16;
     assert_eq!(h.run(VIRTIO_BLK_T_DISCARD, 0, DATA_AT, many, false).1, 2);
     let q = h.backend.stats().snapshot().qmp();
     assert_eq!(q.unmap_operations, 1);
-    assert_eq!(q.invalid_unmap_operations, 3);
+    assert_eq!(q.invalid_unmap_operations, 4);
 }
 
 #[test]
