@@ -141,13 +141,20 @@ fn expected(case: &str) -> (&'static str, &'static str) {
         | "data-length-past-ram"
         | "write-from-writable-data"
         | "write-past-capacity"
-        | "get-id-into-readable-data" => ("completed", "ioerr"),
-        "unknown-type" => ("completed", "unsupp"),
+        | "get-id-into-readable-data"
+        | "write-zeroes-then-beyond-disk"
+        | "discard-then-beyond-disk"
+        | "write-zeroes-offset-overflow"
+        | "write-zeroes-too-many-sectors" => ("completed", "ioerr"),
+        "unknown-type"
+        | "write-zeroes-unknown-flags"
+        | "discard-unmap-flag"
+        | "discard-too-many-segments" => ("completed", "unsupp"),
         _ => ("needs-reset", "unset"),
     }
 }
 
-const CASES: usize = 29;
+const CASES: usize = 36;
 
 fn virtq_chaos(cpus: u32, seed: u64) {
     let img = temp(&format!("vq{cpus}-{seed}"), "raw");

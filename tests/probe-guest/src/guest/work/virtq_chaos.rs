@@ -74,6 +74,11 @@ const ROUND_TRIP_LBA: u64 = 4096;
 const T_IN: u32 = 0;
 const T_OUT: u32 = 1;
 const T_GET_ID: u32 = 8;
+const T_DISCARD: u32 = 11;
+const T_WRITE_ZEROES: u32 = 13;
+/// VIRTIO_BLK_F_DISCARD and VIRTIO_BLK_F_WRITE_ZEROES.
+const F_DISCARD: u64 = 1 << 13;
+const F_WRITE_ZEROES: u64 = 1 << 14;
 
 /// Most byte ranges a case lets the device write.
 const MAX_ALLOWED: usize = 40;
@@ -157,7 +162,7 @@ impl Raw {
     fn bring_up(&mut self) -> Result<u64, &'static str> {
         let features = self
             .mmio
-            .negotiate(F_INDIRECT_DESC)
+            .negotiate(F_INDIRECT_DESC | F_DISCARD | F_WRITE_ZEROES)
             .map_err(|_| "negotiate")?;
         fill(self.a(0), DATA, 0);
         fill(self.a(SRC), SRC_LEN, 0);
@@ -300,6 +305,8 @@ type Build = fn(&mut Raw, &mut CaseEnv);
 /// What a case may need besides the rings.
 struct CaseEnv {
     indirect: bool,
+    /// DISCARD and WRITE_ZEROES negotiated (a writable disk).
+    discard: bool,
     capacity: u64,
     ram_top: u64,
     seed: u64,
@@ -322,7 +329,23 @@ fn evil_write(q: &mut Raw, sector: u64, len: u32) {
     q.desc(1, q.src(0), len, DESC_NEXT, 2);
 }
 
-const CASES: [(&str, Build); 29] = [
+/// A discard or write-zeroes request of `segs` (sector, sectors, flags).
+fn ranges(q: &mut Raw, kind: u32, segs: &[(u64, u32, u32)]) {
+    let h = q.header(0, kind, 0);
+    for (i, &(sector, num, flags)) in segs.iter().enumerate() {
+        let at = q.src(0x100 + 16 * i as u64);
+        w64(at, sector);
+        w32(at + 8, num);
+        w32(at + 12, flags);
+    }
+    q.desc(0, h, 16, DESC_NEXT, 1);
+    q.desc(1, q.src(0x100), 16 * segs.len() as u32, DESC_NEXT, 2);
+    q.desc(2, q.status_at(0), 1, DESC_WRITE, 0);
+    q.allow(q.status_at(0), 1);
+    q.publish(0);
+}
+
+const CASES: [(&str, Build); 36] = [
     // Valid writes (land on the disk: the test checks them).
     ("valid-write", |q, e| {
         let h = q.header(0, T_OUT, VALID_LBA);
@@ -568,6 +591,50 @@ const CASES: [(&str, Build); 29] = [
         q.desc(2, q.status_at(0), 1, DESC_WRITE, 0);
         q.allow(q.status_at(0), 1);
         q.publish(0);
+    }),
+    // Discard and write zeroes: every range is checked before any runs.
+    ("write-zeroes-then-beyond-disk", |q, e| {
+        if e.discard {
+            ranges(
+                q,
+                T_WRITE_ZEROES,
+                &[(PROTECTED + 100, 8, 0), (e.capacity - 4, 8, 0)],
+            );
+        }
+    }),
+    ("discard-then-beyond-disk", |q, e| {
+        if e.discard {
+            ranges(
+                q,
+                T_DISCARD,
+                &[(PROTECTED + 100, 8, 0), (e.capacity - 4, 8, 0)],
+            );
+        }
+    }),
+    ("write-zeroes-offset-overflow", |q, e| {
+        if e.discard {
+            ranges(q, T_WRITE_ZEROES, &[(u64::MAX >> 9, 8, 0)]);
+        }
+    }),
+    ("write-zeroes-too-many-sectors", |q, e| {
+        if e.discard {
+            ranges(q, T_WRITE_ZEROES, &[(PROTECTED, 0x40_0000, 0)]);
+        }
+    }),
+    ("write-zeroes-unknown-flags", |q, e| {
+        if e.discard {
+            ranges(q, T_WRITE_ZEROES, &[(PROTECTED + 100, 8, 2)]);
+        }
+    }),
+    ("discard-unmap-flag", |q, e| {
+        if e.discard {
+            ranges(q, T_DISCARD, &[(PROTECTED + 100, 8, 1)]);
+        }
+    }),
+    ("discard-too-many-segments", |q, e| {
+        if e.discard {
+            ranges(q, T_DISCARD, &[(PROTECTED + 100, 1, 0); 33]);
+        }
     }),
     // The available ring.
     ("avail-idx-jump", |q, _| {
@@ -856,6 +923,7 @@ pub fn run(ctx: &mut Ctx) -> u32 {
     let capacity = mmio.config64(0);
     let mut env = CaseEnv {
         indirect: features & F_INDIRECT_DESC != 0,
+        discard: features & (F_DISCARD | F_WRITE_ZEROES) == F_DISCARD | F_WRITE_ZEROES,
         capacity,
         ram_top: ram_top(ctx),
         seed: p.seed,
