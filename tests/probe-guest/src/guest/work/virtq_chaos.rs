@@ -21,9 +21,9 @@
 //! With more than one CPU, the race cases follow: the boot CPU keeps 32 valid
 //! reads of the protected region going for `probe.count` x 10 ms while the
 //! other CPUs store random values into the used ring (`race-used`), the
-//! available ring's entries and the used ring (`race-avail`), or both rings
-//! whole (`race-all`):
-//! `PROBE virtq-chaos case=race-... cpus=N stores=S submitted=R outcome=needs-reset|survived isr=.. ro=.. canary=..`
+//! available ring's entries and the used ring (`race-avail`), both rings
+//! whole (`race-all`), or the device's registers (`race-registers`):
+//! `PROBE virtq-chaos case=race-... cpus=N stores=S submitted=R outcome=needs-reset|survived device_status=.. isr=.. ro=.. canary=..`
 //!
 //! Then a clean bring-up and a write and read-back of 8 sectors:
 //! `PROBE virtq-chaos round-trip status=ok|... match=yes|no` and the summary
@@ -89,6 +89,8 @@ struct Raw {
     base: u64,
     size: u16,
     avail_idx: u16,
+    /// Publishing leaves the available index alone (the case commits it).
+    staged: bool,
     /// Byte ranges (arena offsets) the device may write in this case.
     allowed: [(u64, u64); MAX_ALLOWED],
     allowed_count: usize,
@@ -187,6 +189,7 @@ impl Raw {
         self.mmio.write(reg::QUEUE_READY, 1);
         self.mmio.driver_ok();
         self.avail_idx = 0;
+        self.staged = false;
         self.allowed_count = 0;
         if self.mmio.read(reg::STATUS) & status::DRIVER_OK == 0 {
             return Err("driver-ok");
@@ -237,12 +240,23 @@ impl Raw {
         w16(self.a(AVAIL + 4 + 2 * slot), head);
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        w16(self.a(AVAIL + 2), self.avail_idx);
+        if !self.staged {
+            self.commit();
+        }
     }
 
     fn set_avail_idx(&mut self, idx: u16) {
         self.avail_idx = idx;
-        w16(self.a(AVAIL + 2), idx);
+        if !self.staged {
+            self.commit();
+        }
+    }
+
+    /// Makes what was published available (writes the available index).
+    fn commit(&mut self) {
+        core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+        self.staged = false;
+        w16(self.a(AVAIL + 2), self.avail_idx);
     }
 
     fn notify(&self) {
@@ -259,9 +273,11 @@ impl Raw {
     }
 
     /// What the device must never write: the descriptor table, the
-    /// available ring, the headers, the indirect tables, the data it reads.
+    /// available ring (but its index, which the case writes last), the
+    /// headers, the indirect tables, the data it reads.
     fn ro_hash(&self) -> u64 {
-        hash(self.a(DESC), USED)
+        hash(self.a(DESC), AVAIL + 2)
+            ^ hash(self.a(AVAIL + 4), USED - AVAIL - 4).rotate_left(4)
             ^ hash(self.a(HDR), 0x1000).rotate_left(1)
             ^ hash(self.a(TABLE), TABLE_LEN).rotate_left(2)
             ^ hash(self.a(SRC), SRC_LEN).rotate_left(3)
@@ -674,14 +690,18 @@ fn run_case(q: &mut Raw, name: &str, build: Build, env: &mut CaseEnv, vector: Op
     }
     let top_canary = env.ram_top - 256;
     fill(top_canary, 256, DATA_FILL);
+    // Before the chains are available: the device may serve them without a
+    // notify (its I/O thread looks at the ring once when it starts).
+    let irqs = vector.map(arch::irq_count);
+    q.staged = true;
     build(q, env);
     if q.avail_idx == 0 {
-        // Not applicable here (no INDIRECT_DESC).
+        // Not applicable here (INDIRECT_DESC or DISCARD not offered).
         out!("PROBE virtq-chaos case={} outcome=skipped", name);
         return true;
     }
     let ro = q.ro_hash();
-    let irqs = vector.map(arch::irq_count);
+    q.commit();
     q.notify();
     let deadline = now_ns() + 2_000_000_000;
     while q.used_idx() == 0 && !q.needs_reset() && now_ns() < deadline {
@@ -748,7 +768,7 @@ fn run_races(q: &mut Raw, ctx: &Ctx, rounds: u64) -> (u32, u32) {
     }
     let mut bad = 0;
     let mut races = 0;
-    let names = ["race-used", "race-avail", "race-all"];
+    let names = ["race-used", "race-avail", "race-all", "race-registers"];
     for (r, name) in names.iter().enumerate() {
         if q.bring_up().is_err() {
             out!("PROBE virtq-chaos case={} outcome=bring-up-failed", name);
@@ -775,7 +795,9 @@ fn run_races(q: &mut Raw, ctx: &Ctx, rounds: u64) -> (u32, u32) {
         let regions = match r {
             0 => [used_ring, (0, 0)],
             1 => [(q.a(AVAIL + 4), 2 * size), used_ring],
-            _ => [(q.a(AVAIL), 6 + 2 * size), used_ring],
+            2 => [(q.a(AVAIL), 6 + 2 * size), used_ring],
+            // The device's registers (not its config space), from other vCPUs at once.
+            _ => [(q.mmio.base, reg::CONFIG), (0, 0)],
         };
         let until = now_ns() + rounds.max(1) * 10_000_000;
         for (k, &id) in ids.iter().enumerate().take(workers_n) {
@@ -827,19 +849,21 @@ fn run_races(q: &mut Raw, ctx: &Ctx, rounds: u64) -> (u32, u32) {
             }
         }
         spin_ms(10);
-        let needs_reset = q.needs_reset();
+        let device_status = q.mmio.read(reg::STATUS);
+        let needs_reset = device_status & status::NEEDS_RESET != 0;
         let isr = q.mmio.read(reg::INTERRUPT_STATUS);
         let ro_ok = hash(q.a(DESC), 0x1000) ^ hash(q.a(HDR), 0x1000).rotate_left(1) == ro_before;
         // The data buffers' sectors beyond the 512 bytes read and everything
         // else of the data area keep their canary.
         let canary_ok = q.canaries_intact();
         out!(
-            "PROBE virtq-chaos case={} cpus={} stores={} submitted={} outcome={} isr={:#x} ro={} canary={}",
+            "PROBE virtq-chaos case={} cpus={} stores={} submitted={} outcome={} device_status={:#x} isr={:#x} ro={} canary={}",
             name,
             workers_n + 1,
             stores,
             submitted,
             if needs_reset { "needs-reset" } else { "survived" },
+            device_status,
             isr,
             if ro_ok { "ok" } else { "bad" },
             if canary_ok { "ok" } else { "bad" }
@@ -906,6 +930,7 @@ pub fn run(ctx: &mut Ctx) -> u32 {
         base: arena.addr,
         size: QSIZE,
         avail_idx: 0,
+        staged: false,
         allowed: [(0, 0); MAX_ALLOWED],
         allowed_count: 0,
     };
