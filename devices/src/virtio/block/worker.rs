@@ -516,11 +516,11 @@ impl Worker {
     ///
     /// # Errors
     /// The rings cannot be read, the available index runs more than a queue size ahead, or
-    /// the driver made more chains available than the queue has descriptors for while the
-    /// device still holds earlier ones: it reused descriptors the device owns (virtio 1.2,
-    /// 2.7.13: a driver may not make more buffers available than the queue size). Without
-    /// that check a driver that keeps moving the available index makes the device take
-    /// more and more requests (and memory) for the same descriptors.
+    /// more chains would be outstanding (popped, not yet in the used ring) than the queue
+    /// size: the driver made descriptors available again that the device still holds (a
+    /// driver gets a descriptor back only through the used ring). Without that check a driver
+    /// that keeps moving the available index makes the device take more and more requests
+    /// (and memory) for the same descriptors.
     fn pop_all(&mut self, idx: usize) -> Result<Vec<Chain>, ()> {
         let outstanding = self.outstanding(idx);
         let mem = &self.ctx.mem;
