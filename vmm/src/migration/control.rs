@@ -30,6 +30,14 @@ impl std::str::FromStr for IncomingSpec {
     }
 }
 
+/// The snapshot an `--incoming file:PATH` restores (its RAM is mapped, not read).
+pub fn snapshot_path(spec: Option<&IncomingSpec>) -> Option<std::path::PathBuf> {
+    match spec {
+        Some(IncomingSpec::Uri(MigrationUri::File(p))) => Some(p.clone()),
+        _ => None,
+    }
+}
+
 /// `migrate`: checks, then starts the `migration` thread; the command returns at once.
 ///
 /// # Errors

@@ -315,11 +315,14 @@ impl Sender<'_> {
     /// were never written and are zeros on the destination too.
     fn send_all(&mut self) -> Result<PassCount, MigrationError> {
         let mut count = PassCount::default();
+        // Only the VMM's own memory file's holes are pages never written (a snapshot mapped
+        // privately has the guest's writes outside the file).
         let fd = self
             .job
             .mem
             .iter()
             .next()
+            .filter(|_| crate::memory::is_own_memory(&self.job.mem))
             .and_then(|r| r.file_offset().map(|f| f.file().as_raw_fd()));
         let regions = self.regions.clone();
         for (start, len, off) in regions {
