@@ -279,6 +279,8 @@ const MIGRATION: &[i64] = &[
     libc::SYS_lseek,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
+    libc::SYS_copy_file_range,
+    libc::SYS_sendfile,
     libc::SYS_ftruncate,
     libc::SYS_fallocate,
     libc::SYS_fdatasync,

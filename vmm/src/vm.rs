@@ -25,8 +25,7 @@ use crate::device_manager::{DeviceError, DeviceManager, Disk, SerialConfig};
 use crate::disk::DiskSpec;
 use crate::layout::KVM_TSS_ADDRESS;
 use crate::memory::{
-    create_guest_memory, exclude_from_core_dumps, map_snapshot_memory, register_slots,
-    MemoryError,
+    create_guest_memory, exclude_from_core_dumps, map_snapshot_memory, register_slots, MemoryError,
 };
 use crate::migration::state::{cpu_features, CpuFeatureWord, DiskSummary, Setup, VmState};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};

@@ -336,6 +336,26 @@ impl Sender<'_> {
                 let (data, hole) = (data - off, hole - off);
                 count.zero += (data - pos) / PAGE as u64;
                 let mut addr = data;
+                let file_sink = match &self.sink {
+                    Sink::File(f, layout) => Some((f.as_raw_fd(), layout.ram_offset)),
+                    Sink::Stream(..) => None,
+                };
+                if let (Some(memfd), Some((snap, ram_offset))) = (fd, file_sink) {
+                    // Memory file to snapshot file in the kernel: no copy through this
+                    // thread (zero pages inside data ranges are written as they are).
+                    let to = ram_offset + off;
+                    while addr < hole {
+                        self.cancelled()?;
+                        let step = (hole - addr).min((MAX_RUN * PAGE) as u64);
+                        let done = copy_range(memfd, off + addr, snap, to + addr, step)
+                            .map_err(MigrationError::Send)?;
+                        count.normal += done / PAGE as u64;
+                        count.bytes += done;
+                        self.file_bytes += done;
+                        addr += done;
+                        self.throttle(done);
+                    }
+                }
                 while addr < hole {
                     let n = ((hole - addr) / PAGE as u64).min(MAX_RUN as u64);
                     self.send_run(start.unchecked_add(addr), n, true, &mut count)?;
@@ -500,6 +520,58 @@ fn data_range(fd: i32, from: u64, end: u64) -> (u64, u64) {
     };
     let data = (data as u64) & !(PAGE as u64 - 1);
     (data, hole.next_multiple_of(PAGE as u64).min(end))
+}
+
+/// Copies `len` bytes from `from` at `src` to `to` at `dst` in the kernel: `copy_file_range`,
+/// or `sendfile` where the two files are on different filesystems (a memfd and a disk's);
+/// returns `len` (or an error).
+fn copy_range(from: i32, src: u64, to: i32, dst: u64, len: u64) -> io::Result<u64> {
+    let mut src = src as i64;
+    let mut dst = dst as i64;
+    let mut done = 0u64;
+    let mut cross = false;
+    while done < len {
+        let want = (len - done) as usize;
+        let n = if cross {
+            // SAFETY: lseek on the snapshot file, whose own offset nothing else uses (its
+            // other writes are positional); sendfile from the memfd at `src`, which it
+            // advances, to that position.
+            unsafe {
+                if libc::lseek(to, dst, libc::SEEK_SET) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::sendfile(to, from, &mut src, want)
+            }
+        } else {
+            // SAFETY: both descriptors are open files of this process; the offsets are ours
+            // (the call does not move the files' own offsets when given pointers).
+            unsafe { libc::copy_file_range(from, &mut src, to, &mut dst, want, 0) }
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if !cross
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                )
+            {
+                cross = true;
+                continue;
+            }
+            return Err(e);
+        }
+        if cross {
+            dst += n as i64;
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the memory file ended early",
+            ));
+        }
+        done += n as u64;
+    }
+    Ok(done)
 }
 
 /// Makes `len` bytes at `offset` of `f` zeros again (a hole).
