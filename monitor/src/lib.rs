@@ -9,6 +9,7 @@ pub mod hmp;
 pub mod json_stream;
 pub mod listener;
 pub mod request;
+pub mod scm;
 pub mod server;
 pub mod session;
 pub mod signals;

@@ -47,7 +47,7 @@ pub struct Outgoing {
     /// To the main loop.
     pub link: Link,
     /// The `exec:` command, waited for at the end.
-    pub child: Option<std::process::Child>,
+    pub child: Option<crate::launcher::ExecChild>,
 }
 
 /// Where pages go: a stream's records or a snapshot's fixed offsets.

@@ -8,7 +8,8 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
+use crate::launcher::{self, Direction, ExecChild, LaunchError};
 
 /// Where a migration goes or comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,9 +42,12 @@ pub enum UriError {
     /// `fd:NAME` names no descriptor.
     #[error("File descriptor named '{0}' has not been found")]
     FdName(String),
-    /// Connecting, listening, accepting, opening or spawning failed.
+    /// Connecting, listening, accepting or opening failed.
     #[error("Cannot {0} '{1}'")]
     Io(&'static str, String, #[source] io::Error),
+    /// The launcher process could not run an `exec:` command.
+    #[error("Cannot run '{0}'")]
+    Exec(String, #[source] LaunchError),
 }
 
 impl MigrationUri {
@@ -89,7 +93,7 @@ pub struct Channel {
     /// A descriptor of the channel, to shut it down from another thread (cancel).
     pub raw: RawFd,
     /// The `exec:` command, waited for when the channel is done.
-    pub child: Option<Child>,
+    pub child: Option<ExecChild>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -191,21 +195,17 @@ fn named_fd(name: &str, lookup: &dyn Fn(&str) -> Option<OwnedFd>) -> Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
+/// Runs an `exec:` command through the launcher process (see [`crate::launcher`]): vmm's
+/// threads are confined and may not fork or exec.
 fn spawn(command: &str, source: bool) -> Result<Channel, UriError> {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(command);
-    if source {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+    let direction = if source {
+        Direction::ToCommand
     } else {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-    }
-    let mut child = cmd.spawn().map_err(io_err("run", command))?;
-    let fd: OwnedFd = if source {
-        child.stdin.take().map(OwnedFd::from)
-    } else {
-        child.stdout.take().map(OwnedFd::from)
-    }
-    .ok_or_else(|| UriError::Io("run", command.to_owned(), io::Error::other("no pipe")))?;
+        Direction::FromCommand
+    };
+    let (fd, child) = launcher::get()
+        .and_then(|l| l.spawn(command, direction))
+        .map_err(|e| UriError::Exec(command.to_owned(), e))?;
     let raw = fd.as_raw_fd();
     Ok(Channel {
         stream: Box::new(Pipe(File::from(fd), !source)),
@@ -456,6 +456,7 @@ mod tests {
 
     #[test]
     fn exec_pipes_one_way() {
+        crate::launcher::start_in_thread();
         let out = std::env::temp_dir().join(format!("vmm-exec-{}", std::process::id()));
         let uri = MigrationUri::Exec(format!("cat > {}", out.display()));
         let none = |_: &str| None;
