@@ -5,6 +5,7 @@
 //! request ([`dispatch`]), and the human monitor behind `human-monitor-command` ([`hmp`]).
 
 pub mod dispatch;
+pub mod fds;
 pub mod hmp;
 pub mod json_stream;
 pub mod listener;

@@ -5,9 +5,11 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 
 use event_manager::EventSet;
 
+use crate::fds::Pending;
 use crate::json_stream::{Item, JsonStream};
 use crate::listener::Stream;
 use crate::signals::Connections;
@@ -115,6 +117,9 @@ pub struct Session {
     /// The client is gone: nothing can be written either. The session stays until the main
     /// loop has answered what it has of it.
     pub gone: bool,
+    /// Descriptors received with `SCM_RIGHTS` that no `getfd` took yet (closed with the
+    /// session).
+    pub fds: Pending,
 }
 
 impl Session {
@@ -137,6 +142,7 @@ impl Session {
             registered: true,
             eof: false,
             gone: false,
+            fds: Pending::default(),
         }
     }
 
@@ -146,8 +152,16 @@ impl Session {
     }
 
     /// Reads one chunk from the socket into the splitter; completed items go to the backlog.
+    /// On a Unix socket, descriptors that came with the bytes are kept in [`Self::fds`].
     pub fn read_chunk(&mut self, buf: &mut [u8]) -> ReadOutcome {
-        match self.stream.read(buf) {
+        let read = match &self.stream {
+            Stream::Unix(s) => crate::scm::recv_with_fds(s.as_fd(), buf, 0).map(|r| {
+                self.fds.receive(r.fds, r.truncated);
+                r.len
+            }),
+            Stream::Tcp(_) => self.stream.read(buf),
+        };
+        match read {
             Ok(0) => ReadOutcome::Closed,
             Ok(n) => {
                 let items = self.reader.feed(&buf[..n]);

@@ -71,8 +71,12 @@ pub fn start_outgoing(
     let uri = MigrationUri::parse(uri).map_err(|e| QmpError::generic(e.to_string()))?;
     // A descriptor is taken now, so that a later `closefd` cannot race the thread.
     let channel = match &uri {
-        MigrationUri::Fd(_) => {
-            Some(uri::connect(&uri, &|_| None).map_err(|e| QmpError::generic(e.to_string()))?)
+        MigrationUri::Fd(name) => {
+            let named = std::cell::Cell::new(machine.fds.take(name));
+            Some(
+                uri::connect(&uri, &|_| named.take())
+                    .map_err(|e| QmpError::generic(e.to_string()))?,
+            )
         }
         _ => None,
     };
@@ -125,7 +129,12 @@ pub fn start_incoming(machine: &mut Machine, uri: &str) -> Result<(), QmpError> 
 /// # Errors
 /// The URI cannot be listened on or opened, or the thread cannot start.
 pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::MigrationError> {
-    let endpoint = uri::Incoming::listen(uri, &|_| None)?;
+    // `fd:NAME` of `migrate-incoming`: a descriptor the client named with `getfd`.
+    let named = std::cell::Cell::new(match uri {
+        MigrationUri::Fd(name) => machine.fds.take(name),
+        _ => None,
+    });
+    let endpoint = uri::Incoming::listen(uri, &|_| named.take())?;
     let (shared, link) = machine.migration.begin();
     let job = Incoming {
         endpoint,
