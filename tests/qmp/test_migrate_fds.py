@@ -1,0 +1,205 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Migration streams that leave through descriptors and commands, with seccomp on (the
+default): `exec:` URIs (run by vmm's launcher process), and `getfd`/`closefd` with a
+descriptor passed over the QMP socket (SCM_RIGHTS, qemu.qmp's `send_fd_scm`) for `fd:NAME`.
+
+Each migration ends with `system_powerdown` on the destination: the probe guest, running
+there, prints `PROBE power-button` and `PROBE-DONE rc=0`, and vmm exits 0."""
+
+import asyncio
+import socket
+
+from qemu.qmp import ExecuteError, QMPClient
+
+from conftest import HANG, arun
+
+IDLE = "probe.test=idle"
+
+
+async def connect(addr):
+    qmp = QMPClient("pytest")
+    await asyncio.wait_for(qmp.connect(addr), HANG)
+    return qmp
+
+
+async def close(qmp):
+    try:
+        await qmp.disconnect()
+    except EOFError:
+        pass
+
+
+async def wait_migration(qmp, timeout=HANG):
+    """Polls query-migrate until the migration has ended; returns the last answer."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        info = await qmp.execute("query-migrate")
+        if info.get("status") in ("completed", "failed", "cancelled"):
+            return info
+        assert loop.time() < deadline, f"migration did not end: {info}"
+        await asyncio.sleep(0.05)
+
+
+async def powers_down(dst):
+    """The guest runs on the destination: a power-button press ends it cleanly."""
+    qmp = await connect(dst.sock)
+    try:
+        assert (await qmp.execute("query-status"))["status"] == "running"
+        await qmp.execute("system_powerdown")
+    finally:
+        await close(qmp)
+    assert dst.wait_exit() == 0, dst.stderr()
+    serial = dst.serial()
+    assert "PROBE power-button" in serial, serial
+    assert "PROBE-DONE rc=0" in serial, serial
+
+
+def wait_running(dst):
+    """Waits until the destination has received the guest and runs it."""
+    async def body():
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANG
+        qmp = await connect(dst.sock)
+        try:
+            while (await qmp.execute("query-status"))["status"] != "running":
+                assert dst.alive(), dst.stderr()
+                assert loop.time() < deadline, "the destination never ran"
+                await asyncio.sleep(0.05)
+        finally:
+            await close(qmp)
+    arun(body())
+
+
+def test_exec_to_a_file_and_back(vmm_factory, tmp_path):
+    src = vmm_factory(cmdline=IDLE)
+    src.wait_serial("PROBE idle")
+    image = tmp_path / "stream.bin"
+
+    async def migrate():
+        qmp = await connect(src.sock)
+        try:
+            await qmp.execute("migrate", {"uri": f"exec:cat > '{image}'"})
+            info = await wait_migration(qmp)
+            assert info["status"] == "completed", info
+            assert (await qmp.execute("query-status"))["status"] == "postmigrate"
+        finally:
+            await close(qmp)
+    arun(migrate())
+    assert image.stat().st_size > 0
+    src.kill()
+
+    dst = vmm_factory(cmdline=IDLE, qmp=[f"unix:{tmp_path / 'dst.sock'}"],
+                      extra=["--incoming", f"exec:cat '{image}'"])
+    wait_running(dst)
+    arun(powers_down(dst))
+    assert "seccomp" not in dst.stderr(), dst.stderr()
+
+
+def test_exec_command_that_fails(vm):
+    async def body():
+        qmp = await connect(vm.sock)
+        try:
+            await qmp.execute("migrate", {"uri": "exec:cat > /dev/null; exit 3"})
+            info = await wait_migration(qmp)
+            assert info["status"] == "failed", info
+            assert "exit status: 3" in info["error-desc"], info
+            assert (await qmp.execute("query-status"))["status"] == "running"
+        finally:
+            await close(qmp)
+    arun(body())
+    assert vm.alive()
+    vm.wait_serial("PROBE idle")
+
+
+def test_exec_command_that_cannot_read(vm):
+    """A command that exits at once, without reading: the stream breaks, the source goes on."""
+    async def body():
+        qmp = await connect(vm.sock)
+        try:
+            await qmp.execute("migrate", {"uri": "exec:exit 0"})
+            info = await wait_migration(qmp)
+            assert info["status"] == "failed", info
+            assert info["error-desc"], info
+            assert (await qmp.execute("query-status"))["status"] == "running"
+        finally:
+            await close(qmp)
+    arun(body())
+    assert vm.alive()
+
+
+def test_getfd_and_migrate_fd(vmm_factory, tmp_path):
+    ours, theirs = socket.socketpair()
+    dst = vmm_factory(cmdline=IDLE, qmp=[f"unix:{tmp_path / 'dst.sock'}"],
+                      extra=["--incoming", f"fd:{theirs.fileno()}"],
+                      pass_fds=[theirs.fileno()])
+    theirs.close()
+    src = vmm_factory(cmdline=IDLE)
+    src.wait_serial("PROBE idle")
+
+    async def migrate():
+        qmp = await connect(src.sock)
+        try:
+            qmp.send_fd_scm(ours.fileno())
+            await qmp.execute("getfd", {"fdname": "mig"})
+            ours.close()
+            await qmp.execute("migrate", {"uri": "fd:mig"})
+            info = await wait_migration(qmp)
+            assert info["status"] == "completed", info
+            # The migration took the descriptor: the name is gone.
+            try:
+                await qmp.execute("closefd", {"fdname": "mig"})
+                raise AssertionError("closefd of a taken name succeeded")
+            except ExecuteError as e:
+                assert e.error.error.desc == "File descriptor named 'mig' not found"
+        finally:
+            await close(qmp)
+    arun(migrate())
+    wait_running(dst)
+    arun(powers_down(dst))
+
+
+def test_getfd_errors_and_closefd(vm):
+    async def body():
+        qmp = await connect(vm.sock)
+        try:
+            try:
+                await qmp.execute("getfd", {"fdname": "x"})
+                raise AssertionError("getfd without a descriptor succeeded")
+            except ExecuteError as e:
+                assert e.error.error.class_ == "GenericError"
+                assert e.error.error.desc == "No file descriptor supplied via SCM_RIGHTS"
+            try:
+                await qmp.execute("closefd", {"fdname": "x"})
+                raise AssertionError("closefd of an unknown name succeeded")
+            except ExecuteError as e:
+                assert e.error.error.class_ == "GenericError"
+                assert e.error.error.desc == "File descriptor named 'x' not found"
+            # Named, closed, then unknown again; names are the connection's own.
+            a, b = socket.socketpair()
+            qmp.send_fd_scm(a.fileno())
+            await qmp.execute("getfd", {"fdname": "x"})
+            a.close()
+            other = await connect(vm.sock)
+            try:
+                try:
+                    await other.execute("closefd", {"fdname": "x"})
+                    raise AssertionError("another connection closed the name")
+                except ExecuteError as e:
+                    assert e.error.error.desc == "File descriptor named 'x' not found"
+            finally:
+                await close(other)
+            await qmp.execute("closefd", {"fdname": "x"})
+            # vmm held the only other end: closing it is end of file here.
+            b.settimeout(HANG)
+            assert b.recv(1) == b""
+            b.close()
+            try:
+                await qmp.execute("migrate", {"uri": "fd:x"})
+                raise AssertionError("migrate to a closed name succeeded")
+            except ExecuteError as e:
+                assert e.error.error.desc == "File descriptor named 'x' has not been found"
+        finally:
+            await close(qmp)
+    arun(body())
+    assert vm.alive()
