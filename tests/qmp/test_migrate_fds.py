@@ -203,3 +203,43 @@ def test_getfd_errors_and_closefd(vm):
             await close(qmp)
     arun(body())
     assert vm.alive()
+
+
+def children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def comm(pid):
+    with open(f"/proc/{pid}/comm") as f:
+        return f.read().strip()
+
+
+def test_the_launcher_is_small_and_dies_with_vmm(vm):
+    """One launcher per vmm: one thread, no seccomp filter, no guest RAM mapped, only the
+    standard streams and its socket open; killed with vmm."""
+    import os
+    import signal
+
+    from conftest import wait_until
+
+    launchers = [c for c in children(vm.pid) if comm(c) == "vmm-launcher"]
+    assert len(launchers) == 1, [(c, comm(c)) for c in children(vm.pid)]
+    pid = launchers[0]
+    with open(f"/proc/{pid}/status") as f:
+        status = dict(line.split(":", 1) for line in f if ":" in line)
+    assert status["Threads"].strip() == "1"
+    assert status["Seccomp"].strip() == "0"
+    fds = sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+    assert len(fds) == 4 and fds[:3] == [0, 1, 2], fds
+    assert os.readlink(f"/proc/{pid}/fd/{fds[3]}").startswith("socket:")
+    with open(f"/proc/{pid}/maps") as f:
+        maps = f.read()
+    assert "memfd:" not in maps, "guest RAM is not mapped in the launcher"
+    with open(f"/proc/{vm.pid}/status") as f:
+        assert "Seccomp:\t2" in f.read(), "vmm itself is confined"
+    os.kill(vm.pid, signal.SIGKILL)
+    vm.proc.wait()
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
+               open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+               what="the launcher's end")
