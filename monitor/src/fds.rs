@@ -165,9 +165,9 @@ impl FdTable {
     /// # Errors
     /// QEMU's, when the session has no such name.
     pub fn closefd(&mut self, fdname: &str) -> Result<(), QmpError> {
-        self.take(fdname).map(drop).ok_or_else(|| {
-            QmpError::generic(format!("File descriptor named '{fdname}' not found"))
-        })
+        self.take(fdname)
+            .map(drop)
+            .ok_or_else(|| QmpError::generic(format!("File descriptor named '{fdname}' not found")))
     }
 
     /// Takes the running session's descriptor `name` out of the table (a migration's
@@ -303,7 +303,10 @@ mod tests {
         let rc = c.as_raw_fd();
         pending.receive(vec![c], false);
         drop(pending);
-        assert!(!is_open(rc), "a session's pending descriptors close with it");
+        assert!(
+            !is_open(rc),
+            "a session's pending descriptors close with it"
+        );
     }
 
     #[test]

@@ -225,6 +225,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn descriptors_passed_with_the_input_are_kept() {
+        use std::os::unix::net::UnixStream;
+        let (client, server) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut s = Session::new(Stream::Unix(server), 0);
+        let (a, _b) = UnixStream::pair().unwrap();
+        crate::scm::send_with_fds(client.as_fd(), b" ", &[a.as_fd()]).unwrap();
+        (&client)
+            .write_all(br#"{"execute": "getfd", "arguments": {"fdname": "x"}}"#)
+            .unwrap();
+        let mut buf = vec![0u8; READ_CHUNK];
+        assert_eq!(s.read_chunk(&mut buf), ReadOutcome::Data(1));
+        assert_eq!(s.fds.len(), 1);
+        assert!(matches!(s.read_chunk(&mut buf), ReadOutcome::Data(_)));
+        assert_eq!(
+            s.backlog.len(),
+            1,
+            "the command after the descriptor's byte"
+        );
+        assert_eq!(s.read_chunk(&mut buf), ReadOutcome::Empty);
+        assert!(s.fds.take().take().is_some_and(|r| r.is_ok()));
+        drop(client);
+        assert_eq!(s.read_chunk(&mut buf), ReadOutcome::Closed);
+    }
+
+    #[test]
     fn out_buf_partial_writes_and_release() {
         let mut b = OutBuf::default();
         b.push(b"hello ");

@@ -96,7 +96,12 @@ impl ExecChild {
         loop {
             // SAFETY: recv into a live 4-byte buffer.
             let n = unsafe {
-                libc::recv(self.status.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+                libc::recv(
+                    self.status.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                )
             };
             match n {
                 4 => return Ok(ExitStatus::from_raw(i32::from_ne_bytes(buf))),
@@ -448,10 +453,7 @@ mod tests {
         let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
         let file = dir.as_path().join("out");
         let (w, mut child) = launcher
-            .spawn(
-                &format!("cat > '{}'", file.display()),
-                Direction::ToCommand,
-            )
+            .spawn(&format!("cat > '{}'", file.display()), Direction::ToCommand)
             .unwrap();
         let mut w = std::fs::File::from(w);
         w.write_all(b"stream bytes").unwrap();

@@ -400,7 +400,9 @@ impl QmpCommands for FakeVm {
 
     // No client passes descriptors to the fake: getfd never has one, closefd no name.
     fn getfd(&mut self, _fdname: String) -> Result<(), QmpError> {
-        Err(QmpError::generic("No file descriptor supplied via SCM_RIGHTS"))
+        Err(QmpError::generic(
+            "No file descriptor supplied via SCM_RIGHTS",
+        ))
     }
 
     fn closefd(&mut self, fdname: String) -> Result<(), QmpError> {
