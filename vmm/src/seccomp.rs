@@ -257,6 +257,9 @@ const BLOCK_IO: &[i64] = &[
 
 /// A `migration` thread: its socket (connect or listen and accept) or snapshot file, the
 /// dirty log (`KVM_GET_DIRTY_LOG`, slot flags), the memory file's data ranges and holes.
+/// An `exec:` command is the launcher process's (`crate::launcher`): this thread (or the main
+/// loop, for `migrate-incoming`) only asks for it and receives the pipe and status socket
+/// (`sendmsg`, `recvmsg`), then waits for the status (`recvfrom`); it never forks or execs.
 const MIGRATION: &[i64] = &[
     libc::SYS_socket,
     libc::SYS_connect,
@@ -504,6 +507,26 @@ mod tests {
                 (ret, errno())
             });
             assert_eq!((ret, err), (-1, libc::EPERM), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn exec_commands_run_from_confined_threads_through_the_launcher() {
+        crate::launcher::start_in_thread();
+        for kind in [ThreadKind::Migration, ThreadKind::Main] {
+            let code = confined(kind, || {
+                let launcher = crate::launcher::get().unwrap();
+                let (pipe, mut child) = launcher
+                    .spawn(
+                        "echo streamed; exit 5",
+                        crate::launcher::Direction::FromCommand,
+                    )
+                    .unwrap();
+                let mut out = String::new();
+                std::io::Read::read_to_string(&mut std::fs::File::from(pipe), &mut out).unwrap();
+                (out, child.wait().unwrap().code())
+            });
+            assert_eq!(code, ("streamed\n".to_owned(), Some(5)), "{kind:?}");
         }
     }
 
