@@ -34,8 +34,9 @@ pub struct Pending {
 }
 
 impl Pending {
-    /// Keeps `fds`, closing those beyond [`MAX_PENDING_FDS`].
-    pub fn receive(&mut self, fds: Vec<OwnedFd>, truncated: bool) {
+    /// Keeps `fds`, closing those beyond [`MAX_PENDING_FDS`]; `lost` were closed already (the
+    /// kernel truncated the message, or they were among the VMM's reserve).
+    pub fn receive(&mut self, fds: Vec<OwnedFd>, lost: usize) {
         for fd in fds {
             if self.fds.len() < MAX_PENDING_FDS {
                 self.fds.push_back(fd);
@@ -43,9 +44,7 @@ impl Pending {
                 self.dropped += 1;
             }
         }
-        if truncated {
-            self.dropped += 1;
-        }
+        self.dropped += lost;
     }
 
     /// The oldest descriptor, for a `getfd`; with none, what the error should add about
@@ -100,7 +99,7 @@ fn none_supplied(dropped: usize) -> QmpError {
     let mut desc = "No file descriptor supplied via SCM_RIGHTS".to_owned();
     if dropped > 0 {
         desc.push_str(&format!(
-            " ({dropped} received earlier were closed: a session holds at most {MAX_PENDING_FDS} descriptors not yet claimed by getfd)"
+            " ({dropped} received earlier were closed: a session holds at most {MAX_PENDING_FDS} descriptors not yet claimed by getfd, and none of those vmm keeps for itself)"
         ));
     }
     QmpError::generic(desc)
@@ -214,7 +213,7 @@ mod tests {
         let mut pending = Pending::default();
         let (a, b) = (fd(), fd());
         let (ra, rb) = (a.as_raw_fd(), b.as_raw_fd());
-        pending.receive(vec![a, b], false);
+        pending.receive(vec![a, b], 0);
         let mut table = FdTable::default();
         table.begin(1, Some(pending.take()));
         table.getfd("first").unwrap();
@@ -247,7 +246,7 @@ mod tests {
             table.closefd("x").unwrap_err().desc,
             "File descriptor named 'x' not found"
         );
-        pending.receive(vec![fd()], false);
+        pending.receive(vec![fd()], 0);
         table.begin(1, Some(pending.take()));
         assert_eq!(
             table.getfd("1abc").unwrap_err().desc,
@@ -261,10 +260,10 @@ mod tests {
         let mut table = FdTable::default();
         let old = fd();
         let raw_old = old.as_raw_fd();
-        pending.receive(vec![old], false);
+        pending.receive(vec![old], 0);
         table.begin(1, Some(pending.take()));
         table.getfd("m").unwrap();
-        pending.receive(vec![fd()], false);
+        pending.receive(vec![fd()], 0);
         table.begin(1, Some(pending.take()));
         table.getfd("m").unwrap();
         assert!(!is_open(raw_old), "the replaced descriptor is closed");
@@ -286,7 +285,7 @@ mod tests {
         let mut table = FdTable::default();
         let a = fd();
         let ra = a.as_raw_fd();
-        pending.receive(vec![a], false);
+        pending.receive(vec![a], 0);
         table.begin(1, Some(pending.take()));
         table.getfd("m").unwrap();
         table.end();
@@ -295,13 +294,13 @@ mod tests {
         // A getfd that fails before naming closes what it brought at its end.
         let b = fd();
         let rb = b.as_raw_fd();
-        pending.receive(vec![b], false);
+        pending.receive(vec![b], 0);
         table.begin(1, Some(pending.take()));
         table.end();
         assert!(!is_open(rb));
         let c = fd();
         let rc = c.as_raw_fd();
-        pending.receive(vec![c], false);
+        pending.receive(vec![c], 0);
         drop(pending);
         assert!(
             !is_open(rc),
@@ -312,7 +311,7 @@ mod tests {
     #[test]
     fn limits() {
         let mut pending = Pending::default();
-        pending.receive((0..MAX_PENDING_FDS + 2).map(|_| fd()).collect(), true);
+        pending.receive((0..MAX_PENDING_FDS + 2).map(|_| fd()).collect(), 1);
         assert_eq!(pending.len(), MAX_PENDING_FDS);
         let mut table = FdTable::default();
         for i in 0..MAX_PENDING_FDS {
@@ -322,7 +321,7 @@ mod tests {
         table.begin(1, Some(pending.take()));
         assert_eq!(
             table.getfd("more").unwrap_err().desc,
-            format!("No file descriptor supplied via SCM_RIGHTS (3 received earlier were closed: a session holds at most {MAX_PENDING_FDS} descriptors not yet claimed by getfd)")
+            format!("No file descriptor supplied via SCM_RIGHTS (3 received earlier were closed: a session holds at most {MAX_PENDING_FDS} descriptors not yet claimed by getfd, and none of those vmm keeps for itself)")
         );
         table.begin(1, Some(pending.take()));
         assert_eq!(
@@ -331,18 +330,18 @@ mod tests {
             "the note is given once"
         );
         for i in MAX_PENDING_FDS..MAX_NAMED_FDS {
-            pending.receive(vec![fd()], false);
+            pending.receive(vec![fd()], 0);
             table.begin(1, Some(pending.take()));
             table.getfd(&format!("n{i}")).unwrap();
         }
-        pending.receive(vec![fd()], false);
+        pending.receive(vec![fd()], 0);
         table.begin(1, Some(pending.take()));
         assert!(table
             .getfd("over")
             .unwrap_err()
             .desc
             .starts_with("Too many named file descriptors"));
-        pending.receive(vec![fd()], false);
+        pending.receive(vec![fd()], 0);
         table.begin(1, Some(pending.take()));
         table.getfd("n0").unwrap();
         assert_eq!(table.named(1), MAX_NAMED_FDS, "replacing is not adding");

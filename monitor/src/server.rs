@@ -682,7 +682,10 @@ impl MonitorThread {
             self.changes
                 .push(Change::Add(fd, Token::Session, EventSet::IN));
             self.by_fd.insert(fd, id);
-            self.sessions.insert(id, Session::new(stream, index));
+            let mut session = Session::new(stream, index);
+            // Descriptors the client passes obey the same budget as its connection.
+            session.fd_budget = self.limits.descriptors;
+            self.sessions.insert(id, session);
             if let Some(socket) = self.listeners.get_mut(index) {
                 socket.clients += 1;
             }

@@ -5,13 +5,14 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use event_manager::EventSet;
 
 use crate::fds::Pending;
 use crate::json_stream::{Item, JsonStream};
 use crate::listener::Stream;
+use crate::server::FdBudget;
 use crate::signals::Connections;
 
 /// Capacity a buffer may keep once it is empty again; a larger one (left by a large message)
@@ -120,6 +121,8 @@ pub struct Session {
     /// Descriptors received with `SCM_RIGHTS` that no `getfd` took yet (closed with the
     /// session).
     pub fds: Pending,
+    /// A received descriptor among those the VMM keeps for itself is closed at once.
+    pub fd_budget: Option<FdBudget>,
 }
 
 impl Session {
@@ -143,6 +146,7 @@ impl Session {
             eof: false,
             gone: false,
             fds: Pending::default(),
+            fd_budget: None,
         }
     }
 
@@ -156,7 +160,13 @@ impl Session {
     pub fn read_chunk(&mut self, buf: &mut [u8]) -> ReadOutcome {
         let read = match &self.stream {
             Stream::Unix(s) => crate::scm::recv_with_fds(s.as_fd(), buf, 0).map(|r| {
-                self.fds.receive(r.fds, r.truncated);
+                let budget = self.fd_budget;
+                let (kept, refused): (Vec<_>, Vec<_>) = r
+                    .fds
+                    .into_iter()
+                    .partition(|fd| budget.is_none_or(|b| b.admits(fd.as_raw_fd())));
+                self.fds
+                    .receive(kept, usize::from(r.truncated) + refused.len());
                 r.len
             }),
             Stream::Tcp(_) => self.stream.read(buf),
@@ -246,6 +256,15 @@ mod tests {
         );
         assert_eq!(s.read_chunk(&mut buf), ReadOutcome::Empty);
         assert!(s.fds.take().take().is_some_and(|r| r.is_ok()));
+        // A descriptor among the VMM's reserve is closed at once, and counted.
+        s.fd_budget = Some(FdBudget {
+            limit: 64,
+            reserve: 64,
+        });
+        crate::scm::send_with_fds(client.as_fd(), b" ", &[a.as_fd(), a.as_fd()]).unwrap();
+        assert_eq!(s.read_chunk(&mut buf), ReadOutcome::Data(1));
+        assert!(s.fds.is_empty());
+        assert!(matches!(s.fds.take().take(), Some(Err(2))));
         drop(client);
         assert_eq!(s.read_chunk(&mut buf), ReadOutcome::Closed);
     }
