@@ -243,3 +243,58 @@ def test_the_launcher_is_small_and_dies_with_vmm(vm):
     wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
                open(f"/proc/{pid}/stat").read().split()[2] == "Z",
                what="the launcher's end")
+
+
+def test_getfd_on_both_sides_with_incoming_defer(vmm_factory, tmp_path):
+    """Both ends of a socket pair passed with SCM_RIGHTS: `migrate-incoming fd:NAME` on a
+    destination started with `--incoming defer`, `migrate fd:NAME` on the source."""
+    ours, theirs = socket.socketpair()
+    dst = vmm_factory(cmdline=IDLE, qmp=[f"unix:{tmp_path / 'dst.sock'}"],
+                      extra=["--incoming", "defer"])
+    src = vmm_factory(cmdline=IDLE)
+    src.wait_serial("PROBE idle")
+
+    async def migrate():
+        dq = await connect(dst.sock)
+        sq = await connect(src.sock)
+        try:
+            dq.send_fd_scm(theirs.fileno())
+            await dq.execute("getfd", {"fdname": "in"})
+            theirs.close()
+            await dq.execute("migrate-incoming", {"uri": "fd:in"})
+            sq.send_fd_scm(ours.fileno())
+            await sq.execute("getfd", {"fdname": "out"})
+            ours.close()
+            await sq.execute("migrate", {"uri": "fd:out"})
+            info = await wait_migration(sq)
+            assert info["status"] == "completed", info
+        finally:
+            await close(sq)
+            await close(dq)
+    arun(migrate())
+    wait_running(dst)
+    arun(powers_down(dst))
+
+
+def test_descriptors_close_with_their_session(vm):
+    """A descriptor passed and never claimed, and one named and never closed: both are
+    closed when the client disconnects (the peers read end of file)."""
+    async def body():
+        qmp = await connect(vm.sock)
+        a, a_peer = socket.socketpair()
+        b, b_peer = socket.socketpair()
+        try:
+            qmp.send_fd_scm(a.fileno())
+            await qmp.execute("getfd", {"fdname": "named"})
+            qmp.send_fd_scm(b.fileno())
+            await qmp.execute("query-status")
+        finally:
+            await close(qmp)
+        a.close()
+        b.close()
+        for peer in (a_peer, b_peer):
+            peer.settimeout(HANG)
+            assert peer.recv(1) == b""
+            peer.close()
+    arun(body())
+    assert vm.alive()
