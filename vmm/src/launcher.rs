@@ -23,8 +23,10 @@
 //! thread that waits for one command block on it alone. vmm's side needs only `sendmsg`,
 //! `recvmsg` and `recvfrom`, which the `migration` (and so the `main`) filter allows.
 //!
-//! The launcher dies with vmm: `PR_SET_PDEATHSIG` (`SIGKILL`) and, should vmm close its end,
-//! end of file on the control socket. It ignores the terminal's `SIGINT` and `SIGHUP` (vmm
+//! The launcher dies with vmm: `PR_SET_PDEATHSIG` (`SIGKILL`; it fires when the thread that
+//! forked ends, here vmm's main thread, which lives as long as the process) and, should vmm
+//! close its end, end of file on the control socket. Commands still running then are left to
+//! finish on their own (their pipe's other end is gone with vmm). It ignores the terminal's `SIGINT` and `SIGHUP` (vmm
 //! handles them and may still need it); commands get the default dispositions back.
 //! It is forked always, whatever `--seccomp` says: one path for every mode.
 
