@@ -298,3 +298,29 @@ def test_descriptors_close_with_their_session(vm):
             peer.close()
     arun(body())
     assert vm.alive()
+
+
+def test_cancel_of_a_command_that_does_not_read(vm):
+    """`migrate_cancel` while the stream waits on a command that never reads (its pipe
+    full): the launcher kills the command's group, the write fails, the source runs on."""
+    async def body():
+        qmp = await connect(vm.sock)
+        try:
+            await qmp.execute("migrate", {"uri": "exec:sleep 60; true"})
+            await asyncio.sleep(0.3)
+            assert (await qmp.execute("query-migrate"))["status"] in ("setup", "active",
+                                                                      "device")
+            await qmp.execute("migrate_cancel")
+            info = await wait_migration(qmp)
+            assert info["status"] == "cancelled", info
+            assert (await qmp.execute("query-status"))["status"] == "running"
+        finally:
+            await close(qmp)
+    arun(body())
+    assert vm.alive()
+    assert "sleep 60" not in subprocess_ps()
+
+
+def subprocess_ps():
+    import subprocess
+    return subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout

@@ -15,9 +15,13 @@
 //! - **status** (on the status socket, one message once the command ended): its raw wait
 //!   status as 4 bytes (native order); then the socket closes.
 //!
-//! The command runs as `/bin/sh -c COMMAND` with the pipe's end on descriptor 0 or 1,
-//! `/dev/null` on the other, vmm's standard error on 2 and nothing else open. The launcher
-//! watches each command through a pidfd and reaps it with `waitpid` when it ends. A status
+//! The command runs as `/bin/sh -c COMMAND` in a process group of its own, with the pipe's
+//! end on descriptor 0 or 1, `/dev/null` on the other, vmm's standard error on 2 and nothing
+//! else open. The launcher watches each command through a pidfd and reaps it with `waitpid`
+//! when it ends. When vmm shuts down or closes its end of a command's status socket (a
+//! cancelled migration, whose thread may be blocked writing to a command that does not read;
+//! a destination done with its stream) the launcher kills the command's group (`SIGKILL`),
+//! so a write on the pipe fails and a read ends. A status
 //! socket per command (rather than status messages on the control socket) keeps the control
 //! socket a plain request/reply exchange that any thread may use under a lock, and lets the
 //! thread that waits for one command block on it alone. vmm's side needs only `sendmsg`,
@@ -89,6 +93,12 @@ pub struct ExecChild {
 }
 
 impl ExecChild {
+    /// The status socket: shutting it down (or closing it) makes the launcher kill the
+    /// command's process group, which is how a cancel wakes a thread blocked on the pipe.
+    pub fn raw(&self) -> RawFd {
+        self.status.as_raw_fd()
+    }
+
     /// Waits until the command has ended and gives its exit status.
     ///
     /// # Errors
@@ -274,6 +284,18 @@ struct Running {
     pid: libc::pid_t,
     pidfd: OwnedFd,
     status: OwnedFd,
+    /// vmm shut down or closed its end of the status socket: the command's group was killed.
+    abandoned: bool,
+}
+
+/// What a polled descriptor of [`serve`] is.
+#[derive(Clone, Copy)]
+enum Watched {
+    Control,
+    /// The command ended (index into the running commands).
+    Ended(usize),
+    /// vmm let go of the command (index into the running commands).
+    Abandoned(usize),
 }
 
 /// The launcher's loop: requests on `control`, ends of commands on their pidfds, until
@@ -282,14 +304,29 @@ fn serve(control: BorrowedFd<'_>) {
     let mut running: Vec<Running> = Vec::new();
     let mut buf = vec![0u8; MAX_COMMAND + 2];
     loop {
-        let mut polled: Vec<libc::pollfd> = std::iter::once(control.as_raw_fd())
-            .chain(running.iter().map(|r| r.pidfd.as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
+        let mut watched = vec![Watched::Control];
+        let mut polled = vec![libc::pollfd {
+            fd: control.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        for (i, r) in running.iter().enumerate() {
+            watched.push(Watched::Ended(i));
+            polled.push(libc::pollfd {
+                fd: r.pidfd.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
-            })
-            .collect();
+            });
+            if !r.abandoned {
+                // Only hang-ups: vmm never writes on it.
+                watched.push(Watched::Abandoned(i));
+                polled.push(libc::pollfd {
+                    fd: r.status.as_raw_fd(),
+                    events: libc::POLLRDHUP,
+                    revents: 0,
+                });
+            }
+        }
         // SAFETY: poll over the live array.
         let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, -1) };
         if n < 0 {
@@ -298,12 +335,28 @@ fn serve(control: BorrowedFd<'_>) {
             }
             return;
         }
-        // Ended commands first (from the back, so indices stay valid).
-        for i in (1..polled.len()).rev() {
-            if polled[i].revents != 0 {
-                let r = running.swap_remove(i - 1);
-                reap(&r);
+        let mut ended = Vec::new();
+        for (w, p) in watched.iter().zip(&polled) {
+            if p.revents == 0 {
+                continue;
             }
+            match *w {
+                Watched::Control => {}
+                Watched::Ended(i) => ended.push(i),
+                Watched::Abandoned(i) => {
+                    let r = &mut running[i];
+                    r.abandoned = true;
+                    // SAFETY: the group of our own child, not reaped yet (so its id is not
+                    // reused).
+                    unsafe { libc::kill(-r.pid, libc::SIGKILL) };
+                }
+            }
+        }
+        // From the back, so the indices stay valid.
+        ended.sort_unstable();
+        for i in ended.into_iter().rev() {
+            let r = running.swap_remove(i);
+            reap(&r);
         }
         if polled[0].revents != 0 {
             match recv_with_fds(control, &mut buf, 0) {
@@ -378,8 +431,8 @@ fn run_request(request: &[u8]) -> Result<(OwnedFd, OwnedFd, Running), String> {
             read_end
         }
     };
-    // SAFETY: runs in the forked child before exec: only close_range and signal, both
-    // async-signal-safe.
+    // SAFETY: runs in the forked child before exec: only close_range, signal and setpgid,
+    // all async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
             // Everything above the standard streams closes at exec (the launcher keeps its
@@ -392,6 +445,8 @@ fn run_request(request: &[u8]) -> Result<(OwnedFd, OwnedFd, Running), String> {
             );
             libc::signal(libc::SIGINT, libc::SIG_DFL);
             libc::signal(libc::SIGHUP, libc::SIG_DFL);
+            // Its own process group, so that everything it starts can be killed at once.
+            libc::setpgid(0, 0);
             Ok(())
         });
     }
@@ -421,6 +476,7 @@ fn run_request(request: &[u8]) -> Result<(OwnedFd, OwnedFd, Running), String> {
             pid,
             pidfd,
             status: our_status,
+            abandoned: false,
         },
     ))
 }
@@ -480,6 +536,35 @@ mod tests {
             .spawn("kill -9 $$", Direction::FromCommand)
             .unwrap();
         assert_eq!(child.wait().unwrap().signal(), Some(9));
+        drop(launcher);
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn letting_go_of_a_command_kills_its_group() {
+        let (launcher, t) = served();
+        // A shell that does not exec its last command: sleep is a grandchild in its group.
+        let (w, mut child) = launcher
+            .spawn("sleep 30; true", Direction::ToCommand)
+            .unwrap();
+        // SAFETY: shutdown of our own socket, as a migration's cancel does.
+        unsafe { libc::shutdown(child.raw(), libc::SHUT_RDWR) };
+        // The group is gone: nothing holds the pipe's read end any more.
+        let mut w = std::fs::File::from(w);
+        let started = std::time::Instant::now();
+        loop {
+            match w.write(&[0u8; 4096]) {
+                Ok(_) => assert!(started.elapsed().as_secs() < 10, "the command still reads"),
+                Err(e) => {
+                    assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+                    break;
+                }
+            }
+        }
+        assert!(
+            child.wait().is_err(),
+            "a shut-down status socket has nothing to say"
+        );
         drop(launcher);
         t.join().unwrap();
     }

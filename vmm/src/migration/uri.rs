@@ -206,7 +206,9 @@ fn spawn(command: &str, source: bool) -> Result<Channel, UriError> {
     let (fd, child) = launcher::get()
         .and_then(|l| l.spawn(command, direction))
         .map_err(|e| UriError::Exec(command.to_owned(), e))?;
-    let raw = fd.as_raw_fd();
+    // A pipe cannot be shut down: a cancel shuts the status socket down instead, and the
+    // launcher kills the command, which breaks the pipe.
+    let raw = child.raw();
     Ok(Channel {
         stream: Box::new(Pipe(File::from(fd), !source)),
         duplex: false,
