@@ -553,8 +553,8 @@ mod tests {
         let mut w = std::fs::File::from(w);
         let started = std::time::Instant::now();
         loop {
-            match w.write(&[0u8; 4096]) {
-                Ok(_) => assert!(started.elapsed().as_secs() < 10, "the command still reads"),
+            match w.write_all(&[0u8; 4096]) {
+                Ok(()) => assert!(started.elapsed().as_secs() < 10, "the command still reads"),
                 Err(e) => {
                     assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
                     break;
