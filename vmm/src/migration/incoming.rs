@@ -92,6 +92,13 @@ impl Incoming {
                 "its RAM section is not this VM's RAM size",
             )));
         }
+        if !crate::memory::is_own_memory(&self.mem) {
+            // RAM is this snapshot, mapped privately: what building the VM wrote goes, and
+            // the guest reads the rest from the file as it touches it.
+            crate::memory::revert_to_snapshot(&self.mem)?;
+            let state = layout.state(f).map_err(MigrationError::Receive)?;
+            return load_state(&self.link, state);
+        }
         discard_ram(&self.mem)?;
         let mut file_off = 0u64;
         let mut loaded = 0u64;
@@ -196,6 +203,12 @@ fn load_state(link: &Link, json: Vec<u8>) -> Result<(), MigrationError> {
 
 /// Makes all of guest RAM zeros again (holes in the memory file: the host frees it).
 fn discard_ram(mem: &GuestMemoryMmap) -> Result<(), MigrationError> {
+    if !crate::memory::is_own_memory(mem) {
+        // Never punch a file that is not ours.
+        return Err(MigrationError::State(
+            "guest RAM is a snapshot's: it cannot take a migration".into(),
+        ));
+    }
     for r in mem.iter() {
         let Some(f) = r.file_offset() else {
             continue;

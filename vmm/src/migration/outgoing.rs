@@ -114,6 +114,7 @@ impl Outgoing {
     }
 
     fn migrate(&mut self) -> Result<(), MigrationError> {
+        let mut raw = -1;
         let sink = match &self.uri {
             MigrationUri::File(path) => {
                 let f = File::options()
@@ -139,6 +140,7 @@ impl Outgoing {
                 };
                 self.child = channel.child.take();
                 self.shared.set_fd(channel.raw);
+                raw = channel.raw;
                 let duplex = channel.duplex;
                 let mut w = StreamWriter::new(channel.stream).map_err(MigrationError::Send)?;
                 w.setup(&self.setup).map_err(MigrationError::Send)?;
@@ -162,7 +164,14 @@ impl Outgoing {
             window_bytes: 0,
             buf: Vec::with_capacity(MAX_RUN * PAGE),
         };
-        s.run()
+        let result = s.run();
+        if let (Err(MigrationError::Send(_)), Sink::Stream(w, true)) = (&result, &mut s.sink) {
+            // A destination that refuses says why before it closes: that is the error.
+            if let Some(reason) = refusal(w.get_mut(), raw) {
+                return Err(MigrationError::Refused(reason));
+            }
+        }
+        result
     }
 }
 
@@ -306,11 +315,14 @@ impl Sender<'_> {
     /// were never written and are zeros on the destination too.
     fn send_all(&mut self) -> Result<PassCount, MigrationError> {
         let mut count = PassCount::default();
+        // Only the VMM's own memory file's holes are pages never written (a snapshot mapped
+        // privately has the guest's writes outside the file).
         let fd = self
             .job
             .mem
             .iter()
             .next()
+            .filter(|_| crate::memory::is_own_memory(&self.job.mem))
             .and_then(|r| r.file_offset().map(|f| f.file().as_raw_fd()));
         let regions = self.regions.clone();
         for (start, len, off) in regions {
@@ -506,6 +518,21 @@ fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
     }
     // A filesystem without holes: write the zeros.
     f.write_all_at(&vec![0u8; len as usize], offset)
+}
+
+/// The destination's `ERR` line, if it sent one (waited for at most a second).
+fn refusal(stream: &mut Box<dyn super::uri::ReadWrite>, raw: i32) -> Option<String> {
+    let mut pfd = libc::pollfd {
+        fd: raw,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; `raw` is the stream's descriptor, open while `stream` is.
+    if unsafe { libc::poll(&mut pfd, 1, 1000) } <= 0 {
+        return None;
+    }
+    let line = read_line(stream).ok()?;
+    line.strip_prefix("ERR ").map(str::to_owned)
 }
 
 /// One line of the destination's answer.

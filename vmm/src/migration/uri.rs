@@ -90,7 +90,9 @@ pub struct Channel {
     pub stream: Box<dyn ReadWrite>,
     /// Whether the peer can answer on the same channel (a socket).
     pub duplex: bool,
-    /// A descriptor of the channel, to shut it down from another thread (cancel).
+    /// A descriptor of the channel, to shut it down from another thread (cancel): the
+    /// stream's own for sockets, descriptors and files; for `exec:` the command's status
+    /// socket (a pipe cannot be shut down; the launcher then kills the command).
     pub raw: RawFd,
     /// The `exec:` command, waited for when the channel is done.
     pub child: Option<ExecChild>,
