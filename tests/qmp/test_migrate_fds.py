@@ -9,6 +9,8 @@ there, prints `PROBE power-button` and `PROBE-DONE rc=0`, and vmm exits 0."""
 import asyncio
 import socket
 
+import pytest
+
 from qemu.qmp import ExecuteError, QMPClient
 
 from conftest import HANG, arun
@@ -300,16 +302,20 @@ def test_descriptors_close_with_their_session(vm):
     assert vm.alive()
 
 
-def test_cancel_of_a_command_that_does_not_read(vm):
+@pytest.mark.parametrize("delay", [0.0, 0.3])
+def test_cancel_of_a_command_that_does_not_read(vm, delay):
     """`migrate_cancel` while the stream waits on a command that never reads (its pipe
-    full): the launcher kills the command's group, the write fails, the source runs on."""
+    full): the launcher kills the command's group, the write fails, the source runs on.
+    Without a delay the cancel comes while the channel opens (nothing to shut down yet:
+    the thread sees the cancel once it has the channel)."""
+    import os
+    marker = f"600.{os.getpid()}{int(delay * 10)}"
+
     async def body():
         qmp = await connect(vm.sock)
         try:
-            await qmp.execute("migrate", {"uri": "exec:sleep 60; true"})
-            await asyncio.sleep(0.3)
-            assert (await qmp.execute("query-migrate"))["status"] in ("setup", "active",
-                                                                      "device")
+            await qmp.execute("migrate", {"uri": f"exec:sleep {marker}; true"})
+            await asyncio.sleep(delay)
             await qmp.execute("migrate_cancel")
             info = await wait_migration(qmp)
             assert info["status"] == "cancelled", info
@@ -318,7 +324,7 @@ def test_cancel_of_a_command_that_does_not_read(vm):
             await close(qmp)
     arun(body())
     assert vm.alive()
-    assert "sleep 60" not in subprocess_ps()
+    assert f"sleep {marker}" not in subprocess_ps(), "the command's group was killed"
 
 
 def subprocess_ps():
