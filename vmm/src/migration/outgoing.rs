@@ -162,11 +162,34 @@ impl Outgoing {
             window_bytes: 0,
             buf: Vec::with_capacity(MAX_RUN * PAGE),
         };
-        s.run()
+        match s.run() {
+            Err(MigrationError::Send(e)) => Err(s.refusal(&e).unwrap_or(MigrationError::Send(e))),
+            r => r,
+        }
     }
 }
 
 impl Sender<'_> {
+    /// Why the destination went away mid-stream, if it said so: a destination that refuses
+    /// (another VM's setup, a corrupt record) answers `ERR <reason>` and closes at once, so
+    /// the source's next write fails with `EPIPE` (or `ECONNRESET`) while that line waits to
+    /// be read. The peer is gone then, so the read cannot block.
+    fn refusal(&mut self, e: &io::Error) -> Option<MigrationError> {
+        let closed = matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        );
+        match &mut self.sink {
+            Sink::Stream(w, true) if closed => {
+                let reply = read_line(w.get_mut()).ok()?;
+                reply
+                    .strip_prefix("ERR ")
+                    .map(|reason| MigrationError::Refused(reason.to_owned()))
+            }
+            _ => None,
+        }
+    }
+
     fn cancelled(&self) -> Result<(), MigrationError> {
         if self.job.shared.cancel.load(Ordering::Acquire) {
             Err(MigrationError::Cancelled)

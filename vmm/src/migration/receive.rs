@@ -231,3 +231,88 @@ fn data_range(f: &File, from: u64, end: u64) -> (u64, u64) {
     let data = from.max(data as u64 - (data as u64 - from) % page);
     (data, (hole.next_multiple_of(page)).min(end))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::stream::StreamWriter;
+    use super::*;
+
+    fn here() -> Setup {
+        Setup {
+            ram: vec![(0, 4 * PAGE as u64)],
+            cpus: 1,
+            cpu_features: Vec::new(),
+            disks: Vec::new(),
+        }
+    }
+
+    fn stream(body: impl FnOnce(&mut StreamWriter<Vec<u8>>)) -> Vec<u8> {
+        let mut w = StreamWriter::new(Vec::new()).unwrap();
+        w.setup(&serde_json::to_vec(&here()).unwrap()).unwrap();
+        body(&mut w);
+        w.end().unwrap();
+        w.get_mut().clone()
+    }
+
+    fn load(s: &[u8], mem: &GuestMemoryMmap) -> (Result<Vec<u8>, LoadError>, Vec<Step>) {
+        let mut steps = Vec::new();
+        let mut r = StreamReader::new(s).unwrap();
+        let res = receive_ram(&mut r, &here(), mem, |s| steps.push(s));
+        (res, steps)
+    }
+
+    #[test]
+    fn pages_and_zeros_land_the_last_copy_winning() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 * PAGE)]).unwrap();
+        let s = stream(|w| {
+            w.pages(0x1000, &[7u8; 2 * PAGE]).unwrap();
+            w.zeros(0x2000, 1).unwrap();
+            w.state(b"{}").unwrap();
+        });
+        let (res, steps) = load(&s, &mem);
+        assert_eq!(res.unwrap(), b"{}");
+        assert_eq!(steps, [Step::Accepted, Step::Pages(2), Step::Zeros(1)]);
+        let mut b = [0u8; 2];
+        mem.read_slice(&mut b, GuestAddress(0x1fff)).unwrap();
+        assert_eq!(b, [7, 0]);
+    }
+
+    /// A run that starts in RAM and ends past it is refused before any of it is written.
+    #[test]
+    fn a_run_past_the_end_of_ram_writes_nothing() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 * PAGE)]).unwrap();
+        for (gpa, n) in [(0x3000u64, 2usize), (u64::MAX - 0xfff, 1)] {
+            let s = stream(|w| w.pages(gpa, &vec![9u8; n * PAGE]).unwrap());
+            let (res, _) = load(&s, &mem);
+            assert_eq!(
+                res.unwrap_err().to_string(),
+                format!("Corrupt migration stream: a page at {gpa:#x} is outside guest RAM")
+            );
+            let mut b = [0u8; 1];
+            mem.read_slice(&mut b, GuestAddress(0x3000)).unwrap();
+            assert_eq!(b, [0]);
+        }
+    }
+
+    #[test]
+    fn another_setup_and_no_state_are_refused() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 * PAGE)]).unwrap();
+        let (res, steps) = load(&stream(|_| {}), &mem);
+        assert_eq!(
+            res.unwrap_err().to_string(),
+            "Corrupt migration stream: the end without the state"
+        );
+        assert_eq!(steps, [Step::Accepted]);
+        let mut other = here();
+        other.ram = vec![(0, 64 << 20)];
+        let mut w = StreamWriter::new(Vec::new()).unwrap();
+        w.setup(&serde_json::to_vec(&other).unwrap()).unwrap();
+        w.end().unwrap();
+        let (res, steps) = load(w.get_mut(), &mem);
+        assert_eq!(
+            res.unwrap_err().to_string(),
+            "The source's VM does not match this one: the source has 64 MiB of RAM, this VM 0 MiB"
+        );
+        assert!(steps.is_empty());
+    }
+}

@@ -97,9 +97,15 @@ pub enum StreamError {
     /// A PAGES or ZEROS record of 0 or too many pages.
     #[error("Corrupt migration stream: a run of {0} pages")]
     Run(u32),
+    /// A PAGES or ZEROS record at an address that is not a page's.
+    #[error("Corrupt migration stream: pages at {0:#x}, which is not page aligned")]
+    Unaligned(u64),
     /// A snapshot's offsets do not fit the file.
     #[error("Corrupt snapshot: {0}")]
     Layout(&'static str),
+    /// A snapshot whose sections end beyond the file (cut short).
+    #[error("Corrupt snapshot: cut short (its {0} ends at byte {1}, the file has {2})")]
+    Short(&'static str, u64, u64),
 }
 
 impl From<io::Error> for StreamError {
@@ -308,6 +314,9 @@ impl<R: Read> StreamReader<R> {
         if count == 0 || count as usize > MAX_RUN {
             return Err(StreamError::Run(count));
         }
+        if !gpa.is_multiple_of(PAGE as u64) {
+            return Err(StreamError::Unaligned(gpa));
+        }
         Ok((gpa, count))
     }
 
@@ -443,8 +452,12 @@ impl FileLayout {
         let ram_end = l.ram_offset.checked_add(l.ram_len);
         let state_end = l.state_offset.checked_add(l.state_len);
         match (ram_end, state_end) {
-            (Some(r), Some(s)) if r <= l.state_offset && s <= size => Ok(l),
-            _ => Err(StreamError::Layout("sections beyond the end of the file")),
+            (Some(r), Some(_)) if r > size => Err(StreamError::Short("RAM", r, size)),
+            (Some(r), Some(s)) if r <= l.state_offset => match s <= size {
+                true => Ok(l),
+                false => Err(StreamError::Short("state", s, size)),
+            },
+            _ => Err(StreamError::Layout("its sections overlap or overflow")),
         }
     }
 
@@ -554,6 +567,80 @@ mod tests {
         }
     }
 
+    /// A stream of `tail` after the magic, the version and an empty setup.
+    fn after_setup(tail: &[u8]) -> Vec<u8> {
+        let mut w = StreamWriter::new(Vec::new()).unwrap();
+        w.setup(b"{}").unwrap();
+        w.flush().unwrap();
+        [w.get_mut().clone(), tail.to_vec()].concat()
+    }
+
+    /// Found by the `migration_stream` fuzz target: ZEROS then PAGES at addresses inside a
+    /// page (0x1800) overlapped half a page each; the source only sends page addresses.
+    #[test]
+    fn fuzz_unaligned_pages_are_refused() {
+        for tag in [PAGES, ZEROS] {
+            let s =
+                after_setup(&[&[tag][..], &0x1800u64.to_le_bytes(), &1u32.to_le_bytes()].concat());
+            let mut r = StreamReader::new(&s[..]).unwrap();
+            r.next().unwrap();
+            assert_eq!(
+                r.next().unwrap_err().to_string(),
+                "Corrupt migration stream: pages at 0x1800, which is not page aligned"
+            );
+        }
+    }
+
+    /// A ZEROS record of 0 or of more than [`MAX_RUN`] pages is refused as a PAGES one is
+    /// (before: any count, which the receive loop turned into a buffer of count pages).
+    #[test]
+    fn zeros_runs_are_bounded() {
+        for count in [0u32, MAX_RUN as u32 + 1, u32::MAX] {
+            let s =
+                after_setup(&[&[ZEROS][..], &0u64.to_le_bytes(), &count.to_le_bytes()].concat());
+            let mut r = StreamReader::new(&s[..]).unwrap();
+            r.next().unwrap();
+            assert_eq!(
+                r.next().unwrap_err().to_string(),
+                format!("Corrupt migration stream: a run of {count} pages")
+            );
+        }
+    }
+
+    /// A record announcing 64 MiB followed by a few bytes costs those bytes, not 64 MiB,
+    /// and says the stream ended early.
+    #[test]
+    fn a_short_record_allocates_what_came() {
+        let mut buf = Vec::new();
+        let e = read_body(&mut &b"abc"[..], MAX_JSON as usize, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(buf.capacity() <= INITIAL_BODY, "{}", buf.capacity());
+        let s = after_setup(&[&[STATE][..], &MAX_JSON.to_le_bytes(), b"{\"a\""].concat());
+        let mut r = StreamReader::new(&s[..]).unwrap();
+        r.next().unwrap();
+        assert_eq!(
+            r.next().unwrap_err().to_string(),
+            "The migration stream ended early: it stops before its end record"
+        );
+        // A PAGES run cut inside its bytes, and a stream cut between records.
+        let s = after_setup(
+            &[
+                &[PAGES][..],
+                &0u64.to_le_bytes(),
+                &2u32.to_le_bytes(),
+                &[1; 100],
+            ]
+            .concat(),
+        );
+        let mut r = StreamReader::new(&s[..]).unwrap();
+        r.next().unwrap();
+        assert!(matches!(r.next(), Err(StreamError::Truncated)));
+        let empty = after_setup(&[]);
+        let mut r = StreamReader::new(&empty[..]).unwrap();
+        r.next().unwrap();
+        assert!(matches!(r.next(), Err(StreamError::Truncated)));
+    }
+
     #[test]
     fn snapshot_layout_round_trip() {
         let path = std::env::temp_dir().join(format!("vmm-snaplayout-{}", std::process::id()));
@@ -572,9 +659,20 @@ mod tests {
         assert!(matches!(FileLayout::read(&f), Err(StreamError::FileMagic)));
         f.write_all_at(&l.header(), 0).unwrap();
         assert_eq!(FileLayout::read(&f).unwrap(), l);
-        // State beyond the end.
+        // Cut short: in the state, in RAM.
         f.set_len(l.state_offset + 2).unwrap();
-        assert!(matches!(FileLayout::read(&f), Err(StreamError::Layout(_))));
+        assert_eq!(
+            FileLayout::read(&f).unwrap_err().to_string(),
+            "Corrupt snapshot: cut short (its state ends at byte 1052677, the file has 1052674)"
+        );
+        f.set_len(l.ram_offset + 10).unwrap();
+        assert_eq!(
+            FileLayout::read(&f).unwrap_err().to_string(),
+            "Corrupt snapshot: cut short (its RAM ends at byte 1052672, the file has 4106)"
+        );
+        // Shorter than a header.
+        f.set_len(10).unwrap();
+        assert!(matches!(FileLayout::read(&f), Err(StreamError::FileMagic)));
         std::fs::remove_file(&path).unwrap();
     }
 }
