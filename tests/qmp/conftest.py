@@ -115,11 +115,11 @@ def listening(addr) -> bool:
 
 class Vmm:
     """One vmm process. `qmp` is a list of --qmp values; `sock` the first Unix socket path;
-    `nofile` (soft, hard) the open-file limit vmm starts with."""
+    `nofile` (soft, hard) the open-file limit vmm starts with; `memory` its RAM in MiB."""
 
     def __init__(self, tmp: Path, *, qmp=None, cpus=1, cmdline="probe.test=idle", name=None,
                  paused=False, no_reboot=False, extra=(), wait_socket=True, kernel=None,
-                 nofile=None):
+                 nofile=None, memory=64):
         self.tmp = tmp
         self.serial_path = tmp / f"serial-{id(self)}.txt"
         self.stderr_path = tmp / f"stderr-{id(self)}.txt"
@@ -127,7 +127,7 @@ class Vmm:
             qmp = [f"unix:{tmp / 'qmp.sock'}"]
         self.qmp = list(qmp)
         self.argv = [str(vmm_bin()), "--kernel", str(kernel or KERNEL), "--cmdline", cmdline,
-                     "--memory", "64", "--cpus", str(cpus),
+                     "--memory", str(memory), "--cpus", str(cpus),
                      "--serial", f"file:{self.serial_path}"]
         if name is not None:
             self.argv += ["--name", name]

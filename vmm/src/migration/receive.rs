@@ -57,6 +57,9 @@ pub enum Step {
 pub fn check_setup(here: &Setup, json: &[u8]) -> Result<Setup, LoadError> {
     let source: Setup =
         serde_json::from_slice(json).map_err(|e| LoadError::Decode("setup", e.to_string()))?;
+    source
+        .validate()
+        .map_err(|e| LoadError::Decode("setup", e))?;
     here.accept(&source).map_err(LoadError::Mismatch)?;
     Ok(source)
 }
