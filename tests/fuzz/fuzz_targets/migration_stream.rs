@@ -127,7 +127,10 @@ fn one_line(e: &dyn std::error::Error) -> String {
         s.push_str(&src.to_string());
         cur = src.source();
     }
-    assert!(!s.is_empty() && !s.contains('\n'), "error not one line: {s:?}");
+    assert!(
+        !s.is_empty() && !s.contains('\n'),
+        "error not one line: {s:?}"
+    );
     s
 }
 
@@ -168,7 +171,8 @@ fn touched_pages(mem: &GuestMemoryMmap) -> Vec<u64> {
 
 fn page_of(mem: &GuestMemoryMmap, gpa: u64) -> Vec<u8> {
     let mut b = vec![0u8; PAGE];
-    mem.read_slice(&mut b, GuestAddress(gpa)).expect("page in RAM");
+    mem.read_slice(&mut b, GuestAddress(gpa))
+        .expect("page in RAM");
     b
 }
 
@@ -237,7 +241,11 @@ fn fuzz_stream(w: &World, bytes: &[u8]) {
     match &result {
         Ok(state) => {
             assert!(ended, "loaded without an END");
-            assert_eq!(Some(state), last_state.as_ref(), "not the last state record");
+            assert_eq!(
+                Some(state),
+                last_state.as_ref(),
+                "not the last state record"
+            );
             fuzz_json(state);
         }
         Err(LoadError::Stream(stream::StreamError::Order("the end without the state"))) => {
@@ -250,13 +258,19 @@ fn fuzz_stream(w: &World, bytes: &[u8]) {
         let got = page_of(&w.mem, gpa);
         match page {
             Some(p) => assert!(got == *p, "page {gpa:#x} is not its last copy"),
-            None => assert!(got.iter().all(|&b| b == 0), "zeroed page {gpa:#x} is not zeros"),
+            None => assert!(
+                got.iter().all(|&b| b == 0),
+                "zeroed page {gpa:#x} is not zeros"
+            ),
         }
     }
     for gpa in touched_pages(&w.mem) {
         if !model.contains_key(&gpa) {
             let got = page_of(&w.mem, gpa);
-            assert!(got.iter().all(|&b| b == 0), "page {gpa:#x} written by no record");
+            assert!(
+                got.iter().all(|&b| b == 0),
+                "page {gpa:#x} written by no record"
+            );
         }
     }
 }
@@ -321,7 +335,10 @@ fn fuzz_file(w: &World, mut bytes: &[u8]) {
         let mut want = vec![0u8; PAGE];
         f.read_exact_at(&mut want, layout.ram_offset + gpa)
             .expect("RAM section inside the file");
-        assert!(page_of(&w.mem, gpa) == want, "page {gpa:#x} differs from the file's");
+        assert!(
+            page_of(&w.mem, gpa) == want,
+            "page {gpa:#x} differs from the file's"
+        );
     }
     match layout.state(f) {
         Ok(json) => fuzz_json(&json),
