@@ -6,7 +6,8 @@ migration failed: ..." and exits 1); a source whose destination refused keeps ru
 Real snapshots and streams of the probe guest are taken from a source vmm (a snapshot through
 `migrate file:`, a stream through a Unix socket this test listens on, answering `ERR` so that
 the source goes on), then cut or corrupted and fed to destinations: snapshot files through
-`--incoming file:`, streams through `--incoming unix:` sockets this test connects to.
+`--incoming file:`, streams through `--incoming unix:` sockets this test connects to and
+through `--incoming exec:cat FILE`.
 """
 
 import socket
@@ -237,6 +238,12 @@ def test_truncated_and_corrupt_streams_are_refused(vmm_factory, tmp_path):
         # A destination that read the stream's start answers the source on the socket.
         if name != "magic":
             assert answer == f"ERR {reason}\n".encode(), (name, answer)
+    # The same through a pipe: `--incoming exec:cat FILE` (no way back to a source).
+    for name, data, reason in cases[:2]:
+        path = tmp_path / f"stream-{name}"
+        path.write_bytes(data)
+        refused(destination(vmm_factory, tmp_path, f"exec:cat {path}", name=f"exec-{name}"),
+                reason)
     assert src.alive()
     with RawQmp(src.sock) as q:
         q.negotiate()
