@@ -138,8 +138,10 @@ fn a_two_second_pause_is_the_longest_stall() {
             break (stall, ms);
         }
     };
+    // At least the pause (less the clock's granularity); the upper bound is only a sanity
+    // check: a loaded host may keep the vCPU from running for a while after `cont`.
     assert!(
-        (1900..=held + 500).contains(&ms),
+        (1900..=held + 10_000).contains(&ms),
         "paused for {held} ms, the guest saw a stall of {ms} ms: {stall}"
     );
     let after = vm.wait_line_unless("PROBE mem-walk progress", FATAL, GUARD);

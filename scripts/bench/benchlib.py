@@ -191,7 +191,16 @@ class QmpClient:
                  timeout: float = 30) -> None:
         self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.s.settimeout(timeout)
-        self.s.connect(path)
+        # The socket file appears at bind(), a moment before listen(): refused until then.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.s.connect(path)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.002)
         self.buf = b""
         self.greeting = json.loads(self.line())
         for request in negotiation:

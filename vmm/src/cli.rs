@@ -192,6 +192,7 @@ impl Cli {
             debug_port: self.debug_port,
             started: std::time::Instant::now(),
             dump_guest_core: true,
+            snapshot: crate::migration::control::snapshot_path(self.incoming.as_ref()),
             inactive_images: self.incoming.is_some(),
         })
     }

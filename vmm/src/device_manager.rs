@@ -784,7 +784,7 @@ impl DeviceManager {
                 return Err(StateError::mismatch(
                     format!("disk {}", here.id),
                     "drive id",
-                    &s.id,
+                    s.id.escape_debug(),
                     &here.id,
                 )
                 .into());
@@ -798,7 +798,11 @@ impl DeviceManager {
             if s.node_name != here.node_name
                 && !(generated(&s.node_name) && generated(&here.node_name))
             {
-                return Err(differs("node-name", &s.node_name, &here.node_name));
+                return Err(differs(
+                    "node-name",
+                    &s.node_name.escape_debug(),
+                    &here.node_name,
+                ));
             }
             if s.size != here.size {
                 return Err(differs(
@@ -814,7 +818,7 @@ impl DeviceManager {
                 return Err(differs("num-queues", &s.num_queues, &here.num_queues));
             }
             if s.serial != here.serial {
-                return Err(differs("serial", &s.serial, &here.serial));
+                return Err(differs("serial", &s.serial.escape_debug(), &here.serial));
             }
             let mut t = locked(&disk.transport);
             // The virtio-blk check changes nothing either (it takes the device mutably as

@@ -225,6 +225,14 @@ impl Machine {
             }
             RunState::FinishMigrate => Err(QmpError::generic("Migration is not finalized yet")),
             RunState::Paused | RunState::Prelaunch | RunState::IoError | RunState::Postmigrate => {
+                // After a completed migration the images belong to the destination: running
+                // here again takes them back (as QEMU's cont), or fails while it holds them.
+                if self.state() == RunState::Postmigrate {
+                    self.vm
+                        .devices_mut()
+                        .activate_images()
+                        .map_err(|e| QmpError::generic(crate::error::chain(&e)))?;
+                }
                 self.announce(Event::Resume, Some(RunState::Running));
                 self.vm.resume();
                 for disk in self.vm.disks() {

@@ -5,7 +5,7 @@
 //! write, the mapping's own bitmap for what devices write).
 
 use std::fs::File;
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use devices::GuestMemoryMmap;
@@ -25,6 +25,9 @@ pub enum MemoryError {
     /// The memory file could not be created or sized.
     #[error("Cannot create the {0} MiB guest memory file")]
     MemFd(u64, #[source] std::io::Error),
+    /// The pages written over a mapped snapshot could not be dropped.
+    #[error("Cannot drop the pages written over the snapshot")]
+    Revert(#[source] std::io::Error),
     /// KVM refused to report or change dirty-page logging.
     #[error("Cannot {0} the dirty log of guest memory slot {1}")]
     DirtyLog(&'static str, u32, #[source] kvm_ioctls::Error),
@@ -99,6 +102,74 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
         })
         .collect();
     GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| MemoryError::Allocate(mib, e))
+}
+
+/// Guest RAM mapped privately from a snapshot file's RAM section at `ram_offset` (its
+/// regions back to back, as [`create_guest_memory`] lays them out in the memfd): pages come
+/// from the file when the guest first touches them and are the guest's own once written
+/// (copy on write), so a restore loads nothing up front (Firecracker's snapshot restore).
+/// The file must not change while the VM runs.
+///
+/// # Errors
+/// The file cannot be mapped.
+pub fn map_snapshot_memory(
+    size: u64,
+    file: &File,
+    ram_offset: u64,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let mib = size >> 20;
+    let file = Arc::new(file.try_clone().map_err(|e| MemoryError::MemFd(mib, e))?);
+    let mut offset = ram_offset;
+    let mut regions = Vec::new();
+    for (addr, len) in ram_ranges(size) {
+        let region = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
+            len as usize,
+            <AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(len as usize),
+        )
+        .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        .build()
+        .map_err(|e| MemoryError::Allocate(mib, vm_memory::mmap::FromRangesError::MmapRegion(e)))?;
+        let region = vm_memory::GuestRegionMmap::new(region, addr)
+            .ok_or(MemoryError::HostAddress(addr.raw_value()))?;
+        regions.push(region);
+        offset += len;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|_| MemoryError::HostAddress(0))
+}
+
+/// Drops every page the VMM or the guest wrote into a snapshot mapped privately
+/// ([`map_snapshot_memory`]), so that all of RAM reads as the snapshot again (what building
+/// the VM wrote there, boot images and tables, goes).
+///
+/// # Errors
+/// `madvise` refused.
+pub fn revert_to_snapshot(mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
+    for region in mem.iter() {
+        let start = region.start_addr();
+        let host = mem
+            .get_host_address(start)
+            .map_err(|_| MemoryError::HostAddress(start.raw_value()))?;
+        // SAFETY: [host, host + len) is a private file mapping owned by `mem`: MADV_DONTNEED
+        // drops its private copies, and the pages read from the file again.
+        let ret = unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_DONTNEED) };
+        if ret != 0 {
+            return Err(MemoryError::Revert(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether guest RAM is the VMM's own memory file (not a snapshot mapped privately): only
+/// then do the file's holes say which pages were never written, and may it be punched.
+pub fn is_own_memory(mem: &GuestMemoryMmap) -> bool {
+    mem.iter().all(|r| {
+        r.file_offset().is_some_and(|f| {
+            // SAFETY: F_GET_SEALS on a descriptor the mapping owns; a regular file fails.
+            unsafe { libc::fcntl(f.file().as_raw_fd(), libc::F_GET_SEALS) >= 0 }
+        })
+    })
 }
 
 /// Registers every region of `mem` as a KVM memory slot, numbered from 0.

@@ -24,7 +24,9 @@ use crate::blockdev::{self, Plan};
 use crate::device_manager::{DeviceError, DeviceManager, Disk, SerialConfig};
 use crate::disk::DiskSpec;
 use crate::layout::KVM_TSS_ADDRESS;
-use crate::memory::{create_guest_memory, exclude_from_core_dumps, register_slots, MemoryError};
+use crate::memory::{
+    create_guest_memory, exclude_from_core_dumps, map_snapshot_memory, register_slots, MemoryError,
+};
 use crate::migration::state::{cpu_features, CpuFeatureWord, DiskSummary, Setup, VmState};
 use crate::vcpu::{Vcpu, VcpuContext, VcpuError, VcpuHandle};
 
@@ -55,6 +57,9 @@ pub struct VmConfig {
     pub started: std::time::Instant,
     /// Guest RAM is part of core dumps of vmm (QEMU's `dump-guest-core`, on by default).
     pub dump_guest_core: bool,
+    /// A snapshot to restore (`--incoming file:PATH`): guest RAM is its RAM section, mapped
+    /// privately, read as the guest touches it.
+    pub snapshot: Option<PathBuf>,
     /// Open every image inactive (the destination of an incoming migration): no image locks
     /// and no writes until `DeviceManager::activate_images` at the switchover.
     pub inactive_images: bool,
@@ -261,6 +266,20 @@ fn create_vm(kvm: &Kvm) -> Result<VmFd, VmError> {
     Ok(vm_fd)
 }
 
+/// Guest RAM for a restore from the snapshot at `path`: its RAM section mapped privately,
+/// when the snapshot is complete and of this RAM size; otherwise RAM of its own (the restore
+/// then refuses the snapshot with the reason).
+fn snapshot_memory(path: &std::path::Path, ram_size: u64) -> Result<GuestMemoryMmap, VmError> {
+    let mapped = std::fs::File::open(path).ok().and_then(|f| {
+        let layout = crate::migration::stream::FileLayout::read(&f).ok()?;
+        (layout.ram_len == ram_size).then(|| map_snapshot_memory(ram_size, &f, layout.ram_offset))
+    });
+    match mapped {
+        Some(mem) => Ok(mem?),
+        None => Ok(create_guest_memory(ram_size)?),
+    }
+}
+
 /// Adds the machine's devices in their fixed order: the legacy devices, then one virtio-blk
 /// device per disk.
 fn add_devices(devices: &mut DeviceManager, config: &VmConfig) -> Result<(), DeviceError> {
@@ -353,7 +372,10 @@ impl Vm {
         let vm_fd = Arc::new(create_vm(&kvm)?);
         let power_on = PowerOnState::capture(&vm_fd)?;
         let ram_size = config.memory_mib << 20;
-        let mem = create_guest_memory(ram_size)?;
+        let mem = match &config.snapshot {
+            Some(path) => snapshot_memory(path, ram_size)?,
+            None => create_guest_memory(ram_size)?,
+        };
         if !config.dump_guest_core {
             exclude_from_core_dumps(&mem)?;
         }

@@ -10,8 +10,10 @@
 //! hole between them, so descriptors may straddle a hole or run past the end.
 //!
 //! Asserts, beyond not panicking:
-//! - a chain is refused (the device breaks) exactly when it has no device-writable last byte
-//!   or fewer than 16 device-readable bytes before its first device-writable one;
+//! - a chain is refused (the device breaks) exactly when it is cut short (its last descriptor
+//!   still has NEXT: a loop, a `next` beyond the table, a bad or nested indirect table), its
+//!   last descriptor is empty or device-readable, or it has fewer than 16 device-readable
+//!   bytes before its first device-writable one;
 //! - reads and writes are whole sectors covering exactly the chain's data part;
 //! - a completed request's used length counts at most the chain's device-writable bytes, and
 //!   its status byte reads back as OK, IOERR or UNSUPP;
@@ -186,7 +188,13 @@ fuzz_target!(|data: &[u8]| {
         let total: u64 = segs.iter().map(|s| s.len).sum();
         let prefix: u64 = segs.iter().take_while(|s| !s.writable).map(|s| s.len).sum();
         let writable: u64 = segs.iter().filter(|s| s.writable).map(|s| s.len).sum();
-        let well_formed = segs.last().is_some_and(|s| s.writable) && prefix >= 16 && total > 16;
+        // The chain as virtio-queue yields it: cut short if its last descriptor still says
+        // "next" (a loop, a next beyond the table, a bad indirect table, ...); the status
+        // descriptor is the last one, empty or not.
+        let last = chain.clone().last();
+        let cut = last.is_some_and(|d| d.has_next());
+        let status_ok = last.is_some_and(|d| d.len() > 0 && d.is_write_only());
+        let well_formed = !cut && status_ok && prefix >= 16 && total > 16;
         let before = image_bytes(img);
 
         let parsed = match parse(chain, &mem, backend, cfg) {

@@ -27,6 +27,10 @@ pub enum Test {
     KbdReset,
     /// Hostile virtio-mmio register accesses.
     MmioChaos,
+    /// Hostile port I/O and MMIO to every emulated device and to the gaps between them.
+    PioChaos,
+    /// Hostile virtqueue rings on a virtio-blk device that is up.
+    VirtqChaos,
     /// Start the application processors (INIT-SIPI-SIPI).
     Smp,
     /// Rewrite `probe.mib` MiB of pages with checksummed patterns until the power button.
@@ -47,6 +51,8 @@ impl Test {
             b"triple-fault" => Test::TripleFault,
             b"kbd-reset" => Test::KbdReset,
             b"mmio-chaos" => Test::MmioChaos,
+            b"pio-chaos" => Test::PioChaos,
+            b"virtq-chaos" => Test::VirtqChaos,
             b"smp" => Test::Smp,
             b"mem-walk" => Test::MemWalk,
             _ => return None,
@@ -67,6 +73,8 @@ impl Test {
             Test::TripleFault => "triple-fault",
             Test::KbdReset => "kbd-reset",
             Test::MmioChaos => "mmio-chaos",
+            Test::PioChaos => "pio-chaos",
+            Test::VirtqChaos => "virtq-chaos",
             Test::Smp => "smp",
             Test::MemWalk => "mem-walk",
         }
@@ -172,7 +180,8 @@ pub struct Params {
     pub dev: u32,
     /// `probe.lba`: first sector. Default 0.
     pub lba: u64,
-    /// `probe.count`: sectors (blk-*) or accesses (mmio-chaos). Default 8.
+    /// `probe.count`: sectors (blk-*), accesses (mmio-chaos, pio-chaos) or race rounds
+    /// (virtq-chaos). Default 8.
     pub count: u64,
     /// `probe.seed`: pattern / chaos seed. Default 1.
     pub seed: u64,
@@ -429,6 +438,18 @@ mod tests {
         );
         let p = parse(b"probe.test=idle").unwrap();
         assert_eq!((p.count, p.seed, p.irq, p.secs), (8, 1, true, 2));
+        let p = parse(b"probe.test=mmio-chaos,pio-chaos,virtq-chaos,idle").unwrap();
+        assert_eq!(
+            p.tests(),
+            &[
+                Test::MmioChaos,
+                Test::PioChaos,
+                Test::VirtqChaos,
+                Test::Idle
+            ]
+        );
+        assert_eq!(Test::PioChaos.name(), "pio-chaos");
+        assert_eq!(Test::VirtqChaos.name(), "virtq-chaos");
     }
 
     #[test]

@@ -30,6 +30,14 @@ impl std::str::FromStr for IncomingSpec {
     }
 }
 
+/// The snapshot an `--incoming file:PATH` restores (its RAM is mapped, not read).
+pub fn snapshot_path(spec: Option<&IncomingSpec>) -> Option<std::path::PathBuf> {
+    match spec {
+        Some(IncomingSpec::Uri(MigrationUri::File(p))) => Some(p.clone()),
+        _ => None,
+    }
+}
+
 /// `migrate`: checks, then starts the `migration` thread; the command returns at once.
 ///
 /// # Errors
@@ -46,13 +54,13 @@ pub fn start_outgoing(
             "Cannot resume if there is no paused migration",
         ));
     }
-    if machine.migration.active() {
-        return Err(QmpError::generic("There's a migration process in progress"));
-    }
     if machine.migration.incoming || machine.state() == RunState::Inmigrate {
         return Err(QmpError::generic(
             "Guest is waiting for an incoming migration",
         ));
+    }
+    if machine.migration.active() {
+        return Err(QmpError::generic("There's a migration process in progress"));
     }
     if blk == Some(true) || inc == Some(true) {
         return Err(QmpError::generic(
@@ -120,23 +128,51 @@ pub fn start_incoming(machine: &mut Machine, uri: &str) -> Result<(), QmpError> 
     listen(machine, &uri).map_err(|e| QmpError::generic(crate::error::chain(&e)))
 }
 
-/// Sets up the destination's side of `uri` and starts its `migration` thread.
+/// How long `migrate-incoming` waits for the `migration` thread to listen (a bind).
+const LISTEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sets up the destination's side of `uri` on the `migration` thread (which alone may make
+/// sockets and open files) and waits until it listens or has failed to.
 ///
 /// # Errors
-/// The URI cannot be listened on or opened, or the thread cannot start.
+/// The URI cannot be listened on or opened, or the thread is gone.
 pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::MigrationError> {
-    let endpoint = uri::Incoming::listen(uri, &|_| None)?;
     let (shared, link) = machine.migration.begin();
-    let job = Incoming {
-        endpoint,
-        setup: machine.vm.setup(),
-        mem: machine.vm.memory().clone(),
-        shared,
-        link,
-    };
-    machine.migration.spawn(move || job.run()).map_err(|e| {
-        super::MigrationError::Io("start the migration thread for", String::new(), e)
-    })?;
+    let (ready, listening) = std::sync::mpsc::channel();
+    let setup = machine.vm.setup();
+    let mem = machine.vm.memory().clone();
+    let uri = uri.clone();
+    let gone = |e| super::MigrationError::Io("start the migration thread for", String::new(), e);
+    machine
+        .migration
+        .spawn(move || {
+            let endpoint = match uri::Incoming::listen(&uri, &|_| None) {
+                Ok(e) => e,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            let _ = ready.send(Ok(()));
+            Incoming {
+                endpoint,
+                setup,
+                mem,
+                shared,
+                link,
+            }
+            .run();
+        })
+        .map_err(gone)?;
+    let result = listening
+        .recv_timeout(LISTEN_TIMEOUT)
+        .map_err(|_| gone(std::io::Error::other("no answer")))
+        .and_then(|r| r.map_err(super::MigrationError::from));
+    if result.is_err() {
+        // Nothing runs: the next migrate-incoming may try again.
+        machine.migration.end(MigrationStatus::None, None);
+        return result;
+    }
     machine.migration_status(MigrationStatus::Setup);
     Ok(())
 }

@@ -80,6 +80,13 @@ impl Incoming {
         let total = self.setup.ram.iter().map(|r| r.1).sum();
         self.shared.update(|p| p.total = total);
         self.link.send(Request::Status(MigrationStatus::Active));
+        if !crate::memory::is_own_memory(&self.mem) {
+            // RAM is this snapshot, mapped privately: what building the VM wrote goes, and
+            // the guest reads the rest from the file as it touches it.
+            crate::memory::revert_to_snapshot(&self.mem)?;
+            let state = layout.state(f).map_err(MigrationError::Receive)?;
+            return load_state(&self.link, state);
+        }
         let loaded = receive::load_file_ram(f, &layout, &self.mem)?;
         self.shared.update(|p| {
             p.transferred = loaded;

@@ -147,7 +147,8 @@ pub struct Progress {
 impl Progress {
     fn new() -> Self {
         Self {
-            status: MigrationStatus::Setup,
+            // `begin`'s caller announces `setup` right away.
+            status: MigrationStatus::None,
             started: Instant::now(),
             setup_ms: None,
             total_ms: None,
@@ -312,14 +313,22 @@ impl Link {
     }
 }
 
+/// A migration's body, run on the `migration` thread.
+type Job = Box<dyn FnOnce() + Send>;
+
 /// The main loop's side of migrations: the parameters, the last migration's counters, and
-/// the thread running one.
+/// the `migration` thread. The thread exists from start-up, waiting for a job: created before
+/// the main thread confines itself, it takes the migration filter alone (sockets, files, the
+/// dirty log), which the main thread's own filter then need not allow.
 pub struct Migrations {
     params: Params,
     shared: Option<Arc<Shared>>,
     rx: Mutex<Receiver<Request>>,
     link: Link,
+    jobs: Option<Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// A job runs (from `spawn` until the main loop handles its end).
+    running: bool,
     /// The guest ran when the switch stopped it (it runs again if the migration fails).
     pub was_running: bool,
     /// An incoming migration runs or waits (`-incoming`).
@@ -330,18 +339,30 @@ impl std::fmt::Debug for Migrations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Migrations")
             .field("params", &self.params)
-            .field("running", &self.thread.is_some())
+            .field("running", &self.running)
             .finish()
     }
 }
 
 impl Migrations {
-    /// No migration yet.
+    /// No migration yet; the `migration` thread starts (and confines itself) now.
     ///
     /// # Errors
-    /// The eventfd could not be created.
+    /// The eventfd or the thread could not be created.
     pub fn new() -> std::io::Result<Self> {
         let (tx, rx) = channel();
+        let (jobs, queue) = channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("migration".into())
+            .spawn(move || {
+                if let Err(e) = crate::seccomp::confine(crate::seccomp::ThreadKind::Migration) {
+                    eprintln!("vmm: {}", crate::error::chain(&e));
+                    return;
+                }
+                for job in queue {
+                    job();
+                }
+            })?;
         Ok(Self {
             params: Params::default(),
             shared: None,
@@ -350,7 +371,9 @@ impl Migrations {
                 tx,
                 wake: Arc::new(EventFd::new(EFD_NONBLOCK)?),
             },
-            thread: None,
+            jobs: Some(jobs),
+            thread: Some(thread),
+            running: false,
             was_running: false,
             incoming: false,
         })
@@ -373,7 +396,7 @@ impl Migrations {
 
     /// Whether a migration runs.
     pub fn active(&self) -> bool {
-        self.thread.is_some()
+        self.running
     }
 
     /// The parameters.
@@ -415,17 +438,13 @@ impl Migrations {
     /// Runs `body` on the `migration` thread.
     ///
     /// # Errors
-    /// The thread could not be created.
+    /// The thread has ended (it could not confine itself).
     pub fn spawn(&mut self, body: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
-        let t = std::thread::Builder::new()
-            .name("migration".into())
-            .spawn(move || {
-                if let Err(e) = crate::seccomp::confine(crate::seccomp::ThreadKind::Migration) {
-                    eprintln!("vmm: {}", crate::error::chain(&e));
-                }
-                body();
-            })?;
-        self.thread = Some(t);
+        let sent = self.jobs.as_ref().map(|j| j.send(Box::new(body)));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(std::io::Error::other("the migration thread has ended"));
+        }
+        self.running = true;
         Ok(())
     }
 
@@ -444,9 +463,8 @@ impl Migrations {
 
     /// The migration ended: the thread is joined, the counters frozen.
     pub fn end(&mut self, status: MigrationStatus, error: Option<String>) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        // The job's last act was to report its end: the thread waits for the next one.
+        self.running = false;
         if let Some(s) = &self.shared {
             s.release();
             s.update(|p| {
@@ -460,7 +478,7 @@ impl Migrations {
     /// `migrate_cancel`: the thread stops at its next chunk or blocked call; `false` when no
     /// migration runs.
     pub fn cancel(&mut self) -> bool {
-        match (&self.shared, self.thread.is_some()) {
+        match (&self.shared, self.running) {
             (Some(s), true) => {
                 s.cancel.store(true, Ordering::Release);
                 s.update(|p| p.status = MigrationStatus::Cancelling);
@@ -481,11 +499,17 @@ impl Migrations {
 
 impl Drop for Migrations {
     fn drop(&mut self) {
-        // A migration thread blocked on its channel ends with the process; one that runs is
-        // told to stop.
+        // A running job is told to stop; the thread ends once it has (a job blocked on
+        // storage or a peer ends with the process instead: it is not waited for).
         if let Some(s) = &self.shared {
             s.cancel.store(true, Ordering::Release);
             s.interrupt();
+        }
+        self.jobs = None;
+        if !self.running {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
         }
     }
 }

@@ -114,6 +114,7 @@ impl Outgoing {
     }
 
     fn migrate(&mut self) -> Result<(), MigrationError> {
+        let mut raw = -1;
         let sink = match &self.uri {
             MigrationUri::File(path) => {
                 let f = File::options()
@@ -139,6 +140,7 @@ impl Outgoing {
                 };
                 self.child = channel.child.take();
                 self.shared.set_fd(channel.raw);
+                raw = channel.raw;
                 let duplex = channel.duplex;
                 let mut w = StreamWriter::new(channel.stream).map_err(MigrationError::Send)?;
                 w.setup(&self.setup).map_err(MigrationError::Send)?;
@@ -162,34 +164,18 @@ impl Outgoing {
             window_bytes: 0,
             buf: Vec::with_capacity(MAX_RUN * PAGE),
         };
-        match s.run() {
-            Err(MigrationError::Send(e)) => Err(s.refusal(&e).unwrap_or(MigrationError::Send(e))),
-            r => r,
+        let result = s.run();
+        if let (Err(MigrationError::Send(_)), Sink::Stream(w, true)) = (&result, &mut s.sink) {
+            // A destination that refuses says why before it closes: that is the error.
+            if let Some(reason) = refusal(w.get_mut(), raw) {
+                return Err(MigrationError::Refused(reason));
+            }
         }
+        result
     }
 }
 
 impl Sender<'_> {
-    /// Why the destination went away mid-stream, if it said so: a destination that refuses
-    /// (another VM's setup, a corrupt record) answers `ERR <reason>` and closes at once, so
-    /// the source's next write fails with `EPIPE` (or `ECONNRESET`) while that line waits to
-    /// be read. The peer is gone then, so the read cannot block.
-    fn refusal(&mut self, e: &io::Error) -> Option<MigrationError> {
-        let closed = matches!(
-            e.kind(),
-            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-        );
-        match &mut self.sink {
-            Sink::Stream(w, true) if closed => {
-                let reply = read_line(w.get_mut()).ok()?;
-                reply
-                    .strip_prefix("ERR ")
-                    .map(|reason| MigrationError::Refused(reason.to_owned()))
-            }
-            _ => None,
-        }
-    }
-
     fn cancelled(&self) -> Result<(), MigrationError> {
         if self.job.shared.cancel.load(Ordering::Acquire) {
             Err(MigrationError::Cancelled)
@@ -329,11 +315,14 @@ impl Sender<'_> {
     /// were never written and are zeros on the destination too.
     fn send_all(&mut self) -> Result<PassCount, MigrationError> {
         let mut count = PassCount::default();
+        // Only the VMM's own memory file's holes are pages never written (a snapshot mapped
+        // privately has the guest's writes outside the file).
         let fd = self
             .job
             .mem
             .iter()
             .next()
+            .filter(|_| crate::memory::is_own_memory(&self.job.mem))
             .and_then(|r| r.file_offset().map(|f| f.file().as_raw_fd()));
         let regions = self.regions.clone();
         for (start, len, off) in regions {
@@ -347,6 +336,26 @@ impl Sender<'_> {
                 let (data, hole) = (data - off, hole - off);
                 count.zero += (data - pos) / PAGE as u64;
                 let mut addr = data;
+                let file_sink = match &self.sink {
+                    Sink::File(f, layout) => Some((f.as_raw_fd(), layout.ram_offset)),
+                    Sink::Stream(..) => None,
+                };
+                if let (Some(memfd), Some((snap, ram_offset))) = (fd, file_sink) {
+                    // Memory file to snapshot file in the kernel: no copy through this
+                    // thread (zero pages inside data ranges are written as they are).
+                    let to = ram_offset + off;
+                    while addr < hole {
+                        self.cancelled()?;
+                        let step = (hole - addr).min((MAX_RUN * PAGE) as u64);
+                        let done = copy_range(memfd, off + addr, snap, to + addr, step)
+                            .map_err(MigrationError::Send)?;
+                        count.normal += done / PAGE as u64;
+                        count.bytes += done;
+                        self.file_bytes += done;
+                        addr += done;
+                        self.throttle(done);
+                    }
+                }
                 while addr < hole {
                     let n = ((hole - addr) / PAGE as u64).min(MAX_RUN as u64);
                     self.send_run(start.unchecked_add(addr), n, true, &mut count)?;
@@ -513,6 +522,58 @@ fn data_range(fd: i32, from: u64, end: u64) -> (u64, u64) {
     (data, hole.next_multiple_of(PAGE as u64).min(end))
 }
 
+/// Copies `len` bytes from `from` at `src` to `to` at `dst` in the kernel: `copy_file_range`,
+/// or `sendfile` where the two files are on different filesystems (a memfd and a disk's);
+/// returns `len` (or an error).
+fn copy_range(from: i32, src: u64, to: i32, dst: u64, len: u64) -> io::Result<u64> {
+    let mut src = src as i64;
+    let mut dst = dst as i64;
+    let mut done = 0u64;
+    let mut cross = false;
+    while done < len {
+        let want = (len - done) as usize;
+        let n = if cross {
+            // SAFETY: lseek on the snapshot file, whose own offset nothing else uses (its
+            // other writes are positional); sendfile from the memfd at `src`, which it
+            // advances, to that position.
+            unsafe {
+                if libc::lseek(to, dst, libc::SEEK_SET) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::sendfile(to, from, &mut src, want)
+            }
+        } else {
+            // SAFETY: both descriptors are open files of this process; the offsets are ours
+            // (the call does not move the files' own offsets when given pointers).
+            unsafe { libc::copy_file_range(from, &mut src, to, &mut dst, want, 0) }
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if !cross
+                && matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                )
+            {
+                cross = true;
+                continue;
+            }
+            return Err(e);
+        }
+        if cross {
+            dst += n as i64;
+        }
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the memory file ended early",
+            ));
+        }
+        done += n as u64;
+    }
+    Ok(done)
+}
+
 /// Makes `len` bytes at `offset` of `f` zeros again (a hole).
 fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: fallocate on our own file; the range is checked by the kernel.
@@ -529,6 +590,21 @@ fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
     }
     // A filesystem without holes: write the zeros.
     f.write_all_at(&vec![0u8; len as usize], offset)
+}
+
+/// The destination's `ERR` line, if it sent one (waited for at most a second).
+fn refusal(stream: &mut Box<dyn super::uri::ReadWrite>, raw: i32) -> Option<String> {
+    let mut pfd = libc::pollfd {
+        fd: raw,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; `raw` is the stream's descriptor, open while `stream` is.
+    if unsafe { libc::poll(&mut pfd, 1, 1000) } <= 0 {
+        return None;
+    }
+    let line = read_line(stream).ok()?;
+    line.strip_prefix("ERR ").map(str::to_owned)
 }
 
 /// One line of the destination's answer.

@@ -5,8 +5,8 @@
 //! sent is checked first: a page outside guest RAM, a setup that does not decode or does not
 //! match, a snapshot whose RAM is not this VM's size is refused with one line.
 //!
-//! It names only [`super::stream`] and [`super::state`] (and the workspace's crates), so the
-//! `migration_stream` fuzz target compiles it, with them, as it is.
+//! It names only [`super::stream`], [`super::state`] and `crate::memory` (and the workspace's
+//! crates), so the `migration_stream` fuzz target compiles it, with them, as it is.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -37,6 +37,9 @@ pub enum LoadError {
     /// A page outside guest RAM.
     #[error("Corrupt migration stream: a page at {0:#x} is outside guest RAM")]
     Memory(u64),
+    /// Guest RAM is a snapshot's file mapped privately, which must never be punched.
+    #[error("guest RAM is a snapshot's: it cannot take a migration")]
+    NotOwnMemory,
 }
 
 /// What loading has done so far, for the destination's counters.
@@ -189,11 +192,14 @@ pub fn load_file_ram(
 }
 
 /// Makes all of guest RAM zeros again (holes in the memory file: the host frees it).
-/// Anonymous memory (no file) is left as it is.
 ///
 /// # Errors
-/// The memory file refused the hole.
+/// Guest RAM is not the VM's own memory file (a snapshot's, mapped privately: never
+/// punched), or the memory file refused the hole.
 pub fn discard_ram(mem: &GuestMemoryMmap) -> Result<(), LoadError> {
+    if !crate::memory::is_own_memory(mem) {
+        return Err(LoadError::NotOwnMemory);
+    }
     for r in mem.iter() {
         let Some(f) = r.file_offset() else {
             continue;
@@ -266,7 +272,7 @@ mod tests {
 
     #[test]
     fn pages_and_zeros_land_the_last_copy_winning() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 * PAGE)]).unwrap();
+        let mem = crate::memory::create_guest_memory(4 * PAGE as u64).unwrap();
         let s = stream(|w| {
             w.pages(0x1000, &[7u8; 2 * PAGE]).unwrap();
             w.zeros(0x2000, 1).unwrap();
@@ -283,7 +289,7 @@ mod tests {
     /// A run that starts in RAM and ends past it is refused before any of it is written.
     #[test]
     fn a_run_past_the_end_of_ram_writes_nothing() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 * PAGE)]).unwrap();
+        let mem = crate::memory::create_guest_memory(4 * PAGE as u64).unwrap();
         for (gpa, n) in [(0x3000u64, 2usize), (u64::MAX - 0xfff, 1)] {
             let s = stream(|w| w.pages(gpa, &vec![9u8; n * PAGE]).unwrap());
             let (res, _) = load(&s, &mem);
@@ -299,7 +305,7 @@ mod tests {
 
     #[test]
     fn another_setup_and_no_state_are_refused() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 4 * PAGE)]).unwrap();
+        let mem = crate::memory::create_guest_memory(4 * PAGE as u64).unwrap();
         let (res, steps) = load(&stream(|_| {}), &mem);
         assert_eq!(
             res.unwrap_err().to_string(),

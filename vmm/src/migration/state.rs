@@ -109,13 +109,22 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// Checks what a source's setup says of itself: each CPU feature register once (a
-    /// register listed twice would be checked against this VM's first copy only).
+    /// Checks what a source's setup says of itself: each CPU feature register one of EAX,
+    /// EBX, ECX, EDX (the name is printed in refusals, which are one line), and listed once
+    /// (a register listed twice would be checked against this VM's first copy only).
     ///
     /// # Errors
-    /// The register listed twice.
+    /// Another register name, or a register listed twice.
     pub fn validate(&self) -> Result<(), String> {
         for (i, w) in self.cpu_features.iter().enumerate() {
+            if !["eax", "ebx", "ecx", "edx"].contains(&w.reg.as_str()) {
+                return Err(format!(
+                    "CPUID leaf {:#x} subleaf {}: no register \"{}\"",
+                    w.leaf,
+                    w.subleaf,
+                    w.reg.escape_debug()
+                ));
+            }
             let twice = self.cpu_features[..i]
                 .iter()
                 .any(|d| (d.leaf, d.subleaf, &d.reg) == (w.leaf, w.subleaf, &w.reg));
@@ -174,7 +183,7 @@ impl Setup {
             if d != s {
                 return Err(format!(
                     "disk {i} differs: the source's is id={} size={} read-only={} queues={}, this VM's id={} size={} read-only={} queues={}",
-                    s.id, s.size, s.read_only, s.queues, d.id, d.size, d.read_only, d.queues
+                    s.id.escape_debug(), s.size, s.read_only, s.queues, d.id, d.size, d.read_only, d.queues
                 ));
             }
         }
@@ -327,6 +336,24 @@ mod tests {
             "CPUID leaf 0x1 subleaf 0 ecx is listed twice"
         );
         assert_eq!(setup().validate(), Ok(()));
+    }
+
+    /// Found by the `migration_stream` fuzz target: a register name with a newline made the
+    /// refusal (and the destination's `ERR` line to the source) two lines.
+    #[test]
+    fn fuzz_source_strings_in_refusals_stay_one_line() {
+        let mut s = setup();
+        s.cpu_features[0].reg = "e\nnn\ndx".into();
+        assert_eq!(
+            s.validate().unwrap_err(),
+            "CPUID leaf 0x1 subleaf 0: no register \"e\\nnn\\ndx\""
+        );
+        let mut s = setup();
+        s.disks[0].id = "a\nb".into();
+        assert!(setup()
+            .accept(&s)
+            .unwrap_err()
+            .starts_with("disk 0 differs: the source's is id=a\\nb size="));
     }
 
     #[test]

@@ -466,6 +466,7 @@ fn build(g: Gathered) -> Result<Invocation, QemuCliError> {
         debug_port: false,
         started: std::time::Instant::now(),
         dump_guest_core: g.machine.dump_guest_core,
+        snapshot: crate::migration::control::snapshot_path(g.incoming.as_ref()),
         inactive_images: g.incoming.is_some(),
     };
     let options = RunOptions {

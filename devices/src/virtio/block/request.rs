@@ -3,8 +3,12 @@
 //!
 //! A request is a descriptor chain holding, in order, a 16-byte header (device-readable), the
 //! data, and a one-byte status (device-writable). The device makes no assumption about how
-//! those bytes are split across descriptors. A chain whose header or status cannot be found is
-//! a driver bug the device cannot answer: the queue is broken and the device asks for a reset.
+//! those bytes are split across descriptors. A chain whose header or status cannot be found,
+//! or that cannot be followed to its end (a loop, a `next` beyond the table, a descriptor or
+//! indirect table outside guest memory, a nested or malformed indirect table: see
+//! [`ChainError::Truncated`]), is a driver bug the device cannot answer: the queue is broken
+//! and the device asks for a reset (`DEVICE_NEEDS_RESET` and a config interrupt), touching
+//! neither the image nor guest memory for it.
 //! Everything else, however hostile, completes with a status (`IOERR`, `UNSUPP`).
 
 use std::ops::Deref;
@@ -105,6 +109,11 @@ pub enum ChainError {
     /// The header or the status lies outside guest memory.
     #[error("request header or status is outside guest memory")]
     Memory,
+    /// The chain does not end where its descriptors say: it loops, is longer than its
+    /// descriptor table, names a descriptor beyond the table or outside guest memory, or has
+    /// a malformed or nested indirect table.
+    #[error("descriptor chain loops or cannot be followed to its end")]
+    Truncated,
 }
 
 /// What became of a request.
@@ -274,10 +283,12 @@ where
     M: Deref<Target = GuestMemoryMmap>,
 {
     let mut segs = Vec::new();
-    for d in chain {
-        if segs.len() == MAX_CHAIN_DESCRIPTORS {
+    let mut last_desc = None;
+    for (i, d) in chain.enumerate() {
+        if i == MAX_CHAIN_DESCRIPTORS {
             return Err(ChainError::TooLong);
         }
+        last_desc = Some(d);
         if d.len() > 0 {
             segs.push(Segment {
                 addr: d.addr(),
@@ -286,12 +297,21 @@ where
             });
         }
     }
+    // virtio-queue ends a chain silently where it cannot go on: a loop or a chain longer than
+    // its table (after a table's worth of descriptors), a `next` beyond the table, a
+    // descriptor outside guest memory, a bad or nested indirect table, more than 4 GiB in
+    // all. Its last descriptor then still says "next": what it yielded is not the chain.
+    let last_desc = last_desc.ok_or(ChainError::Status)?;
+    if last_desc.has_next() {
+        return Err(ChainError::Truncated);
+    }
 
-    // The status byte: the last byte of the last descriptor, which must be device-writable.
-    let last = segs.last().copied().ok_or(ChainError::Status)?;
-    if !last.writable {
+    // The status byte: the last byte of the last descriptor, which must be device-writable
+    // and not empty (a zero-length last descriptor has no last byte).
+    if last_desc.len() == 0 || !last_desc.is_write_only() {
         return Err(ChainError::Status);
     }
+    let last = segs.last().copied().ok_or(ChainError::Status)?;
     let status_addr = last
         .addr
         .checked_add(last.len - 1)
@@ -549,11 +569,16 @@ fn classify(
                 let Some(offset) = start.checked_mul(SECTOR_SIZE) else {
                     return ioerr(kind);
                 };
-                ranges.push((
-                    offset,
-                    u64::from(num) * SECTOR_SIZE,
-                    flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
-                ));
+                // Every range inside the disk, before the first one runs: the backend checks
+                // each range as it comes, which would leave the ones before a bad one done.
+                let len = u64::from(num) * SECTOR_SIZE;
+                if offset
+                    .checked_add(len)
+                    .is_none_or(|end| end > backend.size())
+                {
+                    return ioerr(kind);
+                }
+                ranges.push((offset, len, flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0));
             }
             if discard {
                 Op::Discard(ranges.into_iter().map(|(o, l, _)| (o, l)).collect())

@@ -553,19 +553,44 @@ impl Worker {
         }
     }
 
+    /// Chains of queue `idx` popped and not yet in its used ring: in line, with the pool or
+    /// the ring, or parked.
+    fn outstanding(&self, idx: usize) -> usize {
+        self.held.iter().filter(|p| p.queue == idx).count()
+            + self
+                .in_flight
+                .values()
+                .filter(|s| !s.answered && s.req.queue == idx)
+                .count()
+            + self.parked.iter().filter(|p| p.queue == idx).count()
+    }
+
     /// Takes every available chain off queue `idx`, leaving notifications enabled.
+    ///
+    /// # Errors
+    /// The rings cannot be read, the available index runs more than a queue size ahead, or
+    /// more chains would be outstanding (popped, not yet in the used ring) than the queue
+    /// size: the driver made descriptors available again that the device still holds (a
+    /// driver gets a descriptor back only through the used ring). Without that check a driver
+    /// that keeps moving the available index makes the device take more and more requests
+    /// (and memory) for the same descriptors.
     fn pop_all(&mut self, idx: usize) -> Result<Vec<Chain>, ()> {
+        let outstanding = self.outstanding(idx);
         let mem = &self.ctx.mem;
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         let Some(queue) = queues.get_mut(idx).filter(|q| q.ready()) else {
             return Ok(Vec::new());
         };
+        let room = usize::from(queue.size()).saturating_sub(outstanding);
         let mut chains = Vec::new();
         loop {
             queue.disable_notification(&**mem).map_err(|_| ())?;
             // An available index more than a queue size ahead is an error here.
             let iter = queue.iter(Arc::clone(mem)).map_err(|_| ())?;
             chains.extend(iter);
+            if chains.len() > room {
+                return Err(());
+            }
             match queue.enable_notification(&**mem) {
                 Ok(true) => continue,
                 Ok(false) => {
@@ -659,6 +684,7 @@ impl Worker {
 
     /// Puts completed requests in their used rings (parks the stopped ones) and notifies.
     fn complete(&mut self, done: Vec<(Pending, Result<Outcome, ChainError>)>) {
+        let was_broken = self.broken;
         let mut notify = vec![false; self.queue_events.len()];
         // Requests that leave the device: in the used ring, or dropped with a broken device.
         let mut retired = 0;
@@ -712,8 +738,13 @@ impl Worker {
             self.counts.retire(retired);
         }
         if self.broken {
-            self.forget_dead();
-            let _ = self.interrupt.set_needs_reset();
+            if was_broken {
+                // Parked requests of a broken device never run again.
+                self.forget_dead();
+            } else {
+                // Once: every later completion of a broken device would interrupt again.
+                self.set_broken();
+            }
         }
         // A resume may have come before the I/O thread saw the request stop.
         self.retry_parked();

@@ -171,6 +171,22 @@ pub fn inb(port: u16) -> u8 {
     v
 }
 
+/// Port input, 16 bits.
+pub fn inw(port: u16) -> u16 {
+    let v: u16;
+    // SAFETY: port I/O has no memory effects on this guest.
+    unsafe { asm!("in ax, dx", out("ax") v, in("dx") port, options(nostack, nomem)) };
+    v
+}
+
+/// Port input, 32 bits.
+pub fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: port I/O has no memory effects on this guest.
+    unsafe { asm!("in eax, dx", out("eax") v, in("dx") port, options(nostack, nomem)) };
+    v
+}
+
 /// Port output, 8 bits.
 pub fn outb(port: u16, v: u8) {
     // SAFETY: port I/O has no memory effects on this guest.

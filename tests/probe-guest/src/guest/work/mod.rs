@@ -5,8 +5,10 @@ mod blkio;
 mod boot;
 mod chaos;
 mod memwalk;
+mod pio_chaos;
 mod power;
 mod smp;
+mod virtq_chaos;
 mod workers;
 
 use super::apic::Apic;
@@ -165,6 +167,8 @@ pub fn run_all(ctx: &mut Ctx) -> u32 {
             Test::TripleFault => power::triple_fault(),
             Test::KbdReset => power::kbd_reset(),
             Test::MmioChaos => chaos::run(ctx),
+            Test::PioChaos => pio_chaos::run(ctx),
+            Test::VirtqChaos => virtq_chaos::run(ctx),
             Test::Smp => smp::run(ctx),
             Test::MemWalk => memwalk::run(ctx),
         };

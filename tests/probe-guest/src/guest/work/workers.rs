@@ -29,6 +29,63 @@ pub enum Job {
     },
     /// mem-walk: rewrite a share of the pages until the boot CPU says stop.
     Walk(memwalk::Part),
+    /// virtq-chaos: hostile writes to a virtqueue's rings until a deadline.
+    Scribble(Scribble),
+}
+
+/// Random 2-, 4- and 8-byte stores into `regions` (address, length) until
+/// `until_ns`; the result's `ios` counts them.
+#[derive(Clone, Copy)]
+pub struct Scribble {
+    /// Where to write (a length of 0 leaves a region out).
+    pub regions: [(u64, u64); 2],
+    /// When to stop (`timer::now_ns`).
+    pub until_ns: u64,
+    /// Random seed (non-zero).
+    pub seed: u64,
+}
+
+impl Scribble {
+    fn run(&self) -> PhaseResult {
+        let mut x = self.seed | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut stores = 0u64;
+        let regions = self.regions.iter().filter(|r| r.1 >= 8).count() as u64;
+        while regions > 0 && now_ns() < self.until_ns {
+            for _ in 0..64 {
+                let r = next();
+                let (base, len) = self
+                    .regions
+                    .iter()
+                    .filter(|r| r.1 >= 8)
+                    .nth((r % regions) as usize)
+                    .copied()
+                    .unwrap_or((0, 0));
+                let width = 2u64 << ((r >> 8) % 3);
+                let at = base + (((r >> 16) % (len - width + 1)) & !(width - 1));
+                let v = next();
+                // SAFETY: `at..at + width` lies in a region the boot CPU gave
+                // this job (rings it owns and lets be scribbled on).
+                unsafe {
+                    match width {
+                        2 => core::ptr::write_volatile(at as *mut u16, v as u16),
+                        4 => core::ptr::write_volatile(at as *mut u32, v as u32),
+                        _ => core::ptr::write_volatile(at as *mut u64, v),
+                    }
+                }
+                stores += 1;
+            }
+        }
+        PhaseResult {
+            ios: stores,
+            ..PhaseResult::ZERO
+        }
+    }
 }
 
 struct Mailbox {
@@ -146,6 +203,11 @@ pub extern "C" fn probe_ap_main(k: u64) -> ! {
                     unsafe { *m.result.get() = r };
                 }
                 Job::Walk(part) => memwalk::run_part(k, &part),
+                Job::Scribble(sc) => {
+                    let r = sc.run();
+                    // SAFETY: see `Mailbox`.
+                    unsafe { *m.result.get() = r };
+                }
             }
             m.done.store(posted, Ordering::Release);
             continue;
