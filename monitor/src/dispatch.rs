@@ -109,6 +109,8 @@ pub enum Inband {
         id: Option<Value>,
         /// The session uses canonical handles.
         explicit_handles: bool,
+        /// For `getfd`: the oldest descriptor the session passed (see [`crate::fds`]).
+        fd: Option<crate::fds::PassedFd>,
     },
     /// A reply the monitor already knows (an error); the main loop only passes it back so that
     /// it keeps its place in the session's order.
@@ -126,6 +128,7 @@ impl Inband {
                 arguments,
                 id,
                 explicit_handles,
+                fd: _,
             } => {
                 let result = dispatch(server, &command, arguments);
                 response(&command, result, id, explicit_handles)

@@ -447,6 +447,12 @@ mod tests {
         fn migrate_cancel(&mut self) -> Result<(), QmpError> {
             Err(QmpError::generic("not used by HMP"))
         }
+        fn getfd(&mut self, _: String) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn closefd(&mut self, _: String) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
         fn query_jobs(&mut self) -> Result<Vec<qapi::types::JobInfo>, QmpError> {
             Err(QmpError::generic("not used by HMP"))
         }

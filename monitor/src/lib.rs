@@ -5,10 +5,12 @@
 //! request ([`dispatch`]), and the human monitor behind `human-monitor-command` ([`hmp`]).
 
 pub mod dispatch;
+pub mod fds;
 pub mod hmp;
 pub mod json_stream;
 pub mod listener;
 pub mod request;
+pub mod scm;
 pub mod server;
 pub mod session;
 pub mod signals;

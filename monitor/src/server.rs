@@ -122,6 +122,9 @@ pub enum ToMain {
     },
     /// A client connected to a socket declared with `wait=on`.
     WaitedClientConnected,
+    /// A session ended after the main loop answered all of it: its named descriptors
+    /// ([`crate::fds::FdTable`]) are closed.
+    SessionClosed(SessionId),
 }
 
 fn error_reply(class: ErrorClass, desc: impl Into<String>, id: Option<Value>) -> Value {
@@ -679,7 +682,10 @@ impl MonitorThread {
             self.changes
                 .push(Change::Add(fd, Token::Session, EventSet::IN));
             self.by_fd.insert(fd, id);
-            self.sessions.insert(id, Session::new(stream, index));
+            let mut session = Session::new(stream, index);
+            // Descriptors the client passes obey the same budget as its connection.
+            session.fd_budget = self.limits.descriptors;
+            self.sessions.insert(id, session);
             if let Some(socket) = self.listeners.get_mut(index) {
                 socket.clients += 1;
             }
@@ -931,6 +937,11 @@ impl MonitorThread {
                     return Flow::Continue;
                 }
                 let explicit_handles = self.sessions.get(&id).is_some_and(|s| s.explicit_handles);
+                // The oldest descriptor the client passed goes with its `getfd`.
+                let fd = match self.sessions.get_mut(&id) {
+                    Some(s) if req.command == "getfd" => Some(s.fds.take()),
+                    _ => None,
+                };
                 self.inband(
                     id,
                     Inband::Execute {
@@ -938,6 +949,7 @@ impl MonitorThread {
                         arguments: req.arguments.map(Value::Object),
                         id: req.id,
                         explicit_handles,
+                        fd,
                     },
                 )
             }
@@ -1116,6 +1128,7 @@ impl MonitorThread {
                 self.changes.push(Change::Remove(fd));
             }
             self.closed.push(s);
+            self.send_main(ToMain::SessionClosed(id));
         }
     }
 }

@@ -5,11 +5,14 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
 
 use event_manager::EventSet;
 
+use crate::fds::Pending;
 use crate::json_stream::{Item, JsonStream};
 use crate::listener::Stream;
+use crate::server::FdBudget;
 use crate::signals::Connections;
 
 /// Capacity a buffer may keep once it is empty again; a larger one (left by a large message)
@@ -115,6 +118,11 @@ pub struct Session {
     /// The client is gone: nothing can be written either. The session stays until the main
     /// loop has answered what it has of it.
     pub gone: bool,
+    /// Descriptors received with `SCM_RIGHTS` that no `getfd` took yet (closed with the
+    /// session).
+    pub fds: Pending,
+    /// A received descriptor among those the VMM keeps for itself is closed at once.
+    pub fd_budget: Option<FdBudget>,
 }
 
 impl Session {
@@ -137,6 +145,8 @@ impl Session {
             registered: true,
             eof: false,
             gone: false,
+            fds: Pending::default(),
+            fd_budget: None,
         }
     }
 
@@ -146,8 +156,22 @@ impl Session {
     }
 
     /// Reads one chunk from the socket into the splitter; completed items go to the backlog.
+    /// On a Unix socket, descriptors that came with the bytes are kept in [`Self::fds`].
     pub fn read_chunk(&mut self, buf: &mut [u8]) -> ReadOutcome {
-        match self.stream.read(buf) {
+        let read = match &self.stream {
+            Stream::Unix(s) => crate::scm::recv_with_fds(s.as_fd(), buf, 0).map(|r| {
+                let budget = self.fd_budget;
+                let (kept, refused): (Vec<_>, Vec<_>) = r
+                    .fds
+                    .into_iter()
+                    .partition(|fd| budget.is_none_or(|b| b.admits(fd.as_raw_fd())));
+                self.fds
+                    .receive(kept, usize::from(r.truncated) + refused.len());
+                r.len
+            }),
+            Stream::Tcp(_) => self.stream.read(buf),
+        };
+        match read {
             Ok(0) => ReadOutcome::Closed,
             Ok(n) => {
                 let items = self.reader.feed(&buf[..n]);
@@ -209,6 +233,41 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn descriptors_passed_with_the_input_are_kept() {
+        use std::os::unix::net::UnixStream;
+        let (client, server) = UnixStream::pair().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut s = Session::new(Stream::Unix(server), 0);
+        let (a, _b) = UnixStream::pair().unwrap();
+        crate::scm::send_with_fds(client.as_fd(), b" ", &[a.as_fd()]).unwrap();
+        (&client)
+            .write_all(br#"{"execute": "getfd", "arguments": {"fdname": "x"}}"#)
+            .unwrap();
+        let mut buf = vec![0u8; READ_CHUNK];
+        assert_eq!(s.read_chunk(&mut buf), ReadOutcome::Data(1));
+        assert_eq!(s.fds.len(), 1);
+        assert!(matches!(s.read_chunk(&mut buf), ReadOutcome::Data(_)));
+        assert_eq!(
+            s.backlog.len(),
+            1,
+            "the command after the descriptor's byte"
+        );
+        assert_eq!(s.read_chunk(&mut buf), ReadOutcome::Empty);
+        assert!(s.fds.take().take().is_some_and(|r| r.is_ok()));
+        // A descriptor among the VMM's reserve is closed at once, and counted.
+        s.fd_budget = Some(FdBudget {
+            limit: 64,
+            reserve: 64,
+        });
+        crate::scm::send_with_fds(client.as_fd(), b" ", &[a.as_fd(), a.as_fd()]).unwrap();
+        assert_eq!(s.read_chunk(&mut buf), ReadOutcome::Data(1));
+        assert!(s.fds.is_empty());
+        assert!(matches!(s.fds.take().take(), Some(Err(2))));
+        drop(client);
+        assert_eq!(s.read_chunk(&mut buf), ReadOutcome::Closed);
+    }
 
     #[test]
     fn out_buf_partial_writes_and_release() {

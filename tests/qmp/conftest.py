@@ -115,11 +115,12 @@ def listening(addr) -> bool:
 
 class Vmm:
     """One vmm process. `qmp` is a list of --qmp values; `sock` the first Unix socket path;
-    `nofile` (soft, hard) the open-file limit vmm starts with; `memory` its RAM in MiB."""
+    `nofile` (soft, hard) the open-file limit vmm starts with; `pass_fds` descriptors it inherits
+    (same numbers); `memory` its RAM in MiB."""
 
     def __init__(self, tmp: Path, *, qmp=None, cpus=1, cmdline="probe.test=idle", name=None,
                  paused=False, no_reboot=False, extra=(), wait_socket=True, kernel=None,
-                 nofile=None, memory=64):
+                 nofile=None, memory=64, pass_fds=()):
         self.tmp = tmp
         self.serial_path = tmp / f"serial-{id(self)}.txt"
         self.stderr_path = tmp / f"stderr-{id(self)}.txt"
@@ -146,7 +147,8 @@ class Vmm:
                 resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL,
-                                     stderr=open(self.stderr_path, "wb"), preexec_fn=limit)
+                                     stderr=open(self.stderr_path, "wb"), preexec_fn=limit,
+                                     pass_fds=tuple(pass_fds))
         self.pid = self.proc.pid
         if wait_socket:
             for q in self.qmp:

@@ -221,14 +221,12 @@ def test_truncated_and_corrupt_streams_are_refused(vmm_factory, tmp_path):
         # A destination that read the stream's start answers the source on the socket.
         if name != "magic":
             assert answer == f"ERR {reason}\n".encode(), (name, answer)
-    # The same through a pipe: `--incoming exec:cat FILE` (no way back to a source). The
-    # command is spawned by the confined `migration` thread, whose seccomp filter forbids
-    # pipe2 (and the child would inherit the filter): exec: needs --seccomp off for now.
+    # The same through a pipe: `--incoming exec:cat FILE` (no way back to a source).
     for name, data, reason in cases[:2]:
         path = tmp_path / f"stream-{name}"
         path.write_bytes(data)
-        refused(destination(vmm_factory, tmp_path, f"exec:cat {path}", name=f"exec-{name}",
-                            extra=("--seccomp", "off")), reason)
+        refused(destination(vmm_factory, tmp_path, f"exec:cat {path}", name=f"exec-{name}"),
+                reason)
     assert src.alive()
     with RawQmp(src.sock) as q:
         q.negotiate()

@@ -344,3 +344,45 @@ def test_migration_capabilities(vm):
             "desc": "Parameter 'capability' does not accept value 'xbzrle'"}
         # Nothing changed.
         assert q.cmd("query-migrate-capabilities")["return"][0]["state"] is True
+
+
+def test_exec_migration_with_daemonize_and_incoming_defer(qemu, tmp_path, procs):
+    """QEMU's command line both ways, as libvirt saves and restores a domain: `migrate
+    exec:cat > FILE`, then a `-daemonize` destination with `-incoming defer` and
+    `migrate-incoming exec:cat FILE`. The launcher process is forked after the daemon's fork,
+    so the command runs though the daemon's threads are confined."""
+    image = tmp_path / "saved.bin"
+    src_log, dst_log = tmp_path / "src.log", tmp_path / "dst.log"
+    p, q = start_with_monitor(qemu, tmp_path, procs, ["-serial", f"file:{src_log}"],
+                              "probe.test=idle")
+    try:
+        wait_until(lambda: "PROBE idle" in src_log.read_text(), what="the source guest")
+        assert q.cmd("migrate", {"uri": f"exec:cat > '{image}'"}) == {"return": {}}
+        wait_until(lambda: q.cmd("query-migrate")["return"]["status"] in ("completed", "failed"),
+                   what="the migration's end")
+        assert q.cmd("query-migrate")["return"]["status"] == "completed"
+    finally:
+        q.close()
+        p.kill()
+    sock, pidfile = tmp_path / "dst.sock", tmp_path / "dst.pid"
+    d = procs([qemu, "-machine", "microvm", "-m", "64", "-kernel", KERNEL,
+               "-append", "probe.test=idle", "-nodefaults", "-serial", f"file:{dst_log}",
+               "-qmp", f"unix:{sock},server=on,wait=off", "-incoming", "defer",
+               "-pidfile", pidfile, "-daemonize"], tmp_path)
+    assert d.wait() == 0, d.stderr()
+    pid = int(pidfile.read_text())
+    try:
+        with RawQmp(sock) as dq:
+            dq.negotiate()
+            assert dq.cmd("query-status")["return"]["status"] == "inmigrate"
+            assert dq.cmd("migrate-incoming", {"uri": f"exec:cat '{image}'"}) == {"return": {}}
+            wait_until(lambda: dq.cmd("query-status")["return"]["status"] == "running",
+                       what="the destination to run")
+            assert dq.cmd("system_powerdown") == {"return": {}}
+            wait_until(lambda: "PROBE-DONE rc=0" in dst_log.read_text(), what="the guest's end")
+        assert "PROBE power-button" in dst_log.read_text()
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
+                   open(f"/proc/{pid}/stat").read().split()[2] == "Z", what="vmm to exit")
+    finally:
+        if os.path.exists(f"/proc/{pid}"):
+            os.kill(pid, 9)

@@ -90,6 +90,8 @@ pub struct Machine {
     pub migration_events: bool,
     /// Migrations: the parameters, the last one's counters, the thread of a running one.
     pub migration: Migrations,
+    /// The descriptors QMP clients named with `getfd` (`fd:NAME` migrations take them).
+    pub fds: monitor::fds::FdTable,
     /// An incoming migration starts the guest when it completes (no `-S`, or `cont` while
     /// it was received).
     autostart: bool,
@@ -129,6 +131,7 @@ impl Machine {
             monitor_chardevs: Vec::new(),
             migration_events: false,
             migration,
+            fds: monitor::fds::FdTable::default(),
             autostart: false,
             exit: None,
             failed: false,

@@ -14,6 +14,7 @@ mod disk;
 mod error;
 mod fdset;
 mod host;
+mod launcher;
 mod layout;
 mod machine;
 mod memory;
@@ -75,6 +76,8 @@ fn vmm_main() -> i32 {
         report::error(format_args!("{}", error::chain(&e)));
         return 1;
     }
+    // One thread, no filter, no guest RAM yet.
+    launcher::start();
     finish(runner::run(&config, &options, None))
 }
 
@@ -118,6 +121,8 @@ fn qemu_main(args: &[OsString]) -> i32 {
     } else {
         None
     };
+    // After the daemon's fork, while there is one thread, no filter and no guest RAM.
+    launcher::start();
     // Held (locked) until vmm exits, then removed.
     let _pidfile = match run
         .pidfile

@@ -653,6 +653,14 @@ impl QmpCommands for Machine {
     ) -> Result<Vec<CommandLineOptionInfo>, QmpError> {
         crate::qemu_cli::options_info::query(option.as_deref()).map_err(QmpError::generic)
     }
+
+    fn getfd(&mut self, fdname: String) -> Result<(), QmpError> {
+        self.fds.getfd(&fdname)
+    }
+
+    fn closefd(&mut self, fdname: String) -> Result<(), QmpError> {
+        self.fds.closefd(&fdname)
+    }
 }
 
 /// `human-monitor-command`'s `cpu-index` must name a vCPU.

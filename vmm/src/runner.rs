@@ -3,7 +3,7 @@
 //! signals and console input, and turns each into an operation on the [`Machine`]. The main
 //! loop thread owns the machine; running here is what "holding the big lock" means.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,6 +158,8 @@ struct MainLoop {
     /// Sessions with a command waiting on a worker ([`qmp_async`]), and their in-band items
     /// queued behind it, in order.
     stalled: HashMap<SessionId, VecDeque<Inband>>,
+    /// Stalled sessions that closed: their named descriptors close once their queue ran.
+    closing: HashSet<SessionId>,
     jobs_tx: Sender<JobDone>,
     jobs_rx: Receiver<JobDone>,
     jobs_wake: EventFd,
@@ -223,6 +225,13 @@ impl MainLoop {
                         }
                     }
                 }
+                ToMain::SessionClosed(session) => {
+                    if self.stalled.contains_key(&session) {
+                        self.closing.insert(session);
+                    } else {
+                        self.machine.fds.session_closed(session);
+                    }
+                }
                 ToMain::Request { session, item } => match self.stalled.get_mut(&session) {
                     // Behind the session's waiting command, to keep its replies in order.
                     Some(queue) => queue.push_back(item),
@@ -241,11 +250,23 @@ impl MainLoop {
     /// Runs one in-band item of `session`: under the big lock, or — for a command that may
     /// wait on storage — its waiting part on a worker, the session stalling until it is done.
     fn run_item(&mut self, session: SessionId, item: Inband) {
+        let fd = match &item {
+            Inband::Execute { fd, .. } => fd.clone(),
+            Inband::Reply(_) => None,
+        };
+        // `getfd`, `closefd` and `fd:NAME` act on this session's descriptors.
+        self.machine.fds.begin(session, fd);
+        self.run_item_now(session, item);
+        self.machine.fds.end();
+    }
+
+    fn run_item_now(&mut self, session: SessionId, item: Inband) {
         let Inband::Execute {
             command,
             arguments,
             id,
             explicit_handles,
+            ..
         } = &item
         else {
             let answer = item.run(&mut self.machine);
@@ -328,6 +349,9 @@ impl MainLoop {
                     break;
                 }
                 self.run_item(done.session, item);
+            }
+            if !self.stalled.contains_key(&done.session) && self.closing.remove(&done.session) {
+                self.machine.fds.session_closed(done.session);
             }
         }
     }
@@ -634,6 +658,7 @@ pub fn run(
         waiting_for_client,
         outcome: None,
         stalled: HashMap::new(),
+        closing: HashSet::new(),
         jobs_tx,
         jobs_rx,
         jobs_wake: EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?,

@@ -259,6 +259,9 @@ const BLOCK_IO: &[i64] = &[
 
 /// A `migration` thread: its socket (connect or listen and accept) or snapshot file, the
 /// dirty log (`KVM_GET_DIRTY_LOG`, slot flags), the memory file's data ranges and holes.
+/// An `exec:` command is the launcher process's (`crate::launcher`): this thread only asks
+/// for it and receives the pipe and status socket (`sendmsg`, `recvmsg`), then waits for the
+/// status (`recvfrom`) or, on a cancel, shuts the status socket down; it never forks or execs.
 const MIGRATION: &[i64] = &[
     libc::SYS_socket,
     libc::SYS_connect,
@@ -514,6 +517,24 @@ mod tests {
             });
             assert_eq!((ret, err), (-1, libc::EPERM), "{kind:?}");
         }
+    }
+
+    #[test]
+    fn exec_commands_run_from_the_confined_migration_thread_through_the_launcher() {
+        crate::launcher::start_in_thread();
+        let got = confined(ThreadKind::Migration, || {
+            let launcher = crate::launcher::get().unwrap();
+            let (pipe, mut child) = launcher
+                .spawn(
+                    "echo streamed; exit 5",
+                    crate::launcher::Direction::FromCommand,
+                )
+                .unwrap();
+            let mut out = String::new();
+            std::io::Read::read_to_string(&mut std::fs::File::from(pipe), &mut out).unwrap();
+            (out, child.wait().unwrap().code())
+        });
+        assert_eq!(got, ("streamed\n".to_owned(), Some(5)));
     }
 
     #[test]

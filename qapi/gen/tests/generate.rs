@@ -79,6 +79,8 @@ fn main_schema_has_the_required_interface() {
             "migrate_cancel",
             "query-jobs",
             "human-monitor-command",
+            "getfd",
+            "closefd",
             "query-command-line-options",
         ]
     );

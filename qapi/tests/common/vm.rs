@@ -397,6 +397,19 @@ impl QmpCommands for FakeVm {
     ) -> Result<Vec<CommandLineOptionInfo>, QmpError> {
         Ok(Vec::new())
     }
+
+    // No client passes descriptors to the fake: getfd never has one, closefd no name.
+    fn getfd(&mut self, _fdname: String) -> Result<(), QmpError> {
+        Err(QmpError::generic(
+            "No file descriptor supplied via SCM_RIGHTS",
+        ))
+    }
+
+    fn closefd(&mut self, fdname: String) -> Result<(), QmpError> {
+        Err(QmpError::generic(format!(
+            "File descriptor named '{fdname}' not found"
+        )))
+    }
 }
 
 pub fn sample_block_info() -> Value {

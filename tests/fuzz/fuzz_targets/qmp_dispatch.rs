@@ -145,6 +145,7 @@ fn run(vm: &mut vm::FakeVm, req: Request, explicit_handles: bool) {
         arguments,
         id: id.clone(),
         explicit_handles,
+        fd: None,
     };
     match item.run(vm) {
         None => {

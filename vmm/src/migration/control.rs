@@ -79,8 +79,12 @@ pub fn start_outgoing(
     let uri = MigrationUri::parse(uri).map_err(|e| QmpError::generic(e.to_string()))?;
     // A descriptor is taken now, so that a later `closefd` cannot race the thread.
     let channel = match &uri {
-        MigrationUri::Fd(_) => {
-            Some(uri::connect(&uri, &|_| None).map_err(|e| QmpError::generic(e.to_string()))?)
+        MigrationUri::Fd(name) => {
+            let named = std::cell::Cell::new(machine.fds.take(name));
+            Some(
+                uri::connect(&uri, &|_| named.take())
+                    .map_err(|e| QmpError::generic(e.to_string()))?,
+            )
         }
         _ => None,
     };
@@ -137,6 +141,12 @@ const LISTEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// # Errors
 /// The URI cannot be listened on or opened, or the thread is gone.
 pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::MigrationError> {
+    // `fd:NAME` of `migrate-incoming`: a descriptor the client named with `getfd`, taken
+    // here (the main loop owns the names) and handed to the thread.
+    let named = match uri {
+        MigrationUri::Fd(name) => machine.fds.take(name),
+        _ => None,
+    };
     let (shared, link) = machine.migration.begin();
     let (ready, listening) = std::sync::mpsc::channel();
     let setup = machine.vm.setup();
@@ -146,7 +156,8 @@ pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::Mi
     machine
         .migration
         .spawn(move || {
-            let endpoint = match uri::Incoming::listen(&uri, &|_| None) {
+            let named = std::cell::Cell::new(named);
+            let endpoint = match uri::Incoming::listen(&uri, &|_| named.take()) {
                 Ok(e) => e,
                 Err(e) => {
                     let _ = ready.send(Err(e));

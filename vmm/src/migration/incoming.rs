@@ -59,6 +59,9 @@ impl Incoming {
                 let channel = endpoint.accept()?;
                 shared.set_fd(channel.raw);
                 let duplex = channel.duplex;
+                // An `exec:` command lives until the stream is read: the launcher kills one
+                // that vmm lets go of.
+                let _command = channel.child;
                 let mut reader = StreamReader::new(channel.stream)?;
                 let result = receive_stream(&mut reader, &setup, &mem, &shared, &link);
                 if duplex {

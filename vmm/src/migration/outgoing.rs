@@ -47,7 +47,7 @@ pub struct Outgoing {
     /// To the main loop.
     pub link: Link,
     /// The `exec:` command, waited for at the end.
-    pub child: Option<std::process::Child>,
+    pub child: Option<crate::launcher::ExecChild>,
 }
 
 /// Where pages go: a stream's records or a snapshot's fixed offsets.
@@ -94,15 +94,18 @@ impl Outgoing {
         let mut result = self.migrate();
         if let Some(mut child) = self.child.take() {
             // Its pipe is closed (the stream is gone): the command ends once it has read all.
-            match child.wait() {
-                Ok(status) if status.success() => {}
-                Ok(status) if result.is_ok() => {
-                    result = Err(MigrationError::State(format!(
-                        "The migration command failed ({status})"
-                    )))
+            // After a failure or a cancel it is not waited for (it may never read, or never
+            // end): dropping it makes the launcher kill it, as QEMU ends its command.
+            if result.is_ok() {
+                match child.wait() {
+                    Ok(status) if status.success() => {}
+                    Ok(status) => {
+                        result = Err(MigrationError::State(format!(
+                            "The migration command failed ({status})"
+                        )))
+                    }
+                    Err(e) => result = Err(MigrationError::Send(e)),
                 }
-                Ok(_) => {}
-                Err(e) => result = Err(MigrationError::Send(e)),
             }
         }
         let cancelled = self.shared.cancel.load(Ordering::Acquire);
@@ -140,6 +143,10 @@ impl Outgoing {
                 };
                 self.child = channel.child.take();
                 self.shared.set_fd(channel.raw);
+                // A cancel that came while the channel opened found nothing to shut down.
+                if self.shared.cancel.load(Ordering::Acquire) {
+                    return Err(MigrationError::Cancelled);
+                }
                 raw = channel.raw;
                 let duplex = channel.duplex;
                 let mut w = StreamWriter::new(channel.stream).map_err(MigrationError::Send)?;

@@ -8,7 +8,8 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
+use crate::launcher::{self, Direction, ExecChild, LaunchError};
 
 /// Where a migration goes or comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,9 +42,12 @@ pub enum UriError {
     /// `fd:NAME` names no descriptor.
     #[error("File descriptor named '{0}' has not been found")]
     FdName(String),
-    /// Connecting, listening, accepting, opening or spawning failed.
+    /// Connecting, listening, accepting or opening failed.
     #[error("Cannot {0} '{1}'")]
     Io(&'static str, String, #[source] io::Error),
+    /// The launcher process could not run an `exec:` command.
+    #[error("Cannot run '{0}'")]
+    Exec(String, #[source] LaunchError),
 }
 
 impl MigrationUri {
@@ -86,10 +90,12 @@ pub struct Channel {
     pub stream: Box<dyn ReadWrite>,
     /// Whether the peer can answer on the same channel (a socket).
     pub duplex: bool,
-    /// A descriptor of the channel, to shut it down from another thread (cancel).
+    /// A descriptor of the channel, to shut it down from another thread (cancel): the
+    /// stream's own for sockets, descriptors and files; for `exec:` the command's status
+    /// socket (a pipe cannot be shut down; the launcher then kills the command).
     pub raw: RawFd,
     /// The `exec:` command, waited for when the channel is done.
-    pub child: Option<Child>,
+    pub child: Option<ExecChild>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -191,22 +197,20 @@ fn named_fd(name: &str, lookup: &dyn Fn(&str) -> Option<OwnedFd>) -> Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(dup) })
 }
 
+/// Runs an `exec:` command through the launcher process (see [`crate::launcher`]): vmm's
+/// threads are confined and may not fork or exec.
 fn spawn(command: &str, source: bool) -> Result<Channel, UriError> {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c").arg(command);
-    if source {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+    let direction = if source {
+        Direction::ToCommand
     } else {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-    }
-    let mut child = cmd.spawn().map_err(io_err("run", command))?;
-    let fd: OwnedFd = if source {
-        child.stdin.take().map(OwnedFd::from)
-    } else {
-        child.stdout.take().map(OwnedFd::from)
-    }
-    .ok_or_else(|| UriError::Io("run", command.to_owned(), io::Error::other("no pipe")))?;
-    let raw = fd.as_raw_fd();
+        Direction::FromCommand
+    };
+    let (fd, child) = launcher::get()
+        .and_then(|l| l.spawn(command, direction))
+        .map_err(|e| UriError::Exec(command.to_owned(), e))?;
+    // A pipe cannot be shut down: a cancel shuts the status socket down instead, and the
+    // launcher kills the command, which breaks the pipe.
+    let raw = child.raw();
     Ok(Channel {
         stream: Box::new(Pipe(File::from(fd), !source)),
         duplex: false,
@@ -456,6 +460,7 @@ mod tests {
 
     #[test]
     fn exec_pipes_one_way() {
+        crate::launcher::start_in_thread();
         let out = std::env::temp_dir().join(format!("vmm-exec-{}", std::process::id()));
         let uri = MigrationUri::Exec(format!("cat > {}", out.display()));
         let none = |_: &str| None;
