@@ -229,6 +229,82 @@ if elf.exists():
     put("boot_loader", "pvh-elf-initrd", boot_seed(4, 16, b"probe.test=boot", bytes(out)))
     put("boot_loader", "elf-header", boot_seed(3, 0, b"", img[:0x200]))
 
+# Migration: a real stream and snapshot of a 32 MiB probe guest (what the target's VM is), from
+# target/migration-seed/ (vmm --kernel target/probe-guest/bzImage --cmdline probe.test=idle
+# --memory 32 --seccomp off --qmp unix:SOCK, then QMP `migrate {"uri": "exec:cat >
+# target/migration-seed/stream"}` and, after `stop`, `migrate {"uri": "file:target/migration-seed/snapshot"}`),
+# reduced: every PAGES run to its first page, the snapshot to its header and setup, its first
+# data pages and its state; then cut and corrupted copies. Without those files the committed
+# seeds are kept. Inputs: [mode] then 0: the stream; 1: the file as segments
+# [u32 gap][u32 length][bytes]; 2: one JSON record.
+MIG = ROOT / "target/migration-seed"
+MIG_STREAM, MIG_SNAP = MIG / "stream", MIG / "snapshot"
+
+
+def stream_records(b):
+    """The records of a stream: (tag, header bytes, body bytes)."""
+    i, out = 12, []
+    while i < len(b):
+        t = b[i]
+        if t in (1, 4):
+            n, = struct.unpack_from("<I", b, i + 1)
+            out.append((t, b[i:i + 5], b[i + 5:i + 5 + n]))
+            i += 5 + n
+        elif t == 2:
+            gpa, n = struct.unpack_from("<QI", b, i + 1)
+            out.append((t, b[i:i + 13], b[i + 13:i + 13 + n * 4096]))
+            i += 13 + n * 4096
+        elif t == 3:
+            out.append((t, b[i:i + 13], b""))
+            i += 13
+        else:
+            out.append((t, b[i:i + 1], b""))
+            i += 1
+    return b[:12], out
+
+
+def segments(parts):
+    """A mode-1 input: (gap, bytes) pairs."""
+    return b"\x01" + b"".join(struct.pack("<II", gap, len(d)) + d for gap, d in parts)
+
+
+if MIG_STREAM.exists() and MIG_SNAP.exists():
+    head, recs = stream_records(MIG_STREAM.read_bytes())
+    small = bytearray(head)
+    for t, h, body in recs:
+        if t == 2:
+            gpa, _ = struct.unpack_from("<QI", h, 1)
+            small += bytes([2]) + struct.pack("<QI", gpa, 1) + body[:4096]
+        else:
+            small += h + body
+        if t == 1:
+            put("migration_stream", "setup.json", b"\x02" + body)
+        if t == 4:
+            put("migration_stream", "state.json", b"\x02" + body)
+            state_at = len(small) - len(body) // 2
+    small = bytes(small)
+    put("migration_stream", "stream", b"\x00" + small)
+    put("migration_stream", "stream-cut-mid-state", b"\x00" + small[:state_at])
+    put("migration_stream", "stream-cut-mid-pages", b"\x00" + small[:len(head) + 1000])
+    put("migration_stream", "stream-bad-magic", b"\x00X" + small[1:])
+    put("migration_stream", "stream-zeros", b"\x00" + head + recs[0][1] + recs[0][2]
+        + bytes([3]) + struct.pack("<QI", 0x1000, 4) + bytes([2]) + struct.pack("<QI", 0x1000, 1)
+        + b"\xab" * 4096 + bytes([3]) + struct.pack("<QI", 0x1ff_f000, 2) + bytes([5]))
+    snap = MIG_SNAP.read_bytes()
+    (magic, version, _, ram_off, ram_len, st_off, st_len, setup_len) = struct.unpack_from("<8sIIQQQQI", snap)
+    pages = [i for i in range(ram_off, ram_off + ram_len, 4096) if any(snap[i:i + 4096])][:4]
+    parts, end = [(0, snap[:ram_off])], ram_off
+    for p in pages:
+        parts.append((p - end, snap[p:p + 4096]))
+        end = p + 4096
+    parts.append((st_off - end, snap[st_off:st_off + st_len]))
+    put("migration_stream", "snapshot", segments(parts))
+    put("migration_stream", "snapshot-cut-mid-ram", segments(parts[:2]))
+    put("migration_stream", "snapshot-cut-mid-state", segments(parts[:-1] + [(parts[-1][0], parts[-1][1][:st_len // 2])]))
+    put("migration_stream", "snapshot-bad-magic", segments([(0, b"VMMSNAQ" + snap[7:ram_off])] + parts[1:]))
+else:
+    print(f"make-corpus.py: no {MIG_STREAM} and {MIG_SNAP}: the migration_stream seeds are kept", file=sys.stderr)
+
 # Dictionaries (libFuzzer's -dict): the words of each input language, so that short runs reach
 # past the first checks.
 
@@ -262,3 +338,7 @@ option_words |= {"throttling.bps-total", "throttling.iops-read-max-length", "inj
 write_dict("options", option_words)
 write_dict("boot_loader", [b"HdrS", b"\x55\xaa", b"\x7fELF", b"Xen\x00", b"\x12\x00\x00\x00",
                            b"\x0f\x02", b"\x00\x00\x10\x00", b"\x01\x00\x00\x00"])
+write_dict("migration_stream", [b"VMMMIGR\x00", b"VMMSNAP\x00", b"\x01\x00\x00\x00", b"\x00\x10\x00\x00",
+                                b"\x00\x01\x00\x00", "ram", "cpus", "cpu_features", "leaf", "subleaf",
+                                "reg", "bits", "disks", "id", "size", "read_only", "queues", "vcpus",
+                                "irqchips", "pit", "clock", "devices", "version", '":', '{"', "[[0,33554432]]"])

@@ -116,7 +116,7 @@ def listening(addr) -> bool:
 class Vmm:
     """One vmm process. `qmp` is a list of --qmp values; `sock` the first Unix socket path;
     `nofile` (soft, hard) the open-file limit vmm starts with; `pass_fds` descriptors it inherits
-    (same numbers)."""
+    (same numbers); `memory` its RAM in MiB."""
 
     def __init__(self, tmp: Path, *, qmp=None, cpus=1, cmdline="probe.test=idle", name=None,
                  paused=False, no_reboot=False, extra=(), wait_socket=True, kernel=None,

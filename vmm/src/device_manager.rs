@@ -14,16 +14,13 @@ use block::{
     Aio, Backend, BackendConfig, BlockNode, HandOverError, Registry, RegistryError,
     ThrottleConfigError, ThrottleGroups, YankTable,
 };
-use devices::acpi::{pm, AcpiPm, AcpiPmState, Ged, GedError, GedState};
-use devices::legacy::{
-    DebugPort, DebugPortState, I8042State, SerialDevice, SerialDeviceState, I8042,
-};
+use devices::acpi::{pm, AcpiPm, Ged, GedError};
+use devices::legacy::{DebugPort, SerialDevice, I8042};
 use devices::virtio::block::ThreadHooks;
-use devices::virtio::{BlockState, MmioState, MmioTransport, QuiesceError, VirtioBlock};
+use devices::virtio::{BlockState, MmioTransport, QuiesceError, VirtioBlock};
 use devices::GuestMemoryMmap;
 use devices::{Bus, BusDevice, BusError, StateError, VmEventSink};
 use kvm_ioctls::{IoEventAddress, VmFd};
-use serde::{Deserialize, Serialize};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::acpi::DsdtBuilder;
@@ -33,6 +30,7 @@ use crate::layout::{
     I8042_PORT, I8042_PORT_LEN, LAST_DEVICE_GSI, VIRTIO_FIRST_GSI, VIRTIO_MMIO_SIZE,
     VIRTIO_MMIO_START,
 };
+pub use crate::migration::state::{DevicesState, DiskInfo, DiskState, DEVICES_STATE_VERSION};
 use crate::pty::{Pty, PtyWriter};
 use crate::seccomp::{self, ThreadKind};
 use crate::socket_console::{SocketConsole, SocketConsoleWriter};
@@ -108,60 +106,6 @@ pub enum DeviceError {
     /// An image could not be taken over (another process holds its locks).
     #[error("Cannot take over block node '{0}'")]
     Activate(String, #[source] HandOverError),
-}
-
-/// The version of [`DevicesState`], the device section of a migration stream. Bump it when a
-/// field changes meaning or is added without a default; a destination refuses other
-/// versions. See `docs/architecture.md`, "Migration state".
-pub const DEVICES_STATE_VERSION: u32 = 1;
-
-/// What identifies a disk to its guest and to the block graph: a destination whose disk
-/// differs in any of these refuses the state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskInfo {
-    /// The drive id (`drive0`, `-device ...,id=`).
-    pub id: String,
-    /// The node-name of the disk's root node (below the implicit fault filter).
-    pub node_name: String,
-    /// The image's size in bytes.
-    pub size: u64,
-    /// The disk is read-only.
-    pub read_only: bool,
-    /// The device's queue count (`num-queues`).
-    pub num_queues: u16,
-    /// The serial number the guest reads (GET_ID): the configured one, else the id.
-    pub serial: String,
-}
-
-/// One disk's saved state: what it is, its transport and its virtio-blk device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DiskState {
-    /// The disk, checked against the destination's.
-    pub info: DiskInfo,
-    /// The virtio-mmio registers and the queues (with the data path's indices).
-    pub transport: MmioState,
-    /// What the driver was told (features, queue count, capacity).
-    pub block: BlockState,
-}
-
-/// The device section of a migration: every emulated device's guest-visible state. Devices
-/// the machine does not have are `None` (a destination must have the same set).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DevicesState {
-    /// [`DEVICES_STATE_VERSION`] of the source.
-    pub version: u32,
-    /// COM1.
-    pub serial: Option<SerialDeviceState>,
-    /// The i8042 (no fields: it keeps no state).
-    pub i8042: Option<I8042State>,
-    /// The debug port (the latest code).
-    pub debug_port: Option<DebugPortState>,
-    /// The ACPI sleep and reset registers (no fields: they keep no state).
-    pub acpi_pm: Option<AcpiPmState>,
-    /// The power button's GED (no fields: it keeps no state).
-    pub ged: Option<GedState>,
-    /// The disks, in slot (`--disk`) order.
-    pub disks: Vec<DiskState>,
 }
 
 /// A device's mutex, even if a thread panicked while holding it.
@@ -840,7 +784,7 @@ impl DeviceManager {
                 return Err(StateError::mismatch(
                     format!("disk {}", here.id),
                     "drive id",
-                    &s.id,
+                    s.id.escape_debug(),
                     &here.id,
                 )
                 .into());
@@ -854,7 +798,11 @@ impl DeviceManager {
             if s.node_name != here.node_name
                 && !(generated(&s.node_name) && generated(&here.node_name))
             {
-                return Err(differs("node-name", &s.node_name, &here.node_name));
+                return Err(differs(
+                    "node-name",
+                    &s.node_name.escape_debug(),
+                    &here.node_name,
+                ));
             }
             if s.size != here.size {
                 return Err(differs(
@@ -870,7 +818,7 @@ impl DeviceManager {
                 return Err(differs("num-queues", &s.num_queues, &here.num_queues));
             }
             if s.serial != here.serial {
-                return Err(differs("serial", &s.serial, &here.serial));
+                return Err(differs("serial", &s.serial.escape_debug(), &here.serial));
             }
             let mut t = locked(&disk.transport);
             // The virtio-blk check changes nothing either (it takes the device mutably as

@@ -13,9 +13,8 @@ use std::thread::JoinHandle;
 use devices::GuestMemoryMmap;
 use devices::{take_lifecycle_request, Bus, ResetCause, VmEvent, VmEventSink};
 use kvm_bindings::{
-    kvm_debugregs, kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_regs, kvm_sregs,
-    kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_MP_STATE_RUNNABLE,
-    KVM_MP_STATE_UNINITIALIZED,
+    kvm_lapic_state, kvm_mp_state, kvm_msr_entry, kvm_sregs, kvm_vcpu_events, CpuId, Msrs,
+    KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::Killable;
@@ -23,6 +22,7 @@ use vmm_sys_util::signal::Killable;
 use crate::arch::regs::{setup_boot_registers, BootEntry, RegsError};
 use crate::arch::{cpuid, lapic, msr};
 use crate::error::chain;
+pub use crate::migration::state::VcpuState;
 use crate::signals::{kick_signal, set_kick_target};
 
 /// Errors while creating or configuring a vCPU.
@@ -60,29 +60,6 @@ pub enum VcpuError {
         /// MSRs in the state.
         wanted: usize,
     },
-}
-
-/// Everything KVM holds for one vCPU, as a migration or snapshot carries it.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-pub struct VcpuState {
-    /// General registers.
-    pub regs: kvm_regs,
-    /// Segment, control and descriptor-table registers.
-    pub sregs: kvm_sregs,
-    /// FPU, SSE and extended state.
-    pub xsave: kvm_xsave,
-    /// Extended control registers.
-    pub xcrs: kvm_xcrs,
-    /// The local APIC's registers.
-    pub lapic: kvm_lapic_state,
-    /// Every MSR KVM lists that it could read, as (index, value).
-    pub msrs: Vec<(u32, u64)>,
-    /// Run state (running, halted, waiting for SIPI).
-    pub mp_state: kvm_mp_state,
-    /// Pending exceptions, interrupts, NMIs and SMIs.
-    pub events: kvm_vcpu_events,
-    /// Debug registers.
-    pub debugregs: kvm_debugregs,
 }
 
 /// What the main loop wants a vCPU thread to do.

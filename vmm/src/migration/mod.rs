@@ -3,7 +3,7 @@
 //! `query-migrate`, `migrate_cancel`, the parameters and the `events` capability).
 //!
 //! A migration runs on a `migration` thread of its own (the source's [`outgoing`], the
-//! destination's [`incoming`]); it reads or writes guest RAM and the dirty log without the
+//! destination's [`incoming`], which loads RAM through [`receive`]); it reads or writes guest RAM and the dirty log without the
 //! big lock, and asks the main loop (through [`Link`]) for what needs the machine: stopping
 //! the guest, its state, loading a state. The main loop's side is [`Migrations`], owned by
 //! the machine. The byte format is in [`stream`]; what is checked and carried besides RAM in
@@ -12,6 +12,7 @@
 pub mod control;
 pub mod incoming;
 pub mod outgoing;
+pub mod receive;
 pub mod state;
 pub mod stream;
 pub mod uri;
@@ -62,12 +63,9 @@ pub enum MigrationError {
     /// The stream is corrupt or truncated.
     #[error(transparent)]
     Stream(#[from] StreamError),
-    /// The source's VM differs from this one.
-    #[error("The source's VM does not match this one: {0}")]
-    Mismatch(String),
-    /// A JSON record does not decode.
-    #[error("Corrupt migration stream: its {0} does not decode: {1}")]
-    Decode(&'static str, String),
+    /// What the source sent cannot be loaded (corrupt, truncated, another VM).
+    #[error(transparent)]
+    Load(#[from] receive::LoadError),
     /// A page outside guest RAM.
     #[error("Corrupt migration stream: a page at {0:#x} is outside guest RAM")]
     Memory(u64),

@@ -1,12 +1,19 @@
 // SPDX-License-Identifier: Apache-2.0
 //! What a migration carries besides RAM: the [`Setup`] a destination must match (checked
-//! before any page is loaded) and the [`VmState`] loaded at the switch.
+//! before any page is loaded) and the [`VmState`] loaded at the switch, with its parts: each
+//! vCPU's [`VcpuState`] and the devices' [`DevicesState`].
+//!
+//! Plain data only (serde, `kvm_bindings`, the `devices` crate's state structs): the
+//! `migration_stream` fuzz target compiles this file as it is.
 
-use kvm_bindings::{kvm_clock_data, kvm_irqchip, kvm_pit_state2, CpuId};
+use devices::acpi::{AcpiPmState, GedState};
+use devices::legacy::{DebugPortState, I8042State, SerialDeviceState};
+use devices::virtio::{BlockState, MmioState};
+use kvm_bindings::{
+    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_pit_state2,
+    kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId,
+};
 use serde::{Deserialize, Serialize};
-
-use crate::device_manager::DevicesState;
-use crate::vcpu::VcpuState;
 
 /// One CPUID register of feature bits.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +109,35 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// Checks what a source's setup says of itself: each CPU feature register one of EAX,
+    /// EBX, ECX, EDX (the name is printed in refusals, which are one line), and listed once
+    /// (a register listed twice would be checked against this VM's first copy only).
+    ///
+    /// # Errors
+    /// Another register name, or a register listed twice.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, w) in self.cpu_features.iter().enumerate() {
+            if !["eax", "ebx", "ecx", "edx"].contains(&w.reg.as_str()) {
+                return Err(format!(
+                    "CPUID leaf {:#x} subleaf {}: no register \"{}\"",
+                    w.leaf,
+                    w.subleaf,
+                    w.reg.escape_debug()
+                ));
+            }
+            let twice = self.cpu_features[..i]
+                .iter()
+                .any(|d| (d.leaf, d.subleaf, &d.reg) == (w.leaf, w.subleaf, &w.reg));
+            if twice {
+                return Err(format!(
+                    "CPUID leaf {:#x} subleaf {} {} is listed twice",
+                    w.leaf, w.subleaf, w.reg
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks that a VM with this setup can take the state of `source`'s VM: the same RAM,
     /// vCPUs and disks, and every CPU feature the source's guest had.
     ///
@@ -147,7 +183,7 @@ impl Setup {
             if d != s {
                 return Err(format!(
                     "disk {i} differs: the source's is id={} size={} read-only={} queues={}, this VM's id={} size={} read-only={} queues={}",
-                    s.id, s.size, s.read_only, s.queues, d.id, d.size, d.read_only, d.queues
+                    s.id.escape_debug(), s.size, s.read_only, s.queues, d.id, d.size, d.read_only, d.queues
                 ));
             }
         }
@@ -168,6 +204,83 @@ pub struct VmState {
     pub clock: kvm_clock_data,
     /// The emulated devices.
     pub devices: DevicesState,
+}
+
+/// Everything KVM holds for one vCPU, as a migration or snapshot carries it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VcpuState {
+    /// General registers.
+    pub regs: kvm_regs,
+    /// Segment, control and descriptor-table registers.
+    pub sregs: kvm_sregs,
+    /// FPU, SSE and extended state.
+    pub xsave: kvm_xsave,
+    /// Extended control registers.
+    pub xcrs: kvm_xcrs,
+    /// The local APIC's registers.
+    pub lapic: kvm_lapic_state,
+    /// Every MSR KVM lists that it could read, as (index, value).
+    pub msrs: Vec<(u32, u64)>,
+    /// Run state (running, halted, waiting for SIPI).
+    pub mp_state: kvm_mp_state,
+    /// Pending exceptions, interrupts, NMIs and SMIs.
+    pub events: kvm_vcpu_events,
+    /// Debug registers.
+    pub debugregs: kvm_debugregs,
+}
+
+/// The version of [`DevicesState`], the device section of a migration stream. Bump it when a
+/// field changes meaning or is added without a default; a destination refuses other
+/// versions. See `docs/architecture.md`, "Migration state".
+pub const DEVICES_STATE_VERSION: u32 = 1;
+
+/// What identifies a disk to its guest and to the block graph: a destination whose disk
+/// differs in any of these refuses the state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// The drive id (`drive0`, `-device ...,id=`).
+    pub id: String,
+    /// The node-name of the disk's root node (below the implicit fault filter).
+    pub node_name: String,
+    /// The image's size in bytes.
+    pub size: u64,
+    /// The disk is read-only.
+    pub read_only: bool,
+    /// The device's queue count (`num-queues`).
+    pub num_queues: u16,
+    /// The serial number the guest reads (GET_ID): the configured one, else the id.
+    pub serial: String,
+}
+
+/// One disk's saved state: what it is, its transport and its virtio-blk device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskState {
+    /// The disk, checked against the destination's.
+    pub info: DiskInfo,
+    /// The virtio-mmio registers and the queues (with the data path's indices).
+    pub transport: MmioState,
+    /// What the driver was told (features, queue count, capacity).
+    pub block: BlockState,
+}
+
+/// The device section of a migration: every emulated device's guest-visible state. Devices
+/// the machine does not have are `None` (a destination must have the same set).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicesState {
+    /// [`DEVICES_STATE_VERSION`] of the source.
+    pub version: u32,
+    /// COM1.
+    pub serial: Option<SerialDeviceState>,
+    /// The i8042 (no fields: it keeps no state).
+    pub i8042: Option<I8042State>,
+    /// The debug port (the latest code).
+    pub debug_port: Option<DebugPortState>,
+    /// The ACPI sleep and reset registers (no fields: they keep no state).
+    pub acpi_pm: Option<AcpiPmState>,
+    /// The power button's GED (no fields: it keeps no state).
+    pub ged: Option<GedState>,
+    /// The disks, in slot (`--disk`) order.
+    pub disks: Vec<DiskState>,
 }
 
 #[cfg(test)]
@@ -208,6 +321,39 @@ mod tests {
             here.accept(&setup()).unwrap_err(),
             "this host's CPU lacks features the guest uses: CPUID leaf 0x1 subleaf 0 ecx bits 0x8"
         );
+    }
+
+    /// Found by the `migration_stream` fuzz target: a setup listing a feature register
+    /// twice with different bits refused itself (each copy was checked against the first).
+    #[test]
+    fn fuzz_a_feature_register_listed_twice_is_refused() {
+        let mut s = setup();
+        let mut again = s.cpu_features[0].clone();
+        again.bits = 0b0100;
+        s.cpu_features.push(again);
+        assert_eq!(
+            s.validate().unwrap_err(),
+            "CPUID leaf 0x1 subleaf 0 ecx is listed twice"
+        );
+        assert_eq!(setup().validate(), Ok(()));
+    }
+
+    /// Found by the `migration_stream` fuzz target: a register name with a newline made the
+    /// refusal (and the destination's `ERR` line to the source) two lines.
+    #[test]
+    fn fuzz_source_strings_in_refusals_stay_one_line() {
+        let mut s = setup();
+        s.cpu_features[0].reg = "e\nnn\ndx".into();
+        assert_eq!(
+            s.validate().unwrap_err(),
+            "CPUID leaf 0x1 subleaf 0: no register \"e\\nnn\\ndx\""
+        );
+        let mut s = setup();
+        s.disks[0].id = "a\nb".into();
+        assert!(setup()
+            .accept(&s)
+            .unwrap_err()
+            .starts_with("disk 0 differs: the source's is id=a\\nb size="));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //!   1 SETUP  u32 length, JSON `Setup`: what the destination must match
 //!   2 PAGES  u64 guest-physical address, u32 count, count × 4096 bytes
 //!   3 ZEROS  u64 guest-physical address, u32 count: pages that are now all zeros
+//!            (a PAGES or ZEROS record has 1 to 256 pages)
 //!   4 STATE  u32 length, JSON `VmState`: vCPUs, interrupt controllers, clock, devices
 //!   5 END
 //! ```
@@ -32,6 +33,12 @@
 //! ```
 //!
 //! The header is written last: a snapshot cut short has no magic and is refused.
+//!
+//! The readers trust nothing they read: a length is checked against its bound before
+//! anything is allocated, and a record's body is read as it arrives (the buffer grows with
+//! the bytes that came, not with the length announced), so a short corrupt input cannot make
+//! the destination allocate 64 MiB. This file names nothing of the crate: the
+//! `migration_stream` fuzz target compiles it as it is.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -61,9 +68,12 @@ const END: u8 = 5;
 /// Errors of reading a stream or a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    /// The channel failed or ended early.
-    #[error("The migration stream ended or failed")]
-    Io(#[from] io::Error),
+    /// The channel failed.
+    #[error("The migration stream failed")]
+    Io(#[source] io::Error),
+    /// The channel ended before the END record (the source went away, or a cut-off file).
+    #[error("The migration stream ended early: it stops before its end record")]
+    Truncated,
     /// Not a vmm stream.
     #[error("Not a vmm migration stream (bad magic)")]
     Magic,
@@ -84,12 +94,28 @@ pub enum StreamError {
     /// A JSON record too large.
     #[error("Corrupt migration stream: a {0}-byte JSON record")]
     TooLarge(u32),
-    /// A PAGES record of 0 or too many pages.
+    /// A PAGES or ZEROS record of 0 or too many pages.
     #[error("Corrupt migration stream: a run of {0} pages")]
     Run(u32),
+    /// A PAGES or ZEROS record at an address that is not a page's.
+    #[error("Corrupt migration stream: pages at {0:#x}, which is not page aligned")]
+    Unaligned(u64),
     /// A snapshot's offsets do not fit the file.
     #[error("Corrupt snapshot: {0}")]
     Layout(&'static str),
+    /// A snapshot whose sections end beyond the file (cut short).
+    #[error("Corrupt snapshot: cut short (its {0} ends at byte {1}, the file has {2})")]
+    Short(&'static str, u64, u64),
+}
+
+impl From<io::Error> for StreamError {
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            Self::Truncated
+        } else {
+            Self::Io(e)
+        }
+    }
 }
 
 /// One record as read.
@@ -264,18 +290,15 @@ impl<R: Read> StreamReader<R> {
                 Ok(Record::Setup(self.json()?))
             }
             PAGES => {
-                let gpa = read_u64(&mut self.input)?;
-                let count = read_u32(&mut self.input)?;
-                if count == 0 || count as usize > MAX_RUN {
-                    return Err(StreamError::Run(count));
-                }
-                self.data.resize(count as usize * PAGE, 0);
-                self.input.read_exact(&mut self.data)?;
+                let (gpa, count) = self.run()?;
+                let mut data = std::mem::take(&mut self.data);
+                let read = read_body(&mut self.input, count as usize * PAGE, &mut data);
+                self.data = data;
+                read?;
                 Ok(Record::Pages { gpa, count })
             }
             ZEROS => {
-                let gpa = read_u64(&mut self.input)?;
-                let count = read_u32(&mut self.input)?;
+                let (gpa, count) = self.run()?;
                 Ok(Record::Zeros { gpa, count })
             }
             STATE => Ok(Record::State(self.json()?)),
@@ -284,13 +307,26 @@ impl<R: Read> StreamReader<R> {
         }
     }
 
+    /// A PAGES or ZEROS record's address and page count (1 to [`MAX_RUN`]).
+    fn run(&mut self) -> Result<(u64, u32), StreamError> {
+        let gpa = read_u64(&mut self.input)?;
+        let count = read_u32(&mut self.input)?;
+        if count == 0 || count as usize > MAX_RUN {
+            return Err(StreamError::Run(count));
+        }
+        if !gpa.is_multiple_of(PAGE as u64) {
+            return Err(StreamError::Unaligned(gpa));
+        }
+        Ok((gpa, count))
+    }
+
     fn json(&mut self) -> Result<Vec<u8>, StreamError> {
         let len = read_u32(&mut self.input)?;
         if len > MAX_JSON {
             return Err(StreamError::TooLarge(len));
         }
-        let mut body = vec![0u8; len as usize];
-        self.input.read_exact(&mut body)?;
+        let mut body = Vec::new();
+        read_body(&mut self.input, len as usize, &mut body)?;
         Ok(body)
     }
 
@@ -298,6 +334,28 @@ impl<R: Read> StreamReader<R> {
     pub fn get_mut(&mut self) -> &mut R {
         self.input.get_mut()
     }
+}
+
+/// Most bytes reserved for a record's body before any of it has arrived.
+const INITIAL_BODY: usize = 64 << 10;
+
+/// Reads exactly `len` bytes of a record's body into `buf` (cleared first), which grows with
+/// what arrives: a length announced by a corrupt or truncated input costs only the bytes
+/// that really came.
+///
+/// # Errors
+/// The input ended first (`UnexpectedEof`) or failed.
+fn read_body(r: &mut impl Read, len: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    buf.reserve(len.min(INITIAL_BODY));
+    let got = r.take(len as u64).read_to_end(buf)?;
+    if got < len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("a record of {len} bytes ended after {got}"),
+        ));
+    }
+    Ok(())
 }
 
 fn read_u32(r: &mut impl Read) -> io::Result<u32> {
@@ -359,7 +417,13 @@ impl FileLayout {
     /// Not a complete snapshot, another version, offsets beyond the file.
     pub fn read(file: &File) -> Result<Self, StreamError> {
         let mut h = [0u8; FILE_HEADER];
-        file.read_exact_at(&mut h, 0)?;
+        match file.read_exact_at(&mut h, 0) {
+            // Shorter than a header: no magic either.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(StreamError::FileMagic)
+            }
+            r => r.map_err(StreamError::Io)?,
+        }
         if &h[0..8] != FILE_MAGIC {
             return Err(StreamError::FileMagic);
         }
@@ -376,7 +440,7 @@ impl FileLayout {
             state_len: u64_at(40),
             setup_len: u32_at(48),
         };
-        let size = file.metadata()?.len();
+        let size = file.metadata().map_err(StreamError::Io)?.len();
         if l.setup_len > MAX_JSON || l.state_len > u64::from(MAX_JSON) {
             return Err(StreamError::Layout("a JSON section is too large"));
         }
@@ -388,8 +452,12 @@ impl FileLayout {
         let ram_end = l.ram_offset.checked_add(l.ram_len);
         let state_end = l.state_offset.checked_add(l.state_len);
         match (ram_end, state_end) {
-            (Some(r), Some(s)) if r <= l.state_offset && s <= size => Ok(l),
-            _ => Err(StreamError::Layout("sections beyond the end of the file")),
+            (Some(r), Some(_)) if r > size => Err(StreamError::Short("RAM", r, size)),
+            (Some(r), Some(s)) if r <= l.state_offset => match s <= size {
+                true => Ok(l),
+                false => Err(StreamError::Short("state", s, size)),
+            },
+            _ => Err(StreamError::Layout("its sections overlap or overflow")),
         }
     }
 
@@ -449,7 +517,7 @@ mod tests {
         );
         assert_eq!(r.next().unwrap(), Record::State(b"{\"a\":1}".to_vec()));
         assert_eq!(r.next().unwrap(), Record::End);
-        assert!(matches!(r.next(), Err(StreamError::Io(_))));
+        assert!(matches!(r.next(), Err(StreamError::Truncated)));
     }
 
     #[test]
@@ -499,6 +567,80 @@ mod tests {
         }
     }
 
+    /// A stream of `tail` after the magic, the version and an empty setup.
+    fn after_setup(tail: &[u8]) -> Vec<u8> {
+        let mut w = StreamWriter::new(Vec::new()).unwrap();
+        w.setup(b"{}").unwrap();
+        w.flush().unwrap();
+        [w.get_mut().clone(), tail.to_vec()].concat()
+    }
+
+    /// Found by the `migration_stream` fuzz target: ZEROS then PAGES at addresses inside a
+    /// page (0x1800) overlapped half a page each; the source only sends page addresses.
+    #[test]
+    fn fuzz_unaligned_pages_are_refused() {
+        for tag in [PAGES, ZEROS] {
+            let s =
+                after_setup(&[&[tag][..], &0x1800u64.to_le_bytes(), &1u32.to_le_bytes()].concat());
+            let mut r = StreamReader::new(&s[..]).unwrap();
+            r.next().unwrap();
+            assert_eq!(
+                r.next().unwrap_err().to_string(),
+                "Corrupt migration stream: pages at 0x1800, which is not page aligned"
+            );
+        }
+    }
+
+    /// A ZEROS record of 0 or of more than [`MAX_RUN`] pages is refused as a PAGES one is
+    /// (before: any count, which the receive loop turned into a buffer of count pages).
+    #[test]
+    fn zeros_runs_are_bounded() {
+        for count in [0u32, MAX_RUN as u32 + 1, u32::MAX] {
+            let s =
+                after_setup(&[&[ZEROS][..], &0u64.to_le_bytes(), &count.to_le_bytes()].concat());
+            let mut r = StreamReader::new(&s[..]).unwrap();
+            r.next().unwrap();
+            assert_eq!(
+                r.next().unwrap_err().to_string(),
+                format!("Corrupt migration stream: a run of {count} pages")
+            );
+        }
+    }
+
+    /// A record announcing 64 MiB followed by a few bytes costs those bytes, not 64 MiB,
+    /// and says the stream ended early.
+    #[test]
+    fn a_short_record_allocates_what_came() {
+        let mut buf = Vec::new();
+        let e = read_body(&mut &b"abc"[..], MAX_JSON as usize, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(buf.capacity() <= INITIAL_BODY, "{}", buf.capacity());
+        let s = after_setup(&[&[STATE][..], &MAX_JSON.to_le_bytes(), b"{\"a\""].concat());
+        let mut r = StreamReader::new(&s[..]).unwrap();
+        r.next().unwrap();
+        assert_eq!(
+            r.next().unwrap_err().to_string(),
+            "The migration stream ended early: it stops before its end record"
+        );
+        // A PAGES run cut inside its bytes, and a stream cut between records.
+        let s = after_setup(
+            &[
+                &[PAGES][..],
+                &0u64.to_le_bytes(),
+                &2u32.to_le_bytes(),
+                &[1; 100],
+            ]
+            .concat(),
+        );
+        let mut r = StreamReader::new(&s[..]).unwrap();
+        r.next().unwrap();
+        assert!(matches!(r.next(), Err(StreamError::Truncated)));
+        let empty = after_setup(&[]);
+        let mut r = StreamReader::new(&empty[..]).unwrap();
+        r.next().unwrap();
+        assert!(matches!(r.next(), Err(StreamError::Truncated)));
+    }
+
     #[test]
     fn snapshot_layout_round_trip() {
         let path = std::env::temp_dir().join(format!("vmm-snaplayout-{}", std::process::id()));
@@ -517,9 +659,20 @@ mod tests {
         assert!(matches!(FileLayout::read(&f), Err(StreamError::FileMagic)));
         f.write_all_at(&l.header(), 0).unwrap();
         assert_eq!(FileLayout::read(&f).unwrap(), l);
-        // State beyond the end.
+        // Cut short: in the state, in RAM.
         f.set_len(l.state_offset + 2).unwrap();
-        assert!(matches!(FileLayout::read(&f), Err(StreamError::Layout(_))));
+        assert_eq!(
+            FileLayout::read(&f).unwrap_err().to_string(),
+            "Corrupt snapshot: cut short (its state ends at byte 1052677, the file has 1052674)"
+        );
+        f.set_len(l.ram_offset + 10).unwrap();
+        assert_eq!(
+            FileLayout::read(&f).unwrap_err().to_string(),
+            "Corrupt snapshot: cut short (its RAM ends at byte 1052672, the file has 4106)"
+        );
+        // Shorter than a header.
+        f.set_len(10).unwrap();
+        assert!(matches!(FileLayout::read(&f), Err(StreamError::FileMagic)));
         std::fs::remove_file(&path).unwrap();
     }
 }
