@@ -134,8 +134,11 @@ static LAUNCHER: OnceLock<Result<Launcher, String>> = OnceLock::new();
 /// Forks the launcher process. Call once, from `main`, while the process has one thread and
 /// before any seccomp filter or guest RAM exists. A failure is remembered and reported by the
 /// first `exec:` migration rather than ending vmm.
-pub fn start() {
-    let _ = LAUNCHER.set(fork_launcher().map_err(|e| e.to_string()));
+/// With `detached` (a daemon: its standard streams go to `/dev/null` once it is ready) the
+/// launcher's point there from the start: a caller that waits for the end of the daemon's
+/// output (libvirt, on `-daemonize`) must not wait for the launcher's copy.
+pub fn start(detached: bool) {
+    let _ = LAUNCHER.set(fork_launcher(detached).map_err(|e| e.to_string()));
 }
 
 /// The launcher [`start`] forked.
@@ -179,7 +182,7 @@ fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-fn fork_launcher() -> io::Result<Launcher> {
+fn fork_launcher(detached: bool) -> io::Result<Launcher> {
     let (ours, theirs) = seqpacket_pair()?;
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
@@ -188,11 +191,31 @@ fn fork_launcher() -> io::Result<Launcher> {
         -1 => Err(io::Error::last_os_error()),
         0 => {
             drop(ours);
+            if detached {
+                detach_standard_streams();
+            }
             launcher_main(theirs, parent)
         }
         _ => {
             drop(theirs);
             Ok(Launcher::new(ours))
+        }
+    }
+}
+
+/// Points descriptors 0, 1 and 2 at `/dev/null`.
+fn detach_standard_streams() {
+    // SAFETY: open of a constant path; dup2 onto the standard descriptors of this
+    // single-threaded child, which nothing in it owns; the temporary descriptor is closed.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in 0..=2 {
+                libc::dup2(null, fd);
+            }
+            if null > 2 {
+                libc::close(null);
+            }
         }
     }
 }

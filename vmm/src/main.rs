@@ -77,7 +77,7 @@ fn vmm_main() -> i32 {
         return 1;
     }
     // One thread, no filter, no guest RAM yet.
-    launcher::start();
+    launcher::start(false);
     finish(runner::run(&config, &options, None))
 }
 
@@ -122,7 +122,7 @@ fn qemu_main(args: &[OsString]) -> i32 {
         None
     };
     // After the daemon's fork, while there is one thread, no filter and no guest RAM.
-    launcher::start();
+    launcher::start(run.daemonize);
     // Held (locked) until vmm exits, then removed.
     let _pidfile = match run
         .pidfile
