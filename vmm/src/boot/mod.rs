@@ -384,6 +384,20 @@ impl BootImages {
         let Some(hdr) = result.setup_header else {
             return Err(self.load_error(linux_loader::loader::Error::InvalidKernelStartAddress));
         };
+        // The header's `code32_start` chooses the load address: the kernel (its init size,
+        // and at least its 64-bit entry) must be in low RAM, or the guest would start
+        // outside it (an empty payload "loads" anywhere).
+        let load = result.kernel_load.raw_value();
+        let footprint = init_size
+            .max(result.kernel_end.saturating_sub(load))
+            .max(ENTRY_64_OFFSET + 1);
+        if load < HIGH_MEMORY_START
+            || load
+                .checked_add(footprint)
+                .is_none_or(|end| end > low_ram_end)
+        {
+            return Err(self.load_error(linux_loader::loader::Error::InvalidKernelStartAddress));
+        }
         let cmdline_max = (hdr.cmdline_size as usize + 1).clamp(256, CMDLINE_MAX_SIZE);
         self.write_cmdline(mem, cmdline_max)?;
         let kernel_end = result
@@ -507,6 +521,21 @@ mod tests {
             identify(p, &bzimage_head(0x020f, 0)),
             Err(BootError::No64BitEntry(_))
         ));
+    }
+
+    #[test]
+    fn a_load_address_outside_ram_is_refused() {
+        // A header-only bzImage (no payload) whose code32_start points far above RAM.
+        let mut k = bzimage_head(0x020f, 1);
+        k[0x1f1] = 1; // setup_sects: the payload would start at 0x400, the end of the file
+        k[0x214..0x218].copy_from_slice(&0xf8ff_fdffu32.to_le_bytes());
+        let path = std::env::temp_dir().join(format!("vmm-bz-high-{}", std::process::id()));
+        std::fs::write(&path, &k).unwrap();
+        let mut images = BootImages::open(&path, None, "").unwrap();
+        let mem = crate::memory::create_guest_memory(64 << 20).unwrap();
+        let e = images.load(&mem, 64 << 20, GuestAddress(0xe0000));
+        std::fs::remove_file(&path).unwrap();
+        assert!(e.is_err(), "{e:?}");
     }
 
     #[test]
