@@ -424,3 +424,36 @@ def test_a_destination_that_does_not_fit_refuses_and_the_source_runs_on(vmm_fact
         "has 64 MiB of RAM, this VM 128 MiB"), dst.stderr()
     n = progress_lines(src)
     wait_until(lambda: progress_lines(src) > n + 2, what="the source's guest goes on")
+
+
+def test_migrate_incoming_of_a_snapshot_copies_its_ram(vmm_factory, tmp_path):
+    """-incoming defer then migrate-incoming file:: the VM was built with RAM of its own, so
+    the snapshot's data ranges are copied in (not mapped)."""
+    snap = tmp_path / "snap.bin"
+    src = vmm_factory(qmp=[f"unix:{tmp_path / 'src.sock'}"], cmdline=WALK)
+    src.wait_serial("PROBE mem-walk progress")
+
+    async def save():
+        s = await connect(src.sock)
+        await s.execute("stop")
+        await s.execute("migrate-set-parameters", {"max-bandwidth": FAST})
+        await s.execute("migrate", {"uri": f"file:{snap}"})
+        assert (await wait_status(s, ("completed", "failed")))["status"] == "completed"
+        await s.execute("quit")
+        await close(s)
+    arun(save())
+    assert src.wait_exit() == 0
+    dst = start_pair_dst(vmm_factory, tmp_path, "defer", "dst.sock")
+
+    async def restore():
+        d = await connect(dst.sock)
+        await d.execute("migrate-incoming", {"uri": f"file:{snap}"})
+        info = await wait_status(d, ("completed", "failed"))
+        assert info["status"] == "completed", info
+        # The walker's pages were read from the file.
+        assert info["ram"]["transferred"] >= 32 << 20, info
+        await close(d)
+    arun(restore())
+    n = progress_lines(dst)
+    wait_until(lambda: progress_lines(dst) > n + 2, what="the restored guest goes on")
+    finish_walk(dst)

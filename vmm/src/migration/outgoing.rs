@@ -18,7 +18,7 @@ use kvm_ioctls::VmFd;
 use qapi::types::MigrationStatus;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::stream::{FileLayout, StreamWriter, FILE_HEADER, MAX_RUN, PAGE};
+use super::stream::{data_range, punch_hole, FileLayout, StreamWriter, FILE_HEADER, MAX_RUN, PAGE};
 use super::uri::{Channel, MigrationUri};
 use super::{Link, MigrationError, Request, Shared};
 use crate::memory::{DirtyLog, DirtyPages};
@@ -470,7 +470,7 @@ impl Sender<'_> {
             Sink::Stream(w, _) => w.zeros(gpa, n).map_err(MigrationError::Send),
             Sink::File(f, layout) => {
                 let at = at.ok_or(MigrationError::Memory(gpa))?;
-                punch_hole(f, layout.ram_offset + at, u64::from(n) * PAGE as u64)
+                zero_range(f, layout.ram_offset + at, u64::from(n) * PAGE as u64)
                     .map_err(MigrationError::Send)
             }
         }
@@ -508,25 +508,6 @@ fn is_zero(page: &[u8]) -> bool {
         unsafe { page.align_to::<u64>() }
     };
     pre.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && post.iter().all(|&b| b == 0)
-}
-
-/// The next data range of the memory file at or after `from` (below `end`), as
-/// (start, end): `SEEK_DATA` and `SEEK_HOLE`; past the last data, (end, end).
-fn data_range(fd: i32, from: u64, end: u64) -> (u64, u64) {
-    // SAFETY: lseek on the memfd only moves its offset (which nothing else uses).
-    let data = unsafe { libc::lseek(fd, from as i64, libc::SEEK_DATA) };
-    if data < 0 || data as u64 >= end {
-        return (end, end);
-    }
-    // SAFETY: as above.
-    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-    let hole = if hole < 0 {
-        end
-    } else {
-        (hole as u64).min(end)
-    };
-    let data = (data as u64) & !(PAGE as u64 - 1);
-    (data, hole.next_multiple_of(PAGE as u64).min(end))
 }
 
 /// Copies `len` bytes from `from` at `src` to `to` at `dst` in the kernel: `copy_file_range`,
@@ -581,21 +562,12 @@ fn copy_range(from: i32, src: u64, to: i32, dst: u64, len: u64) -> io::Result<u6
     Ok(done)
 }
 
-/// Makes `len` bytes at `offset` of `f` zeros again (a hole).
-fn punch_hole(f: &File, offset: u64, len: u64) -> io::Result<()> {
-    // SAFETY: fallocate on our own file; the range is checked by the kernel.
-    let r = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as i64,
-            len as i64,
-        )
-    };
-    if r == 0 {
+/// Makes `len` bytes at `offset` of the snapshot `f` zeros again: a hole, or written zeros
+/// on a filesystem without holes.
+fn zero_range(f: &File, offset: u64, len: u64) -> io::Result<()> {
+    if punch_hole(f.as_raw_fd(), offset, len).is_ok() {
         return Ok(());
     }
-    // A filesystem without holes: write the zeros.
     f.write_all_at(&vec![0u8; len as usize], offset)
 }
 

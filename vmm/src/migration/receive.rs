@@ -17,7 +17,9 @@ use devices::GuestMemoryMmap;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use super::state::Setup;
-use super::stream::{FileLayout, Record, StreamError, StreamReader, MAX_RUN, PAGE};
+use super::stream::{
+    data_range, punch_hole, FileLayout, Record, StreamError, StreamReader, MAX_RUN, PAGE,
+};
 
 /// Errors of loading what a source sent.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +168,7 @@ pub fn load_file_ram(
         let mut pos = 0u64;
         while pos < len {
             let base = layout.ram_offset + file_off;
-            let (data, hole) = data_range(f, base + pos, base + len);
+            let (data, hole) = data_range(f.as_raw_fd(), base + pos, base + len);
             let (data, hole) = (data - base, hole - base);
             if data >= hole {
                 break;
@@ -204,41 +206,10 @@ pub fn discard_ram(mem: &GuestMemoryMmap) -> Result<(), LoadError> {
         let Some(f) = r.file_offset() else {
             continue;
         };
-        // SAFETY: fallocate on the VM's own memory file; the range is one region's, and
-        // the mapping stays valid (a punched page reads as zeros).
-        let rc = unsafe {
-            libc::fallocate(
-                f.file().as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                f.start() as i64,
-                r.len() as i64,
-            )
-        };
-        if rc != 0 {
-            return Err(LoadError::Receive(io::Error::last_os_error()));
-        }
+        // The mapping stays valid: a punched page of the memory file reads as zeros.
+        punch_hole(f.file().as_raw_fd(), f.start(), r.len()).map_err(LoadError::Receive)?;
     }
     Ok(())
-}
-
-/// The next data range of a snapshot at or after `from` (below `end`), page aligned.
-fn data_range(f: &File, from: u64, end: u64) -> (u64, u64) {
-    let fd = f.as_raw_fd();
-    // SAFETY: lseek on our own descriptor; only its offset moves (reads use pread).
-    let data = unsafe { libc::lseek(fd, from as i64, libc::SEEK_DATA) };
-    if data < 0 || data as u64 >= end {
-        return (end, end);
-    }
-    // SAFETY: as above.
-    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-    let hole = if hole < 0 {
-        end
-    } else {
-        (hole as u64).min(end)
-    };
-    let page = PAGE as u64;
-    let data = from.max(data as u64 - (data as u64 - from) % page);
-    (data, (hole.next_multiple_of(page)).min(end))
 }
 
 #[cfg(test)]

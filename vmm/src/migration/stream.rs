@@ -42,6 +42,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::RawFd;
 use std::os::unix::fs::FileExt;
 
 /// The stream's magic.
@@ -479,6 +480,50 @@ impl FileLayout {
         let mut b = vec![0u8; self.state_len as usize];
         file.read_exact_at(&mut b, self.state_offset)?;
         Ok(b)
+    }
+}
+
+/// The next data range of the file `fd` at or after `from` (below `end`), as (start, end),
+/// whole pages (`from` is page aligned): `SEEK_DATA` and `SEEK_HOLE`; past the last data,
+/// (end, end). Pages outside the ranges are holes: never written, read as zeros. Used on the
+/// memory file (a source's first pass) and on a snapshot (a restore that copies RAM).
+pub fn data_range(fd: RawFd, from: u64, end: u64) -> (u64, u64) {
+    // SAFETY: lseek on a descriptor the caller owns; only its offset moves, which nothing
+    // else uses (reads and writes of these files are positional).
+    let data = unsafe { libc::lseek(fd, from as i64, libc::SEEK_DATA) };
+    if data < 0 || data as u64 >= end {
+        return (end, end);
+    }
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+    let hole = if hole < 0 {
+        end
+    } else {
+        (hole as u64).min(end)
+    };
+    let page = PAGE as u64;
+    let data = ((data as u64) & !(page - 1)).max(from);
+    (data, hole.next_multiple_of(page).min(end))
+}
+
+/// Makes `len` bytes at `offset` of the file `fd` a hole (zeros; the space is freed).
+///
+/// # Errors
+/// The filesystem refused (it may have no holes).
+pub fn punch_hole(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on a descriptor the caller owns; the kernel checks the range.
+    let r = unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as i64,
+            len as i64,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
