@@ -87,21 +87,37 @@ pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
     {
         return Err(MemoryError::MemFd(mib, std::io::Error::last_os_error()));
     }
-    let file = Arc::new(file);
-    let mut offset = 0u64;
-    let ranges: Vec<(GuestAddress, usize, Option<FileOffset>)> = ram_ranges(size)
-        .into_iter()
-        .map(|(a, s)| {
-            let r = (
-                a,
-                s as usize,
-                Some(FileOffset::from_arc(file.clone(), offset)),
-            );
-            offset += s;
-            r
-        })
-        .collect();
-    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| MemoryError::Allocate(mib, e))
+    map_ram(size, Arc::new(file), 0, libc::MAP_SHARED)
+}
+
+/// Maps `size` bytes of guest RAM from `file`, its regions back to back from `offset` in
+/// guest-physical order (the hole left out), with `flags` (`MAP_SHARED` or `MAP_PRIVATE`;
+/// `MAP_NORESERVE` always: the host populates RAM as it is touched).
+fn map_ram(
+    size: u64,
+    file: Arc<File>,
+    mut offset: u64,
+    flags: i32,
+) -> Result<GuestMemoryMmap, MemoryError> {
+    let fail = |e: vm_memory::mmap::FromRangesError| MemoryError::Allocate(size >> 20, e);
+    let mut regions = Vec::new();
+    for (addr, len) in ram_ranges(size) {
+        let region = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
+            len as usize,
+            <AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(len as usize),
+        )
+        .with_file_offset(FileOffset::from_arc(file.clone(), offset))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(flags | libc::MAP_NORESERVE)
+        .build()
+        .map_err(|e| fail(e.into()))?;
+        let region = vm_memory::GuestRegionMmap::new(region, addr)
+            .ok_or(vm_memory::mmap::FromRangesError::InvalidGuestRegion)
+            .map_err(fail)?;
+        regions.push(region);
+        offset += len;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| fail(e.into()))
 }
 
 /// Guest RAM mapped privately from a snapshot file's RAM section at `ram_offset` (its
@@ -117,26 +133,10 @@ pub fn map_snapshot_memory(
     file: &File,
     ram_offset: u64,
 ) -> Result<GuestMemoryMmap, MemoryError> {
-    let mib = size >> 20;
-    let file = Arc::new(file.try_clone().map_err(|e| MemoryError::MemFd(mib, e))?);
-    let mut offset = ram_offset;
-    let mut regions = Vec::new();
-    for (addr, len) in ram_ranges(size) {
-        let region = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
-            len as usize,
-            <AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(len as usize),
-        )
-        .with_file_offset(FileOffset::from_arc(file.clone(), offset))
-        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-        .build()
-        .map_err(|e| MemoryError::Allocate(mib, vm_memory::mmap::FromRangesError::MmapRegion(e)))?;
-        let region = vm_memory::GuestRegionMmap::new(region, addr)
-            .ok_or(MemoryError::HostAddress(addr.raw_value()))?;
-        regions.push(region);
-        offset += len;
-    }
-    GuestMemoryMmap::from_regions(regions).map_err(|_| MemoryError::HostAddress(0))
+    let file = file
+        .try_clone()
+        .map_err(|e| MemoryError::MemFd(size >> 20, e))?;
+    map_ram(size, Arc::new(file), ram_offset, libc::MAP_PRIVATE)
 }
 
 /// Drops every page the VMM or the guest wrote into a snapshot mapped privately
