@@ -138,14 +138,15 @@ fn mask_pic(chip: &mut kvm_irqchip) {
     chip.chip.pic = pic;
 }
 
-/// The in-kernel interrupt controllers' and PIT's power-on state, restored on reset.
-struct PowerOnState {
+/// The state of the in-kernel interrupt controllers (PIC master, PIC slave, IOAPIC) and PIT.
+struct ChipState {
     irqchips: Vec<kvm_irqchip>,
     pit: kvm_pit_state2,
 }
 
-impl PowerOnState {
-    fn capture(vm_fd: &VmFd) -> Result<Self, VmError> {
+impl ChipState {
+    /// Reads the three interrupt controllers and the PIT.
+    fn read(vm_fd: &VmFd) -> Result<Self, VmError> {
         let mut irqchips = Vec::new();
         for chip_id in [
             KVM_IRQCHIP_PIC_MASTER,
@@ -159,12 +160,6 @@ impl PowerOnState {
             vm_fd
                 .get_irqchip(&mut chip)
                 .map_err(|e| VmError::Kvm("read the irqchip state", e))?;
-            if chip_id != KVM_IRQCHIP_IOAPIC {
-                mask_pic(&mut chip);
-                vm_fd
-                    .set_irqchip(&chip)
-                    .map_err(|e| VmError::Kvm("initialise the PIC", e))?;
-            }
             irqchips.push(chip);
         }
         let pit = vm_fd
@@ -173,15 +168,40 @@ impl PowerOnState {
         Ok(Self { irqchips, pit })
     }
 
-    fn restore(&self, vm_fd: &VmFd) -> Result<(), VmError> {
+    /// Loads the state; `what` names the act in errors (irqchip, PIT).
+    fn write(&self, vm_fd: &VmFd, what: [&'static str; 2]) -> Result<(), VmError> {
         for chip in &self.irqchips {
             vm_fd
                 .set_irqchip(chip)
-                .map_err(|e| VmError::Kvm("reset the irqchip", e))?;
+                .map_err(|e| VmError::Kvm(what[0], e))?;
         }
         vm_fd
             .set_pit2(&self.pit)
-            .map_err(|e| VmError::Kvm("reset the PIT", e))
+            .map_err(|e| VmError::Kvm(what[1], e))
+    }
+}
+
+/// The in-kernel interrupt controllers' and PIT's power-on state, restored on reset.
+struct PowerOnState(ChipState);
+
+impl PowerOnState {
+    /// KVM's power-on state with the PICs as firmware leaves them ([`mask_pic`]), which it
+    /// also sets.
+    fn capture(vm_fd: &VmFd) -> Result<Self, VmError> {
+        let mut state = ChipState::read(vm_fd)?;
+        for chip in &mut state.irqchips {
+            if chip.chip_id != KVM_IRQCHIP_IOAPIC {
+                mask_pic(chip);
+                vm_fd
+                    .set_irqchip(chip)
+                    .map_err(|e| VmError::Kvm("initialise the PIC", e))?;
+            }
+        }
+        Ok(Self(state))
+    }
+
+    fn restore(&self, vm_fd: &VmFd) -> Result<(), VmError> {
+        self.0.write(vm_fd, ["reset the irqchip", "reset the PIT"])
     }
 }
 
@@ -561,25 +581,7 @@ impl Vm {
         for v in &self.vcpus {
             vcpus.push(v.save()?);
         }
-        let mut irqchips = Vec::new();
-        for chip_id in [
-            KVM_IRQCHIP_PIC_MASTER,
-            KVM_IRQCHIP_PIC_SLAVE,
-            KVM_IRQCHIP_IOAPIC,
-        ] {
-            let mut chip = kvm_irqchip {
-                chip_id,
-                ..Default::default()
-            };
-            self.vm_fd
-                .get_irqchip(&mut chip)
-                .map_err(|e| VmError::Kvm("read the irqchip state", e))?;
-            irqchips.push(chip);
-        }
-        let pit = self
-            .vm_fd
-            .get_pit2()
-            .map_err(|e| VmError::Kvm("read the PIT state", e))?;
+        let ChipState { irqchips, pit } = ChipState::read(&self.vm_fd)?;
         let clock = self
             .vm_fd
             .get_clock()
@@ -609,14 +611,14 @@ impl Vm {
         }
         // Devices first: a device that refuses its state leaves KVM's untouched.
         self.devices.restore_state(&state.devices)?;
-        for chip in &state.irqchips {
-            self.vm_fd
-                .set_irqchip(chip)
-                .map_err(|e| VmError::Kvm("load the irqchip state", e))?;
+        ChipState {
+            irqchips: state.irqchips,
+            pit: state.pit,
         }
-        self.vm_fd
-            .set_pit2(&state.pit)
-            .map_err(|e| VmError::Kvm("load the PIT state", e))?;
+        .write(
+            &self.vm_fd,
+            ["load the irqchip state", "load the PIT state"],
+        )?;
         // Only the time goes over: the flags say which of the other fields KVM filled in.
         let clock = kvm_clock_data {
             clock: state.clock.clock,
