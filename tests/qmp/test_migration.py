@@ -232,9 +232,13 @@ def test_cancel_then_retry(vmm_factory, tmp_path):
         assert seccomp_of_thread(src.pid, "migration") == "2"
         with pytest.raises(ExecuteError, match="There's a migration process in progress"):
             await s.execute("migrate", {"uri": uri})
+        events = EventListener()
+        s.register_listener(events)
         await s.execute("migrate_cancel")
         info = await wait_status(s, ("cancelled",))
         assert "error-desc" not in info, info
+        statuses = [e["data"]["status"] for e in events.clear() if e["event"] == "MIGRATION"]
+        assert statuses == ["cancelling", "cancelled"], statuses
         assert (await s.execute("query-status"))["status"] == "running"
         await close(s)
     arun(cancel())

@@ -353,9 +353,16 @@ impl Machine {
         self.set_state(RunState::Inmigrate);
     }
 
-    /// Emits MIGRATION for `status` when the `events` capability is on and it changed.
+    /// Records the migration's new `status`, with a MIGRATION event when it changed.
     pub fn migration_status(&mut self, status: MigrationStatus) {
-        if self.migration.set_status(status) && self.migration_events {
+        if self.migration.set_status(status) {
+            self.migration_event(status);
+        }
+    }
+
+    /// MIGRATION for `status`, when the `events` capability is on.
+    fn migration_event(&mut self, status: MigrationStatus) {
+        if self.migration_events {
             self.announce(Event::Migration(MigrationArg { status }), None);
         }
     }
@@ -426,9 +433,7 @@ impl Machine {
             self.set_state(RunState::Postmigrate);
         }
         self.migration.was_running = false;
-        if self.migration_events {
-            self.announce(Event::Migration(MigrationArg { status }), None);
-        }
+        self.migration_event(status);
     }
 
     /// Loads a migrated state into this (parked) VM and takes the images.
@@ -459,10 +464,7 @@ impl Machine {
         match result {
             Ok(()) => {
                 self.migration.end(MigrationStatus::Completed, None);
-                if self.migration_events {
-                    let status = MigrationStatus::Completed;
-                    self.announce(Event::Migration(MigrationArg { status }), None);
-                }
+                self.migration_event(MigrationStatus::Completed);
                 if self.autostart {
                     self.announce(Event::Resume, Some(RunState::Running));
                     self.vm.resume();
@@ -472,10 +474,7 @@ impl Machine {
             }
             Err(e) => {
                 self.migration.end(MigrationStatus::Failed, Some(e.clone()));
-                if self.migration_events {
-                    let status = MigrationStatus::Failed;
-                    self.announce(Event::Migration(MigrationArg { status }), None);
-                }
+                self.migration_event(MigrationStatus::Failed);
                 crate::report::error(format_args!("load of migration failed: {e}"));
                 self.exit = Some(Exit::Code(1));
             }

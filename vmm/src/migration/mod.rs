@@ -476,12 +476,11 @@ impl Migrations {
     }
 
     /// `migrate_cancel`: the thread stops at its next chunk or blocked call; `false` when no
-    /// migration runs.
+    /// migration runs. The caller records `cancelling` (and announces it).
     pub fn cancel(&mut self) -> bool {
         match (&self.shared, self.running) {
             (Some(s), true) => {
                 s.cancel.store(true, Ordering::Release);
-                s.update(|p| p.status = MigrationStatus::Cancelling);
                 s.interrupt();
                 true
             }
