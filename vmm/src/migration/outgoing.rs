@@ -225,7 +225,7 @@ impl Sender<'_> {
             pass += 1;
             self.job.link.send(Request::Pass(pass));
             let started = Instant::now();
-            let count = self.send_pages(&dirty, false)?;
+            let count = self.send_pages(&dirty)?;
             self.account(&count, started.elapsed(), true);
         }
     }
@@ -254,7 +254,7 @@ impl Sender<'_> {
         merge(&mut last, &before);
         self.job.shared.update(|p| p.dirty_syncs += 1);
         let started = Instant::now();
-        let count = self.send_pages(&last, false)?;
+        let count = self.send_pages(&last)?;
         self.account(&count, started.elapsed(), false);
         match &mut self.sink {
             Sink::Stream(w, duplex) => {
@@ -375,7 +375,7 @@ impl Sender<'_> {
     }
 
     /// Sends the marked pages (a later pass, or the last one).
-    fn send_pages(&mut self, dirty: &DirtyPages, first: bool) -> Result<PassCount, MigrationError> {
+    fn send_pages(&mut self, dirty: &DirtyPages) -> Result<PassCount, MigrationError> {
         let mut count = PassCount::default();
         let mut run: Option<(GuestAddress, u64)> = None;
         for page in dirty.pages() {
@@ -388,14 +388,14 @@ impl Sender<'_> {
                 _ => {
                     if let Some((start, n)) = run.take() {
                         self.cancelled()?;
-                        self.send_run(start, n, first, &mut count)?;
+                        self.send_run(start, n, false, &mut count)?;
                     }
                     run = Some((page, 1));
                 }
             }
         }
         if let Some((start, n)) = run {
-            self.send_run(start, n, first, &mut count)?;
+            self.send_run(start, n, false, &mut count)?;
         }
         Ok(count)
     }
