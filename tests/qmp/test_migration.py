@@ -50,6 +50,16 @@ async def wait_status(q, wanted, timeout=HANG * 2):
         await asyncio.sleep(0.02)
 
 
+async def migrate_fast(q, uri, wanted="completed"):
+    """Migrates at FAST to `uri` and waits for the end; the status must be `wanted`. Returns
+    query-migrate's last answer."""
+    await q.execute("migrate-set-parameters", {"max-bandwidth": FAST})
+    await q.execute("migrate", {"uri": uri})
+    info = await wait_status(q, ("completed", "failed"))
+    assert info["status"] == wanted, info
+    return info
+
+
 def seccomp_of_thread(pid, name):
     """The `Seccomp:` mode of the thread called `name` (2: filtered)."""
     for tid in os.listdir(f"/proc/{pid}/task"):
@@ -117,10 +127,7 @@ def test_unix_migration_of_a_memory_walker(vmm_factory, tmp_path):
         s.register_listener(src_events)
         dst_events = EventListener()
         d.register_listener(dst_events)
-        await s.execute("migrate-set-parameters", {"max-bandwidth": FAST})
-        await s.execute("migrate", {"uri": uri})
-        info = await wait_status(s, ("completed", "failed"))
-        assert info["status"] == "completed", info
+        info = await migrate_fast(s, uri)
         ram = info["ram"]
         assert ram["total"] == 64 << 20
         # The walker's 32 MiB went at least once; untouched RAM did not.
@@ -174,10 +181,7 @@ def test_tcp_migration_with_disk_io_running(vmm_factory, tmp_path):
 
     async def body():
         s = await connect(src.sock)
-        await s.execute("migrate-set-parameters", {"max-bandwidth": FAST})
-        await s.execute("migrate", {"uri": uri})
-        info = await wait_status(s, ("completed", "failed"))
-        assert info["status"] == "completed", info
+        await migrate_fast(s, uri)
         await close(s)
     arun(body())
     before = dst.serial().count("PROBE io-loop iters=")
@@ -254,10 +258,7 @@ def test_cancel_then_retry(vmm_factory, tmp_path):
 
     async def retry():
         s = await connect(src.sock)
-        await s.execute("migrate-set-parameters", {"max-bandwidth": FAST})
-        await s.execute("migrate", {"uri": uri2})
-        info = await wait_status(s, ("completed", "failed"))
-        assert info["status"] == "completed", info
+        await migrate_fast(s, uri2)
         await close(s)
     arun(retry())
     finish_walk(dst2)
@@ -294,9 +295,7 @@ def test_destination_that_dies_leaves_the_source_running(vmm_factory, tmp_path):
 
     async def again():
         s = await connect(src.sock)
-        await s.execute("migrate-set-parameters", {"max-bandwidth": FAST})
-        await s.execute("migrate", {"uri": uri2})
-        assert (await wait_status(s, ("completed", "failed")))["status"] == "completed"
+        await migrate_fast(s, uri2)
         await close(s)
     arun(again())
     finish_walk(dst2)
@@ -312,10 +311,7 @@ def test_snapshot_and_restore(vmm_factory, tmp_path, paused):
         s = await connect(src.sock)
         if paused:
             await s.execute("stop")
-        await s.execute("migrate-set-parameters", {"max-bandwidth": FAST})
-        await s.execute("migrate", {"uri": f"file:{snap}"})
-        info = await wait_status(s, ("completed", "failed"))
-        assert info["status"] == "completed", info
+        await migrate_fast(s, f"file:{snap}")
         assert (await s.execute("query-status"))["status"] == "postmigrate"
         await s.execute("quit")
         await close(s)
@@ -351,9 +347,7 @@ def test_incoming_defer_and_paused_destination(vmm_factory, tmp_path):
             await s.execute("migrate-incoming", {"uri": uri})
         with pytest.raises(ExecuteError, match="Guest is waiting for an incoming migration"):
             await d.execute("migrate", {"uri": "unix:/nonexistent"})
-        await s.execute("migrate-set-parameters", {"max-bandwidth": FAST})
-        await s.execute("migrate", {"uri": uri})
-        assert (await wait_status(s, ("completed", "failed")))["status"] == "completed"
+        await migrate_fast(s, uri)
         assert (await wait_status(d, ("completed", "failed")))["status"] == "completed"
         # -S: the destination waits for cont.
         await wait_until_async(lambda: d.execute("query-status"), "paused")
@@ -412,10 +406,7 @@ def test_a_destination_that_does_not_fit_refuses_and_the_source_runs_on(vmm_fact
 
     async def body():
         s = await connect(src.sock)
-        await s.execute("migrate-set-parameters", {"max-bandwidth": FAST})
-        await s.execute("migrate", {"uri": uri})
-        info = await wait_status(s, ("completed", "failed"))
-        assert info["status"] == "failed", info
+        info = await migrate_fast(s, uri, "failed")
         assert info["error-desc"] == (
             "The destination refused the migration: The source's VM does not match this "
             "one: the source has 64 MiB of RAM, this VM 128 MiB"), info
@@ -440,9 +431,7 @@ def test_migrate_incoming_of_a_snapshot_copies_its_ram(vmm_factory, tmp_path):
     async def save():
         s = await connect(src.sock)
         await s.execute("stop")
-        await s.execute("migrate-set-parameters", {"max-bandwidth": FAST})
-        await s.execute("migrate", {"uri": f"file:{snap}"})
-        assert (await wait_status(s, ("completed", "failed")))["status"] == "completed"
+        await migrate_fast(s, f"file:{snap}")
         await s.execute("quit")
         await close(s)
     arun(save())
