@@ -126,15 +126,21 @@ impl Clock {
         None
     }
 
-    /// Forgets the time since the last look (spent printing, not stalled).
-    fn skip(&mut self) {
+    /// Forgets the time since the last look (spent printing, not stalled), unless it was
+    /// a stall: a pause can land while the walker prints, and is one all the same (returned,
+    /// as by [`Clock::tick`]).
+    fn skip(&mut self) -> Option<u64> {
         let now = now_ns();
+        if now >= self.last && now - self.last >= STALL_NS {
+            return self.tick();
+        }
         if now >= self.last {
             let d = now - self.last;
             self.elapsed += d;
             self.busy += d;
         }
         self.last = now;
+        None
     }
 }
 
@@ -310,15 +316,17 @@ pub fn run(ctx: &mut Ctx) -> u32 {
     }
     let interval = p.interval_ms * 1_000_000;
     let mut next_report = interval;
+    // A stall seen while printing, to report next.
+    let mut pending = None;
     loop {
         let seen = arch::irq_total();
-        if let Some(gap) = w.look() {
+        if let Some(gap) = pending.take().or_else(|| w.look()) {
             out!(
                 "PROBE mem-walk stall t={} ms={}",
                 Secs(w.clock.elapsed),
                 gap / 1_000_000
             );
-            w.clock.skip();
+            pending = w.clock.skip();
         }
         if matches!((ged, ged_base), (Some(v), Some(b)) if arch::irq_count(v) != b) {
             break;
@@ -332,7 +340,7 @@ pub fn run(ctx: &mut Ctx) -> u32 {
                 rewrites,
                 stall / 1_000_000
             );
-            w.clock.skip();
+            pending = w.clock.skip();
             let e = w.clock.elapsed;
             next_report = next_report.max(e - e % interval) + interval;
         }
