@@ -261,6 +261,16 @@ mod tests {
             Ok(Vec::new())
         }
 
+        fn query_migrate(&self) -> Result<qapi::types::MigrationInfo, QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn migrate_pause(&self) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn migrate_recover(&self, _: String) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+
         fn query_status(&self) -> Result<StatusInfo, QmpError> {
             let status = self.status.unwrap_or(RunState::Running);
             Ok(StatusInfo {
@@ -417,9 +427,6 @@ mod tests {
         ) -> Result<(), QmpError> {
             Err(QmpError::generic("not used by HMP"))
         }
-        fn query_migrate(&mut self) -> Result<qapi::types::MigrationInfo, QmpError> {
-            Err(QmpError::generic("not used by HMP"))
-        }
         fn migrate_set_parameters(
             &mut self,
             _: qapi::types::MigrateSetParameters,
@@ -445,6 +452,9 @@ mod tests {
             Err(QmpError::generic("not used by HMP"))
         }
         fn migrate_cancel(&mut self) -> Result<(), QmpError> {
+            Err(QmpError::generic("not used by HMP"))
+        }
+        fn migrate_start_postcopy(&mut self) -> Result<(), QmpError> {
             Err(QmpError::generic("not used by HMP"))
         }
         fn getfd(&mut self, _: String) -> Result<(), QmpError> {

@@ -226,6 +226,14 @@ impl Machine {
                 self.autostart = true;
                 Ok(())
             }
+            RunState::FinishMigrate | RunState::Postmigrate
+                if crate::migration::in_postcopy(self.migration.status())
+                    && !self.migration.incoming =>
+            {
+                Err(QmpError::generic(
+                    "The guest runs on the postcopy destination: its newest state is there, so it cannot run here",
+                ))
+            }
             RunState::FinishMigrate => Err(QmpError::generic("Migration is not finalized yet")),
             RunState::Paused | RunState::Prelaunch | RunState::IoError | RunState::Postmigrate => {
                 // After a completed migration the images belong to the destination: running
@@ -389,8 +397,14 @@ impl Machine {
                 let _ = done.send(self.save_for_migration());
             }
             Request::Finished(result) => self.outgoing_finished(result),
-            Request::Restore(json, done) => {
-                let _ = done.send(self.restore_from_migration(&json));
+            Request::Restore(json, postcopy, done) => {
+                let result = self.restore_from_migration(&json);
+                if result.is_ok() && postcopy {
+                    // The destination runs before the rest of RAM is here.
+                    self.migration_status(MigrationStatus::PostcopyActive);
+                    self.start_migrated_guest();
+                }
+                let _ = done.send(result);
             }
             Request::IncomingFinished(result) => self.incoming_finished(result),
         }
@@ -457,6 +471,16 @@ impl Machine {
         Ok(())
     }
 
+    /// The migrated guest runs, or waits paused with `-S`.
+    fn start_migrated_guest(&mut self) {
+        if self.autostart {
+            self.announce(Event::Resume, Some(RunState::Running));
+            self.vm.resume();
+        } else {
+            self.set_state(RunState::Paused);
+        }
+    }
+
     /// The incoming migration ended: the guest runs (or waits paused with `-S`); a failed
     /// one ends vmm with exit code 1, as QEMU's "load of migration failed".
     fn incoming_finished(&mut self, result: Result<(), String>) {
@@ -465,11 +489,9 @@ impl Machine {
             Ok(()) => {
                 self.migration.end(MigrationStatus::Completed, None);
                 self.migration_event(MigrationStatus::Completed);
-                if self.autostart {
-                    self.announce(Event::Resume, Some(RunState::Running));
-                    self.vm.resume();
-                } else {
-                    self.set_state(RunState::Paused);
+                // After a postcopy it has run since the switch.
+                if self.state() == RunState::Inmigrate {
+                    self.start_migrated_guest();
                 }
             }
             Err(e) => {

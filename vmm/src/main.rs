@@ -32,6 +32,7 @@ mod runner;
 mod seccomp;
 mod signals;
 mod socket_console;
+mod uffd;
 mod vcpu;
 mod vm;
 

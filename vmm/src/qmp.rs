@@ -183,12 +183,19 @@ pub struct OobServer {
     disks: Vec<(Arc<Backend>, String)>,
     /// The block graph's yank instances, published by the device manager.
     yank: Arc<YankTable>,
+    /// The current migration's counters and controls.
+    migration: Arc<crate::migration::Published>,
 }
 
 impl OobServer {
     /// Creates the out-of-band server over the machine's shared run state, its name and its
     /// disks (fixed for the VM's life: there is no device hotplug).
-    pub fn new(state: Arc<SharedRunState>, name: Option<String>, vm: &Vm) -> Self {
+    pub fn new(
+        state: Arc<SharedRunState>,
+        name: Option<String>,
+        vm: &Vm,
+        migration: &Arc<crate::migration::Published>,
+    ) -> Self {
         Self {
             state,
             name,
@@ -199,6 +206,7 @@ impl OobServer {
                 .map(|d| (d.backend.clone(), d.qdev.clone()))
                 .collect(),
             yank: vm.devices().yank_table().clone(),
+            migration: migration.clone(),
         }
     }
 }
@@ -234,6 +242,18 @@ impl QmpOobCommands for OobServer {
 
     fn query_yank(&self) -> Result<Vec<YankInstance>, QmpError> {
         Ok(query_yank(&self.yank))
+    }
+
+    fn query_migrate(&self) -> Result<MigrationInfo, QmpError> {
+        Ok(crate::migration::info_of(self.migration.get().as_deref()))
+    }
+
+    fn migrate_pause(&self) -> Result<(), QmpError> {
+        crate::migration::control::pause(&self.migration)
+    }
+
+    fn migrate_recover(&self, uri: String) -> Result<(), QmpError> {
+        crate::migration::control::recover(&self.migration, &uri)
     }
 }
 
@@ -299,6 +319,18 @@ impl QmpOobCommands for Machine {
 
     fn query_yank(&self) -> Result<Vec<YankInstance>, QmpError> {
         Ok(query_yank(self.vm.devices().yank_table()))
+    }
+
+    fn query_migrate(&self) -> Result<MigrationInfo, QmpError> {
+        Ok(self.migration.info())
+    }
+
+    fn migrate_pause(&self) -> Result<(), QmpError> {
+        crate::migration::control::pause(self.migration.published())
+    }
+
+    fn migrate_recover(&self, uri: String) -> Result<(), QmpError> {
+        crate::migration::control::recover(self.migration.published(), &uri)
     }
 }
 
@@ -573,10 +605,16 @@ impl QmpCommands for Machine {
     }
 
     fn query_migrate_capabilities(&mut self) -> Result<Vec<MigrationCapabilityStatus>, QmpError> {
-        Ok(vec![MigrationCapabilityStatus {
-            capability: MigrationCapability::Events,
-            state: self.migration_events,
-        }])
+        Ok(vec![
+            MigrationCapabilityStatus {
+                capability: MigrationCapability::Events,
+                state: self.migration_events,
+            },
+            MigrationCapabilityStatus {
+                capability: MigrationCapability::PostcopyRam,
+                state: self.migration.postcopy_ram,
+            },
+        ])
     }
 
     fn migrate_set_capabilities(
@@ -584,17 +622,21 @@ impl QmpCommands for Machine {
         capabilities: Vec<MigrationCapabilityStatus>,
     ) -> Result<(), QmpError> {
         // Every value of the enum is a capability vmm keeps; unknown ones were refused by the
-        // argument check with QEMU's text.
+        // argument check with QEMU's text. A running migration keeps the postcopy setting
+        // it started with (QEMU's text); nothing is changed then.
+        let postcopy = capabilities
+            .iter()
+            .any(|c| c.capability == MigrationCapability::PostcopyRam);
+        if postcopy && self.migration.active() {
+            return Err(QmpError::generic("There's a migration process in progress"));
+        }
         for c in capabilities {
             match c.capability {
                 MigrationCapability::Events => self.migration_events = c.state,
+                MigrationCapability::PostcopyRam => self.migration.postcopy_ram = c.state,
             }
         }
         Ok(())
-    }
-
-    fn query_migrate(&mut self) -> Result<MigrationInfo, QmpError> {
-        Ok(self.migration.info())
     }
 
     fn migrate_set_parameters(&mut self, arg: MigrateSetParameters) -> Result<(), QmpError> {
@@ -635,7 +677,16 @@ impl QmpCommands for Machine {
         crate::migration::control::start_incoming(self, &uri)
     }
 
+    fn migrate_start_postcopy(&mut self) -> Result<(), QmpError> {
+        crate::migration::control::start_postcopy(self)
+    }
+
     fn migrate_cancel(&mut self) -> Result<(), QmpError> {
+        if crate::migration::in_postcopy(self.migration.status()) {
+            return Err(QmpError::generic(
+                "Postcopy migration cannot be cancelled: the guest runs on the destination",
+            ));
+        }
         if self.migration.cancel() {
             self.migration_status(MigrationStatus::Cancelling);
         }

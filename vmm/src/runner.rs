@@ -579,6 +579,8 @@ pub fn run(
     let vm = Vm::new(config, &events)?;
 
     let state = Arc::new(SharedRunState::default());
+    // Its threads start before the main thread confines itself (their own filters).
+    let migrations = Migrations::new().map_err(RunError::EventFd)?;
     let (monitor_tx, monitor_rx) = channel();
     let monitor_wake = EventFd::new(EFD_NONBLOCK).map_err(RunError::EventFd)?;
     let monitor = if options.qmp.is_empty() {
@@ -587,7 +589,12 @@ pub fn run(
         Some(Monitor::start(MonitorConfig {
             sockets: options.qmp.clone(),
             version: serde_json::to_value(version_info()).unwrap_or_default(),
-            oob: Arc::new(OobServer::new(state.clone(), options.name.clone(), &vm)),
+            oob: Arc::new(OobServer::new(
+                state.clone(),
+                options.name.clone(),
+                &vm,
+                migrations.published(),
+            )),
             to_main: monitor_tx,
             main_wake: monitor_wake.try_clone().map_err(RunError::EventFd)?,
             limits: Limits {
@@ -617,7 +624,7 @@ pub fn run(
         options.name.clone(),
         state,
         handle.clone(),
-        Migrations::new().map_err(RunError::EventFd)?,
+        migrations,
     );
     match &options.incoming {
         None => {}

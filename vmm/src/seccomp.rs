@@ -56,12 +56,15 @@ pub enum ThreadKind {
     /// The `migration` thread (created at start-up, before the main thread confines
     /// itself): the stream's socket or file, guest RAM and the dirty log.
     Migration,
+    /// The `uffd` thread (created at start-up too): a postcopy destination's or a lazy
+    /// restore's missing-page faults, the return path's writes, a snapshot's reads.
+    Uffd,
 }
 
 impl ThreadKind {
     /// Every kind.
     #[cfg(test)]
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::Monitor,
@@ -70,6 +73,7 @@ impl ThreadKind {
         ThreadKind::QmpJob,
         ThreadKind::Teardown,
         ThreadKind::Migration,
+        ThreadKind::Uffd,
     ];
 
     /// The name in messages.
@@ -83,6 +87,7 @@ impl ThreadKind {
             ThreadKind::QmpJob => "qmp-job",
             ThreadKind::Teardown => "vm-teardown",
             ThreadKind::Migration => "migration",
+            ThreadKind::Uffd => "uffd",
         }
     }
 
@@ -106,6 +111,7 @@ impl ThreadKind {
             ThreadKind::QmpJob => QMP_JOB,
             ThreadKind::Teardown => TEARDOWN,
             ThreadKind::Migration => MIGRATION,
+            ThreadKind::Uffd => UFFD,
         });
         if matches!(self, ThreadKind::Main | ThreadKind::BlockIo) {
             // They create threads, which inherit their filter and then add their own.
@@ -291,6 +297,15 @@ const MIGRATION: &[i64] = &[
     libc::SYS_newfstatat,
     libc::SYS_statx,
     libc::SYS_poll,
+    libc::SYS_userfaultfd,
+    libc::SYS_eventfd2,
+];
+
+const UFFD: &[i64] = &[
+    libc::SYS_ioctl,
+    libc::SYS_poll,
+    libc::SYS_sendto,
+    libc::SYS_pread64,
 ];
 
 const BLOCK_REQUEST: &[i64] = &[

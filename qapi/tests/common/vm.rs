@@ -93,6 +93,30 @@ impl QmpOobCommands for FakeVm {
         }
     }
 
+    fn query_migrate(&self) -> Result<MigrationInfo, QmpError> {
+        Ok(MigrationInfo {
+            status: self.migrated.as_ref().map(|_| MigrationStatus::Completed),
+            ram: None,
+            total_time: None,
+            expected_downtime: None,
+            downtime: None,
+            setup_time: None,
+            error_desc: None,
+        })
+    }
+
+    fn migrate_pause(&self) -> Result<(), QmpError> {
+        Err(QmpError::generic(
+            "migrate-pause is currently only supported during postcopy-active state",
+        ))
+    }
+
+    fn migrate_recover(&self, _uri: String) -> Result<(), QmpError> {
+        Err(QmpError::generic(
+            "Migrate recover can only be run when postcopy is paused.",
+        ))
+    }
+
     fn query_yank(&self) -> Result<Vec<YankInstance>, QmpError> {
         Ok(self
             .drives
@@ -341,18 +365,6 @@ impl QmpCommands for FakeVm {
         Ok(())
     }
 
-    fn query_migrate(&mut self) -> Result<MigrationInfo, QmpError> {
-        Ok(MigrationInfo {
-            status: self.migrated.as_ref().map(|_| MigrationStatus::Completed),
-            ram: None,
-            total_time: None,
-            expected_downtime: None,
-            downtime: None,
-            setup_time: None,
-            error_desc: None,
-        })
-    }
-
     fn migrate_set_parameters(&mut self, arg: MigrateSetParameters) -> Result<(), QmpError> {
         if let Some(d) = arg.downtime_limit {
             self.downtime_limit = d;
@@ -385,6 +397,12 @@ impl QmpCommands for FakeVm {
 
     fn migrate_cancel(&mut self) -> Result<(), QmpError> {
         Ok(())
+    }
+
+    fn migrate_start_postcopy(&mut self) -> Result<(), QmpError> {
+        Err(QmpError::generic(
+            "Postcopy must be started after migration has been started",
+        ))
     }
 
     fn query_jobs(&mut self) -> Result<Vec<JobInfo>, QmpError> {

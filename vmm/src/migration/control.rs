@@ -50,9 +50,7 @@ pub fn start_outgoing(
     resume: Option<bool>,
 ) -> Result<(), QmpError> {
     if resume == Some(true) {
-        return Err(QmpError::generic(
-            "Cannot resume if there is no paused migration",
-        ));
+        return resume_outgoing(machine, uri);
     }
     if machine.migration.incoming || machine.state() == RunState::Inmigrate {
         return Err(QmpError::generic(
@@ -77,6 +75,13 @@ pub fn start_outgoing(
         )));
     }
     let uri = MigrationUri::parse(uri).map_err(|e| QmpError::generic(e.to_string()))?;
+    if machine.migration.postcopy_ram
+        && matches!(uri, MigrationUri::File(_) | MigrationUri::Exec(_))
+    {
+        return Err(QmpError::generic(
+            "Postcopy needs a two-way channel: unix:, tcp: or a socket fd: (not exec: or file:)",
+        ));
+    }
     // A descriptor is taken now, so that a later `closefd` cannot race the thread.
     let channel = match &uri {
         MigrationUri::Fd(name) => {
@@ -90,8 +95,9 @@ pub fn start_outgoing(
     };
     let setup =
         serde_json::to_vec(&machine.vm.setup()).map_err(|e| QmpError::generic(e.to_string()))?;
-    let (shared, link) = machine.migration.begin();
+    let (shared, link) = machine.migration.begin(false);
     let job = Outgoing {
+        postcopy_ram: machine.migration.postcopy_ram,
         uri,
         channel,
         setup,
@@ -147,7 +153,8 @@ pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::Mi
         MigrationUri::Fd(name) => machine.fds.take(name),
         _ => None,
     };
-    let (shared, link) = machine.migration.begin();
+    let (shared, link) = machine.migration.begin(true);
+    let uffd_jobs = machine.migration.uffd_jobs();
     let (ready, listening) = std::sync::mpsc::channel();
     let setup = machine.vm.setup();
     let mem = machine.vm.memory().clone();
@@ -171,6 +178,7 @@ pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::Mi
                 mem,
                 shared,
                 link,
+                uffd_jobs,
             }
             .run();
         })
@@ -185,5 +193,115 @@ pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::Mi
         return result;
     }
     machine.migration_status(MigrationStatus::Setup);
+    Ok(())
+}
+
+/// `migrate` with `resume`: a paused postcopy continues on `uri` (connected on the
+/// `migration` thread; an `fd:` name is taken here).
+fn resume_outgoing(machine: &mut Machine, uri: &str) -> Result<(), QmpError> {
+    let paused = machine
+        .migration
+        .shared()
+        .filter(|s| !s.incoming && s.get(|p| p.status) == MigrationStatus::PostcopyPaused)
+        .cloned();
+    let Some(shared) = paused else {
+        return Err(QmpError::generic(
+            "Cannot resume if there is no paused migration",
+        ));
+    };
+    let uri = MigrationUri::parse(uri).map_err(|e| QmpError::generic(e.to_string()))?;
+    if matches!(uri, MigrationUri::File(_) | MigrationUri::Exec(_)) {
+        return Err(QmpError::generic(
+            "Postcopy needs a two-way channel: unix:, tcp: or a socket fd: (not exec: or file:)",
+        ));
+    }
+    let channel = match &uri {
+        MigrationUri::Fd(name) => {
+            let named = std::cell::Cell::new(machine.fds.take(name));
+            Some(
+                uri::connect(&uri, &|_| named.take())
+                    .map_err(|e| QmpError::generic(e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
+    if !shared.set_resume(super::Resume::Connect(uri, channel)) {
+        return Err(QmpError::generic("Migrate recovery is triggered already"));
+    }
+    Ok(())
+}
+
+/// `migrate-start-postcopy`: the running outgoing migration switches at its next run of
+/// pages.
+///
+/// # Errors
+/// QEMU's texts: no migration runs, or the capability was off when it started.
+pub fn start_postcopy(machine: &mut Machine) -> Result<(), QmpError> {
+    let running = machine
+        .migration
+        .shared()
+        .filter(|s| !s.incoming && machine.migration.active())
+        .cloned();
+    let Some(shared) = running else {
+        return Err(QmpError::generic(
+            "Postcopy must be started after migration has been started",
+        ));
+    };
+    if !machine.migration.postcopy_ram {
+        return Err(QmpError::generic(
+            "Enable postcopy with migrate_set_capability before the start of migration",
+        ));
+    }
+    shared
+        .postcopy
+        .store(true, std::sync::atomic::Ordering::Release);
+    Ok(())
+}
+
+/// `migrate-pause` (out of band, on the monitor thread): breaks the stream of a postcopy
+/// (a shutdown of the socket, which does not block); both sides pause.
+///
+/// # Errors
+/// QEMU's text when no postcopy is active or recovering.
+pub fn pause(published: &super::Published) -> Result<(), QmpError> {
+    let shared = published.get().filter(|s| {
+        matches!(
+            s.get(|p| p.status),
+            MigrationStatus::PostcopyActive | MigrationStatus::PostcopyRecover
+        )
+    });
+    let Some(shared) = shared else {
+        return Err(QmpError::generic(
+            "migrate-pause is currently only supported during postcopy-active state",
+        ));
+    };
+    shared.interrupt();
+    Ok(())
+}
+
+/// `migrate-recover` (out of band): a destination in `postcopy-paused` listens on `uri`;
+/// the `migration` thread does the listening (the monitor thread makes no sockets).
+///
+/// # Errors
+/// QEMU's texts: not a paused destination, recovery already started; a bad URI or one a
+/// destination cannot listen on again.
+pub fn recover(published: &super::Published, uri: &str) -> Result<(), QmpError> {
+    let shared = published
+        .get()
+        .filter(|s| s.incoming && s.get(|p| p.status) == MigrationStatus::PostcopyPaused);
+    let Some(shared) = shared else {
+        return Err(QmpError::generic(
+            "Migrate recover can only be run when postcopy is paused.",
+        ));
+    };
+    let uri = MigrationUri::parse(uri).map_err(|e| QmpError::generic(e.to_string()))?;
+    if !matches!(uri, MigrationUri::Unix(_) | MigrationUri::Tcp(..)) {
+        return Err(QmpError::generic(
+            "migrate-recover listens on unix: or tcp: only",
+        ));
+    }
+    if !shared.set_resume(super::Resume::Listen(uri)) {
+        return Err(QmpError::generic("Migrate recovery is triggered already"));
+    }
     Ok(())
 }

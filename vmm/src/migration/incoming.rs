@@ -4,18 +4,24 @@
 //! snapshot file.
 
 use std::fs::File;
-use std::io::Write;
-use std::sync::mpsc::channel;
-use std::sync::Arc;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
 
 use devices::GuestMemoryMmap;
 use qapi::types::MigrationStatus;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::receive::{self, Step};
+use super::faults::{host_of, Faults, HostRegions, PageSource, ReturnPath};
+use super::postcopy::{PageSet, Reply, MAX_LINE_PAGES};
+use super::receive::{self, Loaded, Step};
 use super::state::Setup;
-use super::stream::{StreamReader, PAGE};
+use super::stream::{Record, StreamError, StreamReader, PAGE};
 use super::uri::Incoming as Endpoint;
-use super::{Link, MigrationError, Request, Shared};
+use super::{Job, Link, MigrationError, Request, Resume, Shared};
+use crate::uffd::Uffd;
 
 /// What the thread needs, gathered on the main loop.
 pub struct Incoming {
@@ -29,6 +35,8 @@ pub struct Incoming {
     pub shared: Arc<Shared>,
     /// To the main loop.
     pub link: Link,
+    /// The `uffd` thread, which serves faults in postcopy.
+    pub uffd_jobs: Option<Sender<Job>>,
 }
 
 impl Incoming {
@@ -54,16 +62,40 @@ impl Incoming {
                     mem,
                     shared,
                     link,
+                    uffd_jobs,
                 } = self;
                 shared.set_fd(endpoint.raw());
                 let channel = endpoint.accept()?;
                 shared.set_fd(channel.raw);
                 let duplex = channel.duplex;
+                let raw = channel.raw;
                 // An `exec:` command lives until the stream is read: the launcher kills one
                 // that vmm lets go of.
                 let _command = channel.child;
                 let mut reader = StreamReader::new(channel.stream)?;
-                let result = receive_stream(&mut reader, &setup, &mem, &shared, &link);
+                let missing = Arc::new(PageSet::new(&setup.ram));
+                let result = receive_stream(&mut reader, &setup, &mem, &shared, &link, &missing);
+                let result = match result {
+                    Ok(Loaded::Postcopy(state)) if duplex => {
+                        let ret = Arc::new(ReturnPath::default());
+                        // SAFETY: the stream's socket, open while `reader` is.
+                        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+                        ret.set(super::uri::socket_dup(fd));
+                        let p = Postcopy {
+                            mem: &mem,
+                            shared: &shared,
+                            link: &link,
+                            missing,
+                            ret,
+                        };
+                        return p.run(reader, state, uffd_jobs);
+                    }
+                    Ok(Loaded::Postcopy(_)) => Err(MigrationError::State(
+                        "Postcopy needs a two-way channel".into(),
+                    )),
+                    Ok(Loaded::Complete(state)) => load_state(&link, state, false),
+                    Err(e) => Err(e),
+                };
                 if duplex {
                     let line = match &result {
                         Ok(()) => "OK\n".to_owned(),
@@ -88,7 +120,7 @@ impl Incoming {
             // the guest reads the rest from the file as it touches it.
             crate::memory::revert_to_snapshot(&self.mem)?;
             let state = layout.state(f).map_err(MigrationError::Receive)?;
-            return load_state(&self.link, state);
+            return load_state(&self.link, state, false);
         }
         let loaded = receive::load_file_ram(f, &layout, &self.mem)?;
         self.shared.update(|p| {
@@ -96,7 +128,7 @@ impl Incoming {
             p.normal = loaded / PAGE as u64;
         });
         let state = layout.state(f).map_err(MigrationError::Receive)?;
-        load_state(&self.link, state)
+        load_state(&self.link, state, false)
     }
 }
 
@@ -106,9 +138,10 @@ fn receive_stream<R: std::io::Read>(
     mem: &GuestMemoryMmap,
     shared: &Shared,
     link: &Link,
-) -> Result<(), MigrationError> {
+    missing: &PageSet,
+) -> Result<Loaded, MigrationError> {
     let total = setup.ram.iter().map(|r| r.1).sum();
-    let state = receive::receive_ram(reader, setup, mem, |step| match step {
+    let loaded = receive::receive_ram(reader, setup, mem, |step| match step {
         Step::Accepted => {
             shared.update(|p| p.total = total);
             link.send(Request::Status(MigrationStatus::Active));
@@ -118,14 +151,273 @@ fn receive_stream<R: std::io::Read>(
             p.transferred += u64::from(n) * PAGE as u64;
         }),
         Step::Zeros(n) => shared.update(|p| p.duplicate += u64::from(n)),
+        Step::Discard { gpa, count } => {
+            for i in 0..u64::from(count) {
+                missing.insert(gpa + i * PAGE as u64);
+            }
+        }
     })?;
-    load_state(link, state)
+    Ok(loaded)
 }
 
-/// The main loop loads the state (and takes the images); waits for its verdict.
-fn load_state(link: &Link, json: Vec<u8>) -> Result<(), MigrationError> {
+/// The destination's postcopy: guest RAM registered with userfaultfd, the `uffd` thread
+/// serving faults, the guest running, the missing pages filled as they come; a broken
+/// stream pauses until `migrate-recover` (the guest runs on meanwhile, a vCPU that touches a
+/// missing page waits).
+struct Postcopy<'a> {
+    mem: &'a GuestMemoryMmap,
+    shared: &'a Arc<Shared>,
+    link: &'a Link,
+    missing: Arc<PageSet>,
+    ret: Arc<ReturnPath>,
+}
+
+/// Ends the fault server when the migration ends, however it ends.
+struct StopOnDrop(Arc<Faults>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.stop.write(1);
+    }
+}
+
+impl Postcopy<'_> {
+    fn run(
+        self,
+        reader: StreamReader<Box<dyn super::uri::ReadWrite>>,
+        state: Vec<u8>,
+        jobs: Option<Sender<Job>>,
+    ) -> Result<(), MigrationError> {
+        let regions: HostRegions = self
+            .mem
+            .iter()
+            .map(|r| (r.start_addr().0, r.len(), r.as_ptr() as u64))
+            .collect();
+        let started = self.start_faults(&regions, jobs);
+        let faults = match started {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = self.ret.send(&Reply::Err(crate::error::chain(&e)));
+                return Err(e);
+            }
+        };
+        let _stop = StopOnDrop(faults.clone());
+        if let Err(e) = load_state(self.link, state, true) {
+            let _ = self.ret.send(&Reply::Err(crate::error::chain(&e)));
+            return Err(e);
+        }
+        // A lost RUN is no loss: the source learns it from the resume.
+        let _ = self.ret.send(&Reply::Run);
+        let mut reader = reader;
+        loop {
+            match self.fill(&mut reader, &faults) {
+                Ok(()) => break,
+                Err(_) if self.shared.cancel.load(Ordering::Acquire) => {
+                    return Err(MigrationError::Cancelled)
+                }
+                Err(e) => reader = self.paused(&faults, &e)?,
+            }
+        }
+        let _ = self.ret.send(&Reply::Ok);
+        for r in &regions {
+            let _ = faults.uffd.unregister(r.2, r.1);
+        }
+        Ok(())
+    }
+
+    /// Registers guest RAM and starts the fault server.
+    fn start_faults(
+        &self,
+        regions: &HostRegions,
+        jobs: Option<Sender<Job>>,
+    ) -> Result<Arc<Faults>, MigrationError> {
+        let uffd = Uffd::new()?;
+        for r in regions {
+            uffd.register(r.2, r.1)?;
+        }
+        let ram: Vec<(u64, u64)> = regions.iter().map(|r| (r.0, r.1)).collect();
+        let event = || EventFd::new(EFD_NONBLOCK).map_err(MigrationError::Receive);
+        let faults = Arc::new(Faults {
+            uffd: Arc::new(uffd),
+            regions: regions.clone(),
+            missing: self.missing.clone(),
+            claimed: PageSet::new(&ram),
+            source: PageSource::Remote(self.ret.clone()),
+            stop: event()?,
+            poke: event()?,
+            resend: AtomicBool::new(false),
+            requests: AtomicU64::new(0),
+            blocked: Mutex::new(Vec::new()),
+            latencies: Mutex::new(Vec::new()),
+        });
+        let server = faults.clone();
+        let sent = jobs.map(|j| j.send(Box::new(move || server.serve())));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(MigrationError::State("the uffd thread has ended".into()));
+        }
+        Ok(faults)
+    }
+
+    /// Fills missing pages from the stream until its END (every page in).
+    fn fill<R: Read>(
+        &self,
+        reader: &mut StreamReader<R>,
+        faults: &Faults,
+    ) -> Result<(), MigrationError> {
+        loop {
+            self.shared
+                .update(|p| p.postcopy_requests = faults.requests.load(Ordering::Relaxed));
+            match reader.next()? {
+                Record::Pages { gpa, count } => {
+                    let data = std::mem::take(&mut reader.data);
+                    let r = self.fill_run(faults, gpa, count, Some(&data));
+                    reader.data = data;
+                    r?;
+                }
+                Record::Zeros { gpa, count } => self.fill_run(faults, gpa, count, None)?,
+                Record::End => {
+                    let left = self.missing.count();
+                    if left > 0 {
+                        return Err(MigrationError::Stream(StreamError::Order(
+                            "the end of postcopy with pages still missing",
+                        )));
+                    }
+                    return Ok(());
+                }
+                _ => {
+                    return Err(MigrationError::Stream(StreamError::Order(
+                        "a record postcopy does not take",
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Fills the missing ones of `count` pages at `gpa` (with `data`, or zeros); a page
+    /// that is not missing is left as it is.
+    fn fill_run(
+        &self,
+        faults: &Faults,
+        gpa: u64,
+        count: u32,
+        data: Option<&[u8]>,
+    ) -> Result<(), MigrationError> {
+        if !self.missing.contains_range(gpa, count) {
+            return Err(MigrationError::Memory(gpa));
+        }
+        let mut filled = 0u64;
+        for i in 0..u64::from(count) {
+            let page = gpa + i * PAGE as u64;
+            if !self.missing.contains(page) {
+                continue;
+            }
+            let host = host_of(&faults.regions, page).ok_or(MigrationError::Memory(page))?;
+            let done = match data {
+                Some(d) => {
+                    let at = (i as usize) * PAGE;
+                    faults.uffd.copy(host, &d[at..at + PAGE])
+                }
+                None => faults.uffd.zero(host, PAGE as u64),
+            }
+            .map_err(MigrationError::Fill)?;
+            if done == crate::uffd::Filled::Done && self.missing.remove(page) {
+                filled += 1;
+            } else {
+                self.missing.remove(page);
+            }
+        }
+        let bytes = if data.is_some() {
+            filled * PAGE as u64
+        } else {
+            0
+        };
+        self.shared.update(|p| {
+            p.postcopy_bytes += bytes;
+            p.transferred += bytes;
+            if data.is_some() {
+                p.normal += filled;
+            } else {
+                p.duplicate += filled;
+            }
+        });
+        Ok(())
+    }
+
+    /// The stream broke: `postcopy-paused` until `migrate-recover`; then the source's
+    /// resumed stream, once told which pages are still missing.
+    fn paused(
+        &self,
+        faults: &Faults,
+        why: &MigrationError,
+    ) -> Result<StreamReader<Box<dyn super::uri::ReadWrite>>, MigrationError> {
+        let why = crate::error::chain(why);
+        loop {
+            self.ret.set(None);
+            self.shared.release();
+            self.shared.update(|p| {
+                p.error = Some(format!(
+                    "The postcopy stream broke ({why}): waiting for migrate-recover"
+                ))
+            });
+            self.link
+                .send(Request::Status(MigrationStatus::PostcopyPaused));
+            let Some(Resume::Listen(uri)) = self.shared.wait_resume() else {
+                return Err(MigrationError::Cancelled);
+            };
+            self.link
+                .send(Request::Status(MigrationStatus::PostcopyRecover));
+            match self.reconnect(&uri, faults) {
+                Ok(reader) => {
+                    self.shared.update(|p| p.error = None);
+                    self.link
+                        .send(Request::Status(MigrationStatus::PostcopyActive));
+                    return Ok(reader);
+                }
+                Err(_) if self.shared.cancel.load(Ordering::Acquire) => {
+                    return Err(MigrationError::Cancelled)
+                }
+                Err(_) => continue,
+            }
+        }
+    }
+
+    fn reconnect(
+        &self,
+        uri: &super::uri::MigrationUri,
+        faults: &Faults,
+    ) -> Result<StreamReader<Box<dyn super::uri::ReadWrite>>, MigrationError> {
+        let endpoint = Endpoint::listen(uri, &|_| None)?;
+        self.shared.set_fd(endpoint.raw());
+        let channel = endpoint.accept()?;
+        self.shared.set_fd(channel.raw);
+        let raw = channel.raw;
+        let mut reader = StreamReader::new(channel.stream)?;
+        if reader.next()? != Record::Resume {
+            return Err(MigrationError::Stream(StreamError::Order(
+                "a resumed stream without its resume record",
+            )));
+        }
+        // SAFETY: the new stream's socket, open while `reader` is.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        self.ret.set(super::uri::socket_dup(fd));
+        for (gpa, count) in self.missing.runs(MAX_LINE_PAGES) {
+            self.ret
+                .send(&Reply::Pending(gpa, count))
+                .map_err(MigrationError::Send)?;
+        }
+        self.ret.send(&Reply::Ready).map_err(MigrationError::Send)?;
+        // The fault server asks again for what vCPUs wait on.
+        faults.resend.store(true, Ordering::Release);
+        let _ = faults.poke.write(1);
+        Ok(reader)
+    }
+}
+
+/// The main loop loads the state (and takes the images), and with `postcopy` runs the guest
+/// at once; waits for its verdict.
+fn load_state(link: &Link, json: Vec<u8>, postcopy: bool) -> Result<(), MigrationError> {
     let (tx, rx) = channel();
-    link.send(Request::Restore(json, tx));
+    link.send(Request::Restore(json, postcopy, tx));
     rx.recv()
         .map_err(|_| MigrationError::MainLoop)?
         .map_err(MigrationError::State)

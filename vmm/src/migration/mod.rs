@@ -10,8 +10,10 @@
 //! [`state`].
 
 pub mod control;
+pub mod faults;
 pub mod incoming;
 pub mod outgoing;
+pub mod postcopy;
 pub mod receive;
 pub mod state;
 pub mod stream;
@@ -20,8 +22,8 @@ pub mod uri;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use qapi::types::{MigrationInfo, MigrationParameters, MigrationStats, MigrationStatus};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -78,6 +80,15 @@ pub enum MigrationError {
     /// `migrate_cancel`.
     #[error("The migration was cancelled")]
     Cancelled,
+    /// The return path broke its protocol.
+    #[error(transparent)]
+    Protocol(#[from] postcopy::ProtocolError),
+    /// userfaultfd failed.
+    #[error(transparent)]
+    Uffd(#[from] crate::uffd::UffdError),
+    /// Filling a missing page failed.
+    #[error("Cannot fill guest RAM's missing pages")]
+    Fill(#[source] std::io::Error),
     /// The main loop went away (vmm is exiting).
     #[error("vmm is exiting")]
     MainLoop,
@@ -142,6 +153,10 @@ pub struct Progress {
     pub precopy_bytes: u64,
     /// Bytes sent while it was stopped.
     pub downtime_bytes: u64,
+    /// Pages the destination asked for (postcopy).
+    pub postcopy_requests: u64,
+    /// Bytes of pages sent after the switch to postcopy.
+    pub postcopy_bytes: u64,
 }
 
 impl Progress {
@@ -167,6 +182,8 @@ impl Progress {
             pages_per_second: 0,
             precopy_bytes: 0,
             downtime_bytes: 0,
+            postcopy_requests: 0,
+            postcopy_bytes: 0,
         }
     }
 
@@ -190,13 +207,13 @@ impl Progress {
                 dirty_pages_rate: self.dirty_pages_rate,
                 mbps: self.mbps,
                 dirty_sync_count: self.dirty_syncs,
-                postcopy_requests: 0,
+                postcopy_requests: i(self.postcopy_requests),
                 page_size: PAGE as i64,
                 multifd_bytes: 0,
                 pages_per_second: self.pages_per_second,
                 precopy_bytes: self.precopy_bytes,
                 downtime_bytes: self.downtime_bytes,
-                postcopy_bytes: 0,
+                postcopy_bytes: self.postcopy_bytes,
                 dirty_sync_missed_zero_copy: 0,
             }),
             total_time: Some(
@@ -217,21 +234,79 @@ impl Progress {
 pub struct Shared {
     progress: Mutex<Progress>,
     params: Mutex<Params>,
-    /// Set by `migrate_cancel`.
+    /// Set by `migrate_cancel` (and when vmm exits).
     pub cancel: AtomicBool,
+    /// Set by `migrate-start-postcopy`.
+    pub postcopy: AtomicBool,
+    /// Whether this is the destination's side.
+    pub incoming: bool,
+    /// Where a paused postcopy continues (`migrate-recover`, `migrate` with `resume`).
+    resume: Mutex<Option<Resume>>,
+    resume_set: Condvar,
     /// A duplicate of the channel's socket, shut down to cancel a blocked read or write
     /// (a duplicate, so that its number is never one the thread closed and the process
     /// reused); dropped when the migration ends.
     socket: Mutex<Option<OwnedFd>>,
 }
 
+/// Where a paused postcopy continues.
+pub enum Resume {
+    /// The destination listens there (`migrate-recover`).
+    Listen(uri::MigrationUri),
+    /// The source connects there (`migrate` with `resume`), or uses this channel (`fd:`).
+    Connect(uri::MigrationUri, Option<uri::Channel>),
+}
+
+impl std::fmt::Debug for Resume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Resume::Listen(u) => write!(f, "Listen({u:?})"),
+            Resume::Connect(u, _) => write!(f, "Connect({u:?})"),
+        }
+    }
+}
+
 impl Shared {
-    fn new(params: Params) -> Self {
+    fn new(params: Params, incoming: bool) -> Self {
         Self {
             progress: Mutex::new(Progress::new()),
             params: Mutex::new(params),
             cancel: AtomicBool::new(false),
+            postcopy: AtomicBool::new(false),
+            incoming,
+            resume: Mutex::new(None),
+            resume_set: Condvar::new(),
             socket: Mutex::new(None),
+        }
+    }
+
+    /// Hands a paused postcopy where to continue; `false` if one is handed already.
+    pub fn set_resume(&self, r: Resume) -> bool {
+        let mut slot = self.resume.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(r);
+        self.resume_set.notify_all();
+        true
+    }
+
+    /// Waits (on the `migration` thread) for where a paused postcopy continues; `None` once
+    /// vmm exits.
+    pub fn wait_resume(&self) -> Option<Resume> {
+        let mut slot = self.resume.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.cancel.load(Ordering::Acquire) {
+                return None;
+            }
+            if let Some(r) = slot.take() {
+                return Some(r);
+            }
+            slot = self
+                .resume_set
+                .wait_timeout(slot, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -259,8 +334,9 @@ impl Shared {
         *self.socket.lock().unwrap_or_else(|e| e.into_inner()) = dup;
     }
 
-    /// Wakes a thread blocked on the channel's socket: shuts it down.
-    fn interrupt(&self) {
+    /// Wakes a thread blocked on the channel's socket: shuts it down (`migrate-pause`,
+    /// `migrate_cancel`).
+    pub fn interrupt(&self) {
         if let Some(s) = self
             .socket
             .lock()
@@ -291,8 +367,9 @@ pub enum Request {
     SaveState(Sender<Result<Vec<u8>, String>>),
     /// The outgoing migration ended: done, failed (why), or cancelled (`Err(None)`).
     Finished(Result<(), Option<String>>),
-    /// Load this state (JSON) and take the images; answer with the verdict.
-    Restore(Vec<u8>, Sender<Result<(), String>>),
+    /// Load this state (JSON) and take the images; answer with the verdict. With `true`
+    /// (postcopy) the guest runs at once, before the rest of its RAM has come.
+    Restore(Vec<u8>, bool, Sender<Result<(), String>>),
     /// The incoming migration ended.
     IncomingFinished(Result<(), String>),
 }
@@ -314,7 +391,7 @@ impl Link {
 }
 
 /// A migration's body, run on the `migration` thread.
-type Job = Box<dyn FnOnce() + Send>;
+pub type Job = Box<dyn FnOnce() + Send>;
 
 /// The main loop's side of migrations: the parameters, the last migration's counters, and
 /// the `migration` thread. The thread exists from start-up, waiting for a job: created before
@@ -323,6 +400,13 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct Migrations {
     params: Params,
     shared: Option<Arc<Shared>>,
+    /// The current migration's counters, for the monitor thread's out-of-band commands.
+    published: Arc<Published>,
+    /// The `uffd` thread's jobs (a destination's fault server).
+    uffd_jobs: Option<Sender<Job>>,
+    uffd_thread: Option<std::thread::JoinHandle<()>>,
+    /// The postcopy capability (`postcopy-ram`).
+    pub postcopy_ram: bool,
     rx: Mutex<Receiver<Request>>,
     link: Link,
     jobs: Option<Sender<Job>>,
@@ -351,21 +435,15 @@ impl Migrations {
     /// The eventfd or the thread could not be created.
     pub fn new() -> std::io::Result<Self> {
         let (tx, rx) = channel();
-        let (jobs, queue) = channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("migration".into())
-            .spawn(move || {
-                if let Err(e) = crate::seccomp::confine(crate::seccomp::ThreadKind::Migration) {
-                    eprintln!("vmm: {}", crate::error::chain(&e));
-                    return;
-                }
-                for job in queue {
-                    job();
-                }
-            })?;
+        let (jobs, thread) = job_thread("migration", crate::seccomp::ThreadKind::Migration)?;
+        let (uffd_jobs, uffd_thread) = job_thread("uffd", crate::seccomp::ThreadKind::Uffd)?;
         Ok(Self {
             params: Params::default(),
             shared: None,
+            published: Arc::new(Published::default()),
+            uffd_jobs: Some(uffd_jobs),
+            uffd_thread: Some(uffd_thread),
+            postcopy_ram: false,
             rx: Mutex::new(rx),
             link: Link {
                 tx,
@@ -414,25 +492,31 @@ impl Migrations {
 
     /// `query-migrate`.
     pub fn info(&self) -> MigrationInfo {
-        match &self.shared {
-            Some(s) => s.get(Progress::info),
-            None => MigrationInfo {
-                status: None,
-                ram: None,
-                total_time: None,
-                expected_downtime: None,
-                downtime: None,
-                setup_time: None,
-                error_desc: None,
-            },
-        }
+        info_of(self.shared.as_deref())
     }
 
-    /// The counters of the migration that starts now, and the link for its thread.
-    pub fn begin(&mut self) -> (Arc<Shared>, Link) {
-        let shared = Arc::new(Shared::new(self.params));
+    /// The counters of the migration that starts now (`incoming` on the destination),
+    /// and the link for its thread.
+    pub fn begin(&mut self, incoming: bool) -> (Arc<Shared>, Link) {
+        let shared = Arc::new(Shared::new(self.params, incoming));
         self.shared = Some(shared.clone());
+        *self.published.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
         (shared, self.link.clone())
+    }
+
+    /// The current migration's shared side, if any.
+    pub fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared.as_ref()
+    }
+
+    /// What the monitor thread reads.
+    pub fn published(&self) -> &Arc<Published> {
+        &self.published
+    }
+
+    /// A sender of jobs for the `uffd` thread.
+    pub fn uffd_jobs(&self) -> Option<Sender<Job>> {
+        self.uffd_jobs.clone()
     }
 
     /// Runs `body` on the `migration` thread.
@@ -510,7 +594,70 @@ impl Drop for Migrations {
                 let _ = t.join();
             }
         }
+        // A fault server ends with its migration (which stops it), or with the process.
+        self.uffd_jobs = None;
+        drop(self.uffd_thread.take());
     }
+}
+
+/// A thread that confines itself as `kind` and runs the jobs it is sent.
+fn job_thread(
+    name: &str,
+    kind: crate::seccomp::ThreadKind,
+) -> std::io::Result<(Sender<Job>, std::thread::JoinHandle<()>)> {
+    let (jobs, queue) = channel::<Job>();
+    let thread = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if let Err(e) = crate::seccomp::confine(kind) {
+                eprintln!("vmm: {}", crate::error::chain(&e));
+                return;
+            }
+            for job in queue {
+                job();
+            }
+        })?;
+    Ok((jobs, thread))
+}
+
+/// The current migration, published for the monitor thread (`query-migrate`,
+/// `migrate-pause` and `migrate-recover` out of band). The lock is held only to clone the
+/// pointer.
+#[derive(Debug, Default)]
+pub struct Published(Mutex<Option<Arc<Shared>>>);
+
+impl Published {
+    /// The current migration, if any.
+    pub fn get(&self) -> Option<Arc<Shared>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// `query-migrate`'s answer for `shared` (none: no migration yet).
+pub fn info_of(shared: Option<&Shared>) -> MigrationInfo {
+    match shared {
+        Some(s) => s.get(Progress::info),
+        None => MigrationInfo {
+            status: None,
+            ram: None,
+            total_time: None,
+            expected_downtime: None,
+            downtime: None,
+            setup_time: None,
+            error_desc: None,
+        },
+    }
+}
+
+/// Whether `status` is one of postcopy's (the guest's newest state may be on the
+/// destination).
+pub fn in_postcopy(status: MigrationStatus) -> bool {
+    matches!(
+        status,
+        MigrationStatus::PostcopyActive
+            | MigrationStatus::PostcopyPaused
+            | MigrationStatus::PostcopyRecover
+    )
 }
 
 /// The parameters as `query-migrate-parameters` reports them.

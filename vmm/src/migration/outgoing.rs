@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::channel;
@@ -18,9 +18,12 @@ use kvm_ioctls::VmFd;
 use qapi::types::MigrationStatus;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
-use super::stream::{data_range, punch_hole, FileLayout, StreamWriter, FILE_HEADER, MAX_RUN, PAGE};
+use super::postcopy::{take_lines, PageSet, Reply};
+use super::stream::{
+    data_range, punch_hole, FileLayout, StreamWriter, FILE_HEADER, MAX_DISCARD, MAX_RUN, PAGE,
+};
 use super::uri::{Channel, MigrationUri};
-use super::{Link, MigrationError, Request, Shared};
+use super::{Link, MigrationError, Request, Resume, Shared};
 use crate::memory::{DirtyLog, DirtyPages};
 
 /// Most passes before the guest is stopped whatever the estimate says: past this the guest
@@ -28,8 +31,14 @@ use crate::memory::{DirtyLog, DirtyPages};
 /// (QEMU would go on until the estimate fits; a manager there raises the downtime limit.)
 const MAX_PASSES: u64 = 30;
 
+/// Most pages of one background run in postcopy (a page request waits behind at most
+/// one of them).
+const POSTCOPY_RUN: u64 = 16;
+
 /// What the thread needs, gathered on the main loop.
 pub struct Outgoing {
+    /// The `postcopy-ram` capability: `migrate-start-postcopy` may switch.
+    pub postcopy_ram: bool,
     /// Where to.
     pub uri: MigrationUri,
     /// The channel, when the main loop opened it (`fd:` descriptors are taken there).
@@ -85,6 +94,12 @@ struct Sender<'a> {
     window: Instant,
     window_bytes: u64,
     buf: Vec<u8>,
+    /// The stream's socket (reads of the return path).
+    raw: RawFd,
+    /// Where a pass stopped because postcopy was asked for.
+    cut: Option<u64>,
+    /// Postcopy sends at full speed (QEMU's `max-postcopy-bandwidth` default).
+    unthrottled: bool,
 }
 
 impl Outgoing {
@@ -170,6 +185,9 @@ impl Outgoing {
             window: Instant::now(),
             window_bytes: 0,
             buf: Vec::with_capacity(MAX_RUN * PAGE),
+            raw,
+            cut: None,
+            unthrottled: false,
         };
         let result = s.run();
         if let (Err(MigrationError::Send(_)), Sink::Stream(w, true)) = (&result, &mut s.sink) {
@@ -206,10 +224,18 @@ impl Sender<'_> {
         let started = Instant::now();
         let count = self.send_all()?;
         self.account(&count, started.elapsed(), true);
+        let mut rest = self.cut.take().map(|at| self.data_pages_from(at));
         loop {
+            if let Some(rest) = rest.take() {
+                return self.postcopy(&log, rest);
+            }
             self.cancelled()?;
             let dirty = log.sync()?;
             shared.update(|p| p.dirty_syncs += 1);
+            if self.postcopy_wanted() {
+                let rest = self.page_set(dirty.pages());
+                return self.postcopy(&log, rest);
+            }
             let pages = dirty.count();
             let remaining = pages * PAGE as u64;
             let rate = shared.get(|p| p.bandwidth.max(1.0));
@@ -227,7 +253,376 @@ impl Sender<'_> {
             let started = Instant::now();
             let count = self.send_pages(&dirty)?;
             self.account(&count, started.elapsed(), true);
+            if let Some(at) = self.cut.take() {
+                rest = Some(self.page_set(dirty.pages().filter(|p| p.0 >= at)));
+            }
         }
+    }
+
+    /// Whether to switch to postcopy now: asked for, and the channel has a return path.
+    fn postcopy_wanted(&self) -> bool {
+        self.job.postcopy_ram
+            && matches!(self.sink, Sink::Stream(_, true))
+            && self.job.shared.postcopy.load(Ordering::Acquire)
+    }
+
+    /// The pages of `pages` as a set.
+    fn page_set(&self, pages: impl Iterator<Item = GuestAddress>) -> PageSet {
+        let ram: Vec<(u64, u64)> = self.regions.iter().map(|r| (r.0 .0, r.1)).collect();
+        let set = PageSet::new(&ram);
+        for p in pages {
+            set.insert(p.0);
+        }
+        set
+    }
+
+    /// The pages of the memory file's data ranges from `at` on: what the first pass had
+    /// still to send when postcopy cut it.
+    fn data_pages_from(&self, at: u64) -> PageSet {
+        let ram: Vec<(u64, u64)> = self.regions.iter().map(|r| (r.0 .0, r.1)).collect();
+        let set = PageSet::new(&ram);
+        let fd = self
+            .job
+            .mem
+            .iter()
+            .next()
+            .filter(|_| crate::memory::is_own_memory(&self.job.mem))
+            .and_then(|r| r.file_offset().map(|f| f.file().as_raw_fd()));
+        for &(start, len, off) in &self.regions {
+            let from = at.saturating_sub(start.0).min(len);
+            let mut pos = from;
+            while pos < len {
+                let (data, hole) = match fd {
+                    Some(fd) => data_range(fd, off + pos, off + len),
+                    None => (off + pos, off + len),
+                };
+                let (data, hole) = (data - off, hole - off);
+                let mut p = data.max(from);
+                while p < hole {
+                    set.insert(start.0 + p);
+                    p += PAGE as u64;
+                }
+                pos = hole.max(pos + PAGE as u64);
+            }
+        }
+        set
+    }
+
+    /// The switch to postcopy: the guest stops and its disks drain, the main loop saves the
+    /// state and lets go of the images; the pages still to send (`rest`, and what the guest
+    /// wrote since) are named to the destination (it drops its copies), the state goes, and
+    /// the destination runs. Then those pages stream, each once, the ones it asks for first;
+    /// a broken stream pauses until `migrate` with `resume`.
+    fn postcopy(&mut self, log: &DirtyLog, rest: PageSet) -> Result<(), MigrationError> {
+        let down = Instant::now();
+        let (tx, rx) = channel();
+        self.job.link.send(Request::Pause(tx));
+        rx.recv().map_err(|_| MigrationError::MainLoop)?;
+        for b in &self.job.backends {
+            b.drain();
+        }
+        self.cancelled()?;
+        let (tx, rx) = channel();
+        self.job.link.send(Request::SaveState(tx));
+        let state = rx
+            .recv()
+            .map_err(|_| MigrationError::MainLoop)?
+            .map_err(MigrationError::State)?;
+        let last = log.sync()?;
+        self.job.shared.update(|p| p.dirty_syncs += 1);
+        for p in last.pages() {
+            rest.insert(p.0);
+        }
+        let Sink::Stream(w, _) = &mut self.sink else {
+            return Err(MigrationError::State("postcopy needs a stream".into()));
+        };
+        for (gpa, count) in rest.runs(MAX_DISCARD) {
+            w.discard(gpa, count).map_err(MigrationError::Send)?;
+        }
+        w.postcopy().map_err(MigrationError::Send)?;
+        w.state(&state).map_err(MigrationError::Send)?;
+        w.flush().map_err(MigrationError::Send)?;
+        let remaining = rest.count() * PAGE as u64;
+        self.job.shared.update(|p| {
+            p.transferred = w.bytes;
+            p.remaining = remaining;
+        });
+        self.job
+            .link
+            .send(Request::Status(MigrationStatus::PostcopyActive));
+        self.unthrottled = true;
+        let mut todo = rest;
+        let mut ran = None;
+        loop {
+            let result = self.serve(&todo, &mut ran, down);
+            match result {
+                Ok(()) => {
+                    self.job.shared.update(|p| p.remaining = 0);
+                    return Ok(());
+                }
+                // Refused before it ran: the guest is still here, whole.
+                Err(e @ MigrationError::Refused(_)) if ran.is_none() => return Err(e),
+                Err(e) if self.job.shared.cancel.load(Ordering::Acquire) => return Err(e),
+                Err(e) => {
+                    let why = crate::error::chain(&e);
+                    todo = self.paused(&why)?;
+                    ran.get_or_insert(down.elapsed());
+                }
+            }
+        }
+    }
+
+    /// Serves postcopy until the destination has every page: its requests first, the rest
+    /// in address order. `ran` is set when the destination says it runs.
+    fn serve(
+        &mut self,
+        todo: &PageSet,
+        ran: &mut Option<Duration>,
+        down: Instant,
+    ) -> Result<(), MigrationError> {
+        let mut input = Vec::new();
+        let mut cursor = 0u64;
+        let mut ended = false;
+        let mut count = PassCount::default();
+        loop {
+            self.cancelled()?;
+            let wait = if ended { 200 } else { 0 };
+            for line in self.replies(&mut input, wait)? {
+                match Reply::parse(&line)? {
+                    Reply::Run if ran.is_none() => {
+                        let d = down.elapsed();
+                        *ran = Some(d);
+                        self.job
+                            .shared
+                            .update(|p| p.downtime_ms = Some(d.as_millis() as i64));
+                    }
+                    Reply::Err(reason) if ran.is_none() => {
+                        return Err(MigrationError::Refused(reason))
+                    }
+                    Reply::Req(gpa, n) => {
+                        if !todo.contains_range(gpa, n) {
+                            return Err(super::postcopy::ProtocolError(format!(
+                                "a request for pages outside guest RAM ({gpa:#x}, {n})"
+                            ))
+                            .into());
+                        }
+                        self.job.shared.update(|p| p.postcopy_requests += 1);
+                        self.send_wanted(todo, gpa, n, &mut count)?;
+                    }
+                    Reply::Ok if ended => return Ok(()),
+                    other => {
+                        return Err(super::postcopy::ProtocolError(format!(
+                            "'{}' now",
+                            other.line().trim_end()
+                        ))
+                        .into())
+                    }
+                }
+            }
+            if ended {
+                continue;
+            }
+            match todo.next_from(cursor) {
+                Some((i, gpa)) => {
+                    let mut n = 0u64;
+                    while n < POSTCOPY_RUN && todo.remove(gpa + n * PAGE as u64) {
+                        n += 1;
+                    }
+                    self.send_postcopy_run(gpa, n, &mut count)?;
+                    cursor = i + n;
+                }
+                None => {
+                    let Sink::Stream(w, _) = &mut self.sink else {
+                        return Ok(());
+                    };
+                    w.end().map_err(MigrationError::Send)?;
+                    ended = true;
+                }
+            }
+        }
+    }
+
+    /// Sends the requested pages that are still to send (a page already sent is not sent
+    /// again).
+    fn send_wanted(
+        &mut self,
+        todo: &PageSet,
+        gpa: u64,
+        n: u32,
+        count: &mut PassCount,
+    ) -> Result<(), MigrationError> {
+        let mut run: Option<(u64, u64)> = None;
+        for i in 0..u64::from(n) {
+            let page = gpa + i * PAGE as u64;
+            let take = todo.remove(page);
+            match (&mut run, take) {
+                (Some((_, len)), true) if *len < MAX_RUN as u64 => *len += 1,
+                (_, true) => {
+                    if let Some((s, len)) = run.replace((page, 1)) {
+                        self.send_postcopy_run(s, len, count)?;
+                    }
+                }
+                (_, false) => {
+                    if let Some((s, len)) = run.take() {
+                        self.send_postcopy_run(s, len, count)?;
+                    }
+                }
+            }
+        }
+        if let Some((s, len)) = run {
+            self.send_postcopy_run(s, len, count)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `n` pages of postcopy and pushes them out.
+    fn send_postcopy_run(
+        &mut self,
+        gpa: u64,
+        n: u64,
+        count: &mut PassCount,
+    ) -> Result<(), MigrationError> {
+        let before = count.bytes;
+        self.send_run(GuestAddress(gpa), n, false, count)?;
+        let Sink::Stream(w, _) = &mut self.sink else {
+            return Ok(());
+        };
+        w.flush().map_err(MigrationError::Send)?;
+        let (sent, bytes) = (count.bytes - before, w.bytes);
+        let left = n * PAGE as u64;
+        self.job.shared.update(|p| {
+            p.postcopy_bytes += sent;
+            p.transferred = bytes;
+            p.remaining = p.remaining.saturating_sub(left);
+            p.normal += sent / PAGE as u64;
+            p.duplicate += (left - sent) / PAGE as u64;
+        });
+        Ok(())
+    }
+
+    /// The complete lines the destination sent, waiting up to `wait_ms` for some.
+    fn replies(
+        &mut self,
+        input: &mut Vec<u8>,
+        wait_ms: i32,
+    ) -> Result<Vec<String>, MigrationError> {
+        let mut pfd = libc::pollfd {
+            fd: self.raw,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the stream's socket.
+        let ready = unsafe { libc::poll(&mut pfd, 1, wait_ms) };
+        if ready <= 0 {
+            return Ok(Vec::new());
+        }
+        let mut buf = [0u8; 4096];
+        // SAFETY: recv(2) into a local buffer on the stream's socket, without blocking.
+        let n = unsafe {
+            libc::recv(
+                self.raw,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n == 0 {
+            return Err(MigrationError::Receive(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the destination closed the stream",
+            )));
+        }
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(Vec::new()),
+                _ => Err(MigrationError::Receive(e)),
+            };
+        }
+        input.extend_from_slice(&buf[..n as usize]);
+        Ok(take_lines(input)?)
+    }
+
+    /// The stream broke during postcopy: `postcopy-paused` until `migrate` with `resume`
+    /// names where the destination listens again; then the pages it still misses (which it
+    /// lists) are what is left to send.
+    fn paused(&mut self, why: &str) -> Result<PageSet, MigrationError> {
+        let shared = self.job.shared.clone();
+        loop {
+            shared.release();
+            shared.update(|p| {
+                p.error = Some(format!(
+                    "The postcopy stream broke ({why}): the guest runs on the destination; \
+                     continue with migrate-recover there and migrate with resume here"
+                ))
+            });
+            self.job
+                .link
+                .send(Request::Status(MigrationStatus::PostcopyPaused));
+            let Some(Resume::Connect(uri, channel)) = shared.wait_resume() else {
+                return Err(MigrationError::Cancelled);
+            };
+            self.job
+                .link
+                .send(Request::Status(MigrationStatus::PostcopyRecover));
+            match self.reconnect(&uri, channel) {
+                Ok(todo) => {
+                    shared.update(|p| {
+                        p.error = None;
+                        p.remaining = todo.count() * PAGE as u64;
+                    });
+                    self.job
+                        .link
+                        .send(Request::Status(MigrationStatus::PostcopyActive));
+                    return Ok(todo);
+                }
+                Err(e) if shared.cancel.load(Ordering::Acquire) => return Err(e),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Connects again and reads what the destination still misses.
+    fn reconnect(
+        &mut self,
+        uri: &MigrationUri,
+        channel: Option<Channel>,
+    ) -> Result<PageSet, MigrationError> {
+        let channel = match channel {
+            Some(c) => c,
+            None => super::uri::connect(uri, &|_| None)?,
+        };
+        self.job.shared.set_fd(channel.raw);
+        self.raw = channel.raw;
+        let w = StreamWriter::resume(channel.stream).map_err(MigrationError::Send)?;
+        self.sink = Sink::Stream(w, true);
+        let todo = self.page_set(std::iter::empty());
+        let mut input = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            self.cancelled()?;
+            for line in self.replies(&mut input, 200)? {
+                match Reply::parse(&line)? {
+                    Reply::Pending(gpa, n) if todo.contains_range(gpa, n) => {
+                        for i in 0..u64::from(n) {
+                            todo.insert(gpa + i * PAGE as u64);
+                        }
+                    }
+                    Reply::Ready => return Ok(todo),
+                    other => {
+                        return Err(super::postcopy::ProtocolError(format!(
+                            "'{}' while resuming",
+                            other.line().trim_end()
+                        ))
+                        .into())
+                    }
+                }
+            }
+        }
+        Err(MigrationError::Reply(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the destination did not list its missing pages",
+        )))
     }
 
     /// The switch: the guest stops, its disks drain, the main loop saves the state and
@@ -364,6 +759,10 @@ impl Sender<'_> {
                     }
                 }
                 while addr < hole {
+                    if self.postcopy_wanted() {
+                        self.cut = Some(start.0 + addr);
+                        return Ok(count);
+                    }
                     let n = ((hole - addr) / PAGE as u64).min(MAX_RUN as u64);
                     self.send_run(start.unchecked_add(addr), n, true, &mut count)?;
                     addr += n * PAGE as u64;
@@ -388,6 +787,10 @@ impl Sender<'_> {
                 _ => {
                     if let Some((start, n)) = run.take() {
                         self.cancelled()?;
+                        if self.postcopy_wanted() {
+                            self.cut = Some(start.0);
+                            return Ok(count);
+                        }
                         self.send_run(start, n, false, &mut count)?;
                     }
                     run = Some((page, 1));
@@ -478,6 +881,9 @@ impl Sender<'_> {
 
     /// Holds the pace to `max-bandwidth`, in 100 ms windows.
     fn throttle(&mut self, bytes: u64) {
+        if self.unthrottled {
+            return;
+        }
         self.window_bytes += bytes;
         let per_window = (self.job.shared.params().max_bandwidth / 10).max(PAGE as u64);
         if self.window_bytes < per_window {

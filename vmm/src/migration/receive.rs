@@ -53,6 +53,23 @@ pub enum Step {
     Pages(u32),
     /// Pages made zeros.
     Zeros(u32),
+    /// Pages dropped (holes again) to be filled in postcopy.
+    Discard {
+        /// First page's guest-physical address.
+        gpa: u64,
+        /// Number of pages.
+        count: u32,
+    },
+}
+
+/// How a stream's loading ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Loaded {
+    /// At its END: all of RAM is in; the last state record (JSON).
+    Complete(Vec<u8>),
+    /// At the state record after POSTCOPY: the destination runs now, and the discarded
+    /// pages follow on the same stream.
+    Postcopy(Vec<u8>),
 }
 
 /// Decodes the source's setup (JSON) and checks that this VM, `here`, can take its state.
@@ -70,22 +87,41 @@ pub fn check_setup(here: &Setup, json: &[u8]) -> Result<Setup, LoadError> {
 }
 
 /// Reads a stream up to its END into `mem` (this VM's RAM, described by `here`), and returns
-/// the state record (JSON, not decoded: the main loop decodes and loads it). `step` is told
-/// of each thing done. The setup is checked before anything is written; a page is written
-/// only if the whole run is inside guest RAM.
+/// the state record (JSON, not decoded: the main loop decodes and loads it); or up to the
+/// state record that follows POSTCOPY. `step` is told of each thing done. The setup is
+/// checked before anything is written; a page is written (or discarded) only if the whole
+/// run is inside guest RAM.
 ///
 /// # Errors
 /// A corrupt or truncated stream, a mismatched setup, a page outside RAM, no state record
-/// before the END.
+/// before the END or right after POSTCOPY.
 pub fn receive_ram<R: Read>(
     reader: &mut StreamReader<R>,
     here: &Setup,
     mem: &GuestMemoryMmap,
     mut step: impl FnMut(Step),
-) -> Result<Vec<u8>, LoadError> {
+) -> Result<Loaded, LoadError> {
     let mut state = None;
     loop {
         match reader.next()? {
+            Record::Discard { gpa, count } => {
+                let at = in_ram_bytes(mem, gpa, u64::from(count) * PAGE as u64)?;
+                discard_pages(mem, at, u64::from(count) * PAGE as u64)?;
+                step(Step::Discard { gpa, count });
+            }
+            Record::Postcopy => {
+                return match reader.next()? {
+                    Record::State(json) => Ok(Loaded::Postcopy(json)),
+                    _ => Err(LoadError::Stream(StreamError::Order(
+                        "postcopy without the state right after",
+                    ))),
+                };
+            }
+            Record::Resume => {
+                return Err(LoadError::Stream(StreamError::Order(
+                    "a resume record in a new stream",
+                )))
+            }
             Record::Setup(json) => {
                 check_setup(here, &json)?;
                 // The VM was built with its boot images loaded; the source's RAM replaces
@@ -108,9 +144,11 @@ pub fn receive_ram<R: Read>(
             }
             Record::State(json) => state = Some(json),
             Record::End => {
-                return state.ok_or(LoadError::Stream(StreamError::Order(
-                    "the end without the state",
-                )));
+                return state
+                    .map(Loaded::Complete)
+                    .ok_or(LoadError::Stream(StreamError::Order(
+                        "the end without the state",
+                    )));
             }
         }
     }
@@ -118,12 +156,35 @@ pub fn receive_ram<R: Read>(
 
 /// The guest address of a run of `count` pages at `gpa`, if all of it is guest RAM.
 fn in_ram(mem: &GuestMemoryMmap, gpa: u64, count: u32) -> Result<GuestAddress, LoadError> {
-    let len = count as usize * PAGE;
+    in_ram_bytes(mem, gpa, u64::from(count) * PAGE as u64)
+}
+
+fn in_ram_bytes(mem: &GuestMemoryMmap, gpa: u64, len: u64) -> Result<GuestAddress, LoadError> {
     let at = GuestAddress(gpa);
-    if gpa.checked_add(len as u64).is_none() || !mem.check_range(at, len) {
+    if gpa.checked_add(len).is_none() || !mem.check_range(at, len as usize) {
         return Err(LoadError::Memory(gpa));
     }
     Ok(at)
+}
+
+/// Makes `len` bytes of guest RAM at `at` holes of the memory file (zeros, and missing
+/// pages for userfaultfd), region by region.
+fn discard_pages(mem: &GuestMemoryMmap, at: GuestAddress, len: u64) -> Result<(), LoadError> {
+    if !crate::memory::is_own_memory(mem) {
+        return Err(LoadError::NotOwnMemory);
+    }
+    let mut done = 0u64;
+    while done < len {
+        let gpa = at.unchecked_add(done);
+        let r = mem.find_region(gpa).ok_or(LoadError::Memory(gpa.0))?;
+        let off = gpa.0 - r.start_addr().0;
+        let n = (r.len() - off).min(len - done);
+        if let Some(f) = r.file_offset() {
+            punch_hole(f.file().as_raw_fd(), f.start() + off, n).map_err(LoadError::Receive)?;
+        }
+        done += n;
+    }
+    Ok(())
 }
 
 /// Reads and checks a snapshot's header and setup against this VM (`here`, whose RAM is
@@ -234,7 +295,7 @@ mod tests {
         w.get_mut().clone()
     }
 
-    fn load(s: &[u8], mem: &GuestMemoryMmap) -> (Result<Vec<u8>, LoadError>, Vec<Step>) {
+    fn load(s: &[u8], mem: &GuestMemoryMmap) -> (Result<Loaded, LoadError>, Vec<Step>) {
         let mut steps = Vec::new();
         let mut r = StreamReader::new(s).unwrap();
         let res = receive_ram(&mut r, &here(), mem, |s| steps.push(s));
@@ -250,7 +311,7 @@ mod tests {
             w.state(b"{}").unwrap();
         });
         let (res, steps) = load(&s, &mem);
-        assert_eq!(res.unwrap(), b"{}");
+        assert_eq!(res.unwrap(), Loaded::Complete(b"{}".to_vec()));
         assert_eq!(steps, [Step::Accepted, Step::Pages(2), Step::Zeros(1)]);
         let mut b = [0u8; 2];
         mem.read_slice(&mut b, GuestAddress(0x1fff)).unwrap();
@@ -272,6 +333,48 @@ mod tests {
             mem.read_slice(&mut b, GuestAddress(0x3000)).unwrap();
             assert_eq!(b, [0]);
         }
+    }
+
+    /// A discarded page is zeros again; the state right after POSTCOPY ends the loading
+    /// (the rest comes in postcopy), anything else there is refused.
+    #[test]
+    fn postcopy_discards_then_stops_at_its_state() {
+        let mem = crate::memory::create_guest_memory(4 * PAGE as u64).unwrap();
+        let s = stream(|w| {
+            w.pages(0x1000, &[7u8; 2 * PAGE]).unwrap();
+            w.discard(0x2000, 1).unwrap();
+            w.postcopy().unwrap();
+            w.state(b"{}").unwrap();
+        });
+        let (res, steps) = load(&s, &mem);
+        assert_eq!(res.unwrap(), Loaded::Postcopy(b"{}".to_vec()));
+        assert_eq!(
+            steps,
+            [
+                Step::Accepted,
+                Step::Pages(2),
+                Step::Discard {
+                    gpa: 0x2000,
+                    count: 1
+                }
+            ]
+        );
+        let mut b = [0u8; 2];
+        mem.read_slice(&mut b, GuestAddress(0x1fff)).unwrap();
+        assert_eq!(b, [7, 0]);
+        let s = stream(|w| {
+            w.postcopy().unwrap();
+            w.pages(0x1000, &[7u8; PAGE]).unwrap();
+        });
+        assert_eq!(
+            load(&s, &mem).0.unwrap_err().to_string(),
+            "Corrupt migration stream: postcopy without the state right after"
+        );
+        let s = stream(|w| w.discard(0x3000, 2).unwrap());
+        assert_eq!(
+            load(&s, &mem).0.unwrap_err().to_string(),
+            "Corrupt migration stream: a page at 0x3000 is outside guest RAM"
+        );
     }
 
     #[test]

@@ -12,6 +12,11 @@
 //!            (a PAGES or ZEROS record has 1 to 256 pages)
 //!   4 STATE  u32 length, JSON `VmState`: vCPUs, interrupt controllers, clock, devices
 //!   5 END
+//!   6 DISCARD u64 guest-physical address, u32 count (1 to 2^20): pages whose earlier copy
+//!            is stale; the destination drops them and waits for them (postcopy)
+//!   7 POSTCOPY the switch to postcopy: the STATE record follows, the destination runs, and
+//!            the missing pages follow (each once) as PAGES and ZEROS records, then END
+//!   8 RESUME the first record of a stream that resumes a paused postcopy (no SETUP)
 //! ```
 //!
 //! Pages may come several times (one per pass); the last copy wins. A page never sent is
@@ -65,6 +70,11 @@ const PAGES: u8 = 2;
 const ZEROS: u8 = 3;
 const STATE: u8 = 4;
 const END: u8 = 5;
+const DISCARD: u8 = 6;
+const POSTCOPY: u8 = 7;
+const RESUME: u8 = 8;
+/// Most pages in one DISCARD record.
+pub const MAX_DISCARD: u32 = 1 << 20;
 
 /// Errors of reading a stream or a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +152,17 @@ pub enum Record {
     State(Vec<u8>),
     /// The end.
     End,
+    /// Pages whose copy is stale (postcopy).
+    Discard {
+        /// First page's guest-physical address.
+        gpa: u64,
+        /// Number of pages.
+        count: u32,
+    },
+    /// The switch to postcopy.
+    Postcopy,
+    /// A resumed postcopy stream starts.
+    Resume,
 }
 
 /// Writes the stream, counting bytes.
@@ -217,6 +238,35 @@ impl<W: Write> StreamWriter<W> {
         self.json(STATE, json)
     }
 
+    /// A DISCARD record.
+    ///
+    /// # Errors
+    /// The channel failed.
+    pub fn discard(&mut self, gpa: u64, count: u32) -> io::Result<()> {
+        self.put(&[DISCARD])?;
+        self.put(&gpa.to_le_bytes())?;
+        self.put(&count.to_le_bytes())
+    }
+
+    /// The POSTCOPY record.
+    ///
+    /// # Errors
+    /// The channel failed.
+    pub fn postcopy(&mut self) -> io::Result<()> {
+        self.put(&[POSTCOPY])
+    }
+
+    /// Starts a resumed stream on `out`: magic, version and the RESUME record.
+    ///
+    /// # Errors
+    /// The channel failed.
+    pub fn resume(out: W) -> io::Result<Self> {
+        let mut w = Self::new(out)?;
+        w.put(&[RESUME])?;
+        w.out.flush()?;
+        Ok(w)
+    }
+
     /// The END record, then everything is flushed.
     ///
     /// # Errors
@@ -230,7 +280,6 @@ impl<W: Write> StreamWriter<W> {
     ///
     /// # Errors
     /// The channel failed.
-    #[cfg(test)]
     pub fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
     }
@@ -279,6 +328,13 @@ impl<R: Read> StreamReader<R> {
     pub fn next(&mut self) -> Result<Record, StreamError> {
         let mut tag = [0u8; 1];
         self.input.read_exact(&mut tag)?;
+        if tag[0] == RESUME {
+            if self.seen_setup {
+                return Err(StreamError::Order("a resume record inside a stream"));
+            }
+            self.seen_setup = true;
+            return Ok(Record::Resume);
+        }
         if tag[0] != SETUP && !self.seen_setup {
             return Err(StreamError::Order("no setup record first"));
         }
@@ -304,6 +360,18 @@ impl<R: Read> StreamReader<R> {
             }
             STATE => Ok(Record::State(self.json()?)),
             END => Ok(Record::End),
+            DISCARD => {
+                let gpa = read_u64(&mut self.input)?;
+                let count = read_u32(&mut self.input)?;
+                if count == 0 || count > MAX_DISCARD {
+                    return Err(StreamError::Run(count));
+                }
+                if !gpa.is_multiple_of(PAGE as u64) {
+                    return Err(StreamError::Unaligned(gpa));
+                }
+                Ok(Record::Discard { gpa, count })
+            }
+            POSTCOPY => Ok(Record::Postcopy),
             t => Err(StreamError::Record(t)),
         }
     }

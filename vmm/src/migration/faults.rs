@@ -1,0 +1,279 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The destination's `uffd` thread: it reads guest RAM's missing-page faults (a vCPU, a
+//! device's I/O thread, anything of this process that touches a page not yet arrived) and
+//! gets each page filled: a page still missing is asked of the source on the return path
+//! (postcopy) or read from the snapshot (lazy restore); any other page that faults was
+//! never written (a zero page, which no source sends) and is filled with zeros here.
+//!
+//! It never fills a page twice: [`PageSet`] `missing` is cleared by whoever filled the page
+//! (userfaultfd refuses a second fill of a present page anyway), and `claimed` lets the
+//! snapshot's background reader and this thread agree on who reads a page.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use super::postcopy::{PageSet, Reply, PAGE};
+use crate::uffd::{Fault, Uffd};
+
+/// The return path's writing end: a duplicate of the stream's socket, none while the stream
+/// is broken. Lines are written whole, under the lock.
+#[derive(Debug, Default)]
+pub struct ReturnPath {
+    socket: Mutex<Option<OwnedFd>>,
+}
+
+impl ReturnPath {
+    /// Writes to `socket` from now on (`None`: the stream broke).
+    pub fn set(&self, socket: Option<OwnedFd>) {
+        *self.socket.lock().unwrap_or_else(|e| e.into_inner()) = socket;
+    }
+
+    /// Sends one message.
+    ///
+    /// # Errors
+    /// No stream, or the write failed.
+    pub fn send(&self, r: &Reply) -> io::Result<()> {
+        let guard = self.socket.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(s) = guard.as_ref() else {
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "no stream"));
+        };
+        let line = r.line();
+        let mut b = line.as_bytes();
+        while !b.is_empty() {
+            // SAFETY: send(2) of a live buffer on our socket; MSG_NOSIGNAL: a closed peer
+            // gives EPIPE, not a signal.
+            let n = unsafe {
+                libc::send(
+                    s.as_raw_fd(),
+                    b.as_ptr().cast(),
+                    b.len(),
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            b = &b[n as usize..];
+        }
+        Ok(())
+    }
+}
+
+/// Where missing pages come from.
+#[derive(Debug)]
+pub enum PageSource {
+    /// The source, asked on the return path.
+    Remote(Arc<ReturnPath>),
+    /// A snapshot: guest RAM's bytes at `offset` of the file (regions back to back).
+    File(Arc<File>, u64),
+}
+
+/// Guest RAM as the thread sees it: (guest address, length, host address).
+pub type HostRegions = Vec<(u64, u64, u64)>;
+
+/// The host address of a guest page, and back.
+pub fn host_of(regions: &HostRegions, gpa: u64) -> Option<u64> {
+    regions
+        .iter()
+        .find(|r| gpa >= r.0 && gpa < r.0 + r.1)
+        .map(|r| r.2 + (gpa - r.0))
+}
+
+fn gpa_of(regions: &HostRegions, host: u64) -> Option<u64> {
+    regions
+        .iter()
+        .find(|r| host >= r.2 && host < r.2 + r.1)
+        .map(|r| r.0 + (host - r.2))
+}
+
+/// The snapshot file's offset of a guest page (regions back to back from `base`).
+pub fn file_offset(regions: &HostRegions, base: u64, gpa: u64) -> Option<u64> {
+    let mut off = base;
+    for r in regions {
+        if gpa >= r.0 && gpa < r.0 + r.1 {
+            return Some(off + (gpa - r.0));
+        }
+        off += r.1;
+    }
+    None
+}
+
+/// What the thread and the migration thread share.
+#[derive(Debug)]
+pub struct Faults {
+    /// The descriptor.
+    pub uffd: Arc<Uffd>,
+    /// Guest RAM.
+    pub regions: HostRegions,
+    /// Pages not filled yet.
+    pub missing: Arc<PageSet>,
+    /// Pages whose reading from a snapshot someone took on.
+    pub claimed: PageSet,
+    /// Where pages come from.
+    pub source: PageSource,
+    /// Written to end the thread.
+    pub stop: EventFd,
+    /// Written after a resume: ask again for what is still waited on.
+    pub poke: EventFd,
+    /// Set with `poke` after a resume.
+    pub resend: AtomicBool,
+    /// Pages asked for.
+    pub requests: AtomicU64,
+    /// The threads waiting on a page now (vCPUs among them are not kicked in a loop).
+    pub blocked: Mutex<Vec<i32>>,
+    /// Page-request round trips (fault read to page filled), microseconds.
+    pub latencies: Mutex<Vec<u32>>,
+}
+
+impl Faults {
+    /// Reads the page at `gpa` from the snapshot and fills it, unless someone else took it.
+    ///
+    /// # Errors
+    /// The file cannot be read or the page cannot be filled.
+    pub fn fill_from_file(&self, gpa: u64, buf: &mut [u8]) -> io::Result<bool> {
+        let PageSource::File(f, base) = &self.source else {
+            return Ok(false);
+        };
+        if !self.missing.contains(gpa) || !self.claimed.insert(gpa) {
+            return Ok(false);
+        }
+        let (Some(host), Some(off)) = (
+            host_of(&self.regions, gpa),
+            file_offset(&self.regions, *base, gpa),
+        ) else {
+            return Ok(false);
+        };
+        f.read_exact_at(&mut buf[..PAGE as usize], off)?;
+        if buf[..PAGE as usize].iter().all(|&b| b == 0) {
+            self.uffd.zero(host, PAGE)?;
+        } else {
+            self.uffd.copy(host, &buf[..PAGE as usize])?;
+        }
+        self.missing.remove(gpa);
+        Ok(true)
+    }
+
+    /// Runs the thread until `stop` is written or the descriptor fails.
+    pub fn serve(&self) {
+        let mut faults = Vec::new();
+        // Page, faulting thread, when its fault was read.
+        let mut waiting: Vec<(u64, i32, Instant)> = Vec::new();
+        let mut buf = vec![0u8; PAGE as usize];
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.uffd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.poke.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: three valid pollfds; a timeout so that filled pages leave `waiting`.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, 50) };
+            if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                return;
+            }
+            if fds[1].revents != 0 {
+                return;
+            }
+            if fds[2].revents != 0 {
+                let _ = self.poke.read();
+            }
+            faults.clear();
+            if fds[0].revents != 0 && self.uffd.read_faults(&mut faults).is_err() {
+                return;
+            }
+            for f in &faults {
+                self.on_fault(f, &mut waiting, &mut buf);
+            }
+            self.settle(&mut waiting);
+        }
+    }
+
+    fn on_fault(&self, f: &Fault, waiting: &mut Vec<(u64, i32, Instant)>, buf: &mut [u8]) {
+        let host = f.address & !(PAGE - 1);
+        let Some(gpa) = gpa_of(&self.regions, host) else {
+            return;
+        };
+        if !self.missing.contains(gpa) {
+            // Never written on the source (or filled meanwhile: then only a wake).
+            let _ = self.uffd.zero(host, PAGE);
+            return;
+        }
+        match &self.source {
+            PageSource::Remote(path) => {
+                waiting.push((gpa, f.thread, Instant::now()));
+                if self.claimed.insert(gpa) {
+                    self.requests.fetch_add(1, Ordering::Relaxed);
+                    // A broken stream: asked again after the resume.
+                    let _ = path.send(&Reply::Req(gpa, 1));
+                }
+            }
+            PageSource::File(..) => {
+                let started = Instant::now();
+                if let Ok(true) = self.fill_from_file(gpa, buf) {
+                    self.requests.fetch_add(1, Ordering::Relaxed);
+                    self.record(started.elapsed());
+                } else if self.missing.contains(gpa) {
+                    // The background reader has it; its fill wakes the thread.
+                    waiting.push((gpa, f.thread, started));
+                }
+            }
+        }
+    }
+
+    /// Drops the waits whose page arrived (recording their latency), asks again after a
+    /// resume, and publishes who still waits.
+    fn settle(&self, waiting: &mut Vec<(u64, i32, Instant)>) {
+        let resend = self.resend.swap(false, Ordering::AcqRel);
+        waiting.retain(|&(gpa, _, since)| {
+            if self.missing.contains(gpa) {
+                return true;
+            }
+            self.record(since.elapsed());
+            false
+        });
+        if resend {
+            if let PageSource::Remote(path) = &self.source {
+                let mut asked = Vec::new();
+                for &(gpa, ..) in waiting.iter() {
+                    if !asked.contains(&gpa) {
+                        asked.push(gpa);
+                        let _ = path.send(&Reply::Req(gpa, 1));
+                    }
+                }
+            }
+        }
+        let mut tids: Vec<i32> = waiting.iter().map(|w| w.1).collect();
+        tids.sort_unstable();
+        tids.dedup();
+        *self.blocked.lock().unwrap_or_else(|e| e.into_inner()) = tids;
+    }
+
+    fn record(&self, took: Duration) {
+        let mut l = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
+        if l.len() < 1 << 20 {
+            l.push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
+        }
+    }
+}
