@@ -132,6 +132,19 @@ def test_a_frozen_relay_pauses_then_recovers(vmm_factory, tmp_path):
             await oob(q, "query-block")
             await oob(q, "query-yank")
         assert (await oob(d, "query-status"))["status"] == "running"
+        # In band too: the destination's main loop waits for no page. Its vCPU waits on a
+        # missing one, so `stop` does not wait for it to park (it parks when the page
+        # comes, before it runs guest code again); a reset would write RAM that has not
+        # arrived and is refused.
+        await d.execute("stop")
+        assert (await d.execute("query-status"))["status"] == "paused"
+        await d.execute("cont")
+        assert (await d.execute("query-status"))["status"] == "running"
+        try:
+            await d.execute("system_reset")
+            raise AssertionError("reset during postcopy")
+        except ExecuteError as e:
+            assert "postcopy" in str(e), e
         # Break the hung stream on purpose; both pause.
         await oob(d, "migrate-pause")
         await oob(s, "migrate-pause")
@@ -252,3 +265,46 @@ def test_postcopy_errors_are_qemus(vmm_factory, tmp_path):
         await close(s)
         dst.kill()
     arun(body())
+
+
+def test_a_snapshot_restored_through_userfaultfd(vmm_factory, tmp_path):
+    """`--incoming file:PATH,restore=uffd`: RAM of the VM's own, every page of the snapshot
+    missing; the guest runs at once (postcopy-active) while the uffd thread reads what it
+    touches and the migration thread the rest; then completed, every page verified."""
+    from test_migration import migrate_fast, progress_lines, seccomp_of_thread
+    snap = tmp_path / "snap.bin"
+    src = vmm_factory(qmp=[f"unix:{tmp_path / 'src.sock'}"], cmdline=WALK)
+    src.wait_serial("PROBE mem-walk progress")
+
+    async def save():
+        s = await connect(src.sock)
+        await migrate_fast(s, f"file:{snap}")
+        await s.execute("quit")
+        await close(s)
+    arun(save())
+    assert src.wait_exit() == 0
+    dst = vmm_factory(qmp=[f"unix:{tmp_path / 'dst.sock'}"], cmdline=WALK,
+                      extra=["--incoming", f"file:{snap},restore=uffd"])
+
+    async def restore():
+        d = await connect(dst.sock, events=False)
+        info = await wait_for(d, "query-migrate", "status", ("completed", "failed"))
+        assert info["status"] == "completed", info
+        ram = info["ram"]
+        # The walker's 32 MiB came from the file, each page once.
+        assert 32 << 20 <= ram["transferred"] < 40 << 20, ram
+        assert ram["transferred"] == ram["normal-bytes"], ram
+        assert (await d.execute("query-status"))["status"] == "running"
+        await close(d)
+    arun(restore())
+    assert seccomp_of_thread(dst.pid, "uffd") == "2"
+    n = progress_lines(dst)
+    wait_until(lambda: progress_lines(dst) > n + 2, what="the restored guest goes on")
+    finish_walk(dst)
+
+
+def test_restore_modes_are_checked(vmm_factory, tmp_path):
+    v = vmm_factory(qmp=[f"unix:{tmp_path / 'v.sock'}"], cmdline=WALK,
+                    extra=["--incoming", f"file:{tmp_path}/s,restore=later"], wait_socket=False)
+    assert v.wait_exit() != 0
+    assert "Invalid restore mode 'later' of a file: URI (map or uffd)" in v.stderr(), v.stderr()

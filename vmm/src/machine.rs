@@ -98,6 +98,9 @@ pub struct Machine {
     exit: Option<Exit>,
     /// A vCPU hit an internal error since the last reset (`quit` then exits 1).
     failed: bool,
+    /// A guest reset that came during an incoming postcopy: done once all RAM is here
+    /// (resetting writes the boot tables into RAM that may not have arrived).
+    deferred_reset: bool,
 }
 
 impl std::fmt::Debug for Machine {
@@ -135,6 +138,7 @@ impl Machine {
             autostart: false,
             exit: None,
             failed: false,
+            deferred_reset: false,
         }
     }
 
@@ -301,6 +305,13 @@ impl Machine {
             self.shutdown(guest, reason, 0);
             return Ok(());
         }
+        if self.in_incoming_postcopy() {
+            // The guest's own reset waits for the rest of its RAM, stopped (a host reset is
+            // refused by `system_reset`).
+            self.vm.pause();
+            self.deferred_reset = true;
+            return Ok(());
+        }
         self.announce(Event::Reset(ResetArg { guest, reason }), None);
         if let Err(e) = self.vm.reset() {
             // The vCPUs are parked in a half-reset machine: never report it as running. With a
@@ -387,7 +398,7 @@ impl Machine {
             }
             Request::Pause(done) => {
                 self.migration.was_running = self.state() == RunState::Running;
-                self.vm.pause();
+                self.vm.pause_parked();
                 if self.migration.was_running {
                     self.announce(Event::Stop, Some(RunState::FinishMigrate));
                 }
@@ -471,6 +482,11 @@ impl Machine {
         Ok(())
     }
 
+    /// Whether this VM is a postcopy destination whose RAM is still arriving.
+    pub fn in_incoming_postcopy(&self) -> bool {
+        self.migration.incoming && crate::migration::in_postcopy(self.migration.status())
+    }
+
     /// The migrated guest runs, or waits paused with `-S`.
     fn start_migrated_guest(&mut self) {
         if self.autostart {
@@ -492,6 +508,11 @@ impl Machine {
                 // After a postcopy it has run since the switch.
                 if self.state() == RunState::Inmigrate {
                     self.start_migrated_guest();
+                }
+                if std::mem::take(&mut self.deferred_reset) {
+                    if let Err(e) = self.reset(true, ShutdownCause::GuestReset) {
+                        crate::report::error(format_args!("{}", crate::error::chain(&e)));
+                    }
                 }
             }
             Err(e) => {

@@ -357,6 +357,11 @@ impl QmpCommands for Machine {
     }
 
     fn system_reset(&mut self) -> Result<(), QmpError> {
+        if self.in_incoming_postcopy() {
+            return Err(QmpError::generic(
+                "The VM cannot be reset during a postcopy migration: its RAM is still arriving",
+            ));
+        }
         self.reset(false, ShutdownCause::HostQmpSystemReset)
             .map_err(|e| QmpError::generic(crate::error::chain(&e)))
     }

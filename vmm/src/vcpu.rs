@@ -549,8 +549,26 @@ impl VcpuHandle {
 
     /// Waits until the thread is parked, re-kicking it in case it was between signal checks.
     pub fn wait_parked(&self) {
+        self.wait_parked_unless(|| false);
+    }
+
+    /// As [`wait_parked`](Self::wait_parked), but gives up (without kicking) while the
+    /// thread waits on a missing page of guest RAM (postcopy): it cannot stop before the
+    /// page arrives, and then parks, its pause request still set, before running guest code
+    /// again. `true` when it is parked.
+    pub fn wait_stopped(&self) -> bool {
+        let tid = self.control.lock().tid;
+        let blocked = || tid.is_some_and(crate::migration::faults::is_blocked);
+        self.wait_parked_unless(blocked);
+        self.control.lock().parked
+    }
+
+    fn wait_parked_unless(&self, give_up: impl Fn() -> bool) {
         let mut st = self.control.lock();
         while !st.parked && !self.thread.is_finished() {
+            if give_up() {
+                return;
+            }
             let (guard, timeout) = self
                 .control
                 .changed

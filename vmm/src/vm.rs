@@ -454,8 +454,22 @@ impl Vm {
         Ok(())
     }
 
-    /// Stops all vCPUs and waits until they are parked.
-    pub fn pause(&self) {
+    /// Stops all vCPUs and waits until they are parked, or (postcopy) wait on a page that
+    /// has not arrived: those park when it comes, before they run guest code again; `false`
+    /// if one such vCPU is not parked yet.
+    pub fn pause(&self) -> bool {
+        for v in &self.vcpus {
+            v.request_pause();
+        }
+        let mut all = true;
+        for v in &self.vcpus {
+            all &= v.wait_stopped();
+        }
+        all
+    }
+
+    /// Stops all vCPUs and waits until every one is parked (to read or set their state).
+    pub fn pause_parked(&self) {
         for v in &self.vcpus {
             v.request_pause();
         }
@@ -478,7 +492,7 @@ impl Vm {
     /// # Errors
     /// Fails when KVM refuses the state or the images can no longer be loaded.
     pub fn reset(&mut self) -> Result<(), VmError> {
-        self.pause();
+        self.pause_parked();
         // Devices first, so that what a stopping device signals reaches the old controller
         // state, which the restore then discards (a late edge still finds its input masked).
         self.devices.reset()?;

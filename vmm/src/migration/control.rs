@@ -75,6 +75,11 @@ pub fn start_outgoing(
         )));
     }
     let uri = MigrationUri::parse(uri).map_err(|e| QmpError::generic(e.to_string()))?;
+    if let MigrationUri::FileUffd(_) = uri {
+        return Err(QmpError::generic(
+            "restore=uffd is for restoring (--incoming), not for saving",
+        ));
+    }
     if machine.migration.postcopy_ram
         && matches!(uri, MigrationUri::File(_) | MigrationUri::Exec(_))
     {
@@ -159,6 +164,7 @@ pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::Mi
     let setup = machine.vm.setup();
     let mem = machine.vm.memory().clone();
     let uri = uri.clone();
+    let lazy = matches!(uri, MigrationUri::FileUffd(_));
     let gone = |e| super::MigrationError::Io("start the migration thread for", String::new(), e);
     machine
         .migration
@@ -179,6 +185,7 @@ pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::Mi
                 shared,
                 link,
                 uffd_jobs,
+                lazy,
             }
             .run();
         })
@@ -210,7 +217,10 @@ fn resume_outgoing(machine: &mut Machine, uri: &str) -> Result<(), QmpError> {
         ));
     };
     let uri = MigrationUri::parse(uri).map_err(|e| QmpError::generic(e.to_string()))?;
-    if matches!(uri, MigrationUri::File(_) | MigrationUri::Exec(_)) {
+    if matches!(
+        uri,
+        MigrationUri::File(_) | MigrationUri::FileUffd(_) | MigrationUri::Exec(_)
+    ) {
         return Err(QmpError::generic(
             "Postcopy needs a two-way channel: unix:, tcp: or a socket fd: (not exec: or file:)",
         ));

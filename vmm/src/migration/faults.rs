@@ -70,6 +70,20 @@ impl ReturnPath {
     }
 }
 
+/// The threads of this process waiting on a missing page now, as the fault server last
+/// saw them (one migration runs at a time). The vCPU code reads it so as not to kick, in a
+/// loop, a vCPU that cannot stop before its page arrives.
+static BLOCKED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
+
+/// Whether thread `tid` waits on a missing page of guest RAM.
+pub fn is_blocked(tid: i32) -> bool {
+    BLOCKED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .binary_search(&tid)
+        .is_ok()
+}
+
 /// Where missing pages come from.
 #[derive(Debug)]
 pub enum PageSource {
@@ -130,8 +144,6 @@ pub struct Faults {
     pub resend: AtomicBool,
     /// Pages asked for.
     pub requests: AtomicU64,
-    /// The threads waiting on a page now (vCPUs among them are not kicked in a loop).
-    pub blocked: Mutex<Vec<i32>>,
     /// Page-request round trips (fault read to page filled), microseconds.
     pub latencies: Mutex<Vec<u32>>,
 }
@@ -194,6 +206,7 @@ impl Faults {
                 return;
             }
             if fds[1].revents != 0 {
+                BLOCKED.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 return;
             }
             if fds[2].revents != 0 {
@@ -267,7 +280,7 @@ impl Faults {
         let mut tids: Vec<i32> = waiting.iter().map(|w| w.1).collect();
         tids.sort_unstable();
         tids.dedup();
-        *self.blocked.lock().unwrap_or_else(|e| e.into_inner()) = tids;
+        *BLOCKED.lock().unwrap_or_else(|e| e.into_inner()) = tids;
     }
 
     fn record(&self, took: Duration) {

@@ -5,6 +5,8 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
@@ -18,7 +20,7 @@ use super::faults::{host_of, Faults, HostRegions, PageSource, ReturnPath};
 use super::postcopy::{PageSet, Reply, MAX_LINE_PAGES};
 use super::receive::{self, Loaded, Step};
 use super::state::Setup;
-use super::stream::{Record, StreamError, StreamReader, PAGE};
+use super::stream::{data_range, FileLayout, Record, StreamError, StreamReader, PAGE};
 use super::uri::Incoming as Endpoint;
 use super::{Job, Link, MigrationError, Request, Resume, Shared};
 use crate::uffd::Uffd;
@@ -37,6 +39,8 @@ pub struct Incoming {
     pub link: Link,
     /// The `uffd` thread, which serves faults in postcopy.
     pub uffd_jobs: Option<Sender<Job>>,
+    /// A snapshot is restored through userfaultfd (`restore=uffd`).
+    pub lazy: bool,
 }
 
 impl Incoming {
@@ -63,6 +67,7 @@ impl Incoming {
                     shared,
                     link,
                     uffd_jobs,
+                    lazy: _,
                 } = self;
                 shared.set_fd(endpoint.raw());
                 let channel = endpoint.accept()?;
@@ -115,6 +120,10 @@ impl Incoming {
         let total = self.setup.ram.iter().map(|r| r.1).sum();
         self.shared.update(|p| p.total = total);
         self.link.send(Request::Status(MigrationStatus::Active));
+        if self.lazy {
+            let f = f.try_clone().map_err(MigrationError::Receive)?;
+            return self.restore_lazy(f, &layout);
+        }
         if !crate::memory::is_own_memory(&self.mem) {
             // RAM is this snapshot, mapped privately: what building the VM wrote goes, and
             // the guest reads the rest from the file as it touches it.
@@ -130,6 +139,136 @@ impl Incoming {
         let state = layout.state(f).map_err(MigrationError::Receive)?;
         load_state(&self.link, state, false)
     }
+}
+
+impl Incoming {
+    /// A restore through userfaultfd (Firecracker's UFFD handler's way, into this VM's own
+    /// memory file): RAM is emptied, the snapshot's data pages become missing pages, the
+    /// guest runs at once (`postcopy-active`); the `uffd` thread reads a page from the file
+    /// when something touches it, this thread reads the rest in address order, and a page
+    /// is filled once, by whoever claimed it.
+    fn restore_lazy(self, f: File, layout: &FileLayout) -> Result<(), MigrationError> {
+        receive::discard_ram(&self.mem)?;
+        let regions = host_regions(&self.mem);
+        let ram: Vec<(u64, u64)> = regions.iter().map(|r| (r.0, r.1)).collect();
+        let missing = Arc::new(PageSet::new(&ram));
+        let mut base = layout.ram_offset;
+        for &(gpa, len, _) in &regions {
+            let mut pos = 0u64;
+            while pos < len {
+                // The file's holes are zero pages: not missing (a fault there is zeroed).
+                let (data, hole) = data_range(f.as_raw_fd(), base + pos, base + len);
+                let (data, hole) = (data - base, hole - base);
+                let mut p = data;
+                while p < hole {
+                    missing.insert(gpa + p);
+                    p += PAGE as u64;
+                }
+                pos = hole.max(pos + PAGE as u64);
+            }
+            base += len;
+        }
+        let f = Arc::new(f);
+        let faults = start_faults(
+            &regions,
+            missing.clone(),
+            PageSource::File(f.clone(), layout.ram_offset),
+            self.uffd_jobs.clone(),
+        )?;
+        let _stop = StopOnDrop(faults.clone());
+        let state = layout.state(&f).map_err(MigrationError::Receive)?;
+        load_state(&self.link, state, true)?;
+        const RUN: u64 = 64;
+        let mut buf = vec![0u8; RUN as usize * PAGE];
+        let mut cursor = 0u64;
+        while let Some((i, gpa)) = missing.next_from(cursor) {
+            if self.shared.cancel.load(Ordering::Acquire) {
+                return Err(MigrationError::Cancelled);
+            }
+            let mut n = 0u64;
+            while n < RUN
+                && missing.contains(gpa + n * PAGE as u64)
+                && faults.claimed.insert(gpa + n * PAGE as u64)
+            {
+                n += 1;
+            }
+            if n == 0 {
+                // The fault server is filling it.
+                cursor = i + 1;
+                std::thread::yield_now();
+                continue;
+            }
+            let len = (n as usize) * PAGE;
+            let (Some(host), Some(off)) = (
+                host_of(&faults.regions, gpa),
+                super::faults::file_offset(&faults.regions, layout.ram_offset, gpa),
+            ) else {
+                return Err(MigrationError::Memory(gpa));
+            };
+            f.read_exact_at(&mut buf[..len], off)
+                .map_err(MigrationError::Receive)?;
+            faults
+                .uffd
+                .copy(host, &buf[..len])
+                .map_err(MigrationError::Fill)?;
+            for k in 0..n {
+                missing.remove(gpa + k * PAGE as u64);
+            }
+            let requests = faults.requests.load(Ordering::Relaxed);
+            self.shared.update(|p| {
+                p.transferred += len as u64;
+                p.normal += n;
+                p.postcopy_bytes += len as u64;
+                p.postcopy_requests = requests;
+            });
+            cursor = i + n;
+        }
+        for r in &regions {
+            let _ = faults.uffd.unregister(r.2, r.1);
+        }
+        Ok(())
+    }
+}
+
+/// Guest RAM's regions: (guest address, length, host address).
+fn host_regions(mem: &GuestMemoryMmap) -> HostRegions {
+    mem.iter()
+        .map(|r| (r.start_addr().0, r.len(), r.as_ptr() as u64))
+        .collect()
+}
+
+/// Registers guest RAM with a new userfaultfd and starts the fault server on the `uffd`
+/// thread.
+fn start_faults(
+    regions: &HostRegions,
+    missing: Arc<PageSet>,
+    source: PageSource,
+    jobs: Option<Sender<Job>>,
+) -> Result<Arc<Faults>, MigrationError> {
+    let uffd = Uffd::new()?;
+    for r in regions {
+        uffd.register(r.2, r.1)?;
+    }
+    let ram: Vec<(u64, u64)> = regions.iter().map(|r| (r.0, r.1)).collect();
+    let event = || EventFd::new(EFD_NONBLOCK).map_err(MigrationError::Receive);
+    let faults = Arc::new(Faults {
+        uffd: Arc::new(uffd),
+        regions: regions.clone(),
+        missing,
+        claimed: PageSet::new(&ram),
+        source,
+        stop: event()?,
+        poke: event()?,
+        resend: AtomicBool::new(false),
+        requests: AtomicU64::new(0),
+        latencies: Mutex::new(Vec::new()),
+    });
+    let server = faults.clone();
+    let sent = jobs.map(|j| j.send(Box::new(move || server.serve())));
+    if !matches!(sent, Some(Ok(()))) {
+        return Err(MigrationError::State("the uffd thread has ended".into()));
+    }
+    Ok(faults)
 }
 
 fn receive_stream<R: std::io::Read>(
@@ -188,12 +327,13 @@ impl Postcopy<'_> {
         state: Vec<u8>,
         jobs: Option<Sender<Job>>,
     ) -> Result<(), MigrationError> {
-        let regions: HostRegions = self
-            .mem
-            .iter()
-            .map(|r| (r.start_addr().0, r.len(), r.as_ptr() as u64))
-            .collect();
-        let started = self.start_faults(&regions, jobs);
+        let regions = host_regions(self.mem);
+        let started = start_faults(
+            &regions,
+            self.missing.clone(),
+            PageSource::Remote(self.ret.clone()),
+            jobs,
+        );
         let faults = match started {
             Ok(f) => f,
             Err(e) => {
@@ -223,39 +363,6 @@ impl Postcopy<'_> {
             let _ = faults.uffd.unregister(r.2, r.1);
         }
         Ok(())
-    }
-
-    /// Registers guest RAM and starts the fault server.
-    fn start_faults(
-        &self,
-        regions: &HostRegions,
-        jobs: Option<Sender<Job>>,
-    ) -> Result<Arc<Faults>, MigrationError> {
-        let uffd = Uffd::new()?;
-        for r in regions {
-            uffd.register(r.2, r.1)?;
-        }
-        let ram: Vec<(u64, u64)> = regions.iter().map(|r| (r.0, r.1)).collect();
-        let event = || EventFd::new(EFD_NONBLOCK).map_err(MigrationError::Receive);
-        let faults = Arc::new(Faults {
-            uffd: Arc::new(uffd),
-            regions: regions.clone(),
-            missing: self.missing.clone(),
-            claimed: PageSet::new(&ram),
-            source: PageSource::Remote(self.ret.clone()),
-            stop: event()?,
-            poke: event()?,
-            resend: AtomicBool::new(false),
-            requests: AtomicU64::new(0),
-            blocked: Mutex::new(Vec::new()),
-            latencies: Mutex::new(Vec::new()),
-        });
-        let server = faults.clone();
-        let sent = jobs.map(|j| j.send(Box::new(move || server.serve())));
-        if !matches!(sent, Some(Ok(()))) {
-            return Err(MigrationError::State("the uffd thread has ended".into()));
-        }
-        Ok(faults)
     }
 
     /// Fills missing pages from the stream until its END (every page in).

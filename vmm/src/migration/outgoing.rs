@@ -134,7 +134,7 @@ impl Outgoing {
     fn migrate(&mut self) -> Result<(), MigrationError> {
         let mut raw = -1;
         let sink = match &self.uri {
-            MigrationUri::File(path) => {
+            MigrationUri::File(path) | MigrationUri::FileUffd(path) => {
                 let f = File::options()
                     .read(true)
                     .write(true)

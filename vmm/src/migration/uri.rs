@@ -25,6 +25,10 @@ pub enum MigrationUri {
     Exec(String),
     /// A snapshot file.
     File(PathBuf),
+    /// A snapshot restored through userfaultfd (`file:PATH,restore=uffd`, for
+    /// `--incoming`): the guest runs at once, its pages read from the file as it touches
+    /// them and in the background.
+    FileUffd(PathBuf),
 }
 
 /// Errors of parsing or opening a migration URI.
@@ -48,6 +52,9 @@ pub enum UriError {
     /// The launcher process could not run an `exec:` command.
     #[error("Cannot run '{0}'")]
     Exec(String, #[source] LaunchError),
+    /// `restore=` names no restore mode.
+    #[error("Invalid restore mode '{0}' of a file: URI (map or uffd)")]
+    Restore(String),
 }
 
 impl MigrationUri {
@@ -77,7 +84,17 @@ impl MigrationUri {
             }
             "fd" => Self::Fd(need("descriptor name")?),
             "exec" => Self::Exec(need("command")?),
-            "file" => Self::File(need("path")?.into()),
+            "file" => {
+                let path = need("path")?;
+                match path.rsplit_once(",restore=") {
+                    Some((p, "uffd")) if !p.is_empty() => Self::FileUffd(p.into()),
+                    Some((p, "map")) if !p.is_empty() => Self::File(p.into()),
+                    Some((_, other)) => {
+                        return Err(UriError::Restore(other.to_owned()));
+                    }
+                    None => Self::File(path.into()),
+                }
+            }
             _ => return Err(UriError::Protocol(uri.to_owned())),
         })
     }
@@ -257,7 +274,7 @@ pub fn connect(
         }
         MigrationUri::Fd(name) => Ok(fd_channel(named_fd(name, lookup)?, false)),
         MigrationUri::Exec(command) => spawn(command, true),
-        MigrationUri::File(path) => Err(UriError::Io(
+        MigrationUri::File(path) | MigrationUri::FileUffd(path) => Err(UriError::Io(
             "stream to",
             path.display().to_string(),
             io::Error::other("a file is a snapshot, not a stream"),
@@ -311,7 +328,7 @@ impl Incoming {
             }
             MigrationUri::Fd(name) => Ok(Self::Ready(fd_channel(named_fd(name, lookup)?, true))),
             MigrationUri::Exec(command) => Ok(Self::Ready(spawn(command, false)?)),
-            MigrationUri::File(path) => {
+            MigrationUri::File(path) | MigrationUri::FileUffd(path) => {
                 let shown = path.display().to_string();
                 let f = File::open(path).map_err(io_err("open", &shown))?;
                 Ok(Self::File(f, path.clone()))
@@ -397,6 +414,20 @@ mod tests {
         assert_eq!(
             MigrationUri::parse("file:/tmp/snap").unwrap(),
             MigrationUri::File("/tmp/snap".into())
+        );
+        assert_eq!(
+            MigrationUri::parse("file:/tmp/a,b,restore=uffd").unwrap(),
+            MigrationUri::FileUffd("/tmp/a,b".into())
+        );
+        assert_eq!(
+            MigrationUri::parse("file:/tmp/snap,restore=map").unwrap(),
+            MigrationUri::File("/tmp/snap".into())
+        );
+        assert_eq!(
+            MigrationUri::parse("file:/tmp/snap,restore=lazy")
+                .unwrap_err()
+                .to_string(),
+            "Invalid restore mode 'lazy' of a file: URI (map or uffd)"
         );
     }
 
