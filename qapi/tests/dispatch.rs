@@ -441,7 +441,10 @@ fn main_schema_dispatch() {
             "query-name",
             "query-block",
             "yank",
-            "query-yank"
+            "query-yank",
+            "query-migrate",
+            "migrate-pause",
+            "migrate-recover"
         ]
     );
     assert!(
