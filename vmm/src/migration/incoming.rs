@@ -412,26 +412,36 @@ impl Postcopy<'_> {
         if !self.missing.contains_range(gpa, count) {
             return Err(MigrationError::Memory(gpa));
         }
+        // Only this thread fills pages that are in `missing` (the fault server zero-fills
+        // only pages that are not), so each run of missing ones is absent and goes at once.
         let mut filled = 0u64;
-        for i in 0..u64::from(count) {
-            let page = gpa + i * PAGE as u64;
-            if !self.missing.contains(page) {
+        let mut i = 0u64;
+        while i < u64::from(count) {
+            let page = |k: u64| gpa + k * PAGE as u64;
+            if !self.missing.contains(page(i)) {
+                i += 1;
                 continue;
             }
-            let host = host_of(&faults.regions, page).ok_or(MigrationError::Memory(page))?;
-            let done = match data {
+            let mut n = 1;
+            while i + n < u64::from(count) && self.missing.contains(page(i + n)) {
+                n += 1;
+            }
+            let host = host_of(&faults.regions, page(i)).ok_or(MigrationError::Memory(page(i)))?;
+            let len = (n as usize) * PAGE;
+            match data {
                 Some(d) => {
                     let at = (i as usize) * PAGE;
-                    faults.uffd.copy(host, &d[at..at + PAGE])
+                    faults.uffd.copy(host, &d[at..at + len])
                 }
-                None => faults.uffd.zero(host, PAGE as u64),
+                None => faults.uffd.zero(host, len as u64),
             }
             .map_err(MigrationError::Fill)?;
-            if done == crate::uffd::Filled::Done && self.missing.remove(page) {
-                filled += 1;
-            } else {
-                self.missing.remove(page);
+            for k in i..i + n {
+                if self.missing.remove(page(k)) {
+                    filled += 1;
+                }
             }
+            i += n;
         }
         let bytes = if data.is_some() {
             filled * PAGE as u64
