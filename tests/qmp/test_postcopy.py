@@ -159,6 +159,15 @@ def test_a_frozen_relay_pauses_then_recovers(vmm_factory, tmp_path):
         except ExecuteError as e:
             assert str(e) == ("migrate-pause is currently only supported during "
                               "postcopy-active state")
+        # A resume to where nobody listens pauses again, saying why.
+        await s.execute("migrate", {"uri": f"unix:{tmp_path / 'nowhere.sock'}",
+                                    "resume": True})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HANG
+        while "nowhere.sock" not in (await s.execute("query-migrate")).get("error-desc", ""):
+            assert loop.time() < deadline, await s.execute("query-migrate")
+            await asyncio.sleep(0.02)
+        await wait_for(s, "query-migrate", "status", ("postcopy-paused",))
         await oob(d, "migrate-recover", {"uri": recover})
         wait_until(lambda: listening(recover[5:]), what="recover socket")
         await s.execute("migrate", {"uri": recover, "resume": True})

@@ -467,13 +467,13 @@ impl Postcopy<'_> {
         faults: &Faults,
         why: &MigrationError,
     ) -> Result<StreamReader<Box<dyn super::uri::ReadWrite>>, MigrationError> {
-        let why = crate::error::chain(why);
+        let mut why = crate::error::chain(why);
         loop {
             self.ret.set(None);
             self.shared.release();
             self.shared.update(|p| {
                 p.error = Some(format!(
-                    "The postcopy stream broke ({why}): waiting for migrate-recover"
+                    "Postcopy is paused ({why}): waiting for migrate-recover"
                 ))
             });
             self.link
@@ -493,7 +493,7 @@ impl Postcopy<'_> {
                 Err(_) if self.shared.cancel.load(Ordering::Acquire) => {
                     return Err(MigrationError::Cancelled)
                 }
-                Err(_) => continue,
+                Err(e) => why = crate::error::chain(&e),
             }
         }
     }

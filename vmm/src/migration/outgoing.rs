@@ -548,11 +548,12 @@ impl Sender<'_> {
     /// lists) are what is left to send.
     fn paused(&mut self, why: &str) -> Result<PageSet, MigrationError> {
         let shared = self.job.shared.clone();
+        let mut why = why.to_owned();
         loop {
             shared.release();
             shared.update(|p| {
                 p.error = Some(format!(
-                    "The postcopy stream broke ({why}): the guest runs on the destination; \
+                    "Postcopy is paused ({why}): the guest runs on the destination; \
                      continue with migrate-recover there and migrate with resume here"
                 ))
             });
@@ -577,7 +578,8 @@ impl Sender<'_> {
                     return Ok(todo);
                 }
                 Err(e) if shared.cancel.load(Ordering::Acquire) => return Err(e),
-                Err(_) => continue,
+                // Paused again, with why the resume failed.
+                Err(e) => why = crate::error::chain(&e),
             }
         }
     }
