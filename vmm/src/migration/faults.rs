@@ -15,7 +15,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -144,8 +143,6 @@ pub struct Faults {
     pub resend: AtomicBool,
     /// Pages asked for.
     pub requests: AtomicU64,
-    /// Page-request round trips (fault read to page filled), microseconds.
-    pub latencies: Mutex<Vec<u32>>,
 }
 
 impl Faults {
@@ -179,8 +176,8 @@ impl Faults {
     /// Runs the thread until `stop` is written or the descriptor fails.
     pub fn serve(&self) {
         let mut faults = Vec::new();
-        // Page, faulting thread, when its fault was read.
-        let mut waiting: Vec<(u64, i32, Instant)> = Vec::new();
+        // Page, faulting thread.
+        let mut waiting: Vec<(u64, i32)> = Vec::new();
         let mut buf = vec![0u8; PAGE as usize];
         loop {
             let mut fds = [
@@ -223,7 +220,7 @@ impl Faults {
         }
     }
 
-    fn on_fault(&self, f: &Fault, waiting: &mut Vec<(u64, i32, Instant)>, buf: &mut [u8]) {
+    fn on_fault(&self, f: &Fault, waiting: &mut Vec<(u64, i32)>, buf: &mut [u8]) {
         let host = f.address & !(PAGE - 1);
         let Some(gpa) = gpa_of(&self.regions, host) else {
             return;
@@ -235,7 +232,7 @@ impl Faults {
         }
         match &self.source {
             PageSource::Remote(path) => {
-                waiting.push((gpa, f.thread, Instant::now()));
+                waiting.push((gpa, f.thread));
                 if self.claimed.insert(gpa) {
                     self.requests.fetch_add(1, Ordering::Relaxed);
                     // A broken stream: asked again after the resume.
@@ -243,33 +240,25 @@ impl Faults {
                 }
             }
             PageSource::File(..) => {
-                let started = Instant::now();
                 if let Ok(true) = self.fill_from_file(gpa, buf) {
                     self.requests.fetch_add(1, Ordering::Relaxed);
-                    self.record(started.elapsed());
                 } else if self.missing.contains(gpa) {
                     // The background reader has it; its fill wakes the thread.
-                    waiting.push((gpa, f.thread, started));
+                    waiting.push((gpa, f.thread));
                 }
             }
         }
     }
 
-    /// Drops the waits whose page arrived (recording their latency), asks again after a
-    /// resume, and publishes who still waits.
-    fn settle(&self, waiting: &mut Vec<(u64, i32, Instant)>) {
+    /// Drops the waits whose page arrived, asks again after a resume, and publishes who
+    /// still waits.
+    fn settle(&self, waiting: &mut Vec<(u64, i32)>) {
         let resend = self.resend.swap(false, Ordering::AcqRel);
-        waiting.retain(|&(gpa, _, since)| {
-            if self.missing.contains(gpa) {
-                return true;
-            }
-            self.record(since.elapsed());
-            false
-        });
+        waiting.retain(|&(gpa, _)| self.missing.contains(gpa));
         if resend {
             if let PageSource::Remote(path) = &self.source {
                 let mut asked = Vec::new();
-                for &(gpa, ..) in waiting.iter() {
+                for &(gpa, _) in waiting.iter() {
                     if !asked.contains(&gpa) {
                         asked.push(gpa);
                         let _ = path.send(&Reply::Req(gpa, 1));
@@ -281,12 +270,5 @@ impl Faults {
         tids.sort_unstable();
         tids.dedup();
         *BLOCKED.lock().unwrap_or_else(|e| e.into_inner()) = tids;
-    }
-
-    fn record(&self, took: Duration) {
-        let mut l = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
-        if l.len() < 1 << 20 {
-            l.push(u32::try_from(took.as_micros()).unwrap_or(u32::MAX));
-        }
     }
 }

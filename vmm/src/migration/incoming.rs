@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use devices::GuestMemoryMmap;
 use qapi::types::MigrationStatus;
@@ -261,7 +261,6 @@ fn start_faults(
         poke: event()?,
         resend: AtomicBool::new(false),
         requests: AtomicU64::new(0),
-        latencies: Mutex::new(Vec::new()),
     });
     let server = faults.clone();
     let sent = jobs.map(|j| j.send(Box::new(move || server.serve())));
