@@ -6,7 +6,9 @@ libFuzzer dictionaries (the words of each input language) into tests/fuzz/dict/.
 The seeds are real inputs: QMP messages of tests/qmp/ (and QEMU's malformed-input cases
 there), the project's QAPI schema files, the `--disk`/`--qmp` strings of the README, the probe
 guest's kernels (reduced to their headers plus a little payload, as the corpus must stay
-small), and hand-built virtqueues and register sequences that a Linux driver would produce.
+small), a probe guest's migration stream and snapshot (and postcopy streams built from them),
+hand-built virtqueues and register sequences that a Linux driver would produce, and the
+return-path lines a postcopy destination sends.
 Run it again after changing a seed list; the fuzzer's own finds are merged into the corpus
 with `scripts/fuzz.sh --merge`. Usage: make-corpus.py [PROBE_GUEST_DIR]
 """
@@ -305,6 +307,87 @@ if MIG_STREAM.exists() and MIG_SNAP.exists():
 else:
     print(f"make-corpus.py: no {MIG_STREAM} and {MIG_SNAP}: the migration_stream seeds are kept", file=sys.stderr)
 
+# Postcopy streams (records 6 DISCARD, 7 POSTCOPY, 8 RESUME), built from the stream seed (the
+# real one just written, or the committed one): its setup, pages and state around the new
+# records, as a source sends them when postcopy cuts its first pass (the pages still to send
+# discarded, POSTCOPY, the state; then the missing pages and END, which the destination reads
+# in postcopy, not in its loading), and their corrupt and misplaced variants.
+DISCARD, POSTCOPY, RESUME, END = 6, 7, 8, 5
+MAX_DISCARD = 1 << 20
+STREAM_SEED = CORPUS / "migration_stream" / "stream"
+
+
+def discard(gpa, count):
+    return bytes([DISCARD]) + struct.pack("<QI", gpa, count)
+
+
+if STREAM_SEED.exists():
+    head, recs = stream_records(STREAM_SEED.read_bytes()[1:])
+    setup = next(h + body for t, h, body in recs if t == 1)
+    pages = [h + body for t, h, body in recs if t == 2]
+    state = [h + body for t, h, body in recs if t == 4][-1]
+    # The real state where the loading reaches it, an empty one where a record before it
+    # is refused (the corpus stays small).
+    empty = bytes([4]) + struct.pack("<I", 2) + b"{}"
+    first = head + setup + b"".join(pages[:2])
+    rest = b"".join(pages[-2:])
+    rest_at, = struct.unpack_from("<Q", rest, 1)
+    cut = discard(0x7000, 1) + discard(rest_at, (0x200_0000 - rest_at) // 4096)
+    for name, tail in {
+        "postcopy": cut + bytes([POSTCOPY]) + state + rest + bytes([END]),
+        "postcopy-no-discard": bytes([POSTCOPY]) + empty + bytes([END]),
+        "postcopy-no-state": cut + bytes([POSTCOPY]) + rest + empty + bytes([END]),
+        "postcopy-cut-mid-state": cut + bytes([POSTCOPY]) + state[:len(state) // 2],
+        "discard-all-then-end": discard(0, 0x2000) + state + bytes([END]),
+        "discard-then-pages": discard(0, 0x2000) + rest + state + bytes([END]),
+        "discard-past-ram": discard(0x1ffe000, 3) + empty + bytes([END]),
+        "discard-max": discard(0, MAX_DISCARD) + empty + bytes([END]),
+        "discard-too-many": discard(0, MAX_DISCARD + 1) + empty + bytes([END]),
+        "discard-none": discard(0x1000, 0) + empty + bytes([END]),
+        "discard-unaligned": discard(0x1800, 1) + empty + bytes([END]),
+        "resume-inside": bytes([RESUME]) + empty + bytes([END]),
+    }.items():
+        put("migration_stream", "stream-" + name, b"\x00" + first + tail)
+    # A resumed stream (what a source sends after migrate-recover): a new stream refuses it.
+    put("migration_stream", "stream-resume", b"\x00" + head + bytes([RESUME]) + rest + bytes([END]))
+else:
+    print(f"make-corpus.py: no {STREAM_SEED}: no postcopy seeds for migration_stream", file=sys.stderr)
+
+# postcopy_requests: [max][run][n][n chunk lengths] then what a destination sends on the
+# return path (vmm/src/migration/incoming.rs, faults.rs): RUN, its vCPUs' REQ lines, OK; after
+# migrate-recover its PENDING lines (PageSet::runs) and READY; and broken lines.
+
+
+def return_path(name, text, max_run=0, run=15, lengths=()):
+    """`text` in reads of `lengths` + 1 bytes in turn, or, as a list, one read per item."""
+    if isinstance(text, list):
+        lengths = [len(r) - 1 for r in text]
+        text = "".join(text)
+    if isinstance(text, str):
+        text = text.encode()
+    put("postcopy_requests", name, bytes([max_run, run, len(lengths), *lengths]) + text)
+
+
+HIGH = 1 << 32
+return_path("serve", f"RUN\nREQ 0x7000 1\nREQ 0x{HIGH:x} 1\nREQ 0x7000 1\nREQ 0x3ff000 1\n", lengths=[3])
+return_path("serve-all", f"RUN\nREQ 0x0 1024\nREQ 0x{HIGH:x} 67\nREQ 0x1000 1\nREQ 0x2000 1\nOK\n", lengths=[15])
+return_path("background-then-ok", "RUN\n" + "REQ 0x5000 1\n" * 80 + "OK\n", run=31, lengths=[12])
+return_path("refused", "ERR The source's VM does not match this one: the source has 64 MiB of RAM, this VM 32 MiB\n")
+return_path("split-bytes", f"RUN\nREQ 0x3000 16\nREQ 0x{HIGH + 0x2000:x} 1\n", lengths=[0])
+# What follows a line that breaks the stream (or READY) in the same read is lost with the
+# connection (the read loop): these reads end where a new connection (loop) starts.
+return_path("resume", ["RUN\nREQ 0x5000 2\nREQ 0x400000 1\n",
+                       f"PENDING 0x0 5\nPENDING 0x7000 1017\nPENDING 0x{HIGH:x} 67\nREADY\n",
+                       f"REQ 0x5000 1\nREQ 0x6000 4\nREQ 0x{HIGH + 0x42000:x} 1\n"], max_run=200)
+return_path("resume-twice", ["RUN\nHELLO\n", "PENDING 0x3000 2\nREQ 0x3000 1\n",
+                             "PENDING 0x1000 1\nPENDING 0x3000 2\nREADY\n", "REQ 0x3000 2\n"], max_run=1)
+return_path("resume-then-ok", ["RUN\nBAD\n", f"PENDING 0x2000 3\nPENDING 0x{HIGH:x} 1\nREADY\n",
+                               "REQ 0x2000 3\n", "REQ 0x1000 1\n", "OK\n"], run=0)
+return_path("bad-lines", "RUN\nREQ 0x1001 1\nREQ 0x1000 0\nREQ 1000 1\nREQ 0xfffffffffffff000 2\n"
+            "PENDING 0x0 1\nRUN now\n" + "ERR " + "x" * 300 + "\n", lengths=[0])
+return_path("not-utf8", b"RUN\nREQ 0x1000 1\xff\nREQ 0x2000 1\n")
+return_path("overlong", "RUN\nREQ 0x" + "0" * 300, lengths=[99])
+
 # Dictionaries (libFuzzer's -dict): the words of each input language, so that short runs reach
 # past the first checks.
 
@@ -341,4 +424,8 @@ write_dict("boot_loader", [b"HdrS", b"\x55\xaa", b"\x7fELF", b"Xen\x00", b"\x12\
 write_dict("migration_stream", [b"VMMMIGR\x00", b"VMMSNAP\x00", b"\x01\x00\x00\x00", b"\x00\x10\x00\x00",
                                 b"\x00\x01\x00\x00", "ram", "cpus", "cpu_features", "leaf", "subleaf",
                                 "reg", "bits", "disks", "id", "size", "read_only", "queues", "vcpus",
-                                "irqchips", "pit", "clock", "devices", "version", '":', '{"', "[[0,33554432]]"])
+                                "irqchips", "pit", "clock", "devices", "version", '":', '{"', "[[0,33554432]]",
+                                # DISCARD counts: all of this VM's RAM, MAX_DISCARD, one more.
+                                b"\x00\x20\x00\x00", b"\x00\x00\x10\x00", b"\x01\x00\x10\x00"])
+write_dict("postcopy_requests", ["RUN", "ERR", "REQ", "PENDING", "READY", "OK", "0x", " ", "\n", " 1\n",
+                                 "0x100000000", "0x3ff000", "1024", "67", "1048576"])

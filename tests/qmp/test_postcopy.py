@@ -78,6 +78,8 @@ def test_postcopy_of_a_memory_walker(vmm_factory, tmp_path):
         s.register_listener(src_events)
         d.register_listener(dst_events)
         await postcopy_on(s)
+        # A waiting destination takes it too, as QEMU's (it does not need it).
+        await postcopy_on(d)
         caps = await s.execute("query-migrate-capabilities")
         assert {"capability": "postcopy-ram", "state": True} in caps
         await s.execute("migrate", {"uri": uri})
@@ -321,3 +323,16 @@ def test_restore_modes_are_checked(vmm_factory, tmp_path):
                     extra=["--incoming", f"file:{tmp_path}/s,restore=later"], wait_socket=False)
     assert v.wait_exit() != 0
     assert "Invalid restore mode 'later' of a file: URI (map or uffd)" in v.stderr(), v.stderr()
+
+
+def test_a_stale_socket_file_is_replaced(vmm_factory, tmp_path):
+    """As QEMU's: `--incoming unix:PATH` listens where an earlier listener's socket file was
+    left behind."""
+    import socket
+    path = tmp_path / "mig.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    vmm_factory(qmp=[f"unix:{tmp_path / 'dst.sock'}"], cmdline=WALK,
+                extra=["--incoming", f"unix:{path}"])
+    wait_until(lambda: listening(str(path)), what="the destination listens")

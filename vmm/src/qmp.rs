@@ -632,7 +632,10 @@ impl QmpCommands for Machine {
         let postcopy = capabilities
             .iter()
             .any(|c| c.capability == MigrationCapability::PostcopyRam);
-        if postcopy && self.migration.active() {
+        // (A destination's waiting or running incoming migration does not count: QEMU
+        // takes the capability there.)
+        let outgoing = self.migration.shared().is_some_and(|s| !s.incoming);
+        if postcopy && outgoing && self.migration.active() {
             return Err(QmpError::generic("There's a migration process in progress"));
         }
         for c in capabilities {

@@ -20,10 +20,15 @@
 //!
 //! Asserts, beyond not panicking, not hanging and not allocating more than the input asks:
 //! - every error is one line;
-//! - stream: the setup is accepted once, before any page; guest memory is exactly what the
+//! - stream: the setup is accepted once, before any page; every record applied (PAGES,
+//!   ZEROS, DISCARD) lies inside RAM and its step names it; guest memory is exactly what the
 //!   records applied so far say (a model replayed from the same bytes: the last copy of a
-//!   page wins, pages never sent are zeros, a refused record wrote nothing); a stream that
-//!   loads ended with its END and its last STATE record is what the loop returns;
+//!   page wins, pages never sent and pages discarded are zeros, a refused record wrote or
+//!   discarded nothing); how the load ends is what the records say: `Loaded::Complete` at
+//!   END with the last STATE record, `Loaded::Postcopy` with the STATE record right after
+//!   POSTCOPY (loading stops there), and exactly the loop's own refusal for an END without
+//!   a STATE record, a POSTCOPY followed by anything else, or a stream that starts with
+//!   RESUME (nothing applied);
 //! - snapshot: a layout that reads fits the file (sections in order, inside it, RAM page
 //!   aligned); once loaded, every page of guest memory is the RAM section's page;
 //! - JSON: a `Setup` or `VmState` that decodes prints and decodes back to the same, and a
@@ -51,9 +56,9 @@ use std::sync::{Mutex, OnceLock};
 
 use devices::GuestMemoryMmap;
 use libfuzzer_sys::fuzz_target;
-use receive::{LoadError, Step};
+use receive::{LoadError, Loaded, Step};
 use state::{CpuFeatureWord, Setup, VmState};
-use stream::{Record, StreamReader, FILE_HEADER, MAX_JSON, PAGE};
+use stream::{Record, StreamError, StreamReader, FILE_HEADER, MAX_JSON, PAGE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 /// Guest RAM of this VM.
@@ -176,6 +181,62 @@ fn page_of(mem: &GuestMemoryMmap, gpa: u64) -> Vec<u8> {
     b
 }
 
+/// How the records of a stream say its loading ends, replayed by the model.
+enum Expected {
+    /// At END, after this last STATE record: `Loaded::Complete`.
+    Complete(Vec<u8>),
+    /// At END, with no STATE record before it.
+    EndWithoutState,
+    /// At POSTCOPY and the STATE record right after it: `Loaded::Postcopy`.
+    Postcopy(Vec<u8>),
+    /// At POSTCOPY followed by another record.
+    PostcopyWithoutState,
+    /// At RESUME, the first record: a new stream does not take it.
+    Resume,
+    /// The reader or the loop refused a record (or the stream ended early).
+    Refused,
+}
+
+impl std::fmt::Debug for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Expected::Complete(s) => write!(f, "Complete ({}-byte state)", s.len()),
+            Expected::EndWithoutState => write!(f, "EndWithoutState"),
+            Expected::Postcopy(s) => write!(f, "Postcopy ({}-byte state)", s.len()),
+            Expected::PostcopyWithoutState => write!(f, "PostcopyWithoutState"),
+            Expected::Resume => write!(f, "Resume"),
+            Expected::Refused => write!(f, "Refused"),
+        }
+    }
+}
+
+/// How the loading ended, without the state's bytes.
+fn ended(r: &Result<Loaded, LoadError>) -> String {
+    match r {
+        Ok(Loaded::Complete(s)) => format!("Complete ({}-byte state)", s.len()),
+        Ok(Loaded::Postcopy(s)) => format!("Postcopy ({}-byte state)", s.len()),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+/// The errors of the loop itself, which a refused record never gives.
+const LOOP_ORDER_ERRORS: [&str; 3] = [
+    "the end without the state",
+    "postcopy without the state right after",
+    "a resume record in a new stream",
+];
+
+/// The end of `count` pages at `gpa`, asserted inside RAM: a record the loop applied lies
+/// in guest memory.
+fn applied_end(gpa: u64, count: u32, what: &str) -> u64 {
+    let end = gpa.checked_add(u64::from(count) * PAGE as u64);
+    assert!(
+        end.is_some_and(|e| e <= RAM),
+        "{what} of {count} pages at {gpa:#x} applied outside RAM"
+    );
+    end.unwrap_or(RAM)
+}
+
 /// Mode 0: a stream.
 fn fuzz_stream(w: &World, bytes: &[u8]) {
     receive::discard_ram(&w.mem).expect("discard");
@@ -191,67 +252,117 @@ fn fuzz_stream(w: &World, bytes: &[u8]) {
         assert_eq!(i, 0, "pages before the setup was accepted: {steps:?}");
     }
     assert!(
+        steps.first().is_none_or(|s| *s == Step::Accepted),
+        "a step before the setup was accepted: {steps:?}"
+    );
+    assert!(
         steps.iter().filter(|s| **s == Step::Accepted).count() <= 1,
         "setup accepted twice"
     );
 
     // The model: the same bytes read again, each applied step's record replayed into a map
-    // of pages (None: zeros).
+    // of pages (None: zeros; a page not in the map was never written since the setup, which
+    // discarded all of RAM: zeros too).
     let mut model: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
     let mut again = StreamReader::new(bytes).expect("read once, reads again");
     let mut applied = steps.iter();
     let mut last_state = None;
-    let mut ended = false;
-    loop {
-        let Ok(rec) = again.next() else { break };
+    let mut first = true;
+    let mut expected = Expected::Refused;
+    while let Ok(rec) = again.next() {
         let step = match &rec {
             Record::State(json) => {
                 last_state = Some(json.clone());
                 continue;
             }
             Record::End => {
-                ended = true;
+                expected = match last_state.take() {
+                    Some(s) => Expected::Complete(s),
+                    None => Expected::EndWithoutState,
+                };
                 break;
             }
-            Record::Setup(_) | Record::Pages { .. } | Record::Zeros { .. } => {
-                match applied.next() {
-                    Some(s) => *s,
-                    None => break, // the record the loop refused
-                }
+            Record::Postcopy => {
+                // Loading stops at the record after POSTCOPY, whatever it is.
+                expected = match again.next() {
+                    Ok(Record::State(json)) => Expected::Postcopy(json),
+                    Ok(_) => Expected::PostcopyWithoutState,
+                    Err(_) => Expected::Refused,
+                };
+                break;
             }
+            Record::Resume => {
+                assert!(first, "a RESUME record read after the first");
+                expected = Expected::Resume;
+                break;
+            }
+            Record::Setup(_)
+            | Record::Pages { .. }
+            | Record::Zeros { .. }
+            | Record::Discard { .. } => match applied.next() {
+                Some(s) => *s,
+                None => break, // the record the loop refused
+            },
         };
+        first = false;
         match (rec, step) {
             (Record::Setup(_), Step::Accepted) => model.clear(),
             (Record::Pages { gpa, count }, Step::Pages(n)) => {
                 assert_eq!(count, n);
+                applied_end(gpa, count, "PAGES");
+                assert_eq!(
+                    again.data.len(),
+                    count as usize * PAGE,
+                    "a short PAGES record"
+                );
                 for (i, p) in again.data.chunks(PAGE).enumerate() {
                     model.insert(gpa + (i * PAGE) as u64, Some(p.to_vec()));
                 }
             }
             (Record::Zeros { gpa, count }, Step::Zeros(n)) => {
                 assert_eq!(count, n);
+                applied_end(gpa, count, "ZEROS");
                 for i in 0..u64::from(count) {
                     model.insert(gpa + i * PAGE as u64, None);
+                }
+            }
+            (Record::Discard { gpa, count }, Step::Discard { gpa: g, count: n }) => {
+                assert_eq!((gpa, count), (g, n), "the step is not its record's");
+                let end = applied_end(gpa, count, "DISCARD");
+                // The discarded pages are zeros now: those the map holds become None, the
+                // others are not in it (zeros already), so a DISCARD of all of RAM costs
+                // what the map holds, not an entry per page.
+                for (_, page) in model.range_mut(gpa..end) {
+                    *page = None;
                 }
             }
             (r, s) => panic!("step {s:?} for record {r:?}"),
         }
     }
     assert!(applied.next().is_none(), "more steps than records");
-    match &result {
-        Ok(state) => {
-            assert!(ended, "loaded without an END");
-            assert_eq!(
-                Some(state),
-                last_state.as_ref(),
-                "not the last state record"
-            );
+    match (&result, &expected) {
+        (Ok(Loaded::Complete(state)), Expected::Complete(want)) => {
+            assert!(state == want, "not the last state record");
             fuzz_json(state);
         }
-        Err(LoadError::Stream(stream::StreamError::Order("the end without the state"))) => {
-            assert!(ended && last_state.is_none());
+        (Ok(Loaded::Postcopy(state)), Expected::Postcopy(want)) => {
+            assert!(state == want, "not the state record right after POSTCOPY");
+            fuzz_json(state);
         }
-        Err(_) => {}
+        (Err(LoadError::Stream(StreamError::Order(why))), _) if LOOP_ORDER_ERRORS.contains(why) => {
+            let want = match expected {
+                Expected::EndWithoutState => LOOP_ORDER_ERRORS[0],
+                Expected::PostcopyWithoutState => LOOP_ORDER_ERRORS[1],
+                Expected::Resume => LOOP_ORDER_ERRORS[2],
+                _ => panic!("the load ended with {why:?}, the records say {expected:?}"),
+            };
+            assert_eq!(*why, want, "the records say {expected:?}");
+            if matches!(expected, Expected::Resume) {
+                assert!(steps.is_empty(), "a resumed stream applied {steps:?}");
+            }
+        }
+        (Err(_), Expected::Refused) => {}
+        (r, e) => panic!("the load ended with {}, the records say {e:?}", ended(r)),
     }
     // Memory is the model: its pages as the records left them, every other page zeros.
     for (&gpa, page) in &model {
@@ -260,7 +371,7 @@ fn fuzz_stream(w: &World, bytes: &[u8]) {
             Some(p) => assert!(got == *p, "page {gpa:#x} is not its last copy"),
             None => assert!(
                 got.iter().all(|&b| b == 0),
-                "zeroed page {gpa:#x} is not zeros"
+                "zeroed or discarded page {gpa:#x} is not zeros"
             ),
         }
     }

@@ -211,6 +211,9 @@ pub struct Params {
     pub interval_ms: u64,
     /// `probe.cpus`: CPUs that walk mem-walk's pages, each its own share. Default 1.
     pub cpus: u32,
+    /// `probe.touch`: microseconds from which mem-walk counts a page rewrite as a slow touch
+    /// and prints its latency histogram; `None` (the default, `off`) for none.
+    pub touch_us: Option<u64>,
 }
 
 /// One blk-bench phase: a workload at a queue depth (`None`: the sequential depth).
@@ -311,6 +314,7 @@ pub fn parse(cmdline: &[u8]) -> Result<Params, CmdlineError<'_>> {
         rate: None,
         interval_ms: 1000,
         cpus: 1,
+        touch_us: None,
     };
     p.bench[1] = Workload::SeqRead;
     p.bench[2] = Workload::RandRead;
@@ -407,6 +411,16 @@ pub fn parse(cmdline: &[u8]) -> Result<Params, CmdlineError<'_>> {
                 p.interval_ms = Some(num()?)
                     .filter(|&ms| ms >= MIN_INTERVAL_MS)
                     .ok_or(CmdlineError::BadValue(word))?
+            }
+            b"touch" => {
+                p.touch_us = match value {
+                    b"off" => None,
+                    _ => Some(
+                        Some(num()?)
+                            .filter(|&us| us >= 1)
+                            .ok_or(CmdlineError::BadValue(word))?,
+                    ),
+                }
             }
             b"irq" => {
                 p.irq = match value {
@@ -567,6 +581,19 @@ mod tests {
         let p = parse(b"probe.test=mem-walk").unwrap();
         assert_eq!(p.tests(), &[Test::MemWalk]);
         assert_eq!((p.mib, p.rate, p.interval_ms, p.cpus), (64, None, 1000, 1));
+        assert_eq!(p.touch_us, None);
+        assert_eq!(
+            parse(b"probe.test=mem-walk probe.touch=50")
+                .unwrap()
+                .touch_us,
+            Some(50)
+        );
+        assert_eq!(
+            parse(b"probe.test=mem-walk probe.touch=off")
+                .unwrap()
+                .touch_us,
+            None
+        );
         assert_eq!(parse(b"probe.test=mem-walk probe.cpus=8").unwrap().cpus, 8);
         let p =
             parse(b"probe.test=mem-walk probe.mib=2048 probe.rate=0 probe.interval=50").unwrap();
@@ -590,6 +617,8 @@ mod tests {
             b"probe.interval=x",
             b"probe.cpus=0",
             b"probe.cpus=9",
+            b"probe.touch=0",
+            b"probe.touch=on",
         ] {
             let mut line = b"probe.test=mem-walk ".to_vec();
             line.extend_from_slice(bad);

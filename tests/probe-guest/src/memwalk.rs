@@ -8,6 +8,11 @@
 //! The order of the rewrites is a [`Walk`]: every sweep visits every page
 //! once, in a strided permutation that starts at a different page each
 //! sweep, so consecutive rewrites land far apart.
+//!
+//! With `probe.touch` the walker times every rewrite and counts the slow ones
+//! in a histogram of [`TOUCH_BUCKETS`] buckets ([`touch_bucket`]): under
+//! postcopy, the first touch of a page the destination has not received yet
+//! waits for it, so these are page-fault latencies as the guest sees them.
 
 /// Bytes in a page.
 pub const PAGE_BYTES: usize = 4096;
@@ -101,6 +106,31 @@ pub fn check(page: &[u64; WORDS], index: u64, generation: u64) -> Result<(), Bad
         w = w.wrapping_add(STEP);
     }
     Ok(())
+}
+
+/// Buckets of the touch-latency histogram: microseconds 0 to 15 one each, then 8 buckets per
+/// power of two (12.5% wide) up to 2^28 us; the last bucket also holds everything longer.
+pub const TOUCH_BUCKETS: usize = 16 + 24 * 8;
+
+/// The histogram bucket of a touch that took `us` microseconds.
+pub fn touch_bucket(us: u64) -> usize {
+    if us < 16 {
+        return us as usize;
+    }
+    let e = 63 - us.leading_zeros() as usize;
+    if e >= 28 {
+        return TOUCH_BUCKETS - 1;
+    }
+    16 + (e - 4) * 8 + ((us >> (e - 3)) & 7) as usize
+}
+
+/// The smallest number of microseconds in bucket `b` (what the touches line prints).
+pub fn touch_floor(b: usize) -> u64 {
+    if b < 16 {
+        return b as u64;
+    }
+    let e = 4 + (b - 16) / 8;
+    (8 + ((b - 16) % 8) as u64) << (e - 3)
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {
@@ -210,6 +240,35 @@ mod tests {
         p[..WORDS / 2].copy_from_slice(&q[..WORDS / 2]);
         assert_eq!(check(&p, 7, 4), Err(Bad::Checksum));
         assert_eq!(Bad::Pattern(1).name(), "pattern");
+    }
+
+    #[test]
+    fn touch_buckets_cover_every_latency_in_order() {
+        assert_eq!(touch_bucket(0), 0);
+        assert_eq!(touch_bucket(15), 15);
+        assert_eq!((touch_bucket(16), touch_floor(16)), (16, 16));
+        assert_eq!(touch_floor(TOUCH_BUCKETS - 1), 15 << 24);
+        assert_eq!(touch_bucket(u64::MAX), TOUCH_BUCKETS - 1);
+        for b in 0..TOUCH_BUCKETS {
+            assert_eq!(touch_bucket(touch_floor(b)), b, "bucket {b}");
+            if b + 1 < TOUCH_BUCKETS {
+                let next = touch_floor(b + 1);
+                assert!(next > touch_floor(b));
+                assert_eq!(touch_bucket(next - 1), b, "end of bucket {b}");
+                // At most 12.5% wide.
+                assert!(
+                    (next - touch_floor(b)) * 8 <= touch_floor(b).max(8),
+                    "bucket {b}"
+                );
+            }
+        }
+        let mut last = 0;
+        for us in (0..1 << 20).step_by(7).chain([(1 << 28) - 1, 1 << 28]) {
+            let b = touch_bucket(us);
+            assert!(b >= last, "{us}");
+            assert!(touch_floor(b) <= us);
+            last = b;
+        }
     }
 
     #[test]

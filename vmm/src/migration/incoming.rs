@@ -515,13 +515,15 @@ impl Postcopy<'_> {
         }
         // SAFETY: the new stream's socket, open while `reader` is.
         let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
-        self.ret.set(super::uri::socket_dup(fd));
+        // The list first, whole, and only then the fault server's requests.
+        let list = ReturnPath::default();
+        list.set(super::uri::socket_dup(fd));
         for (gpa, count) in self.missing.runs(MAX_LINE_PAGES) {
-            self.ret
-                .send(&Reply::Pending(gpa, count))
+            list.send(&Reply::Pending(gpa, count))
                 .map_err(MigrationError::Send)?;
         }
-        self.ret.send(&Reply::Ready).map_err(MigrationError::Send)?;
+        list.send(&Reply::Ready).map_err(MigrationError::Send)?;
+        self.ret.set(super::uri::socket_dup(fd));
         // The fault server asks again for what vCPUs wait on.
         faults.resend.store(true, Ordering::Release);
         let _ = faults.poke.write(1);

@@ -100,6 +100,10 @@ struct Sender<'a> {
     cut: Option<u64>,
     /// Postcopy sends at full speed (QEMU's `max-postcopy-bandwidth` default).
     unthrottled: bool,
+    /// Bytes of the return path not yet a whole line.
+    input: Vec<u8>,
+    /// Lines read but not yet served (the requests that came with a resume's list).
+    backlog: Vec<String>,
 }
 
 impl Outgoing {
@@ -188,6 +192,8 @@ impl Outgoing {
             raw,
             cut: None,
             unthrottled: false,
+            input: Vec::new(),
+            backlog: Vec::new(),
         };
         let result = s.run();
         if let (Err(MigrationError::Send(_)), Sink::Stream(w, true)) = (&result, &mut s.sink) {
@@ -380,14 +386,17 @@ impl Sender<'_> {
         ran: &mut Option<Duration>,
         down: Instant,
     ) -> Result<(), MigrationError> {
-        let mut input = Vec::new();
         let mut cursor = 0u64;
         let mut ended = false;
         let mut count = PassCount::default();
         loop {
             self.cancelled()?;
             let wait = if ended { 200 } else { 0 };
-            for line in self.replies(&mut input, wait)? {
+            let lines = match std::mem::take(&mut self.backlog) {
+                b if b.is_empty() => self.replies(wait)?,
+                b => b,
+            };
+            for line in lines {
                 match Reply::parse(&line)? {
                     Reply::Run if ran.is_none() => {
                         let d = down.elapsed();
@@ -501,11 +510,7 @@ impl Sender<'_> {
     }
 
     /// The complete lines the destination sent, waiting up to `wait_ms` for some.
-    fn replies(
-        &mut self,
-        input: &mut Vec<u8>,
-        wait_ms: i32,
-    ) -> Result<Vec<String>, MigrationError> {
+    fn replies(&mut self, wait_ms: i32) -> Result<Vec<String>, MigrationError> {
         let mut pfd = libc::pollfd {
             fd: self.raw,
             events: libc::POLLIN,
@@ -539,8 +544,8 @@ impl Sender<'_> {
                 _ => Err(MigrationError::Receive(e)),
             };
         }
-        input.extend_from_slice(&buf[..n as usize]);
-        Ok(take_lines(input)?)
+        self.input.extend_from_slice(&buf[..n as usize]);
+        Ok(take_lines(&mut self.input)?)
     }
 
     /// The stream broke during postcopy: `postcopy-paused` until `migrate` with `resume`
@@ -599,18 +604,25 @@ impl Sender<'_> {
         let w = StreamWriter::resume(channel.stream).map_err(MigrationError::Send)?;
         self.sink = Sink::Stream(w, true);
         let todo = self.page_set(std::iter::empty());
-        let mut input = Vec::new();
+        self.input.clear();
+        self.backlog.clear();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             self.cancelled()?;
-            for line in self.replies(&mut input, 200)? {
+            let mut lines = self.replies(200)?.into_iter();
+            while let Some(line) = lines.next() {
                 match Reply::parse(&line)? {
                     Reply::Pending(gpa, n) if todo.contains_range(gpa, n) => {
                         for i in 0..u64::from(n) {
                             todo.insert(gpa + i * PAGE as u64);
                         }
                     }
-                    Reply::Ready => return Ok(todo),
+                    // A vCPU's request may come before the list ends: served after it.
+                    Reply::Req(..) => self.backlog.push(line),
+                    Reply::Ready => {
+                        self.backlog.extend(lines);
+                        return Ok(todo);
+                    }
                     other => {
                         return Err(super::postcopy::ProtocolError(format!(
                             "'{}' while resuming",

@@ -212,7 +212,9 @@ impl PageSet {
         if n == 0 {
             return None;
         }
-        let start_word = (from / 64) % n;
+        // Past the last page: from the first.
+        let from = if from / 64 >= n { 0 } else { from };
+        let start_word = from / 64;
         let low = !(!0u64 << (from % 64));
         for k in 0..=n {
             let w = (start_word + k) % n;

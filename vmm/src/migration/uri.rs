@@ -319,6 +319,13 @@ impl Incoming {
         match uri {
             MigrationUri::Unix(path) => {
                 let shown = path.display().to_string();
+                // A socket file left by an earlier listener is replaced, as QEMU does (a
+                // file of any other kind is not).
+                if std::fs::symlink_metadata(path)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+                {
+                    let _ = std::fs::remove_file(path);
+                }
                 let l = UnixListener::bind(path).map_err(io_err("listen on", &shown))?;
                 Ok(Self::Unix(l, path.clone()))
             }

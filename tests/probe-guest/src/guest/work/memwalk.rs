@@ -16,13 +16,22 @@
 //! VMM lets the guest's TSC run on), every gap of 100 ms or more on the boot
 //! CPU is a `stall` line, and the clock going backwards is counted
 //! (`backwards=`) and fails the test.
+//!
+//! With `probe.touch=US` every rewrite is timed too (the page's fill and its
+//! generation's store, where a migration's missing page is first touched):
+//! those of US microseconds or more go into the walker's histogram
+//! (`probe_guest::memwalk::touch_bucket`), and after each progress line the
+//! boot CPU prints and clears the walkers' counts as one `touches` line
+//! (nothing when there were none).
 
 use super::{smp, workers, Ctx};
 use crate::guest::arch::{self, MAX_APS};
 use crate::guest::timer::now_ns;
 use crate::out;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use probe_guest::memwalk::{check, fill, Bad, Walk, PAGE_BYTES, WORDS};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use probe_guest::memwalk::{
+    check, fill, touch_bucket, touch_floor, Bad, Walk, PAGE_BYTES, TOUCH_BUCKETS, WORDS,
+};
 
 /// Gaps at least this long are printed as `stall` lines and left out of the rate's clock.
 const STALL_NS: u64 = 100_000_000;
@@ -42,6 +51,8 @@ pub struct Part {
     count: u64,
     /// Rewrites per second, `None`: no limit.
     rate: Option<u64>,
+    /// Rewrites taking this many ns or more are slow touches (`probe.touch`), `None`: untimed.
+    touch_ns: Option<u64>,
 }
 
 /// What a walker publishes as it goes (written by it alone, read by the boot CPU).
@@ -61,6 +72,14 @@ const ZERO: Stats = Stats {
 };
 
 static STATS: [Stats; MAX_APS + 1] = [ZERO; MAX_APS + 1];
+
+#[allow(clippy::declare_interior_mutable_const)]
+const NONE: AtomicU32 = AtomicU32::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY: [AtomicU32; TOUCH_BUCKETS] = [NONE; TOUCH_BUCKETS];
+/// Each walker's slow touches per latency bucket since the boot CPU last printed them (the
+/// walker adds, the boot CPU takes them away).
+static TOUCHES: [[AtomicU32; TOUCH_BUCKETS]; MAX_APS + 1] = [EMPTY; MAX_APS + 1];
 /// Set by the boot CPU on the power button: the workers return.
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -151,6 +170,7 @@ struct Walker {
     clock: Clock,
     rewrites: u64,
     stats: &'static Stats,
+    touches: &'static [AtomicU32; TOUCH_BUCKETS],
 }
 
 impl Walker {
@@ -164,12 +184,16 @@ impl Walker {
         ] {
             a.store(0, Ordering::Relaxed);
         }
+        for c in &TOUCHES[k] {
+            c.store(0, Ordering::Relaxed);
+        }
         Self {
             part,
             walk: Walk::new(part.count),
             clock: Clock::new(),
             rewrites: 0,
             stats,
+            touches: &TOUCHES[k],
         }
     }
 
@@ -200,9 +224,16 @@ impl Walker {
         // SAFETY: page `i` is in this walker's share, which no other walker touches while
         // the walk runs (see `run`).
         let (page, gen) = unsafe { (&mut *self.part.mem.add(i), &mut *self.part.gens.add(i)) };
+        let t = self.part.touch_ns.map(|_| now_ns());
         let g = gen.wrapping_add(1);
         fill(page, i as u64, u64::from(g));
         *gen = g;
+        if let (Some(t), Some(slow)) = (t, self.part.touch_ns) {
+            let took = now_ns().saturating_sub(t);
+            if took >= slow {
+                self.touches[touch_bucket(took / 1000)].fetch_add(1, Ordering::Relaxed);
+            }
+        }
         self.rewrites += 1;
         self.stats.rewrites.store(self.rewrites, Ordering::Relaxed);
         self.stats.sweeps.store(self.walk.sweeps, Ordering::Relaxed);
@@ -237,6 +268,37 @@ fn totals(n: usize) -> (u64, u64, u64, u64) {
             .unwrap_or(0),
         s.iter().map(|s| s.backwards.load(Ordering::Relaxed)).sum(),
     )
+}
+
+/// The walkers' slow touches since the last call, taken away from their counts.
+struct Touches([u32; TOUCH_BUCKETS]);
+
+impl Touches {
+    fn take(n: usize) -> Self {
+        let mut h = [0u32; TOUCH_BUCKETS];
+        for w in &TOUCHES[..n] {
+            for (sum, c) in h.iter_mut().zip(w) {
+                *sum += c.swap(0, Ordering::Relaxed);
+            }
+        }
+        Self(h)
+    }
+
+    fn count(&self) -> u64 {
+        self.0.iter().map(|&c| u64::from(c)).sum()
+    }
+}
+
+/// `us=<bucket's first microsecond>:<touches>,...` over the buckets that have any.
+impl core::fmt::Display for Touches {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let mut sep = "us=";
+        for (b, &c) in self.0.iter().enumerate().filter(|(_, &c)| c != 0) {
+            write!(f, "{}{}:{}", sep, touch_floor(b), c)?;
+            sep = ",";
+        }
+        Ok(())
+    }
 }
 
 /// `probe.test=mem-walk`.
@@ -286,6 +348,7 @@ pub fn run(ctx: &mut Ctx) -> u32 {
             first,
             count: pages * (k as u64 + 1) / cpus as u64 - first,
             rate,
+            touch_ns: p.touch_us.map(|us| us * 1000),
         }
     };
     out!(
@@ -340,6 +403,17 @@ pub fn run(ctx: &mut Ctx) -> u32 {
                 rewrites,
                 stall / 1_000_000
             );
+            if p.touch_us.is_some() {
+                let touches = Touches::take(cpus);
+                if touches.count() != 0 {
+                    out!(
+                        "PROBE mem-walk touches t={} slow={} {}",
+                        Secs(w.clock.elapsed),
+                        touches.count(),
+                        touches
+                    );
+                }
+            }
             pending = w.clock.skip();
             let e = w.clock.elapsed;
             next_report = next_report.max(e - e % interval) + interval;
