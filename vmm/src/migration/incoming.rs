@@ -159,10 +159,8 @@ impl Incoming {
                 // The file's holes are zero pages: not missing (a fault there is zeroed).
                 let (data, hole) = data_range(f.as_raw_fd(), base + pos, base + len);
                 let (data, hole) = (data - base, hole - base);
-                let mut p = data;
-                while p < hole {
-                    missing.insert(gpa + p);
-                    p += PAGE as u64;
+                if data < hole {
+                    missing.insert_range(gpa + data, (hole - data).div_ceil(PAGE as u64));
                 }
                 pos = hole.max(pos + PAGE as u64);
             }
@@ -289,11 +287,7 @@ fn receive_stream<R: std::io::Read>(
             p.transferred += u64::from(n) * PAGE as u64;
         }),
         Step::Zeros(n) => shared.update(|p| p.duplicate += u64::from(n)),
-        Step::Discard { gpa, count } => {
-            for i in 0..u64::from(count) {
-                missing.insert(gpa + i * PAGE as u64);
-            }
-        }
+        Step::Discard { gpa, count } => missing.insert_range(gpa, u64::from(count)),
     })?;
     Ok(loaded)
 }

@@ -303,10 +303,9 @@ impl Sender<'_> {
                     None => (off + pos, off + len),
                 };
                 let (data, hole) = (data - off, hole - off);
-                let mut p = data.max(from);
-                while p < hole {
-                    set.insert(start.0 + p);
-                    p += PAGE as u64;
+                let p = data.max(from);
+                if p < hole {
+                    set.insert_range(start.0 + p, (hole - p).div_ceil(PAGE as u64));
                 }
                 pos = hole.max(pos + PAGE as u64);
             }

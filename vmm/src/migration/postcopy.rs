@@ -180,6 +180,31 @@ impl PageSet {
         self.bits[(i / 64) as usize].fetch_or(bit, Ordering::AcqRel) & bit == 0
     }
 
+    /// Adds `count` pages from `gpa` (the part inside one region of RAM), a word at a time.
+    pub fn insert_range(&self, gpa: u64, count: u64) {
+        let Some(&(start, pages, base)) = self
+            .regions
+            .iter()
+            .find(|&&(start, pages, _)| gpa >= start && gpa < start + pages * PAGE)
+        else {
+            return;
+        };
+        let first = base + (gpa - start) / PAGE;
+        let end = first + count.min(pages - (gpa - start) / PAGE);
+        let mut i = first;
+        while i < end {
+            let bit = i % 64;
+            let n = (64 - bit).min(end - i);
+            let mask = if n == 64 {
+                !0
+            } else {
+                ((1u64 << n) - 1) << bit
+            };
+            self.bits[(i / 64) as usize].fetch_or(mask, Ordering::AcqRel);
+            i += n;
+        }
+    }
+
     /// Takes the page at `gpa` out; `true` if it was in the set (exactly one caller sees
     /// `true` for each insertion).
     pub fn remove(&self, gpa: u64) -> bool {
@@ -304,6 +329,15 @@ mod tests {
         assert_eq!(s.next_from(134).map(|p| p.1), Some(PAGE), "wraps");
         assert!(s.remove(PAGE));
         assert!(!s.remove(PAGE));
+        let r = PageSet::new(&[(0, 200 * PAGE), (1 << 32, 10 * PAGE)]);
+        r.insert_range(3 * PAGE, 130);
+        r.insert_range((1 << 32) + 8 * PAGE, 5);
+        assert_eq!(
+            r.runs(1 << 20),
+            [(3 * PAGE, 130), ((1 << 32) + 8 * PAGE, 2)]
+        );
+        r.insert_range(190 * PAGE, 64);
+        assert_eq!(r.count(), 130 + 2 + 10);
         assert_eq!(s.next_from(0).map(|p| p.1), Some((1 << 32) + 129 * PAGE));
         for p in 0..4 {
             s.insert(p * PAGE);
