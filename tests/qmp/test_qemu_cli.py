@@ -333,11 +333,13 @@ def test_migration_capabilities(vm):
     with RawQmp(vm.sock) as q:
         q.negotiate()
         assert q.cmd("query-migrate-capabilities") == \
-            {"return": [{"capability": "events", "state": False}]}
+            {"return": [{"capability": "events", "state": False},
+                        {"capability": "postcopy-ram", "state": False}]}
         on = {"capabilities": [{"capability": "events", "state": True}]}
         assert q.cmd("migrate-set-capabilities", on) == {"return": {}}
         assert q.cmd("query-migrate-capabilities") == \
-            {"return": [{"capability": "events", "state": True}]}
+            {"return": [{"capability": "events", "state": True},
+                        {"capability": "postcopy-ram", "state": False}]}
         bad = {"capabilities": [{"capability": "xbzrle", "state": True}]}
         assert q.cmd("migrate-set-capabilities", bad)["error"] == {
             "class": "GenericError",
