@@ -11,16 +11,21 @@
 //! on both engines.
 //!
 //! Each request runs its backend operations one after the other (a discard or write-zeroes
-//! request may hold several ranges), each operation in steps: reads and writes in chunks of at
-//! most [`CHUNK`] bytes through the request's own bounce buffer (copied from or to guest
-//! memory on this thread, only while the request's ticket is live, as on the thread engine),
-//! resubmitted after a short transfer; flushes as `fdatasync`; discards as a hole punch;
+//! request may hold several ranges), each operation in steps: reads in chunks of at most
+//! [`CHUNK`] bytes through the request's own bounce buffer (copied to guest memory on this
+//! thread, only while the request's ticket is live, as on the thread engine), writes straight
+//! from guest memory (`IORING_OP_WRITEV` over the request's buffers; through the bounce
+//! buffer only when `O_DIRECT` cannot take the guest's buffers as they are: not 4 KiB
+//! aligned, or more than [`MAX_IOV`] pieces), each resubmitted after a short transfer; flushes as `fdatasync`; discards as a hole punch;
 //! write-zeroes as a hole punch (when unmapping is allowed), then `FALLOC_FL_ZERO_RANGE`,
 //! then plain writes of zeroes, each falling back when the host does not support it.
 //!
 //! A yanked request keeps its bounce buffer until its last completion arrives; a request still
 //! in the kernel when the device goes away leaves its buffer behind (leaked) rather than free
-//! memory the kernel may still write.
+//! memory the kernel may still write. Reads bounce so that a yanked read's late data never
+//! lands in guest memory the guest was told is free again; a yanked write that the kernel
+//! still carries out writes what the guest's buffer holds then, to the range of a write the
+//! guest saw fail (whose contents are undefined either way).
 
 use std::collections::HashMap;
 use std::io;
@@ -38,6 +43,18 @@ use super::request::{complete, io_bufs, status_of, ChainError, Op, Outcome, Pars
 
 /// Largest read or write step, and the bounce buffer's largest size.
 pub const CHUNK: usize = 1 << 20;
+
+/// Most pieces of guest memory one direct write takes (Linux's `UIO_MAXIOV`).
+pub const MAX_IOV: usize = 1024;
+
+/// The iovecs of a direct write, pointing into guest memory (which lives as long as the VM,
+/// longer than any request).
+#[derive(Default)]
+struct GuestIov(Vec<libc::iovec>);
+
+// SAFETY: the pointers are addresses of guest memory, valid from any thread for the VM's
+// life; the vector is only read by the kernel while the request is on the ring.
+unsafe impl Send for GuestIov {}
 
 /// Bounce buffer sizes: a request's buffer is the smallest that holds its first chunk.
 const SIZE_CLASSES: [usize; 4] = [4096, 65536, 262_144, CHUNK];
@@ -91,8 +108,12 @@ struct Job {
     /// The current chunk's length.
     chunk: usize,
     phase: ZeroPhase,
-    /// The bounce buffer (reads and writes).
+    /// The bounce buffer (reads, and writes that cannot go direct).
     buf: Option<AlignedBuf>,
+    /// The guest memory of the current direct write step.
+    iov: GuestIov,
+    /// The bounce buffer holds the current chunk of a write.
+    gathered: bool,
     /// Data bytes written to the guest.
     written: u64,
 }
@@ -171,6 +192,8 @@ impl Ring {
             chunk: 0,
             phase: ZeroPhase::Punch,
             buf: None,
+            iov: GuestIov::default(),
+            gathered: false,
             written: 0,
         };
         let next = self.begin_op(&mut job, mem, backend);
@@ -244,6 +267,7 @@ impl Ring {
             if let Some(buf) = job.buf {
                 std::mem::forget(buf);
             }
+            std::mem::forget(job.iov);
         }
         if let Some(z) = self.zeroes.take() {
             std::mem::forget(z);
@@ -263,8 +287,9 @@ impl Ring {
             match next {
                 Next::Submit(entry) => {
                     let entry = entry.user_data(id);
-                    // SAFETY: the entry points at the job's bounce buffer or at the ring's zero
-                    // buffer, both kept alive until its completion is reaped: the job goes into
+                    // SAFETY: the entry points at the job's bounce buffer, at the ring's zero
+                    // buffer, or at the job's iovecs (of guest memory, which outlives the
+                    // ring), all kept alive until its completion is reaped: the job goes into
                     // `self.jobs` right below, and `shut_down` leaks what is still in flight.
                     let pushed = unsafe { self.ring.submission().push(&entry).is_ok() }
                         || (self.ring.submit().is_ok()
@@ -391,6 +416,11 @@ impl Ring {
         if job.chunk_done == 0 {
             job.chunk = (op.len - job.pos).min(CHUNK as u64) as usize;
         }
+        if op.kind == IoKind::Write {
+            if let Some(next) = self.direct_write(job, mem, op) {
+                return next;
+            }
+        }
         let zero_write = op.kind == IoKind::WriteZeroes;
         if zero_write {
             if self.zeroes.is_none() {
@@ -405,8 +435,9 @@ impl Ring {
                 Err(e) => return self.fail_op(job, e, backend),
             }
         }
-        // A write copies its chunk from guest memory before the first submission of it.
-        if op.kind == IoKind::Write && job.chunk_done == 0 {
+        // A write copies its chunk from guest memory before the first submission of it
+        // through the buffer.
+        if op.kind == IoKind::Write && !job.gathered {
             let (Some(buf), Some(bufs)) = (job.buf.as_mut(), guest_bufs(&job.parsed, mem)) else {
                 return self.fail_op(job, io::Error::from_raw_os_error(libc::EFAULT), backend);
             };
@@ -418,6 +449,7 @@ impl Ring {
             {
                 return Next::Abandoned;
             }
+            job.gathered = true;
         }
         let base = if zero_write {
             self.zeroes.as_mut().map(AlignedBuf::as_mut_ptr)
@@ -438,6 +470,60 @@ impl Ring {
                 .offset(at)
                 .build(),
         })
+    }
+
+    /// The current write step straight from guest memory, unless it must bounce (`None`).
+    fn direct_write(&mut self, job: &mut Job, mem: &GuestMemoryMmap, op: HostOp) -> Option<Next> {
+        if job.buf.is_some() {
+            // This write bounced from its first step: it goes on so.
+            return None;
+        }
+        if job.admitted.ticket().is_abandoned() {
+            // A yank: the kernel is not handed guest memory the guest may reuse.
+            return Some(Next::Abandoned);
+        }
+        let bufs = guest_bufs(&job.parsed, mem)?;
+        let from = job.pos + job.chunk_done as u64;
+        let len = (job.chunk - job.chunk_done) as u64;
+        let direct = job.file.direct();
+        let mut iov = std::mem::take(&mut job.iov.0);
+        iov.clear();
+        let mut skip = from;
+        let mut left = len;
+        for b in &bufs {
+            if left == 0 {
+                break;
+            }
+            let blen = b.len() as u64;
+            if skip >= blen {
+                skip -= blen;
+                continue;
+            }
+            let n = (blen - skip).min(left);
+            let base = b.ptr_guard_mut().as_ptr() as usize + skip as usize;
+            iov.push(libc::iovec {
+                iov_base: base as *mut libc::c_void,
+                iov_len: n as usize,
+            });
+            skip = 0;
+            left -= n;
+        }
+        // O_DIRECT needs 4 KiB aligned memory (the bounce buffer's alignment) and 512-byte
+        // lengths; a short transfer resumes where the kernel stopped, which may break that.
+        let aligned = |v: &libc::iovec| {
+            (v.iov_base as usize).is_multiple_of(block::buf::DIRECT_MEM_ALIGN)
+                && v.iov_len.is_multiple_of(512)
+        };
+        if left != 0 || iov.len() > MAX_IOV || (direct && !iov.iter().all(aligned)) {
+            job.iov.0 = iov;
+            return None;
+        }
+        let at = op.offset + from;
+        let entry = opcode::Writev::new(types::Fd(job.file.fd()), iov.as_ptr(), iov.len() as u32)
+            .offset(at)
+            .build();
+        job.iov.0 = iov;
+        Some(Next::Submit(entry))
     }
 
     /// A completion `res` of `job`'s current step: what comes next.
@@ -520,6 +606,7 @@ impl Ring {
                 }
                 job.pos += job.chunk as u64;
                 job.chunk_done = 0;
+                job.gathered = false;
                 self.next_chunk(job, mem, backend)
             }
         }
