@@ -444,7 +444,6 @@ impl Machine {
             Err(None) => (MigrationStatus::Cancelled, None),
             Err(Some(e)) => (MigrationStatus::Failed, Some(e)),
         };
-        self.migration.end(status, error);
         if failed {
             // The images may have been handed over already: take them back.
             if let Err(e) = self.vm.devices_mut().activate_images() {
@@ -458,6 +457,9 @@ impl Machine {
             self.set_state(RunState::Postmigrate);
         }
         self.migration.was_running = false;
+        // The status changes for out-of-band readers (`query-migrate`) with its event, after
+        // the run state: whoever sees `failed` sees the guest running again.
+        self.migration.end(status, error);
         self.migration_event(status);
     }
 
