@@ -254,6 +254,13 @@ class HangFs:
             return
         try:
             self._call("release", ops=list(OPS))
+            # The woken callbacks answer the kernel before the daemon is told to go: one
+            # still inside when the daemon exits would fail its caller (ECONNABORTED). A
+            # callback leaves the gate just before its reply is sent, hence the short grace.
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while self.waiters() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.05)
         except (OSError, EOFError, TimeoutError, RuntimeError, ValueError):
             pass
         if mount_entry(self.path) and not unmount(self.path):
