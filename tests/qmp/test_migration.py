@@ -38,16 +38,21 @@ async def close(q):
         pass
 
 
-async def wait_status(q, wanted, timeout=HANG * 2):
-    """Polls query-migrate until its status is one of `wanted`; returns the info."""
+async def wait_for(q, cmd, key, wanted, timeout=HANG * 2):
+    """Polls `cmd` until its answer's `key` is one of `wanted`; returns the answer."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        info = await q.execute("query-migrate")
-        if info.get("status") in wanted:
-            return info
-        assert loop.time() < deadline, f"migration stuck: {info}"
+        got = await q.execute(cmd)
+        if got.get(key) in wanted:
+            return got
+        assert loop.time() < deadline, f"{cmd} stuck: {got}"
         await asyncio.sleep(0.02)
+
+
+async def wait_status(q, wanted, timeout=HANG * 2):
+    """Polls query-migrate until its status is one of `wanted`; returns the info."""
+    return await wait_for(q, "query-migrate", "status", wanted, timeout)
 
 
 async def migrate_fast(q, uri, wanted="completed"):

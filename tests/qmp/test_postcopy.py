@@ -19,7 +19,8 @@ from qemu.qmp import ExecuteError
 from qemu.qmp.events import EventListener
 
 from conftest import HANG, arun, listening, wait_until
-from test_migration import WALK, close, connect, finish_walk, start_pair, wait_incoming
+from test_migration import (WALK, close, connect, finish_walk, start_pair, wait_for,
+                            wait_incoming)
 
 RELAY = Path(__file__).with_name("relay.py")
 
@@ -27,17 +28,6 @@ RELAY = Path(__file__).with_name("relay.py")
 async def postcopy_on(q):
     await q.execute("migrate-set-capabilities",
                     {"capabilities": [{"capability": "postcopy-ram", "state": True}]})
-
-
-async def wait_for(q, cmd, key, wanted, timeout=HANG * 2):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        got = await q.execute(cmd)
-        if got.get(key) in wanted:
-            return got
-        assert loop.time() < deadline, f"{cmd}: {got}"
-        await asyncio.sleep(0.02)
 
 
 def statuses(listener):

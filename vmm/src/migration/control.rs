@@ -80,24 +80,10 @@ pub fn start_outgoing(
             "restore=uffd is for restoring (--incoming), not for saving",
         ));
     }
-    if machine.migration.postcopy_ram
-        && matches!(uri, MigrationUri::File(_) | MigrationUri::Exec(_))
-    {
-        return Err(QmpError::generic(
-            "Postcopy needs a two-way channel: unix:, tcp: or a socket fd: (not exec: or file:)",
-        ));
+    if machine.migration.postcopy_ram {
+        two_way(&uri)?;
     }
-    // A descriptor is taken now, so that a later `closefd` cannot race the thread.
-    let channel = match &uri {
-        MigrationUri::Fd(name) => {
-            let named = std::cell::Cell::new(machine.fds.take(name));
-            Some(
-                uri::connect(&uri, &|_| named.take())
-                    .map_err(|e| QmpError::generic(e.to_string()))?,
-            )
-        }
-        _ => None,
-    };
+    let channel = named_channel(machine, &uri)?;
     let setup =
         serde_json::to_vec(&machine.vm.setup()).map_err(|e| QmpError::generic(e.to_string()))?;
     let (shared, link) = machine.migration.begin(false);
@@ -203,6 +189,34 @@ pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::Mi
     Ok(())
 }
 
+/// Postcopy's channel must carry the return path.
+fn two_way(uri: &MigrationUri) -> Result<(), QmpError> {
+    if matches!(
+        uri,
+        MigrationUri::File(_) | MigrationUri::FileUffd(_) | MigrationUri::Exec(_)
+    ) {
+        return Err(QmpError::generic(
+            "Postcopy needs a two-way channel: unix:, tcp: or a socket fd: (not exec: or file:)",
+        ));
+    }
+    Ok(())
+}
+
+/// The channel of an `fd:NAME` URI, its descriptor taken from the session's names now (so
+/// that a later `closefd` cannot race the thread); `None` for other URIs.
+fn named_channel(
+    machine: &mut Machine,
+    uri: &MigrationUri,
+) -> Result<Option<uri::Channel>, QmpError> {
+    let MigrationUri::Fd(name) = uri else {
+        return Ok(None);
+    };
+    let named = std::cell::Cell::new(machine.fds.take(name));
+    uri::connect(uri, &|_| named.take())
+        .map(Some)
+        .map_err(|e| QmpError::generic(e.to_string()))
+}
+
 /// `migrate` with `resume`: a paused postcopy continues on `uri` (connected on the
 /// `migration` thread; an `fd:` name is taken here).
 fn resume_outgoing(machine: &mut Machine, uri: &str) -> Result<(), QmpError> {
@@ -217,24 +231,8 @@ fn resume_outgoing(machine: &mut Machine, uri: &str) -> Result<(), QmpError> {
         ));
     };
     let uri = MigrationUri::parse(uri).map_err(|e| QmpError::generic(e.to_string()))?;
-    if matches!(
-        uri,
-        MigrationUri::File(_) | MigrationUri::FileUffd(_) | MigrationUri::Exec(_)
-    ) {
-        return Err(QmpError::generic(
-            "Postcopy needs a two-way channel: unix:, tcp: or a socket fd: (not exec: or file:)",
-        ));
-    }
-    let channel = match &uri {
-        MigrationUri::Fd(name) => {
-            let named = std::cell::Cell::new(machine.fds.take(name));
-            Some(
-                uri::connect(&uri, &|_| named.take())
-                    .map_err(|e| QmpError::generic(e.to_string()))?,
-            )
-        }
-        _ => None,
-    };
+    two_way(&uri)?;
+    let channel = named_channel(machine, &uri)?;
     if !shared.set_resume(super::Resume::Connect(uri, channel)) {
         return Err(QmpError::generic("Migrate recovery is triggered already"));
     }

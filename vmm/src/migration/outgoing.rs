@@ -320,19 +320,7 @@ impl Sender<'_> {
     /// a broken stream pauses until `migrate` with `resume`.
     fn postcopy(&mut self, log: &DirtyLog, rest: PageSet) -> Result<(), MigrationError> {
         let down = Instant::now();
-        let (tx, rx) = channel();
-        self.job.link.send(Request::Pause(tx));
-        rx.recv().map_err(|_| MigrationError::MainLoop)?;
-        for b in &self.job.backends {
-            b.drain();
-        }
-        self.cancelled()?;
-        let (tx, rx) = channel();
-        self.job.link.send(Request::SaveState(tx));
-        let state = rx
-            .recv()
-            .map_err(|_| MigrationError::MainLoop)?
-            .map_err(MigrationError::State)?;
+        let state = self.stop_and_save(None)?;
         let last = log.sync()?;
         self.job.shared.update(|p| p.dirty_syncs += 1);
         for p in last.pages() {
@@ -643,20 +631,7 @@ impl Sender<'_> {
     /// whether it took them.
     fn switch(&mut self, log: &DirtyLog, before: DirtyPages) -> Result<(), MigrationError> {
         let down = Instant::now();
-        let (tx, rx) = channel();
-        self.job.link.send(Request::Pause(tx));
-        rx.recv().map_err(|_| MigrationError::MainLoop)?;
-        self.job.link.send(Request::Status(MigrationStatus::Device));
-        for b in &self.job.backends {
-            b.drain();
-        }
-        self.cancelled()?;
-        let (tx, rx) = channel();
-        self.job.link.send(Request::SaveState(tx));
-        let state = rx
-            .recv()
-            .map_err(|_| MigrationError::MainLoop)?
-            .map_err(MigrationError::State)?;
+        let state = self.stop_and_save(Some(MigrationStatus::Device))?;
         // Everything written after the last sync, the devices' last completions included.
         let mut last = log.sync()?;
         merge(&mut last, &before);
@@ -701,6 +676,29 @@ impl Sender<'_> {
             p.remaining = 0;
         });
         Ok(())
+    }
+
+    /// The guest stops (then the status is `status`, if any), its disks drain on this
+    /// thread, and the main loop saves the state and lets go of the images: the state.
+    fn stop_and_save(
+        &mut self,
+        status: Option<MigrationStatus>,
+    ) -> Result<Vec<u8>, MigrationError> {
+        let (tx, rx) = channel();
+        self.job.link.send(Request::Pause(tx));
+        rx.recv().map_err(|_| MigrationError::MainLoop)?;
+        if let Some(s) = status {
+            self.job.link.send(Request::Status(s));
+        }
+        for b in &self.job.backends {
+            b.drain();
+        }
+        self.cancelled()?;
+        let (tx, rx) = channel();
+        self.job.link.send(Request::SaveState(tx));
+        rx.recv()
+            .map_err(|_| MigrationError::MainLoop)?
+            .map_err(MigrationError::State)
     }
 
     /// Updates the counters after a pass that took `took`.
