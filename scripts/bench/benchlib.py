@@ -29,6 +29,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import select
 import signal
 import socket
 import statistics
@@ -218,6 +219,19 @@ class QmpClient:
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return line
+
+    def readable(self, wait: float) -> bool:
+        """Whether a line from the server is (or within `wait` seconds becomes) available."""
+        deadline = time.monotonic() + wait
+        while b"\n" not in self.buf:
+            left = max(0.0, deadline - time.monotonic())
+            if not select.select([self.s], [], [], left)[0]:
+                return False
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise EOFError("the VMM closed the QMP connection")
+            self.buf += chunk
+        return True
 
 
 # ---------------------------------------------------------------------------------------------

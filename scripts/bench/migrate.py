@@ -93,7 +93,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import shutil
 import signal
 import socket
@@ -225,7 +224,7 @@ class Qmp:
                     return e
             seen = len(self.events)
             left = deadline - time.monotonic()
-            if left <= 0 or not readable(self.c, left):
+            if left <= 0 or not self.c.readable(left):
                 names = [e["event"] + (f" {e['data'].get('status')}" if "data" in e else "")
                          for e in self.events]
                 raise Failed(f"no such event within {timeout:.0f} s; events so far: {names}")
@@ -233,20 +232,6 @@ class Qmp:
             if "event" not in msg:
                 raise Failed(f"unexpected reply {msg}")
             self.events.append(msg)
-
-
-def readable(c: benchlib.QmpClient, wait: float) -> bool:
-    """Whether a line from the server is (or within `wait` seconds becomes) available."""
-    deadline = time.monotonic() + wait
-    while b"\n" not in c.buf:
-        left = max(0.0, deadline - time.monotonic())
-        if not select.select([c.s], [], [], left)[0]:
-            return False
-        chunk = c.s.recv(65536)
-        if not chunk:
-            raise Failed("the VMM closed the QMP connection")
-        c.buf += chunk
-    return True
 
 
 def event_time(e: dict[str, Any]) -> float:
@@ -757,7 +742,7 @@ def oob_round_trips(c: benchlib.QmpClient, query: str, n: int, first_id: int,
         t0 = clock()
         c.s.sendall(req)
         while True:
-            if not readable(c, OOB_TIMEOUT):
+            if not c.readable(OOB_TIMEOUT):
                 raise Failed(f"{what}: no reply to exec-oob {query} (id {i}) within "
                              f"{OOB_TIMEOUT:.0f} s")
             line = c.line()
@@ -777,7 +762,7 @@ def oob_cmd(c: benchlib.QmpClient, cmd: str, args: dict[str, Any] | None, what: 
         req["arguments"] = args
     c.s.sendall(json.dumps(req).encode() + b"\n")
     while True:
-        if not readable(c, OOB_TIMEOUT):
+        if not c.readable(OOB_TIMEOUT):
             raise Failed(f"{what}: no reply to exec-oob {cmd} within {OOB_TIMEOUT:.0f} s")
         msg = json.loads(c.line())
         if "event" in msg:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import shutil
 import sys
 import tempfile
@@ -79,24 +78,10 @@ def argv(name: str, vmm: str, kernel: str, serial: str, paths: list[str]) -> lis
     return benchlib.qemu_argv(kernel, CMDLINE, MEM_MIB, serial=f"file:{serial}", extra=extra)
 
 
-def readable(c: benchlib.QmpClient, wait: float) -> bool:
-    """Whether a line from the server is (or within `wait` seconds becomes) available."""
-    deadline = time.monotonic() + wait
-    while b"\n" not in c.buf:
-        left = max(0.0, deadline - time.monotonic())
-        if not select.select([c.s], [], [], left)[0]:
-            return False
-        chunk = c.s.recv(65536)
-        if not chunk:
-            raise EOFError("the VMM closed the connection")
-        c.buf += chunk
-    return True
-
-
 def reply(c: benchlib.QmpClient, what: str) -> dict:
     """The next message (events skipped), within TIMEOUT seconds."""
     while True:
-        if not readable(c, TIMEOUT):
+        if not c.readable(TIMEOUT):
             raise SystemExit(f"no reply to {what} within {TIMEOUT:.0f} s")
         msg = json.loads(c.line())
         if "event" not in msg and "signal" not in msg:
@@ -145,7 +130,7 @@ def late_connection(name: str, path: str, query: str, requests: int,
     notes["late_greeting"] = "oob" in late.greeting["QMP"]["capabilities"]
     late.s.sendall(NEGOTIATE_OOB[0])
     t_neg = time.perf_counter()
-    notes["late_negotiated"] = readable(late, QUIET)
+    notes["late_negotiated"] = late.readable(QUIET)
     if notes["late_negotiated"]:
         neg = json.loads(late.line())
         if "return" not in neg:
@@ -189,7 +174,7 @@ def measure(name: str, vmm: str, kernel: str, requests: int, tmp: str) -> tuple[
                 t_stall = time.monotonic()
                 where = stalled_thread(fs, proc.pid)
                 notes.setdefault("stall", where)
-                if readable(stall, 0):
+                if stall.readable(0):
                     raise SystemExit(f"{name}: blockdev-add answered on hung storage: "
                                      f"{stall.buf!r}")
 
@@ -199,7 +184,7 @@ def measure(name: str, vmm: str, kernel: str, requests: int, tmp: str) -> tuple[
                     late = late_connection(name, paths[2], query, requests, notes)
 
                 # Still stalled after all that?
-                if readable(stall, 0):
+                if stall.readable(0):
                     raise SystemExit(f"{name}: blockdev-add answered before the release")
                 again = stalled_thread(fs, proc.pid)
                 if again != where:
