@@ -239,12 +239,11 @@ impl Source {
         s
     }
 
-    /// Puts the page at `gpa` in `todo`.
-    fn put(&mut self, gpa: u64) {
-        let added = self.todo.insert(gpa);
-        let want = index_of(gpa).is_some_and(|i| !std::mem::replace(&mut self.model[i], true));
-        assert_eq!(added, want, "insert({gpa:#x})");
-        if added {
+    /// The page at `gpa` was listed again (`insert_range`, as the source does): it is in
+    /// `todo`, and in the model.
+    fn listed(&mut self, gpa: u64) {
+        assert!(self.todo.contains(gpa), "insert_range left out {gpa:#x}");
+        if index_of(gpa).is_some_and(|i| !std::mem::replace(&mut self.model[i], true)) {
             self.len += 1;
         }
         // Listed again: it may go again.
@@ -345,8 +344,9 @@ impl Source {
                 return Then::Drop;
             }
             (Phase::Resuming, Reply::Pending(gpa, count)) if self.inside(gpa, count) => {
+                self.todo.insert_range(gpa, u64::from(count));
                 for i in 0..u64::from(count) {
-                    self.put(gpa + i * PAGE);
+                    self.listed(gpa + i * PAGE);
                 }
                 self.check_range(gpa, count);
             }

@@ -600,9 +600,7 @@ impl Sender<'_> {
             while let Some(line) = lines.next() {
                 match Reply::parse(&line)? {
                     Reply::Pending(gpa, n) if todo.contains_range(gpa, n) => {
-                        for i in 0..u64::from(n) {
-                            todo.insert(gpa + i * PAGE as u64);
-                        }
+                        todo.insert_range(gpa, u64::from(n));
                     }
                     // A vCPU's request may come before the list ends: served after it.
                     Reply::Req(..) => self.backlog.push(line),
