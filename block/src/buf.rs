@@ -10,46 +10,66 @@ use crate::node::IoBuf;
 
 /// Memory alignment of `O_DIRECT` buffers (the page size covers every host device).
 pub const DIRECT_MEM_ALIGN: usize = 4096;
+/// Offset and length alignment of `O_DIRECT` requests (the logical block size of common hosts).
+pub const DIRECT_REQ_ALIGN: u64 = 512;
+/// Most iovecs passed to one vectored read or write (Linux's `UIO_MAXIOV`).
+pub const IOV_MAX: usize = 1024;
 
-/// Copies bytes `skip..skip + dst.len()` of the concatenation of `bufs` into `dst`.
-pub fn gather(bufs: &[IoBuf<'_>], mut skip: u64, dst: &mut [u8]) {
-    let mut filled = 0;
-    for b in bufs {
-        if filled == dst.len() {
-            break;
+/// Whether `O_DIRECT` takes a transfer at `offset` over memory `pieces` (address, length)
+/// as it is: the offset, every length and the total 512-byte aligned, every address 4 KiB
+/// aligned.
+pub fn direct_ok(offset: u64, pieces: impl IntoIterator<Item = (usize, usize)>) -> bool {
+    let mut total = 0u64;
+    for (addr, len) in pieces {
+        if !addr.is_multiple_of(DIRECT_MEM_ALIGN) || !(len as u64).is_multiple_of(DIRECT_REQ_ALIGN)
+        {
+            return false;
         }
+        total += len as u64;
+    }
+    offset.is_multiple_of(DIRECT_REQ_ALIGN) && total.is_multiple_of(DIRECT_REQ_ALIGN)
+}
+
+/// The pieces of bytes `skip..skip + len` of the concatenation of `bufs`, in order (fewer
+/// bytes when `bufs` end first).
+pub fn window<'a, 'b>(
+    bufs: &'a [IoBuf<'b>],
+    mut skip: u64,
+    len: usize,
+) -> impl Iterator<Item = IoBuf<'b>> + 'a {
+    let mut left = len;
+    bufs.iter().filter_map(move |b| {
         let blen = b.len() as u64;
+        if left == 0 {
+            return None;
+        }
         if skip >= blen {
             skip -= blen;
-            continue;
+            return None;
         }
-        let n = ((blen - skip) as usize).min(dst.len() - filled);
-        if let Ok(s) = b.subslice(skip as usize, n) {
-            s.copy_to(&mut dst[filled..filled + n]);
-        }
-        filled += n;
+        let n = ((blen - skip) as usize).min(left);
+        let piece = b.subslice(skip as usize, n).ok();
+        left -= n;
         skip = 0;
+        piece
+    })
+}
+
+/// Copies bytes `skip..skip + dst.len()` of the concatenation of `bufs` into `dst`.
+pub fn gather(bufs: &[IoBuf<'_>], skip: u64, dst: &mut [u8]) {
+    let mut filled = 0;
+    for s in window(bufs, skip, dst.len()) {
+        s.copy_to(&mut dst[filled..filled + s.len()]);
+        filled += s.len();
     }
 }
 
 /// Copies `src` into bytes `skip..skip + src.len()` of the concatenation of `bufs`.
-pub fn scatter(bufs: &[IoBuf<'_>], mut skip: u64, src: &[u8]) {
+pub fn scatter(bufs: &[IoBuf<'_>], skip: u64, src: &[u8]) {
     let mut used = 0;
-    for b in bufs {
-        if used == src.len() {
-            break;
-        }
-        let blen = b.len() as u64;
-        if skip >= blen {
-            skip -= blen;
-            continue;
-        }
-        let n = ((blen - skip) as usize).min(src.len() - used);
-        if let Ok(s) = b.subslice(skip as usize, n) {
-            s.copy_from(&src[used..used + n]);
-        }
-        used += n;
-        skip = 0;
+    for s in window(bufs, skip, src.len()) {
+        s.copy_from(&src[used..used + s.len()]);
+        used += s.len();
     }
 }
 

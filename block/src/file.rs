@@ -15,16 +15,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::buf::{gather, scatter, AlignedBuf, DIRECT_MEM_ALIGN};
+use crate::buf::{direct_ok, gather, scatter, AlignedBuf, DIRECT_REQ_ALIGN, IOV_MAX};
 use crate::lock::{self, LockConflict, LockError, Locking, Perms};
 use crate::node::{BlockNode, CacheMode, IoBuf, SECTOR_SIZE};
 
-/// Offset and length alignment of `O_DIRECT` requests (the logical block size of common hosts).
-const DIRECT_REQ_ALIGN: u64 = 512;
 /// Largest bounce buffer and zero-write chunk.
 const CHUNK: u64 = 1 << 20;
-/// Most iovecs passed to one `preadv`/`pwritev` (Linux's `UIO_MAXIOV`).
-const IOV_MAX: usize = 1024;
 
 /// Errors of [`FileNode::open`]. Each says its cause once: an underlying `io::Error` is the
 /// error's source, never part of its text.
@@ -307,16 +303,12 @@ impl FileNode {
     }
 
     fn needs_bounce(&self, offset: u64, bufs: &[IoBuf<'_>]) -> bool {
-        if !self.cache.direct() {
-            return false;
-        }
-        let total: u64 = bufs.iter().map(|b| b.len() as u64).sum();
-        !offset.is_multiple_of(DIRECT_REQ_ALIGN)
-            || !total.is_multiple_of(DIRECT_REQ_ALIGN)
-            || bufs.iter().any(|b| {
-                !(b.ptr_guard().as_ptr() as usize).is_multiple_of(DIRECT_MEM_ALIGN)
-                    || !(b.len() as u64).is_multiple_of(DIRECT_REQ_ALIGN)
-            })
+        self.cache.direct()
+            && !direct_ok(
+                offset,
+                bufs.iter()
+                    .map(|b| (b.ptr_guard().as_ptr() as usize, b.len())),
+            )
     }
 
     /// Runs `preadv`/`pwritev` until every byte of `bufs` is transferred. A read that meets the

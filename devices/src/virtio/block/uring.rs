@@ -16,7 +16,7 @@
 //! thread, only while the request's ticket is live, as on the thread engine), writes straight
 //! from guest memory (`IORING_OP_WRITEV` over the request's buffers; through the bounce
 //! buffer only when `O_DIRECT` cannot take the guest's buffers as they are: not 4 KiB
-//! aligned, or more than [`MAX_IOV`] pieces), each resubmitted after a short transfer; flushes as `fdatasync`; discards as a hole punch;
+//! aligned, or more than [`IOV_MAX`] pieces), each resubmitted after a short transfer; flushes as `fdatasync`; discards as a hole punch;
 //! write-zeroes as a hole punch (when unmapping is allowed), then `FALLOC_FL_ZERO_RANGE`,
 //! then plain writes of zeroes, each falling back when the host does not support it.
 //!
@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::GuestMemoryMmap;
-use block::buf::{gather, scatter, AlignedBuf};
+use block::buf::{direct_ok, gather, scatter, window, AlignedBuf, IOV_MAX};
 use block::{Admitted, Backend, HostFile, IoKind};
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -43,9 +43,6 @@ use super::request::{complete, io_bufs, status_of, ChainError, Op, Outcome, Pars
 
 /// Largest read or write step, and the bounce buffer's largest size.
 pub const CHUNK: usize = 1 << 20;
-
-/// Most pieces of guest memory one direct write takes (Linux's `UIO_MAXIOV`).
-pub const MAX_IOV: usize = 1024;
 
 /// The iovecs of a direct write, pointing into guest memory (which lives as long as the VM,
 /// longer than any request).
@@ -485,40 +482,21 @@ impl Ring {
         let bufs = guest_bufs(&job.parsed, mem)?;
         let from = job.pos + job.chunk_done as u64;
         let len = (job.chunk - job.chunk_done) as u64;
-        let direct = job.file.direct();
+        let at = op.offset + from;
         let mut iov = std::mem::take(&mut job.iov.0);
         iov.clear();
-        let mut skip = from;
-        let mut left = len;
-        for b in &bufs {
-            if left == 0 {
-                break;
-            }
-            let blen = b.len() as u64;
-            if skip >= blen {
-                skip -= blen;
-                continue;
-            }
-            let n = (blen - skip).min(left);
-            let base = b.ptr_guard_mut().as_ptr() as usize + skip as usize;
-            iov.push(libc::iovec {
-                iov_base: base as *mut libc::c_void,
-                iov_len: n as usize,
-            });
-            skip = 0;
-            left -= n;
-        }
-        // O_DIRECT needs 4 KiB aligned memory (the bounce buffer's alignment) and 512-byte
-        // lengths; a short transfer resumes where the kernel stopped, which may break that.
-        let aligned = |v: &libc::iovec| {
-            (v.iov_base as usize).is_multiple_of(block::buf::DIRECT_MEM_ALIGN)
-                && v.iov_len.is_multiple_of(512)
-        };
-        if left != 0 || iov.len() > MAX_IOV || (direct && !iov.iter().all(aligned)) {
+        iov.extend(window(&bufs, from, len as usize).map(|s| libc::iovec {
+            iov_base: s.ptr_guard_mut().as_ptr().cast(),
+            iov_len: s.len(),
+        }));
+        let whole = iov.iter().map(|v| v.iov_len as u64).sum::<u64>() == len;
+        // A short transfer resumes where the kernel stopped, which may break O_DIRECT's
+        // alignment: the rest then bounces.
+        let direct_fits = || direct_ok(at, iov.iter().map(|v| (v.iov_base as usize, v.iov_len)));
+        if !whole || iov.len() > IOV_MAX || (job.file.direct() && !direct_fits()) {
             job.iov.0 = iov;
             return None;
         }
-        let at = op.offset + from;
         let entry = opcode::Writev::new(types::Fd(job.file.fd()), iov.as_ptr(), iov.len() as u32)
             .offset(at)
             .build();
