@@ -20,7 +20,7 @@ use super::faults::{host_of, Faults, HostRegions, PageSource, ReturnPath};
 use super::postcopy::{PageSet, Reply, MAX_LINE_PAGES};
 use super::receive::{self, Loaded, Step};
 use super::state::Setup;
-use super::stream::{data_range, FileLayout, Record, StreamError, StreamReader, PAGE};
+use super::stream::{data_ranges, FileLayout, Record, StreamError, StreamReader, PAGE};
 use super::uri::Incoming as Endpoint;
 use super::{Job, Link, MigrationError, Request, Resume, Shared};
 use crate::uffd::Uffd;
@@ -154,15 +154,9 @@ impl Incoming {
         let missing = Arc::new(PageSet::new(&ram));
         let mut base = layout.ram_offset;
         for &(gpa, len, _) in &regions {
-            let mut pos = 0u64;
-            while pos < len {
-                // The file's holes are zero pages: not missing (a fault there is zeroed).
-                let (data, hole) = data_range(f.as_raw_fd(), base + pos, base + len);
-                let (data, hole) = (data - base, hole - base);
-                if data < hole {
-                    missing.insert_range(gpa + data, (hole - data).div_ceil(PAGE as u64));
-                }
-                pos = hole.max(pos + PAGE as u64);
+            // The file's holes are zero pages: not missing (a fault there is zeroed).
+            for (data, hole) in data_ranges(Some(f.as_raw_fd()), base, base + len) {
+                missing.insert_range(gpa + data - base, (hole - data).div_ceil(PAGE as u64));
             }
             base += len;
         }

@@ -20,7 +20,8 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 
 use super::postcopy::{take_lines, PageSet, Reply};
 use super::stream::{
-    data_range, punch_hole, FileLayout, StreamWriter, FILE_HEADER, MAX_DISCARD, MAX_RUN, PAGE,
+    data_range, data_ranges, punch_hole, FileLayout, StreamWriter, FILE_HEADER, MAX_DISCARD,
+    MAX_RUN, PAGE,
 };
 use super::uri::{Channel, MigrationUri};
 use super::{Link, MigrationError, Request, Resume, Shared};
@@ -282,32 +283,26 @@ impl Sender<'_> {
         set
     }
 
-    /// The pages of the memory file's data ranges from `at` on: what the first pass had
-    /// still to send when postcopy cut it.
-    fn data_pages_from(&self, at: u64) -> PageSet {
-        let ram: Vec<(u64, u64)> = self.regions.iter().map(|r| (r.0 .0, r.1)).collect();
-        let set = PageSet::new(&ram);
-        let fd = self
-            .job
+    /// The VMM's own memory file, whose holes are pages never written (a snapshot mapped
+    /// privately has the guest's writes outside its file: none then).
+    fn memory_file(&self) -> Option<RawFd> {
+        self.job
             .mem
             .iter()
             .next()
             .filter(|_| crate::memory::is_own_memory(&self.job.mem))
-            .and_then(|r| r.file_offset().map(|f| f.file().as_raw_fd()));
+            .and_then(|r| r.file_offset().map(|f| f.file().as_raw_fd()))
+    }
+
+    /// The pages of the memory file's data ranges from `at` on: what the first pass had
+    /// still to send when postcopy cut it.
+    fn data_pages_from(&self, at: u64) -> PageSet {
+        let set = self.page_set(std::iter::empty());
+        let fd = self.memory_file();
         for &(start, len, off) in &self.regions {
             let from = at.saturating_sub(start.0).min(len);
-            let mut pos = from;
-            while pos < len {
-                let (data, hole) = match fd {
-                    Some(fd) => data_range(fd, off + pos, off + len),
-                    None => (off + pos, off + len),
-                };
-                let (data, hole) = (data - off, hole - off);
-                let p = data.max(from);
-                if p < hole {
-                    set.insert_range(start.0 + p, (hole - p).div_ceil(PAGE as u64));
-                }
-                pos = hole.max(pos + PAGE as u64);
+            for (data, hole) in data_ranges(fd, off + from, off + len) {
+                set.insert_range(start.0 + data - off, (hole - data).div_ceil(PAGE as u64));
             }
         }
         set
@@ -726,15 +721,7 @@ impl Sender<'_> {
     /// were never written and are zeros on the destination too.
     fn send_all(&mut self) -> Result<PassCount, MigrationError> {
         let mut count = PassCount::default();
-        // Only the VMM's own memory file's holes are pages never written (a snapshot mapped
-        // privately has the guest's writes outside the file).
-        let fd = self
-            .job
-            .mem
-            .iter()
-            .next()
-            .filter(|_| crate::memory::is_own_memory(&self.job.mem))
-            .and_then(|r| r.file_offset().map(|f| f.file().as_raw_fd()));
+        let fd = self.memory_file();
         let regions = self.regions.clone();
         for (start, len, off) in regions {
             let mut pos = 0u64;

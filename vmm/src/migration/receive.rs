@@ -18,7 +18,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryReg
 
 use super::state::Setup;
 use super::stream::{
-    data_range, punch_hole, FileLayout, Record, StreamError, StreamReader, MAX_RUN, PAGE,
+    data_ranges, punch_hole, FileLayout, Record, StreamError, StreamReader, MAX_RUN, PAGE,
 };
 
 /// Errors of loading what a source sent.
@@ -226,14 +226,9 @@ pub fn load_file_ram(
     let mut buf = Vec::new();
     for r in mem.iter() {
         let (start, len) = (r.start_addr(), r.len());
-        let mut pos = 0u64;
-        while pos < len {
-            let base = layout.ram_offset + file_off;
-            let (data, hole) = data_range(f.as_raw_fd(), base + pos, base + len);
+        let base = layout.ram_offset + file_off;
+        for (data, hole) in data_ranges(Some(f.as_raw_fd()), base, base + len) {
             let (data, hole) = (data - base, hole - base);
-            if data >= hole {
-                break;
-            }
             buf.resize((hole - data).min(1 << 20) as usize, 0);
             let mut at = 0u64;
             while at < hole - data {
@@ -247,7 +242,6 @@ pub fn load_file_ram(
                 at += n as u64;
             }
             loaded += hole - data;
-            pos = hole;
         }
         file_off += len;
     }
@@ -260,15 +254,9 @@ pub fn load_file_ram(
 /// Guest RAM is not the VM's own memory file (a snapshot's, mapped privately: never
 /// punched), or the memory file refused the hole.
 pub fn discard_ram(mem: &GuestMemoryMmap) -> Result<(), LoadError> {
-    if !crate::memory::is_own_memory(mem) {
-        return Err(LoadError::NotOwnMemory);
-    }
     for r in mem.iter() {
-        let Some(f) = r.file_offset() else {
-            continue;
-        };
         // The mapping stays valid: a punched page of the memory file reads as zeros.
-        punch_hole(f.file().as_raw_fd(), f.start(), r.len()).map_err(LoadError::Receive)?;
+        discard_pages(mem, r.start_addr(), r.len())?;
     }
     Ok(())
 }

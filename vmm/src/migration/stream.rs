@@ -574,6 +574,27 @@ pub fn data_range(fd: RawFd, from: u64, end: u64) -> (u64, u64) {
     (data, hole.next_multiple_of(page).min(end))
 }
 
+/// The page-aligned ranges `[data, hole)` of `fd` between `from` and `end` that hold data,
+/// in order ([`data_range`] after [`data_range`]); without a descriptor, all of it.
+pub fn data_ranges(fd: Option<RawFd>, from: u64, end: u64) -> impl Iterator<Item = (u64, u64)> {
+    let mut pos = from;
+    std::iter::from_fn(move || {
+        if pos >= end {
+            return None;
+        }
+        let (data, hole) = match fd {
+            Some(fd) => data_range(fd, pos, end),
+            None => (pos, end),
+        };
+        if data >= hole {
+            pos = end;
+            return None;
+        }
+        pos = hole;
+        Some((data, hole))
+    })
+}
+
 /// Makes `len` bytes at `offset` of the file `fd` a hole (zeros; the space is freed).
 ///
 /// # Errors
