@@ -37,6 +37,8 @@
 #![no_main]
 #![allow(dead_code)]
 
+#[path = "../../../vmm/src/error.rs"]
+mod error;
 #[path = "../../../vmm/src/layout.rs"]
 mod layout;
 #[path = "../../../vmm/src/memory.rs"]
@@ -125,13 +127,7 @@ fn world() -> &'static Mutex<World> {
 }
 
 fn one_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
+    let s = error::chain(e);
     assert!(
         !s.is_empty() && !s.contains('\n'),
         "error not one line: {s:?}"

@@ -46,6 +46,8 @@
 
 #![no_main]
 
+#[path = "../../../vmm/src/error.rs"]
+mod error;
 #[path = "../../../vmm/src/migration/postcopy.rs"]
 mod postcopy;
 
@@ -102,13 +104,7 @@ fn in_ram(gpa: u64, count: u32) -> bool {
 }
 
 fn one_line(e: &dyn std::error::Error) {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
+    let s = error::chain(e);
     assert!(
         !s.is_empty() && !s.contains('\n'),
         "error not one line: {s:?}"
