@@ -102,6 +102,14 @@ def wait_incoming(uri):
         wait_until(lambda: listening((host, int(port))), what=f"incoming {uri}")
 
 
+def start_walking_pair(vmm_factory, tmp_path, uri, **kw):
+    """`start_pair` on `uri`, once the destination listens and the source's walker runs."""
+    src, dst = start_pair(vmm_factory, tmp_path, uri, **kw)
+    wait_incoming(uri)
+    src.wait_serial("PROBE mem-walk progress")
+    return src, dst
+
+
 def finish_walk(dst):
     """The power button on the destination: every page verifies, vmm exits 0."""
     async def press():
@@ -120,9 +128,7 @@ def finish_walk(dst):
 
 def test_unix_migration_of_a_memory_walker(vmm_factory, tmp_path):
     uri = f"unix:{tmp_path / 'mig.sock'}"
-    src, dst = start_pair(vmm_factory, tmp_path, uri)
-    wait_incoming(uri)
-    src.wait_serial("PROBE mem-walk progress")
+    src, dst = start_walking_pair(vmm_factory, tmp_path, uri)
 
     async def body():
         s = await connect(src.sock)
@@ -227,9 +233,7 @@ def test_tcp_migration_with_disk_io_running(vmm_factory, tmp_path):
 
 def test_cancel_then_retry(vmm_factory, tmp_path):
     uri = f"unix:{tmp_path / 'mig.sock'}"
-    src, dst = start_pair(vmm_factory, tmp_path, uri)
-    wait_incoming(uri)
-    src.wait_serial("PROBE mem-walk progress")
+    src, dst = start_walking_pair(vmm_factory, tmp_path, uri)
 
     async def cancel():
         s = await connect(src.sock)
@@ -276,9 +280,7 @@ def start_pair_dst(vmm_factory, tmp_path, uri, sock, cmdline=WALK, extra=()):
 
 def test_destination_that_dies_leaves_the_source_running(vmm_factory, tmp_path):
     uri = f"unix:{tmp_path / 'mig.sock'}"
-    src, dst = start_pair(vmm_factory, tmp_path, uri)
-    wait_incoming(uri)
-    src.wait_serial("PROBE mem-walk progress")
+    src, dst = start_walking_pair(vmm_factory, tmp_path, uri)
 
     async def body():
         s = await connect(src.sock)

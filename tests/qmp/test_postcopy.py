@@ -19,8 +19,8 @@ from qemu.qmp import ExecuteError
 from qemu.qmp.events import EventListener
 
 from conftest import HANG, arun, listening, wait_until
-from test_migration import (WALK, close, connect, finish_walk, start_pair, wait_for,
-                            wait_incoming)
+from test_migration import (WALK, close, connect, finish_walk, start_walking_pair,
+                            wait_for)
 
 RELAY = Path(__file__).with_name("relay.py")
 
@@ -57,9 +57,7 @@ def start_relay(tmp_path, target, rate=None):
 
 def test_postcopy_of_a_memory_walker(vmm_factory, tmp_path):
     uri = f"unix:{tmp_path / 'mig.sock'}"
-    src, dst = start_pair(vmm_factory, tmp_path, uri)
-    wait_incoming(uri)
-    src.wait_serial("PROBE mem-walk progress")
+    src, dst = start_walking_pair(vmm_factory, tmp_path, uri)
 
     async def body():
         s = await connect(src.sock)
@@ -101,9 +99,7 @@ def test_postcopy_of_a_memory_walker(vmm_factory, tmp_path):
 def test_a_frozen_relay_pauses_then_recovers(vmm_factory, tmp_path):
     mig = tmp_path / "mig.sock"
     uri = f"unix:{mig}"
-    src, dst = start_pair(vmm_factory, tmp_path, uri)
-    wait_incoming(uri)
-    src.wait_serial("PROBE mem-walk progress")
+    src, dst = start_walking_pair(vmm_factory, tmp_path, uri)
     relay, relay_uri = start_relay(tmp_path, str(mig), rate=2 << 20)
     recover = f"unix:{tmp_path / 'recover.sock'}"
 
@@ -186,9 +182,7 @@ def test_a_destination_killed_mid_postcopy_leaves_the_source_paused(vmm_factory,
     mig = tmp_path / "mig.sock"
     uri = f"unix:{mig}"
     extra = ["--disk", f"path={disk}"]
-    src, dst = start_pair(vmm_factory, tmp_path, uri, src_extra=extra, dst_extra=extra)
-    wait_incoming(uri)
-    src.wait_serial("PROBE mem-walk progress")
+    src, dst = start_walking_pair(vmm_factory, tmp_path, uri, src_extra=extra, dst_extra=extra)
     relay, relay_uri = start_relay(tmp_path, str(mig), rate=1 << 20)
 
     async def body():
