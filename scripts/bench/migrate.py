@@ -260,6 +260,13 @@ class Vm:
             raise
         self.qmp = Qmp(qmp_path)
 
+    def walking(self, settle: float = 0.0) -> None:
+        """Waits until the mem-walk guest has started and printed progress, then `settle`
+        seconds more."""
+        t, _ = self.serial.wait("PROBE mem-walk start")
+        self.serial.wait("PROBE mem-walk progress", after=t)
+        time.sleep(settle)
+
     def _drain(self) -> None:
         assert self.proc.stderr is not None
         for raw in self.proc.stderr:
@@ -420,9 +427,7 @@ def migrate_once(argv: ArgvFn, tmp: str, name: str, case: str, mem: int,
     src = Vm(argv(line, mem, src_qmp, None), src_qmp)
     dst = None
     try:
-        t, _ = src.serial.wait("PROBE mem-walk start")
-        src.serial.wait("PROBE mem-walk progress", after=t)
-        time.sleep(a.settle)
+        src.walking(a.settle)
         dst = Vm(argv(line, mem, dst_qmp, f"unix:{mig}"), dst_qmp, [mig])
         events = [{"capability": "events", "state": True}]
         params = {"max-bandwidth": a.max_bandwidth, "downtime-limit": a.downtime_limit}
@@ -479,8 +484,7 @@ def snapshot_once(argv: ArgvFn, tmp: str, name: str, mem: int,
     src = Vm(argv(line, mem, src_qmp, None), src_qmp)
     dst = None
     try:
-        t, _ = src.serial.wait("PROBE mem-walk start")
-        src.serial.wait("PROBE mem-walk progress", after=t)
+        src.walking()
         src.qmp.ok("stop")
         src.qmp.ok("migrate-set-parameters",
                    {"max-bandwidth": a.max_bandwidth, "downtime-limit": a.downtime_limit})
@@ -536,8 +540,7 @@ def restore_modes_once(argv: ArgvFn, tmp: str, mem: int,
     src = Vm(argv(line, mem, src_qmp, None), src_qmp)
     out: dict[str, float] = {}
     try:
-        t, _ = src.serial.wait("PROBE mem-walk start")
-        src.serial.wait("PROBE mem-walk progress", after=t)
+        src.walking()
         src.qmp.ok("stop")
         src.qmp.ok("migrate-set-parameters", {"max-bandwidth": a.max_bandwidth})
         src.qmp.ok("migrate", {"uri": f"file:{path}"})
@@ -667,9 +670,7 @@ def postcopy_once(argv: ArgvFn, tmp: str, name: str, case: str, mem: int,
     src = Vm(argv(line, mem, src_qmp, None), src_qmp)
     dst = None
     try:
-        t, _ = src.serial.wait("PROBE mem-walk start")
-        src.serial.wait("PROBE mem-walk progress", after=t)
-        time.sleep(a.settle)
+        src.walking(a.settle)
         dst = Vm(argv(line, mem, dst_qmp, f"unix:{mig}"), dst_qmp, [mig])
         postcopy_caps(name, src, dst)
         src.qmp.ok("migrate-set-parameters",
@@ -810,9 +811,7 @@ def oob_stall_once(argv: ArgvFn, tmp: str, name: str, mem: int,
     src = Vm(argv(line, mem, src_qmp, None) + oob_socket(name, src_oob), src_qmp, [src_oob])
     dst = relay = None
     try:
-        t, _ = src.serial.wait("PROBE mem-walk start")
-        src.serial.wait("PROBE mem-walk progress", after=t)
-        time.sleep(a.settle)
+        src.walking(a.settle)
         # The baseline: the same guest, no migration.
         so = benchlib.QmpClient(src_oob, negotiation=NEGOTIATE_OOB, timeout=OOB_TIMEOUT)
         oob_round_trips(so, query, a.oob_requests // 10, 0, f"{name} idle source")
