@@ -233,6 +233,29 @@ class QmpClient:
             self.buf += chunk
         return True
 
+    def oob_round_trips(self, query: str, n: int, first_id: int, timeout: float) -> list[int]:
+        """`n` exec-oob round trips of `query`, one at a time, in ns; each reply must carry
+        its id and a return (events in between are skipped). RuntimeError otherwise, or
+        when no reply comes within `timeout` seconds."""
+        samples = []
+        clock = time.perf_counter_ns
+        for i in range(first_id, first_id + n):
+            req = b'{"exec-oob": "%s", "id": %d}\n' % (query.encode(), i)
+            t0 = clock()
+            self.s.sendall(req)
+            while True:
+                if not self.readable(timeout):
+                    raise RuntimeError(f"no reply to exec-oob {query} (id {i}) within "
+                                       f"{timeout:.0f} s")
+                line = self.line()
+                if b'"event"' not in line:
+                    break
+            samples.append(clock() - t0)
+            msg = json.loads(line)
+            if msg.get("id") != i or "return" not in msg:
+                raise RuntimeError(f"exec-oob {query} id {i}: unexpected reply {line!r}")
+        return samples
+
 
 # ---------------------------------------------------------------------------------------------
 # Accounting from /proc

@@ -734,26 +734,11 @@ def postcopy_once(argv: ArgvFn, tmp: str, name: str, case: str, mem: int,
 
 def oob_round_trips(c: benchlib.QmpClient, query: str, n: int, first_id: int,
                     what: str) -> list[float]:
-    """`n` exec-oob round trips of `query`, one at a time, in microseconds; each reply must
-    carry its id and a return (events in between are skipped)."""
-    samples = []
-    clock = time.perf_counter_ns
-    for i in range(first_id, first_id + n):
-        req = b'{"exec-oob": "%s", "id": %d}\n' % (query.encode(), i)
-        t0 = clock()
-        c.s.sendall(req)
-        while True:
-            if not c.readable(OOB_TIMEOUT):
-                raise Failed(f"{what}: no reply to exec-oob {query} (id {i}) within "
-                             f"{OOB_TIMEOUT:.0f} s")
-            line = c.line()
-            if b'"event"' not in line:
-                break
-        samples.append((clock() - t0) / 1000)
-        msg = json.loads(line)
-        if msg.get("id") != i or "return" not in msg:
-            raise Failed(f"{what}: exec-oob {query} id {i}: unexpected reply {line!r}")
-    return samples
+    """`n` exec-oob round trips of `query` (`QmpClient.oob_round_trips`), in microseconds."""
+    try:
+        return [ns / 1000 for ns in c.oob_round_trips(query, n, first_id, OOB_TIMEOUT)]
+    except RuntimeError as e:
+        raise Failed(f"{what}: {e}") from None
 
 
 def oob_cmd(c: benchlib.QmpClient, cmd: str, args: dict[str, Any] | None, what: str) -> Any:

@@ -89,20 +89,11 @@ def reply(c: benchlib.QmpClient, what: str) -> dict:
 
 
 def round_trips(c: benchlib.QmpClient, query: str, n: int, first_id: int) -> list[int]:
-    """`n` exec-oob round trips of `query` sent one at a time, in ns; each reply must carry
-    its id and a return."""
-    samples = []
-    clock = time.perf_counter_ns
-    for i in range(first_id, first_id + n):
-        req = b'{"exec-oob": "%s", "id": %d}\n' % (query.encode(), i)
-        t0 = clock()
-        c.s.sendall(req)
-        line = c.line()
-        samples.append(clock() - t0)
-        msg = json.loads(line)
-        if msg.get("id") != i or "return" not in msg:
-            raise SystemExit(f"{query} id {i}: unexpected reply {line!r}")
-    return samples
+    """`n` exec-oob round trips of `query` (`QmpClient.oob_round_trips`), in ns."""
+    try:
+        return c.oob_round_trips(query, n, first_id, TIMEOUT)
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
 
 
 def stalled_thread(fs: HangFs, pid: int) -> str:
