@@ -468,13 +468,13 @@ impl Vm {
         all
     }
 
-    /// Stops all vCPUs and waits until every one is parked (to read or set their state).
+    /// Stops all vCPUs and waits until every one is parked (to read or set their state),
+    /// those blocked on a missing page included.
     pub fn pause_parked(&self) {
-        for v in &self.vcpus {
-            v.request_pause();
-        }
-        for v in &self.vcpus {
-            v.wait_parked();
+        if !self.pause() {
+            for v in &self.vcpus {
+                v.wait_parked();
+            }
         }
     }
 
