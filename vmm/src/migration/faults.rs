@@ -146,31 +146,38 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// Reads the page at `gpa` from the snapshot and fills it, unless someone else took it.
+    /// Reads the missing pages from `gpa` on (as many as `buf` holds, up to the first page
+    /// that is not missing or that someone else took) from the snapshot and fills them:
+    /// how many.
     ///
     /// # Errors
-    /// The file cannot be read or the page cannot be filled.
-    pub fn fill_from_file(&self, gpa: u64, buf: &mut [u8]) -> io::Result<bool> {
+    /// The file cannot be read or the pages cannot be filled.
+    pub fn fill_from_file(&self, gpa: u64, buf: &mut [u8]) -> io::Result<u64> {
         let PageSource::File(f, base) = &self.source else {
-            return Ok(false);
+            return Ok(0);
         };
-        if !self.missing.contains(gpa) || !self.claimed.insert(gpa) {
-            return Ok(false);
-        }
         let (Some(host), Some(off)) = (
             host_of(&self.regions, gpa),
             file_offset(&self.regions, *base, gpa),
         ) else {
-            return Ok(false);
+            return Ok(0);
         };
-        f.read_exact_at(&mut buf[..PAGE as usize], off)?;
-        if buf[..PAGE as usize].iter().all(|&b| b == 0) {
-            self.uffd.zero(host, PAGE)?;
-        } else {
-            self.uffd.copy(host, &buf[..PAGE as usize])?;
+        let most = (buf.len() as u64) / PAGE;
+        let page = |k: u64| gpa + k * PAGE;
+        let mut n = 0;
+        while n < most && self.missing.contains(page(n)) && self.claimed.insert(page(n)) {
+            n += 1;
         }
-        self.missing.remove(gpa);
-        Ok(true)
+        if n == 0 {
+            return Ok(0);
+        }
+        let len = (n * PAGE) as usize;
+        f.read_exact_at(&mut buf[..len], off)?;
+        self.uffd.copy(host, &buf[..len])?;
+        for k in 0..n {
+            self.missing.remove(page(k));
+        }
+        Ok(n)
     }
 
     /// Runs the thread until `stop` is written or the descriptor fails.
@@ -240,7 +247,7 @@ impl Faults {
                 }
             }
             PageSource::File(..) => {
-                if let Ok(true) = self.fill_from_file(gpa, buf) {
+                if let Ok(1) = self.fill_from_file(gpa, buf) {
                     self.requests.fetch_add(1, Ordering::Relaxed);
                 } else if self.missing.contains(gpa) {
                     // The background reader has it; its fill wakes the thread.

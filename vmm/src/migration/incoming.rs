@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
@@ -177,40 +176,21 @@ impl Incoming {
             if self.shared.cancel.load(Ordering::Acquire) {
                 return Err(MigrationError::Cancelled);
             }
-            let mut n = 0u64;
-            while n < RUN
-                && missing.contains(gpa + n * PAGE as u64)
-                && faults.claimed.insert(gpa + n * PAGE as u64)
-            {
-                n += 1;
-            }
+            let n = faults
+                .fill_from_file(gpa, &mut buf)
+                .map_err(MigrationError::Fill)?;
             if n == 0 {
                 // The fault server is filling it.
                 cursor = i + 1;
                 std::thread::yield_now();
                 continue;
             }
-            let len = (n as usize) * PAGE;
-            let (Some(host), Some(off)) = (
-                host_of(&faults.regions, gpa),
-                super::faults::file_offset(&faults.regions, layout.ram_offset, gpa),
-            ) else {
-                return Err(MigrationError::Memory(gpa));
-            };
-            f.read_exact_at(&mut buf[..len], off)
-                .map_err(MigrationError::Receive)?;
-            faults
-                .uffd
-                .copy(host, &buf[..len])
-                .map_err(MigrationError::Fill)?;
-            for k in 0..n {
-                missing.remove(gpa + k * PAGE as u64);
-            }
+            let len = n * PAGE as u64;
             let requests = faults.requests.load(Ordering::Relaxed);
             self.shared.update(|p| {
-                p.transferred += len as u64;
+                p.transferred += len;
                 p.normal += n;
-                p.postcopy_bytes += len as u64;
+                p.postcopy_bytes += len;
                 p.postcopy_requests = requests;
             });
             cursor = i + n;
