@@ -73,13 +73,21 @@ pub fn scatter(bufs: &[IoBuf<'_>], skip: u64, src: &[u8]) {
     }
 }
 
-/// A zeroed heap buffer aligned for `O_DIRECT`.
+/// Size of a transparent huge page on x86_64.
+pub const HUGE_PAGE: usize = 2 << 20;
+
+/// A zeroed buffer aligned for `O_DIRECT`. Buffers of at least half a huge page are their
+/// own anonymous mappings, huge-page aligned and advised `MADV_HUGEPAGE`: a host device
+/// then sees a 1 MiB transfer as one or two physically contiguous segments instead of 256
+/// pages (more than a virtio host disk's 254 segments, which splits the request in two).
 pub struct AlignedBuf {
     ptr: *mut u8,
     layout: Layout,
+    /// The mapping's length when the buffer is one (`ptr` is its start).
+    mapped: Option<usize>,
 }
 
-// SAFETY: the buffer is a uniquely owned heap allocation (like a `Box<[u8]>`): nothing else
+// SAFETY: the buffer is a uniquely owned allocation (like a `Box<[u8]>`): nothing else
 // points into it, so moving it to another thread is sound.
 unsafe impl Send for AlignedBuf {}
 
@@ -91,12 +99,25 @@ impl AlignedBuf {
     pub fn new(len: usize) -> io::Result<Self> {
         let layout = Layout::from_size_align(len.max(1), DIRECT_MEM_ALIGN)
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        if len >= HUGE_PAGE / 2 {
+            if let Some((ptr, mapped)) = map_huge(len) {
+                return Ok(Self {
+                    ptr,
+                    layout,
+                    mapped: Some(mapped),
+                });
+            }
+        }
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
         if ptr.is_null() {
             return Err(io::Error::from_raw_os_error(libc::ENOMEM));
         }
-        Ok(Self { ptr, layout })
+        Ok(Self {
+            ptr,
+            layout,
+            mapped: None,
+        })
     }
 
     /// Its length in bytes.
@@ -134,9 +155,75 @@ impl AlignedBuf {
     }
 }
 
+/// An anonymous mapping of at least `len` bytes, huge-page aligned and sized, advised to be
+/// backed by huge pages (the host may still use small pages); `None` when mapping fails.
+fn map_huge(len: usize) -> Option<(*mut u8, usize)> {
+    let size = len.checked_next_multiple_of(HUGE_PAGE)?;
+    let span = size.checked_add(HUGE_PAGE)?;
+    // SAFETY: a new private anonymous mapping; no existing memory is affected.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return None;
+    }
+    let head = (base as usize).next_multiple_of(HUGE_PAGE) - base as usize;
+    let start = base as usize + head;
+    // SAFETY: both ranges lie inside the mapping just made and nothing points into them;
+    // what stays mapped is `start..start + size`.
+    unsafe {
+        if head > 0 {
+            libc::munmap(base, head);
+        }
+        let tail = span - head - size;
+        if tail > 0 {
+            libc::munmap((start + size) as *mut libc::c_void, tail);
+        }
+        // Advice only: without huge pages the buffer works the same.
+        libc::madvise(start as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
+    }
+    Some((start as *mut u8, size))
+}
+
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        // SAFETY: `ptr` was allocated with exactly this layout and is freed once.
-        unsafe { alloc::dealloc(self.ptr, self.layout) };
+        match self.mapped {
+            // SAFETY: `ptr..ptr + len` is the buffer's own mapping, unmapped once.
+            Some(len) => unsafe {
+                libc::munmap(self.ptr.cast(), len);
+            },
+            // SAFETY: `ptr` was allocated with exactly this layout and is freed once.
+            None => unsafe { alloc::dealloc(self.ptr, self.layout) },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Small buffers come from the heap, large ones are their own huge-page aligned
+    /// mappings; both are zeroed, aligned for O_DIRECT, as long as asked and writable.
+    #[test]
+    fn buffers_are_zeroed_aligned_and_large_ones_huge_page_aligned() {
+        for len in [1, 4096, 65536, HUGE_PAGE / 2, HUGE_PAGE + 4096] {
+            let mut b = AlignedBuf::new(len).unwrap();
+            assert_eq!(b.len(), len);
+            assert!(b.as_slice().iter().all(|&x| x == 0), "{len}: not zeroed");
+            let addr = b.as_mut_ptr() as usize;
+            assert!(addr.is_multiple_of(DIRECT_MEM_ALIGN), "{len}: {addr:#x}");
+            if len >= HUGE_PAGE / 2 {
+                assert!(addr.is_multiple_of(HUGE_PAGE), "{len}: {addr:#x}");
+            }
+            b.as_mut_slice().fill(0x5a);
+            assert!(b.as_slice().iter().all(|&x| x == 0x5a));
+        }
     }
 }
