@@ -12,6 +12,7 @@
 #   --secs N (2)  --rounds N (1)  --image-mib N (1024)  --cache none|writeback|unsafe (none)
 #   --workloads seqw,seqr,randr,randw,mix  --depths 1,8,32,128  --queues 1,4
 #   --configs vmm,qemu,qemu-best  --vmm-aio auto|io_uring|threads|off  --no-throttle
+#   --vmm-mq-keys KEYS (more --disk keys for vmm's multi-queue runs, e.g. io-threads=1)
 #   --throttle-iops N (2000)  --throttle-mib N (64)  --throttle-secs N (10)
 #   --ram (the image in /dev/shm: no host-disk noise)  --warmup N (0)
 #   --best (each figure's best round instead of the median)

@@ -150,36 +150,41 @@ fn multi_queue_disk_serves_a_single_queue_driver() {
 
 /// A multi-queue disk driven by a multi-queue driver: the probe guest's blk-bench runs random
 /// writes and reads on 3 queues from 3 vCPUs at once, every request succeeds, and every queue
-/// moved requests.
+/// moved requests, whether each queue has its I/O thread or two threads share them.
 #[test]
 fn multi_queue_disk_serves_every_queue_at_once() {
-    let img = Image::new("mq-many", 16384);
-    let disk = format!("path={},num-queues=3", img.path());
-    let k = kernel();
-    let out = run(
-        &[
-            "--kernel",
-            k.to_str().unwrap(),
-            "--cpus",
-            "3",
-            "--cmdline",
-            "probe.test=blk-bench probe.bench=randw,randr probe.qd=8 probe.queues=3 probe.secs=1",
-            "--disk",
-            &disk,
-        ],
-        GUARD,
-    );
-    out.assert_exit(0);
-    let done = one(&out, "PROBE blk-bench dev=0 done");
-    assert!(
-        done.contains("errors=0") && done.contains("queues=3"),
-        "{done}"
-    );
-    for q in 0..3 {
-        let lines = out.lines_with(&format!("PROBE blk-bench-queue dev=0 queue={q} "));
-        assert_eq!(lines.len(), 2, "{}", out.serial);
-        for l in lines {
-            assert!(l.contains("errors=0") && !l.contains(" ios=0 "), "{l}");
+    for threads in [3, 2] {
+        let img = Image::new(&format!("mq-many-{threads}"), 16384);
+        let disk = format!("path={},num-queues=3,io-threads={threads}", img.path());
+        let k = kernel();
+        let out = run(
+            &[
+                "--kernel",
+                k.to_str().unwrap(),
+                "--cpus",
+                "3",
+                "--cmdline",
+                "probe.test=blk-bench probe.bench=randw,randr probe.qd=8 probe.queues=3 probe.secs=1",
+                "--disk",
+                &disk,
+            ],
+            GUARD,
+        );
+        out.assert_exit(0);
+        let done = one(&out, "PROBE blk-bench dev=0 done");
+        assert!(
+            done.contains("errors=0") && done.contains("queues=3"),
+            "io-threads={threads}: {done}"
+        );
+        for q in 0..3 {
+            let lines = out.lines_with(&format!("PROBE blk-bench-queue dev=0 queue={q} "));
+            assert_eq!(lines.len(), 2, "io-threads={threads}: {}", out.serial);
+            for l in lines {
+                assert!(
+                    l.contains("errors=0") && !l.contains(" ios=0 "),
+                    "io-threads={threads}: {l}"
+                );
+            }
         }
     }
 }

@@ -90,6 +90,8 @@ def vmm_argv(a: argparse.Namespace, cmdline: str, queues: int, disk_extra: Seque
         keys.append(f"num-queues={queues}")
     if a.vmm_aio_key:
         keys.append(a.vmm_aio_key)
+    if queues > 1 and a.vmm_mq_keys:
+        keys.append(a.vmm_mq_keys)
     keys += disk_extra
     return benchlib.vmm_argv(a.vmm, kernel or a.kernel, cmdline, MEM_MIB,
                              ["--cpus", str(queues), "--disk", ",".join(keys)])
@@ -460,6 +462,8 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--vmm-aio", choices=("auto", "io_uring", "threads", "off"), default="auto",
                     help="aio= for vmm's --disk (auto: io_uring if vmm takes the key)")
+    ap.add_argument("--vmm-mq-keys", default="",
+                    help="more --disk keys for vmm's multi-queue runs (e.g. io-threads=1)")
     ap.add_argument("--no-throttle", action="store_true")
     ap.add_argument("--throttle-iops", type=int, default=2000)
     ap.add_argument("--throttle-mib", type=int, default=64)

@@ -525,6 +525,11 @@ impl DeviceManager {
         let device = VirtioBlock::build(
             backend.clone(),
             spec.num_queues,
+            spec.io_threads(
+                std::thread::available_parallelism()
+                    .map(usize::from)
+                    .unwrap_or(1),
+            ),
             ThreadHooks {
                 io: seccomp::hook(ThreadKind::BlockIo),
                 request: seccomp::hook(ThreadKind::BlockRequest),

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //! The `--disk` option: `PATH`, or `path=PATH[,id=ID][,node-name=NAME][,readonly=on|off]
-//! [,cache=writeback|none|unsafe][,aio=io_uring|threads][,num-queues=N][,serial=STR]
+//! [,cache=writeback|none|unsafe][,aio=io_uring|threads][,num-queues=N][,io-threads=N][,serial=STR]
 //! [,werror=ACTION][,rerror=ACTION][,locking=on|off|auto][,throttling.KEY=VALUE...]
 //! [,inject.N.KEY=VALUE...]`. As in QEMU's option syntax, a comma inside a value is
 //! written as `,,`. Parsed by [`OptionList`].
@@ -17,8 +17,11 @@
 //! `werror`/`rerror` are QEMU's error policies (`report`, `ignore`, `enospc` — writes only —,
 //! `stop`; defaults `enospc` and `report`). `aio` is QEMU's engine key (`native` is taken as
 //! `io_uring`); without it the disk uses io_uring where the host allows it. `num-queues` is
-//! QEMU's virtio-blk property: above 1 the device offers multi-queue, each queue its own I/O
-//! thread. `inject.N.*` keys describe fault-injection rule N
+//! QEMU's virtio-blk property: above 1 the device offers multi-queue. `io-threads` is how
+//! many I/O threads serve the queues (1 to `num-queues`; queue `i` on thread
+//! `i % io-threads`); by default one per queue, but no more than half the host's CPUs (the
+//! guest's vCPUs drive the queues and need CPUs too: on 2 host CPUs the four queues of a
+//! 4-vCPU guest do best on one thread, as QEMU runs all of a disk's queues on its iothread). `inject.N.*` keys describe fault-injection rule N
 //! (0, 1, ...) with the members of QMP's `blockdev-inject-error`: `inject.N.operation`
 //! (`read`, `write`, `flush`), `inject.N.errno` (`eio`, `enospc`, `eperm`, `erofs`,
 //! `edquot`), `inject.N.sector`, `inject.N.count`, `inject.N.once`, `inject.N.delay-ms`.
@@ -40,7 +43,7 @@ use crate::options::{self, OptionError, OptionList};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DiskSpecError {
     /// An option we do not know.
-    #[error("Unknown --disk option '{0}' (known: path, id, node-name, readonly, cache, aio, num-queues, serial, werror, rerror, locking, throttling.*, inject.N.*)")]
+    #[error("Unknown --disk option '{0}' (known: path, id, node-name, readonly, cache, aio, num-queues, io-threads, serial, werror, rerror, locking, throttling.*, inject.N.*)")]
     UnknownKey(String),
     /// No path given.
     #[error("--disk needs a path, as in --disk img.raw or --disk path=img.raw,id=data0")]
@@ -63,6 +66,9 @@ pub enum DiskSpecError {
     /// A bad queue count.
     #[error("--disk num-queues takes 1 to {max}, not '{0}'", max = MAX_QUEUES)]
     BadQueues(String),
+    /// A bad I/O thread count.
+    #[error("--disk io-threads takes 1 to num-queues ({1}), not '{0}'")]
+    BadIoThreads(String, u16),
     /// A malformed option list (an empty item, an item without a key).
     #[error("--disk {0}")]
     Syntax(OptionError),
@@ -120,6 +126,9 @@ pub struct DiskSpec {
     pub aio: Option<Aio>,
     /// The device's queues.
     pub num_queues: u16,
+    /// The I/O threads serving them (1 to `num_queues`); [`DiskSpec::io_threads`] when
+    /// absent.
+    pub io_threads: Option<u16>,
     /// The serial number the guest sees (GET_ID); the id when absent.
     pub serial: Option<String>,
     /// `rerror`/`werror`.
@@ -193,6 +202,12 @@ impl std::str::FromStr for DiskSpec {
                 _ => return Err(DiskSpecError::BadQueues(v)),
             },
         };
+        let io_threads = take_value(&mut opts, "io-threads")?
+            .map(|v| match v.parse::<u16>() {
+                Ok(n) if (1..=num_queues).contains(&n) => Ok(n),
+                _ => Err(DiskSpecError::BadIoThreads(v, num_queues)),
+            })
+            .transpose()?;
         let serial = take_value(&mut opts, "serial")?;
         let mut policy = DevicePolicy::default();
         if let Some(v) = take_value(&mut opts, "werror")? {
@@ -216,12 +231,24 @@ impl std::str::FromStr for DiskSpec {
             cache,
             aio,
             num_queues,
+            io_threads,
             serial,
             policy,
             inject,
             locking,
             throttle,
             throttle_group,
+        })
+    }
+}
+
+impl DiskSpec {
+    /// The I/O threads serving the queues: as given, else one per queue but at most half
+    /// of `host_cpus` (at least one).
+    pub fn io_threads(&self, host_cpus: usize) -> u16 {
+        self.io_threads.unwrap_or_else(|| {
+            let half = u16::try_from(host_cpus / 2).unwrap_or(u16::MAX);
+            half.clamp(1, self.num_queues.max(1))
         })
     }
 }
@@ -351,6 +378,31 @@ mod tests {
     }
 
     #[test]
+    fn io_threads_are_bounded_by_the_queues_and_default_to_half_the_host_cpus() {
+        let spec = p("img,num-queues=4,io-threads=3").unwrap();
+        assert_eq!(spec.io_threads, Some(3));
+        assert_eq!(spec.io_threads(64), 3);
+        let default = p("img,num-queues=4").unwrap();
+        assert_eq!(default.io_threads, None);
+        for (cpus, threads) in [(1, 1), (2, 1), (4, 2), (8, 4), (64, 4)] {
+            assert_eq!(default.io_threads(cpus), threads, "{cpus} host CPUs");
+        }
+        assert_eq!(p("img").unwrap().io_threads(64), 1);
+        for bad in ["0", "5", "x"] {
+            assert_eq!(
+                p(&format!("img,num-queues=4,io-threads={bad}"))
+                    .unwrap_err()
+                    .to_string(),
+                format!("--disk io-threads takes 1 to num-queues (4), not '{bad}'")
+            );
+        }
+        assert_eq!(
+            p("img,io-threads=2").unwrap_err().to_string(),
+            "--disk io-threads takes 1 to num-queues (1), not '2'"
+        );
+    }
+
+    #[test]
     fn num_queues_is_bounded() {
         let p = |s: &str| s.parse::<DiskSpec>();
         assert_eq!(p("img").unwrap().num_queues, 1);
@@ -467,7 +519,7 @@ mod tests {
         let m = |s: &str| p(s).unwrap_err().to_string();
         assert_eq!(
             m("img,format=raw"),
-            "Unknown --disk option 'format' (known: path, id, node-name, readonly, cache, aio, num-queues, serial, werror, rerror, locking, throttling.*, inject.N.*)"
+            "Unknown --disk option 'format' (known: path, id, node-name, readonly, cache, aio, num-queues, io-threads, serial, werror, rerror, locking, throttling.*, inject.N.*)"
         );
         assert_eq!(m("img,id=a,id=b"), "--disk option 'id' is given twice");
         assert_eq!(m("img,id="), "--disk option 'id' needs a value");

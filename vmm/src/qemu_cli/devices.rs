@@ -144,6 +144,7 @@ fn virtio_blk(l: &mut OptionList) -> OptResult<Device> {
         cache: CacheMode::default(),
         aio: None,
         num_queues,
+        io_threads: None,
         serial,
         policy,
         inject: Vec::new(),

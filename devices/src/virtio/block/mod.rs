@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 //! virtio-blk (virtio 1.2, 5.2) on the block layer.
 //!
-//! Requests run on a block I/O thread per queue, named `blk-<id>` (queue 0) and
-//! `blk-<id>-q<N>`. The threads are created with the device (so that whatever the VMM confines
-//! threads with is in place before the guest runs, and so that activation never creates a
-//! thread on a vCPU's thread) and run the queue's data path from `DRIVER_OK` to reset; they
-//! end (and are joined) when the device is dropped. With more than one queue (`num-queues`, QEMU's property) the device offers
-//! `VIRTIO_BLK_F_MQ`: each queue is its own I/O context (its thread, its io_uring or request
-//! threads) on the shared backend. See [`request`] for what is accepted and how malformed
+//! Requests run on block I/O threads, one per queue unless the device is built with fewer
+//! (`io-threads`): queue `i` runs on thread `i % threads`, named `blk-<id>` (thread 0) and
+//! `blk-<id>-q<N>` (thread N, whose first queue is N). The threads are created with the
+//! device (so that whatever the VMM confines threads with is in place before the guest runs,
+//! and so that activation never creates a thread on a vCPU's thread) and run their queues'
+//! data path from `DRIVER_OK` to reset; they end (and are joined) when the device is dropped.
+//! With more than one queue (`num-queues`, QEMU's property) the device offers
+//! `VIRTIO_BLK_F_MQ`: each thread is one I/O context (its io_uring or request threads) for
+//! its queues, on the shared backend. See [`request`] for what is accepted and how malformed
 //! requests complete.
 
 pub mod request;
@@ -123,8 +125,10 @@ impl Default for ThreadHooks {
 /// What a queue's thread needs to run its data path after `DRIVER_OK`.
 struct Activation {
     mem: GuestMemoryMmap,
+    /// The thread's ready queues.
     queue: Arc<Mutex<Vec<Queue>>>,
-    event: EventFd,
+    /// Their notification eventfds, in the same order.
+    events: Vec<EventFd>,
     interrupt: Arc<VirtioInterrupt>,
     config: RequestConfig,
     stopping: Arc<AtomicBool>,
@@ -134,7 +138,7 @@ struct Activation {
     ready: std::sync::mpsc::Sender<io::Result<()>>,
 }
 
-/// The I/O thread of one queue, alive as long as the device.
+/// An I/O thread of the device's queues, alive as long as the device.
 struct QueueThread {
     /// Sends activations; dropping it ends the thread.
     start: Option<std::sync::mpsc::Sender<Activation>>,
@@ -143,12 +147,14 @@ struct QueueThread {
     /// Set while a data path runs.
     busy: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    /// The running data path's queue (cleared on reset).
+    /// The running data path's queues (cleared on reset).
     queue: Option<Arc<Mutex<Vec<Queue>>>>,
+    /// The device's index of each of those queues, in their order.
+    indices: Vec<usize>,
     /// What the running data path publishes for [`VirtioBlock::quiesce`].
     counts: Option<Arc<QueueCounts>>,
-    /// A clone of the running queue's notification eventfd: a quiesce kicks the thread.
-    wake: Option<EventFd>,
+    /// Clones of the running queues' notification eventfds: a quiesce kicks the thread.
+    wake: Vec<EventFd>,
 }
 
 /// A virtio-blk device on a block [`Backend`].
@@ -156,7 +162,8 @@ pub struct VirtioBlock {
     backend: Arc<Backend>,
     features: u64,
     queue_sizes: Vec<u16>,
-    /// One per queue; empty when they could not be created (activation then fails).
+    /// Queue `i` runs on thread `i % threads.len()`; empty when they could not be created
+    /// (activation then fails).
     threads: Vec<QueueThread>,
     /// Why the threads could not be created.
     spawn_error: Option<io::Error>,
@@ -186,16 +193,23 @@ impl VirtioBlock {
         Self::with_queues(backend, 1)
     }
 
-    /// [`VirtioBlock::build`] without thread hooks.
+    /// [`VirtioBlock::build`] with a thread per queue and without thread hooks.
     pub fn with_queues(backend: Arc<Backend>, num_queues: u16) -> Self {
-        Self::build(backend, num_queues, ThreadHooks::default())
+        Self::build(backend, num_queues, num_queues, ThreadHooks::default())
     }
 
     /// A device with `num_queues` queues (1 to [`MAX_QUEUES`], clamped), offering
-    /// `VIRTIO_BLK_F_MQ` when there are several, and its queue threads (each runs
-    /// `hooks.io` first; their request threads run `hooks.request`).
-    pub fn build(backend: Arc<Backend>, num_queues: u16, hooks: ThreadHooks) -> Self {
+    /// `VIRTIO_BLK_F_MQ` when there are several, served by `io_threads` I/O threads (1 to
+    /// `num_queues`, clamped; queue `i` on thread `i % io_threads`). Each thread runs
+    /// `hooks.io` first; their request threads run `hooks.request`.
+    pub fn build(
+        backend: Arc<Backend>,
+        num_queues: u16,
+        io_threads: u16,
+        hooks: ThreadHooks,
+    ) -> Self {
         let num_queues = num_queues.clamp(1, MAX_QUEUES);
+        let io_threads = io_threads.clamp(1, num_queues);
         let mut features = (1u64 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -215,7 +229,7 @@ impl VirtioBlock {
         let base = format!("blk-{}", backend.id().replace('\0', ""));
         let mut threads = Vec::new();
         let mut spawn_error = None;
-        for i in 0..num_queues {
+        for i in 0..io_threads {
             let name = if i == 0 {
                 base.clone()
             } else {
@@ -315,11 +329,9 @@ impl VirtioBlock {
         };
         let deadline = Instant::now() + timeout;
         self.draining.store(true, Ordering::Release);
-        for t in &self.threads {
-            if let Some(wake) = &t.wake {
-                // A failed write means the counter is saturated: the thread is woken anyway.
-                let _ = wake.write(1);
-            }
+        for wake in self.threads.iter().flat_map(|t| &t.wake) {
+            // A failed write means the counter is saturated: the thread is woken anyway.
+            let _ = wake.write(1);
         }
         let result = loop {
             let mut outstanding = 0;
@@ -338,7 +350,7 @@ impl VirtioBlock {
                     settled = false;
                 } else if !interrupt.needs_reset() {
                     // Available and not popped yet: the kick has not been served.
-                    let pending = queues.first().filter(|q| q.ready()).is_some_and(|q| {
+                    let pending = queues.iter().filter(|q| q.ready()).any(|q| {
                         q.avail_idx(mem, std::sync::atomic::Ordering::Acquire)
                             .is_ok_and(|idx| idx.0 != q.next_avail())
                     });
@@ -372,6 +384,11 @@ impl VirtioBlock {
     /// Whether the data path runs (between `DRIVER_OK` and reset).
     pub fn is_running(&self) -> bool {
         self.threads.iter().any(|t| t.queue.is_some())
+    }
+
+    /// The number of I/O threads serving the queues.
+    pub fn io_threads(&self) -> u16 {
+        self.threads.len() as u16
     }
 
     /// The number of queues.
@@ -434,8 +451,9 @@ impl VirtioBlock {
             if let Some(q) = t.queue.take() {
                 q.lock().unwrap_or_else(|e| e.into_inner()).clear();
             }
+            t.indices.clear();
             t.counts = None;
-            t.wake = None;
+            t.wake.clear();
         }
         self.running = None;
     }
@@ -459,7 +477,7 @@ impl QueueThread {
                     let worker = Worker::new(
                         act.mem,
                         act.queue,
-                        vec![act.event],
+                        act.events,
                         thread_kill.try_clone()?,
                         act.interrupt,
                         backend.clone(),
@@ -490,16 +508,27 @@ impl QueueThread {
             busy,
             thread: Some(thread),
             queue: None,
+            indices: Vec::new(),
             counts: None,
-            wake: None,
+            wake: Vec::new(),
         })
     }
 
-    /// Hands the thread an activation and waits until its data path is set up.
-    fn activate(&mut self, act: Activation, ready: Receiver<io::Result<()>>) -> io::Result<()> {
+    /// Hands the thread an activation of the device's queues `indices` and waits until its
+    /// data path is set up.
+    fn activate(
+        &mut self,
+        act: Activation,
+        indices: Vec<usize>,
+        ready: Receiver<io::Result<()>>,
+    ) -> io::Result<()> {
         let queue = act.queue.clone();
         let counts = act.counts.clone();
-        let wake = act.event.try_clone()?;
+        let wake = act
+            .events
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<io::Result<Vec<_>>>()?;
         self.busy.store(true, Ordering::Release);
         let sent = self.start.as_ref().map(|tx| tx.send(act));
         if !matches!(sent, Some(Ok(()))) {
@@ -509,8 +538,9 @@ impl QueueThread {
         match ready.recv() {
             Ok(Ok(())) => {
                 self.queue = Some(queue);
+                self.indices = indices;
                 self.counts = Some(counts);
-                self.wake = Some(wake);
+                self.wake = wake;
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
@@ -582,16 +612,29 @@ impl VirtioDevice for VirtioBlock {
             discard: acked & self.features & (1 << VIRTIO_BLK_F_DISCARD) != 0,
             write_zeroes: acked & self.features & (1 << VIRTIO_BLK_F_WRITE_ZEROES) != 0,
         };
+        // Each thread's ready queues; a driver without MQ sets up queue 0 only, and the
+        // others stay idle.
+        let threads = self.threads.len();
+        let mut groups: Vec<(Vec<usize>, Vec<Queue>, Vec<EventFd>)> =
+            (0..threads).map(|_| Default::default()).collect();
         for (i, (queue, event)) in ctx.queues.into_iter().zip(ctx.queue_events).enumerate() {
-            // A driver without MQ sets up queue 0 only: the others stay idle.
-            if !queue.ready() {
+            if let Some((indices, queues, events)) =
+                groups.get_mut(i % threads).filter(|_| queue.ready())
+            {
+                indices.push(i);
+                queues.push(queue);
+                events.push(event);
+            }
+        }
+        for (t, (indices, queues, events)) in self.threads.iter_mut().zip(groups) {
+            if queues.is_empty() {
                 continue;
             }
             let (ready, wait) = channel();
             let act = Activation {
                 mem: ctx.mem.clone(),
-                queue: Arc::new(Mutex::new(vec![queue])),
-                event,
+                queue: Arc::new(Mutex::new(queues)),
+                events,
                 interrupt: ctx.interrupt.clone(),
                 config,
                 stopping: self.stopping.clone(),
@@ -599,12 +642,8 @@ impl VirtioDevice for VirtioBlock {
                 counts: Arc::new(QueueCounts::default()),
                 ready,
             };
-            let started = match self.threads.get_mut(i) {
-                Some(t) => t.activate(act, wait),
-                None => Err(io::Error::other("the device has no thread for this queue")),
-            };
-            if let Err(e) = started {
-                // The queues started before this one stop again.
+            if let Err(e) = t.activate(act, indices, wait) {
+                // The threads started before this one stop again.
                 self.stop();
                 return Err(ActivateError::Io(e));
             }
@@ -617,9 +656,10 @@ impl VirtioDevice for VirtioBlock {
     }
 
     fn running_queue_state(&self, index: usize) -> Option<QueueState> {
-        let queue = self.threads.get(index)?.queue.as_ref()?;
-        let queues = queue.lock().unwrap_or_else(|e| e.into_inner());
-        queues.first().map(|q| q.state())
+        let t = self.threads.get(index % self.threads.len().max(1))?;
+        let at = t.indices.iter().position(|&i| i == index)?;
+        let queues = t.queue.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        queues.get(at).map(|q| q.state())
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

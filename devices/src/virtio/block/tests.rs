@@ -1702,13 +1702,25 @@ fn engines_differ_in_request_threads() {
 /// queue 0, and requests made on all queues at once all complete.
 #[test]
 fn multi_queue_serves_each_queue_on_its_own_thread() {
+    multi_queue_on("mq0", 3);
+}
+
+/// As above with two I/O threads for three queues: queues 0 and 2 share thread `blk-mqs`,
+/// queue 1 runs on `blk-mqs-q1`, and there is no third thread.
+#[test]
+fn multi_queue_shares_io_threads_among_queues() {
+    multi_queue_on("mqs", 2);
+}
+
+fn multi_queue_on(id: &str, io_threads: u16) {
     const QUEUES: u16 = 3;
     let image = TempFile::new().unwrap();
     std::fs::write(image.as_path(), vec![0u8; (SECTORS * 512) as usize]).unwrap();
-    let backend = Arc::new(Backend::open(BackendConfig::new("mq0", image.as_path())).unwrap());
+    let backend = Arc::new(Backend::open(BackendConfig::new(id, image.as_path())).unwrap());
     let mem = guest_memory(MEM_SIZE);
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-    let dev = VirtioBlock::with_queues(backend.clone(), QUEUES);
+    let dev = VirtioBlock::build(backend.clone(), QUEUES, io_threads, ThreadHooks::default());
+    assert_eq!(dev.io_threads(), io_threads);
     assert_ne!(dev.device_features() & (1 << VIRTIO_BLK_F_MQ), 0);
     assert_eq!(dev.config_space()[34..36], QUEUES.to_le_bytes());
     assert_eq!(
@@ -1746,9 +1758,15 @@ fn multi_queue_serves_each_queue_on_its_own_thread() {
         VIRTIO_MMIO_STATUS,
         ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK,
     );
-    wait_thread("blk-mq0", true);
-    wait_thread("blk-mq0-q1", true);
-    wait_thread("blk-mq0-q2", true);
+    wait_thread(&format!("blk-{id}"), true);
+    for q in 1..QUEUES {
+        let name = format!("blk-{id}-q{q}");
+        if q < io_threads {
+            wait_thread(&name, true);
+        } else {
+            assert!(!thread_names().contains(&name), "{name} exists");
+        }
+    }
 
     // One request on queue `q`, slot `slot`: header, 512 data bytes at `data`, status.
     let submit =
@@ -1817,11 +1835,19 @@ fn multi_queue_serves_each_queue_on_its_own_thread() {
             );
         }
     }
+    // Each queue's running state is its own: queue q has consumed what its driver made
+    // available.
+    for (q, dq) in queues.iter().enumerate() {
+        let state = t.device().running_queue_state(q).unwrap();
+        assert_eq!(state.next_avail, dq.used_idx(), "queue {q}");
+    }
     // Reset stops every queue's data path; dropping the device ends the threads.
     w32(&mut t, VIRTIO_MMIO_STATUS, 0);
     assert!(!t.is_activated());
     drop(t);
-    assert!(!thread_names().iter().any(|n| n.starts_with("blk-mq0")));
+    assert!(!thread_names()
+        .iter()
+        .any(|n| n.starts_with(&format!("blk-{id}"))));
 }
 
 /// Limits of `avg` on bucket `b` (and `iops_size`).

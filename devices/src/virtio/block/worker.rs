@@ -314,7 +314,10 @@ impl Worker {
         let throttle = backend.throttle().queue()?;
         // The VMM said at start-up when the host refuses io_uring; the thread engine serves.
         let ring = match backend.aio() {
-            Aio::IoUring => Ring::new(u32::from(super::QUEUE_SIZE)).ok(),
+            // Room for every request the thread's queues can hold.
+            Aio::IoUring => {
+                Ring::new(u32::from(super::QUEUE_SIZE) * queue_events.len() as u32).ok()
+            }
             Aio::Threads => None,
         };
         Ok(Self {
