@@ -55,8 +55,10 @@ unsafe impl Send for GuestIov {}
 
 /// Bounce buffer sizes: a request's buffer is the smallest that holds its first chunk.
 const SIZE_CLASSES: [usize; 4] = [4096, 65536, 262_144, CHUNK];
-/// Most spare buffers kept per size class (a queue holds at most 256 requests).
-const SPARE_PER_CLASS: usize = 64;
+/// Most spare buffers kept per size class beyond the smallest, whose spares are as many as
+/// the ring's requests in flight (4 KiB requests at depth 128 would otherwise free and
+/// allocate buffers every round). Large buffers take twice their size on huge pages.
+const SPARE_PER_CLASS: [usize; 3] = [64, 32, 16];
 
 /// The size class of a buffer for `len` bytes.
 fn size_class(len: usize) -> usize {
@@ -126,6 +128,8 @@ pub(super) struct Ring {
     spare: Vec<Vec<AlignedBuf>>,
     /// Entries pushed since the last submit.
     queued: usize,
+    /// The requests the ring was sized for.
+    entries: usize,
 }
 
 /// What a step asks of the ring next.
@@ -156,6 +160,7 @@ impl Ring {
             zeroes: None,
             spare: (0..SIZE_CLASSES.len()).map(|_| Vec::new()).collect(),
             queued: 0,
+            entries: entries as usize,
         })
     }
 
@@ -325,10 +330,15 @@ impl Ring {
         }
     }
 
-    /// Keeps a buffer for later requests (up to [`SPARE_PER_CLASS`] per size class).
+    /// Keeps a buffer for later requests (up to the ring's size of the smallest class, up
+    /// to [`SPARE_PER_CLASS`] of the others).
     fn put_buf(&mut self, buf: AlignedBuf) {
         let class = size_class(buf.len());
-        if SIZE_CLASSES[class] == buf.len() && self.spare[class].len() < SPARE_PER_CLASS {
+        let most = match class {
+            0 => self.entries,
+            c => SPARE_PER_CLASS[c - 1],
+        };
+        if SIZE_CLASSES[class] == buf.len() && self.spare[class].len() < most {
             self.spare[class].push(buf);
         }
     }
