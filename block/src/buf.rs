@@ -77,9 +77,10 @@ pub fn scatter(bufs: &[IoBuf<'_>], skip: u64, src: &[u8]) {
 pub const HUGE_PAGE: usize = 2 << 20;
 
 /// A zeroed buffer aligned for `O_DIRECT`. Buffers of at least half a huge page are their
-/// own anonymous mappings, huge-page aligned and advised `MADV_HUGEPAGE`: a host device
-/// then sees a 1 MiB transfer as one or two physically contiguous segments instead of 256
-/// pages (more than a virtio host disk's 254 segments, which splits the request in two).
+/// own anonymous mappings, huge-page aligned and advised `MADV_HUGEPAGE`, so that a 1 MiB
+/// transfer is physically contiguous memory rather than 256 scattered pages (on a nested
+/// host whose disk is virtio, `fio` moves 1.6-1.7x the MiB/s from huge pages). Such a
+/// buffer takes its length rounded up to 2 MiB.
 pub struct AlignedBuf {
     ptr: *mut u8,
     layout: Layout,

@@ -21,10 +21,11 @@
 //! many I/O threads serve the queues (1 to `num-queues`; queue `i` on thread
 //! `i % io-threads`); by default one per queue, but no more than half the host's CPUs (the
 //! guest's vCPUs drive the queues and need CPUs too: on 2 host CPUs the four queues of a
-//! 4-vCPU guest do best on one thread, as QEMU runs all of a disk's queues on its iothread). `inject.N.*` keys describe fault-injection rule N
-//! (0, 1, ...) with the members of QMP's `blockdev-inject-error`: `inject.N.operation`
-//! (`read`, `write`, `flush`), `inject.N.errno` (`eio`, `enospc`, `eperm`, `erofs`,
-//! `edquot`), `inject.N.sector`, `inject.N.count`, `inject.N.once`, `inject.N.delay-ms`.
+//! 4-vCPU guest do best on one thread, as QEMU runs all of a disk's queues on its
+//! iothread). `inject.N.*` keys describe fault-injection rule N (0, 1, ...) with the members
+//! of QMP's `blockdev-inject-error`: `inject.N.operation` (`read`, `write`, `flush`),
+//! `inject.N.errno` (`eio`, `enospc`, `eperm`, `erofs`, `edquot`), `inject.N.sector`,
+//! `inject.N.count`, `inject.N.once`, `inject.N.delay-ms`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
