@@ -49,9 +49,9 @@ use super::uring::{Finished, Ring};
 use super::ThreadHook;
 use crate::virtio::VirtioInterrupt;
 
-/// Most request threads per device doing work.
+/// Most request threads per I/O thread (its `Pool`) doing work.
 pub const MAX_REQUEST_THREADS: usize = 4;
-/// Most further threads a device keeps while they are stuck in syscalls a yank abandoned;
+/// Most further threads an I/O thread keeps while they are stuck in syscalls a yank abandoned;
 /// beyond that, new requests wait for a thread.
 pub const MAX_STUCK_THREADS: usize = 16;
 
@@ -124,7 +124,7 @@ struct PoolThread {
     current: Arc<Mutex<Option<Arc<Ticket>>>>,
 }
 
-/// The request threads of one device, grown on demand up to [`MAX_REQUEST_THREADS`] working
+/// The request threads of one I/O thread, grown on demand up to [`MAX_REQUEST_THREADS`] working
 /// ones (plus those stuck in abandoned syscalls, up to [`MAX_STUCK_THREADS`]).
 struct Pool {
     jobs: Option<Sender<Job>>,
