@@ -19,10 +19,8 @@
 //! `io_uring`); without it the disk uses io_uring where the host allows it. `num-queues` is
 //! QEMU's virtio-blk property: above 1 the device offers multi-queue. `io-threads` is how
 //! many I/O threads serve the queues (1 to `num-queues`; queue `i` on thread
-//! `i % io-threads`); by default one per queue, but no more than half the host's CPUs (the
-//! guest's vCPUs drive the queues and need CPUs too: on 2 host CPUs the four queues of a
-//! 4-vCPU guest do best on one thread, as QEMU runs all of a disk's queues on its
-//! iothread). `inject.N.*` keys describe fault-injection rule N (0, 1, ...) with the members
+//! `i % io-threads`); by default one per queue, but no more than the host's CPUs (threads
+//! beyond them would only take turns). `inject.N.*` keys describe fault-injection rule N (0, 1, ...) with the members
 //! of QMP's `blockdev-inject-error`: `inject.N.operation` (`read`, `write`, `flush`),
 //! `inject.N.errno` (`eio`, `enospc`, `eperm`, `erofs`, `edquot`), `inject.N.sector`,
 //! `inject.N.count`, `inject.N.once`, `inject.N.delay-ms`.
@@ -244,12 +242,12 @@ impl std::str::FromStr for DiskSpec {
 }
 
 impl DiskSpec {
-    /// The I/O threads serving the queues: as given, else one per queue but at most half
-    /// of `host_cpus` (at least one).
+    /// The I/O threads serving the queues: as given, else one per queue but at most
+    /// `host_cpus` (at least one).
     pub fn io_threads(&self, host_cpus: usize) -> u16 {
         self.io_threads.unwrap_or_else(|| {
-            let half = u16::try_from(host_cpus / 2).unwrap_or(u16::MAX);
-            half.clamp(1, self.num_queues.max(1))
+            let cpus = u16::try_from(host_cpus).unwrap_or(u16::MAX);
+            cpus.clamp(1, self.num_queues.max(1))
         })
     }
 }
@@ -379,13 +377,13 @@ mod tests {
     }
 
     #[test]
-    fn io_threads_are_bounded_by_the_queues_and_default_to_half_the_host_cpus() {
+    fn io_threads_are_bounded_by_the_queues_and_default_to_at_most_the_host_cpus() {
         let spec = p("img,num-queues=4,io-threads=3").unwrap();
         assert_eq!(spec.io_threads, Some(3));
         assert_eq!(spec.io_threads(64), 3);
         let default = p("img,num-queues=4").unwrap();
         assert_eq!(default.io_threads, None);
-        for (cpus, threads) in [(1, 1), (2, 1), (4, 2), (8, 4), (64, 4)] {
+        for (cpus, threads) in [(0, 1), (1, 1), (2, 2), (3, 3), (8, 4), (64, 4)] {
             assert_eq!(default.io_threads(cpus), threads, "{cpus} host CPUs");
         }
         assert_eq!(p("img").unwrap().io_threads(64), 1);
