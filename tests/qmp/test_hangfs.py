@@ -134,7 +134,9 @@ def test_syscall_blocks_until_release(hangfs, spawn, case, op, code, stdout, aft
     assert waiters[0]["path"] == "/f.raw", waiters
     assert hangfs.blocked() == 1 and hangfs.blocked(op) == 1
     assert p.poll() is None
-    assert proc_state(p.pid) in ("S", "D")
+    # The daemon can read the request before its sender has been scheduled out: asleep
+    # within moments, and inside the syscall.
+    wait_until(lambda: proc_state(p.pid) in ("S", "D"), what="the child asleep")
     assert proc_syscall(p.pid) != "running"
     hangfs.release()
     assert finish(p) == stdout
