@@ -154,14 +154,10 @@ impl Ring {
         // sleeping thread is still woken at once, and it always ends a round in a system
         // call: the epoll wait, which the pending work interrupts). On a nested host an IPI
         // is a VM exit: it was a third of the kernel time of depth-128 4 KiB reads.
-        let ring = match IoUring::builder()
-            .setup_cqsize(entries * 2)
-            .setup_coop_taskrun()
-            .build(entries)
-        {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
-                .setup_cqsize(entries * 2)
-                .build(entries)?,
+        let mut plain = IoUring::builder();
+        plain.setup_cqsize(entries * 2);
+        let ring = match plain.clone().setup_coop_taskrun().build(entries) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => plain.build(entries)?,
             r => r?,
         };
         let event = EventFd::new(EFD_NONBLOCK)?;
