@@ -272,11 +272,17 @@ impl Harness {
 /// is still listed for a few tens of microseconds while the kernel finishes its exit (its
 /// io_uring's teardown comes after the join returns).
 fn wait_thread(name: &str, present: bool) {
+    wait_threads(name, |n| n == name, present);
+}
+
+/// Waits until some thread whose name `matches` exists (`present`) or none does; `what`
+/// names them in the failure.
+fn wait_threads(what: &str, matches: impl Fn(&str) -> bool, present: bool) {
     let deadline = Instant::now() + WAIT;
-    while thread_names().iter().any(|n| n == name) != present {
+    while thread_names().iter().any(|n| matches(n)) != present {
         assert!(
             Instant::now() < deadline,
-            "thread {name} present: {}",
+            "thread {what} present: {}",
             !present
         );
         std::thread::sleep(Duration::from_millis(1));
@@ -1847,17 +1853,8 @@ fn multi_queue_on(id: &str, io_threads: u16) {
     w32(&mut t, VIRTIO_MMIO_STATUS, 0);
     assert!(!t.is_activated());
     drop(t);
-    let deadline = Instant::now() + WAIT;
-    while thread_names()
-        .iter()
-        .any(|n| n.starts_with(&format!("blk-{id}")))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "blk-{id} threads outlive the device"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let prefix = format!("blk-{id}");
+    wait_threads(&format!("{prefix}*"), |n| n.starts_with(&prefix), false);
 }
 
 /// Limits of `avg` on bucket `b` (and `iops_size`).
