@@ -17,11 +17,11 @@
 //! `werror`/`rerror` are QEMU's error policies (`report`, `ignore`, `enospc` — writes only —,
 //! `stop`; defaults `enospc` and `report`). `aio` is QEMU's engine key (`native` is taken as
 //! `io_uring`); without it the disk uses io_uring where the host allows it. `num-queues` is
-//! QEMU's virtio-blk property: above 1 the device offers multi-queue. `io-threads` is how
-//! many I/O threads serve the queues (1 to `num-queues`; queue `i` on thread
-//! `i % io-threads`); by default one per queue, but no more than the host's CPUs (threads
-//! beyond them would only take turns). `inject.N.*` keys describe fault-injection rule N (0, 1, ...) with the members
-//! of QMP's `blockdev-inject-error`: `inject.N.operation` (`read`, `write`, `flush`),
+//! QEMU's virtio-blk property: above 1 the device offers multi-queue. `io-threads` is how many
+//! I/O threads serve the queues (1 to `num-queues`; queue `i` on thread `i % io-threads`); by
+//! default one per queue, but no more than the host's CPUs (threads beyond them would only take
+//! turns). `inject.N.*` keys describe fault-injection rule N (0, 1, ...) with the members of
+//! QMP's `blockdev-inject-error`: `inject.N.operation` (`read`, `write`, `flush`),
 //! `inject.N.errno` (`eio`, `enospc`, `eperm`, `erofs`, `edquot`), `inject.N.sector`,
 //! `inject.N.count`, `inject.N.once`, `inject.N.delay-ms`.
 
