@@ -148,3 +148,33 @@ def test_yank_ends_a_stop_waiting_on_hung_storage(vmm_factory, hangfs):
     assert c.cmd("cont") == {"return": {}}
     done = stats(c)["wr_operations"]
     wait_until(lambda: stats(c)["wr_operations"] > done + 3, what="the guest's loop")
+
+
+def test_yanked_read_never_lands_in_guest_memory(vmm_factory, hangfs):
+    """A read hung in the storage, yanked, fails in the guest with EIO at once; its buffer (a
+    whole page, so the read went straight to guest memory) is set aside by the guest, and
+    when the storage answers that read late, the data must not appear there: io-loop checks
+    the buffer once an iteration succeeds again and prints io-late-data if it does."""
+    img = hangfs.backing / "disk.raw"
+    with open(img, "wb") as f:
+        f.truncate(1 << 20)
+    vm = vmm_factory(cmdline=f"probe.test=io-loop probe.count={SECTORS}",
+                     extra=["--disk", f"path={hangfs.path / 'disk.raw'},node-name=disk0,"
+                            "rerror=report,werror=report"])
+    c = RawQmp(vm.sock).negotiate(oob=True)
+    vm.wait_serial("PROBE io-loop iters=")
+    hangfs.hang("read")
+    hangfs.wait_blocked(ops="read", pid=vm.pid)
+    assert c.cmd("yank", {"instances": [{"type": "block-node", "node-name": "disk0"}]},
+                 oob=True) == {"return": {}}
+    ev = c.event("BLOCK_IO_ERROR")
+    assert ev["data"]["operation"] == "read", ev
+    vm.wait_serial("op=read lba=0 status=ioerr")
+    # The storage answers the abandoned read; the guest's loop verifies its data again.
+    hangfs.release()
+    ok = stats(c)["rd_operations"]
+    wait_until(lambda: stats(c)["rd_operations"] > ok + 5, what="successful reads")
+    vm.wait_serial("PROBE io-loop iters=")
+    serial = vm.serial()
+    assert "io-late-data" not in serial, serial
+    assert "op=verify" not in serial, serial

@@ -5,9 +5,30 @@ use crate::GuestMemoryMmap;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress};
 
-/// Guest memory of `size` bytes at address 0.
+/// Guest memory of `size` bytes at address 0, made as the VMM makes it (see
+/// [`shared_memory`]).
 pub(crate) fn guest_memory(size: usize) -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).unwrap()
+    shared_memory(&[(GuestAddress(0), size)])
+}
+
+/// Guest memory of the regions `ranges` as the VMM makes guest RAM: one memfd, mapped
+/// shared, the regions back to back in it (so that block reads can go straight to it).
+pub(crate) fn shared_memory(ranges: &[(GuestAddress, usize)]) -> GuestMemoryMmap {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a NUL-terminated name; the result is checked.
+    let fd = unsafe { libc::memfd_create(c"test-guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let file = std::sync::Arc::new(unsafe { std::fs::File::from_raw_fd(fd) });
+    file.set_len(ranges.iter().map(|&(_, len)| len as u64).sum())
+        .unwrap();
+    let mut offset = 0;
+    GuestMemoryMmap::from_ranges_with_files(ranges.iter().map(|&(addr, len)| {
+        let f = vm_memory::FileOffset::from_arc(file.clone(), offset);
+        offset += len as u64;
+        (addr, len, Some(f))
+    }))
+    .unwrap()
 }
 
 /// Descriptor flags (the bindings declare them as `u32`; descriptors hold a `u16`).

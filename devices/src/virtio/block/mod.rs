@@ -12,6 +12,7 @@
 //! its queues, on the shared backend. See [`request`] for what is accepted and how malformed
 //! requests complete.
 
+mod alias;
 pub mod request;
 mod uring;
 mod worker;
@@ -226,6 +227,9 @@ impl VirtioBlock {
         if num_queues > 1 {
             features |= 1 << VIRTIO_BLK_F_MQ;
         }
+        // Read the host's huge-page setting for the I/O alias here: the I/O threads that map
+        // it are confined before they could read it (and would then assume huge pages).
+        let _ = alias::shmem_may_be_huge();
         let base = format!("blk-{}", backend.id().replace('\0', ""));
         let mut threads = Vec::new();
         let mut spawn_error = None;

@@ -430,6 +430,14 @@ pub fn complete(
     ))
 }
 
+/// Marks a read request's buffers written in guest memory's dirty bitmap (whatever its
+/// outcome: a direct read that failed may have written part of them).
+pub(super) fn mark_read_dirty(mem: &GuestMemoryMmap, parsed: &Parsed) {
+    if let Op::Read { data, .. } = &parsed.op {
+        mark_dirty(mem, data);
+    }
+}
+
 /// Marks `segs` written in guest memory's dirty bitmap: a read's data reaches the guest
 /// through the block layer's buffers, which do not track writes themselves.
 fn mark_dirty(mem: &GuestMemoryMmap, segs: &[Segment]) {

@@ -29,7 +29,8 @@ use virtio_bindings::virtio_mmio::{
     VIRTIO_MMIO_QUEUE_USED_HIGH, VIRTIO_MMIO_QUEUE_USED_LOW, VIRTIO_MMIO_STATUS,
     VIRTIO_MMIO_VERSION,
 };
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::bitmap::Bitmap;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EFD_NONBLOCK;
 use vmm_sys_util::tempfile::TempFile;
 
@@ -1349,11 +1350,10 @@ fn buffers_spanning_memory_regions() {
     std::fs::write(image.as_path(), &data).unwrap();
     let backend = Arc::new(Backend::open(BackendConfig::new("span0", image.as_path())).unwrap());
     // Two regions meeting at 2 MiB: one descriptor covers both.
-    let mem = GuestMemoryMmap::from_ranges(&[
+    let mem = crate::virtio::testing::shared_memory(&[
         (GuestAddress(0), 0x20_0000),
         (GuestAddress(0x20_0000), MEM_SIZE - 0x20_0000),
-    ])
-    .unwrap();
+    ]);
     let mut h = Harness::on_mem(backend, image, mem);
     h.init_default();
     let at = 0x20_0000 - 1024;
@@ -2087,3 +2087,87 @@ fn throttled_queues_of_one_disk_all_complete() {
 }
 
 mod migration;
+
+/// Reads into whole pages go straight to guest memory, through the ring's alias of guest
+/// RAM: pages across two regions, a 1 MiB read, one running past the end of an image that
+/// shrank (the rest reads as zeroes); the bytes are the image's and the pages are marked
+/// dirty for migration. A read into part of a page bounces and lands the same.
+#[test]
+fn whole_page_reads_land_in_guest_memory() {
+    let image = TempFile::new().unwrap();
+    let len = 2 << 20;
+    let data: Vec<u8> = (0..len).map(pattern).collect();
+    std::fs::write(image.as_path(), &data).unwrap();
+    let backend = Arc::new(
+        Backend::open(BackendConfig {
+            aio: Aio::IoUring,
+            ..BackendConfig::new("direct0", image.as_path())
+        })
+        .unwrap(),
+    );
+    let mem = crate::virtio::testing::shared_memory(&[
+        (GuestAddress(0), 0x20_0000),
+        (GuestAddress(0x20_0000), MEM_SIZE - 0x20_0000),
+    ]);
+    let mut h = Harness::on_mem(backend, image, mem);
+    h.init_default();
+    let clean = |h: &Harness| {
+        for r in h.mem.iter() {
+            let m: &vm_memory::MmapRegion<_> = r;
+            m.bitmap().reset();
+        }
+    };
+    let dirty = |h: &Harness, at: u64| {
+        let r = h.mem.find_region(GuestAddress(at)).unwrap();
+        let m: &vm_memory::MmapRegion<_> = r;
+        m.bitmap()
+            .dirty_at((at - r.start_addr().raw_value()) as usize)
+    };
+
+    let at = 0x20_0000 - 0x1000;
+    h.fill(at, 0x2000, 0xee);
+    clean(&h);
+    assert_eq!(h.run(VIRTIO_BLK_T_IN, 8, at, 0x2000, true), (0x2001, 0));
+    assert_eq!(h.guest(at, 0x2000), data[8 * 512..8 * 512 + 0x2000]);
+    assert!(
+        dirty(&h, at) && dirty(&h, at + 0x1000),
+        "read pages not marked dirty"
+    );
+
+    let big = 0x10_0000;
+    h.fill(0x10_0000, big, 0xee);
+    assert_eq!(
+        h.run(VIRTIO_BLK_T_IN, 2048, 0x10_0000, big as u32, true),
+        (big as u32 + 1, 0)
+    );
+    assert_eq!(h.guest(0x10_0000, big), data[1 << 20..(1 << 20) + big]);
+
+    // Half a page: bounced.
+    h.fill(DATA_AT + 0x800, 0x800, 0xee);
+    assert_eq!(
+        h.run(VIRTIO_BLK_T_IN, 4, DATA_AT + 0x800, 0x800, true),
+        (0x801, 0)
+    );
+    assert_eq!(
+        h.guest(DATA_AT + 0x800, 0x800),
+        data[4 * 512..4 * 512 + 0x800]
+    );
+
+    // The image shrinks to 4 KiB into a two-page read.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(h.image.as_path())
+        .unwrap();
+    f.set_len(0x1000).unwrap();
+    h.fill(DATA_AT, 0x2000, 0xee);
+    assert_eq!(
+        h.run(VIRTIO_BLK_T_IN, 0, DATA_AT, 0x2000, true),
+        (0x2001, 0)
+    );
+    let got = h.guest(DATA_AT, 0x2000);
+    assert_eq!(got[..0x1000], data[..0x1000]);
+    assert!(
+        got[0x1000..].iter().all(|&b| b == 0),
+        "past the end is not zeroes"
+    );
+}

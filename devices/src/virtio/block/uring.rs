@@ -11,19 +11,23 @@
 //! on both engines.
 //!
 //! Each request runs its backend operations one after the other (a discard or write-zeroes
-//! request may hold several ranges), each operation in steps: reads in chunks of at most
-//! [`CHUNK`] bytes through the request's own bounce buffer (copied to guest memory on this
-//! thread, only while the request's ticket is live, as on the thread engine), writes straight
+//! request may hold several ranges), each operation in steps of at most [`CHUNK`] bytes:
+//! reads straight into guest memory through the ring's I/O alias of guest RAM
+//! (`IORING_OP_READV`; see [`super::alias`]) when the request's buffers are whole 4 KiB
+//! pages, else through the request's own bounce buffer (copied to guest memory on this
+//! thread, only while the request's ticket is live, as on the thread engine); writes straight
 //! from guest memory (`IORING_OP_WRITEV` over the request's buffers; through the bounce
 //! buffer only when `O_DIRECT` cannot take the guest's buffers as they are: not 4 KiB
-//! aligned, or more than [`IOV_MAX`] pieces), each resubmitted after a short transfer; flushes as `fdatasync`; discards as a hole punch;
-//! write-zeroes as a hole punch (when unmapping is allowed), then `FALLOC_FL_ZERO_RANGE`,
-//! then plain writes of zeroes, each falling back when the host does not support it.
+//! aligned, or more than [`IOV_MAX`] pieces); each step resubmitted after a short transfer.
+//! Flushes run as `fdatasync`; discards as a hole punch; write-zeroes as a hole punch (when
+//! unmapping is allowed), then `FALLOC_FL_ZERO_RANGE`, then plain writes of zeroes, each
+//! falling back when the host does not support it.
 //!
 //! A yanked request keeps its bounce buffer until its last completion arrives; a request still
 //! in the kernel when the device goes away leaves its buffer behind (leaked) rather than free
-//! memory the kernel may still write. Reads bounce so that a yanked read's late data never
-//! lands in guest memory the guest was told is free again; a yanked write that the kernel
+//! memory the kernel may still write. A yanked read never lands in guest memory the guest was
+//! told is free again: a bounced one lands in its buffer, and a direct one is cut off guest
+//! RAM ([`Ring::cut_off`]) before the device completes it. A yanked write that the kernel
 //! still carries out writes what the guest's buffer holds then, to the range of a write the
 //! guest saw fail (whose contents are undefined either way).
 
@@ -39,7 +43,10 @@ use block::{Admitted, Backend, HostFile, IoKind};
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::request::{complete, io_bufs, status_of, ChainError, Op, Outcome, Parsed, S_OK};
+use super::alias::{IoAlias, PAGE};
+use super::request::{
+    complete, io_bufs, mark_read_dirty, status_of, ChainError, Op, Outcome, Parsed, S_OK,
+};
 
 /// Largest read or write step, and the bounce buffer's largest size.
 pub const CHUNK: usize = 1 << 20;
@@ -109,8 +116,14 @@ struct Job {
     phase: ZeroPhase,
     /// The bounce buffer (reads, and writes that cannot go direct).
     buf: Option<AlignedBuf>,
-    /// The guest memory of the current direct write step.
+    /// The guest memory of the current direct step (a direct read's: alias addresses).
     iov: GuestIov,
+    /// The step on the ring is a direct read (its data goes to guest memory through `iov`).
+    direct_read: bool,
+    /// A direct read of this request reached guest memory (marked dirty however it ends).
+    touched: bool,
+    /// Alias ranges a yank cut off under this request, mapped back when the kernel is done.
+    cut: Vec<(usize, usize)>,
     /// The bounce buffer holds the current chunk of a write.
     gathered: bool,
     /// Data bytes written to the guest.
@@ -121,6 +134,8 @@ struct Job {
 pub(super) struct Ring {
     ring: IoUring,
     event: EventFd,
+    /// Guest RAM mapped again for direct reads; `None`: every read bounces.
+    alias: Option<IoAlias>,
     jobs: HashMap<u64, Job>,
     /// A zeroed buffer for write-zeroes that falls back to writes.
     zeroes: Option<AlignedBuf>,
@@ -143,11 +158,12 @@ enum Next {
 }
 
 impl Ring {
-    /// A ring for `entries` requests in flight, its completions signalled on an eventfd.
+    /// A ring for `entries` requests in flight over guest memory `mem`, its completions
+    /// signalled on an eventfd.
     ///
     /// # Errors
     /// The host refuses io_uring or the eventfd.
-    pub fn new(entries: u32) -> io::Result<Self> {
+    pub fn new(entries: u32, mem: &GuestMemoryMmap) -> io::Result<Self> {
         // Completions are posted by task work on this thread. By default the kernel sends an
         // IPI to interrupt the thread for it when it is running; cooperative task running
         // (Linux 5.19+) waits for the thread's next system call or interrupt instead (a
@@ -165,6 +181,7 @@ impl Ring {
         Ok(Self {
             ring,
             event,
+            alias: IoAlias::new(mem),
             jobs: HashMap::new(),
             zeroes: None,
             spare: (0..SIZE_CLASSES.len()).map(|_| Vec::new()).collect(),
@@ -204,6 +221,9 @@ impl Ring {
             phase: ZeroPhase::Punch,
             buf: None,
             iov: GuestIov::default(),
+            direct_read: false,
+            touched: false,
+            cut: Vec::new(),
             gathered: false,
             written: 0,
         };
@@ -274,7 +294,15 @@ impl Ring {
                 self.jobs.remove(&id);
             }
         }
-        for (_, job) in self.jobs.drain() {
+        for (_, mut job) in self.jobs.drain() {
+            if job.direct_read {
+                // Abandoned and not cut off yet (a cut the host refused): once more, since
+                // the device is going away without waiting for it.
+                if let Some(alias) = self.alias.as_mut() {
+                    let ranges = job.iov.0.iter().map(|v| (v.iov_base as usize, v.iov_len));
+                    let _ = alias.cut(ranges, &mut job.cut);
+                }
+            }
             if let Some(buf) = job.buf {
                 std::mem::forget(buf);
             }
@@ -316,6 +344,10 @@ impl Ring {
                     return None;
                 }
                 Next::Done(status) => {
+                    if job.touched && job.written == 0 {
+                        // A failed direct read may have written part of the buffers.
+                        mark_read_dirty(mem, &job.parsed);
+                    }
                     let result = complete(&job.parsed, mem, status, job.written);
                     self.recycle(job);
                     return Some(result);
@@ -352,11 +384,38 @@ impl Ring {
         }
     }
 
-    /// Takes back the buffer of a request that is done with the kernel.
+    /// Takes back the buffer of a request that is done with the kernel, and maps back
+    /// what a yank cut off under it.
     fn recycle(&mut self, mut job: Job) {
         if let Some(b) = job.buf.take() {
             self.put_buf(b);
         }
+        if !job.cut.is_empty() {
+            if let Some(alias) = self.alias.as_mut() {
+                alias.restore(&job.cut);
+            }
+        }
+    }
+
+    /// Cuts request `id`'s direct read off guest RAM, if one is in the kernel (a yank
+    /// abandoned it: the device completes it next, and the guest may reuse its buffers);
+    /// `false` if the host refused, when the request must not be completed before its
+    /// completion arrives.
+    pub fn cut_off(&mut self, id: u64, mem: &GuestMemoryMmap) -> bool {
+        let (Some(job), Some(alias)) = (self.jobs.get_mut(&id), self.alias.as_mut()) else {
+            return true;
+        };
+        if !job.direct_read {
+            return true;
+        }
+        let ranges = job.iov.0.iter().map(|v| (v.iov_base as usize, v.iov_len));
+        let done = alias.cut(ranges, &mut job.cut).is_ok();
+        // The punched pages read as zeroes now.
+        mark_read_dirty(mem, &job.parsed);
+        if done {
+            job.direct_read = false;
+        }
+        done
     }
 
     /// Begins operation `job.op` (or finishes the request when none is left).
@@ -436,6 +495,15 @@ impl Ring {
             if let Some(next) = self.direct_write(job, mem, op) {
                 return next;
             }
+        }
+        if op.kind == IoKind::Read && job.buf.is_none() {
+            if let Some(next) = self.direct_read(job, mem, op) {
+                return next;
+            }
+            // The rest of a chunk a short direct read left bounces as a chunk of its own.
+            job.pos += job.chunk_done as u64;
+            job.chunk -= job.chunk_done;
+            job.chunk_done = 0;
         }
         let zero_write = op.kind == IoKind::WriteZeroes;
         if zero_write {
@@ -523,6 +591,53 @@ impl Ring {
         Some(Next::Submit(entry))
     }
 
+    /// The current read step straight into guest memory through the alias, unless it must
+    /// bounce (`None`): no alias, buffers that are not whole pages (a yank cuts off whole
+    /// pages, which must all be the request's), a range cut off by a yank, more than
+    /// [`IOV_MAX`] pieces, or what `O_DIRECT` cannot take.
+    fn direct_read(&mut self, job: &mut Job, mem: &GuestMemoryMmap, op: HostOp) -> Option<Next> {
+        let alias = self.alias.as_ref()?;
+        if job.admitted.ticket().is_abandoned() {
+            return Some(Next::Abandoned);
+        }
+        let bufs = guest_bufs(&job.parsed, mem)?;
+        let whole_pages = |b: &block::IoBuf<'_>| {
+            (b.ptr_guard().as_ptr() as usize).is_multiple_of(PAGE) && b.len().is_multiple_of(PAGE)
+        };
+        if !bufs.iter().all(whole_pages) {
+            return None;
+        }
+        let from = job.pos + job.chunk_done as u64;
+        let len = job.chunk - job.chunk_done;
+        let at = op.offset + from;
+        let mut iov = std::mem::take(&mut job.iov.0);
+        iov.clear();
+        let mut total = 0;
+        for s in window(&bufs, from, len) {
+            let Some(a) = alias.translate(s.ptr_guard().as_ptr() as usize, s.len()) else {
+                job.iov.0 = iov;
+                return None;
+            };
+            iov.push(libc::iovec {
+                iov_base: a as *mut libc::c_void,
+                iov_len: s.len(),
+            });
+            total += s.len();
+        }
+        let direct_fits = || direct_ok(at, iov.iter().map(|v| (v.iov_base as usize, v.iov_len)));
+        if total != len || iov.len() > IOV_MAX || (job.file.direct() && !direct_fits()) {
+            job.iov.0 = iov;
+            return None;
+        }
+        let entry = opcode::Readv::new(types::Fd(job.file.fd()), iov.as_ptr(), iov.len() as u32)
+            .offset(at)
+            .build();
+        job.iov.0 = iov;
+        job.direct_read = true;
+        job.touched = true;
+        Some(Next::Submit(entry))
+    }
+
     /// A completion `res` of `job`'s current step: what comes next.
     fn step_done(
         &mut self,
@@ -531,6 +646,7 @@ impl Ring {
         mem: &GuestMemoryMmap,
         backend: &Backend,
     ) -> Next {
+        let was_direct = std::mem::take(&mut job.direct_read);
         if job.admitted.ticket().is_abandoned() {
             return Next::Abandoned;
         }
@@ -575,6 +691,23 @@ impl Ring {
                     // End of file (the image shrank under us): the rest reads as zeroes.
                     if let Some(buf) = job.buf.as_mut() {
                         buf.as_mut_slice()[job.chunk_done..job.chunk].fill(0);
+                    } else if was_direct {
+                        let Some(bufs) = guest_bufs(&job.parsed, mem) else {
+                            return self.fail_op(
+                                job,
+                                io::Error::from_raw_os_error(libc::EFAULT),
+                                backend,
+                            );
+                        };
+                        let zeroes = vec![0u8; job.chunk - job.chunk_done];
+                        let from = job.pos + job.chunk_done as u64;
+                        if !job
+                            .admitted
+                            .ticket()
+                            .while_live(|| scatter(&bufs, from, &zeroes))
+                        {
+                            return Next::Abandoned;
+                        }
                     }
                     job.chunk_done = job.chunk;
                 } else {
@@ -583,7 +716,7 @@ impl Ring {
                 if job.chunk_done < job.chunk {
                     return self.next_chunk(job, mem, backend);
                 }
-                if op.kind == IoKind::Read {
+                if op.kind == IoKind::Read && !was_direct {
                     let (Some(buf), Some(bufs)) = (job.buf.as_ref(), guest_bufs(&job.parsed, mem))
                     else {
                         return self.fail_op(

@@ -315,9 +315,11 @@ impl Worker {
         // The VMM said at start-up when the host refuses io_uring; the thread engine serves.
         let ring = match backend.aio() {
             // Room for every request the thread's queues can hold.
-            Aio::IoUring => {
-                Ring::new(u32::from(super::QUEUE_SIZE) * queue_events.len() as u32).ok()
-            }
+            Aio::IoUring => Ring::new(
+                u32::from(super::QUEUE_SIZE) * queue_events.len() as u32,
+                &mem,
+            )
+            .ok(),
             Aio::Threads => None,
         };
         Ok(Self {
@@ -668,6 +670,13 @@ impl Worker {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
+            // A direct read still in the kernel is cut off guest RAM first; one the host
+            // refused to cut off is completed when its syscall returns, not now.
+            if let Some(ring) = self.ring.as_mut() {
+                if !ring.cut_off(id, &self.ctx.mem) {
+                    continue;
+                }
+            }
             let Some(started) = self.in_flight.get(&id) else {
                 continue;
             };

@@ -1,6 +1,7 @@
 //! `blk-write`, `blk-read`, `blk-id` and `io-loop`.
 
 use super::{disk_error, Ctx};
+use crate::guest::mem::DmaBuf;
 use crate::guest::arch;
 use crate::guest::blk::{Outcome, ReqType};
 use crate::guest::console::Line;
@@ -49,14 +50,16 @@ fn write_pattern(
 }
 
 /// Reads `count` sectors from `lba` and compares them with the pattern:
-/// (outcome, first bad sector).
+/// (outcome, first bad sector, and with `keep` the buffer of a failed read,
+/// which the caller then owns: it is not the scratch buffer any more).
 fn read_pattern(
     ctx: &mut Ctx,
     dev: u32,
     lba: u64,
     count: u64,
     seed: u64,
-) -> Result<(Outcome, Option<u64>), u32> {
+    keep: bool,
+) -> Result<(Outcome, Option<u64>, Option<DmaBuf>), u32> {
     let Some(mut buf) = ctx.take_scratch((CHUNK as usize) * SECTOR) else {
         out!("PROBE blk-read dev={} status=nomem", dev);
         return Err(1);
@@ -81,8 +84,23 @@ fn read_pattern(
             Ok((outcome, first_bad))
         }
     };
-    ctx.put_scratch(buf);
-    result
+    match result {
+        Ok((o, bad)) if keep && o != Outcome::Ok => Ok((o, bad, Some(buf))),
+        r => {
+            ctx.put_scratch(buf);
+            r.map(|(o, bad)| (o, bad, None))
+        }
+    }
+}
+
+/// The buffer of a read that failed in io-loop, set aside: the storage may still answer
+/// that read late (a yanked one), and what it answers must never reach the guest's memory.
+struct HeldRead {
+    buf: DmaBuf,
+    lba: u64,
+    seed: u64,
+    bytes: usize,
+    iter: u64,
 }
 
 /// `probe.test=blk-write`.
@@ -108,9 +126,9 @@ pub fn write(ctx: &mut Ctx) -> u32 {
 /// `probe.test=blk-read`.
 pub fn read(ctx: &mut Ctx) -> u32 {
     let p = ctx.params;
-    match read_pattern(ctx, p.dev, p.lba, p.count, p.seed) {
+    match read_pattern(ctx, p.dev, p.lba, p.count, p.seed, false) {
         Err(rc) => rc,
-        Ok((o, bad)) => {
+        Ok((o, bad, _)) => {
             let mut l = Line::new();
             let _ = write!(
                 l,
@@ -203,6 +221,9 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
     );
     let (mut iters, mut errors) = (0u64, 0u64);
     let mut next_report = now_ns() + 1_000_000_000;
+    // The first failed read's buffer, checked once an iteration succeeds again (by then
+    // anything the storage still owed that read has come): it must not hold the data.
+    let mut held: Option<HeldRead> = None;
     loop {
         let seed = p.seed.wrapping_add(iters) & 0xff_ffff;
         let mut failed = false;
@@ -230,9 +251,19 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
             }
         }
         if !failed {
-            match read_pattern(ctx, p.dev, p.lba, count, seed) {
+            match read_pattern(ctx, p.dev, p.lba, count, seed, held.is_none()) {
                 Err(rc) => return rc,
-                Ok((o, bad)) => {
+                Ok((o, bad, kept)) => {
+                    if let Some(buf) = kept {
+                        let bytes = (count as usize) * SECTOR;
+                        held = Some(HeldRead {
+                            buf,
+                            lba: p.lba,
+                            seed,
+                            bytes,
+                            iter: iters,
+                        });
+                    }
                     if o != Outcome::Ok {
                         out!(
                             "PROBE io-error iter={} op=read lba={} status={}{}",
@@ -247,6 +278,19 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
                         failed = true;
                     }
                 }
+            }
+        }
+        if !failed {
+            if let Some(mut h) = held.take() {
+                // The read failed: its buffer holds what the guest put there (0xa5), or
+                // zeroes, but never the sectors' data.
+                if pattern::first_mismatch(&h.buf.bytes()[..h.bytes], h.lba, h.seed)
+                    != Some(h.lba)
+                {
+                    out!("PROBE io-late-data iter={} lba={}", h.iter, h.lba);
+                    failed = true;
+                }
+                ctx.put_scratch(h.buf);
             }
         }
         errors += u64::from(failed);

@@ -1,0 +1,379 @@
+// SPDX-License-Identifier: Apache-2.0
+//! The I/O alias of guest RAM: a second shared mapping of guest RAM's memory file, through
+//! which the io_uring engine reads straight into guest memory, and which a yank can cut off.
+//!
+//! A read the kernel carries out after a yank abandoned it must not land in guest memory: the
+//! guest was told the request failed and may have reused its buffer. The kernel writes a
+//! read's data through one of two routes, and cutting a request off closes both:
+//!
+//! 1. a copy to the buffer's address (buffered reads; io-wq or task work copying after the
+//!    storage answers): the request's alias range is remapped to inaccessible memory
+//!    (`MAP_FIXED`), so a later copy faults (`EFAULT`) instead of reaching guest RAM; the
+//!    guest's own mapping, KVM's, is a different range and stays as it is;
+//! 2. pages pinned at submission (`O_DIRECT`, FUSE `direct_io`, NFS), written by a device or
+//!    a daemon's reply whenever it comes: the request's pages are punched out of the memory
+//!    file, so the pinned pages leave guest RAM (they are freed when the kernel unpins them)
+//!    and the guest finds zeroed pages there instead.
+//!
+//! Both only touch what belongs to the request, because only requests whose buffers are
+//! whole 4 KiB pages read through the alias (the rest bounce): their bytes are undefined once
+//! the request fails. A cut range stays inaccessible (reads over it bounce) until the
+//! abandoned request's completion arrives, then it is mapped again.
+//!
+//! The alias exists only where guest RAM is a shared file mapping (not a private snapshot
+//! mapping, whose written pages the file does not hold) and where the host cannot back that
+//! file with huge pages (`shmem_enabled`): punching 4 KiB out of a huge page zeroes it in
+//! place, leaving the pinned page in guest RAM.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, OnceLock};
+
+use crate::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+/// The page size: what a cut and a punch work in.
+pub const PAGE: usize = 4096;
+
+/// One region of guest RAM and its alias.
+#[derive(Debug)]
+struct Region {
+    /// Start of the region in the VM's mapping (the addresses the guest's buffers come as).
+    host: usize,
+    /// Start of its alias.
+    alias: usize,
+    len: usize,
+    file: Arc<File>,
+    /// Where the region starts in the file.
+    offset: u64,
+}
+
+/// The alias of every region of guest RAM, and the ranges cut off.
+#[derive(Debug)]
+pub struct IoAlias {
+    regions: Vec<Region>,
+    /// Alias ranges `(start, len)` cut off by [`IoAlias::cut`], not yet mapped back.
+    dead: Vec<(usize, usize)>,
+}
+
+/// Whether the host may back a shared memory file with huge pages (`shmem_enabled` of the
+/// transparent huge pages, and of each of their sizes, is `always`, `within_size` or
+/// `force`, or a size inherits that). Read once per process; an unreadable top-level setting
+/// counts as huge (nothing is assumed), a kernel without THP has none.
+pub fn shmem_may_be_huge() -> bool {
+    static HUGE: OnceLock<bool> = OnceLock::new();
+    *HUGE.get_or_init(|| {
+        let dir = std::path::Path::new("/sys/kernel/mm/transparent_hugepage");
+        if !dir.exists() {
+            return false;
+        }
+        let active = |path: &std::path::Path| -> Option<String> {
+            let text = std::fs::read_to_string(path).ok()?;
+            let start = text.find('[')? + 1;
+            let end = start + text[start..].find(']')?;
+            Some(text[start..end].to_string())
+        };
+        let huge = |mode: &str| matches!(mode, "always" | "within_size" | "force");
+        let Some(top) = active(&dir.join("shmem_enabled")) else {
+            return true;
+        };
+        if huge(&top) {
+            return true;
+        }
+        let Ok(sizes) = std::fs::read_dir(dir) else {
+            return false;
+        };
+        sizes.flatten().any(|size| {
+            active(&size.path().join("shmem_enabled"))
+                .is_some_and(|m| huge(&m) || (m == "inherit" && huge(&top)))
+        })
+    })
+}
+
+impl IoAlias {
+    /// Maps guest RAM a second time; `None` where reads cannot go straight to guest memory
+    /// safely (RAM not a shared file mapping, huge shared pages possible) or the mapping
+    /// fails. Each region is its own mapping, unmapped when the alias is dropped.
+    pub fn new(mem: &GuestMemoryMmap) -> Option<Self> {
+        if shmem_may_be_huge() {
+            return None;
+        }
+        let mut alias = Self {
+            regions: Vec::new(),
+            dead: Vec::new(),
+        };
+        for region in mem.iter() {
+            let file_offset = region.file_offset()?;
+            if region.flags() & libc::MAP_SHARED == 0 {
+                return None;
+            }
+            let len = region.len() as usize;
+            // SAFETY: a new mapping at an address the kernel picks, of a file this process
+            // holds open; no existing memory is affected.
+            let addr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_NORESERVE,
+                    file_offset.file().as_raw_fd(),
+                    i64::try_from(file_offset.start()).ok()?,
+                )
+            };
+            if addr == libc::MAP_FAILED {
+                return None;
+            }
+            alias.regions.push(Region {
+                host: region.as_ptr() as usize,
+                alias: addr as usize,
+                len,
+                file: file_offset.arc().clone(),
+                offset: file_offset.start(),
+            });
+        }
+        Some(alias)
+    }
+
+    /// The alias address of `len` bytes at `host` (an address in the VM's mapping), if
+    /// they lie in one region and outside every cut range.
+    pub fn translate(&self, host: usize, len: usize) -> Option<usize> {
+        let end = host.checked_add(len)?;
+        let r = self
+            .regions
+            .iter()
+            .find(|r| r.host <= host && end <= r.host + r.len)?;
+        let at = r.alias + (host - r.host);
+        let dead = self.dead.iter().any(|&(s, l)| at < s + l && s < at + len);
+        (!dead).then_some(at)
+    }
+
+    /// The region holding alias range `start..start + len`.
+    fn region_of(&self, start: usize, len: usize) -> Option<&Region> {
+        self.regions
+            .iter()
+            .find(|r| r.alias <= start && start + len <= r.alias + r.len)
+    }
+
+    /// Cuts the pages holding alias ranges `ranges` off guest RAM (see the module's
+    /// documentation), adding the page ranges cut to `cut`, to [`IoAlias::restore`] once the
+    /// kernel is done with them (also after a failure: what was cut stays listed). Every range
+    /// must be part of a request's whole-page buffers.
+    ///
+    /// # Errors
+    /// The host refused the remapping or the punch: the request is not cut off, and must
+    /// not be completed until its host operation returns.
+    pub fn cut(
+        &mut self,
+        ranges: impl IntoIterator<Item = (usize, usize)>,
+        cut: &mut Vec<(usize, usize)>,
+    ) -> io::Result<()> {
+        for (start, len) in ranges {
+            let first = start / PAGE * PAGE;
+            let Some(end) = start
+                .checked_add(len)
+                .and_then(|e| e.checked_next_multiple_of(PAGE))
+            else {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            };
+            let Some(r) = self.region_of(first, end - first) else {
+                return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            };
+            let at = r.offset + (first - r.alias) as u64;
+            let fd = r.file.as_raw_fd();
+            // SAFETY: the range lies inside this alias's own mapping (checked just above),
+            // which nothing in this process reads or writes but the kernel on behalf of
+            // requests on the ring; replacing it with inaccessible memory affects no Rust
+            // object.
+            let addr = unsafe {
+                libc::mmap(
+                    first as *mut libc::c_void,
+                    end - first,
+                    libc::PROT_NONE,
+                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if addr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            self.dead.push((first, end - first));
+            cut.push((first, end - first));
+            // SAFETY: `fd` is guest RAM's memory file, open for the VM's life; the range is
+            // the request's own pages (whole pages of its buffers).
+            let punched = unsafe {
+                libc::fallocate(
+                    fd,
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    at as i64,
+                    (end - first) as i64,
+                )
+            };
+            if punched != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
+    /// Maps cut ranges back to guest RAM: the kernel is done with the request that held
+    /// them. A range that cannot be mapped again stays cut (reads over it bounce).
+    pub fn restore(&mut self, ranges: &[(usize, usize)]) {
+        for &(start, len) in ranges {
+            let Some(r) = self.region_of(start, len) else {
+                continue;
+            };
+            let at = r.offset + (start - r.alias) as u64;
+            // SAFETY: as in `cut`: the range is this alias's own, cut off by `cut`, which no
+            // request uses (reads over it bounce); it goes back to the file's pages.
+            let addr = unsafe {
+                libc::mmap(
+                    start as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_FIXED | libc::MAP_SHARED | libc::MAP_NORESERVE,
+                    r.file.as_raw_fd(),
+                    at as i64,
+                )
+            };
+            if addr != libc::MAP_FAILED {
+                if let Some(i) = self.dead.iter().position(|&d| d == (start, len)) {
+                    self.dead.swap_remove(i);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for IoAlias {
+    fn drop(&mut self) {
+        for r in &self.regions {
+            // SAFETY: the region's alias mapping, made by `new` and unmapped once; the ring
+            // that read through it is gone (what it left in the kernel was cut off).
+            unsafe {
+                libc::munmap(r.alias as *mut libc::c_void, r.len);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    use vm_memory::{Bytes, FileOffset, GuestAddress};
+
+    /// Guest RAM as the VMM makes it: a memfd mapped shared, two regions.
+    fn guest_ram() -> GuestMemoryMmap {
+        // SAFETY: a NUL-terminated name; the result is checked.
+        let fd = unsafe { libc::memfd_create(c"alias-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` was just created and is owned by nothing else.
+        let file = Arc::new(unsafe { File::from_raw_fd(fd) });
+        file.set_len(0x20_0000).unwrap();
+        let regions = [(0u64, 0x10_0000u64), (0x4000_0000, 0x10_0000)]
+            .iter()
+            .enumerate()
+            .map(|(i, &(gpa, len))| {
+                let r = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
+                    len as usize,
+                    <vm_memory::bitmap::AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(
+                        len as usize,
+                    ),
+                )
+                .with_file_offset(FileOffset::from_arc(file.clone(), i as u64 * 0x10_0000))
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+                .build()
+                .unwrap();
+                vm_memory::GuestRegionMmap::new(r, GuestAddress(gpa)).unwrap()
+            })
+            .collect();
+        GuestMemoryMmap::from_regions(regions).unwrap()
+    }
+
+    fn host(mem: &GuestMemoryMmap, gpa: u64) -> usize {
+        mem.get_host_address(GuestAddress(gpa)).unwrap() as usize
+    }
+
+    /// The alias shows guest RAM; ranges across regions or outside RAM have none.
+    #[test]
+    fn alias_is_guest_ram() {
+        if shmem_may_be_huge() {
+            return;
+        }
+        let mem = guest_ram();
+        let a = IoAlias::new(&mem).unwrap();
+        mem.write_slice(b"hello", GuestAddress(0x4000_1000))
+            .unwrap();
+        let at = a.translate(host(&mem, 0x4000_1000), 5).unwrap();
+        // SAFETY: `at` is 5 bytes inside the alias mapping, alive while `a` is.
+        let seen = unsafe { std::slice::from_raw_parts(at as *const u8, 5) };
+        assert_eq!(seen, b"hello");
+        assert!(a.translate(host(&mem, 0xf_f000), 0x2000).is_none());
+        assert!(a.translate(1, 1).is_none());
+    }
+
+    /// A read the kernel finishes after the cut (a pipe read on io_uring, answered late:
+    /// the copy of route 1) fails with EFAULT and leaves guest RAM alone; the cut pages read
+    /// zero in the guest; after `restore` the alias reaches guest RAM again.
+    #[test]
+    fn late_copy_after_a_cut_misses_guest_ram() {
+        if shmem_may_be_huge() {
+            return;
+        }
+        let mem = guest_ram();
+        let mut a = IoAlias::new(&mem).unwrap();
+        let gpa = GuestAddress(0x3000);
+        mem.write_slice(&[0x11; PAGE], gpa).unwrap();
+        let at = a.translate(host(&mem, 0x3000), PAGE).unwrap();
+
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned here.
+        let (rf, mut wf) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let mut ring = io_uring::IoUring::new(4).unwrap();
+        let read = io_uring::opcode::Read::new(
+            io_uring::types::Fd(rf.as_raw_fd()),
+            at as *mut u8,
+            PAGE as u32,
+        )
+        .build();
+        // SAFETY: the buffer is the alias page, which stays mapped (cut or not) until `a`
+        // is dropped, after the completion is reaped.
+        unsafe { ring.submission().push(&read).unwrap() };
+        ring.submit().unwrap();
+        assert!(
+            ring.completion().next().is_none(),
+            "the pipe read did not wait"
+        );
+
+        let mut cut = Vec::new();
+        a.cut([(at + 100, 200)], &mut cut).unwrap();
+        assert_eq!(cut, vec![(at, PAGE)]);
+        assert!(a.translate(host(&mem, 0x3000), PAGE).is_none());
+        let mut page = [0xffu8; PAGE];
+        mem.read_slice(&mut page, gpa).unwrap();
+        assert!(page.iter().all(|&b| b == 0), "the cut page was not punched");
+
+        wf.write_all(&[0x5a; PAGE]).unwrap();
+        ring.submit_and_wait(1).unwrap();
+        let res = ring.completion().next().unwrap().result();
+        assert_eq!(res, -libc::EFAULT);
+        mem.read_slice(&mut page, gpa).unwrap();
+        assert!(
+            page.iter().all(|&b| b == 0),
+            "the late read reached guest RAM"
+        );
+
+        a.restore(&cut);
+        let at = a.translate(host(&mem, 0x3000), PAGE).unwrap();
+        mem.write_slice(&[0x22; 8], gpa).unwrap();
+        // SAFETY: 8 bytes inside the alias mapping again.
+        let seen = unsafe { std::slice::from_raw_parts(at as *const u8, 8) };
+        assert_eq!(seen, &[0x22; 8]);
+    }
+}
