@@ -76,6 +76,12 @@ pub fn scatter(bufs: &[IoBuf<'_>], skip: u64, src: &[u8]) {
 /// Size of a transparent huge page on x86_64.
 pub const HUGE_PAGE: usize = 2 << 20;
 
+/// Whether an [`AlignedBuf`] of `len` bytes is its own huge-page mapping (physically
+/// contiguous where the host gives it huge pages) rather than heap memory.
+pub const fn huge_backed(len: usize) -> bool {
+    len >= HUGE_PAGE / 2
+}
+
 /// A zeroed buffer aligned for `O_DIRECT`. Buffers of at least half a huge page are their
 /// own anonymous mappings, huge-page aligned and advised `MADV_HUGEPAGE`, so that a 1 MiB
 /// transfer is physically contiguous memory rather than 256 scattered pages (on a nested
@@ -100,7 +106,7 @@ impl AlignedBuf {
     pub fn new(len: usize) -> io::Result<Self> {
         let layout = Layout::from_size_align(len.max(1), DIRECT_MEM_ALIGN)
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        if len >= HUGE_PAGE / 2 {
+        if huge_backed(len) {
             if let Some((ptr, mapped)) = map_huge(len) {
                 return Ok(Self {
                     ptr,

@@ -151,6 +151,9 @@ pub struct FileNode {
     /// the thread that ran it: queries read it without a syscall, so they never block on the
     /// storage (and may run out of band).
     allocated: Arc<AtomicU64>,
+    /// The image is a block device or lies on a filesystem over one (its device number has
+    /// a major): with `O_DIRECT`, a device then transfers the data itself (DMA).
+    on_device: bool,
     /// The locks this node takes while active (`None` with `locking=off`).
     locks: Option<Perms>,
     /// Active: the node holds its locks and may write. An inactive node (QEMU's
@@ -265,6 +268,12 @@ impl FileNode {
             take_locks(&file, &path, perms)?;
         }
         let allocated = Arc::new(AtomicU64::new(allocated_bytes(&file).unwrap_or(0)));
+        // tmpfs, FUSE, NFS and other filesystems without a device of their own have an
+        // anonymous device number (major 0): their O_DIRECT transfers are copies.
+        let on_device = {
+            use std::os::unix::fs::MetadataExt;
+            meta.file_type().is_block_device() || libc::major(meta.dev()) != 0
+        };
         let file = Arc::new(file);
         Ok(Self {
             node_name: node_name.into(),
@@ -274,6 +283,7 @@ impl FileNode {
             read_only,
             cache,
             allocated,
+            on_device,
             locks,
             active: Arc::new(AtomicBool::new(active)),
         })
@@ -452,6 +462,7 @@ pub struct HostFile {
     file: Arc<File>,
     cache: CacheMode,
     read_only: bool,
+    on_device: bool,
     allocated: Arc<AtomicU64>,
 }
 
@@ -464,6 +475,13 @@ impl HostFile {
     /// Whether the file is open with `O_DIRECT` (buffers, offsets and lengths aligned).
     pub fn direct(&self) -> bool {
         self.cache.direct()
+    }
+
+    /// Whether a device transfers the data into the buffers itself (DMA): `O_DIRECT` on a
+    /// block device or a filesystem over one (not tmpfs, FUSE, NFS: their `O_DIRECT`
+    /// transfers are copies). Such transfers are faster into physically contiguous memory.
+    pub fn dma(&self) -> bool {
+        self.cache.direct() && self.on_device
     }
 
     /// Whether flushes are no-ops (`cache=unsafe`, or read-only).
@@ -562,6 +580,7 @@ impl BlockNode for FileNode {
             file: self.file.clone(),
             cache: self.cache,
             read_only: self.read_only,
+            on_device: self.on_device,
             allocated: self.allocated.clone(),
         })
     }
@@ -640,6 +659,29 @@ mod tests {
     use vmm_sys_util::tempfile::TempFile;
 
     use super::*;
+
+    /// `dma()`: O_DIRECT on a filesystem over a device; tmpfs's O_DIRECT is a copy (and a
+    /// page-cache open is never DMA).
+    #[test]
+    fn dma_only_with_o_direct_on_a_device() {
+        let shm = TempFile::new_in(Path::new("/dev/shm")).unwrap();
+        shm.as_file().set_len(1 << 20).unwrap();
+        let node = FileNode::open("n", shm.as_path(), false, CacheMode::Writeback).unwrap();
+        assert!(!node.host_file().unwrap().dma());
+        // tmpfs takes O_DIRECT since Linux 6.6.
+        if let Ok(node) = FileNode::open("n", shm.as_path(), false, CacheMode::None) {
+            let host = node.host_file().unwrap();
+            assert!(host.direct() && !host.dma());
+        }
+        // The build tree: on a disk (ext4, xfs) wherever the tests run from one.
+        use std::os::unix::fs::MetadataExt;
+        let here = std::env::current_exe().unwrap();
+        let dev = std::fs::metadata(&here).unwrap().dev();
+        let on_disk = TempFile::new_in(here.parent().unwrap()).unwrap();
+        on_disk.as_file().set_len(1 << 20).unwrap();
+        let node = FileNode::open("n", on_disk.as_path(), false, CacheMode::None).unwrap();
+        assert_eq!(node.host_file().unwrap().dma(), libc::major(dev) != 0);
+    }
 
     fn image(len: usize, fill: impl Fn(usize) -> u8) -> TempFile {
         let f = TempFile::new().unwrap();

@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::GuestMemoryMmap;
-use block::buf::{direct_ok, gather, scatter, window, AlignedBuf, IOV_MAX};
+use block::buf::{direct_ok, gather, huge_backed, scatter, window, AlignedBuf, IOV_MAX};
 use block::{Admitted, Backend, HostFile, IoKind};
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -594,9 +594,16 @@ impl Ring {
     /// The current read step straight into guest memory through the alias, unless it must
     /// bounce (`None`): no alias, buffers that are not whole pages (a yank cuts off whole
     /// pages, which must all be the request's), a range cut off by a yank, more than
-    /// [`IOV_MAX`] pieces, or what `O_DIRECT` cannot take.
+    /// [`IOV_MAX`] pieces, or what `O_DIRECT` cannot take; and a step as long as a
+    /// huge-page bounce buffer when a device transfers the data ([`HostFile::dma`]): it then
+    /// fills contiguous memory rather than guest RAM's scattered 4 KiB pages, which on a disk
+    /// moved fewer MiB/s than the copy costs (1 MiB reads at depth 4: 675-920 MiB/s direct,
+    /// 1190-1451 through the huge buffer).
     fn direct_read(&mut self, job: &mut Job, mem: &GuestMemoryMmap, op: HostOp) -> Option<Next> {
         let alias = self.alias.as_ref()?;
+        if job.file.dma() && huge_backed(job.chunk) {
+            return None;
+        }
         if job.admitted.ticket().is_abandoned() {
             return Some(Next::Abandoned);
         }
