@@ -143,6 +143,9 @@ pub struct Faults {
     pub resend: AtomicBool,
     /// Pages asked for.
     pub requests: AtomicU64,
+    /// Pages filled from a snapshot so far, by either thread (counted before they leave
+    /// `missing`: once nothing is missing, the count is final).
+    pub filled: AtomicU64,
 }
 
 impl Faults {
@@ -174,6 +177,7 @@ impl Faults {
         let len = (n * PAGE) as usize;
         f.read_exact_at(&mut buf[..len], off)?;
         self.uffd.copy(host, &buf[..len])?;
+        self.filled.fetch_add(n, Ordering::AcqRel);
         for k in 0..n {
             self.missing.remove(page(k));
         }

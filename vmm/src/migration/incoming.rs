@@ -172,6 +172,22 @@ impl Incoming {
         const RUN: u64 = 64;
         let mut buf = vec![0u8; RUN as usize * PAGE];
         let mut cursor = 0u64;
+        // Pages read from the file, by this thread or by the uffd thread for a fault, that
+        // the progress counts already.
+        let mut counted = 0;
+        let publish = |counted: &mut u64| {
+            let filled = faults.filled.load(Ordering::Acquire);
+            let len = (filled - *counted) * PAGE as u64;
+            let n = filled - *counted;
+            *counted = filled;
+            let requests = faults.requests.load(Ordering::Relaxed);
+            self.shared.update(|p| {
+                p.transferred += len;
+                p.normal += n;
+                p.postcopy_bytes += len;
+                p.postcopy_requests = requests;
+            });
+        };
         while let Some((i, gpa)) = missing.next_from(cursor) {
             if self.shared.cancel.load(Ordering::Acquire) {
                 return Err(MigrationError::Cancelled);
@@ -185,16 +201,10 @@ impl Incoming {
                 std::thread::yield_now();
                 continue;
             }
-            let len = n * PAGE as u64;
-            let requests = faults.requests.load(Ordering::Relaxed);
-            self.shared.update(|p| {
-                p.transferred += len;
-                p.normal += n;
-                p.postcopy_bytes += len;
-                p.postcopy_requests = requests;
-            });
+            publish(&mut counted);
             cursor = i + n;
         }
+        publish(&mut counted);
         for r in &regions {
             let _ = faults.uffd.unregister(r.2, r.1);
         }
@@ -233,6 +243,7 @@ fn start_faults(
         poke: event()?,
         resend: AtomicBool::new(false),
         requests: AtomicU64::new(0),
+        filled: AtomicU64::new(0),
     });
     let server = faults.clone();
     let sent = jobs.map(|j| j.send(Box::new(move || server.serve())));
