@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 //! Host buffers of the block layer: aligned heap buffers (for `O_DIRECT`, and the bounce
-//! buffers that keep a yankable request's late result away from guest memory), and copies
-//! between one and a list of [`IoBuf`]s.
+//! buffers that keep a yankable request's late result away from guest memory where it does
+//! not go straight there), and copies between one and a list of [`IoBuf`]s.
 
 use std::alloc::{self, Layout};
 use std::io;

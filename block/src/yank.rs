@@ -6,8 +6,9 @@
 //! ([`crate::Backend::yank`]) *abandons* every ticket still running: the device completes
 //! those requests at once with `EIO` through the error policy, while the threads stuck in
 //! their syscalls stay stuck; when such a syscall finally returns its result is dropped
-//! ([`Ticket::commit`] fails), and reads never reach guest memory because they land in a
-//! bounce buffer first. Until the next resume, or until every abandoned syscall has returned,
+//! ([`Ticket::commit`] fails), and reads never reach guest memory: they land in a bounce
+//! buffer first, or (the io_uring engine's reads into whole guest pages) the device cuts
+//! them off guest RAM before it completes them. Until the next resume, or until every abandoned syscall has returned,
 //! the backend is *fenced*: new requests fail with `EIO` without reaching the host. A request
 //! that overlaps an abandoned write (or discard, write-zeroes) waits for that syscall to
 //! return ([`crate::Admission::Wait`]), so a late write never lands after a newer one.
