@@ -94,13 +94,20 @@ fn read_pattern(
 }
 
 /// The buffer of a read that failed in io-loop, set aside: the storage may still answer
-/// that read late (a yanked one), and what it answers must never reach the guest's memory.
+/// that read late (a yanked one), and nothing may reach the buffer once the guest was told
+/// the read failed (what it held then is undefined: it may hold some or all of the data).
 struct HeldRead {
     buf: DmaBuf,
-    lba: u64,
-    seed: u64,
-    bytes: usize,
+    /// `digest` of the buffer when the failure was seen.
+    digest: u64,
     iter: u64,
+}
+
+/// FNV-1a of `bytes`.
+fn digest(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// `probe.test=blk-write`.
@@ -224,6 +231,9 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
     // The first failed read's buffer, checked once an iteration succeeds again (by then
     // anything the storage still owed that read has come): it must not hold the data.
     let mut held: Option<HeldRead> = None;
+    // The buffer held last, back from its check: it becomes the scratch buffer when the
+    // next one is held, so that holding allocates at most one buffer in the whole loop.
+    let mut spare: Option<DmaBuf> = None;
     loop {
         let seed = p.seed.wrapping_add(iters) & 0xff_ffff;
         let mut failed = false;
@@ -254,13 +264,14 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
             match read_pattern(ctx, p.dev, p.lba, count, seed, held.is_none()) {
                 Err(rc) => return rc,
                 Ok((o, bad, kept)) => {
-                    if let Some(buf) = kept {
-                        let bytes = (count as usize) * SECTOR;
+                    if let Some(mut buf) = kept {
+                        if let Some(s) = spare.take() {
+                            ctx.put_scratch(s);
+                        }
+                        let digest = digest(&buf.bytes()[..(count as usize) * SECTOR]);
                         held = Some(HeldRead {
                             buf,
-                            lba: p.lba,
-                            seed,
-                            bytes,
+                            digest,
                             iter: iters,
                         });
                     }
@@ -282,15 +293,12 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
         }
         if !failed {
             if let Some(mut h) = held.take() {
-                // The read failed: its buffer holds what the guest put there (0xa5), or
-                // zeroes, but never the sectors' data.
-                if pattern::first_mismatch(&h.buf.bytes()[..h.bytes], h.lba, h.seed)
-                    != Some(h.lba)
-                {
-                    out!("PROBE io-late-data iter={} lba={}", h.iter, h.lba);
+                // Written to after the guest saw the read fail?
+                if digest(&h.buf.bytes()[..(count as usize) * SECTOR]) != h.digest {
+                    out!("PROBE io-late-data iter={} lba={}", h.iter, p.lba);
                     failed = true;
                 }
-                ctx.put_scratch(h.buf);
+                spare = Some(h.buf);
             }
         }
         errors += u64::from(failed);
