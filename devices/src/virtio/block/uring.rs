@@ -353,8 +353,11 @@ impl Ring {
                     return Some(result);
                 }
                 // Its last entry completed (or none was ever submitted): the kernel is done
-                // with its buffer.
+                // with its buffer. A direct read may have written guest memory first.
                 Next::Abandoned => {
+                    if job.touched {
+                        mark_read_dirty(mem, &job.parsed);
+                    }
                     self.recycle(job);
                     return None;
                 }
