@@ -573,25 +573,14 @@ impl Ring {
         let from = job.pos + job.chunk_done as u64;
         let len = (job.chunk - job.chunk_done) as u64;
         let at = op.offset + from;
-        let mut iov = std::mem::take(&mut job.iov.0);
-        iov.clear();
-        iov.extend(window(&bufs, from, len as usize).map(|s| libc::iovec {
-            iov_base: s.ptr_guard_mut().as_ptr().cast(),
-            iov_len: s.len(),
-        }));
-        let whole = iov.iter().map(|v| v.iov_len as u64).sum::<u64>() == len;
-        // A short transfer resumes where the kernel stopped, which may break O_DIRECT's
-        // alignment: the rest then bounces.
-        let direct_fits = || direct_ok(at, iov.iter().map(|v| (v.iov_base as usize, v.iov_len)));
-        if !whole || iov.len() > IOV_MAX || (job.file.direct() && !direct_fits()) {
-            job.iov.0 = iov;
-            return None;
-        }
-        let entry = opcode::Writev::new(types::Fd(job.file.fd()), iov.as_ptr(), iov.len() as u32)
-            .offset(at)
-            .build();
-        job.iov.0 = iov;
-        Some(Next::Submit(entry))
+        job.iov.0.clear();
+        job.iov
+            .0
+            .extend(window(&bufs, from, len as usize).map(|s| libc::iovec {
+                iov_base: s.ptr_guard_mut().as_ptr().cast(),
+                iov_len: s.len(),
+            }));
+        vectored(job, IoKind::Write, at, len as usize)
     }
 
     /// The current read step straight into guest memory through the alias, unless it must
@@ -620,32 +609,18 @@ impl Ring {
         let from = job.pos + job.chunk_done as u64;
         let len = job.chunk - job.chunk_done;
         let at = op.offset + from;
-        let mut iov = std::mem::take(&mut job.iov.0);
-        iov.clear();
-        let mut total = 0;
+        job.iov.0.clear();
         for s in window(&bufs, from, len) {
-            let Some(a) = alias.translate(s.ptr_guard().as_ptr() as usize, s.len()) else {
-                job.iov.0 = iov;
-                return None;
-            };
-            iov.push(libc::iovec {
+            let a = alias.translate(s.ptr_guard().as_ptr() as usize, s.len())?;
+            job.iov.0.push(libc::iovec {
                 iov_base: a as *mut libc::c_void,
                 iov_len: s.len(),
             });
-            total += s.len();
         }
-        let direct_fits = || direct_ok(at, iov.iter().map(|v| (v.iov_base as usize, v.iov_len)));
-        if total != len || iov.len() > IOV_MAX || (job.file.direct() && !direct_fits()) {
-            job.iov.0 = iov;
-            return None;
-        }
-        let entry = opcode::Readv::new(types::Fd(job.file.fd()), iov.as_ptr(), iov.len() as u32)
-            .offset(at)
-            .build();
-        job.iov.0 = iov;
+        let next = vectored(job, IoKind::Read, at, len)?;
         job.direct_read = true;
         job.touched = true;
-        Some(Next::Submit(entry))
+        Some(next)
     }
 
     /// A completion `res` of `job`'s current step: what comes next.
@@ -801,6 +776,24 @@ impl Ring {
             park => Next::Done(park),
         }
     }
+}
+
+/// The entry of a direct read or write step over `job.iov` (`len` bytes at image offset
+/// `at`), or `None` when it must bounce: the iovecs do not cover the step, are more than
+/// [`IOV_MAX`], or are not aligned as `O_DIRECT` needs (a short transfer resumes where the
+/// kernel stopped, which may break that alignment: the rest then bounces).
+fn vectored(job: &Job, kind: IoKind, at: u64, len: usize) -> Option<Next> {
+    let iov = &job.iov.0;
+    let whole = iov.iter().map(|v| v.iov_len).sum::<usize>() == len;
+    let fits = || direct_ok(at, iov.iter().map(|v| (v.iov_base as usize, v.iov_len)));
+    if !whole || iov.len() > IOV_MAX || (job.file.direct() && !fits()) {
+        return None;
+    }
+    let (fd, ptr, n) = (types::Fd(job.file.fd()), iov.as_ptr(), iov.len() as u32);
+    Some(Next::Submit(match kind {
+        IoKind::Read => opcode::Readv::new(fd, ptr, n).offset(at).build(),
+        _ => opcode::Writev::new(fd, ptr, n).offset(at).build(),
+    }))
 }
 
 /// The backend operations of a request, in order.
