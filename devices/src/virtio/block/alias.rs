@@ -246,6 +246,30 @@ impl IoAlias {
     }
 }
 
+impl IoAlias {
+    /// Gives up the alias while the kernel may still write to it (a device going away with
+    /// abandoned reads in flight): every region becomes inaccessible memory and its addresses
+    /// stay reserved for the process's life, so that a late copy faults instead of landing in
+    /// whatever a later mapping would put there.
+    pub fn retire(mut self) {
+        for r in std::mem::take(&mut self.regions) {
+            // SAFETY: the region's own alias mapping, which no Rust object points into;
+            // replacing it with inaccessible anonymous memory affects nothing else. Taken
+            // out of `self`, it is not unmapped by the drop.
+            unsafe {
+                libc::mmap(
+                    r.alias as *mut libc::c_void,
+                    r.len,
+                    libc::PROT_NONE,
+                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                );
+            }
+        }
+    }
+}
+
 impl Drop for IoAlias {
     fn drop(&mut self) {
         for r in &self.regions {
@@ -375,5 +399,38 @@ mod tests {
         // SAFETY: 8 bytes inside the alias mapping again.
         let seen = unsafe { std::slice::from_raw_parts(at as *const u8, 8) };
         assert_eq!(seen, &[0x22; 8]);
+    }
+
+    /// A retired alias keeps its addresses reserved and maps nothing: a read into it faults
+    /// and no new mapping can take its place.
+    #[test]
+    fn retired_alias_stays_reserved_and_inaccessible() {
+        if shmem_may_be_huge() {
+            return;
+        }
+        let mem = guest_ram();
+        let a = IoAlias::new(&mem).unwrap();
+        let at = a.translate(host(&mem, 0x2000), PAGE).unwrap();
+        a.retire();
+        let f = File::open("/proc/self/stat").unwrap();
+        // SAFETY: a read into an address the kernel checks: it fails with EFAULT.
+        let n = unsafe { libc::pread(f.as_raw_fd(), at as *mut libc::c_void, 16, 0) };
+        assert_eq!(n, -1);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::EFAULT)
+        );
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping; it fails where one exists.
+        let r = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
+                PAGE,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        assert_eq!(r, libc::MAP_FAILED, "the retired range was free again");
     }
 }

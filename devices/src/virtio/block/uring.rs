@@ -294,6 +294,14 @@ impl Ring {
                 self.jobs.remove(&id);
             }
         }
+        if !self.jobs.is_empty() {
+            // Reads still in the kernel may write to their alias addresses whenever they
+            // return: the alias's addresses stay reserved, mapping nothing, rather than be
+            // unmapped and reused by a later mapping (the next activation's alias, a buffer).
+            if let Some(alias) = self.alias.take() {
+                alias.retire();
+            }
+        }
         for (_, mut job) in self.jobs.drain() {
             if job.direct_read {
                 // Abandoned and not cut off yet (a cut the host refused): once more, since
