@@ -130,6 +130,19 @@ struct Job {
     written: u64,
 }
 
+impl Job {
+    /// Cuts the direct read on the ring off guest RAM through `alias` (no longer a direct
+    /// read once cut); `false` if the host refused.
+    fn cut_off(&mut self, alias: &mut IoAlias) -> bool {
+        let ranges = self.iov.0.iter().map(|v| (v.iov_base as usize, v.iov_len));
+        let done = alias.cut(ranges, &mut self.cut).is_ok();
+        if done {
+            self.direct_read = false;
+        }
+        done
+    }
+}
+
 /// The ring of one I/O thread, and the requests on it.
 pub(super) struct Ring {
     ring: IoUring,
@@ -295,22 +308,20 @@ impl Ring {
             }
         }
         if !self.jobs.is_empty() {
-            // Reads still in the kernel may write to their alias addresses whenever they
-            // return: the alias's addresses stay reserved, mapping nothing, rather than be
-            // unmapped and reused by a later mapping (the next activation's alias, a buffer).
-            if let Some(alias) = self.alias.take() {
+            if let Some(mut alias) = self.alias.take() {
+                // Abandoned reads not cut off yet (a cut the host refused): once more, since
+                // the device is going away without waiting for them.
+                for job in self.jobs.values_mut().filter(|j| j.direct_read) {
+                    let _ = job.cut_off(&mut alias);
+                }
+                // Reads still in the kernel may write to their alias addresses whenever they
+                // return: the addresses stay reserved, mapping nothing, rather than be
+                // unmapped and reused by a later mapping (the next activation's alias, a
+                // buffer).
                 alias.retire();
             }
         }
-        for (_, mut job) in self.jobs.drain() {
-            if job.direct_read {
-                // Abandoned and not cut off yet (a cut the host refused): once more, since
-                // the device is going away without waiting for it.
-                if let Some(alias) = self.alias.as_mut() {
-                    let ranges = job.iov.0.iter().map(|v| (v.iov_base as usize, v.iov_len));
-                    let _ = alias.cut(ranges, &mut job.cut);
-                }
-            }
+        for (_, job) in self.jobs.drain() {
             if let Some(buf) = job.buf {
                 std::mem::forget(buf);
             }
@@ -419,13 +430,9 @@ impl Ring {
         if !job.direct_read {
             return true;
         }
-        let ranges = job.iov.0.iter().map(|v| (v.iov_base as usize, v.iov_len));
-        let done = alias.cut(ranges, &mut job.cut).is_ok();
+        let done = job.cut_off(alias);
         // The punched pages read as zeroes now.
         mark_read_dirty(mem, &job.parsed);
-        if done {
-            job.direct_read = false;
-        }
         done
     }
 
