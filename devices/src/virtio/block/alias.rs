@@ -91,6 +91,54 @@ pub fn shmem_may_be_huge() -> bool {
     })
 }
 
+/// Maps `len` bytes of `file` from `offset`, shared, at `at` (replacing what is mapped
+/// there) or where the kernel picks (`None`); the mapping's address.
+///
+/// # Safety
+/// With `at`, the range must be a mapping no Rust object points into (it is replaced).
+unsafe fn map_file(at: Option<usize>, len: usize, file: &File, offset: u64) -> io::Result<usize> {
+    let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fixed = if at.is_some() { libc::MAP_FIXED } else { 0 };
+    // SAFETY: a file this process holds open; a fixed range is the caller's to replace.
+    let addr = unsafe {
+        libc::mmap(
+            at.unwrap_or(0) as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_NORESERVE | fixed,
+            file.as_raw_fd(),
+            offset,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(addr as usize)
+}
+
+/// Replaces the mapping at `start..start + len` with inaccessible memory (anonymous, no
+/// pages): an access faults, and the addresses stay reserved.
+///
+/// # Safety
+/// The range must be a mapping no Rust object points into.
+unsafe fn seal(start: usize, len: usize) -> io::Result<()> {
+    // SAFETY: the caller's range is replaced; nothing else is affected.
+    let addr = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            len,
+            libc::PROT_NONE,
+            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl IoAlias {
     /// Maps guest RAM a second time; `None` where reads cannot go straight to guest memory
     /// safely (RAM not a shared file mapping, huge shared pages possible) or the mapping
@@ -109,24 +157,11 @@ impl IoAlias {
                 return None;
             }
             let len = region.len() as usize;
-            // SAFETY: a new mapping at an address the kernel picks, of a file this process
-            // holds open; no existing memory is affected.
-            let addr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_NORESERVE,
-                    file_offset.file().as_raw_fd(),
-                    i64::try_from(file_offset.start()).ok()?,
-                )
-            };
-            if addr == libc::MAP_FAILED {
-                return None;
-            }
+            // SAFETY: a new mapping at an address the kernel picks: nothing is replaced.
+            let addr = unsafe { map_file(None, len, file_offset.file(), file_offset.start()) };
             alias.regions.push(Region {
                 host: region.as_ptr() as usize,
-                alias: addr as usize,
+                alias: addr.ok()?,
                 len,
                 file: file_offset.arc().clone(),
                 offset: file_offset.start(),
@@ -183,21 +218,8 @@ impl IoAlias {
             let fd = r.file.as_raw_fd();
             // SAFETY: the range lies inside this alias's own mapping (checked just above),
             // which nothing in this process reads or writes but the kernel on behalf of
-            // requests on the ring; replacing it with inaccessible memory affects no Rust
-            // object.
-            let addr = unsafe {
-                libc::mmap(
-                    first as *mut libc::c_void,
-                    end - first,
-                    libc::PROT_NONE,
-                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            if addr == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
-            }
+            // requests on the ring.
+            unsafe { seal(first, end - first) }?;
             self.dead.push((first, end - first));
             cut.push((first, end - first));
             // SAFETY: `fd` is guest RAM's memory file, open for the VM's life; the range is
@@ -227,45 +249,23 @@ impl IoAlias {
             let at = r.offset + (start - r.alias) as u64;
             // SAFETY: as in `cut`: the range is this alias's own, cut off by `cut`, which no
             // request uses (reads over it bounce); it goes back to the file's pages.
-            let addr = unsafe {
-                libc::mmap(
-                    start as *mut libc::c_void,
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_FIXED | libc::MAP_SHARED | libc::MAP_NORESERVE,
-                    r.file.as_raw_fd(),
-                    at as i64,
-                )
-            };
-            if addr != libc::MAP_FAILED {
+            if unsafe { map_file(Some(start), len, &r.file, at) }.is_ok() {
                 if let Some(i) = self.dead.iter().position(|&d| d == (start, len)) {
                     self.dead.swap_remove(i);
                 }
             }
         }
     }
-}
 
-impl IoAlias {
     /// Gives up the alias while the kernel may still write to it (a device going away with
     /// abandoned reads in flight): every region becomes inaccessible memory and its addresses
     /// stay reserved for the process's life, so that a late copy faults instead of landing in
     /// whatever a later mapping would put there.
     pub fn retire(mut self) {
         for r in std::mem::take(&mut self.regions) {
-            // SAFETY: the region's own alias mapping, which no Rust object points into;
-            // replacing it with inaccessible anonymous memory affects nothing else. Taken
-            // out of `self`, it is not unmapped by the drop.
-            unsafe {
-                libc::mmap(
-                    r.alias as *mut libc::c_void,
-                    r.len,
-                    libc::PROT_NONE,
-                    libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                );
-            }
+            // SAFETY: the region's own alias mapping, which no Rust object points into.
+            // Taken out of `self`, it is not unmapped by the drop.
+            let _ = unsafe { seal(r.alias, r.len) };
         }
     }
 }
@@ -318,6 +318,18 @@ mod tests {
         GuestMemoryMmap::from_regions(regions).unwrap()
     }
 
+    /// Guest RAM and its alias; `None`, with a message, on a host that may back shared
+    /// memory with huge pages, where vmm makes no alias (every read bounces).
+    fn alias_of_guest_ram() -> Option<(GuestMemoryMmap, IoAlias)> {
+        if shmem_may_be_huge() {
+            eprintln!("skipped: this host may back shared memory with huge pages (no alias)");
+            return None;
+        }
+        let mem = guest_ram();
+        let alias = IoAlias::new(&mem).expect("the alias of shared guest RAM");
+        Some((mem, alias))
+    }
+
     fn host(mem: &GuestMemoryMmap, gpa: u64) -> usize {
         mem.get_host_address(GuestAddress(gpa)).unwrap() as usize
     }
@@ -325,11 +337,9 @@ mod tests {
     /// The alias shows guest RAM; ranges across regions or outside RAM have none.
     #[test]
     fn alias_is_guest_ram() {
-        if shmem_may_be_huge() {
+        let Some((mem, a)) = alias_of_guest_ram() else {
             return;
-        }
-        let mem = guest_ram();
-        let a = IoAlias::new(&mem).unwrap();
+        };
         mem.write_slice(b"hello", GuestAddress(0x4000_1000))
             .unwrap();
         let at = a.translate(host(&mem, 0x4000_1000), 5).unwrap();
@@ -345,11 +355,9 @@ mod tests {
     /// zero in the guest; after `restore` the alias reaches guest RAM again.
     #[test]
     fn late_copy_after_a_cut_misses_guest_ram() {
-        if shmem_may_be_huge() {
+        let Some((mem, mut a)) = alias_of_guest_ram() else {
             return;
-        }
-        let mem = guest_ram();
-        let mut a = IoAlias::new(&mem).unwrap();
+        };
         let gpa = GuestAddress(0x3000);
         mem.write_slice(&[0x11; PAGE], gpa).unwrap();
         let at = a.translate(host(&mem, 0x3000), PAGE).unwrap();
@@ -405,11 +413,9 @@ mod tests {
     /// and no new mapping can take its place.
     #[test]
     fn retired_alias_stays_reserved_and_inaccessible() {
-        if shmem_may_be_huge() {
+        let Some((mem, a)) = alias_of_guest_ram() else {
             return;
-        }
-        let mem = guest_ram();
-        let a = IoAlias::new(&mem).unwrap();
+        };
         let at = a.translate(host(&mem, 0x2000), PAGE).unwrap();
         a.retire();
         let f = File::open("/proc/self/stat").unwrap();
