@@ -177,8 +177,8 @@ impl Incoming {
         let mut counted = 0;
         let publish = |counted: &mut u64| {
             let filled = faults.filled.load(Ordering::Acquire);
-            let len = (filled - *counted) * PAGE as u64;
             let n = filled - *counted;
+            let len = n * PAGE as u64;
             *counted = filled;
             let requests = faults.requests.load(Ordering::Relaxed);
             self.shared.update(|p| {
