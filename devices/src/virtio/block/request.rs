@@ -420,8 +420,8 @@ pub fn complete(
         Ok(s) => s,
         Err(epoch) => return Ok(Outcome::Park(epoch)),
     };
-    if let (Op::Read { data, .. }, true) = (&parsed.op, written > 0) {
-        mark_dirty(mem, data);
+    if written > 0 {
+        mark_read_dirty(mem, parsed);
     }
     mem.write_obj(status, parsed.status_addr)
         .map_err(|_| ChainError::Memory)?;
@@ -430,18 +430,14 @@ pub fn complete(
     ))
 }
 
-/// Marks a read request's buffers written in guest memory's dirty bitmap (whatever its
-/// outcome: a direct read that failed may have written part of them).
+/// Marks a read request's buffers written in guest memory's dirty bitmap (a read's data
+/// reaches the guest through the block layer's buffers or the kernel, neither of which
+/// tracks writes; called whatever the outcome where a direct read may have written part).
 pub(super) fn mark_read_dirty(mem: &GuestMemoryMmap, parsed: &Parsed) {
-    if let Op::Read { data, .. } = &parsed.op {
-        mark_dirty(mem, data);
-    }
-}
-
-/// Marks `segs` written in guest memory's dirty bitmap: a read's data reaches the guest
-/// through the block layer's buffers, which do not track writes themselves.
-fn mark_dirty(mem: &GuestMemoryMmap, segs: &[Segment]) {
-    for s in segs {
+    let Op::Read { data, .. } = &parsed.op else {
+        return;
+    };
+    for s in data {
         let Ok(len) = usize::try_from(s.len) else {
             continue;
         };
