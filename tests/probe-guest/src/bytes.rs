@@ -32,9 +32,24 @@ pub fn checksum(b: &[u8]) -> u8 {
     b.iter().fold(0u8, |acc, &x| acc.wrapping_add(x))
 }
 
+/// FNV-1a (64-bit) of `bytes`: a digest that tells whether memory changed.
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fnv1a_known_values() {
+        // The published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a([]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(*b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(*b"foobar"), 0x8594_4171_f739_67e8);
+    }
 
     #[test]
     fn reads_and_bounds() {

@@ -1,13 +1,14 @@
 //! `blk-write`, `blk-read`, `blk-id` and `io-loop`.
 
 use super::{disk_error, Ctx};
-use crate::guest::mem::DmaBuf;
 use crate::guest::arch;
 use crate::guest::blk::{Outcome, ReqType};
 use crate::guest::console::Line;
+use crate::guest::mem::DmaBuf;
 use crate::guest::timer::now_ns;
 use crate::out;
 use core::fmt::Write;
+use probe_guest::bytes::fnv1a;
 use probe_guest::pattern::{self, SECTOR};
 
 /// Sectors per request/buffer chunk.
@@ -98,16 +99,9 @@ fn read_pattern(
 /// the read failed (what it held then is undefined: it may hold some or all of the data).
 struct HeldRead {
     buf: DmaBuf,
-    /// `digest` of the buffer when the failure was seen.
+    /// `fnv1a` of the buffer when the failure was seen.
     digest: u64,
     iter: u64,
-}
-
-/// FNV-1a of `bytes`.
-fn digest(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    })
 }
 
 /// `probe.test=blk-write`.
@@ -229,7 +223,7 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
     let (mut iters, mut errors) = (0u64, 0u64);
     let mut next_report = now_ns() + 1_000_000_000;
     // The first failed read's buffer, checked once an iteration succeeds again (by then
-    // anything the storage still owed that read has come): it must not hold the data.
+    // anything the storage still owed that read has come): it must not have changed.
     let mut held: Option<HeldRead> = None;
     // The buffer held last, back from its check: it becomes the scratch buffer when the
     // next one is held, so that holding allocates at most one buffer in the whole loop.
@@ -268,7 +262,8 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
                         if let Some(s) = spare.take() {
                             ctx.put_scratch(s);
                         }
-                        let digest = digest(&buf.bytes()[..(count as usize) * SECTOR]);
+                        let digest =
+                            fnv1a(buf.bytes()[..(count as usize) * SECTOR].iter().copied());
                         held = Some(HeldRead {
                             buf,
                             digest,
@@ -294,7 +289,7 @@ pub fn io_loop(ctx: &mut Ctx) -> u32 {
         if !failed {
             if let Some(mut h) = held.take() {
                 // Written to after the guest saw the read fail?
-                if digest(&h.buf.bytes()[..(count as usize) * SECTOR]) != h.digest {
+                if fnv1a(h.buf.bytes()[..(count as usize) * SECTOR].iter().copied()) != h.digest {
                     out!("PROBE io-late-data iter={} lba={}", h.iter, p.lba);
                     failed = true;
                 }

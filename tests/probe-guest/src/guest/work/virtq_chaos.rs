@@ -140,11 +140,7 @@ fn fill(a: u64, len: u64, v: u8) {
 
 /// FNV-1a of `len` bytes at `a`.
 fn hash(a: u64, len: u64) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for i in 0..len {
-        h = (h ^ u64::from(r8(a + i))).wrapping_mul(0x100_0000_01b3);
-    }
-    h
+    probe_guest::bytes::fnv1a((0..len).map(|i| r8(a + i)))
 }
 
 /// Writes descriptor `i` of the table at `table`.
