@@ -287,35 +287,14 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::os::fd::FromRawFd;
-    use vm_memory::{Bytes, FileOffset, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress};
 
-    /// Guest RAM as the VMM makes it: a memfd mapped shared, two regions.
+    /// Guest RAM as the VMM makes it (a memfd mapped shared), two regions.
     fn guest_ram() -> GuestMemoryMmap {
-        // SAFETY: a NUL-terminated name; the result is checked.
-        let fd = unsafe { libc::memfd_create(c"alias-test".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: `fd` was just created and is owned by nothing else.
-        let file = Arc::new(unsafe { File::from_raw_fd(fd) });
-        file.set_len(0x20_0000).unwrap();
-        let regions = [(0u64, 0x10_0000u64), (0x4000_0000, 0x10_0000)]
-            .iter()
-            .enumerate()
-            .map(|(i, &(gpa, len))| {
-                let r = vm_memory::mmap::MmapRegionBuilder::new_with_bitmap(
-                    len as usize,
-                    <vm_memory::bitmap::AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(
-                        len as usize,
-                    ),
-                )
-                .with_file_offset(FileOffset::from_arc(file.clone(), i as u64 * 0x10_0000))
-                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
-                .build()
-                .unwrap();
-                vm_memory::GuestRegionMmap::new(r, GuestAddress(gpa)).unwrap()
-            })
-            .collect();
-        GuestMemoryMmap::from_regions(regions).unwrap()
+        crate::virtio::testing::shared_memory(&[
+            (GuestAddress(0), 0x10_0000),
+            (GuestAddress(0x4000_0000), 0x10_0000),
+        ])
     }
 
     /// Guest RAM and its alias; `None`, with a message, on a host that may back shared
