@@ -173,10 +173,21 @@ impl Machine {
     fn set_state(&mut self, state: RunState) {
         self.state = state;
         let shared = self.shared.clone();
+        self.in_order(Box::new(move || shared.set(state)));
+    }
+
+    /// Runs `publish` (a copy of state for out-of-band readers) after the events emitted so
+    /// far have reached the monitor.
+    fn in_order(&self, publish: Box<dyn FnOnce() + Send>) {
         match &self.monitor {
-            Some(m) => m.run_in_order(Box::new(move || shared.set(state))),
-            None => shared.set(state),
+            Some(m) => m.run_in_order(publish),
+            None => publish(),
         }
+    }
+
+    /// Publishes the current migration and its status for the monitor thread, in order.
+    pub fn publish_migration(&self) {
+        self.in_order(self.migration.publication());
     }
 
     /// Set when the main loop should end.
@@ -375,6 +386,7 @@ impl Machine {
     /// Records the migration's new `status`, with a MIGRATION event when it changed.
     pub fn migration_status(&mut self, status: MigrationStatus) {
         if self.migration.set_status(status) {
+            self.publish_migration();
             self.migration_event(status);
         }
     }
@@ -458,8 +470,10 @@ impl Machine {
         }
         self.migration.was_running = false;
         // The status changes for out-of-band readers (`query-migrate`) with its event, after
-        // the run state: whoever sees `failed` sees the guest running again.
+        // the run state, in the monitor's order: whoever sees `failed` sees the guest
+        // running again.
         self.migration.end(status, error);
+        self.publish_migration();
         self.migration_event(status);
     }
 
@@ -506,6 +520,7 @@ impl Machine {
         match result {
             Ok(()) => {
                 self.migration.end(MigrationStatus::Completed, None);
+                self.publish_migration();
                 self.migration_event(MigrationStatus::Completed);
                 // After a postcopy it has run since the switch.
                 if self.state() == RunState::Inmigrate {
@@ -519,6 +534,7 @@ impl Machine {
             }
             Err(e) => {
                 self.migration.end(MigrationStatus::Failed, Some(e.clone()));
+                self.publish_migration();
                 self.migration_event(MigrationStatus::Failed);
                 crate::report::error(format_args!("load of migration failed: {e}"));
                 self.exit = Some(Exit::Code(1));

@@ -245,7 +245,7 @@ impl QmpOobCommands for OobServer {
     }
 
     fn query_migrate(&self) -> Result<MigrationInfo, QmpError> {
-        Ok(crate::migration::info_of(self.migration.get().as_deref()))
+        Ok(self.migration.info())
     }
 
     fn migrate_pause(&self) -> Result<(), QmpError> {

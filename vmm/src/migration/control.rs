@@ -183,6 +183,7 @@ pub fn listen(machine: &mut Machine, uri: &MigrationUri) -> Result<(), super::Mi
     if result.is_err() {
         // Nothing runs: the next migrate-incoming may try again.
         machine.migration.end(MigrationStatus::None, None);
+        machine.publish_migration();
         return result;
     }
     machine.migration_status(MigrationStatus::Setup);

@@ -189,13 +189,19 @@ impl Progress {
 
     /// `query-migrate`'s answer.
     pub fn info(&self) -> MigrationInfo {
+        self.info_as(self.status, self.error.clone())
+    }
+
+    /// `query-migrate`'s answer with `status` and `error`, the ones published for the
+    /// monitor thread (which may lag the main loop's: see [`Published`]).
+    fn info_as(&self, status: MigrationStatus, error: Option<String>) -> MigrationInfo {
         let ended = matches!(
-            self.status,
+            status,
             MigrationStatus::Completed | MigrationStatus::Failed | MigrationStatus::Cancelled
         );
         let i = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         MigrationInfo {
-            status: Some(self.status),
+            status: Some(status),
             ram: Some(MigrationStats {
                 transferred: i(self.transferred),
                 remaining: i(self.remaining),
@@ -220,11 +226,11 @@ impl Progress {
                 self.total_ms
                     .unwrap_or_else(|| self.started.elapsed().as_millis() as i64),
             ),
-            expected_downtime: (self.status == MigrationStatus::Active)
+            expected_downtime: (status == MigrationStatus::Active)
                 .then_some(self.expected_downtime_ms),
             downtime: self.downtime_ms.filter(|_| ended),
             setup_time: self.setup_ms,
-            error_desc: self.error.clone(),
+            error_desc: error,
         }
     }
 }
@@ -500,8 +506,22 @@ impl Migrations {
     pub fn begin(&mut self, incoming: bool) -> (Arc<Shared>, Link) {
         let shared = Arc::new(Shared::new(self.params, incoming));
         self.shared = Some(shared.clone());
-        *self.published.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
         (shared, self.link.clone())
+    }
+
+    /// What publishes the current migration and its status now for the monitor thread; the
+    /// main loop runs it in order with its events (see [`Published`]).
+    pub fn publication(&self) -> Box<dyn FnOnce() + Send> {
+        let published = self.published.clone();
+        let shown = self.shared.as_ref().map(|s| {
+            let (status, error) = s.get(|p| (p.status, p.error.clone()));
+            Shown {
+                shared: s.clone(),
+                status,
+                error,
+            }
+        });
+        Box::new(move || *published.0.lock().unwrap_or_else(|e| e.into_inner()) = shown)
     }
 
     /// The current migration's shared side, if any.
@@ -621,14 +641,37 @@ fn job_thread(
 }
 
 /// The current migration, published for the monitor thread (`query-migrate`,
-/// `migrate-pause` and `migrate-recover` out of band). The lock is held only to clone the
-/// pointer.
+/// `migrate-pause` and `migrate-recover` out of band), with its status and error as of the
+/// main loop's last publication. The main loop publishes in order with its events and run
+/// states (through the monitor), so whoever sees a status sees the events and the run state
+/// that came before it: a failed outgoing migration's `failed` never shows before the guest
+/// is `running` again. The counters are read live. The lock is held only to clone.
 #[derive(Debug, Default)]
-pub struct Published(Mutex<Option<Arc<Shared>>>);
+pub struct Published(Mutex<Option<Shown>>);
+
+/// A published migration.
+#[derive(Debug, Clone)]
+struct Shown {
+    shared: Arc<Shared>,
+    status: MigrationStatus,
+    error: Option<String>,
+}
 
 impl Published {
     /// The current migration, if any.
     pub fn get(&self) -> Option<Arc<Shared>> {
+        self.shown().map(|s| s.shared)
+    }
+
+    /// `query-migrate`'s answer on the monitor thread.
+    pub fn info(&self) -> MigrationInfo {
+        match self.shown() {
+            Some(s) => s.shared.get(|p| p.info_as(s.status, s.error)),
+            None => info_of(None),
+        }
+    }
+
+    fn shown(&self) -> Option<Shown> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
