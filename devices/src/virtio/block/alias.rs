@@ -18,7 +18,8 @@
 //! Both only touch what belongs to the request, because only requests whose buffers are
 //! whole 4 KiB pages read through the alias (the rest bounce): their bytes are undefined once
 //! the request fails. A cut range stays inaccessible (reads over it bounce) until the
-//! abandoned request's completion arrives, then it is mapped again.
+//! abandoned request's completion arrives, then it is mapped again (a page that two
+//! abandoned requests' buffers share, once both completions have arrived).
 //!
 //! The alias exists only where guest RAM is a shared file mapping (not a private snapshot
 //! mapping, whose written pages the file does not hold) and where the host cannot back that
@@ -216,12 +217,14 @@ impl IoAlias {
             };
             let at = r.offset + (first - r.alias) as u64;
             let fd = r.file.as_raw_fd();
+            // Listed before the seal: a seal that fails half-way (older kernels may leave
+            // the range unmapped) must not leave it looking usable to `translate`.
+            self.dead.push((first, end - first));
+            cut.push((first, end - first));
             // SAFETY: the range lies inside this alias's own mapping (checked just above),
             // which nothing in this process reads or writes but the kernel on behalf of
             // requests on the ring.
             unsafe { seal(first, end - first) }?;
-            self.dead.push((first, end - first));
-            cut.push((first, end - first));
             // SAFETY: `fd` is guest RAM's memory file, open for the VM's life; the range is
             // the request's own pages (whole pages of its buffers).
             let punched = unsafe {
@@ -240,21 +243,48 @@ impl IoAlias {
     }
 
     /// Maps cut ranges back to guest RAM: the kernel is done with the request that held
-    /// them. A range that cannot be mapped again stays cut (reads over it bounce).
+    /// them. Pages that another cut still holds (two abandoned requests' buffers sharing a
+    /// page) stay cut until that one is restored too; a range that cannot be mapped again
+    /// stays cut (reads over it bounce).
     pub fn restore(&mut self, ranges: &[(usize, usize)]) {
         for &(start, len) in ranges {
-            let Some(r) = self.region_of(start, len) else {
+            let Some(i) = self.dead.iter().position(|&d| d == (start, len)) else {
                 continue;
             };
-            let at = r.offset + (start - r.alias) as u64;
-            // SAFETY: as in `cut`: the range is this alias's own, cut off by `cut`, which no
-            // request uses (reads over it bounce); it goes back to the file's pages.
-            if unsafe { map_file(Some(start), len, &r.file, at) }.is_ok() {
-                if let Some(i) = self.dead.iter().position(|&d| d == (start, len)) {
-                    self.dead.swap_remove(i);
+            self.dead.swap_remove(i);
+            let end = start + len;
+            let mut page = start;
+            while page < end {
+                if self.is_dead(page) {
+                    page += PAGE;
+                    continue;
+                }
+                let run = page;
+                while page < end && !self.is_dead(page) {
+                    page += PAGE;
+                }
+                if !self.map_back(run, page - run) {
+                    self.dead.push((run, page - run));
                 }
             }
         }
+    }
+
+    /// Whether the page at alias address `page` lies in a cut range.
+    fn is_dead(&self, page: usize) -> bool {
+        self.dead.iter().any(|&(s, l)| s <= page && page < s + l)
+    }
+
+    /// Maps alias range `start..start + len` (cut, and held by no cut any more) back onto
+    /// guest RAM's file; false when the host refused.
+    fn map_back(&self, start: usize, len: usize) -> bool {
+        let Some(r) = self.region_of(start, len) else {
+            return false;
+        };
+        let at = r.offset + (start - r.alias) as u64;
+        // SAFETY: as in `cut`: the range is this alias's own, cut off by `cut` and held by
+        // no abandoned request any more (none is listed over it); reads over it bounced.
+        unsafe { map_file(Some(start), len, &r.file, at) }.is_ok()
     }
 
     /// Gives up the alias while the kernel may still write to it (a device going away with
@@ -386,6 +416,51 @@ mod tests {
         // SAFETY: 8 bytes inside the alias mapping again.
         let seen = unsafe { std::slice::from_raw_parts(at as *const u8, 8) };
         assert_eq!(seen, &[0x22; 8]);
+    }
+
+    /// Whether this process can read `len` bytes at `at` (a pipe write of them: EFAULT
+    /// where nothing readable is mapped).
+    fn readable(at: usize, len: usize) -> bool {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors were just created and are owned here.
+        let (_rf, wf) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        // SAFETY: the kernel checks the source range; a fault is an EFAULT, not a signal.
+        let n = unsafe { libc::write(wf.as_raw_fd(), at as *const libc::c_void, len) };
+        n == len as isize
+    }
+
+    /// Two abandoned requests whose buffers share a page: the first one's late completion
+    /// maps its own pages back, not the shared one, which the second may still write; after
+    /// the second, every page is back.
+    #[test]
+    fn a_page_two_cuts_share_stays_cut_until_both_are_restored() {
+        let Some((mem, mut a)) = alias_of_guest_ram() else {
+            return;
+        };
+        let at = a.translate(host(&mem, 0x8000), 3 * PAGE).unwrap();
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        a.cut([(at, 2 * PAGE)], &mut first).unwrap();
+        a.cut([(at + PAGE, 2 * PAGE)], &mut second).unwrap();
+        assert!((0..3).all(|p| !readable(at + p * PAGE, PAGE)));
+
+        a.restore(&first);
+        assert!(
+            readable(at, PAGE),
+            "the first request's own page stayed cut"
+        );
+        assert!(
+            !readable(at + PAGE, PAGE),
+            "the shared page was mapped back"
+        );
+        assert!(!readable(at + 2 * PAGE, PAGE));
+        assert!(a.translate(host(&mem, 0x8000), PAGE).is_some());
+        assert!(a.translate(host(&mem, 0x9000), PAGE).is_none());
+
+        a.restore(&second);
+        assert!((0..3).all(|p| readable(at + p * PAGE, PAGE)));
+        assert_eq!(a.translate(host(&mem, 0x8000), 3 * PAGE), Some(at));
     }
 
     /// A retired alias keeps its addresses reserved and maps nothing: a read into it faults
