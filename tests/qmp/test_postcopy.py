@@ -83,7 +83,6 @@ def test_postcopy_of_a_memory_walker(vmm_factory, tmp_path):
         # Each page went once and was filled once.
         assert dinfo["ram"]["postcopy-bytes"] == ram["postcopy-bytes"], (dinfo, ram)
         assert (await s.execute("query-status"))["status"] == "postmigrate"
-        await asyncio.sleep(0.1)
         assert statuses(src_events) == ["setup", "active", "postcopy-active", "completed"]
         assert statuses(dst_events) == ["active", "postcopy-active", "completed"]
         # The source cannot run again: the guest's newest state was the destination's.

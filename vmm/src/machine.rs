@@ -386,15 +386,23 @@ impl Machine {
     /// Records the migration's new `status`, with a MIGRATION event when it changed.
     pub fn migration_status(&mut self, status: MigrationStatus) {
         if self.migration.set_status(status) {
-            self.publish_migration();
             self.migration_event(status);
         }
     }
 
-    /// MIGRATION for `status`, when the `events` capability is on.
+    /// Publishes the migration's new `status` for out-of-band readers with its MIGRATION
+    /// event (when the `events` capability is on) in one step, as [`announce`](Self::announce)
+    /// does a run state: no client sees the status before the event, nor the event before it.
     fn migration_event(&mut self, status: MigrationStatus) {
-        if self.migration_events {
-            self.announce(Event::Migration(MigrationArg { status }), None);
+        let publish = self.migration.publication();
+        if !self.migration_events {
+            self.in_order(publish);
+            return;
+        }
+        let event = Event::Migration(MigrationArg { status });
+        match &self.monitor {
+            Some(m) => m.emit_then(event, Timestamp::now(), Some(publish)),
+            None => publish(),
         }
     }
 
@@ -473,7 +481,6 @@ impl Machine {
         // the run state, in the monitor's order: whoever sees `failed` sees the guest
         // running again.
         self.migration.end(status, error);
-        self.publish_migration();
         self.migration_event(status);
     }
 
@@ -520,7 +527,6 @@ impl Machine {
         match result {
             Ok(()) => {
                 self.migration.end(MigrationStatus::Completed, None);
-                self.publish_migration();
                 self.migration_event(MigrationStatus::Completed);
                 // After a postcopy it has run since the switch.
                 if self.state() == RunState::Inmigrate {
@@ -534,7 +540,6 @@ impl Machine {
             }
             Err(e) => {
                 self.migration.end(MigrationStatus::Failed, Some(e.clone()));
-                self.publish_migration();
                 self.migration_event(MigrationStatus::Failed);
                 crate::report::error(format_args!("load of migration failed: {e}"));
                 self.exit = Some(Exit::Code(1));
