@@ -68,6 +68,7 @@ def test_start_console_stats_suspend_resume_shutdown(virsh, domain):
     # Shutdown is the ACPI power button: the probe leaves idle and powers off.
     virsh("shutdown", d.name)
     d.wait_state("shut off (shutdown)")
+    d.wait_serial("PROBE-DONE rc=0")
     assert d.serial().rstrip().endswith("PROBE power-button\nPROBE-DONE rc=0"), d.serial()
 
 
@@ -147,29 +148,60 @@ def test_libvirtd_restart_reconnects(virsh, domain):
     assert "shutting down" not in d.log().split("libvirt")[-1]
 
 
+class EventWatch:
+    """`virsh event --all --loop` on one domain, known to be registered with libvirtd when
+    made: it has reported a metadata change this test makes (`virsh desc --live`, repeated
+    until it shows), so no later event can come before it listens."""
+
+    def __init__(self, virsh, name):
+        self.proc = subprocess.Popen(virsh.argv("event", "--domain", name, "--all", "--loop",
+                                                "--timeout", str(int(HANG))),
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        self.out = ""
+
+        def registered():
+            virsh("desc", name, "--live", "--title", "--new-desc", "watched")
+            return self.read(0.2) and "metadata-change" in self.out
+        wait_until(registered, HANG, "virsh event's first report")
+
+    def read(self, timeout) -> bool:
+        """Takes what virsh printed within `timeout` seconds; false when nothing came."""
+        fd = self.proc.stdout.fileno()
+        ready, _, _ = select.select([fd], [], [], timeout)
+        if not ready:
+            return False
+        self.out += os.read(fd, 1 << 16).decode(errors="replace")
+        return True
+
+    def wait_for(self, text):
+        wait_until(lambda: text in self.out or (self.read(0.2) and text in self.out), HANG,
+                   f"{text!r} from virsh event (got {self.out!r})")
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
 def test_write_error_pauses_until_it_is_gone(virsh, domain):
     d = domain("probe.test=blk-write,blk-read probe.count=64 probe.seed=9")
     d.start("--paused")
     assert d.state() == "paused (start paused)" or d.state().startswith("paused")
     rule = virsh.qmp(d.name, "blockdev-inject-error", device="libvirt-1-format",
                      operation="write", errno="eio")
-    events = subprocess.Popen(virsh.argv("event", "--domain", d.name, "--event", "io-error",
-                                         "--timeout", str(int(HANG))),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    events = EventWatch(virsh, d.name)
     try:
         virsh("resume", d.name)
         d.wait_state("paused (I/O error)")
-        out, err = events.communicate(timeout=HANG)
+        want = f"event 'io-error' for domain '{d.name}': {d.image} (virtio-disk0) pause"
+        events.wait_for(want)
     finally:
-        if events.poll() is None:
-            events.kill()
-            events.wait()
-    assert f"event 'io-error' for domain '{d.name}': {d.image} (virtio-disk0) pause" in out, \
-        (out, err)
+        events.close()
     assert virsh("domblkerror", d.name) == "vda: unspecified error"
     virsh.qmp(d.name, "blockdev-inject-error-remove", device="libvirt-1-format", id=rule["id"])
     virsh("resume", d.name)
     d.wait_state("shut off (shutdown)")
+    d.wait_serial("PROBE-DONE rc=0")
     console = d.serial()
     # The guest never saw the error: vmm kept the write and retried it on resume.
     assert "PROBE blk-write dev=0 lba=0 count=64 status=ok flush=ok" in console, console
