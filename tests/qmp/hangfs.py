@@ -256,9 +256,9 @@ class HangFs:
             self._call("release", ops=list(OPS))
             # The woken callbacks answer the kernel before the daemon is told to go: one
             # still inside when the daemon exits would fail its caller (ECONNABORTED). A
-            # callback leaves the gate just before its reply is sent, hence the short grace.
+            # callback returns just before libfuse sends its reply, hence the short grace.
             deadline = time.monotonic() + STOP_TIMEOUT
-            while self.waiters() and time.monotonic() < deadline:
+            while self._call("status")["active"] and time.monotonic() < deadline:
                 time.sleep(0.01)
             time.sleep(0.05)
         except (OSError, EOFError, TimeoutError, RuntimeError, ValueError):
@@ -302,6 +302,23 @@ class Gate:
         self.waiters = {}  # id -> {"op", "path", "tid"}
         self.calls = dict.fromkeys(OPS, 0)
         self.next_id = 0
+        self.active = 0  # callbacks between begin() and end(): entered, not yet returned
+
+    def begin(self):
+        """Called first in every callback (before `enter`)."""
+        with self.cond:
+            self.active += 1
+
+    def end(self):
+        """Called when a callback returns or raises."""
+        with self.cond:
+            self.active -= 1
+            self.cond.notify_all()
+
+    def idle(self, timeout) -> bool:
+        """Waits until no callback is inside (at most `timeout` seconds)."""
+        with self.cond:
+            return self.cond.wait_for(lambda: self.active == 0, timeout)
 
     def enter(self, op, path):
         """Called at the top of every callback: blocks while `op` hangs, then raises the
@@ -348,7 +365,7 @@ class Gate:
         """What hangs, who is blocked, and the call counts (for the control socket)."""
         with self.cond:
             return {"hung": sorted(self.hung), "waiters": list(self.waiters.values()),
-                    "calls": dict(self.calls)}
+                    "calls": dict(self.calls), "active": self.active}
 
 
 def make_ops(backing: str, gate: Gate, on_init):
@@ -361,8 +378,12 @@ def make_ops(backing: str, gate: Gate, on_init):
         def wrap(fn):
             @functools.wraps(fn)  # mfusepy inspects create's signature
             def inner(self, path, *args):
-                gate.enter(op, path)
-                return fn(self, path, *args)
+                gate.begin()
+                try:
+                    gate.enter(op, path)
+                    return fn(self, path, *args)
+                finally:
+                    gate.end()
             return inner
         return wrap
 
@@ -514,7 +535,10 @@ def serve(backing: str, mountpoint: str, fd: int):
                         send({"error": repr(e)})
         except OSError:
             pass
+        # The test's side is gone: the released callbacks answer first (as in HangFs.close).
         gate.release(OPS)
+        gate.idle(STOP_TIMEOUT)
+        time.sleep(0.05)
         unmount(mountpoint, lazy=True)
         os._exit(0)
 

@@ -43,6 +43,15 @@ def rss_kib(pid) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def seccomp_mode(pid) -> int:
+    """The seccomp mode of process `pid`'s main thread (0 off, 2 filtered)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Seccomp:"):
+                return int(line.split()[1])
+    return 0
+
+
 def open_files_limit(pid) -> tuple:
     """(soft, hard) "Max open files" of the process."""
     with open(f"/proc/{pid}/limits") as f:

@@ -252,6 +252,7 @@ def test_vmm_stuck_in_setup_on_hung_disk(hangfs, vmm_factory, tmp_path):
                          extra=["--disk", f"path={hangfs.path / 'other.raw'}"])
     waiters = hangfs.wait_blocked(1, pid=second.pid)
     assert any(w["tid"] == second.pid for w in waiters), waiters  # its main thread
+    wait_until(lambda: proc_state(second.pid) in ("S", "D"), what="its main thread asleep")
     syscall = proc_syscall(second.pid)
     assert syscall != "running", syscall
     assert second.alive() and second.serial() == ""
@@ -318,6 +319,7 @@ def test_qemu_answers_oob_while_its_main_loop_is_blocked_in_open(hangfs, tmp_pat
                                  "filename": str(hangfs.path / "x.raw")}})
         waiters = hangfs.wait_blocked(1, pid=qemu.pid)
         assert any(w["tid"] == qemu.pid for w in waiters), waiters  # the main thread
+        wait_until(lambda: proc_state(qemu.pid) in ("S", "D"), what="QEMU's main thread asleep")
         syscall = proc_syscall(qemu.pid)
         assert syscall.split()[0] == "257", syscall  # openat
 

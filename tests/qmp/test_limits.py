@@ -7,7 +7,7 @@ before a disk's queue or `blockdev-add` could miss a descriptor."""
 import subprocess
 
 from conftest import KERNEL, RawQmp, vmm_bin, wait_until
-from procstat import fd_count, open_files_limit
+from procstat import fd_count, open_files_limit, seccomp_mode
 
 # vmm/src/host.rs: FD_RESERVE_BASE + FD_PER_QUEUE per disk queue.
 FD_RESERVE_BASE = 64
@@ -91,6 +91,8 @@ def test_descriptor_reserve_outlasts_a_flood(vmm_factory, tmp_path):
                      extra=["--disk", f"path={img}", "--qmp-max-clients", "1000"])
     assert open_files_limit(vm.pid) == (256, 256)
     reserve = FD_RESERVE_BASE + FD_PER_QUEUE
+    # The main thread confines itself after its last set-up step (its own descriptors).
+    wait_until(lambda: seccomp_mode(vm.pid) == 2, what="vmm's main thread confined")
     base = fd_count(vm.pid)
     clients, refusals = [], []
     for _ in range(300):

@@ -13,7 +13,7 @@ import pytest
 
 from qemu.qmp import ExecuteError, QMPClient
 
-from conftest import HANG, arun
+from conftest import HANG, arun, wait_until
 
 IDLE = "probe.test=idle"
 
@@ -324,7 +324,9 @@ def test_cancel_of_a_command_that_does_not_read(vm, delay):
             await close(qmp)
     arun(body())
     assert vm.alive()
-    assert f"sleep {marker}" not in subprocess_ps(), "the command's group was killed"
+    # The launcher kills the command's group when the stream is dropped; the processes go
+    # moments later.
+    wait_until(lambda: f"sleep {marker}" not in subprocess_ps(), what="the command's group killed")
 
 
 def subprocess_ps():

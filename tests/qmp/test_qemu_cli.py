@@ -137,9 +137,12 @@ def test_no_shutdown_keeps_the_vm_for_a_reset(qemu, tmp_path, procs):
     """-no-shutdown: the guest's power-off is SHUTDOWN then STOP, the VM waits in `shutdown`;
     system_reset + cont (libvirt's reboot) boots it again; a signal still ends it."""
     log = tmp_path / "serial.log"
+    # -S, then cont once negotiated (as libvirt starts a guest): the power-off cannot come
+    # before this client listens for its events.
     p, q = start_with_monitor(qemu, tmp_path, procs,
-                              ["-no-shutdown", "-serial", f"file:{log}"], "probe.test=boot")
+                              ["-S", "-no-shutdown", "-serial", f"file:{log}"], "probe.test=boot")
     try:
+        assert q.cmd("cont") == {"return": {}}
         ev = q.event("SHUTDOWN")
         assert ev["data"] == {"guest": True, "reason": "guest-shutdown"}
         q.event("STOP")

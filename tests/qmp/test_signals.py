@@ -352,7 +352,7 @@ def test_error_storm_rate_limit_and_a_client_that_never_reads(vmm_factory, tmp_p
             continue
         assert m["signal"] == "BLOCK_IO_ERROR" and m["data"]["operation"] == "read", m
         signals += 1
-        if signals % 2000 == 0:
+        if signals % 500 == 0:
             # Other sessions are answered during the storm, and the guest advances.
             assert ctl.cmd("query-status")["return"]["status"] == "running"
             phases_seen.add(vm.serial().count("PROBE blk-bench dev=0 test="))
@@ -368,7 +368,7 @@ def test_error_storm_rate_limit_and_a_client_that_never_reads(vmm_factory, tmp_p
         pass
     print(f"storm: {signals} emissions, {failed} failed reads")
     assert signals == failed, (signals, failed)
-    assert signals >= 5000, signals
+    assert signals >= 1000, signals
     assert len(phases_seen) > 1, phases_seen
     broadcast = 0
     legacy.sock.settimeout(0.2)
