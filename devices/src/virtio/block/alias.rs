@@ -7,8 +7,8 @@
 //! read's data through one of two routes, and cutting a request off closes both:
 //!
 //! 1. a copy to the buffer's address (buffered reads; io-wq or task work copying after the
-//!    storage answers): the request's alias range is remapped to inaccessible memory
-//!    (`MAP_FIXED`), so a later copy faults (`EFAULT`) instead of reaching guest RAM; the
+//!    storage answers): the request's alias range is made inaccessible (`mprotect`
+//!    `PROT_NONE`), so a later copy faults (`EFAULT`) instead of reaching guest RAM; the
 //!    guest's own mapping, KVM's, is a different range and stays as it is;
 //! 2. pages pinned at submission (`O_DIRECT`, FUSE `direct_io`, NFS), written by a device or
 //!    a daemon's reply whenever it comes: the request's pages are punched out of the memory
@@ -92,21 +92,18 @@ pub fn shmem_may_be_huge() -> bool {
     })
 }
 
-/// Maps `len` bytes of `file` from `offset`, shared, at `at` (replacing what is mapped
-/// there) or where the kernel picks (`None`); the mapping's address.
-///
-/// # Safety
-/// With `at`, the range must be a mapping no Rust object points into (it is replaced).
-unsafe fn map_file(at: Option<usize>, len: usize, file: &File, offset: u64) -> io::Result<usize> {
+/// Maps `len` bytes of `file` from `offset`, shared, where the kernel picks; the mapping's
+/// address.
+fn map_file(len: usize, file: &File, offset: u64) -> io::Result<usize> {
     let offset = i64::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    let fixed = if at.is_some() { libc::MAP_FIXED } else { 0 };
-    // SAFETY: a file this process holds open; a fixed range is the caller's to replace.
+    // SAFETY: a new mapping of a file this process holds open, at an address the kernel
+    // picks: nothing is replaced.
     let addr = unsafe {
         libc::mmap(
-            at.unwrap_or(0) as *mut libc::c_void,
+            std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_NORESERVE | fixed,
+            libc::MAP_SHARED | libc::MAP_NORESERVE,
             file.as_raw_fd(),
             offset,
         )
@@ -117,24 +114,16 @@ unsafe fn map_file(at: Option<usize>, len: usize, file: &File, offset: u64) -> i
     Ok(addr as usize)
 }
 
-/// Replaces the mapping at `start..start + len` with inaccessible memory (anonymous, no
-/// pages): an access faults, and the addresses stay reserved.
+/// Sets the access of the alias range `start..start + len` (page-aligned): `PROT_NONE` cuts
+/// it off (a copy to it or a pin of it fails with `EFAULT`), read-write maps it back onto
+/// the file's pages. The mapping itself stays, so a failure cannot leave a hole that another
+/// mapping could take.
 ///
 /// # Safety
-/// The range must be a mapping no Rust object points into.
-unsafe fn seal(start: usize, len: usize) -> io::Result<()> {
-    // SAFETY: the caller's range is replaced; nothing else is affected.
-    let addr = unsafe {
-        libc::mmap(
-            start as *mut libc::c_void,
-            len,
-            libc::PROT_NONE,
-            libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if addr == libc::MAP_FAILED {
+/// The range must be part of an alias mapping no Rust object points into.
+unsafe fn protect(start: usize, len: usize, prot: libc::c_int) -> io::Result<()> {
+    // SAFETY: the caller's range of the alias changes access; nothing else is affected.
+    if unsafe { libc::mprotect(start as *mut libc::c_void, len, prot) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -158,8 +147,7 @@ impl IoAlias {
                 return None;
             }
             let len = region.len() as usize;
-            // SAFETY: a new mapping at an address the kernel picks: nothing is replaced.
-            let addr = unsafe { map_file(None, len, file_offset.file(), file_offset.start()) };
+            let addr = map_file(len, file_offset.file(), file_offset.start());
             alias.regions.push(Region {
                 host: region.as_ptr() as usize,
                 alias: addr.ok()?,
@@ -217,14 +205,14 @@ impl IoAlias {
             };
             let at = r.offset + (first - r.alias) as u64;
             let fd = r.file.as_raw_fd();
-            // Listed before the seal: a seal that fails half-way (older kernels may leave
-            // the range unmapped) must not leave it looking usable to `translate`.
+            // Listed before the seal: a seal that fails leaves the range to bounce all the
+            // same (`translate`), and to be restored with the rest.
             self.dead.push((first, end - first));
             cut.push((first, end - first));
             // SAFETY: the range lies inside this alias's own mapping (checked just above),
             // which nothing in this process reads or writes but the kernel on behalf of
             // requests on the ring.
-            unsafe { seal(first, end - first) }?;
+            unsafe { protect(first, end - first, libc::PROT_NONE) }?;
             // SAFETY: `fd` is guest RAM's memory file, open for the VM's life; the range is
             // the request's own pages (whole pages of its buffers).
             let punched = unsafe {
@@ -278,25 +266,31 @@ impl IoAlias {
     /// Maps alias range `start..start + len` (cut, and held by no cut any more) back onto
     /// guest RAM's file; false when the host refused.
     fn map_back(&self, start: usize, len: usize) -> bool {
-        let Some(r) = self.region_of(start, len) else {
+        if self.region_of(start, len).is_none() {
             return false;
-        };
-        let at = r.offset + (start - r.alias) as u64;
+        }
         // SAFETY: as in `cut`: the range is this alias's own, cut off by `cut` and held by
         // no abandoned request any more (none is listed over it); reads over it bounced.
-        unsafe { map_file(Some(start), len, &r.file, at) }.is_ok()
+        unsafe { protect(start, len, libc::PROT_READ | libc::PROT_WRITE) }.is_ok()
     }
 
     /// Gives up the alias while the kernel may still write to it (a device going away with
-    /// abandoned reads in flight): every region becomes inaccessible memory and its addresses
-    /// stay reserved for the process's life, so that a late copy faults instead of landing in
-    /// whatever a later mapping would put there.
-    pub fn retire(mut self) {
+    /// abandoned reads in flight): every region becomes inaccessible and stays mapped for the
+    /// process's life, so that a late copy faults instead of landing in guest RAM or in
+    /// whatever a later mapping would put at its addresses.
+    ///
+    /// # Errors
+    /// The host refused to cut a region off (it stays mapped, and accessible).
+    pub fn retire(mut self) -> io::Result<()> {
+        let mut result = Ok(());
         for r in std::mem::take(&mut self.regions) {
             // SAFETY: the region's own alias mapping, which no Rust object points into.
             // Taken out of `self`, it is not unmapped by the drop.
-            let _ = unsafe { seal(r.alias, r.len) };
+            if let Err(e) = unsafe { protect(r.alias, r.len, libc::PROT_NONE) } {
+                result = Err(e);
+            }
         }
+        result
     }
 }
 
@@ -471,7 +465,7 @@ mod tests {
             return;
         };
         let at = a.translate(host(&mem, 0x2000), PAGE).unwrap();
-        a.retire();
+        a.retire().unwrap();
         let f = File::open("/proc/self/stat").unwrap();
         // SAFETY: a read into an address the kernel checks: it fails with EFAULT.
         let n = unsafe { libc::pread(f.as_raw_fd(), at as *mut libc::c_void, 16, 0) };
