@@ -185,7 +185,7 @@ impl IoAlias {
     /// must be part of a request's whole-page buffers.
     ///
     /// # Errors
-    /// The host refused the remapping or the punch: the request is not cut off, and must
+    /// The host refused the change of access or the punch: the request is not cut off, and must
     /// not be completed until its host operation returns.
     pub fn cut(
         &mut self,
@@ -205,7 +205,7 @@ impl IoAlias {
             };
             let at = r.offset + (first - r.alias) as u64;
             let fd = r.file.as_raw_fd();
-            // Listed before the seal: a seal that fails leaves the range to bounce all the
+            // Listed before the cut: an mprotect that fails leaves the range to bounce all the
             // same (`translate`), and to be restored with the rest.
             self.dead.push((first, end - first));
             cut.push((first, end - first));
@@ -288,7 +288,13 @@ impl IoAlias {
             // Taken out of `self`, it is not unmapped by the drop.
             if let Err(e) = unsafe { protect(r.alias, r.len, libc::PROT_NONE) } {
                 result = Err(e);
+                continue;
             }
+            // Its page-table entries go (the file's pages stay guest RAM's): what is left
+            // is the reservation, neither RSS nor page tables.
+            // SAFETY: the same range, inaccessible now; MADV_DONTNEED on a shared file
+            // mapping only unmaps, the file keeps its pages.
+            unsafe { libc::madvise(r.alias as *mut libc::c_void, r.len, libc::MADV_DONTNEED) };
         }
         result
     }
@@ -457,7 +463,7 @@ mod tests {
         assert_eq!(a.translate(host(&mem, 0x8000), 3 * PAGE), Some(at));
     }
 
-    /// A retired alias keeps its addresses reserved and maps nothing: a read into it faults
+    /// A retired alias keeps its addresses reserved and inaccessible: a read into it faults
     /// and no new mapping can take its place.
     #[test]
     fn retired_alias_stays_reserved_and_inaccessible() {

@@ -315,7 +315,7 @@ impl Ring {
                     let _ = job.cut_off(&mut alias);
                 }
                 // Reads still in the kernel may write to their alias addresses whenever they
-                // return: the addresses stay reserved, mapping nothing, rather than be
+                // return: the addresses stay reserved and inaccessible, rather than be
                 // unmapped and reused by a later mapping (the next activation's alias, a
                 // buffer). A whole mapping's mprotect splits nothing and charges no memory,
                 // so it does not fail but on a kernel bug; nothing could be done about it here.
