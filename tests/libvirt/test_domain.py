@@ -11,6 +11,7 @@ import select
 import socket
 import struct
 import subprocess
+import time
 
 from conftest import EMULATOR, HANG, IMAGE_SIZE, restart_libvirtd, wait_until
 
@@ -151,18 +152,28 @@ def test_libvirtd_restart_reconnects(virsh, domain):
 class EventWatch:
     """`virsh event --all --loop` on one domain, known to be registered with libvirtd when
     made: it has reported a metadata change this test makes (`virsh desc --live`, repeated
-    until it shows), so no later event can come before it listens."""
+    until it shows; virsh registers its callbacks in event order, metadata-change last), so
+    no later event can come before it listens. Use as a context manager."""
 
     def __init__(self, virsh, name):
         self.proc = subprocess.Popen(virsh.argv("event", "--domain", name, "--all", "--loop",
                                                 "--timeout", str(int(HANG))),
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.out = ""
-
         def registered():
             virsh("desc", name, "--live", "--title", "--new-desc", "watched")
             return self.read(0.2) and "metadata-change" in self.out
-        wait_until(registered, HANG, "virsh event's first report")
+        try:
+            self._wait(registered, "virsh event's first report")
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def read(self, timeout) -> bool:
         """Takes what virsh printed within `timeout` seconds; false when nothing came."""
@@ -173,9 +184,19 @@ class EventWatch:
         self.out += os.read(fd, 1 << 16).decode(errors="replace")
         return True
 
+    def _wait(self, pred, what):
+        deadline = time.monotonic() + HANG
+        while not pred():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"virsh event ended ({self.proc.returncode}) before "
+                                     f"{what}: {self.proc.stderr.read().decode(errors='replace')}"
+                                     f" (printed {self.out!r})")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what} (printed {self.out!r})")
+
     def wait_for(self, text):
-        wait_until(lambda: text in self.out or (self.read(0.2) and text in self.out), HANG,
-                   f"{text!r} from virsh event (got {self.out!r})")
+        self._wait(lambda: text in self.out or (self.read(0.2) and text in self.out),
+                   repr(text))
 
     def close(self):
         if self.proc.poll() is None:
@@ -189,14 +210,10 @@ def test_write_error_pauses_until_it_is_gone(virsh, domain):
     assert d.state() == "paused (start paused)" or d.state().startswith("paused")
     rule = virsh.qmp(d.name, "blockdev-inject-error", device="libvirt-1-format",
                      operation="write", errno="eio")
-    events = EventWatch(virsh, d.name)
-    try:
+    with EventWatch(virsh, d.name) as events:
         virsh("resume", d.name)
         d.wait_state("paused (I/O error)")
-        want = f"event 'io-error' for domain '{d.name}': {d.image} (virtio-disk0) pause"
-        events.wait_for(want)
-    finally:
-        events.close()
+        events.wait_for(f"event 'io-error' for domain '{d.name}': {d.image} (virtio-disk0) pause")
     assert virsh("domblkerror", d.name) == "vda: unspecified error"
     virsh.qmp(d.name, "blockdev-inject-error-remove", device="libvirt-1-format", id=rule["id"])
     virsh("resume", d.name)
