@@ -237,6 +237,7 @@ def test_truncated_and_corrupt_streams_are_refused(vmm_factory, tmp_path):
         assert feed(mig, stream) == b"OK\n"
         with RawQmp(tmp_path / "whole.sock") as d:
             d.negotiate()
-            wait_until(lambda: d.cmd("query-status")["return"]["status"] == "running",
-                       what="the destination running")
-            assert d.cmd("query-migrate")["return"]["status"] == "completed"
+            # `completed` comes after the run state (as QEMU orders them).
+            wait_until(lambda: d.cmd("query-migrate")["return"]["status"] == "completed",
+                       what="the destination's migration completed")
+            assert d.cmd("query-status")["return"]["status"] == "running"

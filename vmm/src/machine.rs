@@ -526,12 +526,14 @@ impl Machine {
         self.migration.incoming = false;
         match result {
             Ok(()) => {
-                self.migration.end(MigrationStatus::Completed, None);
-                self.migration_event(MigrationStatus::Completed);
-                // After a postcopy it has run since the switch.
+                // The guest runs (or waits paused) before the status says `completed`, as
+                // QEMU orders them: whoever sees it may use the VM at once. After a postcopy
+                // it has run since the switch.
                 if self.state() == RunState::Inmigrate {
                     self.start_migrated_guest();
                 }
+                self.migration.end(MigrationStatus::Completed, None);
+                self.migration_event(MigrationStatus::Completed);
                 if std::mem::take(&mut self.deferred_reset) {
                     if let Err(e) = self.reset(true, ShutdownCause::GuestReset) {
                         crate::report::error(format_args!("{}", crate::error::chain(&e)));

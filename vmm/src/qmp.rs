@@ -249,11 +249,11 @@ impl QmpOobCommands for OobServer {
     }
 
     fn migrate_pause(&self) -> Result<(), QmpError> {
-        crate::migration::control::pause(&self.migration)
+        crate::migration::control::pause(self.migration.get())
     }
 
     fn migrate_recover(&self, uri: String) -> Result<(), QmpError> {
-        crate::migration::control::recover(&self.migration, &uri)
+        crate::migration::control::recover(self.migration.get(), &uri)
     }
 }
 
@@ -326,11 +326,11 @@ impl QmpOobCommands for Machine {
     }
 
     fn migrate_pause(&self) -> Result<(), QmpError> {
-        crate::migration::control::pause(self.migration.published())
+        crate::migration::control::pause(self.migration.shared().cloned())
     }
 
     fn migrate_recover(&self, uri: String) -> Result<(), QmpError> {
-        crate::migration::control::recover(self.migration.published(), &uri)
+        crate::migration::control::recover(self.migration.shared().cloned(), &uri)
     }
 }
 

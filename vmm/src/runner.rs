@@ -579,6 +579,12 @@ pub fn run(
     let vm = Vm::new(config, &events)?;
 
     let state = Arc::new(SharedRunState::default());
+    if options.incoming.is_some() {
+        // A destination is `inmigrate` to its first client already (`await_incoming` below
+        // sets the main loop's copy): no client sees `prelaunch` turn into it without an
+        // event.
+        state.set(qapi::types::RunState::Inmigrate);
+    }
     // Its threads start before the main thread confines itself (their own filters).
     let migrations = Migrations::new().map_err(RunError::EventFd)?;
     let (monitor_tx, monitor_rx) = channel();

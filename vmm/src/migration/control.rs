@@ -2,6 +2,8 @@
 //! Starting migrations on the main loop: the checks of `migrate` and `migrate-incoming`
 //! (QEMU's texts), and what each thread is given.
 
+use std::sync::Arc;
+
 use qapi::rt::QmpError;
 use qapi::types::{MigrationStatus, RunState};
 
@@ -267,13 +269,14 @@ pub fn start_postcopy(machine: &mut Machine) -> Result<(), QmpError> {
     Ok(())
 }
 
-/// `migrate-pause` (out of band, on the monitor thread): breaks the stream of a postcopy
-/// (a shutdown of the socket, which does not block); both sides pause.
+/// `migrate-pause` on the `current` migration (out of band the published one, in band the
+/// main loop's): breaks the stream of a postcopy (a shutdown of the socket, which does not
+/// block); both sides pause.
 ///
 /// # Errors
 /// QEMU's text when no postcopy is active or recovering.
-pub fn pause(published: &super::Published) -> Result<(), QmpError> {
-    let shared = published.get().filter(|s| {
+pub fn pause(current: Option<Arc<super::Shared>>) -> Result<(), QmpError> {
+    let shared = current.filter(|s| {
         matches!(
             s.get(|p| p.status),
             MigrationStatus::PostcopyActive | MigrationStatus::PostcopyRecover
@@ -294,10 +297,9 @@ pub fn pause(published: &super::Published) -> Result<(), QmpError> {
 /// # Errors
 /// QEMU's texts: not a paused destination, recovery already started; a bad URI or one a
 /// destination cannot listen on again.
-pub fn recover(published: &super::Published, uri: &str) -> Result<(), QmpError> {
-    let shared = published
-        .get()
-        .filter(|s| s.incoming && s.get(|p| p.status) == MigrationStatus::PostcopyPaused);
+pub fn recover(current: Option<Arc<super::Shared>>, uri: &str) -> Result<(), QmpError> {
+    let shared =
+        current.filter(|s| s.incoming && s.get(|p| p.status) == MigrationStatus::PostcopyPaused);
     let Some(shared) = shared else {
         return Err(QmpError::generic(
             "Migrate recover can only be run when postcopy is paused.",
