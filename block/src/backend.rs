@@ -659,10 +659,24 @@ impl Backend {
     }
 
     /// Clears the I/O status and a yank's fence, starts a new resume epoch and asks devices to
-    /// retry the requests they keep (on `cont`).
+    /// retry the requests they keep (on `cont`): [`clear_status`](Self::clear_status), then
+    /// [`release_stopped`](Self::release_stopped).
     pub fn resume(&self) {
+        self.clear_status();
+        self.release_stopped();
+    }
+
+    /// The first half of a resume: the I/O status is `ok` again and a yank's fence is lifted
+    /// (`cont` does this before its `RESUME`, as QEMU resets the I/O status before the VM
+    /// starts).
+    pub fn clear_status(&self) {
         self.flight().fenced = false;
         self.io_status.reset();
+    }
+
+    /// The second half of a resume: a new resume epoch, and devices retry the requests their
+    /// error policy stopped (`cont` does this once the guest runs again).
+    pub fn release_stopped(&self) {
         self.resume_epoch.fetch_add(1, Ordering::AcqRel);
         self.notify(|w| &w.retry);
     }
@@ -850,6 +864,7 @@ impl Backend {
             len,
             elapsed: start.elapsed(),
             write_end: end,
+            epoch,
         });
         match action {
             ErrorAction::Report => Completion::Failed(error),

@@ -49,6 +49,12 @@ pub struct IoErrorEvent<'a> {
     pub elapsed: Duration,
     /// The end offset of a write or write-zeroes (for `wr_highest_offset`), else `None`.
     pub write_end: Option<u64>,
+    /// The backend's resume epoch when the request failed ([`Backend::resume_epoch`]): a
+    /// resume after the failure retries a stopped request, and makes the VM stop it asks
+    /// for stale (the retry asks again if the fault persists).
+    ///
+    /// [`Backend::resume_epoch`]: crate::Backend::resume_epoch
+    pub epoch: u64,
 }
 
 impl IoErrorEvent<'_> {

@@ -28,8 +28,16 @@ pub enum VmEvent {
     Fatal(String),
     /// A disk's error policy stopped a request (`werror`/`rerror` `stop`, or `enospc` on
     /// ENOSPC): the VM must pause in `io-error`. Raised on the block I/O thread right after it
-    /// emitted `BLOCK_IO_ERROR`, so the event precedes the `STOP` that follows.
-    IoErrorStop,
+    /// emitted `BLOCK_IO_ERROR`, so the event precedes the `STOP` that follows. A `cont` that
+    /// resumed `device` after the failure (its resume epoch is past `epoch`) makes the request
+    /// stale: the request is retried, and a fault that persists asks again (QEMU's `cont`
+    /// drops a pending stop request the same way).
+    IoErrorStop {
+        /// The backend's id.
+        device: String,
+        /// Its resume epoch when the request failed.
+        epoch: u64,
+    },
 }
 
 thread_local! {
@@ -115,7 +123,10 @@ mod tests {
     fn lifecycle_requests_are_flagged_on_the_sending_thread_only() {
         let (sink, _rx, _wake) = VmEventSink::new().unwrap();
         assert!(!take_lifecycle_request());
-        sink.send(VmEvent::IoErrorStop);
+        sink.send(VmEvent::IoErrorStop {
+            device: "d".into(),
+            epoch: 0,
+        });
         sink.send(VmEvent::Fatal("x".into()));
         assert!(!take_lifecycle_request(), "not a reset or power-off");
         sink.send(VmEvent::Reset(ResetCause::AcpiResetRegister));

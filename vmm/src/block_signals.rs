@@ -62,7 +62,10 @@ pub struct StopRequester {
 impl IoErrorSlot for StopRequester {
     fn on_io_error(&self, e: &IoErrorEvent<'_>) {
         if e.action == ErrorAction::Stop {
-            self.events.send(VmEvent::IoErrorStop);
+            self.events.send(VmEvent::IoErrorStop {
+                device: e.device.to_owned(),
+                epoch: e.epoch,
+            });
         }
     }
 }

@@ -215,8 +215,19 @@ impl Machine {
 
     /// A disk's error policy stopped a request: pauses a running guest in `io-error` and
     /// emits `STOP` (after the `BLOCK_IO_ERROR` the I/O thread already emitted). A VM already
-    /// paused only changes its state, as QEMU's `vm_stop` does.
-    pub fn io_error_stop(&mut self) {
+    /// paused only changes its state, as QEMU's `vm_stop` does. Nothing when a `cont` has
+    /// resumed `device` since the request failed (its resume epoch is past `epoch`): that
+    /// `cont` retries the request, which asks again if the fault persists.
+    pub fn io_error_stop(&mut self, device: &str, epoch: u64) {
+        let stale = self
+            .vm
+            .disks()
+            .iter()
+            .find(|d| d.backend.id() == device)
+            .is_some_and(|d| d.backend.resume_epoch() != epoch);
+        if stale {
+            return;
+        }
         match self.state() {
             RunState::Running => {
                 self.vm.pause();
@@ -259,10 +270,17 @@ impl Machine {
                         .activate_images()
                         .map_err(|e| QmpError::generic(crate::error::chain(&e)))?;
                 }
+                // As QEMU: the disks' I/O status is reset before `RESUME`, so no client sees
+                // the guest running with a stale `failed`; the stopped requests are retried
+                // once it runs (a failure then is reported after the `RESUME`, and is not
+                // wiped by a reset that comes after it).
+                for disk in self.vm.disks() {
+                    disk.backend.clear_status();
+                }
                 self.announce(Event::Resume, Some(RunState::Running));
                 self.vm.resume();
                 for disk in self.vm.disks() {
-                    disk.backend.resume();
+                    disk.backend.release_stopped();
                 }
                 Ok(())
             }

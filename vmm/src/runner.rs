@@ -191,7 +191,9 @@ impl MainLoop {
                         crate::report::error(format_args!("{}", chain(&e)));
                     }
                 }
-                VmEvent::IoErrorStop => self.machine.io_error_stop(),
+                VmEvent::IoErrorStop { device, epoch } => {
+                    self.machine.io_error_stop(&device, epoch)
+                }
                 VmEvent::Fatal(msg) => {
                     let keep = self.monitor.is_some();
                     self.machine.internal_error(keep);
