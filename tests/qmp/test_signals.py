@@ -91,6 +91,36 @@ def test_stop_policy_parks_then_retries_without_loss(vmm_factory, tmp_path):
     assert pattern_ok(img, 16, 64, 9)
 
 
+def test_a_stop_error_while_paused_leaves_the_vm_paused(vmm_factory, tmp_path):
+    """werror=stop, a write already in flight when the client pauses the VM fails while it is
+    paused: BLOCK_IO_ERROR (action stop) but no second STOP, and the state stays `paused`, as
+    QEMU 7.2's do_vm_stop acts on a running VM only (libvirt keeps its pause reason); `cont`
+    retries the write and the guest never sees an error."""
+    img = image(tmp_path)
+    vm = start(vmm_factory, tmp_path, [f"path={img},werror=stop"],
+               "probe.test=blk-write,blk-read,idle probe.lba=16 probe.count=64 probe.seed=4",
+               paused=True)
+    c = RawQmp(vm.sock).negotiate()
+    assert c.cmd("blockdev-inject-error", {"device": "drive0", "operation": "write",
+                                           "errno": "eio", "once": True,
+                                           "delay-ms": 1500}) == {"return": {"id": 1}}
+    assert c.cmd("cont") == {"return": {}}
+    held = lambda: c.cmd("query-blockdev-inject-errors", {"device": "drive0"})["return"]
+    wait_until(lambda: any(r["held"] for r in held()), what="the write held by the rule")
+    assert c.cmd("stop") == {"return": {}}
+    got = [m["event"] for m in events_until(c, "BLOCK_IO_ERROR")]
+    assert got == ["RESUME", "STOP", "BLOCK_IO_ERROR"], got
+    assert c.quiet(0.5), c.events
+    assert c.cmd("query-status")["return"]["status"] == "paused"
+    assert io_status(c) == "failed"
+    assert c.cmd("cont") == {"return": {}}
+    vm.wait_serial("PROBE idle")
+    assert "status=ok flush=ok" in vm.serial(), vm.serial()
+    assert "match=yes" in vm.serial(), vm.serial()
+    assert io_status(c) == "ok"
+    assert pattern_ok(img, 16, 64, 4)
+
+
 def first_error(c):
     for m in events_until(c, "BLOCK_IO_ERROR"):
         if m.get("event") == "BLOCK_IO_ERROR":

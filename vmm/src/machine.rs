@@ -214,10 +214,11 @@ impl Machine {
     }
 
     /// A disk's error policy stopped a request: pauses a running guest in `io-error` and
-    /// emits `STOP` (after the `BLOCK_IO_ERROR` the I/O thread already emitted). A VM already
-    /// paused only changes its state, as QEMU's `vm_stop` does. Nothing when a `cont` has
-    /// resumed `device` since the request failed (its resume epoch is past `epoch`): that
-    /// `cont` retries the request, which asks again if the fault persists.
+    /// emits `STOP` (after the `BLOCK_IO_ERROR` the I/O thread already emitted). A VM that is
+    /// not running stays as it is (QEMU 7.2's `do_vm_stop` acts on a running VM only; the
+    /// request waits parked for `cont`, and libvirt keeps its pause reason). Nothing when a
+    /// `cont` has resumed `device` since the request failed (its resume epoch is past
+    /// `epoch`): that `cont` retries the request, which asks again if the fault persists.
     pub fn io_error_stop(&mut self, device: &str, epoch: u64) {
         let stale = self
             .vm
@@ -228,13 +229,9 @@ impl Machine {
         if stale {
             return;
         }
-        match self.state() {
-            RunState::Running => {
-                self.vm.pause();
-                self.announce(Event::Stop, Some(RunState::IoError));
-            }
-            RunState::Paused => self.set_state(RunState::IoError),
-            _ => {}
+        if self.state() == RunState::Running {
+            self.vm.pause();
+            self.announce(Event::Stop, Some(RunState::IoError));
         }
     }
 
