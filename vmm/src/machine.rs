@@ -159,6 +159,13 @@ impl Machine {
             let shared = self.shared.clone();
             Box::new(move || shared.set(s)) as Box<dyn FnOnce() + Send>
         });
+        self.emit_then(event, publish);
+    }
+
+    /// Queues `event` to the monitor with `publish` (a copy of state for out-of-band readers),
+    /// which takes effect in the step that queues the event to the clients; without a monitor
+    /// `publish` runs at once.
+    fn emit_then(&self, event: Event, publish: Option<Box<dyn FnOnce() + Send>>) {
         match &self.monitor {
             Some(m) => m.emit_then(event, Timestamp::now(), publish),
             None => {
@@ -410,14 +417,10 @@ impl Machine {
     /// does a run state: no client sees the status before the event, nor the event before it.
     fn migration_event(&mut self, status: MigrationStatus) {
         let publish = self.migration.publication();
-        if !self.migration_events {
+        if self.migration_events {
+            self.emit_then(Event::Migration(MigrationArg { status }), Some(publish));
+        } else {
             self.in_order(publish);
-            return;
-        }
-        let event = Event::Migration(MigrationArg { status });
-        match &self.monitor {
-            Some(m) => m.emit_then(event, Timestamp::now(), Some(publish)),
-            None => publish(),
         }
     }
 
